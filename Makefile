@@ -1,0 +1,46 @@
+# Two commands matter: `make up` and `make test`. Everything they need is installed on first use.
+SHELL := /bin/bash
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: up down status logs test test-fast lint bench kafka-jars clean help
+
+help:
+	@echo "make up      start Kafka, PostgreSQL and the services in the background"
+	@echo "make down    stop everything 'make up' started"
+	@echo "make status  show what is running"
+	@echo "make logs    follow the logs (SERVICE=issuer to pick one)"
+	@echo "make test    run the whole test suite on its own private infrastructure"
+	@echo "make lint    ruff"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+kafka-jars: $(STAMP)
+	@$(BIN)/python -m fapiao.stack fetch-kafka
+
+up: $(STAMP)
+	@$(BIN)/python -m fapiao.stack up
+
+down: $(STAMP)
+	@$(BIN)/python -m fapiao.stack down
+
+status: $(STAMP)
+	@$(BIN)/python -m fapiao.stack status
+
+logs: $(STAMP)
+	@$(BIN)/python -m fapiao.stack logs $(if $(SERVICE),--service $(SERVICE),) $(if $(FOLLOW),--follow,)
+
+test: $(STAMP) kafka-jars
+	@$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	@$(BIN)/ruff check .
+
+clean: down
+	rm -rf .run .test-artifacts

@@ -1,0 +1,239 @@
+"""HTTP door into the issuer: parse, call service.py inside a transaction, shape the response."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.issuer import service
+from services.issuer.csv_import import CsvFormatError, parse_csv, row_errors
+from services.issuer.lifecycle import Status
+from services.issuer.schemas import BatchRequest, InvoiceCreate, InvoiceList, InvoiceRead, VoidRequest
+from services.issuer.settings import IssuerSettings
+from shared.db import transaction
+from shared.errors import BadRequest, FieldError, PayloadTooLarge, Unauthorized, ValidationFailed
+from shared.money import parse_amount
+from shared.topics import INVOICE_EVENTS
+
+router = APIRouter(prefix="/v1", tags=["invoices"])
+admin_router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+def _state(request: Request) -> Any:
+    return request.app.state
+
+
+async def current_tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> service.Tenant:
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise Unauthorized("send the API key as 'Authorization: Bearer <key>'")
+    key = authorization[7:].strip()
+    async with _state(request).engine.connect() as conn:
+        tenant = await service.authenticate(session=conn, api_key=key)
+    if tenant is None:
+        raise Unauthorized("unknown or revoked API key")
+    return tenant
+
+
+def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    expected = _state(request).settings.admin_token.get_secret_value()
+    given = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else ""
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Unauthorized("admin endpoints need 'Authorization: Bearer <FAPIAO_ADMIN_TOKEN>'")
+
+
+TenantDep = Annotated[service.Tenant, Depends(current_tenant)]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
+                                              pattern=r"^[\x21-\x7e]+$")]
+
+
+def _today(settings: IssuerSettings) -> date:
+    return datetime.now(ZoneInfo(settings.timezone)).date()
+
+
+def _topic(settings: IssuerSettings) -> str:
+    return INVOICE_EVENTS.qualified(settings.topic_prefix)
+
+
+async def _idempotent(request: Request, tenant: service.Tenant, key: str | None, endpoint: str, body: Any,
+                      produce: Any) -> JSONResponse:
+    """Run `produce(session) -> (status, body)` at most once per Idempotency-Key."""
+    st = _state(request)
+    async with transaction(st.sessions) as session:
+        if key is not None:
+            stored = await service.claim_idempotency_key(
+                session=session, tenant_id=tenant.id, key=key, endpoint=endpoint,
+                req_hash=service.request_hash(endpoint, body), wait_seconds=st.settings.idempotency_wait_seconds)
+            if stored is not None:
+                return JSONResponse(stored.body, status_code=stored.status_code,
+                                    headers={"Idempotent-Replayed": "true"})
+        status, payload = await produce(session)
+        if key is not None:
+            await service.store_idempotent_response(session=session, tenant_id=tenant.id, key=key,
+                                                    status_code=status, body=payload)
+    return JSONResponse(payload, status_code=status)
+
+
+@router.post("/invoices", status_code=201, response_model=InvoiceRead,
+             responses={200: {"description": "Same number, same content: the existing invoice"},
+                        409: {"description": "Number already used with different content"},
+                        413: {"description": "Body too large"}, 422: {"description": "Validation failed"}})
+async def create_invoice(request: Request, invoice: InvoiceCreate, tenant: TenantDep,
+                         idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Issue one invoice. It is stored with its event in one transaction; the event then reaches Kafka."""
+    settings: IssuerSettings = _state(request).settings
+    checked = service.validate_item(invoice, tenant=tenant, today=_today(settings),
+                                    window_days=settings.issue_window_days)
+    if isinstance(checked, list):
+        raise ValidationFailed(checked)
+
+    async def produce(session: Any) -> tuple[int, Any]:
+        [result] = await service.create_invoices(session=session, tenant=tenant, items=[checked], source="api",
+                                                 topic=_topic(settings))
+        if result.status == 409:
+            return 409, {"type": "https://fapiao.dev/problems/conflict", "title": "Conflict", "status": 409,
+                         "code": "number_taken", "detail": result.detail, "existing": result.invoice}
+        return result.status, result.invoice
+
+    return await _idempotent(request, tenant, idempotency_key, "POST /v1/invoices",
+                             invoice.model_dump(mode="json"), produce)
+
+
+@router.post("/invoices/batch")
+async def create_batch(request: Request, batch: BatchRequest, tenant: TenantDep,
+                       idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Up to `FAPIAO_BATCH_MAX` invoices in one transaction; a result per item, in order."""
+    settings: IssuerSettings = _state(request).settings
+    if len(batch.invoices) > settings.batch_max:
+        raise PayloadTooLarge(f"a batch holds at most {settings.batch_max} invoices, got {len(batch.invoices)}")
+    today = _today(settings)
+    items = [
+        service.validate_item(raw, tenant=tenant, today=today, window_days=settings.issue_window_days)
+        for raw in batch.invoices
+    ]
+
+    async def produce(session: Any) -> tuple[int, Any]:
+        results = await service.create_invoices(session=session, tenant=tenant, items=items, source="batch",
+                                                topic=_topic(settings))
+        counts = {"created": 0, "existing": 0, "conflicts": 0, "invalid": 0}
+        for r in results:
+            counts[{201: "created", 200: "existing", 409: "conflicts", 422: "invalid"}[r.status]] += 1
+        return 200, {**counts, "results": [r.as_dict() for r in results]}
+
+    return await _idempotent(request, tenant, idempotency_key, "POST /v1/invoices/batch", batch.invoices, produce)
+
+
+@router.post("/invoices/import", openapi_extra={
+    "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}})
+async def import_csv(request: Request, tenant: TenantDep) -> JSONResponse:
+    """CSV of historical invoices, one row per line; per-row errors, every good invoice kept."""
+    settings: IssuerSettings = _state(request).settings
+    raw = await request.body()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the file is not UTF-8 (byte {exc.start})") from None
+    if "\x00" in text:
+        raise BadRequest("the file contains NUL bytes")
+    try:
+        invoices, errors = parse_csv(text, seller_tax_id=tenant.tax_id, seller_name=tenant.name,
+                                     max_rows=settings.batch_max * 10)
+    except CsvFormatError as exc:
+        raise ValidationFailed([FieldError("(file)", str(exc))]) from None
+    if len(invoices) > settings.batch_max:
+        raise PayloadTooLarge(f"at most {settings.batch_max} invoices per request; split the file")
+    bad_numbers = {e.number for e in errors if e.number}
+    today = _today(settings)
+    checked: list[Any] = []
+    for inv in invoices:
+        item = service.validate_item(inv.raw, tenant=tenant, today=today, window_days=settings.issue_window_days)
+        if isinstance(item, list):
+            errors.extend(row_errors(inv, item))
+            bad_numbers.add(inv.number)
+        checked.append(item if inv.number not in bad_numbers else [FieldError("(row)", "see row errors")])
+    async with transaction(_state(request).sessions) as session:
+        results = await service.create_invoices(session=session, tenant=tenant, items=checked, source="import",
+                                                topic=_topic(settings))
+    summary = {
+        "rows": sum(len(i.rows) for i in invoices) + sum(1 for e in errors if e.number is None),
+        "invoices": len(invoices),
+        "created": sum(r.status == 201 for r in results),
+        "existing": sum(r.status == 200 for r in results),
+        "conflicts": sum(r.status == 409 for r in results),
+        "rejected": sum(r.status == 422 for r in results) + sum(1 for e in errors if e.number is None),
+        "errors": [e.as_dict() for e in sorted(errors, key=lambda e: (e.row, e.column))],
+        "results": [{"number": inv.number, "rows": inv.rows, "status": r.status,
+                     "id": (r.invoice or {}).get("id"), "detail": r.detail}
+                    for inv, r in zip(invoices, results, strict=True)],
+    }
+    return JSONResponse(summary, status_code=200)
+
+
+class _Filters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: Status | None = None
+    number: str | None = Field(default=None, pattern=r"^\d{20}$")
+    buyer_tax_id: str | None = Field(default=None, max_length=18)
+    issued_from: date | None = None
+    issued_to: date | None = None
+    min_total: str | None = None
+    max_total: str | None = None
+    cursor: str | None = Field(default=None, max_length=100)
+    limit: int = Field(default=50, ge=1, le=200)
+
+
+def _amount_filter(name: str, value: str | None) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        return parse_amount(value if "." in value else f"{value}.00")
+    except ValueError as exc:
+        raise ValidationFailed([FieldError(name, str(exc))]) from None
+
+
+@router.get("/invoices", response_model=InvoiceList)
+async def list_invoices(request: Request, tenant: TenantDep, q: Annotated[_Filters, Query()]) -> dict[str, Any]:
+    """This tenant's invoices, newest first, filtered; follow `next_cursor` for the next page."""
+    filters = service.ListFilters(
+        status=q.status, number=q.number, buyer_tax_id=q.buyer_tax_id, issued_from=q.issued_from,
+        issued_to=q.issued_to, min_total=_amount_filter("min_total", q.min_total),
+        max_total=_amount_filter("max_total", q.max_total), cursor=q.cursor, limit=q.limit,
+    )
+    async with transaction(_state(request).sessions) as session:
+        return await service.list_invoices(session=session, tenant=tenant, filters=filters)
+
+
+@router.get("/invoices/{invoice_id}", response_model=InvoiceRead)
+async def get_invoice(request: Request, invoice_id: str, tenant: TenantDep) -> dict[str, Any]:
+    """Where the invoice stands, why, what happens next, and every step so far."""
+    async with transaction(_state(request).sessions) as session:
+        return await service.get_invoice(session=session, tenant=tenant, invoice_id=invoice_id)
+
+
+@router.post("/invoices/{invoice_id}/void", response_model=InvoiceRead)
+async def void_invoice(request: Request, invoice_id: str, body: VoidRequest, tenant: TenantDep) -> dict[str, Any]:
+    """废弃异常发票: discard an invoice the authority has not accepted (rejected or stuck)."""
+    settings: IssuerSettings = _state(request).settings
+    async with transaction(_state(request).sessions) as session:
+        return await service.void_invoice(session=session, tenant=tenant, invoice_id=invoice_id,
+                                          reason=body.reason, topic=_topic(settings))
+
+
+class TenantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    tax_id: str = Field(min_length=1, max_length=18)
+
+
+@admin_router.post("/tenants", status_code=201, dependencies=[Depends(require_admin)])
+async def create_tenant(request: Request, body: TenantCreate) -> dict[str, Any]:
+    """Register a seller enterprise; the API key in the answer is shown this once only."""
+    async with transaction(_state(request).sessions) as session:
+        tenant, key = await service.create_tenant(session=session, name=body.name, tax_id=body.tax_id)
+    return {"id": str(tenant.id), "name": tenant.name, "tax_id": tenant.tax_id, "api_key": key}

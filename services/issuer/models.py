@@ -1,0 +1,94 @@
+"""The issuer's tables, all in schema `issuer`."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger, Column, Date, DateTime, ForeignKey, Identity, Index, Integer, Numeric, SmallInteger, String, Table,
+    Text, UniqueConstraint, func,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+from shared.db import make_metadata, outbox_table, processed_events_table
+
+SCHEMA = "issuer"
+metadata = make_metadata(SCHEMA)
+
+tenants = Table(
+    "tenants", metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("tax_id", String(18), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=True), ForeignKey(tenants.c.id), nullable=False, index=True),
+    Column("prefix", String(16), nullable=False),  # shown in listings so a key can be recognised
+    Column("key_hash", String(64), nullable=False, unique=True),  # sha256 hex; the key itself is never stored
+    Column("label", String(100), nullable=False, server_default="default"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+invoices = Table(
+    "invoices", metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("seq", BigInteger, Identity(always=True), nullable=False, unique=True),  # cursor order
+    Column("tenant_id", UUID(as_uuid=True), ForeignKey(tenants.c.id), nullable=False),
+    Column("seller_tax_id", String(18), nullable=False),
+    Column("number", String(20), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("issue_date", Date, nullable=False),
+    Column("buyer_tax_id", String(18)),
+    Column("buyer_name", String(200), nullable=False),
+    Column("total_amount", Numeric(16, 2), nullable=False),
+    Column("total_tax", Numeric(16, 2), nullable=False),
+    Column("total", Numeric(16, 2), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("content", JSONB, nullable=False),  # the canonical invoice as accepted
+    Column("content_hash", String(64), nullable=False),
+    Column("source", String(16), nullable=False),  # api | batch | import
+    Column("status", String(20), nullable=False),
+    Column("reason", Text),
+    Column("next_action", Text),
+    Column("next_action_at", DateTime(timezone=True)),
+    Column("case_no", String(32)),
+    Column("receipt_no", String(64)),
+    Column("event_seq", Integer, nullable=False, server_default="1"),  # last event sequence emitted
+    Column("accepted_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("seller_tax_id", "number"),
+    Index("ix_invoices_tenant_seq", "tenant_id", "seq"),
+    Index("ix_invoices_tenant_status_seq", "tenant_id", "status", "seq"),
+    Index("ix_invoices_tenant_buyer_seq", "tenant_id", "buyer_tax_id", "seq"),
+    Index("ix_invoices_tenant_issue_date", "tenant_id", "issue_date"),
+)
+
+timeline = Table(
+    "invoice_timeline", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("invoice_id", UUID(as_uuid=True), ForeignKey(invoices.c.id), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("kind", String(40), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("detail", JSONB),
+    Index("ix_invoice_timeline_invoice_id_id", "invoice_id", "id"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys", metadata,
+    Column("tenant_id", UUID(as_uuid=True), ForeignKey(tenants.c.id), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("endpoint", String(100), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("status_code", SmallInteger),
+    Column("response", JSONB),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_idempotency_keys_created_at", "created_at"),
+)
+
+outbox = outbox_table(metadata)
+Index("ix_outbox_unpublished", outbox.c.id, postgresql_where=outbox.c.published_at.is_(None))
+processed_events = processed_events_table(metadata)

@@ -1,0 +1,437 @@
+"""The issuer's use cases. HTTP and the CLI are two doors into these functions.
+
+Callers own the transaction (`async with transaction(sessions) as session:`); nothing here commits.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import and_, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from services.issuer import models as m
+from services.issuer.lifecycle import VOIDABLE, Status, describe
+from services.issuer.rules import canonical, check_invoice, content_hash
+from services.issuer.schemas import InvoiceCreate, InvoiceRead, InvoiceView, TimelineEntry
+from shared.envelope import encode, new_envelope
+from shared.errors import Conflict, FieldError, NotFound, ValidationFailed
+from shared.events import INVOICE_ISSUED, INVOICE_VOIDED, ISSUER_SOURCE
+from shared.http import field_path
+from shared.outbox import PublishedRow, notify_outbox
+from shared.uscc import uscc_error
+
+__all__ = [
+    "ItemResult", "ListFilters", "Tenant", "authenticate", "claim_idempotency_key", "create_invoices",
+    "create_tenant", "get_invoice", "list_invoices", "mark_published", "request_hash", "store_idempotent_response",
+    "validate_item", "void_invoice",
+]
+
+API_KEY_PREFIX = "fsk_"
+_invoice_adapter = TypeAdapter(InvoiceCreate)
+
+
+# --- tenants and keys -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Tenant:
+    id: uuid.UUID
+    name: str
+    tax_id: str
+
+
+def hash_key(api_key: str) -> str:
+    # Keys are 256-bit random: a plain SHA-256 is as strong as a slow KDF here and keeps auth cheap.
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+async def create_tenant(*, session: AsyncSession, name: str, tax_id: str, label: str = "default") -> tuple[Tenant, str]:
+    """Register a seller enterprise and issue its first API key. The key is returned once, never stored."""
+    tax_id = tax_id.strip().upper()
+    if (why := uscc_error(tax_id)) is not None:
+        raise ValidationFailed([FieldError("tax_id", why)])
+    if not name.strip():
+        raise ValidationFailed([FieldError("name", "must not be empty")])
+    existing = (await session.execute(select(m.tenants.c.id).where(m.tenants.c.tax_id == tax_id))).first()
+    if existing is not None:
+        raise Conflict(f"a tenant with tax id {tax_id} already exists", extra={"tenant_id": str(existing.id)})
+    tenant = Tenant(uuid.uuid4(), name.strip(), tax_id)
+    await session.execute(m.tenants.insert().values(id=tenant.id, name=tenant.name, tax_id=tenant.tax_id))
+    key = await issue_api_key(session=session, tenant_id=tenant.id, label=label)
+    return tenant, key
+
+
+async def issue_api_key(*, session: AsyncSession, tenant_id: uuid.UUID, label: str = "default") -> str:
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    await session.execute(m.api_keys.insert().values(
+        id=uuid.uuid4(), tenant_id=tenant_id, prefix=key[:12], key_hash=hash_key(key), label=label))
+    return key
+
+
+async def authenticate(*, session: AsyncSession | AsyncConnection, api_key: str) -> Tenant | None:
+    if not api_key.startswith(API_KEY_PREFIX) or len(api_key) > 200:
+        return None
+    row = (await session.execute(
+        select(m.tenants.c.id, m.tenants.c.name, m.tenants.c.tax_id)
+        .join(m.api_keys, m.api_keys.c.tenant_id == m.tenants.c.id)
+        .where(m.api_keys.c.key_hash == hash_key(api_key), m.api_keys.c.revoked_at.is_(None))
+    )).first()
+    return Tenant(row.id, row.name, row.tax_id) if row else None
+
+
+# --- idempotency ------------------------------------------------------------------------------
+
+def request_hash(endpoint: str, body: Any) -> str:
+    import orjson
+
+    return hashlib.sha256(endpoint.encode() + b"\n" + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status_code: int
+    body: Any
+
+
+async def claim_idempotency_key(*, session: AsyncSession, tenant_id: uuid.UUID, key: str, endpoint: str,
+                                req_hash: str, wait_seconds: float) -> StoredResponse | None:
+    """None: this request owns the key (its response is stored by the same transaction).
+
+    A concurrent request with the same key blocks on the row until the owner commits, then replays
+    its response; if the owner takes longer than wait_seconds the repeat gets 409.
+    """
+    await session.execute(text("select set_config('lock_timeout', :v, true)"), {"v": f"{int(wait_seconds * 1000)}ms"})
+    try:
+        claimed = (await session.execute(
+            pg_insert(m.idempotency_keys)
+            .values(tenant_id=tenant_id, key=key, endpoint=endpoint, request_hash=req_hash)
+            .on_conflict_do_nothing().returning(m.idempotency_keys.c.key)
+        )).first()
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == "55P03":
+            raise Conflict("a request with this Idempotency-Key is still being processed; retry shortly") from exc
+        raise
+    await session.execute(text("select set_config('lock_timeout', '0', true)"))
+    if claimed is not None:
+        return None
+    row = (await session.execute(
+        select(m.idempotency_keys).where(m.idempotency_keys.c.tenant_id == tenant_id, m.idempotency_keys.c.key == key)
+    )).one()
+    if row.endpoint != endpoint or row.request_hash != req_hash:
+        raise ValidationFailed(
+            [FieldError("Idempotency-Key", "was already used with a different request body")],
+            detail="Idempotency-Key reused with a different request",
+        )
+    return StoredResponse(row.status_code, row.response)
+
+
+async def store_idempotent_response(*, session: AsyncSession, tenant_id: uuid.UUID, key: str, status_code: int,
+                                    body: Any) -> None:
+    await session.execute(
+        update(m.idempotency_keys)
+        .where(m.idempotency_keys.c.tenant_id == tenant_id, m.idempotency_keys.c.key == key)
+        .values(status_code=status_code, response=body)
+    )
+
+
+# --- issuing ----------------------------------------------------------------------------------
+
+def validate_item(raw: Any, *, tenant: Tenant, today: date, window_days: int,
+                  prefix: str = "") -> InvoiceCreate | list[FieldError]:
+    """Structure (schemas) then rules; every problem with its path."""
+    if isinstance(raw, InvoiceCreate):
+        inv = raw
+    else:
+        try:
+            inv = _invoice_adapter.validate_python(raw)
+        except ValidationError as exc:
+            return [FieldError(prefix + field_path(e["loc"]), str(e["msg"]).removeprefix("Value error, "))
+                    for e in exc.errors()]
+    errors = check_invoice(inv, seller_tax_id=tenant.tax_id, today=today, window_days=window_days)
+    if errors:
+        return [FieldError(prefix + e.path, e.reason) for e in errors]
+    return inv
+
+
+@dataclass
+class ItemResult:
+    index: int
+    status: int  # 201 created, 200 already had it (same content), 409 number taken, 422 invalid
+    invoice: dict[str, Any] | None = None
+    errors: list[FieldError] = field(default_factory=list)
+    detail: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index, "status": self.status}
+        if self.invoice is not None:
+            out["invoice"] = self.invoice
+        if self.errors:
+            out["errors"] = [e.as_dict() for e in self.errors]
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+async def create_invoices(*, session: AsyncSession, tenant: Tenant,
+                          items: Sequence[InvoiceCreate | list[FieldError]], source: str,
+                          topic: str) -> list[ItemResult]:
+    """Store valid invoices with their `issued` events in the caller's transaction, in bulk.
+
+    The natural key (seller tax id, number) decides: a new number is created (201); the same number
+    with the same content is the same invoice (200, nothing written); with other content it is 409.
+    """
+    results: list[ItemResult | None] = [None] * len(items)
+    first_by_number: dict[str, int] = {}
+    to_insert: list[dict[str, Any]] = []
+    docs: dict[str, tuple[dict[str, Any], str]] = {}
+    now = datetime.now(UTC)
+    for i, item in enumerate(items):
+        if isinstance(item, list):
+            results[i] = ItemResult(i, 422, errors=item)
+            continue
+        doc = canonical(item)
+        digest = content_hash(doc)
+        if item.number in first_by_number:
+            continue  # resolved against its first occurrence below
+        first_by_number[item.number] = i
+        docs[item.number] = (doc, digest)
+        to_insert.append({
+            "id": uuid.uuid4(), "tenant_id": tenant.id, "seller_tax_id": tenant.tax_id, "number": item.number,
+            "kind": item.kind, "issue_date": item.issue_date, "buyer_tax_id": item.buyer.tax_id or None,
+            "buyer_name": item.buyer.name, "total_amount": Decimal(item.total_amount),
+            "total_tax": Decimal(item.total_tax), "total": Decimal(item.total), "currency": item.currency,
+            "content": doc, "content_hash": digest, "source": source, "status": Status.ACCEPTED.value,
+            "event_seq": 1, "accepted_at": now, "updated_at": now,
+        })
+
+    created: dict[str, Any] = {}
+    if to_insert:
+        rows = (await session.execute(
+            pg_insert(m.invoices).on_conflict_do_nothing(index_elements=["seller_tax_id", "number"])
+            .returning(*m.invoices.c), to_insert,
+        )).all()
+        created = {r.number: r for r in rows}
+    missing = [n for n in first_by_number if n not in created]
+    existing: dict[str, Any] = {}
+    if missing:
+        existing = {r.number: r for r in (await session.execute(
+            select(m.invoices).where(m.invoices.c.seller_tax_id == tenant.tax_id, m.invoices.c.number.in_(missing))
+        )).all()}
+
+    for number, i in first_by_number.items():
+        digest = docs[number][1]
+        if number in created:
+            results[i] = ItemResult(i, 201, invoice=_view(created[number]))
+        elif existing[number].content_hash == digest:
+            results[i] = ItemResult(i, 200, invoice=_view(existing[number]),
+                                    detail="already issued with identical content; nothing changed")
+        else:
+            results[i] = ItemResult(i, 409, detail=f"invoice number {number} is already used with different content",
+                                    invoice={"id": str(existing[number].id), "number": number})
+    for i, item in enumerate(items):
+        if results[i] is None:
+            assert isinstance(item, InvoiceCreate)
+            first = results[first_by_number[item.number]]
+            assert first is not None
+            if content_hash(canonical(item)) == docs[item.number][1] and first.status in (200, 201):
+                results[i] = ItemResult(i, 200, invoice=first.invoice, detail="duplicate of an earlier item")
+            else:
+                results[i] = ItemResult(i, 409, detail=f"invoice number {item.number} is used twice in this request")
+
+    if created:
+        await _record_issued(session, tenant, list(created.values()), docs, topic)
+    return [r for r in results if r is not None]
+
+
+async def _record_issued(session: AsyncSession, tenant: Tenant, rows: list[Any],
+                         docs: dict[str, tuple[dict[str, Any], str]], topic: str) -> None:
+    timeline_rows, outbox_rows = [], []
+    for r in rows:
+        envelope = new_envelope(
+            source=ISSUER_SOURCE, type=INVOICE_ISSUED, subject=str(r.id), tenant=str(tenant.id), sequence=1,
+            data={"invoice_id": str(r.id), "tenant_id": str(tenant.id), "seller_tax_id": r.seller_tax_id,
+                  "number": r.number, "content_hash": r.content_hash, "accepted_at": r.accepted_at.isoformat(),
+                  "invoice": docs[r.number][0]},
+        )
+        outbox_rows.append({"topic": topic, "key": str(r.id), "event_id": envelope.id, "event_type": INVOICE_ISSUED,
+                            "payload": encode(envelope)})
+        timeline_rows.append({"invoice_id": r.id, "kind": "accepted", "at": r.accepted_at,
+                              "message": f"Accepted via {r.source}; event {envelope.id} queued for {topic}",
+                              "detail": {"event_id": envelope.id, "content_hash": r.content_hash}})
+    await session.execute(m.timeline.insert(), timeline_rows)
+    await session.execute(m.outbox.insert(), outbox_rows)
+    await notify_outbox(session, m.outbox)
+
+
+async def mark_published(conn: AsyncConnection, rows: Sequence[PublishedRow]) -> None:
+    """Outbox relay callback, in the relay's transaction: accepted -> published, with where it landed."""
+    issued = [r for r in rows if r.event_type == INVOICE_ISSUED]
+    if not issued:
+        return
+    ids = [uuid.UUID(r.key) for r in issued]
+    now = datetime.now(UTC)
+    moved = {row.id for row in (await conn.execute(
+        update(m.invoices).where(m.invoices.c.id.in_(ids), m.invoices.c.status == Status.ACCEPTED.value)
+        .values(status=Status.PUBLISHED.value, updated_at=now).returning(m.invoices.c.id)
+    )).all()}
+    entries = [
+        {"invoice_id": uuid.UUID(r.key), "kind": "published", "at": now,
+         "message": f"Published to {r.topic} (partition {r.partition}, offset {r.offset})",
+         "detail": {"topic": r.topic, "partition": r.partition, "offset": r.offset}}
+        for r in issued if uuid.UUID(r.key) in moved
+    ]
+    if entries:
+        await conn.execute(m.timeline.insert(), entries)
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+def _view(row: Any) -> dict[str, Any]:
+    status = Status(row.status)
+    default_reason, default_next = describe(status)
+    return InvoiceView(
+        id=row.id, number=row.number, kind=row.kind, issue_date=row.issue_date, seller_tax_id=row.seller_tax_id,
+        buyer_tax_id=row.buyer_tax_id, buyer_name=row.buyer_name, total_amount=f"{row.total_amount:.2f}",
+        total_tax=f"{row.total_tax:.2f}", total=f"{row.total:.2f}", currency=row.currency, status=row.status,
+        reason=row.reason or default_reason, next_action=row.next_action if row.reason else default_next,
+        next_action_at=row.next_action_at, case_no=row.case_no, receipt_no=row.receipt_no,
+        accepted_at=row.accepted_at, updated_at=row.updated_at,
+    ).model_dump(mode="json")
+
+
+async def _get_row(session: AsyncSession, tenant: Tenant, invoice_id: str, *, for_update: bool = False) -> Any:
+    try:
+        iid = uuid.UUID(invoice_id)
+    except ValueError:
+        raise NotFound(f"no invoice {invoice_id}") from None
+    stmt = select(m.invoices).where(m.invoices.c.id == iid, m.invoices.c.tenant_id == tenant.id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).first()
+    if row is None:  # another tenant's invoice is indistinguishable from none at all
+        raise NotFound(f"no invoice {invoice_id}")
+    return row
+
+
+async def get_invoice(*, session: AsyncSession, tenant: Tenant, invoice_id: str) -> dict[str, Any]:
+    row = await _get_row(session, tenant, invoice_id)
+    entries = (await session.execute(
+        select(m.timeline).where(m.timeline.c.invoice_id == row.id).order_by(m.timeline.c.id)
+    )).all()
+    view = _view(row)
+    return InvoiceRead(
+        **view, invoice=row.content,
+        timeline=[TimelineEntry(at=e.at, kind=e.kind, message=e.message, detail=e.detail) for e in entries],
+    ).model_dump(mode="json")
+
+
+@dataclass(frozen=True)
+class ListFilters:
+    status: Status | None = None
+    number: str | None = None
+    buyer_tax_id: str | None = None
+    issued_from: date | None = None
+    issued_to: date | None = None
+    min_total: Decimal | None = None
+    max_total: Decimal | None = None
+    cursor: str | None = None
+    limit: int = 50
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("s") or not raw[1:].isdigit() or len(raw) > 20:
+            raise ValueError
+        return int(raw[1:])
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValidationFailed([FieldError("cursor", "is not a cursor this API returned")]) from None
+
+
+async def list_invoices(*, session: AsyncSession, tenant: Tenant, filters: ListFilters) -> dict[str, Any]:
+    """Newest first; `next_cursor` continues where this page ended, stable under concurrent inserts."""
+    inv = m.invoices
+    conds = [inv.c.tenant_id == tenant.id]
+    f = filters
+    if f.status is not None:
+        conds.append(inv.c.status == f.status.value)
+    if f.number:
+        conds.append(inv.c.number == f.number)
+    if f.buyer_tax_id:
+        conds.append(inv.c.buyer_tax_id == f.buyer_tax_id.upper())
+    if f.issued_from:
+        conds.append(inv.c.issue_date >= f.issued_from)
+    if f.issued_to:
+        conds.append(inv.c.issue_date <= f.issued_to)
+    if f.min_total is not None:
+        conds.append(inv.c.total >= f.min_total)
+    if f.max_total is not None:
+        conds.append(inv.c.total <= f.max_total)
+    if f.cursor:
+        conds.append(inv.c.seq < decode_cursor(f.cursor))
+    rows = (await session.execute(
+        select(inv).where(and_(*conds)).order_by(inv.c.seq.desc()).limit(f.limit + 1)
+    )).all()
+    page = rows[: f.limit]
+    return {
+        "items": [_view(r) for r in page],
+        "next_cursor": encode_cursor(page[-1].seq) if len(rows) > f.limit else None,
+    }
+
+
+# --- voiding ----------------------------------------------------------------------------------
+
+async def void_invoice(*, session: AsyncSession, tenant: Tenant, invoice_id: str, reason: str,
+                       topic: str) -> dict[str, Any]:
+    """废弃: discard an invoice the authority has not accepted (rejected or stuck)."""
+    row = await _get_row(session, tenant, invoice_id, for_update=True)
+    status = Status(row.status)
+    if status not in VOIDABLE:
+        raise Conflict(
+            f"only invoices the authority has not accepted (rejected or stuck) can be voided; this one is '{status}'",
+            extra={"status": status.value},
+        )
+    now = datetime.now(UTC)
+    seq = row.event_seq + 1
+    envelope = new_envelope(
+        source=ISSUER_SOURCE, type=INVOICE_VOIDED, subject=str(row.id), tenant=str(tenant.id), sequence=seq,
+        data={"invoice_id": str(row.id), "tenant_id": str(tenant.id), "seller_tax_id": row.seller_tax_id,
+              "number": row.number, "reason": reason, "voided_at": now.isoformat()},
+    )
+    await session.execute(
+        update(m.invoices).where(m.invoices.c.id == row.id)
+        .values(status=Status.VOIDED.value, reason=f"Voided by the seller: {reason}", next_action=None,
+                next_action_at=None, event_seq=seq, updated_at=now)
+    )
+    await session.execute(m.timeline.insert().values(
+        invoice_id=row.id, kind="voided", at=now, message=f"Voided by the seller: {reason}",
+        detail={"event_id": envelope.id, "previous_status": status.value}))
+    await session.execute(m.outbox.insert().values(
+        topic=topic, key=str(row.id), event_id=envelope.id,
+        event_type=INVOICE_VOIDED, payload=encode(envelope)))
+    await notify_outbox(session, m.outbox)
+    return await get_invoice(session=session, tenant=tenant, invoice_id=invoice_id)
+
+
+async def purge_idempotency_keys(*, session: AsyncSession, older_than_hours: int) -> int:
+    result = await session.execute(
+        m.idempotency_keys.delete().where(
+            m.idempotency_keys.c.created_at < func.now() - text(f"interval '{int(older_than_hours)} hours'"))
+    )
+    return int(result.rowcount or 0)

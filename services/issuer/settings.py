@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import SharedSettings
+
+
+class IssuerSettings(SharedSettings):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_url: str = Field(default="http://127.0.0.1:8000", description="base URL shown in links and docs")
+    max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
+    batch_max: int = Field(default=1000, ge=1, le=10_000)
+    issue_window_days: int = Field(default=365, ge=1, description="oldest issue_date accepted, in days")
+    timezone: str = Field(default="Asia/Shanghai", description="whose calendar decides 'today'")
+    idempotency_wait_seconds: float = Field(default=5.0, gt=0, le=60,
+                                            description="how long a repeat waits for the first request to finish")
+    idempotency_ttl_hours: int = Field(default=24, ge=1)
+    relay_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    relay_poll_interval: float = Field(default=1.0, gt=0)
+    auto_migrate: bool = Field(default=True, description="run Alembic migrations at start-up")

@@ -1,0 +1,1 @@
+"""Code every Fapiao Sync service shares. Never imports from `services`."""

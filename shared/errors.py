@@ -1,0 +1,75 @@
+"""The exception hierarchy, drawn once.
+
+    FapiaoError                 a domain error with an HTTP meaning (RFC 9457 problem)
+    ├── BadRequest              400
+    ├── Unauthorized            401
+    ├── NotFound                404 (also: another tenant's resource)
+    ├── Conflict                409
+    ├── PayloadTooLarge         413
+    └── ValidationFailed        422, with a list of {path, reason}
+    RetriableError              a consumer may try again (DB or broker unavailable)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "BadRequest", "Conflict", "FapiaoError", "FieldError", "NotFound", "PayloadTooLarge",
+    "RetriableError", "Unauthorized", "ValidationFailed",
+]
+
+
+@dataclass(frozen=True)
+class FieldError:
+    path: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
+class FapiaoError(Exception):
+    status: int = 500
+    title: str = "Internal error"
+    code: str = "internal"
+
+    def __init__(self, detail: str, *, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra or {}
+
+
+class BadRequest(FapiaoError):
+    status, title, code = 400, "Bad request", "bad_request"
+
+
+class Unauthorized(FapiaoError):
+    status, title, code = 401, "Unauthorized", "unauthorized"
+
+
+class NotFound(FapiaoError):
+    status, title, code = 404, "Not found", "not_found"
+
+
+class Conflict(FapiaoError):
+    status, title, code = 409, "Conflict", "conflict"
+
+
+class PayloadTooLarge(FapiaoError):
+    status, title, code = 413, "Payload too large", "payload_too_large"
+
+
+class ValidationFailed(FapiaoError):
+    status, title, code = 422, "Validation failed", "validation_failed"
+
+    def __init__(self, errors: list[FieldError], detail: str | None = None) -> None:
+        super().__init__(detail or f"{len(errors)} field(s) failed validation")
+        self.errors = errors
+
+
+class RetriableError(Exception):
+    """Raised by consumer handlers when trying again later may succeed."""
+
+    retriable = True

@@ -1,0 +1,208 @@
+"""HTTP plumbing every service mounts: problem responses, body limit, correlation ids, health."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.errors import FapiaoError, FieldError, ValidationFailed
+from shared.logging import correlation_id
+from shared.metrics import CONTENT_TYPE_LATEST, HTTP_LATENCY, HTTP_REQUESTS, render
+
+__all__ = [
+    "BodyLimitMiddleware", "RequestContextMiddleware", "field_path", "health_router", "install_problem_handlers",
+    "problem",
+]
+
+log = logging.getLogger(__name__)
+PROBLEM = "application/problem+json"
+
+
+def problem(status: int, title: str, detail: str, *, code: str, **extra: Any) -> JSONResponse:
+    body = {"type": f"https://fapiao.dev/problems/{code}", "title": title, "status": status, "detail": detail,
+            "code": code, **extra}
+    if (cid := correlation_id.get()) is not None:
+        body["correlation_id"] = cid
+    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """('body', 'lines', 0, 'amount') -> 'lines[0].amount'"""
+    out = ""
+    for part in loc:
+        if part in ("body", "query", "path", "header") and out == "":
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-after", "function-wrap", "function-before")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(body)"
+
+
+def _validation_errors(errors: list[dict[str, Any]]) -> list[FieldError]:
+    out = []
+    for e in errors:
+        reason = str(e.get("msg", "invalid"))
+        reason = reason.removeprefix("Value error, ")
+        out.append(FieldError(field_path(e.get("loc", ())), reason))
+    return out
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FapiaoError)
+    async def _domain(_: Request, exc: FapiaoError) -> JSONResponse:
+        extra = dict(exc.extra)
+        if isinstance(exc, ValidationFailed):
+            extra["errors"] = [e.as_dict() for e in exc.errors]
+        return problem(exc.status, exc.title, exc.detail, code=exc.code, **extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return problem(400, "Malformed JSON", "the request body is not valid JSON (UTF-8)", code="malformed_json")
+        fields = _validation_errors(list(errors))
+        return problem(422, "Validation failed", f"{len(fields)} field(s) failed validation",
+                       code="validation_failed", errors=[f.as_dict() for f in fields])
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error: %s", type(exc).__name__)
+        return problem(500, "Internal error", "the server failed to handle this request; it has been logged",
+                       code="internal")
+
+
+class BodyLimitMiddleware:
+    """413 before reading more than `max_bytes`, whether or not Content-Length is honest."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._reject(scope, receive, send)
+                    return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem(413, "Payload too large", f"request bodies are limited to {self.max_bytes} bytes",
+                           code="payload_too_large", limit_bytes=self.max_bytes)
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class RequestContextMiddleware:
+    """Correlation id in and out (X-Correlation-Id), plus request metrics by route template."""
+
+    def __init__(self, app: ASGIApp, *, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cid = None
+        for name, value in scope.get("headers", ()):
+            if name in (b"x-correlation-id", b"x-request-id"):
+                candidate = value.decode("latin-1")[:64]
+                if candidate.replace("-", "").replace("_", "").isalnum():
+                    cid = candidate
+        cid = cid or uuid.uuid4().hex
+        token = correlation_id.set(cid)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-correlation-id", cid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            HTTP_REQUESTS.labels(self.service, scope["method"], template, str(status)).inc()
+            HTTP_LATENCY.labels(self.service, scope["method"], template).observe(time.perf_counter() - started)
+            correlation_id.reset(token)
+
+
+ReadyCheck = Callable[[], Awaitable[None]]
+
+
+def health_router(checks: dict[str, ReadyCheck]) -> APIRouter:
+    """/healthz (alive), /readyz (each named check passes), /metrics (Prometheus text)."""
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz() -> JSONResponse:
+        results: dict[str, str] = {}
+        ok = True
+        for name, check in checks.items():
+            try:
+                await check()
+                results[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 - report, do not raise
+                ok = False
+                results[name] = f"unavailable: {type(exc).__name__}: {str(exc)[:200]}"
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": results},
+                            status_code=200 if ok else 503)
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -1,0 +1,246 @@
+"""Kafka with safe defaults, and the consume loop every consumer in the system runs.
+
+aiokafka's defaults are wrong for us (acks=1, no idempotence, auto-commit on a timer, offset reset
+to "latest"): every producer and consumer is built here so none of them can be forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+
+from shared.envelope import Envelope, EnvelopeError, decode
+from shared.errors import RetriableError
+from shared.logging import bind
+from shared.topics import Topic
+
+__all__ = [
+    "ConsumeLoop", "Handler", "KafkaProbe", "backoff_delay", "consumer_config", "ensure_topics", "make_consumer",
+    "make_producer", "producer_config",
+]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Envelope, ConsumerRecord], Awaitable[None]]
+
+
+def producer_config(bootstrap: str, *, request_timeout_ms: int = 10_000, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "acks": "all",
+        "enable_idempotence": True,
+        "request_timeout_ms": request_timeout_ms,
+        "linger_ms": 5,
+        "max_batch_size": 256 * 1024,
+        "retry_backoff_ms": 200,
+    }
+    config.update(overrides)
+    return config
+
+
+def consumer_config(bootstrap: str, *, group_id: str, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "max_poll_records": 500,
+        "max_poll_interval_ms": 300_000,
+        "session_timeout_ms": 30_000,
+        "heartbeat_interval_ms": 3_000,
+    }
+    config.update(overrides)
+    return config
+
+
+def make_producer(bootstrap: str, **overrides: Any) -> AIOKafkaProducer:
+    return AIOKafkaProducer(**producer_config(bootstrap, **overrides))
+
+
+def make_consumer(bootstrap: str, *topics: str, group_id: str, **overrides: Any) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(*topics, **consumer_config(bootstrap, group_id=group_id, **overrides))
+
+
+async def ensure_topics(bootstrap: str, topics: Iterable[Topic], *, prefix: str = "", partitions: int = 6,
+                        timeout: float = 15.0) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created. Never relies on auto-create."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    await asyncio.wait_for(admin.start(), timeout)
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(t.qualified(prefix), partitions if t.partitioned else 1, 1)
+            for t in topics if t.qualified(prefix) not in existing
+        ]
+        if not wanted:
+            return []
+        try:
+            await asyncio.wait_for(admin.create_topics(wanted), timeout)
+        except TopicAlreadyExistsError:
+            pass  # another process won the race
+        return [t.name for t in wanted]
+    finally:
+        await admin.close()
+
+
+def backoff_delay(attempt: int, *, base: float = 0.2, cap: float = 30.0) -> float:
+    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempt))."""
+    return random.uniform(0, min(cap, base * (2 ** min(attempt, 30))))
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):
+    def __init__(self, loop: ConsumeLoop) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.loop.commit_done()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
+
+
+class ConsumeLoop:
+    """decode envelope -> handler -> (after the handler's transaction commits) commit the offset.
+
+    - A message that is not a valid envelope, or whose handler raises a non-retriable error, goes to
+      the dead-letter topic with its origin in headers; then its offset is committed and the loop
+      moves on.
+    - A RetriableError is retried with backoff; if it persists the partition is rewound to the
+      failed record and the loop polls again (so the consumer never leaves its group), retrying
+      until it succeeds. Nothing is skipped.
+    - Offsets are committed per batch, only for records whose effect is durable. Delivery is at
+      least once: handlers must be idempotent (see shared.db.mark_processed).
+    """
+
+    def __init__(self, *, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, topics: list[str],
+                 handler: Handler, dlq_topic: Callable[[str], str], group_id: str,
+                 max_inline_retries: int = 5, poll_timeout_ms: int = 500,
+                 on_dead_letter: Callable[[str], None] | None = None) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.topics = topics
+        self.handler = handler
+        self.dlq_topic = dlq_topic
+        self.group_id = group_id
+        self.max_inline_retries = max_inline_retries
+        self.poll_timeout_ms = poll_timeout_ms
+        self.on_dead_letter = on_dead_letter
+        self._done: dict[TopicPartition, int] = {}
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def commit_done(self) -> None:
+        if not self._done:
+            return
+        offsets, self._done = self._done, {}
+        try:
+            await self.consumer.commit(offsets)
+        except CommitFailedError:
+            # Rebalanced away mid-batch: the new owner re-reads these; handlers are idempotent.
+            log.warning("offset commit failed after a rebalance; records will be redelivered")
+
+    async def run(self) -> None:
+        self.consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
+        while not self._stopping.is_set():
+            batches = await self.consumer.getmany(timeout_ms=self.poll_timeout_ms)
+            for tp, records in batches.items():
+                for record in records:
+                    if not await self._process(tp, record):
+                        break  # partition rewound; the next poll resumes there
+                    self._done[tp] = record.offset + 1
+            await self.commit_done()
+
+    async def _process(self, tp: TopicPartition, record: ConsumerRecord) -> bool:
+        try:
+            envelope = decode(record.value)
+        except EnvelopeError as exc:
+            await self._dead_letter(record, exc)
+            return True
+        with bind(invoice=envelope.subject, correlation=envelope.id):
+            for attempt in range(self.max_inline_retries + 1):
+                try:
+                    await self.handler(envelope, record)
+                    return True
+                except (RetriableError, KafkaError, OSError, TimeoutError) as exc:
+                    if attempt == self.max_inline_retries:
+                        log.warning("handler still failing (%s); rewinding to offset %d", exc, record.offset)
+                        await self.commit_done()
+                        self.consumer.seek(tp, record.offset)
+                        await asyncio.sleep(backoff_delay(attempt, cap=10))
+                        return False
+                    await asyncio.sleep(backoff_delay(attempt, cap=5))
+                except Exception as exc:  # noqa: BLE001 - any other failure is this message's fault
+                    if getattr(exc, "retriable", False):
+                        continue
+                    await self._dead_letter(record, exc)
+                    return True
+        return True  # pragma: no cover
+
+    async def _dead_letter(self, record: ConsumerRecord, exc: BaseException) -> None:
+        topic = self.dlq_topic(record.topic)
+        headers = list(record.headers or ()) + [
+            ("dlq.origin.topic", record.topic.encode()),
+            ("dlq.origin.partition", str(record.partition).encode()),
+            ("dlq.origin.offset", str(record.offset).encode()),
+            ("dlq.consumer.group", self.group_id.encode()),
+            ("dlq.error", f"{type(exc).__name__}: {exc}"[:1000].encode()),
+            ("dlq.failed.at", datetime.now(UTC).isoformat().encode()),
+        ]
+        log.error("dead-lettering %s[%d]@%d to %s: %s", record.topic, record.partition, record.offset, topic,
+                  type(exc).__name__, extra={"fields": {"error": str(exc)[:500]}})
+        # Must be on the DLQ before the offset is committed; if that fails, retry the whole record.
+        for attempt in range(30):
+            try:
+                await self.producer.send_and_wait(topic, value=record.value, key=record.key, headers=headers)
+                break
+            except KafkaError:
+                await asyncio.sleep(backoff_delay(attempt, cap=5))
+        else:
+            raise RetriableError("dead-letter topic unavailable")
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(record.topic)
+
+
+class KafkaProbe:
+    """Readiness check: can we get cluster metadata right now? Keeps one client between checks."""
+
+    def __init__(self, bootstrap: str, *, timeout: float = 3.0) -> None:
+        self.bootstrap = bootstrap
+        self.timeout = timeout
+        self._client: Any = None
+
+    async def check(self) -> None:
+        from aiokafka.client import AIOKafkaClient
+
+        if self._client is None:
+            client = AIOKafkaClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.timeout * 1000))
+            try:
+                await asyncio.wait_for(client.bootstrap(), self.timeout)
+            except BaseException:
+                await client.close()
+                raise
+            self._client = client
+        try:
+            metadata = await asyncio.wait_for(self._client.fetch_all_metadata(), self.timeout)
+        except BaseException:
+            await self.close()
+            raise
+        if not metadata.brokers():
+            raise KafkaError("no live brokers in the metadata")
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()

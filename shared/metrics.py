@@ -1,0 +1,28 @@
+"""Prometheus metrics shared by every service. Labels are bounded: route templates, never ids."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+__all__ = [
+    "CONTENT_TYPE_LATEST", "DEAD_LETTERS", "HTTP_LATENCY", "HTTP_REQUESTS", "OUTBOX_BACKLOG",
+    "OUTBOX_OLDEST_AGE", "OUTBOX_PUBLISHED", "render",
+]
+
+HTTP_REQUESTS = Counter(
+    "fapiao_http_requests_total", "HTTP requests answered", ["service", "method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "fapiao_http_request_duration_seconds", "HTTP request latency", ["service", "method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+OUTBOX_BACKLOG = Gauge("fapiao_outbox_backlog", "Outbox rows not yet on Kafka", ["service"])
+OUTBOX_OLDEST_AGE = Gauge(
+    "fapiao_outbox_oldest_unpublished_age_seconds", "Age of the oldest outbox row not yet on Kafka", ["service"]
+)
+OUTBOX_PUBLISHED = Counter("fapiao_outbox_published_total", "Outbox rows published to Kafka", ["service"])
+DEAD_LETTERS = Counter("fapiao_dead_letters_total", "Messages sent to a dead-letter topic", ["service", "topic"])
+
+
+def render() -> bytes:
+    return generate_latest()

@@ -1,0 +1,59 @@
+"""Alembic, one version table per service schema, callable from code and from each env.py."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from pathlib import Path
+
+from alembic import command, context
+from alembic.config import Config
+from sqlalchemy import MetaData, pool, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+__all__ = ["alembic_config", "run_env", "upgrade"]
+
+
+def alembic_config(*, migrations_dir: Path, database_url: str, schema: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir))
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    cfg.attributes["schema"] = schema
+    return cfg
+
+
+def upgrade(*, migrations_dir: Path, database_url: str, schema: str, revision: str = "head") -> None:
+    """Blocking; in async code call it through asyncio.to_thread."""
+    command.upgrade(alembic_config(migrations_dir=migrations_dir, database_url=database_url, schema=schema), revision)
+
+
+def _do_run(connection: Connection, target_metadata: MetaData, schema: str) -> None:
+    # Two replicas starting together must not both migrate: serialise on an advisory lock.
+    connection.execute(text("select pg_advisory_lock(:k)"), {"k": zlib.crc32(f"migrate:{schema}".encode())})
+    connection.execute(text(f'create schema if not exists "{schema}"'))
+    connection.commit()
+    context.configure(
+        connection=connection, target_metadata=target_metadata, version_table_schema=schema,
+        include_schemas=False, compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_env(target_metadata: MetaData) -> None:
+    """Body of every service's migrations/env.py (online mode only)."""
+    cfg = context.config
+    schema = cfg.attributes.get("schema") or target_metadata.schema
+    assert schema, "migrations need a schema"
+    url = cfg.get_main_option("sqlalchemy.url")
+
+    async def main() -> None:
+        engine = create_async_engine(url, poolclass=pool.NullPool)
+        try:
+            async with engine.connect() as conn:
+                await conn.run_sync(_do_run, target_metadata, schema)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())

@@ -1,0 +1,56 @@
+"""Settings common to every service: environment variables with the FAPIAO_ prefix."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["PLACEHOLDER_SECRETS", "SharedSettings", "normalise_database_url"]
+
+PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "admin", "dev-admin-token", "password"})
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the libpq spellings and hand SQLAlchemy the asyncpg driver."""
+    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://", "postgresql+psycopg://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix):]
+    return url
+
+
+class SharedSettings(BaseSettings):
+    """Built in create_app(), never at import time, so tests can pass their own."""
+
+    model_config = SettingsConfigDict(env_prefix="FAPIAO_", extra="ignore", frozen=True)
+
+    env: Literal["development", "test", "production"] = "development"
+    database_url: str = Field(description="PostgreSQL DSN; the local stack fills it in")
+    kafka_bootstrap: str = Field(description="comma-separated host:port list")
+    admin_token: SecretStr = Field(description="bearer token for /admin endpoints")
+    topic_prefix: str = Field(default="", description="prefix for every topic name (test isolation)")
+    kafka_partitions: int = Field(default=6, ge=1, le=256)
+    kafka_request_timeout_ms: int = Field(default=10_000, ge=1_000)
+    log_level: str = "INFO"
+    log_json: bool = True
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=100)
+
+    @field_validator("database_url")
+    @classmethod
+    def _dsn(cls, v: str) -> str:
+        v = normalise_database_url(v.strip())
+        if not v.startswith("postgresql+asyncpg://"):
+            raise ValueError("must be a PostgreSQL URL (postgresql://user:pass@host:port/db)")
+        return v
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets(self) -> SharedSettings:
+        token = self.admin_token.get_secret_value()
+        if self.env != "development" and (token.lower() in PLACEHOLDER_SECRETS or len(token) < 16):
+            raise ValueError(
+                "FAPIAO_ADMIN_TOKEN is a placeholder or shorter than 16 characters; "
+                "set a real secret (only FAPIAO_ENV=development tolerates that)"
+            )
+        return self
