@@ -12,20 +12,21 @@ TOLERANCE = Decimal("0.01")
 TAX_RATES = frozenset(Decimal(r) for r in ("0", "0.01", "0.03", "0.05", "0.06", "0.09", "0.13"))
 
 # Bounded on purpose: a 12-digit integer part covers any real invoice and keeps arithmetic cheap.
-_AMOUNT = re.compile(r"^-?\d{1,12}\.\d{2}$")
-_DECIMAL = re.compile(r"^-?\d{1,12}(\.\d{1,8})?$")
+# ASCII digits only (\d would admit full-width and Arabic-Indic digits); fullmatch, so no trailing newline.
+_AMOUNT = re.compile(r"-?[0-9]{1,12}\.[0-9]{2}", re.ASCII)
+_DECIMAL = re.compile(r"-?[0-9]{1,12}(\.[0-9]{1,8})?", re.ASCII)
 
 
 def parse_amount(text: str) -> Decimal:
     """'226.00' -> Decimal; exactly two decimal places, bounded size; ValueError otherwise."""
-    if not _AMOUNT.match(text):
+    if not _AMOUNT.fullmatch(text):
         raise ValueError("must be a decimal string with exactly 2 decimal places, e.g. \"100.00\"")
     return Decimal(text)
 
 
 def parse_decimal(text: str) -> Decimal:
     """A bounded decimal string (up to 12 integer and 8 fractional digits)."""
-    if not _DECIMAL.match(text):
+    if not _DECIMAL.fullmatch(text):
         raise ValueError("must be a decimal string with up to 12 integer and 8 decimal digits, e.g. \"2\" or \"1.5\"")
     try:
         return Decimal(text)

@@ -29,7 +29,8 @@ def port_is_open(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bo
 
 
 def _die_with_parent() -> None:
-    # Test-owned children must not outlive a killed test runner.
+    # Test-owned children must not outlive a killed test runner. Note: the signal fires when the
+    # spawning *thread* exits, so spawn such children from a long-lived thread.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 

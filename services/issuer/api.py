@@ -8,14 +8,21 @@ from decimal import Decimal
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
+import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.issuer import service
 from services.issuer.csv_import import CsvFormatError, parse_csv, row_errors
 from services.issuer.lifecycle import Status
-from services.issuer.schemas import BatchRequest, InvoiceCreate, InvoiceList, InvoiceRead, VoidRequest
+from services.issuer.schemas import (
+    BatchRequest,
+    InvoiceCreate,
+    InvoiceList,
+    InvoiceRead,
+    VoidRequest,
+)
 from services.issuer.settings import IssuerSettings
 from shared.db import transaction
 from shared.errors import BadRequest, FieldError, PayloadTooLarge, Unauthorized, ValidationFailed
@@ -62,7 +69,7 @@ def _topic(settings: IssuerSettings) -> str:
 
 
 async def _idempotent(request: Request, tenant: service.Tenant, key: str | None, endpoint: str, body: Any,
-                      produce: Any) -> JSONResponse:
+                      produce: Any) -> Response:
     """Run `produce(session) -> (status, body)` at most once per Idempotency-Key."""
     st = _state(request)
     async with transaction(st.sessions) as session:
@@ -71,13 +78,18 @@ async def _idempotent(request: Request, tenant: service.Tenant, key: str | None,
                 session=session, tenant_id=tenant.id, key=key, endpoint=endpoint,
                 req_hash=service.request_hash(endpoint, body), wait_seconds=st.settings.idempotency_wait_seconds)
             if stored is not None:
-                return JSONResponse(stored.body, status_code=stored.status_code,
-                                    headers={"Idempotent-Replayed": "true"})
+                return Response(stored.body, status_code=stored.status_code, media_type=_media(stored.status_code),
+                                headers={"Idempotent-Replayed": "true"})
         status, payload = await produce(session)
+        content = orjson.dumps(payload)
         if key is not None:
             await service.store_idempotent_response(session=session, tenant_id=tenant.id, key=key,
-                                                    status_code=status, body=payload)
-    return JSONResponse(payload, status_code=status)
+                                                    status_code=status, body=content.decode())
+    return Response(content, status_code=status, media_type=_media(status))
+
+
+def _media(status: int) -> str:
+    return "application/problem+json" if status >= 400 else "application/json"
 
 
 @router.post("/invoices", status_code=201, response_model=InvoiceRead,
@@ -85,7 +97,7 @@ async def _idempotent(request: Request, tenant: service.Tenant, key: str | None,
                         409: {"description": "Number already used with different content"},
                         413: {"description": "Body too large"}, 422: {"description": "Validation failed"}})
 async def create_invoice(request: Request, invoice: InvoiceCreate, tenant: TenantDep,
-                         idempotency_key: IdempotencyKey = None) -> JSONResponse:
+                         idempotency_key: IdempotencyKey = None) -> Response:
     """Issue one invoice. It is stored with its event in one transaction; the event then reaches Kafka."""
     settings: IssuerSettings = _state(request).settings
     checked = service.validate_item(invoice, tenant=tenant, today=_today(settings),
@@ -107,7 +119,7 @@ async def create_invoice(request: Request, invoice: InvoiceCreate, tenant: Tenan
 
 @router.post("/invoices/batch")
 async def create_batch(request: Request, batch: BatchRequest, tenant: TenantDep,
-                       idempotency_key: IdempotencyKey = None) -> JSONResponse:
+                       idempotency_key: IdempotencyKey = None) -> Response:
     """Up to `FAPIAO_BATCH_MAX` invoices in one transaction; a result per item, in order."""
     settings: IssuerSettings = _state(request).settings
     if len(batch.invoices) > settings.batch_max:
@@ -178,7 +190,7 @@ async def import_csv(request: Request, tenant: TenantDep) -> JSONResponse:
 class _Filters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status: Status | None = None
-    number: str | None = Field(default=None, pattern=r"^\d{20}$")
+    number: str | None = Field(default=None, pattern=r"^[0-9]{20}$")
     buyer_tax_id: str | None = Field(default=None, max_length=18)
     issued_from: date | None = None
     issued_to: date | None = None

@@ -16,7 +16,12 @@ from services.issuer import models, service
 from services.issuer.api import admin_router, router
 from services.issuer.settings import IssuerSettings
 from shared.db import make_engine, ping, session_factory, transaction
-from shared.http import BodyLimitMiddleware, RequestContextMiddleware, health_router, install_problem_handlers
+from shared.http import (
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+    health_router,
+    install_problem_handlers,
+)
 from shared.kafka import KafkaProbe, backoff_delay, ensure_topics
 from shared.logging import configure_logging
 from shared.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED

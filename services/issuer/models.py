@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger, Column, Date, DateTime, ForeignKey, Identity, Index, Integer, Numeric, SmallInteger, String, Table,
-    Text, UniqueConstraint, func,
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    Numeric,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
@@ -84,7 +97,7 @@ idempotency_keys = Table(
     Column("endpoint", String(100), nullable=False),
     Column("request_hash", String(64), nullable=False),
     Column("status_code", SmallInteger),
-    Column("response", JSONB),
+    Column("response", Text),  # the exact bytes sent, replayed verbatim
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_idempotency_keys_created_at", "created_at"),
 )

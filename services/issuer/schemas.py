@@ -8,7 +8,14 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from shared.money import parse_amount, parse_decimal
 
@@ -65,7 +72,7 @@ class Party(_Strict):
 
 class Line(_Strict):
     description: Name
-    tax_code: Annotated[str, StringConstraints(strict=True, pattern=r"^\d{19}$")] = Field(
+    tax_code: Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9]{19}$")] = Field(
         description="19-digit tax classification code (税收分类编码)")
     quantity: DecimalText
     unit_price: DecimalText
@@ -75,7 +82,7 @@ class Line(_Strict):
 
 
 class InvoiceCreate(_Strict):
-    number: Annotated[str, StringConstraints(strict=True, pattern=r"^\d{20}$")] = Field(
+    number: Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9]{20}$")] = Field(
         description="20-digit fully digital invoice number (数电票号码)")
     kind: Literal["special", "ordinary"]
     issue_date: date

@@ -138,7 +138,7 @@ async def claim_idempotency_key(*, session: AsyncSession, tenant_id: uuid.UUID, 
 
 
 async def store_idempotent_response(*, session: AsyncSession, tenant_id: uuid.UUID, key: str, status_code: int,
-                                    body: Any) -> None:
+                                    body: str) -> None:
     await session.execute(
         update(m.idempotency_keys)
         .where(m.idempotency_keys.c.tenant_id == tenant_id, m.idempotency_keys.c.key == key)
@@ -405,7 +405,7 @@ async def void_invoice(*, session: AsyncSession, tenant: Tenant, invoice_id: str
     if status not in VOIDABLE:
         raise Conflict(
             f"only invoices the authority has not accepted (rejected or stuck) can be voided; this one is '{status}'",
-            extra={"status": status.value},
+            extra={"invoice_status": status.value},
         )
     now = datetime.now(UTC)
     seq = row.event_seq + 1

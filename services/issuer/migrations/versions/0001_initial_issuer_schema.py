@@ -4,8 +4,8 @@ Revision ID: 0001
 Revises: 
 Create Date: 2026-11-25 04:20:24.255322
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = '0001'
@@ -66,7 +66,7 @@ def upgrade() -> None:
     sa.Column('endpoint', sa.String(length=100), nullable=False),
     sa.Column('request_hash', sa.String(length=64), nullable=False),
     sa.Column('status_code', sa.SmallInteger(), nullable=True),
-    sa.Column('response', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+    sa.Column('response', sa.Text(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.ForeignKeyConstraint(['tenant_id'], ['issuer.tenants.id'], name=op.f('fk_idempotency_keys_tenant_id_tenants')),
     sa.PrimaryKeyConstraint('tenant_id', 'key', name=op.f('pk_idempotency_keys')),

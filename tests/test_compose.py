@@ -1,0 +1,447 @@
+"""docker-compose.yml and the Dockerfile stay runnable, checked by parsing them: no Docker needed.
+
+Python services are found in the compose file (built from "." or run as `python -m services.<x>`)
+and checked against their own settings class, so a service added later is covered without
+touching this file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import re
+import shlex
+import typing
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from shared.settings import SharedSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+SERVICE_MODULE = re.compile(r"^services\.(?P<pkg>[A-Za-z_][A-Za-z0-9_]*)$")
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error} (compose interpolation)
+INTERPOLATION = re.compile(
+    r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+)
+# What a user would export for a variable the file declares mandatory (${VAR:?...}).
+USER_SUPPLIED = "compose-test-0123456789abcdef0123456789"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@cache
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict), "docker-compose.yml must be a mapping"
+    assert isinstance(data.get("services"), dict), "docker-compose.yml needs a services: mapping"
+    return data
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return compose()["services"]
+
+
+@cache
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, args = (pending + line).partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+        pending = ""
+    assert not pending, "Dockerfile ends inside a continuation line"
+    return instructions
+
+
+def dockerfile_args(keyword: str) -> list[str]:
+    return [args for kw, args in dockerfile() if kw == keyword]
+
+
+def parse_command(value: str | list[str]) -> list[str]:
+    if isinstance(value, list):
+        return [str(part) for part in value]
+    text = value.strip()
+    return [str(part) for part in json.loads(text)] if text.startswith("[") else shlex.split(text)
+
+
+def image_cmd() -> list[str]:
+    cmds = dockerfile_args("CMD")
+    assert cmds, "Dockerfile has no CMD"
+    return parse_command(cmds[-1])
+
+
+def image_env() -> dict[str, str]:
+    """ENV as the container sees it (KEY=VALUE pairs; the legacy `ENV KEY VALUE` form too)."""
+    env: dict[str, str] = {}
+    for args in dockerfile_args("ENV"):
+        parts = shlex.split(args)
+        if parts and "=" not in parts[0]:
+            env[parts[0]] = " ".join(parts[1:])
+            continue
+        for part in parts:
+            key, _, value = part.partition("=")
+            env[key] = value
+    return env
+
+
+def module_of(command: list[str]) -> str | None:
+    """`python -m services.x ...` -> "x"; None for anything else."""
+    if len(command) >= 3 and Path(command[0]).name.startswith("python") and command[1] == "-m":
+        match = SERVICE_MODULE.match(command[2])
+        return match["pkg"] if match else None
+    return None
+
+
+def service_command(svc: Mapping[str, Any]) -> list[str]:
+    """What the container runs: the compose command, else the image's CMD (when built here)."""
+    if svc.get("command") is not None:
+        return parse_command(svc["command"])
+    return image_cmd() if builds_here(svc) else []
+
+
+def builds_here(svc: Mapping[str, Any]) -> bool:
+    build = svc.get("build")
+    if isinstance(build, dict):
+        build = build.get("context", ".")
+    return build is not None and str(build).rstrip("/") in {".", "./"}
+
+
+def python_services() -> dict[str, str]:
+    """compose service name -> services.<pkg> it runs."""
+    found: dict[str, str] = {}
+    for name, svc in services().items():
+        command = parse_command(svc["command"]) if svc.get("command") is not None else []
+        if not (builds_here(svc) or module_of(command)):
+            continue
+        found[name] = module_of(service_command(svc)) or name
+    return found
+
+
+def settings_class(pkg: str) -> type[SharedSettings]:
+    module: ModuleType = importlib.import_module(f"services.{pkg}.settings")
+    classes = [
+        obj for _, obj in inspect.getmembers(module, inspect.isclass)
+        if issubclass(obj, SharedSettings) and obj is not SharedSettings
+        and obj.__module__ == module.__name__
+    ]
+    assert len(classes) == 1, (
+        f"services/{pkg}/settings.py must define exactly one SharedSettings subclass"
+    )
+    return classes[0]
+
+
+def environment(svc: Mapping[str, Any]) -> dict[str, str | None]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        pairs = (item.partition("=") for item in env)
+        return {key: (value if sep else None) for key, sep, value in pairs}
+    return {str(key): (None if value is None else str(value)) for key, value in env.items()}
+
+
+def env_name(cls: type[SharedSettings], field: str) -> str:
+    alias = cls.model_fields[field].alias
+    return (str(cls.model_config.get("env_prefix", "")) + (alias or field)).upper()
+
+
+def required_env(cls: type[SharedSettings]) -> list[str]:
+    fields = cls.model_fields.items()
+    return sorted(env_name(cls, name) for name, field in fields if field.is_required())
+
+
+def interpolate(value: str) -> str:
+    """What compose would substitute, with every mandatory ${VAR:?...} supplied by the user."""
+
+    def one(match: re.Match[str]) -> str:
+        op = match["op"] or ""
+        if op.endswith("?"):
+            return USER_SUPPLIED
+        if op.endswith("-"):
+            return match["arg"]
+        return ""  # compose substitutes an unset ${VAR} with "" (and only warns)
+
+    return INTERPOLATION.sub(one, value.replace("$$", "\0")).replace("\0", "$")
+
+
+def default_port(cls: type[SharedSettings]) -> int:
+    assert "port" in cls.model_fields, f"{cls.__name__} has no port setting"
+    port = cls.model_fields["port"].default
+    assert isinstance(port, int), f"{cls.__name__}.port needs an integer default"
+    return port
+
+
+def published_ports(svc: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """(host port, container port) pairs from the short and the long ports syntax."""
+    pairs: list[tuple[int, int]] = []
+    for entry in svc.get("ports") or []:
+        if isinstance(entry, dict):
+            target, published = entry["target"], entry.get("published", entry["target"])
+        else:
+            fields = str(entry).split("/")[0].split(":")
+            if len(fields) == 1:
+                continue  # "8000" alone publishes on a random host port
+            published, target = fields[-2], fields[-1]
+        pairs.append((int(published), int(target)))
+    return pairs
+
+
+def host_port(address: str, default: int) -> tuple[str, int]:
+    host, _, port = address.strip().rpartition(":")
+    return (host, int(port)) if host else (address.strip(), default)
+
+
+PYTHON_SERVICES = python_services()
+
+
+def test_compose_declares_the_stack() -> None:
+    assert {"kafka", "postgres", "issuer"} <= set(services())
+    assert PYTHON_SERVICES, "no Python service found in docker-compose.yml"
+    assert PYTHON_SERVICES["issuer"] == "issuer"
+
+
+# --------------------------------------------------------------------------- infrastructure
+
+
+def test_kafka_is_a_single_kraft_node() -> None:
+    kafka = services()["kafka"]
+    image = str(kafka.get("image", ""))
+    assert re.match(r"^apache/kafka(-native)?:\d", image), f"pin apache/kafka, not {image!r}"
+    env = {key: value or "" for key, value in environment(kafka).items()}
+    roles = {role.strip() for role in env.get("KAFKA_PROCESS_ROLES", "").split(",")}
+    assert {"broker", "controller"} <= roles, "single node KRaft: broker and controller in one"
+    assert env.get("KAFKA_CONTROLLER_QUORUM_VOTERS") or env.get(
+        "KAFKA_CONTROLLER_QUORUM_BOOTSTRAP_SERVERS"
+    ), "KRaft needs the controller quorum"
+    controller = env.get("KAFKA_CONTROLLER_LISTENER_NAMES", "")
+    listeners = env.get("KAFKA_LISTENERS", "")
+    assert controller and f"{controller}://" in listeners
+    protocols = env.get("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "").split(",")
+    protocol_map = dict(pair.split(":", 1) for pair in protocols)
+    listener_names = {item.split("://")[0] for item in listeners.split(",")}
+    assert listener_names <= set(protocol_map), "every listener needs a security protocol"
+    # One broker: internal topics with a replication factor above 1 never get created, and
+    # consumer groups / transactions would hang.
+    for key in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR",
+    ):
+        assert env.get(key) == "1", f"{key} must be 1 on a single node"
+    assert env.get("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "").lower() == "false", (
+        "the services create their topics; auto-creation would hide a missing one"
+    )
+    assert "healthcheck" in kafka, "dependants wait for service_healthy"
+    for name, svc in services().items():
+        assert "zookeeper" not in str(svc.get("image", "")).lower(), f"{name}: KRaft, no ZooKeeper"
+        assert not any("ZOOKEEPER" in key.upper() for key in environment(svc)), name
+
+
+def test_postgres_has_health_check_and_persistent_volume() -> None:
+    pg = services()["postgres"]
+    image = str(pg.get("image", ""))
+    assert image.startswith("postgres:"), image
+    healthcheck = json.dumps(pg.get("healthcheck", {}))
+    assert "pg_isready" in healthcheck, "dependants wait for service_healthy"
+    mounts = [str(v).split(":") for v in pg.get("volumes") or [] if isinstance(v, str)]
+    named = [m for m in mounts if len(m) >= 2 and m[0] in (compose().get("volumes") or {})]
+    assert named, "PostgreSQL data should live in a named volume"
+    major = re.match(r"postgres:(\d+)", image)
+    if major and int(major[1]) >= 18:
+        # The 18+ image keeps data in /var/lib/postgresql/<major>/docker and refuses a
+        # volume at the old .../data path.
+        assert all(m[1].rstrip("/") == "/var/lib/postgresql" for m in named), named
+
+
+# --------------------------------------------------------------------------- Python services
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
+def test_python_service_runs_an_existing_module(name: str) -> None:
+    svc = services()[name]
+    pkg = module_of(service_command(svc))
+    assert pkg, f"{name}: command should be `python -m services.<name>`, got {service_command(svc)}"
+    assert (ROOT / "services" / pkg / "__main__.py").is_file(), f"no services/{pkg}/__main__.py"
+    assert builds_here(svc) or svc.get("image"), f"{name}: neither build nor image"
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
+def test_python_service_sets_every_required_setting(name: str) -> None:
+    cls = settings_class(PYTHON_SERVICES[name])
+    env = environment(services()[name])
+    missing = [key for key in required_env(cls) if not env.get(key)]
+    assert not missing, f"{name}: {cls.__name__} requires {missing}; docker-compose.yml lacks them"
+    assert env.get("FAPIAO_ENV") not in (None, "development"), f"{name}: FAPIAO_ENV is development"
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
+def test_python_service_secrets_come_from_the_user(name: str) -> None:
+    cls = settings_class(PYTHON_SERVICES[name])
+    env = environment(services()[name])
+    for field_name, field in cls.model_fields.items():
+        if SecretStr not in (field.annotation, *typing.get_args(field.annotation)):
+            continue
+        key = env_name(cls, field_name)
+        if key not in env:
+            continue
+        match = INTERPOLATION.fullmatch(env[key] or "")
+        assert match and (match["op"] or "").endswith("?"), (
+            f"{name}: {key} must be a mandatory ${{VAR:?message}}, not a value in the file"
+        )
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
+def test_python_service_environment_is_valid_for_its_settings(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The container's environment (image ENV + compose) passes the settings validation."""
+    cls = settings_class(PYTHON_SERVICES[name])
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    for key in list(os.environ):
+        if key.upper().startswith(prefix):
+            monkeypatch.delenv(key)
+    container_env = {**image_env(), **environment(services()[name])}
+    for key, value in container_env.items():
+        if key.upper().startswith(prefix) and value is not None:
+            monkeypatch.setenv(key, interpolate(value))
+
+    settings = cls()  # raises if a value is missing, malformed or a placeholder secret
+
+    assert settings.env != "development"
+    host = getattr(settings, "host", None)
+    assert host not in ("127.0.0.1", "localhost", "::1"), (
+        f"{name}: binds {host}, unreachable from outside its container; set FAPIAO_HOST=0.0.0.0"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
+def test_python_service_publishes_its_default_port(name: str) -> None:
+    svc = services()[name]
+    port = default_port(settings_class(PYTHON_SERVICES[name]))
+    env = environment(svc)
+    # The image HEALTHCHECK probes ${FAPIAO_PORT}; without it a non-8000 service looks dead.
+    assert env.get("FAPIAO_PORT") == str(port), f"{name}: set FAPIAO_PORT={port}, its default"
+    assert (port, port) in published_ports(svc), f"{name}: publish {port}:{port}"
+
+
+def test_published_host_ports_are_unique() -> None:
+    seen: dict[int, str] = {}
+    for name, svc in services().items():
+        for published, _ in published_ports(svc):
+            assert published not in seen, f"{name} and {seen[published]} both publish {published}"
+            seen[published] = name
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
+def test_python_service_waits_for_healthy_infrastructure(name: str) -> None:
+    svc = services()[name]
+    depends = svc.get("depends_on")
+    assert isinstance(depends, dict), f"{name}: depends_on needs the long form with conditions"
+    env = {key: interpolate(value or "") for key, value in environment(svc).items()}
+    db_host = urlsplit(env["FAPIAO_DATABASE_URL"]).hostname
+    kafka_hosts = {host_port(a, 9092)[0] for a in env["FAPIAO_KAFKA_BOOTSTRAP"].split(",")}
+    for needed in {db_host, *kafka_hosts}:
+        assert needed in depends, f"{name}: connects to {needed} but does not depend on it"
+    for dep, spec in depends.items():
+        assert dep in services(), f"{name}: depends on unknown service {dep}"
+        assert (spec or {}).get("condition") == "service_healthy", f"{name}: wait for healthy {dep}"
+        assert "healthcheck" in services()[dep], f"{dep} has no healthcheck: never service_healthy"
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
+def test_python_service_addresses_match_the_infrastructure(name: str) -> None:
+    env = {key: interpolate(value or "") for key, value in environment(services()[name]).items()}
+
+    dsn = urlsplit(env["FAPIAO_DATABASE_URL"])
+    pg_env = environment(services()[dsn.hostname or ""])
+    assert dsn.username == pg_env.get("POSTGRES_USER", "postgres")
+    assert dsn.password == pg_env.get("POSTGRES_PASSWORD")
+    assert dsn.path.lstrip("/") == pg_env.get("POSTGRES_DB", dsn.username)
+    assert (dsn.port or 5432) == 5432
+
+    for address in env["FAPIAO_KAFKA_BOOTSTRAP"].split(","):
+        host, port = host_port(address, 9092)
+        advertised = environment(services()[host]).get("KAFKA_ADVERTISED_LISTENERS") or ""
+        listeners = [item.split("://", 1)[1] for item in advertised.split(",") if "://" in item]
+        endpoints = {host_port(item, 9092) for item in listeners}
+        assert (host, port) in endpoints, f"{name}: {address} is not advertised ({advertised})"
+
+
+def test_python_services_share_infrastructure_and_admin_token() -> None:
+    shared = required_env(SharedSettings)
+    values = {
+        name: {key: environment(services()[name]).get(key) for key in shared}
+        for name in PYTHON_SERVICES
+    }
+    assert len({json.dumps(v, sort_keys=True) for v in values.values()}) == 1, values
+
+
+# --------------------------------------------------------------------------- the image
+
+
+def test_dockerfile_default_command_is_a_service() -> None:
+    pkg = module_of(image_cmd())
+    assert pkg, f"CMD should be `python -m services.<name>`, got {image_cmd()}"
+    assert (ROOT / "services" / pkg / "__main__.py").is_file(), f"no services/{pkg}/__main__.py"
+    expose = {int(p.split("/")[0]) for args in dockerfile_args("EXPOSE") for p in args.split()}
+    assert default_port(settings_class(pkg)) in expose
+
+
+def test_dockerfile_base_matches_the_project_python() -> None:
+    base = dockerfile_args("FROM")[-1].split()[0]
+    assert base.startswith("python:3.11"), base
+
+
+def test_dockerfile_installs_the_project_without_dev_extras() -> None:
+    runs = " ".join(dockerfile_args("RUN"))
+    installs_project = re.search(r"pip install[^&;]*\s\.(\s|$)", runs) or "pip install /" in runs
+    assert installs_project, "the image does not install the project"
+    assert "[dev]" not in runs, "the image must not carry the dev extras"
+
+
+def test_dockerfile_does_not_run_as_root() -> None:
+    users = dockerfile_args("USER")
+    assert users, "Dockerfile needs a USER line; containers run as root otherwise"
+    user = users[-1].split(":")[0].strip()
+    assert user not in {"root", "0"}, f"final USER is {users[-1]}"
+
+
+def test_dockerfile_health_check_probes_healthz_on_the_service_port() -> None:
+    checks = dockerfile_args("HEALTHCHECK")
+    assert checks and checks[-1].upper() != "NONE", "Dockerfile needs a HEALTHCHECK"
+    options, sep, command = checks[-1].partition("CMD ")
+    assert sep and command.strip(), f"HEALTHCHECK without CMD: {checks[-1]}"
+    assert all(opt.startswith("--") for opt in options.split()), options
+    assert "/healthz" in command
+    # The port comes from the environment at run time, so one image serves every service.
+    fallback = re.search(r"\$\{FAPIAO_PORT:-(\d+)\}", command)
+    assert fallback, "HEALTHCHECK should use ${FAPIAO_PORT:-<default>}"
+    pkg = module_of(image_cmd())
+    assert pkg and int(fallback[1]) == default_port(settings_class(pkg))
+
+
+def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
+    lines = DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+    ignored = {line.strip().strip("/") for line in lines}
+    for entry in (".venv", ".git", ".run", ".cache", ".test-artifacts"):
+        assert entry in ignored, f".dockerignore should exclude {entry}"
