@@ -9,10 +9,11 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from shared.errors import FieldError
+from shared.money import parse_amount
 
 __all__ = ["COLUMNS", "CsvInvoice", "REQUIRED", "RowError", "parse_csv", "row_errors"]
 
@@ -52,10 +53,11 @@ class CsvFormatError(ValueError):
 
 
 def _sum(values: list[str]) -> str:
+    """Sum of amount cells, or "invalid" (the line's own check then names the bad cell)."""
     try:
-        return f"{sum((Decimal(v) for v in values), Decimal(0)):.2f}"
-    except InvalidOperation:
-        return "invalid"  # the line's own check names the bad cell
+        return f"{sum((parse_amount(v) for v in values), Decimal(0)):.2f}"
+    except (ValueError, ArithmeticError):
+        return "invalid"
 
 
 def parse_csv(text: str, *, seller_tax_id: str, seller_name: str,
@@ -77,7 +79,7 @@ def parse_csv(text: str, *, seller_tax_id: str, seller_name: str,
         if None in rec:
             errors.append(RowError(n, "(row)", "has more cells than the header"))
             continue
-        cells = {k: (v or "").strip() for k, v in rec.items()}
+        cells = {col: (rec.get(col) or "").strip() for col in COLUMNS}  # optional columns may be absent
         number = cells["number"]
         if not number:
             errors.append(RowError(n, "number", "is required"))
@@ -105,7 +107,7 @@ def parse_csv(text: str, *, seller_tax_id: str, seller_name: str,
         inv.raw["total_tax"] = _sum([ln["tax_amount"] for ln in lines])
         try:
             inv.raw["total"] = f"{Decimal(inv.raw['total_amount']) + Decimal(inv.raw['total_tax']):.2f}"
-        except InvalidOperation:
+        except (ValueError, ArithmeticError):
             inv.raw["total"] = "invalid"
     return list(grouped.values()), errors
 
