@@ -5,13 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: up down status logs test test-fast lint bench kafka-jars clean help
+.PHONY: up down status logs test lint kafka-jars clean help
 
 help:
 	@echo "make up      start Kafka, PostgreSQL and the services in the background"
 	@echo "make down    stop everything 'make up' started"
 	@echo "make status  show what is running"
-	@echo "make logs    follow the logs (SERVICE=issuer to pick one)"
+	@echo "make logs    show recent logs (SERVICE=issuer to pick one, FOLLOW=1 to follow)"
 	@echo "make test    run the whole test suite on its own private infrastructure"
 	@echo "make lint    ruff"
 
@@ -36,7 +36,8 @@ status: $(STAMP)
 logs: $(STAMP)
 	@$(BIN)/python -m fapiao.stack logs $(if $(SERVICE),--service $(SERVICE),) $(if $(FOLLOW),--follow,)
 
-test: $(STAMP) kafka-jars
+# The Kafka jars are only needed when the tests start their own broker.
+test: $(STAMP) $(if $(FAPIAO_TEST_KAFKA_BOOTSTRAP),,kafka-jars)
 	@$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -118,7 +118,9 @@ def import_csv(
     _load_stack_env()
     url = url or os.environ.get("FAPIAO_ISSUER_URL") or "http://127.0.0.1:8000"
     if not api_key:
-        key_file = Path(".run/demo-api-key")
+        from fapiao.stack import state_dir
+
+        key_file = state_dir() / "demo-api-key"
         if key_file.exists():
             api_key = key_file.read_text().strip()
         else:

@@ -147,8 +147,8 @@ def up() -> None:
             broker = KafkaBroker(d / "kafka", port=_port("FAPIAO_KAFKA_PORT", 9092),
                                  controller_port=_port("FAPIAO_KAFKA_CONTROLLER_PORT", 9093))
             broker.start()
-            processes["kafka"] = {"pid": broker.pid, "marker": "kafka.Kafka", "ports": [broker.port, broker.controller_port],
-                                  "log": str(broker.log_path)}
+            processes["kafka"] = {"pid": broker.pid, "marker": "kafka.Kafka",
+                                  "ports": [broker.port, broker.controller_port], "log": str(broker.log_path)}
             kafka_bootstrap = broker.bootstrap
             _save(state)
         database_url = os.environ.get("FAPIAO_DATABASE_URL")

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import FapiaoError, FieldError, ValidationFailed
@@ -24,6 +25,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
+_TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
 
 
 def problem(status: int, title: str, detail: str, *, code: str, **extra: Any) -> JSONResponse:
@@ -75,6 +77,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem(422, "Validation failed", f"{len(fields)} field(s) failed validation",
                        code="validation_failed", errors=[f.as_dict() for f in fields])
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        code = codes.get(exc.status_code, "http_error")
+        return problem(exc.status_code, _TITLES.get(exc.status_code, "Error"), str(exc.detail), code=code)
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error: %s", type(exc).__name__)
@@ -111,7 +119,8 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge
+                    # An HTTPException, because FastAPI turns any other error while reading a body into 400.
+                    raise _TooLarge(413, f"request bodies are limited to {self.max_bytes} bytes")
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -132,7 +141,7 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
-class _TooLarge(Exception):
+class _TooLarge(StarletteHTTPException):
     pass
 
 
@@ -156,18 +165,27 @@ class RequestContextMiddleware:
         cid = cid or uuid.uuid4().hex
         token = correlation_id.set(cid)
         status = 500
+        responded = False
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
                 status = message["status"]
+                responded = True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-correlation-id", cid.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Answer here, inside the correlation context, rather than in Starlette's outer error middleware.
+            log.exception("unhandled error: %s", type(exc).__name__)
+            if status != 500 or responded:
+                raise
+            await problem(500, "Internal error", "the server failed to handle this request; it has been logged",
+                          code="internal")(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"

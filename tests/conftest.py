@@ -160,3 +160,19 @@ async def read_topic(bootstrap: str, topic: str, *, until, timeout: float = 20.0
         return records
     finally:
         await consumer.stop()
+
+
+async def fresh_database(infra: Infra, name: str) -> str:
+    """A new, empty database on the test server: for a deployment that must not share the issuer schema
+    (one outbox relay leads per schema, and it publishes to its own cluster)."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(infra.database_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(f'create database "{name}"'))
+    finally:
+        await engine.dispose()
+    return make_url(infra.database_url).set(database=name).render_as_string(hide_password=False)

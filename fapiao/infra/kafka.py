@@ -55,7 +55,8 @@ def ensure_kafka_jars(*, quiet: bool = True) -> Path:
             cmd.insert(1, "-q")
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         if result.returncode != 0:
-            raise RuntimeError(f"mvn could not fetch Kafka {KAFKA_VERSION}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+            raise RuntimeError(
+                f"mvn could not fetch Kafka {KAFKA_VERSION}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         shutil.rmtree(libs, ignore_errors=True)
         tmp.rename(libs)
         marker.write_text(KAFKA_VERSION)

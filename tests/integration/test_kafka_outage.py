@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections import defaultdict
 
 import pytest
@@ -11,7 +12,7 @@ from sqlalchemy import func, select
 from fapiao.infra import KafkaBroker, free_port
 from services.issuer import models as m
 from tests import factories
-from tests.conftest import eventually, issuer_settings, read_topic, start_issuer
+from tests.conftest import eventually, fresh_database, issuer_settings, read_topic, start_issuer
 
 
 @pytest.fixture
@@ -24,8 +25,9 @@ def own_broker(infra):  # type: ignore[no-untyped-def]
 
 
 async def test_relay_survives_kafka_outage_without_loss_or_reordering(infra, own_broker):
-    settings = issuer_settings(infra, kafka_bootstrap=own_broker.bootstrap, relay_poll_interval=0.2,
-                               kafka_request_timeout_ms=3000)
+    database_url = await fresh_database(infra, f"outage_{uuid.uuid4().hex[:8]}")
+    settings = issuer_settings(infra, database_url=database_url, kafka_bootstrap=own_broker.bootstrap,
+                               relay_poll_interval=0.2, kafka_request_timeout_ms=3000)
     app, client, lifespan = await start_issuer(settings)
     try:
         r = await client.post("/admin/tenants", json={"name": "outage", "tax_id": factories.uscc()},

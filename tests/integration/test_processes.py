@@ -1,0 +1,181 @@
+"""The real processes: the issuer over real HTTP with hostile input, the `fapiao` CLI, and the
+`make up` / `make down` stack manager on its own ports and state directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fapiao.infra import free_port, port_is_open
+from fapiao.infra.procs import pid_alive, spawn, stop_group, wait_until
+from tests import factories
+from tests.conftest import ADMIN_TOKEN
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _env(infra, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")}
+    env.update(FAPIAO_DATABASE_URL=infra.database_url, FAPIAO_KAFKA_BOOTSTRAP=infra.kafka_bootstrap,
+               FAPIAO_ADMIN_TOKEN=ADMIN_TOKEN, FAPIAO_ENV="test", FAPIAO_TOPIC_PREFIX="proc.",
+               FAPIAO_STACK_DIR=str(infra.workdir / "no-stack"), **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def issuer_url(infra) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    port = free_port()
+    log = infra.workdir / "issuer-process.log"
+    proc = spawn([sys.executable, "-m", "services.issuer"], log_path=log, cwd=REPO, die_with_parent=True,
+                 env=_env(infra, FAPIAO_PORT=str(port), FAPIAO_MAX_BODY_BYTES=str(2 * 1024 * 1024)))
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(ready, timeout=60, what="issuer process", alive=lambda: proc.poll() is None, log_path=log)
+        yield url
+    finally:
+        stop_group(proc.pid)
+        proc.wait(5)
+    assert "fsk_" not in log.read_text(), "API keys never reach the logs"
+
+
+@pytest.fixture(scope="module")
+def seller(issuer_url) -> dict:  # type: ignore[no-untyped-def]
+    r = httpx.post(f"{issuer_url}/admin/tenants", json={"name": "进程测试", "tax_id": factories.uscc()},
+                   headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert r.status_code == 201
+    return r.json()
+
+
+def test_hostile_input_gets_4xx_never_5xx(issuer_url, seller):
+    auth = {"Authorization": f"Bearer {seller['api_key']}"}
+    good = json.dumps(factories.invoice(seller["tax_id"]), ensure_ascii=False)
+    assert "测试 test" in good
+    cases: dict[str, tuple[bytes, dict[str, str], int]] = {
+        "NUL in a string": (good.replace("测试 test", "a\\u0000b").encode(), {}, 422),
+        "raw NUL byte": (good.replace("测试 test", "a\x00b").encode(), {}, 400),
+        "lone surrogate escape": (good.replace("测试 test", "\\ud800").encode(), {}, 422),
+        "lone surrogate key": (good[:-1].encode() + b', "\\udfff": 1}', {}, 422),
+        "invalid UTF-8": (good.replace("测试 test", "XX").encode().replace(b"XX", b"\xed\xa0\x80"), {}, 422),
+        "huge integer": (good.replace('"2"', "9" * 5000, 1).encode(), {}, 400),
+        "huge exponent": (good.replace('"2"', "1e999999", 1).encode(), {}, 422),
+        "huge decimal string": (good.replace('"200.00"', '"' + "9" * 400 + '.00"', 1).encode(), {}, 422),
+        "malformed JSON": (b'{"number": "26', {}, 400),
+        "not an object": (b"[1, 2, 3]", {}, 422),
+        "deep nesting": (b"[" * 100_000 + b"]" * 100_000, {}, 400),
+        "10 MB body": (b'{"x": "' + b"a" * (10 * 1024 * 1024) + b'"}', {}, 413),
+        "wrong content type": (good.encode(), {"Content-Type": "text/plain"}, 422),
+    }
+    for name, (body, extra, expected) in cases.items():
+        headers = {"Content-Type": "application/json", **auth, **extra}
+        r = httpx.post(f"{issuer_url}/v1/invoices", content=body, headers=headers, timeout=30)
+        assert r.status_code < 500, f"{name}: {r.status_code} {r.text[:300]}"
+        assert r.status_code == expected, f"{name}: {r.status_code} {r.text[:300]}"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold on streamed bodies too
+        for _ in range(12):
+            yield b" " * (1024 * 1024)
+
+    r = httpx.post(f"{issuer_url}/v1/invoices", content=chunks(), headers={**auth, "Content-Type": "application/json"},
+                   timeout=30)
+    assert r.status_code == 413
+    # And the service is still healthy afterwards.
+    assert httpx.get(f"{issuer_url}/readyz").status_code == 200
+    r = httpx.post(f"{issuer_url}/v1/invoices", content=good.encode(),
+                   headers={**auth, "Content-Type": "application/json"})
+    assert r.status_code == 201
+    assert r.headers["x-correlation-id"]
+
+
+def test_cli_creates_tenants_and_imports_csv_with_row_errors(infra, issuer_url, tmp_path):
+    tax_id = factories.uscc()
+    created = subprocess.run([sys.executable, "-m", "fapiao.cli", "tenants", "create", "--name", "CLI Co.",
+                              "--tax-id", tax_id, "--json"], env=_env(infra), capture_output=True, text=True,
+                             timeout=120, cwd=REPO)
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)["api_key"]
+    assert key.startswith("fsk_")
+    again = subprocess.run([sys.executable, "-m", "fapiao.cli", "tenants", "create", "--name", "CLI Co.",
+                            "--tax-id", tax_id], env=_env(infra), capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    bad = subprocess.run([sys.executable, "-m", "fapiao.cli", "tenants", "create", "--name", "x",
+                          "--tax-id", "914403001922038217"], env=_env(infra), capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert bad.returncode == 1 and "check character" in bad.stderr
+
+    from services.issuer.csv_import import COLUMNS
+
+    lines = [",".join(COLUMNS)]
+    numbers = []
+    for i in range(1200):  # more than one request's worth: the CLI splits the file
+        d = factories.invoice(tax_id)
+        ln = d["lines"][0]
+        amount = "1.00" if i == 700 else ln["amount"]
+        numbers.append(d["number"])
+        lines.append(",".join([d["number"], d["kind"], d["issue_date"], d["buyer"]["tax_id"], d["buyer"]["name"],
+                               ln["description"], ln["tax_code"], ln["quantity"], ln["unit_price"], amount,
+                               ln["tax_rate"], ln["tax_amount"], ""]))
+    csv_file = tmp_path / "history.csv"
+    csv_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "fapiao.cli", "import", str(csv_file), "--api-key", key,
+                             "--url", issuer_url, "--json"], env=_env(infra), capture_output=True, text=True,
+                            timeout=300, cwd=REPO)
+    assert result.returncode == 1, "a rejected row makes the exit code non-zero"
+    summary = json.loads(result.stdout)
+    assert summary["invoices"] == 1200 and summary["created"] == 1199 and summary["rejected"] == 1
+    assert summary["errors"][0]["row"] == 702 and summary["errors"][0]["column"] == "line_amount"
+    listed = httpx.get(f"{issuer_url}/v1/invoices", params={"number": numbers[1100]},
+                       headers={"Authorization": f"Bearer {key}"}).json()
+    assert len(listed["items"]) == 1
+
+
+def test_stack_up_is_idempotent_and_down_leaves_nothing(tmp_path):
+    """`make up` / `make down`, on private ports and a private state dir so a real stack is untouched."""
+    ports = {"FAPIAO_KAFKA_PORT": free_port(), "FAPIAO_KAFKA_CONTROLLER_PORT": free_port(),
+             "FAPIAO_PG_PORT": free_port(), "FAPIAO_ISSUER_PORT": free_port()}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")}
+    env.update({k: str(v) for k, v in ports.items()}, FAPIAO_STACK_DIR=str(tmp_path / "run"))
+
+    def stack(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "fapiao.stack", *args], env=env, capture_output=True,
+                              text=True, timeout=240, cwd=REPO)
+
+    try:
+        up = stack("up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        url = f"http://127.0.0.1:{ports['FAPIAO_ISSUER_PORT']}"
+        assert url in up.stdout and "API key: fsk_" in up.stdout
+        assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+        key = (tmp_path / "run" / "demo-api-key").read_text().strip()
+        doc = factories.invoice("91310115MA1K4DEM05")
+        r = httpx.post(f"{url}/v1/invoices", json=doc, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 201, r.text
+        again = stack("up")
+        assert again.returncode == 0 and "already running" in again.stdout and key in again.stdout
+        assert stack("status").returncode == 0
+        state = json.loads((tmp_path / "run" / "stack.json").read_text())
+        pids = [p["pid"] for p in state["processes"].values()]
+        assert set(state["processes"]) == {"kafka", "postgres", "issuer"}
+    finally:
+        down = stack("down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(port_is_open(p) for p in ports.values()):
+        time.sleep(0.2)
+    assert not [p for p in ports.values() if port_is_open(p)], "no port of the stack still listens"
+    assert not [p for p in pids if pid_alive(p)], "no process of the stack is left"
+    assert stack("status").returncode == 3
