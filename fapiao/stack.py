@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -219,8 +220,6 @@ def _stop_all(state: dict) -> list[str]:
     for name in sorted(procs, key=lambda n: order.index(n) if n in order else -1):
         p = procs[name]
         if _ours(p["pid"], p["marker"]):
-            import signal
-
             stop_group(p["pid"], timeout=30, sig=signal.SIGINT if name == "postgres" else signal.SIGTERM)
             stopped.append(name)
     f = _state_file()

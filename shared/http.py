@@ -19,8 +19,8 @@ from shared.logging import correlation_id
 from shared.metrics import CONTENT_TYPE_LATEST, HTTP_LATENCY, HTTP_REQUESTS, render
 
 __all__ = [
-    "BodyLimitMiddleware", "RequestContextMiddleware", "field_path", "health_router", "install_problem_handlers",
-    "problem",
+    "BodyLimitMiddleware", "RequestContextMiddleware", "field_errors", "field_path", "health_router",
+    "install_problem_handlers", "problem",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,13 +51,10 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return out or "(body)"
 
 
-def _validation_errors(errors: list[dict[str, Any]]) -> list[FieldError]:
-    out = []
-    for e in errors:
-        reason = str(e.get("msg", "invalid"))
-        reason = reason.removeprefix("Value error, ")
-        out.append(FieldError(field_path(e.get("loc", ())), reason))
-    return out
+def field_errors(errors: Any, *, prefix: str = "") -> list[FieldError]:
+    """pydantic error dicts -> FieldError(path, reason)."""
+    return [FieldError(prefix + field_path(e.get("loc", ())),
+                       str(e.get("msg", "invalid")).removeprefix("Value error, ")) for e in errors]
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -73,7 +70,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return problem(400, "Malformed JSON", "the request body is not valid JSON (UTF-8)", code="malformed_json")
-        fields = _validation_errors(list(errors))
+        fields = field_errors(errors)
         return problem(422, "Validation failed", f"{len(fields)} field(s) failed validation",
                        code="validation_failed", errors=[f.as_dict() for f in fields])
 
@@ -82,12 +79,6 @@ def install_problem_handlers(app: FastAPI) -> None:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         code = codes.get(exc.status_code, "http_error")
         return problem(exc.status_code, _TITLES.get(exc.status_code, "Error"), str(exc.detail), code=code)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error: %s", type(exc).__name__)
-        return problem(500, "Internal error", "the server failed to handle this request; it has been logged",
-                       code="internal")
 
 
 class BodyLimitMiddleware:
@@ -182,7 +173,7 @@ class RequestContextMiddleware:
         except Exception as exc:
             # Answer here, inside the correlation context, rather than in Starlette's outer error middleware.
             log.exception("unhandled error: %s", type(exc).__name__)
-            if status != 500 or responded:
+            if responded:
                 raise
             await problem(500, "Internal error", "the server failed to handle this request; it has been logged",
                           code="internal")(scope, receive, send_with_id)

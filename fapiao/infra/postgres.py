@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,8 +134,6 @@ class PostgresServer:
             self.psql(f'create database "{name}"')
 
     def stop(self, *, timeout: float = 20.0) -> None:
-        import signal
-
         # SIGINT = "fast shutdown": roll back open transactions and exit cleanly.
         if self.pid is not None and pid_alive(self.pid):
             stop_group(self.pid, timeout=timeout, sig=signal.SIGINT)

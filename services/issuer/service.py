@@ -29,7 +29,7 @@ from services.issuer.schemas import InvoiceCreate, InvoiceRead, InvoiceView, Tim
 from shared.envelope import encode, new_envelope
 from shared.errors import Conflict, FieldError, NotFound, ValidationFailed
 from shared.events import INVOICE_ISSUED, INVOICE_VOIDED, ISSUER_SOURCE
-from shared.http import field_path
+from shared.http import field_errors
 from shared.outbox import PublishedRow, notify_outbox
 from shared.uscc import uscc_error
 
@@ -157,8 +157,7 @@ def validate_item(raw: Any, *, tenant: Tenant, today: date, window_days: int,
         try:
             inv = _invoice_adapter.validate_python(raw)
         except ValidationError as exc:
-            return [FieldError(prefix + field_path(e["loc"]), str(e["msg"]).removeprefix("Value error, "))
-                    for e in exc.errors()]
+            return field_errors(exc.errors(), prefix=prefix)
     errors = check_invoice(inv, seller_tax_id=tenant.tax_id, today=today, window_days=window_days)
     if errors:
         return [FieldError(prefix + e.path, e.reason) for e in errors]
