@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: up down status logs test lint kafka-jars clean help
+.PHONY: up down status logs test lint bench kafka-jars clean help
 
 help:
 	@echo "make up      start Kafka, PostgreSQL and the services in the background"
@@ -14,6 +14,7 @@ help:
 	@echo "make logs    show recent logs (SERVICE=issuer to pick one, FOLLOW=1 to follow)"
 	@echo "make test    run the whole test suite on its own private infrastructure"
 	@echo "make lint    ruff"
+	@echo "make bench   measure throughput and latency on private infrastructure (BENCH_ARGS='--invoices 2000 --duration 10')"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +43,10 @@ test: $(STAMP) $(if $(FAPIAO_TEST_KAFKA_BOOTSTRAP),,kafka-jars)
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .
+
+# Not part of `make test`: starts its own Kafka, PostgreSQL and services; see docs/performance.md.
+bench: $(STAMP) kafka-jars
+	@$(BIN)/python -m fapiao.bench $(BENCH_ARGS)
 
 clean: down
 	rm -rf .run .test-artifacts

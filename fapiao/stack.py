@@ -37,7 +37,11 @@ class ServiceSpec:
     default_port: int
 
 
-SERVICES = (ServiceSpec("issuer", "services.issuer", "FAPIAO_ISSUER_PORT", 8000),)
+SERVICES = (
+    ServiceSpec("issuer", "services.issuer", "FAPIAO_ISSUER_PORT", 8000),
+    ServiceSpec("taxstore", "services.taxstore", "FAPIAO_TAXSTORE_PORT", 8100),
+    ServiceSpec("sync", "services.sync", "FAPIAO_SYNC_PORT", 8001),
+)
 
 
 def state_dir() -> Path:
@@ -165,6 +169,7 @@ def up() -> None:
             **os.environ, "FAPIAO_ENV": os.environ.get("FAPIAO_ENV", "development"),
             "FAPIAO_DATABASE_URL": database_url, "FAPIAO_KAFKA_BOOTSTRAP": kafka_bootstrap,
             "FAPIAO_ADMIN_TOKEN": admin_token, "PYTHONUNBUFFERED": "1",
+            "FAPIAO_TAXSTORE_URL": f"http://127.0.0.1:{_port('FAPIAO_TAXSTORE_PORT', 8100)}",
         }
         for spec in SERVICES:
             port = _port(spec.port_env, spec.default_port)
@@ -196,6 +201,8 @@ def _write_env(state: dict, admin_token: str) -> None:
         f"FAPIAO_KAFKA_BOOTSTRAP={state['kafka_bootstrap']}",
         f"FAPIAO_ADMIN_TOKEN={admin_token}",
         f"FAPIAO_ISSUER_URL={state['urls']['issuer']}",
+        f"FAPIAO_TAXSTORE_URL={state['urls']['taxstore']}",
+        f"FAPIAO_SYNC_URL={state['urls']['sync']}",
     ]
     path = state_dir() / "stack.env"
     path.write_text("\n".join(lines) + "\n")

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import FapiaoError, FieldError, ValidationFailed
+from shared.errors import FapiaoError, FieldError, Unauthorized, ValidationFailed
 from shared.logging import correlation_id
 from shared.metrics import CONTENT_TYPE_LATEST, HTTP_LATENCY, HTTP_REQUESTS, render
 
 __all__ = [
     "BodyLimitMiddleware", "RequestContextMiddleware", "field_errors", "field_path", "health_router",
-    "install_problem_handlers", "problem",
+    "install_problem_handlers", "problem", "require_admin",
 ]
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,14 @@ def problem(status: int, title: str, detail: str, *, code: str, **extra: Any) ->
     if (cid := correlation_id.get()) is not None:
         body["correlation_id"] = cid
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
+
+
+def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Dependency for /admin routes: the bearer token must be FAPIAO_ADMIN_TOKEN (compared in constant time)."""
+    expected = request.app.state.settings.admin_token.get_secret_value()
+    given = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else ""
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Unauthorized("admin endpoints need 'Authorization: Bearer <FAPIAO_ADMIN_TOKEN>'")
 
 
 def field_path(loc: tuple[Any, ...] | list[Any]) -> str:

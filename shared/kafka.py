@@ -24,13 +24,14 @@ from shared.logging import bind
 from shared.topics import Topic
 
 __all__ = [
-    "ConsumeLoop", "Handler", "KafkaProbe", "backoff_delay", "consumer_config", "ensure_topics", "make_consumer",
-    "make_producer", "producer_config",
+    "BatchHandler", "ConsumeLoop", "Handler", "KafkaProbe", "backoff_delay", "consumer_config", "consumer_lag",
+    "dead_letter", "ensure_topics", "make_consumer", "make_producer", "producer_config",
 ]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Envelope, ConsumerRecord], Awaitable[None]]
+BatchHandler = Callable[[list[tuple[Envelope, ConsumerRecord]]], Awaitable[None]]
 
 
 def producer_config(bootstrap: str, *, request_timeout_ms: int = 10_000, **overrides: Any) -> dict[str, Any]:
@@ -72,14 +73,14 @@ def make_consumer(bootstrap: str, *topics: str, group_id: str, **overrides: Any)
 
 
 async def ensure_topics(bootstrap: str, topics: Iterable[Topic], *, prefix: str = "", partitions: int = 6,
-                        timeout: float = 15.0) -> list[str]:
+                        replication_factor: int = 1, timeout: float = 15.0) -> list[str]:
     """Create the topics that do not exist yet; returns the names created. Never relies on auto-create."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
     await asyncio.wait_for(admin.start(), timeout)
     try:
         existing = set(await admin.list_topics())
         wanted = [
-            NewTopic(t.qualified(prefix), partitions if t.partitioned else 1, 1)
+            NewTopic(t.qualified(prefix), partitions if t.partitioned else 1, replication_factor)
             for t in topics if t.qualified(prefix) not in existing
         ]
         if not wanted:
@@ -109,6 +110,29 @@ class _CommitOnRevoke(ConsumerRebalanceListener):
         return None
 
 
+async def dead_letter(producer: AIOKafkaProducer, record: ConsumerRecord, exc: BaseException, *, topic: str,
+                      group_id: str) -> None:
+    """Copy a record that cannot be applied to `topic` with its origin in headers. Returns only once the
+    dead-letter topic has it, so the caller may then commit the original offset."""
+    headers = list(record.headers or ()) + [
+        ("dlq.origin.topic", record.topic.encode()),
+        ("dlq.origin.partition", str(record.partition).encode()),
+        ("dlq.origin.offset", str(record.offset).encode()),
+        ("dlq.consumer.group", group_id.encode()),
+        ("dlq.error", f"{type(exc).__name__}: {exc}"[:1000].encode()),
+        ("dlq.failed.at", datetime.now(UTC).isoformat().encode()),
+    ]
+    log.error("dead-lettering %s[%d]@%d to %s: %s", record.topic, record.partition, record.offset, topic,
+              type(exc).__name__, extra={"fields": {"error": str(exc)[:500]}})
+    for attempt in range(30):
+        try:
+            await producer.send_and_wait(topic, value=record.value, key=record.key, headers=headers)
+            return
+        except KafkaError:
+            await asyncio.sleep(backoff_delay(attempt, cap=5))
+    raise RetriableError("dead-letter topic unavailable")
+
+
 class ConsumeLoop:
     """decode envelope -> handler -> (after the handler's transaction commits) commit the offset.
 
@@ -120,16 +144,22 @@ class ConsumeLoop:
       until it succeeds. Nothing is skipped.
     - Offsets are committed per batch, only for records whose effect is durable. Delivery is at
       least once: handlers must be idempotent (see shared.db.mark_processed).
+    - With `batch_handler`, each partition's slice of a poll is applied in one call (one transaction);
+      if that raises a non-retriable error the slice is replayed one record at a time, so only the
+      bad record is dead-lettered.
     """
 
     def __init__(self, *, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, topics: list[str],
-                 handler: Handler, dlq_topic: Callable[[str], str], group_id: str,
-                 max_inline_retries: int = 5, poll_timeout_ms: int = 500,
-                 on_dead_letter: Callable[[str], None] | None = None) -> None:
+                 dlq_topic: Callable[[str], str], group_id: str, handler: Handler | None = None,
+                 batch_handler: BatchHandler | None = None, max_inline_retries: int = 5,
+                 poll_timeout_ms: int = 500, on_dead_letter: Callable[[str], None] | None = None) -> None:
+        if (handler is None) == (batch_handler is None):
+            raise ValueError("give exactly one of handler / batch_handler")
         self.consumer = consumer
         self.producer = producer
         self.topics = topics
-        self.handler = handler
+        self.handler: Handler = handler or (lambda env, rec: batch_handler([(env, rec)]))  # type: ignore[misc]
+        self.batch_handler = batch_handler
         self.dlq_topic = dlq_topic
         self.group_id = group_id
         self.max_inline_retries = max_inline_retries
@@ -156,11 +186,41 @@ class ConsumeLoop:
         while not self._stopping.is_set():
             batches = await self.consumer.getmany(timeout_ms=self.poll_timeout_ms)
             for tp, records in batches.items():
+                if self.batch_handler is not None and len(records) > 1:
+                    records = await self._process_slice(records)
+                    if not records:
+                        self._done[tp] = batches[tp][-1].offset + 1
+                        continue
                 for record in records:
                     if not await self._process(tp, record):
                         break  # partition rewound; the next poll resumes there
                     self._done[tp] = record.offset + 1
             await self.commit_done()
+
+    async def _process_slice(self, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
+        """Apply a partition's slice in one handler call; returns the records still to replay one by one
+        (empty when the slice is applied; malformed envelopes are dead-lettered here either way)."""
+        assert self.batch_handler is not None
+        items: list[tuple[Envelope, ConsumerRecord]] = []
+        for record in records:
+            try:
+                items.append((decode(record.value), record))
+            except EnvelopeError as exc:
+                await self._dead_letter(record, exc)
+        for attempt in range(self.max_inline_retries + 1):
+            if not items:
+                return []
+            try:
+                await self.batch_handler(items)
+                return []
+            except (RetriableError, KafkaError, OSError, TimeoutError) as exc:
+                if attempt == self.max_inline_retries:
+                    log.warning("batch handler still failing (%s); replaying record by record", exc)
+                    break
+                await asyncio.sleep(backoff_delay(attempt, cap=5))
+            except Exception:  # noqa: BLE001 - find the bad record one by one
+                break
+        return [record for _, record in items]
 
     async def _process(self, tp: TopicPartition, record: ConsumerRecord) -> bool:
         try:
@@ -189,28 +249,25 @@ class ConsumeLoop:
         return True  # pragma: no cover
 
     async def _dead_letter(self, record: ConsumerRecord, exc: BaseException) -> None:
-        topic = self.dlq_topic(record.topic)
-        headers = list(record.headers or ()) + [
-            ("dlq.origin.topic", record.topic.encode()),
-            ("dlq.origin.partition", str(record.partition).encode()),
-            ("dlq.origin.offset", str(record.offset).encode()),
-            ("dlq.consumer.group", self.group_id.encode()),
-            ("dlq.error", f"{type(exc).__name__}: {exc}"[:1000].encode()),
-            ("dlq.failed.at", datetime.now(UTC).isoformat().encode()),
-        ]
-        log.error("dead-lettering %s[%d]@%d to %s: %s", record.topic, record.partition, record.offset, topic,
-                  type(exc).__name__, extra={"fields": {"error": str(exc)[:500]}})
         # Must be on the DLQ before the offset is committed; if that fails, retry the whole record.
-        for attempt in range(30):
-            try:
-                await self.producer.send_and_wait(topic, value=record.value, key=record.key, headers=headers)
-                break
-            except KafkaError:
-                await asyncio.sleep(backoff_delay(attempt, cap=5))
-        else:
-            raise RetriableError("dead-letter topic unavailable")
+        await dead_letter(self.producer, record, exc, topic=self.dlq_topic(record.topic), group_id=self.group_id)
         if self.on_dead_letter is not None:
             self.on_dead_letter(record.topic)
+
+
+async def consumer_lag(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+    """Records not yet consumed per assigned partition (high watermark minus position)."""
+    lag: dict[TopicPartition, int] = {}
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is None:
+            continue
+        try:
+            position = await asyncio.wait_for(consumer.position(tp), 2)
+        except Exception:  # noqa: BLE001, S112 - lag is best effort; never break the loop for it
+            continue
+        lag[tp] = max(0, high - position)
+    return lag
 
 
 class KafkaProbe:

@@ -81,3 +81,4 @@ def configure_logging(*, service: str, level: str = "INFO", json_output: bool = 
     # aiokafka is chatty at INFO about every coordinator hiccup.
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request to the tax store is noise

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 __all__ = [
-    "CONTENT_TYPE_LATEST", "DEAD_LETTERS", "HTTP_LATENCY", "HTTP_REQUESTS", "OUTBOX_BACKLOG",
+    "CONSUMER_LAG", "CONTENT_TYPE_LATEST", "DEAD_LETTERS", "HTTP_LATENCY", "HTTP_REQUESTS", "OUTBOX_BACKLOG",
     "OUTBOX_OLDEST_AGE", "OUTBOX_PUBLISHED", "render",
 ]
 
@@ -22,6 +22,10 @@ OUTBOX_OLDEST_AGE = Gauge(
 )
 OUTBOX_PUBLISHED = Counter("fapiao_outbox_published_total", "Outbox rows published to Kafka", ["service"])
 DEAD_LETTERS = Counter("fapiao_dead_letters_total", "Messages sent to a dead-letter topic", ["service", "topic"])
+CONSUMER_LAG = Gauge(
+    "fapiao_consumer_lag_records", "Records on a partition not yet consumed by the group",
+    ["group", "topic", "partition"],
+)
 
 
 def render() -> bytes:

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["PLACEHOLDER_SECRETS", "SharedSettings", "normalise_database_url"]
+__all__ = ["PLACEHOLDER_SECRETS", "CoreSettings", "SharedSettings", "normalise_database_url"]
 
 PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "admin", "dev-admin-token", "password"})
 
@@ -20,18 +20,14 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-class SharedSettings(BaseSettings):
-    """Built in create_app(), never at import time, so tests can pass their own."""
+class CoreSettings(BaseSettings):
+    """What every process needs. Built in create_app(), never at import time, so tests can pass their own."""
 
     model_config = SettingsConfigDict(env_prefix="FAPIAO_", extra="ignore", frozen=True)
 
     env: Literal["development", "test", "production"] = "development"
     database_url: str = Field(description="PostgreSQL DSN; the local stack fills it in")
-    kafka_bootstrap: str = Field(description="comma-separated host:port list")
     admin_token: SecretStr = Field(description="bearer token for /admin endpoints")
-    topic_prefix: str = Field(default="", description="prefix for every topic name (test isolation)")
-    kafka_partitions: int = Field(default=6, ge=1, le=256)
-    kafka_request_timeout_ms: int = Field(default=10_000, ge=1_000)
     log_level: str = "INFO"
     log_json: bool = True
     db_pool_size: int = Field(default=10, ge=1, le=200)
@@ -46,7 +42,7 @@ class SharedSettings(BaseSettings):
         return v
 
     @model_validator(mode="after")
-    def _no_placeholder_secrets(self) -> SharedSettings:
+    def _no_placeholder_secrets(self) -> CoreSettings:
         token = self.admin_token.get_secret_value()
         if self.env != "development" and (token.lower() in PLACEHOLDER_SECRETS or len(token) < 16):
             raise ValueError(
@@ -54,3 +50,13 @@ class SharedSettings(BaseSettings):
                 "set a real secret (only FAPIAO_ENV=development tolerates that)"
             )
         return self
+
+
+class SharedSettings(CoreSettings):
+    """Settings of the services that speak Kafka (all but the simulated tax store)."""
+
+    kafka_bootstrap: str = Field(description="comma-separated host:port list")
+    topic_prefix: str = Field(default="", description="prefix for every topic and consumer group name (test isolation)")
+    kafka_partitions: int = Field(default=6, ge=1, le=256)
+    kafka_replication_factor: int = Field(default=1, ge=1, le=5, description="replication factor of created topics")
+    kafka_request_timeout_ms: int = Field(default=10_000, ge=1_000)

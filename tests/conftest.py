@@ -176,3 +176,158 @@ async def fresh_database(infra: Infra, name: str) -> str:
     finally:
         await engine.dispose()
     return make_url(infra.database_url).set(database=name).render_as_string(hide_password=False)
+
+
+# --- real service processes ---------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def process_env(infra: Infra, **extra: str) -> dict[str, str]:
+    """A clean environment for a service process: the test infrastructure, never the developer's FAPIAO_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")}
+    env.update(FAPIAO_DATABASE_URL=infra.database_url, FAPIAO_KAFKA_BOOTSTRAP=infra.kafka_bootstrap,
+               FAPIAO_ADMIN_TOKEN=ADMIN_TOKEN, FAPIAO_ENV="test", FAPIAO_LOG_JSON="false",
+               FAPIAO_STACK_DIR=str(infra.workdir / "no-stack"), PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+class ServiceProcess:
+    """`python -m services.<name>` on a free port, started, killed and restarted by tests."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.env = {**env, "FAPIAO_PORT": str(self.port), "FAPIAO_PUBLIC_URL": f"http://127.0.0.1:{self.port}"}
+        self.log_path = log_dir / f"{name}-{self.port}.log"
+        self.proc = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> None:
+        import sys
+
+        from fapiao.infra.procs import spawn, wait_until
+
+        # From the main thread: the child gets SIGKILL if this test process dies (PR_SET_PDEATHSIG).
+        self.proc = spawn([sys.executable, "-m", f"services.{self.name}"], log_path=self.log_path, cwd=REPO,
+                          env=self.env, die_with_parent=True)
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout=timeout, what=f"{self.name} process", alive=lambda: self.proc.poll() is None,
+                   log_path=self.log_path, interval=0.1)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown hooks, no flushing, no offset commits."""
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        from fapiao.infra.procs import stop_group
+
+        if self.proc is not None and self.proc.poll() is None:
+            stop_group(self.proc.pid, timeout=20)
+            self.proc.wait(10)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Pipeline:
+    """The issuer (in process), the tax store and the sync service (real processes) on one topic prefix."""
+
+    issuer: RunningIssuer
+    taxstore: ServiceProcess
+    sync: ServiceProcess
+    admin: dict[str, str]
+
+    async def faults(self, **values: object) -> dict:
+        async with httpx.AsyncClient(timeout=10) as c:
+            r = await c.put(f"{self.taxstore.url}/admin/faults", json=values, headers=self.admin)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def clear_faults(self) -> None:
+        await self.faults(latency_ms=0, latency_jitter_ms=0, error_rate=0, timeout_rate=0, drop_rate=0,
+                          visibility_delay_ms=0, corrupt_rate=0, outage=False)
+
+    async def stats(self) -> dict:
+        async with httpx.AsyncClient(timeout=10) as c:
+            r = await c.get(f"{self.taxstore.url}/admin/stats", headers=self.admin)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def register(self, tax_id: str) -> None:
+        async with httpx.AsyncClient(timeout=10) as c:
+            r = await c.put(f"{self.taxstore.url}/admin/sellers/{tax_id}", json={"name": "registered seller"},
+                            headers=self.admin)
+        assert r.status_code in (200, 201), r.text
+
+    async def stored(self, seller_tax_id: str) -> dict[str, dict]:
+        """Everything the tax store shows for a seller, by invoice number (pages through the listing)."""
+        out: dict[str, dict] = {}
+        cursor = None
+        async with httpx.AsyncClient(timeout=30) as c:
+            while True:
+                params = {"seller_tax_id": seller_tax_id, "limit": 1000, **({"cursor": cursor} if cursor else {})}
+                r = await c.get(f"{self.taxstore.url}/v1/invoices", params=params)
+                assert r.status_code == 200, r.text
+                body = r.json()
+                for item in body["items"]:
+                    assert item["number"] not in out, f"listed twice: {item['number']}"
+                    out[item["number"]] = item
+                cursor = body.get("next_cursor")
+                if not cursor:
+                    return out
+
+    async def statuses(self, tenant_id: str) -> dict[str, int]:
+        from sqlalchemy import text
+
+        async with self.issuer.app.state.engine.connect() as conn:  # type: ignore[attr-defined]
+            rows = (await conn.execute(text(
+                "select status, count(*) from issuer.invoices where tenant_id = :t group by status"),
+                {"t": tenant_id})).all()
+        return {r[0]: int(r[1]) for r in rows}
+
+
+@pytest.fixture(scope="session")
+def pipeline_processes(infra: Infra, issuer: RunningIssuer) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
+    prefix = issuer.settings.topic_prefix  # type: ignore[attr-defined]
+    logs = infra.workdir / "logs"
+    logs.mkdir(exist_ok=True)
+    taxstore = ServiceProcess("taxstore", process_env(infra, FAPIAO_REQUIRE_REGISTRATION="true"), logs)
+    sync = ServiceProcess("sync", process_env(
+        infra, FAPIAO_TOPIC_PREFIX=prefix, FAPIAO_TAXSTORE_URL=taxstore.url, FAPIAO_KAFKA_PARTITIONS="3",
+        FAPIAO_CONNECT_TIMEOUT="1", FAPIAO_SUBMIT_TIMEOUT="1.5", FAPIAO_READ_TIMEOUT="1.5",
+        FAPIAO_RETRY_BASE="0.2", FAPIAO_RETRY_CAP="2", FAPIAO_BREAKER_BASE="0.5", FAPIAO_BREAKER_CAP="3",
+        FAPIAO_SCHEDULER_INTERVAL="0.2", FAPIAO_RELAY_POLL_INTERVAL="0.3", FAPIAO_SUBMIT_BATCH_SIZE="50",
+    ), logs)
+    try:
+        taxstore.start()
+        sync.start()
+    except Exception as exc:
+        sync.stop()
+        taxstore.stop()
+        pytest.fail(f"could not start the tax store and sync processes: {exc}", pytrace=False)
+    yield taxstore, sync
+    sync.stop()
+    taxstore.stop()
+
+
+@pytest.fixture
+async def pipeline(issuer: RunningIssuer, pipeline_processes) -> AsyncIterator[Pipeline]:  # type: ignore[no-untyped-def]
+    taxstore, sync = pipeline_processes
+    if sync.proc is None or sync.proc.poll() is not None:  # a test killed it: bring it back
+        sync.start()
+    p = Pipeline(issuer, taxstore, sync, {"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    await p.clear_faults()
+    yield p
+    await p.clear_faults()

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from shared.settings import SharedSettings
+from shared.settings import CoreSettings, SharedSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -139,15 +139,15 @@ def python_services() -> dict[str, str]:
     return found
 
 
-def settings_class(pkg: str) -> type[SharedSettings]:
+def settings_class(pkg: str) -> type[CoreSettings]:
     module: ModuleType = importlib.import_module(f"services.{pkg}.settings")
     classes = [
         obj for _, obj in inspect.getmembers(module, inspect.isclass)
-        if issubclass(obj, SharedSettings) and obj is not SharedSettings
+        if issubclass(obj, CoreSettings) and obj not in (CoreSettings, SharedSettings)
         and obj.__module__ == module.__name__
     ]
     assert len(classes) == 1, (
-        f"services/{pkg}/settings.py must define exactly one SharedSettings subclass"
+        f"services/{pkg}/settings.py must define exactly one settings class (a CoreSettings subclass)"
     )
     return classes[0]
 
@@ -365,7 +365,26 @@ def test_python_service_waits_for_healthy_infrastructure(name: str) -> None:
     for dep, spec in depends.items():
         assert dep in services(), f"{name}: depends on unknown service {dep}"
         assert (spec or {}).get("condition") == "service_healthy", f"{name}: wait for healthy {dep}"
-        assert "healthcheck" in services()[dep], f"{dep} has no healthcheck: never service_healthy"
+        has_check = "healthcheck" in services()[dep] or builds_here(services()[dep])  # the image has HEALTHCHECK
+        assert has_check, f"{dep} has no healthcheck: never service_healthy"
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
+def test_service_urls_point_at_a_service_it_waits_for(name: str) -> None:
+    """FAPIAO_*_URL settings that name another compose service reach it on the port it listens on."""
+    svc = services()[name]
+    env = {key: interpolate(value or "") for key, value in environment(svc).items()}
+    for key, value in env.items():
+        if not key.endswith("_URL") or key in ("FAPIAO_DATABASE_URL", "FAPIAO_PUBLIC_URL"):
+            continue
+        parts = urlsplit(value)
+        if parts.hostname not in services():
+            continue
+        target = parts.hostname
+        target_env = {k: interpolate(v or "") for k, v in environment(services()[target]).items()}
+        listens = int(target_env.get("FAPIAO_PORT") or default_port(settings_class(PYTHON_SERVICES[target])))
+        assert (parts.port or 80) == listens, f"{name}: {key}={value} but {target} listens on {listens}"
+        assert target in (svc.get("depends_on") or {}), f"{name}: {key} uses {target} without depends_on"
 
 
 @pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -26,6 +25,7 @@ from services.issuer.schemas import (
 from services.issuer.settings import IssuerSettings
 from shared.db import transaction
 from shared.errors import BadRequest, FieldError, PayloadTooLarge, Unauthorized, ValidationFailed
+from shared.http import require_admin
 from shared.money import parse_amount
 from shared.topics import INVOICE_EVENTS
 
@@ -46,13 +46,6 @@ async def current_tenant(request: Request, authorization: Annotated[str | None, 
     if tenant is None:
         raise Unauthorized("unknown or revoked API key")
     return tenant
-
-
-def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
-    expected = _state(request).settings.admin_token.get_secret_value()
-    given = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else ""
-    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise Unauthorized("admin endpoints need 'Authorization: Bearer <FAPIAO_ADMIN_TOKEN>'")
 
 
 TenantDep = Annotated[service.Tenant, Depends(current_tenant)]

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from services.issuer import models, service
 from services.issuer.api import admin_router, router
+from services.issuer.consumer import run_sync_results_consumer
 from services.issuer.settings import IssuerSettings
 from shared.db import make_engine, ping, session_factory, transaction
 from shared.http import (
@@ -44,7 +45,8 @@ async def _ensure_topics_forever(settings: IssuerSettings) -> None:
     while True:
         try:
             await ensure_topics(settings.kafka_bootstrap, ALL_TOPICS, prefix=settings.topic_prefix,
-                                partitions=settings.kafka_partitions)
+                                partitions=settings.kafka_partitions,
+                                replication_factor=settings.kafka_replication_factor)
             return
         except Exception as exc:  # noqa: BLE001 - Kafka may be down at start; the API works regardless
             delay = backoff_delay(attempt, base=0.5, cap=15)
@@ -92,15 +94,19 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
         app.state.sessions = session_factory(engine)
         app.state.relay = relay
         app.state.checks.update({"database": lambda: ping(engine), "kafka": probe.check})
+        stopping = asyncio.Event()
         tasks = [
             asyncio.create_task(_ensure_topics_forever(settings), name="ensure-topics"),
             asyncio.create_task(relay.run(), name="outbox-relay"),
             asyncio.create_task(_housekeeping(app, settings), name="housekeeping"),
+            asyncio.create_task(run_sync_results_consumer(settings, app.state.sessions, stopping),
+                                name="sync-results"),
         ]
         log.info("issuer ready on %s:%d", settings.host, settings.port)
         try:
             yield
         finally:
+            stopping.set()
             relay.stop()
             for t in tasks:
                 t.cancel()

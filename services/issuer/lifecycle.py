@@ -20,12 +20,13 @@ class Status(StrEnum):
 
 
 _MOVES: dict[Status, frozenset[Status]] = {
-    Status.ACCEPTED: frozenset({Status.PUBLISHED}),
+    # A sync result can overtake the relay's own "published" bookkeeping: the event was on Kafka regardless.
+    Status.ACCEPTED: frozenset({Status.PUBLISHED, Status.SUBMITTED, Status.RETRYING, Status.REJECTED}),
     Status.PUBLISHED: frozenset({Status.SUBMITTED, Status.RETRYING, Status.REJECTED, Status.STUCK,
                                  Status.CONFIRMED}),
     Status.RETRYING: frozenset({Status.RETRYING, Status.SUBMITTED, Status.REJECTED, Status.STUCK,
                                 Status.CONFIRMED}),
-    Status.SUBMITTED: frozenset({Status.CONFIRMED, Status.RETRYING, Status.STUCK}),
+    Status.SUBMITTED: frozenset({Status.SUBMITTED, Status.CONFIRMED, Status.RETRYING, Status.STUCK}),
     Status.CONFIRMED: frozenset({Status.RETRYING, Status.STUCK, Status.RED_LETTERED}),
     Status.REJECTED: frozenset({Status.VOIDED}),
     Status.STUCK: frozenset({Status.CONFIRMED, Status.SUBMITTED, Status.RETRYING, Status.VOIDED}),

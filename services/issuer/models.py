@@ -70,6 +70,7 @@ invoices = Table(
     Column("case_no", String(32)),
     Column("receipt_no", String(64)),
     Column("event_seq", Integer, nullable=False, server_default="1"),  # last event sequence emitted
+    Column("sync_seq", Integer, nullable=False, server_default="0"),  # last sync-result sequence applied
     Column("accepted_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     UniqueConstraint("seller_tax_id", "number"),

@@ -6,13 +6,11 @@ path. Nothing here touches the database.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import date, timedelta
 from decimal import Decimal
 
-import orjson
-
 from services.issuer.schemas import InvoiceCreate
+from shared.content import content_hash
 from shared.errors import FieldError
 from shared.money import TAX_RATES, TOLERANCE, fmt, round_cents
 from shared.uscc import uscc_error
@@ -113,6 +111,3 @@ def canonical(inv: InvoiceCreate) -> dict[str, object]:
         "remarks": inv.remarks or None,
     }
 
-
-def content_hash(doc: dict[str, object]) -> str:
-    return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()

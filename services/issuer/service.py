@@ -17,24 +17,25 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import and_, func, select, text, update
+from sqlalchemy import and_, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.issuer import models as m
-from services.issuer.lifecycle import VOIDABLE, Status, describe
+from services.issuer.lifecycle import VOIDABLE, Status, can_move, describe
 from services.issuer.rules import canonical, check_invoice, content_hash
 from services.issuer.schemas import InvoiceCreate, InvoiceRead, InvoiceView, TimelineEntry
 from shared.envelope import encode, new_envelope
 from shared.errors import Conflict, FieldError, NotFound, ValidationFailed
-from shared.events import INVOICE_ISSUED, INVOICE_VOIDED, ISSUER_SOURCE
+from shared.events import INVOICE_ISSUED, INVOICE_REJECTED, INVOICE_SUBMITTED, INVOICE_VOIDED, ISSUER_SOURCE
 from shared.http import field_errors
 from shared.outbox import PublishedRow, notify_outbox
 from shared.uscc import uscc_error
 
 __all__ = [
-    "ItemResult", "ListFilters", "Tenant", "authenticate", "claim_idempotency_key", "create_invoices",
+    "ItemResult", "ListFilters", "Tenant", "apply_sync_results", "authenticate", "claim_idempotency_key",
+    "create_invoices",
     "create_tenant", "get_invoice", "list_invoices", "mark_published", "request_hash", "store_idempotent_response",
     "validate_item", "void_invoice",
 ]
@@ -434,3 +435,94 @@ async def purge_idempotency_keys(*, session: AsyncSession, older_than_hours: int
             m.idempotency_keys.c.created_at < func.now() - text(f"interval '{int(older_than_hours)} hours'"))
     )
     return int(result.rowcount or 0)
+
+
+# --- feedback from the sync service -----------------------------------------------------------
+
+def _when(iso: str | None) -> str:
+    if not iso:
+        return "?"
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _sync_effect(event_type: str, d: dict[str, Any]) -> tuple[Status, str, str | None, datetime | None, str, str]:
+    """(target status, reason, next action, next action at, timeline kind, timeline message) of one result."""
+    n = d.get("attempt", 0)
+    latency = f"{d.get('latency_ms', 0)} ms"
+    if event_type == INVOICE_SUBMITTED:
+        receipt = d.get("receipt_no")
+        how = {"read_back": "found at the authority by read-back", "duplicate": "the authority already had it",
+               "repaired": "the authority's damaged copy was restored", "created": "stored"}.get(d.get("how"), "")
+        reason = f"Acknowledged by the tax authority at {_when(d.get('at'))}, receipt {receipt} (attempt {n}, {how})."
+        return (Status.SUBMITTED, reason, "Check visibility at the authority (automatic).", None, "submitted",
+                f"Attempt {n}: acknowledged by the tax authority, receipt {receipt} ({how}, {latency})")
+    if event_type == INVOICE_REJECTED:
+        code, why = d.get("reason_code") or "REJECTED", d.get("reason") or "no reason given"
+        return (Status.REJECTED, f"Rejected by the tax authority: [{code}] {why}",
+                "Correct the invoice and issue it under a new number, or void this one.", None, "rejected",
+                f"Attempt {n}: rejected by the tax authority [{code}] {why}")
+    error = d.get("error") or "unknown error"
+    next_at = datetime.fromisoformat(d["next_attempt_at"]) if d.get("next_attempt_at") else None
+    if d.get("gave_up"):
+        return (Status.RETRYING, f"Submission gave up after {n} attempts; last error: {error}",
+                "The reconciler will check the authority and escalate (automatic).", None, "gave_up",
+                f"Attempt {n} failed and was the last: {error}")
+    if not d.get("attempted", True):
+        reason = f"Not sent yet: {error}"
+        message = f"Held back: {error}"
+    else:
+        unknown = " The outcome is unknown; the next attempt reads the authority back first." \
+            if d.get("ambiguous") else ""
+        reason = f"Submission attempt {n} failed: {error}.{unknown}"
+        message = f"Attempt {n} failed after {latency}: {error}"
+    nxt = f"Attempt {n + 1} at {_when(d.get('next_attempt_at'))} (automatic)."
+    return Status.RETRYING, reason, nxt, next_at, "attempt_failed", message
+
+
+async def apply_sync_results(*, session: AsyncSession, events: Sequence[Any]) -> int:
+    """Show what the sync service learned, in the caller's transaction; returns how many were applied.
+
+    Each invoice's results carry an increasing `sequence`: redelivered or stale ones are skipped, so the
+    handler is idempotent without a processed-events table. Every applied result adds a timeline entry;
+    the status moves only where the lifecycle allows (a confirmed or voided invoice keeps its status).
+    """
+    ids = {uuid.UUID(e.subject) for e in events}
+    if not ids:
+        return 0
+    rows = {r.id: r for r in (await session.execute(
+        select(m.invoices.c.id, m.invoices.c.status, m.invoices.c.sync_seq, m.invoices.c.receipt_no,
+               m.invoices.c.reason, m.invoices.c.next_action, m.invoices.c.next_action_at)
+        .where(m.invoices.c.id.in_(ids)).order_by(m.invoices.c.id).with_for_update()
+    )).all()}
+    state = {iid: dict(r._mapping) for iid, r in rows.items()}
+    timeline_rows: list[dict[str, Any]] = []
+    changed: set[uuid.UUID] = set()
+    now = datetime.now(UTC)
+    for e in events:
+        iid = uuid.UUID(e.subject)
+        st = state.get(iid)
+        if st is None or e.sequence <= st["sync_seq"]:
+            continue  # not ours, or already applied
+        st["sync_seq"] = e.sequence
+        changed.add(iid)
+        target, reason, nxt, nxt_at, kind, message = _sync_effect(e.type, e.data)
+        if e.type == INVOICE_SUBMITTED and e.data.get("receipt_no"):
+            st["receipt_no"] = e.data["receipt_no"]
+        current = Status(st["status"])
+        if current is target or can_move(current, target):
+            st.update(status=target.value, reason=reason, next_action=nxt, next_action_at=nxt_at)
+        timeline_rows.append({"invoice_id": iid, "at": now, "kind": kind, "message": message,
+                              "detail": {"event_id": e.id, **e.data}})
+    if not changed:
+        return 0
+    await session.execute(
+        update(m.invoices).where(m.invoices.c.id == bindparam("b_id")).values(
+            status=bindparam("b_status"), sync_seq=bindparam("b_seq"), receipt_no=bindparam("b_receipt"),
+            reason=bindparam("b_reason"), next_action=bindparam("b_next"), next_action_at=bindparam("b_next_at"),
+            updated_at=now),
+        [{"b_id": iid, "b_status": state[iid]["status"], "b_seq": state[iid]["sync_seq"],
+          "b_receipt": state[iid]["receipt_no"], "b_reason": state[iid]["reason"],
+          "b_next": state[iid]["next_action"], "b_next_at": state[iid]["next_action_at"]} for iid in changed],
+    )
+    await session.execute(m.timeline.insert(), timeline_rows)
+    return len(timeline_rows)

@@ -12,6 +12,11 @@ S = Status
 
 ALLOWED = [
     (S.ACCEPTED, S.PUBLISHED),
+    # a sync result may arrive before the relay has recorded "published": the event was on Kafka anyway
+    (S.ACCEPTED, S.SUBMITTED),
+    (S.ACCEPTED, S.RETRYING),
+    (S.ACCEPTED, S.REJECTED),
+    (S.SUBMITTED, S.SUBMITTED),  # a resync read back and found it: acknowledged again
     (S.PUBLISHED, S.SUBMITTED),
     (S.PUBLISHED, S.RETRYING),
     (S.PUBLISHED, S.REJECTED),
@@ -34,7 +39,7 @@ FORBIDDEN = [
     (S.CONFIRMED, S.VOIDED),
     (S.RETRYING, S.VOIDED),
     (S.ACCEPTED, S.CONFIRMED),
-    (S.ACCEPTED, S.SUBMITTED),
+    (S.ACCEPTED, S.STUCK),
     (S.PUBLISHED, S.ACCEPTED),
     (S.SUBMITTED, S.PUBLISHED),
     (S.REJECTED, S.CONFIRMED),

@@ -1,0 +1,1032 @@
+"""`make bench`: how fast the whole pipeline runs on this machine, next to raw baselines from the same run.
+
+    .venv/bin/python -m fapiao.bench [--invoices N] [--rate R] [--duration S] [--out FILE]
+
+Starts its own PostgreSQL and Kafka (fapiao.infra, free ports, a private directory under .test-artifacts/)
+and the three services as real processes (`python -m services.<name>`), never touching a `make up` stack,
+and stops all of it at the end, also on Ctrl-C or an error. Then, in one run:
+
+(a) raw Kafka: N copies of a real `invoice.issued` envelope produced with the project's producer settings
+    (acks=all, idempotent) and consumed by a group with manual commits, in a second process -> messages/s;
+(b) end to end: N invoices posted through the issuer's batch endpoint until the tax store holds all of them,
+    and until the issuer shows all of them `submitted` -> invoices/s, against (a) and (d);
+(c) latency at a fixed offered rate of single POST /v1/invoices, paced on a schedule (open loop):
+    tax store `stored_at` minus issuer `accepted_at` per invoice -> p50/p95/p99/max;
+(d) the tax store alone: the same canonical documents posted straight to it, in the sync service's batch
+    size and in-flight limit, and one at a time at concurrency 32 -> invoices/s.
+
+Per-process CPU seconds (from /proc/<pid>/stat) are sampled around every phase: where the time goes.
+Results are printed and written as JSON (default bench-results/bench-<UTC timestamp>.json). Nothing is
+asserted: the figures are reported, with the project's targets next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from fapiao.infra.kafka import KAFKA_VERSION, REPO_ROOT, KafkaBroker, ensure_kafka_jars
+from fapiao.infra.postgres import PostgresServer
+from fapiao.infra.procs import free_port, spawn, stop_group, wait_until
+
+if str(REPO_ROOT) not in sys.path:  # tests.factories is not an installed package
+    sys.path.insert(0, str(REPO_ROOT))
+
+ARTIFACTS = REPO_ROOT / ".test-artifacts"
+RESULTS = REPO_ROOT / "bench-results"
+SERVICES = ("taxstore", "issuer", "sync")
+TARGET_E2E_PER_S = 2000.0
+TARGET_P99_MS = 500.0
+ISSUER_BATCH = 1000  # invoices per POST /v1/invoices/batch (the issuer's default FAPIAO_BATCH_MAX)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(RuntimeError):
+    """A phase could not complete; the message says what was waited for and what was seen."""
+
+
+def say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --- CPU accounting from /proc ---------------------------------------------------------------------
+
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (ppid, CPU seconds of the process incl. its reaped children) for every readable process."""
+    out: dict[int, tuple[int, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw.rsplit(")", 1)[1].split()
+        # after "pid (comm)": state ppid ... utime(14) stime(15) cutime(16) cstime(17), i.e. fields[11:15]
+        ticks = sum(int(x) for x in fields[11:15])
+        out[int(entry.name)] = (int(fields[1]), ticks / CLK_TCK)
+    return out
+
+
+def tree_cpu(pid: int, table: dict[int, tuple[int, float]]) -> float:
+    """CPU seconds of pid and all its live descendants (exited ones are in their parent's cutime/cstime)."""
+    children: dict[int, list[int]] = {}
+    for p, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(p)
+    total, stack, seen = 0.0, [pid], set()
+    while stack:
+        p = stack.pop()
+        if p in seen or p not in table:
+            continue
+        seen.add(p)
+        total += table[p][1]
+        stack.extend(children.get(p, ()))
+    return total
+
+
+def system_cpu() -> dict[str, float]:
+    """Machine-wide CPU seconds since boot from /proc/stat: busy (all non-idle) and steal."""
+    parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    v = [int(x) for x in parts] + [0] * 10
+    user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
+    return {"busy": (user + nice + system + irq + softirq) / CLK_TCK, "steal": steal / CLK_TCK,
+            "idle": (idle + iowait) / CLK_TCK}
+
+
+@dataclass
+class CpuSampler:
+    """CPU seconds per component between two snapshots."""
+
+    pids: dict[str, int]  # component -> pid (its process tree is counted)
+
+    def snapshot(self) -> dict[str, Any]:
+        table = _proc_table()
+        t = os.times()
+        snap: dict[str, Any] = {name: tree_cpu(pid, table) for name, pid in self.pids.items()}
+        snap["bench (load generator)"] = t.user + t.system  # this process only, not its children
+        snap["_system"] = system_cpu()
+        snap["_wall"] = time.monotonic()
+        return snap
+
+    @staticmethod
+    def delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        wall = after["_wall"] - before["_wall"]
+        per = {k: round(after[k] - before[k], 2) for k in before if not k.startswith("_")}
+        busy = after["_system"]["busy"] - before["_system"]["busy"]
+        ours = sum(per.values())
+        return {
+            "wall_s": round(wall, 2),
+            "cpu_s": per,
+            "ours_cpu_s": round(ours, 2),
+            "machine_busy_cpu_s": round(busy, 2),
+            "other_processes_cpu_s": round(max(0.0, busy - ours), 2),
+            "steal_s": round(after["_system"]["steal"] - before["_system"]["steal"], 2),
+            "machine_capacity_cpu_s": round(wall * (os.cpu_count() or 1), 2),
+        }
+
+
+# --- the private stack -----------------------------------------------------------------------------
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    admin_token: str = field(default_factory=lambda: "bench-" + secrets.token_urlsafe(32))
+    topic_prefix: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:8]}.")
+    pg: PostgresServer | None = None
+    kafka: KafkaBroker | None = None
+    services: dict[str, Service] = field(default_factory=dict)
+    extra_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def start(self, *, timeout: float) -> None:
+        """Everything is spawned from the calling (main) thread with die_with_parent: if this process is
+        killed outright the children get SIGKILL from the kernel; otherwise stop() runs from a finally."""
+        ensure_kafka_jars()
+        self.pg = PostgresServer(self.workdir / "postgres", port=free_port(), die_with_parent=True)
+        self.kafka = KafkaBroker(self.workdir / "kafka", port=free_port(), controller_port=free_port(),
+                                 die_with_parent=True)
+        say(f"starting PostgreSQL on 127.0.0.1:{self.pg.port} and Kafka {KAFKA_VERSION} on {self.kafka.bootstrap}")
+        self.pg.start(timeout=timeout)
+        self.kafka.start(timeout=timeout)
+        logs = self.workdir / "logs"
+        for name in SERVICES:
+            port = free_port()
+            self.services[name] = Service(name, port, logs / f"{name}.log")
+        for svc in self.services.values():
+            svc.proc = spawn([sys.executable, "-m", f"services.{svc.name}"], log_path=svc.log_path, cwd=REPO_ROOT,
+                             env=self._env(svc), die_with_parent=True)
+        say("services spawned: " + ", ".join(f"{s.name} {s.url} (pid {s.proc.pid})"  # type: ignore[union-attr]
+                                              for s in self.services.values()))
+        for svc in self.services.values():
+            wait_until(lambda svc=svc: _ready(svc.url), timeout=timeout, what=f"{svc.name} /readyz",
+                       alive=lambda svc=svc: svc.proc is not None and svc.proc.poll() is None,
+                       log_path=svc.log_path, interval=0.25)
+
+    def _env(self, svc: Service) -> dict[str, str]:
+        assert self.pg is not None and self.kafka is not None
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")}
+        env.update(
+            FAPIAO_ENV="test", FAPIAO_DATABASE_URL=self.pg.url(), FAPIAO_KAFKA_BOOTSTRAP=self.kafka.bootstrap,
+            FAPIAO_ADMIN_TOKEN=self.admin_token, FAPIAO_LOG_LEVEL="WARNING", FAPIAO_LOG_JSON="false",
+            FAPIAO_TOPIC_PREFIX=self.topic_prefix, FAPIAO_STACK_DIR=str(self.workdir / "no-stack"),
+            FAPIAO_PORT=str(svc.port), FAPIAO_PUBLIC_URL=svc.url, PYTHONUNBUFFERED="1",
+        )
+        if svc.name == "sync":
+            env["FAPIAO_TAXSTORE_URL"] = self.services["taxstore"].url
+        return env
+
+    def pids(self) -> dict[str, int]:
+        out = {name: s.proc.pid for name, s in self.services.items() if s.proc is not None}
+        if self.kafka is not None and self.kafka.pid is not None:
+            out["kafka (java)"] = self.kafka.pid
+        if self.pg is not None and self.pg.pid is not None:
+            out["postgres (all backends)"] = self.pg.pid
+        return out
+
+    def stop(self) -> list[str]:
+        """Stop everything that was started, services first; returns what could not be stopped cleanly."""
+        problems: list[str] = []
+        for proc in self.extra_procs:
+            with contextlib.suppress(Exception):
+                if proc.poll() is None:
+                    stop_group(proc.pid, timeout=5)
+                proc.wait(5)
+        for name in ("sync", "issuer", "taxstore"):
+            svc = self.services.get(name)
+            if svc is None or svc.proc is None:
+                continue
+            try:
+                if svc.proc.poll() is None:
+                    stop_group(svc.proc.pid, timeout=15)
+                svc.proc.wait(5)
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                problems.append(f"{name}: {exc}")
+        for label, server in (("kafka", self.kafka), ("postgres", self.pg)):
+            if server is None:
+                continue
+            try:
+                server.stop()
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"{label}: {exc}")
+        return problems
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+async def poll_until(check: Callable[[], Awaitable[Any]], *, timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise BenchError(f"{what}: not reached within {timeout:.0f}s (last seen: {last!r})")
+
+
+def make_docs(seller_tax_id: str, n: int) -> list[dict[str, Any]]:
+    from tests.factories import invoice
+
+    docs, seen = [], set()
+    while len(docs) < n:
+        d = invoice(seller_tax_id)
+        if d["number"] not in seen:
+            seen.add(d["number"])
+            docs.append(d)
+    return docs
+
+
+def canonical_docs(seller_tax_id: str, n: int) -> list[dict[str, Any]]:
+    """The issuer's canonical form of fresh invoices: exactly what the sync service submits."""
+    from services.issuer.rules import canonical
+    from services.issuer.schemas import InvoiceCreate
+
+    return [canonical(InvoiceCreate.model_validate(d)) for d in make_docs(seller_tax_id, n)]
+
+
+class LeanHttp:
+    """A minimal HTTP/1.1 keep-alive client for the load itself (httpx costs several ms of CPU per request at
+    high concurrency, CPU the services need on a 2-core machine). Control calls use httpx."""
+
+    def __init__(self, base_url: str, *, max_idle_s: float = 2.0) -> None:
+        url = httpx.URL(base_url)
+        self.host, self.port = url.host, url.port or 80
+        self.max_idle_s = max_idle_s  # below uvicorn's 5 s keep-alive: never reuse a connection it is closing
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        now = time.monotonic()
+        while self._idle:
+            reader, writer, used = self._idle.pop()
+            if now - used < self.max_idle_s and not writer.is_closing() and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        return await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 10)
+
+    async def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
+                      timeout: float = 60) -> tuple[int, bytes]:
+        reader, writer = await self._connection()
+        try:
+            head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                    f"Content-Length: {len(body)}\r\n"
+                    + "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items()) + "\r\n")
+            writer.write(head.encode("latin-1") + body)
+            status, close, data = await asyncio.wait_for(self._response(reader), timeout)
+        except BaseException:
+            writer.close()
+            raise
+        if close:
+            writer.close()
+        else:
+            self._idle.append((reader, writer, time.monotonic()))
+        return status, data
+
+    @staticmethod
+    async def _response(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
+        lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        hdrs = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                hdrs[name.strip().lower()] = value.strip()
+        close = hdrs.get("connection", "").lower() == "close"
+        if "content-length" in hdrs:
+            return status, close, await reader.readexactly(int(hdrs["content-length"]))
+        if hdrs.get("transfer-encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                chunk = await reader.readexactly(size + 2)
+                if size == 0:
+                    return status, close, b"".join(chunks)
+                chunks.append(chunk[:-2])
+        return status, True, await reader.read()
+
+    def close(self) -> None:
+        for _, writer, _ in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
+@dataclass
+class Ctx:
+    stack: Stack
+    http: httpx.AsyncClient
+    db: Any  # asyncpg connection, for the issuer's status counts
+    sampler: CpuSampler
+    lean: dict[str, LeanHttp] = field(default_factory=dict)
+
+    def load(self, service: str) -> LeanHttp:
+        if service not in self.lean:
+            self.lean[service] = LeanHttp(self.url(service))
+        return self.lean[service]
+
+    def url(self, service: str) -> str:
+        return self.stack.services[service].url
+
+    async def new_tenant(self, label: str) -> dict[str, Any]:
+        from tests.factories import uscc
+
+        r = await self.http.post(f"{self.url('issuer')}/admin/tenants", headers=self.stack.admin,
+                                 json={"name": f"基准测试 Bench {label}", "tax_id": uscc()})
+        if r.status_code != 201:
+            raise BenchError(f"creating a tenant failed: HTTP {r.status_code} {r.text[:300]}")
+        body = r.json()
+        body["headers"] = {"Authorization": f"Bearer {body['api_key']}", "Content-Type": "application/json"}
+        return body
+
+    async def stored(self) -> int:
+        """The tax store's in-memory 'stored' counter (new invoices stored since it started)."""
+        r = await self.http.get(f"{self.url('taxstore')}/admin/stats", headers=self.stack.admin)
+        if r.status_code != 200:
+            raise BenchError(f"taxstore /admin/stats: HTTP {r.status_code} {r.text[:200]}")
+        return int(r.json()["stored"])
+
+    async def statuses(self, tenant_id: str) -> dict[str, int]:
+        rows = await self.db.fetch(
+            "select status, count(*) as n from issuer.invoices where tenant_id = $1 group by status",
+            uuid.UUID(tenant_id))
+        return {r["status"]: int(r["n"]) for r in rows}
+
+    async def listing(self, seller_tax_id: str) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"seller_tax_id": seller_tax_id, "limit": 1000}
+            if cursor:
+                params["cursor"] = cursor
+            r = await self.http.get(f"{self.url('taxstore')}/v1/invoices", params=params)
+            if r.status_code != 200:
+                raise BenchError(f"taxstore listing: HTTP {r.status_code} {r.text[:200]}")
+            body = r.json()
+            for item in body["items"]:
+                out[item["number"]] = item
+            cursor = body.get("next_cursor")
+            if not cursor:
+                return out
+
+
+async def post_issuer_batches(ctx: Ctx, tenant: dict[str, Any], docs: list[dict[str, Any]],
+                              concurrency: int) -> None:
+    bodies = [orjson.dumps({"invoices": docs[i:i + ISSUER_BATCH]}) for i in range(0, len(docs), ISSUER_BATCH)]
+    sizes = [len(docs[i:i + ISSUER_BATCH]) for i in range(0, len(docs), ISSUER_BATCH)]
+    sem = asyncio.Semaphore(concurrency)
+    http = ctx.load("issuer")
+
+    async def one(body: bytes, size: int) -> None:
+        async with sem:
+            status, data = await http.request("POST", "/v1/invoices/batch", body, tenant["headers"], timeout=120)
+        if status != 200:
+            raise BenchError(f"issuer batch: HTTP {status} {data[:300]!r}")
+        created = orjson.loads(data)["created"]
+        if created != size:
+            raise BenchError(f"issuer batch created {created} of {size}: {data[:300]!r}")
+
+    await asyncio.gather(*(one(b, s) for b, s in zip(bodies, sizes, strict=True)))
+
+
+# --- (a) raw Kafka ---------------------------------------------------------------------------------
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+async def raw_consumer_main(args: argparse.Namespace) -> None:
+    """The consuming half of phase (a), in its own process (as the sync service is)."""
+    from shared.kafka import make_consumer
+
+    out = Path(args.out)
+    consumer = make_consumer(args.bootstrap, args.topic, group_id=args.group, max_poll_records=args.max_poll)
+    await asyncio.wait_for(consumer.start(), 30)
+    try:
+        deadline = time.monotonic() + 30
+        while len(consumer.assignment()) < args.partitions:
+            if time.monotonic() > deadline:
+                raise BenchError(f"raw consumer got {len(consumer.assignment())} of {args.partitions} partitions")
+            await consumer.getmany(timeout_ms=100)
+        _write(out.parent / (out.name + ".ready"), "ready")
+        received, first, last, commits = 0, None, None, 0
+        deadline = time.monotonic() + args.timeout
+        while received < args.count:
+            if time.monotonic() > deadline:
+                raise BenchError(f"raw consumer received {received} of {args.count} in {args.timeout:.0f}s")
+            batches = await consumer.getmany(timeout_ms=200)
+            n = sum(len(recs) for recs in batches.values())
+            if n:
+                now = time.time()
+                first = first or now
+                last = now
+                received += n
+                await consumer.commit()  # manual commit per batch, as the services do
+                commits += 1
+        t = os.times()
+        _write(out, json.dumps({"received": received, "first_recv": first, "last_recv": last,
+                                   "commits": commits, "cpu_s": t.user + t.system}))
+    finally:
+        await asyncio.wait_for(consumer.stop(), 10)
+
+
+async def phase_raw_kafka(ctx: Ctx, n: int, partitions: int, max_poll: int, timeout: float) -> dict[str, Any]:
+    from shared.content import content_hash
+    from shared.envelope import encode, new_envelope
+    from shared.events import INVOICE_ISSUED, ISSUER_SOURCE
+    from shared.kafka import ensure_topics, make_producer
+    from shared.topics import Topic
+    from tests.factories import uscc
+
+    stack = ctx.stack
+    assert stack.kafka is not None
+    seller = uscc()
+    doc = canonical_docs(seller, 1)[0]
+    invoice_id, tenant_id = uuid.uuid4(), uuid.uuid4()
+    envelope = new_envelope(
+        source=ISSUER_SOURCE, type=INVOICE_ISSUED, subject=str(invoice_id), tenant=str(tenant_id), sequence=1,
+        data={"invoice_id": str(invoice_id), "tenant_id": str(tenant_id), "seller_tax_id": seller,
+              "number": doc["number"], "content_hash": content_hash(doc),
+              "accepted_at": datetime.now(UTC).isoformat(), "invoice": doc})
+    payload = encode(envelope)
+    topic = Topic(f"bench.raw-{uuid.uuid4().hex[:6]}.v1", "bench: raw produce/consume")
+    await ensure_topics(stack.kafka.bootstrap, [topic], prefix=stack.topic_prefix, partitions=partitions)
+    qualified = topic.qualified(stack.topic_prefix)
+    out = stack.workdir / "raw-consumer.json"
+    ready = out.parent / (out.name + ".ready")
+    proc = spawn([sys.executable, "-m", "fapiao.bench", "_raw-consumer", "--bootstrap", stack.kafka.bootstrap,
+                  "--topic", qualified, "--group", f"{stack.topic_prefix}bench.raw", "--count", str(n),
+                  "--partitions", str(partitions), "--max-poll", str(max_poll), "--timeout", str(timeout),
+                  "--out", str(out)],
+                 log_path=stack.workdir / "logs" / "raw-consumer.log", cwd=REPO_ROOT, die_with_parent=True)
+    stack.extra_procs.append(proc)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise BenchError(f"raw consumer exited early; see {stack.workdir / 'logs' / 'raw-consumer.log'}")
+        if time.monotonic() > deadline:
+            raise BenchError("raw consumer did not join its group within 60s")
+        await asyncio.sleep(0.05)
+    keys = [str(uuid.uuid4()).encode() for _ in range(n)]  # spread over partitions like invoice ids
+    producer = make_producer(stack.kafka.bootstrap)
+    await asyncio.wait_for(producer.start(), 30)
+    before = ctx.sampler.snapshot()
+    try:
+        t0 = time.time()
+        futures = [await producer.send(qualified, value=payload, key=k,
+                                       headers=[("content-type", b"application/cloudevents+json")]) for k in keys]
+        await asyncio.wait_for(asyncio.gather(*futures), timeout)
+        t_acked = time.time()
+    finally:
+        await asyncio.wait_for(producer.stop(), 10)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            raise BenchError(f"raw consumer did not finish within {timeout:.0f}s")
+        await asyncio.sleep(0.05)
+    cpu = CpuSampler.delta(before, ctx.sampler.snapshot())
+    if proc.returncode != 0 or not out.exists():
+        raise BenchError(f"raw consumer failed (exit {proc.returncode}); see its log in {stack.workdir / 'logs'}")
+    res = json.loads(out.read_text())
+    elapsed = res["last_recv"] - t0
+    cpu["cpu_s"]["raw consumer process"] = round(res["cpu_s"], 2)
+    cpu["ours_cpu_s"] = round(cpu["ours_cpu_s"] + res["cpu_s"], 2)
+    cpu["other_processes_cpu_s"] = round(max(0.0, cpu["machine_busy_cpu_s"] - cpu["ours_cpu_s"]), 2)
+    return {
+        "messages": n, "payload_bytes": len(payload), "partitions": partitions, "topic": qualified,
+        "producer": "shared.kafka.make_producer (acks=all, idempotent, linger 5 ms)",
+        "consumer": f"shared.kafka.make_consumer in a second process, group, max_poll_records={max_poll}, "
+                    "commit per poll",
+        "commits": res["commits"], "produce_acked_s": round(t_acked - t0, 3), "elapsed_s": round(elapsed, 3),
+        "messages_per_s": round(n / elapsed, 1), "cpu": cpu,
+    }
+
+
+# --- (b) end to end --------------------------------------------------------------------------------
+
+async def warm_up(ctx: Ctx, timeout: float) -> None:
+    """A few invoices through the whole pipeline: topics exist, every consumer has joined its group."""
+    tenant = await ctx.new_tenant("warm-up")
+    docs = make_docs(tenant["tax_id"], 20)
+    await post_issuer_batches(ctx, tenant, docs, 1)
+
+    async def done() -> Any:
+        counts = await ctx.statuses(tenant["id"])
+        return counts.get("submitted", 0) == len(docs) or False
+
+    await poll_until(done, timeout=timeout, what="warm-up invoices submitted end to end", interval=0.25)
+
+
+async def phase_end_to_end(ctx: Ctx, n: int, concurrency: int, timeout: float) -> dict[str, Any]:
+    tenant = await ctx.new_tenant("e2e")
+    docs = make_docs(tenant["tax_id"], n)
+    stored0 = await ctx.stored()
+    before = ctx.sampler.snapshot()
+    t0 = time.monotonic()
+    sender = asyncio.create_task(post_issuer_batches(ctx, tenant, docs, concurrency))
+    marks: dict[str, float] = {}
+    last_report = next_db = t0
+    stored, counts = 0, {}
+    try:
+        while True:
+            now = time.monotonic()
+            if sender.done() and "ingested" not in marks:
+                sender.result()  # raise its error, if any
+                marks["ingested"] = now - t0
+            stored = await ctx.stored() - stored0
+            if now >= next_db:  # the status count scans the tenant's rows: less often
+                counts = await ctx.statuses(tenant["id"])
+                next_db = now + 0.5
+            now = time.monotonic()
+            if "taxstore_all_stored" not in marks and stored >= n:
+                marks["taxstore_all_stored"] = now - t0
+            if "issuer_all_published" not in marks and sum(counts.values()) == n and not counts.get("accepted"):
+                marks["issuer_all_published"] = now - t0
+            if "issuer_all_submitted" not in marks and counts.get("submitted", 0) >= n:
+                marks["issuer_all_submitted"] = now - t0
+            bad = {k: v for k, v in counts.items() if k not in ("accepted", "published", "submitted")}
+            if bad.get("rejected"):
+                raise BenchError(f"the pipeline rejected invoices: {counts}; see the service logs")
+            if {"ingested", "taxstore_all_stored", "issuer_all_submitted"} <= marks.keys():
+                break
+            if now - t0 > timeout:
+                raise BenchError(f"end to end: not done within {timeout:.0f}s: tax store stored {stored}/{n}, "
+                                 f"issuer statuses {counts}")
+            if now - last_report >= 5:
+                say(f"  e2e {now - t0:5.1f}s: tax store {stored}/{n}, issuer {counts}")
+                last_report = now
+            await asyncio.sleep(0.25)
+    finally:
+        if not sender.done():
+            sender.cancel()
+            with contextlib.suppress(BaseException):
+                await sender
+    cpu = CpuSampler.delta(before, ctx.sampler.snapshot())
+    return {
+        "invoices": n, "issuer_batch_size": ISSUER_BATCH, "concurrent_requests": concurrency,
+        "milestones_s": {k: round(v, 2) for k, v in marks.items()},
+        "issuer_ingest_per_s": round(n / marks["ingested"], 1),
+        "stored_per_s": round(n / marks["taxstore_all_stored"], 1),
+        "submitted_per_s": round(n / marks["issuer_all_submitted"], 1),
+        "poll_interval_s": {"taxstore_stats": 0.25, "issuer_db": 0.5}, "cpu": cpu,
+    }
+
+
+# --- (c) latency at a fixed offered rate ------------------------------------------------------------
+
+async def phase_latency(ctx: Ctx, rate: float, duration: float, concurrency: int, timeout: float) -> dict[str, Any]:
+    """Open loop: request i is due at start + i/rate whatever happened to the earlier ones; at most
+    `concurrency` are in flight (a due request waits for a free slot: its lateness is recorded). Requests
+    still waiting for a slot at start + 2 x duration are not sent, so an overloaded issuer cannot stretch
+    the phase without bound."""
+    tenant = await ctx.new_tenant("latency")
+    count = max(1, int(rate * duration))
+    bodies = [orjson.dumps(d) for d in make_docs(tenant["tax_id"], count)]
+    http = ctx.load("issuer")
+    sem = asyncio.Semaphore(concurrency)
+    accepted: dict[str, datetime] = {}
+    client_ms: list[float] = []
+    late_ms: list[float] = []
+    sent_at: list[float] = []
+    not_sent = 0
+    errors: list[str] = []
+    stored0 = await ctx.stored()
+    loop = asyncio.get_running_loop()
+
+    async def one(body: bytes, scheduled: float) -> None:
+        nonlocal not_sent
+        async with sem:
+            sent = loop.time()
+            if sent > cutoff:
+                not_sent += 1
+                return
+            sent_at.append(sent)
+            late_ms.append((sent - scheduled) * 1000)
+            try:
+                status, data = await http.request("POST", "/v1/invoices", body, tenant["headers"], timeout=30)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                return
+            client_ms.append((loop.time() - sent) * 1000)
+        if status != 201:
+            errors.append(f"HTTP {status} {data[:200]!r}")
+            return
+        inv = orjson.loads(data)
+        accepted[inv["number"]] = datetime.fromisoformat(inv["accepted_at"])
+
+    before = ctx.sampler.snapshot()
+    start = loop.time() + 0.1
+    cutoff = start + 2 * duration
+    tasks = []
+    for i, body in enumerate(bodies):
+        scheduled = start + i / rate
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(body, scheduled)))
+    await asyncio.gather(*tasks)
+    send_span = max(sent_at) - min(sent_at)
+    if errors:
+        say(f"  {len(errors)} of {count} POSTs failed; first: {errors[0]}")
+    if not_sent:
+        say(f"  {not_sent} of {count} not sent: no free slot before {2 * duration:g}s (the issuer is saturated)")
+    ok = len(accepted)
+
+    async def all_stored() -> Any:
+        return (await ctx.stored() - stored0) >= ok or False
+
+    await poll_until(all_stored, timeout=timeout, what=f"tax store holds the {ok} latency invoices")
+    cpu = CpuSampler.delta(before, ctx.sampler.snapshot())
+    listed = await ctx.listing(tenant["tax_id"])
+    lat = sorted((datetime.fromisoformat(listed[num]["stored_at"]) - acc).total_seconds() * 1000
+                 for num, acc in accepted.items() if num in listed)
+
+    async def all_submitted() -> Any:  # let the results flow back before the next phase
+        return (await ctx.statuses(tenant["id"])).get("submitted", 0) >= ok or False
+
+    await poll_until(all_submitted, timeout=timeout, what="issuer shows the latency invoices submitted")
+    client_ms.sort()
+    late_sorted = sorted(late_ms)
+    return {
+        "offered_rate_per_s": rate, "duration_s": duration, "scheduled": count, "max_concurrency": concurrency,
+        "sent": len(sent_at), "not_sent_overload": not_sent, "accepted": ok, "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "measured": len(lat),
+        "achieved_send_rate_per_s": round((count - 1) / send_span, 1) if send_span > 0 else None,
+        "sent_late_over_10ms": sum(1 for x in late_ms if x > 10),
+        "send_phase_s": round(send_span, 2),
+        "send_lateness_ms": {"p50": round(percentile(late_sorted, 50), 1),
+                             "max": round(late_sorted[-1], 1) if late_sorted else None},
+        "latency_ms": {"p50": round(percentile(lat, 50), 1), "p95": round(percentile(lat, 95), 1),
+                       "p99": round(percentile(lat, 99), 1), "max": round(lat[-1], 1) if lat else None,
+                       "min": round(lat[0], 1) if lat else None},
+        "issuer_post_ms": {"p50": round(percentile(client_ms, 50), 1), "p99": round(percentile(client_ms, 99), 1)},
+        "definition": "taxstore stored_at (PostgreSQL now() of the storing transaction) minus issuer accepted_at "
+                      "(the issuer process's clock when it handled the POST); one host, one clock",
+        "cpu": cpu,
+    }
+
+
+# --- (d) the tax store on its own -------------------------------------------------------------------
+
+async def phase_taxstore(ctx: Ctx, n_batch: int, n_single: int, batch_size: int, in_flight: int,
+                         single_concurrency: int) -> dict[str, Any]:
+    from tests.factories import uscc
+
+    http = ctx.load("taxstore")
+    docs_b = canonical_docs(uscc(), n_batch)
+    docs_s = canonical_docs(uscc(), n_single)
+    bodies = [orjson.dumps({"submissions": [{"invoice": d} for d in docs_b[i:i + batch_size]]})
+              for i in range(0, n_batch, batch_size)]
+    singles = [orjson.dumps({"invoice": d}) for d in docs_s]
+    headers = {"Content-Type": "application/json"}
+
+    async def run(items: list[bytes], path: str, concurrency: int, check: Callable[[int, bytes], None]) -> float:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(body: bytes) -> None:
+            async with sem:
+                status, data = await http.request("POST", path, body, headers, timeout=60)
+            check(status, data)
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(b) for b in items))
+        return time.monotonic() - t0
+
+    def check_batch(status: int, data: bytes) -> None:
+        if status != 200:
+            raise BenchError(f"taxstore batch: HTTP {status} {data[:300]!r}")
+        statuses = {item["status"] for item in orjson.loads(data)["results"]}
+        if statuses != {201}:
+            raise BenchError(f"taxstore batch: item statuses {statuses}: {data[:300]!r}")
+
+    def check_single(status: int, data: bytes) -> None:
+        if status != 201:
+            raise BenchError(f"taxstore single: HTTP {status} {data[:300]!r}")
+
+    before = ctx.sampler.snapshot()
+    t_batch = await run(bodies, "/v1/invoices/batch", in_flight, check_batch)
+    mid = ctx.sampler.snapshot()
+    t_single = await run(singles, "/v1/invoices", single_concurrency, check_single)
+    after = ctx.sampler.snapshot()
+    return {
+        "batch": {"invoices": n_batch, "batch_size": batch_size, "in_flight": in_flight,
+                  "elapsed_s": round(t_batch, 3), "invoices_per_s": round(n_batch / t_batch, 1),
+                  "cpu": CpuSampler.delta(before, mid)},
+        "single": {"invoices": n_single, "concurrency": single_concurrency, "elapsed_s": round(t_single, 3),
+                   "invoices_per_s": round(n_single / t_single, 1), "cpu": CpuSampler.delta(mid, after)},
+    }
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+def machine_info(stack: Stack) -> dict[str, Any]:
+    import aiokafka
+
+    cpu_model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    mem_gib = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kb = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
+        mem_gib = round(kb / 1024 / 1024, 1)
+    pg_version = None
+    if stack.pg is not None:
+        with contextlib.suppress(Exception):
+            pg_version = stack.pg.psql("show server_version")
+    java = None
+    with contextlib.suppress(Exception):
+        r = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=20)
+        java = (r.stderr or r.stdout).splitlines()[0]
+    return {
+        "cpu_model": cpu_model, "cores": os.cpu_count(), "ram_gib": mem_gib,
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "kernel": platform.release(), "python": platform.python_version(), "kafka": KAFKA_VERSION,
+        "java": java, "postgresql": pg_version, "aiokafka": aiokafka.__version__,
+    }
+
+
+async def measure(stack: Stack, args: argparse.Namespace, result: dict[str, Any]) -> None:
+    import asyncpg
+
+    from services.sync.settings import SyncSettings
+    from shared.settings import SharedSettings
+
+    sync_defaults = SyncSettings.model_fields
+    batch_size = int(sync_defaults["submit_batch_size"].default)
+    in_flight = int(sync_defaults["max_in_flight"].default)
+    max_poll = int(sync_defaults["max_poll_records"].default)
+    partitions = int(SharedSettings.model_fields["kafka_partitions"].default)
+    result["params"].update(sync_submit_batch_size=batch_size, sync_max_in_flight=in_flight,
+                            kafka_partitions=partitions, sync_max_poll_records=max_poll)
+    assert stack.pg is not None
+    db = await asyncpg.connect(stack.pg.url(driver="postgresql"), timeout=10)
+    limits = httpx.Limits(max_connections=20, max_keepalive_connections=20, keepalive_expiry=2)
+    try:
+        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+            ctx = Ctx(stack, http, db, CpuSampler(stack.pids()))
+            say("warm-up: 20 invoices end to end")
+            await warm_up(ctx, timeout=args.phase_timeout)
+
+            say(f"(a) raw Kafka: {args.invoices} messages")
+            result["results"]["a_raw_kafka"] = a = await phase_raw_kafka(ctx, args.invoices, partitions, max_poll,
+                                                                         args.phase_timeout)
+            say(f"    {a['messages_per_s']:.0f} msg/s ({a['payload_bytes']} B each)")
+
+            say(f"(b) end to end: {args.invoices} invoices")
+            result["results"]["b_end_to_end"] = b = await phase_end_to_end(ctx, args.invoices,
+                                                                           args.ingest_concurrency,
+                                                                           args.phase_timeout)
+            say(f"    stored {b['stored_per_s']:.0f}/s, submitted {b['submitted_per_s']:.0f}/s")
+
+            say(f"(c) latency: {args.rate:g}/s for {args.duration:g}s")
+            result["results"]["c_latency"] = c = await phase_latency(ctx, args.rate, args.duration,
+                                                                     args.latency_concurrency, args.phase_timeout)
+            say(f"    p50 {c['latency_ms']['p50']} ms, p99 {c['latency_ms']['p99']} ms ({c['measured']} measured)")
+
+            n_single = args.direct_single or max(500, args.invoices // 10)
+            say(f"(d) tax store alone: {args.invoices} in batches of {batch_size} x{in_flight}, "
+                f"{n_single} single at x32")
+            result["results"]["d_taxstore"] = d = await phase_taxstore(ctx, args.invoices, n_single, batch_size,
+                                                                       in_flight, 32)
+            say(f"    batch {d['batch']['invoices_per_s']:.0f}/s, single {d['single']['invoices_per_s']:.0f}/s")
+            for client in ctx.lean.values():
+                client.close()
+    finally:
+        await db.close()
+    a, b, d = result["results"]["a_raw_kafka"], result["results"]["b_end_to_end"], result["results"]["d_taxstore"]
+    result["ratios"] = {
+        "e2e_stored_vs_raw_kafka": round(b["stored_per_s"] / a["messages_per_s"], 3),
+        "e2e_submitted_vs_raw_kafka": round(b["submitted_per_s"] / a["messages_per_s"], 3),
+        "e2e_stored_vs_taxstore_batch": round(b["stored_per_s"] / d["batch"]["invoices_per_s"], 3),
+        "e2e_submitted_vs_taxstore_batch": round(b["submitted_per_s"] / d["batch"]["invoices_per_s"], 3),
+    }
+    c = result["results"]["c_latency"]
+    result["targets"] = {
+        "e2e_invoices_per_s": TARGET_E2E_PER_S, "p99_ms_at_offered_rate": TARGET_P99_MS,
+        "e2e_stored_meets": b["stored_per_s"] >= TARGET_E2E_PER_S,
+        "e2e_submitted_meets": b["submitted_per_s"] >= TARGET_E2E_PER_S,
+        "p99_meets": c["latency_ms"]["p99"] <= TARGET_P99_MS,
+    }
+
+
+def report(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console() if sys.stdout.isatty() else Console(width=130)
+    m = result["machine"]
+    con.print(f"\n[bold]Machine[/]: {m['cpu_model']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, "
+              f"load avg at start {m['load_avg_at_start']}\n  Python {m['python']}, Kafka {m['kafka']} "
+              f"({m['java']}), PostgreSQL {m['postgresql']}, aiokafka {m['aiokafka']}")
+    r = result["results"]
+    a, b, c, d = r["a_raw_kafka"], r["b_end_to_end"], r["c_latency"], r["d_taxstore"]
+    t = Table(title="make bench", show_lines=False)
+    t.add_column("measure")
+    t.add_column("result", justify="right")
+    t.add_column("how")
+    t.add_row("(a) raw Kafka produce→consume", f"{a['messages_per_s']:,.0f} msg/s",
+              f"{a['messages']:,} × {a['payload_bytes']} B, {a['partitions']} partitions, {a['elapsed_s']} s")
+    t.add_row("(b) end to end: stored at tax store", f"{b['stored_per_s']:,.0f} inv/s",
+              f"{b['invoices']:,} invoices in {b['milestones_s']['taxstore_all_stored']} s")
+    t.add_row("(b) end to end: issuer shows submitted", f"{b['submitted_per_s']:,.0f} inv/s",
+              f"in {b['milestones_s']['issuer_all_submitted']} s")
+    t.add_row("    issuer ingest (batch API)", f"{b['issuer_ingest_per_s']:,.0f} inv/s",
+              f"all POSTs answered after {b['milestones_s']['ingested']} s")
+    lat = c["latency_ms"]
+    t.add_row(f"(c) latency at {c['offered_rate_per_s']:g}/s for {c['duration_s']:g} s",
+              f"p50 {lat['p50']} / p95 {lat['p95']} / p99 {lat['p99']} / max {lat['max']} ms",
+              f"{c['measured']:,} of {c['scheduled']:,} measured; sent at {c['achieved_send_rate_per_s']}/s, "
+              f"{c['sent_late_over_10ms']:,} sent >10 ms late")
+    t.add_row("    issuer POST /v1/invoices (client)", f"p50 {c['issuer_post_ms']['p50']} / p99 "
+              f"{c['issuer_post_ms']['p99']} ms", f"{c['errors']} errors")
+    t.add_row("(d) tax store alone, batch", f"{d['batch']['invoices_per_s']:,.0f} inv/s",
+              f"{d['batch']['invoices']:,} in batches of {d['batch']['batch_size']} × {d['batch']['in_flight']} "
+              "in flight")
+    t.add_row("(d) tax store alone, single", f"{d['single']['invoices_per_s']:,.0f} inv/s",
+              f"{d['single']['invoices']:,} at concurrency {d['single']['concurrency']}")
+    ratios = result["ratios"]
+    t.add_row("ratio (b)/(a)", f"{ratios['e2e_stored_vs_raw_kafka']:.3f}",
+              f"submitted: {ratios['e2e_submitted_vs_raw_kafka']:.3f}")
+    t.add_row("ratio (b)/(d batch)", f"{ratios['e2e_stored_vs_taxstore_batch']:.3f}",
+              f"submitted: {ratios['e2e_submitted_vs_taxstore_batch']:.3f}")
+    tg = result["targets"]
+    t.add_row("target ≥2,000 inv/s end to end", "met" if tg["e2e_stored_meets"] else "not met",
+              "(stored at the tax store)")
+    t.add_row("target p99 ≤500 ms", "met" if tg["p99_meets"] else "not met", f"at {c['offered_rate_per_s']:g}/s")
+    con.print(t)
+
+    cpu = b["cpu"]
+    ct = Table(title=f"CPU during (b), {cpu['wall_s']} s wall on {m['cores']} cores "
+                     f"({cpu['machine_capacity_cpu_s']} CPU-s available)")
+    ct.add_column("process")
+    ct.add_column("CPU-s", justify="right")
+    ct.add_column("avg cores", justify="right")
+    ct.add_column("share of machine busy", justify="right")
+    busy = cpu["machine_busy_cpu_s"] or 1.0
+    rows = sorted(cpu["cpu_s"].items(), key=lambda kv: -kv[1])
+    rows.append(("other processes on the machine", cpu["other_processes_cpu_s"]))
+    for name, secs in rows:
+        ct.add_row(name, f"{secs:.1f}", f"{secs / cpu['wall_s']:.2f}", f"{100 * secs / busy:.0f}%")
+    ct.add_row("machine busy (all)", f"{cpu['machine_busy_cpu_s']:.1f}", f"{busy / cpu['wall_s']:.2f}", "")
+    con.print(ct)
+    phases = {"(a)": a["cpu"], "(b)": b["cpu"], "(c)": c["cpu"], "(d) batch": d["batch"]["cpu"],
+              "(d) single": d["single"]["cpu"]}
+    pt = Table(title="CPU-s per process in every phase (wall seconds in the last row)")
+    pt.add_column("process")
+    for name in phases:
+        pt.add_column(name, justify="right")
+    names = list(dict.fromkeys(k for ph in phases.values() for k in ph["cpu_s"]))
+    for name in names:
+        pt.add_row(name, *(f"{ph['cpu_s'].get(name, 0.0):.1f}" for ph in phases.values()))
+    pt.add_row("other processes", *(f"{ph['other_processes_cpu_s']:.1f}" for ph in phases.values()))
+    pt.add_row("wall s", *(f"{ph['wall_s']:.1f}" for ph in phases.values()))
+    con.print(pt)
+    ms = b["milestones_s"]
+    con.print(f"(b) timeline: batch POSTs answered {ms.get('ingested')} s · issuer outbox fully on Kafka "
+              f"{ms.get('issuer_all_published')} s · tax store holds all {ms.get('taxstore_all_stored')} s · "
+              f"issuer shows all submitted {ms.get('issuer_all_submitted')} s")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m fapiao.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--invoices", type=int, default=20_000, help="invoices for (a), (b) and (d batch)")
+    p.add_argument("--rate", type=float, default=200.0, help="offered rate of (c), invoices/s")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of (c)")
+    p.add_argument("--out", type=Path, default=None, help="JSON result file (default bench-results/bench-<UTC>.json)")
+    p.add_argument("--ingest-concurrency", type=int, default=2, help="concurrent batch POSTs in (b)")
+    p.add_argument("--latency-concurrency", type=int, default=64, help="most requests in flight in (c)")
+    p.add_argument("--direct-single", type=int, default=0,
+                   help="invoices for (d single); default max(500, invoices/10)")
+    p.add_argument("--phase-timeout", type=float, default=300.0, help="longest wait of any phase, seconds")
+    p.add_argument("--startup-timeout", type=float, default=120.0, help="longest wait for each server to start")
+    p.add_argument("--keep", action="store_true", help="keep the private data directory and logs")
+    args = p.parse_args(argv)
+    if args.invoices < 1 or args.rate <= 0 or args.duration <= 0:
+        p.error("--invoices, --rate and --duration must be positive")
+    return args
+
+
+def _raw_consumer_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m fapiao.bench _raw-consumer")
+    for name in ("bootstrap", "topic", "group", "out"):
+        p.add_argument(f"--{name}", required=True)
+    for name in ("count", "partitions", "max-poll"):
+        p.add_argument(f"--{name}", type=int, required=True)
+    p.add_argument("--timeout", type=float, required=True)
+    return p.parse_args(argv)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["_raw-consumer"]:
+        asyncio.run(raw_consumer_main(_raw_consumer_args(argv[1:])))
+        return 0
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or RESULTS / f"bench-{stamp}.json"
+    ARTIFACTS.mkdir(exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{stamp}-", dir=ARTIFACTS))
+    stack = Stack(workdir)
+    result: dict[str, Any] = {
+        "started_at": started.isoformat(), "command": " ".join([sys.executable, "-m", "fapiao.bench", *argv]),
+        "params": {"invoices": args.invoices, "rate_per_s": args.rate, "duration_s": args.duration,
+                   "ingest_concurrency": args.ingest_concurrency, "latency_concurrency": args.latency_concurrency,
+                   "issuer_batch_size": ISSUER_BATCH},
+        "results": {}, "workdir": str(workdir),
+    }
+    t0 = time.monotonic()
+    failed: str | None = None
+    try:
+        stack.start(timeout=args.startup_timeout)
+        result["machine"] = machine_info(stack)
+        asyncio.run(measure(stack, args, result))
+    except KeyboardInterrupt:
+        failed = "interrupted"
+    except Exception as exc:  # noqa: BLE001 - report it, stop everything, keep the logs
+        failed = f"{type(exc).__name__}: {exc}"
+    finally:
+        # No second Ctrl-C may cut the clean-up short (each stop is bounded by its own timeout).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        say("stopping the private stack")
+        problems = stack.stop()
+        if problems:
+            say("could not stop cleanly: " + "; ".join(problems))
+    result["runtime_s"] = round(time.monotonic() - t0, 1)
+    result["finished_at"] = datetime.now(UTC).isoformat()
+    if failed:
+        result["error"] = failed
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    if failed:
+        say(f"FAILED: {failed}")
+        say(f"partial results in {out}; logs kept in {workdir / 'logs'}")
+        return 130 if failed == "interrupted" else 1
+    report(result)
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+        result["workdir_removed"] = True
+        out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print(f"\nResults: {out}  (run took {result['runtime_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

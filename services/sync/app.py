@@ -1,0 +1,139 @@
+"""create_app(settings) -> FastAPI. The lifespan owns the engine, the Kafka loop, the retry scheduler and
+the outbox relay that carries sync results to Kafka. The HTTP side is for operators: health, metrics and
+what the service knows about one submission."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.sync import models
+from services.sync.api import router
+from services.sync.client import TaxstoreClient
+from services.sync.settings import SyncSettings
+from services.sync.worker import Syncer
+from shared.db import make_engine, ping, session_factory
+from shared.http import RequestContextMiddleware, health_router, install_problem_handlers
+from shared.kafka import KafkaProbe, backoff_delay, ensure_topics, make_producer
+from shared.logging import configure_logging
+from shared.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED
+from shared.migrate import upgrade
+from shared.outbox import OutboxRelay
+from shared.topics import ALL_TOPICS
+
+SERVICE = "sync"
+MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger(__name__)
+
+
+async def migrate(settings: SyncSettings) -> None:
+    await asyncio.to_thread(upgrade, migrations_dir=MIGRATIONS, database_url=settings.database_url,
+                            schema=models.SCHEMA)
+
+
+async def _run_syncer(app: FastAPI, settings: SyncSettings) -> None:
+    """Start the DLQ producer (Kafka may still be coming up), then the consumer and the scheduler."""
+    attempt = 0
+    producer = None
+    while True:
+        try:
+            await ensure_topics(settings.kafka_bootstrap, ALL_TOPICS, prefix=settings.topic_prefix,
+                                partitions=settings.kafka_partitions,
+                                replication_factor=settings.kafka_replication_factor)
+            producer = make_producer(settings.kafka_bootstrap, request_timeout_ms=settings.kafka_request_timeout_ms)
+            await asyncio.wait_for(producer.start(), 30)
+            break
+        except Exception as exc:  # noqa: BLE001 - keep trying; /readyz says Kafka is unavailable meanwhile
+            delay = backoff_delay(attempt, base=0.5, cap=15)
+            attempt += 1
+            log.warning("Kafka not ready (%s); retrying in %.1fs", type(exc).__name__, delay)
+            if producer is not None:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                producer = None
+            await asyncio.sleep(delay)
+    syncer = Syncer(settings=settings, sessions=app.state.sessions, client=app.state.client, producer=producer)
+    app.state.syncer = syncer
+    try:
+        await asyncio.gather(syncer.run_consumer(), syncer.run_scheduler())
+    finally:
+        syncer.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), 10)
+
+
+def create_app(settings: SyncSettings | None = None) -> FastAPI:
+    settings = settings or SyncSettings()  # type: ignore[call-arg]
+    configure_logging(service=SERVICE, level=settings.log_level, json_output=settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.auto_migrate:
+            await migrate(settings)
+        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
+                             statement_timeout_ms=settings.db_statement_timeout_ms, application_name=SERVICE)
+        published = OUTBOX_PUBLISHED.labels(SERVICE)
+
+        async def on_published(conn, rows):  # type: ignore[no-untyped-def]
+            published.inc(len(rows))
+
+        def on_round(waiting: int, oldest: float | None) -> None:
+            OUTBOX_BACKLOG.labels(SERVICE).set(waiting)
+            OUTBOX_OLDEST_AGE.labels(SERVICE).set(time.time() - oldest if oldest else 0)
+
+        relay = OutboxRelay(
+            engine=engine, table=models.outbox, bootstrap=settings.kafka_bootstrap, on_published=on_published,
+            batch_size=settings.relay_batch_size, poll_interval=settings.relay_poll_interval, on_round=on_round,
+            producer_overrides={"request_timeout_ms": settings.kafka_request_timeout_ms},
+        )
+        client = TaxstoreClient(settings.taxstore_url, connect_timeout=settings.connect_timeout,
+                                submit_timeout=settings.submit_timeout, read_timeout=settings.read_timeout,
+                                max_connections=settings.max_in_flight * 4)
+        probe = KafkaProbe(settings.kafka_bootstrap)
+        app.state.engine = engine
+        app.state.sessions = session_factory(engine)
+        app.state.client = client
+        app.state.relay = relay
+        app.state.syncer = None
+        app.state.checks.update({"database": lambda: ping(engine), "kafka": probe.check})
+        tasks = [
+            asyncio.create_task(_run_syncer(app, settings), name="syncer"),
+            asyncio.create_task(relay.run(), name="outbox-relay"),
+        ]
+        log.info("sync ready on %s:%d, submitting to %s", settings.host, settings.port, settings.taxstore_url)
+        try:
+            yield
+        finally:
+            if app.state.syncer is not None:
+                app.state.syncer.stop()
+            relay.stop()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await client.close()
+            await probe.close()
+            await engine.dispose()
+
+    app = FastAPI(title="Fapiao Sync — sync", version="1", lifespan=lifespan,
+                  description="Mirrors issued invoices into the tax store. Operator endpoints only.")
+    app.state.settings = settings
+    app.state.checks = {}
+    install_problem_handlers(app)
+    app.include_router(router)
+
+    async def check_db() -> None:
+        await app.state.checks["database"]()
+
+    async def check_kafka() -> None:
+        await app.state.checks["kafka"]()
+
+    app.include_router(health_router({"database": check_db, "kafka": check_kafka}))
+    app.add_middleware(RequestContextMiddleware, service=SERVICE)
+    return app

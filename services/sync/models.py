@@ -1,0 +1,68 @@
+"""The sync service's tables, all in schema `sync`: what it must submit, what happened, and its outbox."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+from shared.db import make_metadata, outbox_table, processed_events_table
+
+SCHEMA = "sync"
+metadata = make_metadata(SCHEMA)
+
+submissions = Table(
+    "submissions", metadata,
+    Column("invoice_id", UUID(as_uuid=True), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=True), nullable=False),
+    Column("seller_tax_id", String(18), nullable=False),
+    Column("number", String(20), nullable=False),
+    Column("content", JSONB, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    # retrying | submitted | rejected | voided | gave_up. A row is written as `retrying` with a lease
+    # *before* its first request, so a crash mid-request leaves a due, ambiguous row: read back first.
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("ambiguous", Boolean, nullable=False, server_default=text("false")),
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("last_error", Text),
+    Column("receipt_no", String(64)),
+    Column("reason_code", String(64)),
+    Column("issued_seq", Integer, nullable=False),  # sequence of the last issuer event applied
+    Column("result_seq", Integer, nullable=False, server_default=text("0")),  # sequence of our last result event
+    Column("accepted_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("submitted_at", DateTime(timezone=True)),
+    Index("ix_submissions_due", "next_attempt_at", postgresql_where=text("status = 'retrying'")),
+    Index("ix_submissions_seller_number", "seller_tax_id", "number"),
+)
+
+attempts = Table(
+    "attempts", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("invoice_id", UUID(as_uuid=True), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("outcome", String(24), nullable=False),  # created | duplicate | repaired | read_back | failed | rejected
+    Column("http_status", SmallInteger),
+    Column("latency_ms", Integer),
+    Column("detail", Text),
+    Index("ix_attempts_invoice_id_id", "invoice_id", "id"),
+)
+
+outbox = outbox_table(metadata)
+Index("ix_outbox_unpublished", outbox.c.id, postgresql_where=outbox.c.published_at.is_(None))
+processed_events = processed_events_table(metadata)

@@ -1,0 +1,78 @@
+"""create_app(settings) -> FastAPI. The lifespan owns the engine; the fault generator and the
+counters belong to the app object, so each app (and each process) simulates on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.taxstore import models
+from services.taxstore.api import admin_router, router
+from services.taxstore.faults import FaultInjector, Faults
+from services.taxstore.settings import TaxstoreSettings
+from services.taxstore.stats import Stats
+from shared.db import make_engine, ping, session_factory
+from shared.http import (
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+    health_router,
+    install_problem_handlers,
+)
+from shared.logging import configure_logging
+from shared.migrate import upgrade
+
+SERVICE = "taxstore"
+MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger(__name__)
+
+
+async def migrate(settings: TaxstoreSettings) -> None:
+    await asyncio.to_thread(upgrade, migrations_dir=MIGRATIONS, database_url=settings.database_url,
+                            schema=models.SCHEMA)
+
+
+def create_app(settings: TaxstoreSettings | None = None) -> FastAPI:
+    settings = settings or TaxstoreSettings()  # type: ignore[call-arg]
+    configure_logging(service=SERVICE, level=settings.log_level, json_output=settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.auto_migrate:
+            await migrate(settings)
+        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
+                             statement_timeout_ms=settings.db_statement_timeout_ms, application_name=SERVICE)
+        app.state.engine = engine
+        app.state.sessions = session_factory(engine)
+        app.state.checks["database"] = lambda: ping(engine)
+        log.info("taxstore ready on %s:%d with faults %s", settings.host, settings.port, app.state.faults.faults)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Fapiao Sync — simulated tax store",
+        version="1",
+        description="A stand-in for the central tax authority's invoice store, with fault injection.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.checks = {}
+    app.state.faults = FaultInjector(Faults.from_settings(settings))
+    app.state.stats = Stats()
+    install_problem_handlers(app)
+    app.include_router(router)
+    app.include_router(admin_router)
+
+    async def check_db() -> None:
+        await app.state.checks["database"]()
+
+    app.include_router(health_router({"database": check_db}))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, service=SERVICE)
+    return app

@@ -1,0 +1,154 @@
+"""Shapes the tax store accepts. The invoice document is checked here only for structure (which
+fields, which types, which formats); what it means (USCC, arithmetic, red letters) is rules.py.
+
+Documents are validated, never rewritten: the store keeps and hashes the dict exactly as received,
+so nothing here strips, upper-cases or normalises a value.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints, model_validator
+
+from shared.money import parse_amount, parse_decimal
+
+__all__ = [
+    "BatchRequest", "FaultsUpdate", "InvoiceDoc", "InvoiceKey", "LoseRequest", "SellerPut", "SubmissionDoc",
+]
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
+
+
+def _clean_text(value: str) -> str:
+    # PostgreSQL jsonb cannot hold NUL, and orjson cannot hash lone surrogates: refuse both up front.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    if _SURROGATES.search(value):
+        raise ValueError("must be valid Unicode (lone surrogate code points are not allowed)")
+    if any(ord(c) < 32 and c not in "\t\n\r" for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _amount(value: str) -> str:
+    parse_amount(value)
+    return value
+
+
+def _decimal(value: str) -> str:
+    parse_decimal(value)
+    return value
+
+
+def _iso_date(value: str) -> str:
+    if not _ISO_DATE.fullmatch(value):
+        raise ValueError("must be an ISO date, YYYY-MM-DD")
+    date.fromisoformat(value)  # ValueError for 2026-02-30
+    return value
+
+
+Text = Annotated[str, Strict(), AfterValidator(_clean_text)]
+Name = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=200), AfterValidator(_clean_text)]
+Amount = Annotated[str, Strict(), AfterValidator(_amount)]
+DecimalText = Annotated[str, Strict(), AfterValidator(_decimal)]
+IsoDate = Annotated[str, Strict(), AfterValidator(_iso_date)]
+Number = Annotated[str, Strict(), StringConstraints(pattern=r"^[0-9]{20}$")]
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_max_length=2000)
+
+
+class SellerDoc(_Doc):
+    tax_id: Text
+    name: Name
+
+
+class BuyerDoc(_Doc):
+    tax_id: Text | None = None
+    name: Name
+
+
+class LineDoc(_Doc):
+    description: Name
+    tax_code: Annotated[str, Strict(), StringConstraints(pattern=r"^[0-9]{19}$")]
+    quantity: DecimalText
+    unit_price: DecimalText
+    amount: Amount
+    tax_rate: DecimalText
+    tax_amount: Amount
+
+
+class InvoiceDoc(_Doc):
+    """The canonical invoice document as the issuer emits it (services.issuer.rules.canonical)."""
+
+    number: Text  # its format is a rule (NUMBER_INVALID), not structure
+    kind: Literal["special", "ordinary"]
+    issue_date: IsoDate
+    seller: SellerDoc
+    buyer: BuyerDoc
+    lines: list[LineDoc] = Field(min_length=1, max_length=1000)
+    total_amount: Amount
+    total_tax: Amount
+    total: Amount
+    currency: Literal["CNY"]
+    remarks: Annotated[str, Strict(), StringConstraints(max_length=500), AfterValidator(_clean_text)] | None = None
+
+
+class SubmissionDoc(_Doc):
+    invoice: InvoiceDoc
+    red_letter_of: Number | None = Field(default=None, description="number of the invoice this one reverses (红字)")
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Items stay untyped here so one malformed submission is rejected on its own, not the whole batch.
+    submissions: list[Any] = Field(min_length=1, description="submissions, each {invoice, red_letter_of}")
+
+
+class FaultsUpdate(BaseModel):
+    """Any subset of the knobs; the rest keep their values."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    latency_ms: int = Field(default=0, ge=0, le=600_000)
+    latency_jitter_ms: int = Field(default=0, ge=0, le=600_000)
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    timeout_rate: float = Field(default=0.0, ge=0, le=1)
+    drop_rate: float = Field(default=0.0, ge=0, le=1)
+    visibility_delay_ms: int = Field(default=0, ge=0, le=86_400_000)
+    corrupt_rate: float = Field(default=0.0, ge=0, le=1)
+    outage: bool = False
+    seed: int | None = Field(default=None, description="re-seeds the generator when present; null = not reproducible")
+    timeout_hang_ms: int = Field(default=30_000, ge=0, le=600_000)
+
+
+class InvoiceKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seller_tax_id: str = Field(min_length=1, max_length=18)
+    number: str = Field(min_length=1, max_length=20)
+
+
+class LoseRequest(BaseModel):
+    """Either `count` random invoices (optionally of one seller) or the listed `invoices`."""
+
+    model_config = ConfigDict(extra="forbid")
+    count: int | None = Field(default=None, ge=1, le=100_000)
+    seller_tax_id: str | None = Field(default=None, min_length=1, max_length=18)
+    invoices: list[InvoiceKey] | None = Field(default=None, min_length=1, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> LoseRequest:
+        if (self.count is None) == (self.invoices is None):
+            raise ValueError("give either count (with an optional seller_tax_id) or invoices")
+        if self.invoices is not None and self.seller_tax_id is not None:
+            raise ValueError("seller_tax_id restricts count only; name each invoice's seller in invoices")
+        return self
+
+
+class SellerPut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
