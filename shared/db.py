@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -28,7 +29,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 __all__ = [
-    "NAMING_CONVENTION", "make_engine", "make_metadata", "mark_processed", "outbox_table", "ping",
+    "NAMING_CONVENTION", "engine_for", "make_engine", "make_metadata", "mark_processed", "outbox_table", "ping",
     "processed_events_table", "session_factory", "transaction",
 ]
 
@@ -63,6 +64,12 @@ def make_engine(url: str, *, pool_size: int = 10, statement_timeout_ms: int = 30
             },
         },
     )
+
+
+def engine_for(settings: Any, *, service: str) -> AsyncEngine:
+    """make_engine with a service's settings (`database_url`, `db_pool_size`, `db_statement_timeout_ms`)."""
+    return make_engine(settings.database_url, pool_size=settings.db_pool_size,
+                       statement_timeout_ms=settings.db_statement_timeout_ms, application_name=service)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

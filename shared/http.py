@@ -197,21 +197,29 @@ class RequestContextMiddleware:
 ReadyCheck = Callable[[], Awaitable[None]]
 
 
-def health_router(checks: dict[str, ReadyCheck]) -> APIRouter:
-    """/healthz (alive), /readyz (each named check passes), /metrics (Prometheus text)."""
+def health_router(*names: str) -> APIRouter:
+    """/healthz (alive), /readyz (each named check passes), /metrics (Prometheus text).
+
+    The checks themselves are `app.state.checks[name]`, registered by the lifespan once the engine and
+    clients exist; a check not registered yet reports unavailable.
+    """
     router = APIRouter(tags=["health"])
+
+    async def not_started() -> None:
+        raise RuntimeError("not started")
 
     @router.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @router.get("/readyz")
-    async def readyz() -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
         results: dict[str, str] = {}
         ok = True
-        for name, check in checks.items():
+        checks: dict[str, ReadyCheck] = request.app.state.checks
+        for name in names:
             try:
-                await check()
+                await checks.get(name, not_started)()
                 results[name] = "ok"
             except Exception as exc:  # noqa: BLE001 - report, do not raise
                 ok = False

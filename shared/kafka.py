@@ -24,8 +24,9 @@ from shared.logging import bind
 from shared.topics import Topic
 
 __all__ = [
-    "BatchHandler", "ConsumeLoop", "Handler", "KafkaProbe", "backoff_delay", "consumer_config", "consumer_lag",
-    "dead_letter", "ensure_topics", "make_consumer", "make_producer", "producer_config",
+    "BatchHandler", "CommitOnRevoke", "ConsumeLoop", "Handler", "KafkaProbe", "backoff_delay", "consumer_config",
+    "consumer_lag", "dead_letter", "ensure_topics", "ensure_topics_forever", "make_consumer", "make_producer",
+    "producer_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,17 +95,37 @@ async def ensure_topics(bootstrap: str, topics: Iterable[Topic], *, prefix: str 
         await admin.close()
 
 
+async def ensure_topics_forever(bootstrap: str, topics: Iterable[Topic], *, prefix: str = "", partitions: int = 6,
+                                replication_factor: int = 1) -> None:
+    """ensure_topics, retried with backoff until it succeeds: Kafka may be down when a service starts, and
+    the service works regardless (the outbox holds events meanwhile)."""
+    topics = list(topics)
+    attempt = 0
+    while True:
+        try:
+            await ensure_topics(bootstrap, topics, prefix=prefix, partitions=partitions,
+                                replication_factor=replication_factor)
+            return
+        except Exception as exc:  # noqa: BLE001 - keep trying; /readyz reports Kafka meanwhile
+            delay = backoff_delay(attempt, base=0.5, cap=15)
+            log.warning("cannot create topics yet (%s); retrying in %.1fs", type(exc).__name__, delay)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+
 def backoff_delay(attempt: int, *, base: float = 0.2, cap: float = 30.0) -> float:
     """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempt))."""
     return random.uniform(0, min(cap, base * (2 ** min(attempt, 30))))
 
 
-class _CommitOnRevoke(ConsumerRebalanceListener):
-    def __init__(self, loop: ConsumeLoop) -> None:
-        self.loop = loop
+class CommitOnRevoke(ConsumerRebalanceListener):
+    """Commit what is done before partitions move to another member, so it does not redo them."""
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner  # anything with `async commit_done()`
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.loop.commit_done()
+        await self.owner.commit_done()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         return None
@@ -182,7 +203,7 @@ class ConsumeLoop:
             log.warning("offset commit failed after a rebalance; records will be redelivered")
 
     async def run(self) -> None:
-        self.consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
+        self.consumer.subscribe(self.topics, listener=CommitOnRevoke(self))
         while not self._stopping.is_set():
             batches = await self.consumer.getmany(timeout_ms=self.poll_timeout_ms)
             for tp, records in batches.items():

@@ -12,7 +12,7 @@ from sqlalchemy import MetaData, pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-__all__ = ["alembic_config", "run_env", "upgrade"]
+__all__ = ["alembic_config", "run_env", "upgrade", "upgrade_async"]
 
 
 def alembic_config(*, migrations_dir: Path, database_url: str, schema: str) -> Config:
@@ -26,6 +26,11 @@ def alembic_config(*, migrations_dir: Path, database_url: str, schema: str) -> C
 def upgrade(*, migrations_dir: Path, database_url: str, schema: str, revision: str = "head") -> None:
     """Blocking; in async code call it through asyncio.to_thread."""
     command.upgrade(alembic_config(migrations_dir=migrations_dir, database_url=database_url, schema=schema), revision)
+
+
+async def upgrade_async(*, migrations_dir: Path, database_url: str, schema: str) -> None:
+    """upgrade() from async code (Alembic's env runs its own event loop, so in a thread)."""
+    await asyncio.to_thread(upgrade, migrations_dir=migrations_dir, database_url=database_url, schema=schema)
 
 
 def _do_run(connection: Connection, target_metadata: MetaData, schema: str) -> None:

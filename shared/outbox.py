@@ -24,8 +24,9 @@ from sqlalchemy import Row, Table, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.kafka import backoff_delay, make_producer
+from shared.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED
 
-__all__ = ["BrokerUnavailable", "OutboxRelay", "PublishedRow", "notify_outbox"]
+__all__ = ["BrokerUnavailable", "OutboxRelay", "PublishedRow", "notify_outbox", "service_relay"]
 
 log = logging.getLogger(__name__)
 
@@ -234,3 +235,23 @@ class OutboxRelay:
                     self.table.c.published_at < func.now() - text(f"interval '{int(self.retention_seconds)} seconds'")
                 )
             )
+
+
+def service_relay(*, service: str, engine: AsyncEngine, table: Table, bootstrap: str, batch_size: int,
+                  poll_interval: float, request_timeout_ms: int,
+                  on_published: OnPublished | None = None) -> OutboxRelay:
+    """A service's relay with its outbox metrics wired in (backlog, oldest unpublished age, published)."""
+    published = OUTBOX_PUBLISHED.labels(service)
+
+    async def published_hook(conn: AsyncConnection, rows: Sequence[PublishedRow]) -> None:
+        if on_published is not None:
+            await on_published(conn, rows)
+        published.inc(len(rows))
+
+    def on_round(waiting: int, oldest: float | None) -> None:
+        OUTBOX_BACKLOG.labels(service).set(waiting)
+        OUTBOX_OLDEST_AGE.labels(service).set(time.time() - oldest if oldest else 0)
+
+    return OutboxRelay(engine=engine, table=table, bootstrap=bootstrap, on_published=published_hook,
+                       batch_size=batch_size, poll_interval=poll_interval, on_round=on_round,
+                       producer_overrides={"request_timeout_ms": request_timeout_ms})

@@ -3,7 +3,6 @@ that relate fields to each other (arithmetic, dates, the seller) live in rules.p
 
 from __future__ import annotations
 
-import re
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -17,48 +16,19 @@ from pydantic import (
     StringConstraints,
 )
 
-from shared.money import parse_amount, parse_decimal
+from shared.validators import amount_text, clean_text, decimal_text, must_be_string
 
 __all__ = [
     "BatchRequest", "InvoiceCreate", "InvoiceList", "InvoiceRead", "InvoiceView", "Line", "Party",
     "TimelineEntry", "VoidRequest",
 ]
 
-_SURROGATES = re.compile("[\ud800-\udfff]")
-
-
-def _clean_text(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    if _SURROGATES.search(value):
-        raise ValueError("must be valid Unicode (lone surrogate code points are not allowed)")
-    if any(ord(c) < 32 and c not in "\t\n\r" for c in value):
-        raise ValueError("must not contain control characters")
-    return value
-
-
-def _must_be_string(value: Any) -> Any:
-    if not isinstance(value, str):
-        raise ValueError('must be a decimal string such as "100.00" (JSON numbers are not accepted for money)')
-    return value
-
-
-def _amount(value: str) -> str:
-    parse_amount(value)
-    return value
-
-
-def _decimal(value: str) -> str:
-    parse_decimal(value)
-    return value
-
-
-Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True), AfterValidator(_clean_text)]
+Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True), AfterValidator(clean_text)]
 Name = Annotated[Text, StringConstraints(min_length=1, max_length=200)]
-Amount = Annotated[str, BeforeValidator(_must_be_string), AfterValidator(_amount)]
-DecimalText = Annotated[str, BeforeValidator(_must_be_string), AfterValidator(_decimal)]
+Amount = Annotated[str, BeforeValidator(must_be_string), AfterValidator(amount_text)]
+DecimalText = Annotated[str, BeforeValidator(must_be_string), AfterValidator(decimal_text)]
 TaxId = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, to_upper=True, max_length=18),
-                  AfterValidator(_clean_text)]
+                  AfterValidator(clean_text)]
 
 
 class _Strict(BaseModel):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,13 +18,12 @@ from services.sync.api import router
 from services.sync.client import TaxstoreClient
 from services.sync.settings import SyncSettings
 from services.sync.worker import Syncer
-from shared.db import make_engine, ping, session_factory
+from shared.db import engine_for, ping, session_factory
 from shared.http import RequestContextMiddleware, health_router, install_problem_handlers
-from shared.kafka import KafkaProbe, backoff_delay, ensure_topics, make_producer
+from shared.kafka import KafkaProbe, backoff_delay, ensure_topics_forever, make_producer
 from shared.logging import configure_logging
-from shared.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED
-from shared.migrate import upgrade
-from shared.outbox import OutboxRelay
+from shared.migrate import upgrade_async
+from shared.outbox import service_relay
 from shared.topics import ALL_TOPICS
 
 SERVICE = "sync"
@@ -34,30 +32,26 @@ log = logging.getLogger(__name__)
 
 
 async def migrate(settings: SyncSettings) -> None:
-    await asyncio.to_thread(upgrade, migrations_dir=MIGRATIONS, database_url=settings.database_url,
-                            schema=models.SCHEMA)
+    await upgrade_async(migrations_dir=MIGRATIONS, database_url=settings.database_url, schema=models.SCHEMA)
 
 
 async def _run_syncer(app: FastAPI, settings: SyncSettings) -> None:
     """Start the DLQ producer (Kafka may still be coming up), then the consumer and the scheduler."""
-    attempt = 0
-    producer = None
-    while True:
-        try:
-            await ensure_topics(settings.kafka_bootstrap, ALL_TOPICS, prefix=settings.topic_prefix,
+    await ensure_topics_forever(settings.kafka_bootstrap, ALL_TOPICS, prefix=settings.topic_prefix,
                                 partitions=settings.kafka_partitions,
                                 replication_factor=settings.kafka_replication_factor)
-            producer = make_producer(settings.kafka_bootstrap, request_timeout_ms=settings.kafka_request_timeout_ms)
+    attempt = 0
+    while True:
+        producer = make_producer(settings.kafka_bootstrap, request_timeout_ms=settings.kafka_request_timeout_ms)
+        try:
             await asyncio.wait_for(producer.start(), 30)
             break
         except Exception as exc:  # noqa: BLE001 - keep trying; /readyz says Kafka is unavailable meanwhile
             delay = backoff_delay(attempt, base=0.5, cap=15)
             attempt += 1
             log.warning("Kafka not ready (%s); retrying in %.1fs", type(exc).__name__, delay)
-            if producer is not None:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                producer = None
+            with contextlib.suppress(Exception):
+                await producer.stop()
             await asyncio.sleep(delay)
     syncer = Syncer(settings=settings, sessions=app.state.sessions, client=app.state.client, producer=producer)
     app.state.syncer = syncer
@@ -77,21 +71,11 @@ def create_app(settings: SyncSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.auto_migrate:
             await migrate(settings)
-        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
-                             statement_timeout_ms=settings.db_statement_timeout_ms, application_name=SERVICE)
-        published = OUTBOX_PUBLISHED.labels(SERVICE)
-
-        async def on_published(conn, rows):  # type: ignore[no-untyped-def]
-            published.inc(len(rows))
-
-        def on_round(waiting: int, oldest: float | None) -> None:
-            OUTBOX_BACKLOG.labels(SERVICE).set(waiting)
-            OUTBOX_OLDEST_AGE.labels(SERVICE).set(time.time() - oldest if oldest else 0)
-
-        relay = OutboxRelay(
-            engine=engine, table=models.outbox, bootstrap=settings.kafka_bootstrap, on_published=on_published,
-            batch_size=settings.relay_batch_size, poll_interval=settings.relay_poll_interval, on_round=on_round,
-            producer_overrides={"request_timeout_ms": settings.kafka_request_timeout_ms},
+        engine = engine_for(settings, service=SERVICE)
+        relay = service_relay(
+            service=SERVICE, engine=engine, table=models.outbox, bootstrap=settings.kafka_bootstrap,
+            batch_size=settings.relay_batch_size, poll_interval=settings.relay_poll_interval,
+            request_timeout_ms=settings.kafka_request_timeout_ms,
         )
         client = TaxstoreClient(settings.taxstore_url, connect_timeout=settings.connect_timeout,
                                 submit_timeout=settings.submit_timeout, read_timeout=settings.read_timeout,
@@ -128,12 +112,6 @@ def create_app(settings: SyncSettings | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(router)
 
-    async def check_db() -> None:
-        await app.state.checks["database"]()
-
-    async def check_kafka() -> None:
-        await app.state.checks["kafka"]()
-
-    app.include_router(health_router({"database": check_db, "kafka": check_kafka}))
+    app.include_router(health_router("database", "kafka"))
     app.add_middleware(RequestContextMiddleware, service=SERVICE)
     return app

@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
-from shared.db import make_metadata, outbox_table, processed_events_table
+from shared.db import make_metadata, outbox_table
 
 SCHEMA = "sync"
 metadata = make_metadata(SCHEMA)
@@ -65,4 +65,3 @@ attempts = Table(
 
 outbox = outbox_table(metadata)
 Index("ix_outbox_unpublished", outbox.c.id, postgresql_where=outbox.c.published_at.is_(None))
-processed_events = processed_events_table(metadata)

@@ -123,15 +123,18 @@ async def apply_voided(*, session: AsyncSession, invoice_ids: list[uuid.UUID]) -
     return {r.invoice_id for r in rows}
 
 
-async def apply_resync(*, session: AsyncSession, invoice_id: uuid.UUID) -> bool:
-    """补录: make the invoice due now, reading back first so a resync never creates a duplicate."""
+async def apply_resync(*, session: AsyncSession, invoice_ids: list[uuid.UUID]) -> int:
+    """补录: make the invoices due now, reading back first so a resync never creates a duplicate.
+    Returns how many were known and not final."""
+    if not invoice_ids:
+        return 0
     result = await session.execute(
         update(m.submissions)
-        .where(m.submissions.c.invoice_id == invoice_id,
+        .where(m.submissions.c.invoice_id.in_(invoice_ids),
                m.submissions.c.status.in_(("submitted", "retrying", "gave_up")))
         .values(status="retrying", ambiguous=True, next_attempt_at=func.now(), updated_at=func.now())
     )
-    return bool(result.rowcount)
+    return int(result.rowcount or 0)
 
 
 async def claim_due(*, session: AsyncSession, limit: int, lease_seconds: float) -> list[Pending]:
@@ -162,8 +165,9 @@ async def next_due_in(*, session: AsyncSession) -> float | None:
 
 _OUTCOME_STATUS = {"submitted": "submitted", "rejected": "rejected", "failed": "retrying", "deferred": "retrying"}
 
-_APPLY = text("""
-UPDATE sync.submissions AS s SET
+# The table name comes from our own metadata; every value is a bound parameter.
+_APPLY = text(f"""
+UPDATE {m.submissions.fullname} AS s SET
     status = v.status,
     attempts = v.attempts,
     ambiguous = v.ambiguous,
@@ -180,7 +184,7 @@ FROM unnest(CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:attempts AS i
     AS v(id, status, attempts, ambiguous, next_at, error, receipt_no, reason_code)
 WHERE s.invoice_id = v.id AND s.status IN ('retrying', 'gave_up')
 RETURNING s.invoice_id, s.tenant_id, s.seller_tax_id, s.number, s.result_seq, s.status
-""")
+""")  # noqa: S608
 
 
 async def record_outcomes(*, session: AsyncSession, outcomes: list[Outcome], topic: str,

@@ -14,10 +14,8 @@ import logging
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -31,24 +29,13 @@ from services.sync.settings import SyncSettings
 from shared.db import transaction
 from shared.envelope import Envelope, EnvelopeError, decode
 from shared.events import INVOICE_ISSUED, INVOICE_VOIDED, RESYNC_INVOICE
-from shared.kafka import backoff_delay, consumer_lag, dead_letter, make_consumer
+from shared.kafka import CommitOnRevoke, backoff_delay, consumer_lag, dead_letter, make_consumer
 from shared.metrics import CONSUMER_LAG, DEAD_LETTERS
 from shared.topics import INVOICE_EVENTS, RESYNC_REQUESTS, SYNC_RESULTS, dlq_name
 
 __all__ = ["Syncer"]
 
 log = logging.getLogger(__name__)
-
-
-class _CommitOnRevoke(ConsumerRebalanceListener):
-    def __init__(self, syncer: Syncer) -> None:
-        self.syncer = syncer
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.syncer.commit_done()
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
 
 
 class Syncer:
@@ -207,7 +194,7 @@ class Syncer:
                                      request_timeout_ms=s.kafka_request_timeout_ms)
             try:
                 await asyncio.wait_for(consumer.start(), 30)
-                consumer.subscribe([self.events_topic, self.resync_topic], listener=_CommitOnRevoke(self))
+                consumer.subscribe([self.events_topic, self.resync_topic], listener=CommitOnRevoke(self))
                 self.consumer = consumer
                 attempt = 0
                 await self._consume(consumer)
@@ -267,8 +254,7 @@ class Syncer:
             async with transaction(self.sessions) as session:
                 pending = await service.intake(session=session, issued=issued, lease_seconds=self.lease)
                 gone = await service.apply_voided(session=session, invoice_ids=voided)
-                for invoice_id in resync:
-                    await service.apply_resync(session=session, invoice_id=invoice_id)
+                await service.apply_resync(session=session, invoice_ids=resync)
             pending = [p for p in pending if p.invoice_id not in gone]
             if resync:
                 self._wake_scheduler.set()

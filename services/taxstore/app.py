@@ -3,7 +3,6 @@ counters belong to the app object, so each app (and each process) simulates on i
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +15,7 @@ from services.taxstore.api import admin_router, router
 from services.taxstore.faults import FaultInjector, Faults
 from services.taxstore.settings import TaxstoreSettings
 from services.taxstore.stats import Stats
-from shared.db import make_engine, ping, session_factory
+from shared.db import engine_for, ping, session_factory
 from shared.http import (
     BodyLimitMiddleware,
     RequestContextMiddleware,
@@ -24,7 +23,7 @@ from shared.http import (
     install_problem_handlers,
 )
 from shared.logging import configure_logging
-from shared.migrate import upgrade
+from shared.migrate import upgrade_async
 
 SERVICE = "taxstore"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -32,8 +31,7 @@ log = logging.getLogger(__name__)
 
 
 async def migrate(settings: TaxstoreSettings) -> None:
-    await asyncio.to_thread(upgrade, migrations_dir=MIGRATIONS, database_url=settings.database_url,
-                            schema=models.SCHEMA)
+    await upgrade_async(migrations_dir=MIGRATIONS, database_url=settings.database_url, schema=models.SCHEMA)
 
 
 def create_app(settings: TaxstoreSettings | None = None) -> FastAPI:
@@ -44,8 +42,7 @@ def create_app(settings: TaxstoreSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.auto_migrate:
             await migrate(settings)
-        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
-                             statement_timeout_ms=settings.db_statement_timeout_ms, application_name=SERVICE)
+        engine = engine_for(settings, service=SERVICE)
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
         app.state.checks["database"] = lambda: ping(engine)
@@ -69,10 +66,7 @@ def create_app(settings: TaxstoreSettings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(admin_router)
 
-    async def check_db() -> None:
-        await app.state.checks["database"]()
-
-    app.include_router(health_router({"database": check_db}))
+    app.include_router(health_router("database"))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, service=SERVICE)
     return app

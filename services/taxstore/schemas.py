@@ -13,35 +13,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints, model_validator
 
-from shared.money import parse_amount, parse_decimal
+from shared.validators import amount_text, clean_text, decimal_text
 
 __all__ = [
     "BatchRequest", "FaultsUpdate", "InvoiceDoc", "InvoiceKey", "LoseRequest", "SellerPut", "SubmissionDoc",
 ]
 
-_SURROGATES = re.compile("[\ud800-\udfff]")
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
-
-
-def _clean_text(value: str) -> str:
-    # PostgreSQL jsonb cannot hold NUL, and orjson cannot hash lone surrogates: refuse both up front.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    if _SURROGATES.search(value):
-        raise ValueError("must be valid Unicode (lone surrogate code points are not allowed)")
-    if any(ord(c) < 32 and c not in "\t\n\r" for c in value):
-        raise ValueError("must not contain control characters")
-    return value
-
-
-def _amount(value: str) -> str:
-    parse_amount(value)
-    return value
-
-
-def _decimal(value: str) -> str:
-    parse_decimal(value)
-    return value
 
 
 def _iso_date(value: str) -> str:
@@ -51,10 +29,10 @@ def _iso_date(value: str) -> str:
     return value
 
 
-Text = Annotated[str, Strict(), AfterValidator(_clean_text)]
-Name = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=200), AfterValidator(_clean_text)]
-Amount = Annotated[str, Strict(), AfterValidator(_amount)]
-DecimalText = Annotated[str, Strict(), AfterValidator(_decimal)]
+Text = Annotated[str, Strict(), AfterValidator(clean_text)]
+Name = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=200), AfterValidator(clean_text)]
+Amount = Annotated[str, Strict(), AfterValidator(amount_text)]
+DecimalText = Annotated[str, Strict(), AfterValidator(decimal_text)]
 IsoDate = Annotated[str, Strict(), AfterValidator(_iso_date)]
 Number = Annotated[str, Strict(), StringConstraints(pattern=r"^[0-9]{20}$")]
 
@@ -96,7 +74,7 @@ class InvoiceDoc(_Doc):
     total_tax: Amount
     total: Amount
     currency: Literal["CNY"]
-    remarks: Annotated[str, Strict(), StringConstraints(max_length=500), AfterValidator(_clean_text)] | None = None
+    remarks: Annotated[str, Strict(), StringConstraints(max_length=500), AfterValidator(clean_text)] | None = None
 
 
 class SubmissionDoc(_Doc):

@@ -44,13 +44,6 @@ def upgrade() -> None:
     schema='sync'
     )
     op.create_index('ix_outbox_unpublished', 'outbox', ['id'], unique=False, schema='sync', postgresql_where=sa.text('published_at IS NULL'))
-    op.create_table('processed_events',
-    sa.Column('consumer_group', sa.String(length=100), nullable=False),
-    sa.Column('event_id', sa.String(length=64), nullable=False),
-    sa.Column('processed_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('consumer_group', 'event_id', name=op.f('pk_processed_events')),
-    schema='sync'
-    )
     op.create_table('submissions',
     sa.Column('invoice_id', sa.UUID(), nullable=False),
     sa.Column('tenant_id', sa.UUID(), nullable=False),
@@ -84,7 +77,6 @@ def downgrade() -> None:
     op.drop_index('ix_submissions_seller_number', table_name='submissions', schema='sync')
     op.drop_index('ix_submissions_due', table_name='submissions', schema='sync', postgresql_where=sa.text("status = 'retrying'"))
     op.drop_table('submissions', schema='sync')
-    op.drop_table('processed_events', schema='sync')
     op.drop_index('ix_outbox_unpublished', table_name='outbox', schema='sync', postgresql_where=sa.text('published_at IS NULL'))
     op.drop_table('outbox', schema='sync')
     op.drop_index('ix_attempts_invoice_id_id', table_name='attempts', schema='sync')
