@@ -2,6 +2,7 @@
 
     fapiao tenants create --name N --tax-id USCC     register a seller; prints its API key once
     fapiao import FILE.csv --api-key KEY              import historical invoices, with a progress bar
+    fapiao summary --month 2026-11                    发票汇总确认: a month here vs. at the tax authority
 
 Settings come from FAPIAO_* variables; when a local stack runs (`make up`), from its `.run/stack.env`.
 """
@@ -117,15 +118,7 @@ def import_csv(
     """Import historical invoices from CSV (one row per invoice line). Bad rows are reported, good ones kept."""
     _load_stack_env()
     url = url or os.environ.get("FAPIAO_ISSUER_URL") or "http://127.0.0.1:8000"
-    if not api_key:
-        from fapiao.stack import state_dir
-
-        key_file = state_dir() / "demo-api-key"
-        if key_file.exists():
-            api_key = key_file.read_text().strip()
-        else:
-            err.print("[red]no API key:[/red] pass --api-key or set FAPIAO_API_KEY")
-            raise typer.Exit(2)
+    api_key = _api_key(api_key)
     header, chunks = _chunks(file, chunk)
     totals = {"rows": 0, "invoices": 0, "created": 0, "existing": 0, "conflicts": 0, "rejected": 0}
     errors: list[dict[str, Any]] = []
@@ -172,6 +165,106 @@ def import_csv(
                 console.print(f"… and {len(errors) - 200} more (use --json for all)")
     if totals["rejected"] or totals["conflicts"]:
         raise typer.Exit(1)
+
+
+def _api_key(api_key: str | None) -> str:
+    if api_key:
+        return api_key
+    from fapiao.stack import state_dir
+
+    key_file = state_dir() / "demo-api-key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+    err.print("[red]no API key:[/red] pass --api-key or set FAPIAO_API_KEY")
+    raise typer.Exit(2)
+
+
+def _admin_token() -> str:
+    token = os.environ.get("FAPIAO_ADMIN_TOKEN")
+    if token:
+        return token
+    from fapiao.stack import state_dir
+
+    token_file = state_dir() / "admin-token"
+    if token_file.exists():
+        return token_file.read_text().strip()
+    err.print("[red]no admin token:[/red] set FAPIAO_ADMIN_TOKEN (or run against a `make up` stack)")
+    raise typer.Exit(2)
+
+
+def _get_json(url: str, path: str, *, token: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+    """GET a JSON object; exits 2 with the service's own words when it cannot be had."""
+    try:
+        resp = httpx.get(f"{url.rstrip('/')}{path}", params=params, timeout=httpx.Timeout(60, connect=5),
+                         headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        err.print(f"[red]cannot reach {url}:[/red] {type(exc).__name__}")
+        raise typer.Exit(2) from None
+    if resp.status_code != 200:
+        try:
+            body = resp.json()
+            reasons = "; ".join(f"{e['path']}: {e['reason']}" for e in body.get("errors", [])) or body.get("detail")
+        except (ValueError, AttributeError, KeyError, TypeError):
+            reasons = resp.text[:300]
+        err.print(f"[red]{resp.status_code}:[/red] {reasons}")
+        raise typer.Exit(2)
+    return resp.json()  # type: ignore[no-any-return]
+
+
+@app.command("summary")
+def summary(
+    month: str = typer.Option(..., "--month", help="the calendar month, YYYY-MM"),
+    tax_id: str = typer.Option(None, "--tax-id",
+                               help="any seller, asked of the reconciler with the admin token (operators)"),
+    api_key: str = typer.Option(None, "--api-key", envvar="FAPIAO_API_KEY",
+                                help="the tenant's API key (the default: your own invoices, via the issuer)"),
+    url: str = typer.Option(None, "--url", help="issuer URL (or, with --tax-id, the reconciler's)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """发票汇总确认: one seller's month, counts and sums (blue / red) here and at the tax authority, and every
+    difference. Exit status 0 when both sides agree, 1 when they differ, 2 when it cannot be had."""
+    _load_stack_env()
+    if tax_id:
+        url = url or os.environ.get("FAPIAO_RECONCILER_URL") or "http://127.0.0.1:8002"
+        body = _get_json(url, "/admin/summary", token=_admin_token(),
+                         params={"seller_tax_id": tax_id.strip().upper(), "month": month})
+    else:
+        url = url or os.environ.get("FAPIAO_ISSUER_URL") or "http://127.0.0.1:8000"
+        body = _get_json(url, f"/v1/summaries/{month}", token=_api_key(api_key))
+    if as_json:
+        typer.echo(json.dumps(body, ensure_ascii=False))
+    else:
+        _print_summary(body)
+    if not body.get("matches"):
+        raise typer.Exit(1)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    console = Console()
+    console.print(f"Seller {s['seller_tax_id']}, {s['month']} ({s['period']['from']} – {s['period']['to']})")
+    table = Table("", "invoices here", "total here", "at the authority", "total there", title="发票汇总 Summary")
+    for colour, label in (("blue", "blue (蓝字)"), ("red", "red (红字)")):
+        ours, theirs = s["ours"][colour], s["authority"][colour]
+        table.add_row(label, str(ours["count"]), ours["total"], str(theirs["count"]), theirs["total"])
+    console.print(table)
+    skipped = s.get("not_expected_at_authority") or {}
+    if any(skipped.values()):
+        console.print("Not expected at the authority: " + ", ".join(f"{n} {k}" for k, n in skipped.items() if n))
+    if s["matches"]:
+        console.print("[green]Both sides agree.[/green]")
+        return
+    counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(s["difference_counts"].items()))
+    console.print(f"[yellow]Differences:[/yellow] {counts}")
+    diffs = Table("number", "kind", "here", "at the authority")
+    for d in s["differences"][:200]:
+        ours = d.get("ours") or {}
+        theirs = d.get("authority") or {}
+        diffs.add_row(d["number"], d["kind"].replace("_", " "),
+                      f"{ours['state']} {ours['total']}" if ours else "—",
+                      f"{theirs['total']} (receipt {theirs['receipt_no']})" if theirs else "—")
+    console.print(diffs)
+    if len(s["differences"]) > 200 or s.get("differences_truncated"):
+        console.print("… more differences: use --json for the full list")
 
 
 def main() -> None:

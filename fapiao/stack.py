@@ -41,6 +41,7 @@ SERVICES = (
     ServiceSpec("issuer", "services.issuer", "FAPIAO_ISSUER_PORT", 8000),
     ServiceSpec("taxstore", "services.taxstore", "FAPIAO_TAXSTORE_PORT", 8100),
     ServiceSpec("sync", "services.sync", "FAPIAO_SYNC_PORT", 8001),
+    ServiceSpec("reconciler", "services.reconciler", "FAPIAO_RECONCILER_PORT", 8002),
 )
 
 
@@ -170,6 +171,7 @@ def up() -> None:
             "FAPIAO_DATABASE_URL": database_url, "FAPIAO_KAFKA_BOOTSTRAP": kafka_bootstrap,
             "FAPIAO_ADMIN_TOKEN": admin_token, "PYTHONUNBUFFERED": "1",
             "FAPIAO_TAXSTORE_URL": f"http://127.0.0.1:{_port('FAPIAO_TAXSTORE_PORT', 8100)}",
+            "FAPIAO_RECONCILER_URL": f"http://127.0.0.1:{_port('FAPIAO_RECONCILER_PORT', 8002)}",
         }
         for spec in SERVICES:
             port = _port(spec.port_env, spec.default_port)
@@ -203,6 +205,7 @@ def _write_env(state: dict, admin_token: str) -> None:
         f"FAPIAO_ISSUER_URL={state['urls']['issuer']}",
         f"FAPIAO_TAXSTORE_URL={state['urls']['taxstore']}",
         f"FAPIAO_SYNC_URL={state['urls']['sync']}",
+        f"FAPIAO_RECONCILER_URL={state['urls']['reconciler']}",
     ]
     path = state_dir() / "stack.env"
     path.write_text("\n".join(lines) + "\n")

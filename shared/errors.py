@@ -6,7 +6,8 @@
     ├── NotFound                404 (also: another tenant's resource)
     ├── Conflict                409
     ├── PayloadTooLarge         413
-    └── ValidationFailed        422, with a list of {path, reason}
+    ├── ValidationFailed        422, with a list of {path, reason}
+    └── ServiceUnavailable      503, with Retry-After (a service this one depends on cannot answer now)
     RetriableError              a consumer may try again (DB or broker unavailable)
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 __all__ = [
     "BadRequest", "Conflict", "FapiaoError", "FieldError", "NotFound", "PayloadTooLarge",
-    "RetriableError", "Unauthorized", "ValidationFailed",
+    "RetriableError", "ServiceUnavailable", "Unauthorized", "ValidationFailed",
 ]
 
 
@@ -67,6 +68,16 @@ class ValidationFailed(FapiaoError):
     def __init__(self, errors: list[FieldError], detail: str | None = None) -> None:
         super().__init__(detail or f"{len(errors)} field(s) failed validation")
         self.errors = errors
+
+
+class ServiceUnavailable(FapiaoError):
+    """The request was fine but a dependency did not answer in time; the client should retry after a pause."""
+
+    status, title, code = 503, "Service unavailable", "dependency_unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int = 5, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(detail, extra=extra)
+        self.retry_after = retry_after
 
 
 class RetriableError(Exception):

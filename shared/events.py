@@ -4,12 +4,15 @@ the version. Every event travels in the envelope of shared.envelope, keyed by in
 from __future__ import annotations
 
 __all__ = [
-    "INVOICE_ISSUED", "INVOICE_REJECTED", "INVOICE_SUBMISSION_FAILED", "INVOICE_SUBMITTED", "INVOICE_VOIDED",
-    "ISSUER_SOURCE", "RESYNC_INVOICE", "SYNC_RESULT_TYPES", "SYNC_SOURCE",
+    "ALERT_ORPHAN", "ALERT_RECOVERED", "ALERT_REJECTED", "ALERT_STUCK", "ALERT_TYPES", "CASE_UPDATED",
+    "INVOICE_AWAITING_VISIBILITY", "INVOICE_CONFIRMED", "INVOICE_GAP_FOUND", "INVOICE_ISSUED", "INVOICE_REJECTED",
+    "INVOICE_STUCK", "INVOICE_SUBMISSION_FAILED", "INVOICE_SUBMITTED", "INVOICE_VOIDED", "ISSUER_SOURCE",
+    "RECONCILER_SOURCE", "RECONCILIATION_TYPES", "RESYNC_INVOICE", "SYNC_RESULT_TYPES", "SYNC_SOURCE",
 ]
 
 ISSUER_SOURCE = "fapiao/issuer"
 SYNC_SOURCE = "fapiao/sync"
+RECONCILER_SOURCE = "fapiao/reconciler"
 
 # --- invoice.events.v1 (issuer) ---------------------------------------------------------------
 
@@ -39,3 +42,45 @@ SYNC_RESULT_TYPES = frozenset({INVOICE_SUBMITTED, INVOICE_SUBMISSION_FAILED, INV
 RESYNC_INVOICE = "cn.fapiao.invoice.resync.v1"
 """command data: {invoice_id, seller_tax_id, number, reason, requested_by}; the invoice content comes from the
 sync service's own record of the issued event."""
+
+# --- invoice.reconciliation.v1 (reconciler -> issuer's status view) --------------------------
+# `sequence` counts the reconciler's own events per invoice (independent of the sync results' sequence).
+# Times are ISO 8601 UTC; durations in seconds. `case_no` is null while no case is open.
+
+INVOICE_CONFIRMED = "cn.fapiao.invoice.confirmed.v1"
+"""data: {invoice_id, seller_tax_id, number, receipt_no, acked_at, confirmed_at, visible_after_seconds,
+how: check|sweep|case, recovered: bool (it had been stuck), case_no, case_status: resolved|null}"""
+
+INVOICE_AWAITING_VISIBILITY = "cn.fapiao.invoice.awaiting-visibility.v1"
+"""Acknowledged but not yet visible, still within the SLA (sent once per acknowledgement).
+data: {invoice_id, seller_tax_id, number, receipt_no, acked_at, sla_seconds, deadline, next_check_at, checks}"""
+
+INVOICE_GAP_FOUND = "cn.fapiao.invoice.gap-found.v1"
+"""A gap and the resync (补录) requested for it.
+data: {invoice_id, seller_tax_id, number, kind: missing|mismatch, detail, reopened: bool (it had been confirmed),
+acked_at, sla_seconds, resync: n, max_resyncs, resync_at, next_check_at, case_no}"""
+
+INVOICE_STUCK = "cn.fapiao.invoice.stuck.v1"
+"""Past FAPIAO_STUCK_AFTER (time or resyncs): a case is open and an alert raised.
+data: {invoice_id, seller_tax_id, number, case_no, reason, accepted_at, stuck_at, stuck_after_seconds, resyncs,
+max_resyncs, last_error, next_check_at, alert_id}"""
+
+CASE_UPDATED = "cn.fapiao.case.updated.v1"
+"""A case was opened, resolved or closed. data: {invoice_id, case_no, status: open|resolved|closed, opened_by:
+system|tenant, at, resolution}"""
+
+RECONCILIATION_TYPES = frozenset({INVOICE_CONFIRMED, INVOICE_AWAITING_VISIBILITY, INVOICE_GAP_FOUND, INVOICE_STUCK,
+                                  CASE_UPDATED})
+
+# --- invoice.alerts.v1 (reconciler -> notifier) ------------------------------------------------
+# One event per invoice per transition. The envelope id is derived from (invoice, transition, case), so a
+# re-sent alert carries the same id and the notifier can drop it. Orphans have no invoice id: their subject
+# and key are "orphan:<seller tax id>:<number>".
+# data: {alert_id, kind: stuck|recovered|rejected|orphan, tenant_id, seller_tax_id, invoice_id, number,
+# issue_date, total, buyer_name, buyer_tax_id, reason, next_action, case_no, at}
+
+ALERT_STUCK = "cn.fapiao.alert.stuck.v1"
+ALERT_RECOVERED = "cn.fapiao.alert.recovered.v1"
+ALERT_REJECTED = "cn.fapiao.alert.rejected.v1"
+ALERT_ORPHAN = "cn.fapiao.alert.orphan.v1"
+ALERT_TYPES = frozenset({ALERT_STUCK, ALERT_RECOVERED, ALERT_REJECTED, ALERT_ORPHAN})

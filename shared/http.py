@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import FapiaoError, FieldError, Unauthorized, ValidationFailed
+from shared.errors import FapiaoError, FieldError, ServiceUnavailable, Unauthorized, ValidationFailed
 from shared.logging import correlation_id
 from shared.metrics import CONTENT_TYPE_LATEST, HTTP_LATENCY, HTTP_REQUESTS, render
 
@@ -72,7 +72,11 @@ def install_problem_handlers(app: FastAPI) -> None:
         extra = dict(exc.extra)
         if isinstance(exc, ValidationFailed):
             extra["errors"] = [e.as_dict() for e in exc.errors]
-        return problem(exc.status, exc.title, exc.detail, code=exc.code, **extra)
+        response = problem(exc.status, exc.title, exc.detail, code=exc.code, **extra)
+        if isinstance(exc, ServiceUnavailable):
+            # RFC 9110 §10.2.3: tells well-behaved clients (and proxies) when trying again makes sense.
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _request(_: Request, exc: RequestValidationError) -> JSONResponse:

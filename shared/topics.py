@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ALERTS", "ALL_TOPICS", "INVOICE_EVENTS", "RESYNC_REQUESTS", "SYNC_RESULTS", "Topic", "dlq_name"]
+__all__ = [
+    "ALERTS", "ALL_TOPICS", "INVOICE_EVENTS", "RECONCILIATION", "RESYNC_REQUESTS", "SYNC_RESULTS", "Topic", "dlq_name",
+]
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,9 @@ def dlq_name(topic: str) -> str:
 INVOICE_EVENTS = Topic("invoice.events.v1", "invoice facts from the issuer: issued, voided, red-lettered")
 SYNC_RESULTS = Topic("invoice.sync-results.v1", "what the sync service learned from the tax store, one per attempt")
 RESYNC_REQUESTS = Topic("invoice.resync-requests.v1", "commands to submit an invoice again (from the reconciler)")
-ALERTS = Topic("invoice.alerts.v1", "stuck, rejected and recovered invoices, for the notifier")
+RECONCILIATION = Topic("invoice.reconciliation.v1",
+                       "what the reconciler found: visible and identical, gaps, resyncs, stuck, cases (for the issuer)")
+ALERTS = Topic("invoice.alerts.v1", "stuck, rejected, recovered and orphan invoices, for the notifier")
 
-_MAIN = (INVOICE_EVENTS, SYNC_RESULTS, RESYNC_REQUESTS, ALERTS)
+_MAIN = (INVOICE_EVENTS, SYNC_RESULTS, RESYNC_REQUESTS, RECONCILIATION, ALERTS)
 ALL_TOPICS: tuple[Topic, ...] = _MAIN + tuple(t.dlq for t in _MAIN)

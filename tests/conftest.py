@@ -188,7 +188,8 @@ def process_env(infra: Infra, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")}
     env.update(FAPIAO_DATABASE_URL=infra.database_url, FAPIAO_KAFKA_BOOTSTRAP=infra.kafka_bootstrap,
                FAPIAO_ADMIN_TOKEN=ADMIN_TOKEN, FAPIAO_ENV="test", FAPIAO_LOG_JSON="false",
-               FAPIAO_STACK_DIR=str(infra.workdir / "no-stack"), PYTHONUNBUFFERED="1", **extra)
+               FAPIAO_STACK_DIR=str(infra.workdir / "no-stack"), PYTHONUNBUFFERED="1")
+    env.update(extra)
     return env
 
 
@@ -331,3 +332,121 @@ async def pipeline(issuer: RunningIssuer, pipeline_processes) -> AsyncIterator[P
     await p.clear_faults()
     yield p
     await p.clear_faults()
+
+
+# --- the reconciler's pipeline: its own issuer, tax store, sync and reconciler ----------------------
+
+RECONCILER_ENV = dict(
+    FAPIAO_VISIBILITY_SLA="1.5", FAPIAO_FIRST_CHECK_AFTER="0.3", FAPIAO_STUCK_AFTER="60",
+    FAPIAO_STUCK_AFTER_RESYNCS="5", FAPIAO_RESYNC_BASE="1", FAPIAO_RESYNC_CAP="4", FAPIAO_STUCK_RECHECK="1",
+    FAPIAO_CHECK_INTERVAL="0.3", FAPIAO_SWEEP_INTERVAL="3", FAPIAO_ORPHAN_GRACE="2", FAPIAO_RELAY_POLL_INTERVAL="0.3",
+    FAPIAO_CONNECT_TIMEOUT="1", FAPIAO_READ_TIMEOUT="1.5", FAPIAO_KAFKA_PARTITIONS="3",
+)
+
+
+@dataclass
+class ReconPipeline(Pipeline):
+    """Pipeline plus the reconciler process, on a topic prefix of its own."""
+
+    reconciler: ServiceProcess = None  # type: ignore[assignment]
+    infra: Infra = None  # type: ignore[assignment]
+
+    base_env: dict = None  # type: ignore[assignment]
+
+    def restart_reconciler(self, **env: str) -> None:
+        """Restart the reconciler with these settings over the pipeline's own (none: back to those)."""
+        self.reconciler.stop()
+        self.reconciler.env = {**self.base_env, **env}
+        self.reconciler.start()
+
+    async def recon(self, method: str, path: str, **kw: object) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=15) as c:
+            return await c.request(method, f"{self.reconciler.url}{path}", headers=self.admin, **kw)  # type: ignore[arg-type]
+
+    async def ledger(self, tenant_id: str) -> dict[str, int]:
+        from sqlalchemy import text
+
+        async with self.issuer.app.state.engine.connect() as conn:  # type: ignore[attr-defined]
+            rows = (await conn.execute(text(
+                "select state, count(*) from reconciler.ledger where tenant_id = :t group by state"),
+                {"t": tenant_id})).all()
+        return {r[0]: int(r[1]) for r in rows}
+
+
+@dataclass
+class ReconProcesses:
+    prefix: str
+    taxstore: ServiceProcess
+    sync: ServiceProcess
+    reconciler: ServiceProcess
+
+
+@pytest.fixture(scope="session")
+async def recon_database(infra: Infra) -> str:
+    """The reconciler pipeline's own database. Two deployments must not share a service's schema: the sync
+    services' retry schedulers, for one, would take each other's rows and submit them to the wrong store."""
+    return await fresh_database(infra, f"recon_{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="session")
+def recon_plan(infra: Infra, recon_database: str) -> ReconProcesses:
+    """The reconciler pipeline's processes, not started yet: their ports are known to the issuer before."""
+    prefix = f"r{uuid.uuid4().hex[:8]}."
+    logs = infra.workdir / "logs"
+    logs.mkdir(exist_ok=True)
+    db = {"FAPIAO_DATABASE_URL": recon_database}
+    taxstore = ServiceProcess("taxstore", process_env(infra, FAPIAO_REQUIRE_REGISTRATION="true", **db), logs)
+    sync = ServiceProcess("sync", process_env(
+        infra, **db, FAPIAO_TOPIC_PREFIX=prefix, FAPIAO_TAXSTORE_URL=taxstore.url, FAPIAO_KAFKA_PARTITIONS="3",
+        FAPIAO_CONNECT_TIMEOUT="1", FAPIAO_SUBMIT_TIMEOUT="1.5", FAPIAO_READ_TIMEOUT="1.5",
+        FAPIAO_RETRY_BASE="0.2", FAPIAO_RETRY_CAP="2", FAPIAO_BREAKER_BASE="0.5", FAPIAO_BREAKER_CAP="2",
+        FAPIAO_SCHEDULER_INTERVAL="0.2", FAPIAO_RELAY_POLL_INTERVAL="0.3", FAPIAO_SUBMIT_BATCH_SIZE="50",
+    ), logs)
+    reconciler = ServiceProcess("reconciler", process_env(
+        infra, **db, FAPIAO_TOPIC_PREFIX=prefix, FAPIAO_TAXSTORE_URL=taxstore.url, **RECONCILER_ENV), logs)
+    return ReconProcesses(prefix, taxstore, sync, reconciler)
+
+
+@pytest.fixture(scope="session")
+async def recon_issuer(infra: Infra, recon_plan: ReconProcesses, recon_database: str) -> AsyncIterator[RunningIssuer]:
+    """A second in-process issuer on the reconciler pipeline's database and topic prefix; it proxies cases there."""
+    settings = issuer_settings(infra, database_url=recon_database, topic_prefix=recon_plan.prefix,
+                               reconciler_url=recon_plan.reconciler.url)
+    app, client, lifespan = await start_issuer(settings)
+    try:
+        yield RunningIssuer(app, client, settings)
+    finally:
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def recon_processes(recon_plan: ReconProcesses, recon_issuer: RunningIssuer) -> Iterator[ReconProcesses]:
+    procs = (recon_plan.taxstore, recon_plan.sync, recon_plan.reconciler)
+    try:
+        for p in procs:
+            p.start()
+    except Exception as exc:
+        for p in reversed(procs):
+            p.stop()
+        pytest.fail(f"could not start the reconciler's pipeline: {exc}", pytrace=False)
+    yield recon_plan
+    for p in reversed(procs):
+        p.stop()
+
+
+@pytest.fixture
+async def recon_pipeline(infra: Infra, recon_issuer: RunningIssuer,
+                         recon_processes: ReconProcesses) -> AsyncIterator[ReconPipeline]:
+    taxstore, sync, reconciler = recon_processes.taxstore, recon_processes.sync, recon_processes.reconciler
+    for p in (sync, reconciler):
+        if p.proc is None or p.proc.poll() is not None:  # a test killed it: bring it back
+            p.start()
+    base_env = dict(reconciler.env)
+    p = ReconPipeline(recon_issuer, taxstore, sync, {"Authorization": f"Bearer {ADMIN_TOKEN}"}, reconciler, infra,
+                      base_env)
+    await p.clear_faults()
+    yield p
+    await p.clear_faults()
+    if reconciler.env != base_env:
+        p.restart_reconciler()

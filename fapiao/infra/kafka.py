@@ -126,7 +126,8 @@ class KafkaBroker:
         if not (log_dir / "meta.properties").exists():
             cluster_id = _cluster_id()
             fmt = subprocess.run(
-                self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
+                # "--cluster-id=<id>": a base64url id may begin with "-", which would read as an option.
+                self._java(libs, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props)),
                 capture_output=True, text=True, timeout=120,
             )
             if fmt.returncode != 0:

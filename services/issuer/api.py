@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -15,8 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.issuer import service
 from services.issuer.csv_import import CsvFormatError, parse_csv, row_errors
 from services.issuer.lifecycle import Status
+from services.issuer.reconciler_client import CASE_NO, ReconcilerClient
 from services.issuer.schemas import (
     BatchRequest,
+    CaseRequest,
     InvoiceCreate,
     InvoiceList,
     InvoiceRead,
@@ -24,7 +27,7 @@ from services.issuer.schemas import (
 )
 from services.issuer.settings import IssuerSettings
 from shared.db import transaction
-from shared.errors import BadRequest, FieldError, PayloadTooLarge, Unauthorized, ValidationFailed
+from shared.errors import BadRequest, FieldError, NotFound, PayloadTooLarge, Unauthorized, ValidationFailed
 from shared.http import require_admin
 from shared.money import parse_amount
 from shared.topics import INVOICE_EVENTS
@@ -49,6 +52,14 @@ async def current_tenant(request: Request, authorization: Annotated[str | None, 
 
 
 TenantDep = Annotated[service.Tenant, Depends(current_tenant)]
+
+
+def reconciler(request: Request) -> ReconcilerClient:
+    st = _state(request)
+    return ReconcilerClient(st.reconciler_http, timeout=st.settings.reconciler_timeout)
+
+
+ReconcilerDep = Annotated[ReconcilerClient, Depends(reconciler)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
                                               pattern=r"^[\x21-\x7e]+$")]
 
@@ -228,6 +239,89 @@ async def void_invoice(request: Request, invoice_id: str, body: VoidRequest, ten
     async with transaction(_state(request).sessions) as session:
         return await service.void_invoice(session=session, tenant=tenant, invoice_id=invoice_id,
                                           reason=body.reason, topic=_topic(settings))
+
+
+# --- cases and summaries: the reconciler owns them; the tenant reaches them here ------------------
+
+_RECONCILER_DOWN = {503: {"description": "The reconciler cannot answer right now; see Retry-After"}}
+
+
+def _case_out(case: dict[str, Any], invoice: dict[str, Any] | None) -> dict[str, Any]:
+    # Tenant ids are internal: a tenant knows itself by its API key.
+    return {**{k: v for k, v in case.items() if k != "tenant_id"}, "invoice": invoice}
+
+
+@router.post("/invoices/{invoice_id}/cases", status_code=201, tags=["cases"],
+             responses={200: {"description": "A case was already open for this invoice: that case"},
+                        404: {"description": "No such invoice"}, 409: {"description": "The invoice was voided"},
+                        **_RECONCILER_DOWN})
+async def open_case(request: Request, invoice_id: str, tenant: TenantDep, rec: ReconcilerDep,
+                    body: CaseRequest | None = None) -> JSONResponse:
+    """The seller reports "the tax system doesn't have it": open a case (or get the open one) and check now."""
+    sessions = _state(request).sessions
+    note = body.note if body is not None else None
+    async with transaction(sessions) as session:
+        subject = await service.get_case_subject(session=session, tenant=tenant, invoice_id=invoice_id)
+    # No transaction held across the call: the reconciler may take its full timeout.
+    status, case = await rec.open_case(invoice_id=str(subject.invoice_id), tenant_id=str(tenant.id),
+                                       seller_tax_id=subject.seller_tax_id, number=subject.number, note=note)
+    async with transaction(sessions) as session:
+        view = await service.record_case(session=session, tenant=tenant, invoice_id=invoice_id,
+                                         case_no=case["case_no"], opened=status == 201, note=note)
+    return JSONResponse(_case_out(case, view), status_code=status)
+
+
+async def _tenants_case(tenant: service.Tenant, rec: ReconcilerClient, case_no: str) -> dict[str, Any]:
+    missing = NotFound(f"no case {case_no[:40]}")
+    if not CASE_NO.fullmatch(case_no):
+        raise missing
+    case = await rec.get_case(case_no)
+    if case is None or case.get("tenant_id") != str(tenant.id):  # another tenant's case is no case at all
+        raise missing
+    return case
+
+
+@router.get("/cases/{case_no}", tags=["cases"], responses={404: {"description": "No such case"},
+                                                            **_RECONCILER_DOWN})
+async def get_case(request: Request, case_no: str, tenant: TenantDep, rec: ReconcilerDep) -> dict[str, Any]:
+    """A case's progress: its status, what was checked and when, and the invoice as it stands now."""
+    case = await _tenants_case(tenant, rec, case_no)
+    invoice = None
+    if isinstance(case.get("invoice_id"), str):
+        async with transaction(_state(request).sessions) as session:
+            try:
+                invoice = await service.get_invoice_view(session=session, tenant=tenant,
+                                                         invoice_id=case["invoice_id"])
+            except NotFound:
+                invoice = None  # e.g. a case about an invoice found at the authority but never issued here
+    return _case_out(case, invoice)
+
+
+class _CaseFilters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["open", "resolved", "closed"] | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+
+
+@router.get("/cases", tags=["cases"], responses=_RECONCILER_DOWN)
+async def list_cases(tenant: TenantDep, rec: ReconcilerDep, q: Annotated[_CaseFilters, Query()]) -> dict[str, Any]:
+    """This tenant's cases, optionally only those open, resolved or closed."""
+    items = await rec.list_cases(tenant_id=str(tenant.id), status=q.status, limit=q.limit)
+    return {"items": [{k: v for k, v in c.items() if k != "tenant_id"}
+                      for c in items if c.get("tenant_id") in (None, str(tenant.id))]}
+
+
+_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
+
+
+@router.get("/summaries/{month}", tags=["cases"], responses={422: {"description": "Not a month (YYYY-MM)"},
+                                                              **_RECONCILER_DOWN})
+async def get_summary(month: str, tenant: TenantDep, rec: ReconcilerDep) -> dict[str, Any]:
+    """The month's reconciliation for this seller: issued, confirmed, gaps, stuck, cases."""
+    found = _MONTH.fullmatch(month)
+    if found is None or not 1 <= int(found[2]) <= 12 or int(found[1]) < 1:
+        raise ValidationFailed([FieldError("month", "must be a calendar month as YYYY-MM, e.g. 2026-11")])
+    return await rec.summary(seller_tax_id=tenant.tax_id, month=month)
 
 
 class TenantCreate(BaseModel):

@@ -1,4 +1,5 @@
-"""create_app(settings) -> FastAPI. The lifespan owns the engine, the outbox relay and the probes."""
+"""create_app(settings) -> FastAPI. The lifespan owns the engine, the outbox relay, the status-feed consumer,
+the HTTP client to the reconciler and the probes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from fastapi import FastAPI
 
 from services.issuer import models, service
 from services.issuer.api import admin_router, router
-from services.issuer.consumer import run_sync_results_consumer
+from services.issuer.consumer import run_status_feed_consumer
+from services.issuer.reconciler_client import make_http
 from services.issuer.settings import IssuerSettings
 from shared.db import engine_for, ping, session_factory, transaction
 from shared.http import (
@@ -64,6 +66,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
         app.state.relay = relay
+        app.state.reconciler_http = make_http(settings)
         app.state.checks.update({"database": lambda: ping(engine), "kafka": probe.check})
         stopping = asyncio.Event()
         tasks = [
@@ -73,8 +76,8 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
             ), name="ensure-topics"),
             asyncio.create_task(relay.run(), name="outbox-relay"),
             asyncio.create_task(_housekeeping(app, settings), name="housekeeping"),
-            asyncio.create_task(run_sync_results_consumer(settings, app.state.sessions, stopping),
-                                name="sync-results"),
+            asyncio.create_task(run_status_feed_consumer(settings, app.state.sessions, stopping),
+                                name="status-feed"),
         ]
         log.info("issuer ready on %s:%d", settings.host, settings.port)
         try:
@@ -85,6 +88,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await app.state.reconciler_http.aclose()
             await probe.close()
             await engine.dispose()
 

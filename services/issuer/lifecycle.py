@@ -29,7 +29,9 @@ _MOVES: dict[Status, frozenset[Status]] = {
     Status.SUBMITTED: frozenset({Status.SUBMITTED, Status.CONFIRMED, Status.RETRYING, Status.STUCK}),
     Status.CONFIRMED: frozenset({Status.RETRYING, Status.STUCK, Status.RED_LETTERED}),
     Status.REJECTED: frozenset({Status.VOIDED}),
-    Status.STUCK: frozenset({Status.CONFIRMED, Status.SUBMITTED, Status.RETRYING, Status.VOIDED}),
+    # Only the reconciler seeing it visible (or the seller voiding it) ends "stuck": a later sync result
+    # ("acknowledged", "attempt failed") is no proof the authority shows it, so the case stays in front.
+    Status.STUCK: frozenset({Status.CONFIRMED, Status.VOIDED}),
     Status.VOIDED: frozenset(),
     Status.RED_LETTERED: frozenset(),
 }

@@ -71,6 +71,9 @@ invoices = Table(
     Column("receipt_no", String(64)),
     Column("event_seq", Integer, nullable=False, server_default="1"),  # last event sequence emitted
     Column("sync_seq", Integer, nullable=False, server_default="0"),  # last sync-result sequence applied
+    Column("recon", JSONB),  # the reconciler's latest findings (its events' data, merged); rendered by explain.py
+    Column("recon_seq", Integer, nullable=False, server_default="0"),  # last reconciliation sequence applied
+    Column("reason_source", String(16)),  # sync | reconciler: whose findings the reason above explains
     Column("accepted_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     UniqueConstraint("seller_tax_id", "number"),

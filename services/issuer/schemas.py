@@ -19,7 +19,7 @@ from pydantic import (
 from shared.validators import amount_text, clean_text, decimal_text, must_be_string
 
 __all__ = [
-    "BatchRequest", "InvoiceCreate", "InvoiceList", "InvoiceRead", "InvoiceView", "Line", "Party",
+    "BatchRequest", "CaseRequest", "InvoiceCreate", "InvoiceList", "InvoiceRead", "InvoiceView", "Line", "Party",
     "TimelineEntry", "VoidRequest",
 ]
 
@@ -74,6 +74,11 @@ class BatchRequest(BaseModel):
 
 class VoidRequest(_Strict):
     reason: Annotated[Text, StringConstraints(min_length=1, max_length=500)]
+
+
+class CaseRequest(_Strict):
+    note: Annotated[Text, StringConstraints(max_length=500)] | None = Field(
+        default=None, description="what the seller sees, e.g. 'the buyer cannot find it in the tax system'")
 
 
 class TimelineEntry(BaseModel):

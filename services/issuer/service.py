@@ -14,30 +14,45 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from sqlalchemy import and_, bindparam, func, select, text, update
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.issuer import models as m
-from services.issuer.lifecycle import VOIDABLE, Status, can_move, describe
+from services.issuer.explain import case_opened_message, describe_event, explain
+from services.issuer.lifecycle import VOIDABLE, Status, can_move
 from services.issuer.rules import canonical, check_invoice, content_hash
 from services.issuer.schemas import InvoiceCreate, InvoiceRead, InvoiceView, TimelineEntry
 from shared.envelope import encode, new_envelope
 from shared.errors import Conflict, FieldError, NotFound, ValidationFailed
-from shared.events import INVOICE_ISSUED, INVOICE_REJECTED, INVOICE_SUBMITTED, INVOICE_VOIDED, ISSUER_SOURCE
+from shared.events import (
+    CASE_UPDATED,
+    INVOICE_AWAITING_VISIBILITY,
+    INVOICE_CONFIRMED,
+    INVOICE_GAP_FOUND,
+    INVOICE_ISSUED,
+    INVOICE_REJECTED,
+    INVOICE_STUCK,
+    INVOICE_SUBMITTED,
+    INVOICE_VOIDED,
+    ISSUER_SOURCE,
+    RECONCILIATION_TYPES,
+)
 from shared.http import field_errors
 from shared.outbox import PublishedRow, notify_outbox
 from shared.uscc import uscc_error
+from shared.validators import clean_text
 
 __all__ = [
-    "ItemResult", "ListFilters", "Tenant", "apply_sync_results", "authenticate", "claim_idempotency_key",
-    "create_invoices",
-    "create_tenant", "get_invoice", "list_invoices", "mark_published", "request_hash", "store_idempotent_response",
-    "validate_item", "void_invoice",
+    "CaseSubject", "ItemResult", "ListFilters", "Tenant", "apply_reconciliation", "apply_sync_results",
+    "authenticate", "claim_idempotency_key", "create_invoices", "create_tenant", "get_case_subject", "get_invoice",
+    "get_invoice_view", "list_invoices", "mark_published", "record_case", "request_hash",
+    "store_idempotent_response", "validate_item", "void_invoice",
 ]
 
 API_KEY_PREFIX = "fsk_"
@@ -298,25 +313,27 @@ async def mark_published(conn: AsyncConnection, rows: Sequence[PublishedRow]) ->
 
 # --- reading ----------------------------------------------------------------------------------
 
-def _view(row: Any) -> dict[str, Any]:
-    status = Status(row.status)
-    default_reason, default_next = describe(status)
+def _view(row: Any, *, now: datetime | None = None) -> dict[str, Any]:
+    reason, next_action, next_action_at = explain(
+        status=row.status, recon=row.recon, reason=row.reason, next_action=row.next_action,
+        next_action_at=row.next_action_at, reason_source=row.reason_source, now=now or datetime.now(UTC))
     return InvoiceView(
         id=row.id, number=row.number, kind=row.kind, issue_date=row.issue_date, seller_tax_id=row.seller_tax_id,
         buyer_tax_id=row.buyer_tax_id, buyer_name=row.buyer_name, total_amount=f"{row.total_amount:.2f}",
         total_tax=f"{row.total_tax:.2f}", total=f"{row.total:.2f}", currency=row.currency, status=row.status,
-        reason=row.reason or default_reason, next_action=row.next_action if row.reason else default_next,
-        next_action_at=row.next_action_at, case_no=row.case_no, receipt_no=row.receipt_no,
+        reason=reason, next_action=next_action, next_action_at=next_action_at, case_no=row.case_no,
+        receipt_no=row.receipt_no,
         accepted_at=row.accepted_at, updated_at=row.updated_at,
     ).model_dump(mode="json")
 
 
-async def _get_row(session: AsyncSession, tenant: Tenant, invoice_id: str, *, for_update: bool = False) -> Any:
+async def _get_row(session: AsyncSession, tenant: Tenant, invoice_id: str, *, for_update: bool = False,
+                   extra: Sequence[Any] = ()) -> Any:
     try:
         iid = uuid.UUID(invoice_id)
     except ValueError:
         raise NotFound(f"no invoice {invoice_id}") from None
-    stmt = select(m.invoices).where(m.invoices.c.id == iid, m.invoices.c.tenant_id == tenant.id)
+    stmt = select(m.invoices, *extra).where(m.invoices.c.id == iid, m.invoices.c.tenant_id == tenant.id)
     if for_update:
         stmt = stmt.with_for_update()
     row = (await session.execute(stmt)).first()
@@ -326,15 +343,21 @@ async def _get_row(session: AsyncSession, tenant: Tenant, invoice_id: str, *, fo
 
 
 async def get_invoice(*, session: AsyncSession, tenant: Tenant, invoice_id: str) -> dict[str, Any]:
-    row = await _get_row(session, tenant, invoice_id)
-    entries = (await session.execute(
-        select(m.timeline).where(m.timeline.c.invoice_id == row.id).order_by(m.timeline.c.id)
-    )).all()
-    view = _view(row)
+    # One statement, so one snapshot: under READ COMMITTED a second query could show a timeline entry
+    # (say "stuck") whose status change the row read just before did not include yet.
+    t = m.timeline
+    entry = func.jsonb_build_object("at", t.c.at, "kind", t.c.kind, "message", t.c.message, "detail", t.c.detail)
+    timeline = (select(func.coalesce(func.jsonb_agg(aggregate_order_by(entry, t.c.id)), text("'[]'::jsonb")))
+                .where(t.c.invoice_id == m.invoices.c.id).scalar_subquery().label("timeline"))
+    row = await _get_row(session, tenant, invoice_id, extra=[timeline])
     return InvoiceRead(
-        **view, invoice=row.content,
-        timeline=[TimelineEntry(at=e.at, kind=e.kind, message=e.message, detail=e.detail) for e in entries],
+        **_view(row), invoice=row.content, timeline=[TimelineEntry.model_validate(e) for e in row.timeline],
     ).model_dump(mode="json")
+
+
+async def get_invoice_view(*, session: AsyncSession, tenant: Tenant, invoice_id: str) -> dict[str, Any]:
+    """Where the invoice stands and why, without its content and timeline."""
+    return _view(await _get_row(session, tenant, invoice_id))
 
 
 @dataclass(frozen=True)
@@ -417,7 +440,7 @@ async def void_invoice(*, session: AsyncSession, tenant: Tenant, invoice_id: str
     await session.execute(
         update(m.invoices).where(m.invoices.c.id == row.id)
         .values(status=Status.VOIDED.value, reason=f"Voided by the seller: {reason}", next_action=None,
-                next_action_at=None, event_seq=seq, updated_at=now)
+                next_action_at=None, reason_source=None, event_seq=seq, updated_at=now)
     )
     await session.execute(m.timeline.insert().values(
         invoice_id=row.id, kind="voided", at=now, message=f"Voided by the seller: {reason}",
@@ -427,6 +450,56 @@ async def void_invoice(*, session: AsyncSession, tenant: Tenant, invoice_id: str
         event_type=INVOICE_VOIDED, payload=encode(envelope)))
     await notify_outbox(session, m.outbox)
     return await get_invoice(session=session, tenant=tenant, invoice_id=invoice_id)
+
+
+# --- cases (owned by the reconciler; the issuer records what the tenant asked for) ---------------
+
+@dataclass(frozen=True)
+class CaseSubject:
+    """What the reconciler needs to open a case for an invoice."""
+
+    invoice_id: uuid.UUID
+    seller_tax_id: str
+    number: str
+
+
+async def get_case_subject(*, session: AsyncSession, tenant: Tenant, invoice_id: str) -> CaseSubject:
+    """The tenant's invoice a case may be opened for: 404 for anyone else's, 409 once it is voided."""
+    row = await _get_row(session, tenant, invoice_id)
+    if row.status == Status.VOIDED.value:
+        raise Conflict("this invoice was voided; there is nothing left for the tax authority to show",
+                       extra={"invoice_status": row.status})
+    return CaseSubject(row.id, row.seller_tax_id, row.number)
+
+
+async def record_case(*, session: AsyncSession, tenant: Tenant, invoice_id: str, case_no: str, opened: bool,
+                      note: str | None = None) -> dict[str, Any]:
+    """Show the case on the invoice; `opened`: this request opened it, so the timeline says so (once).
+
+    The reconciler announces the same opening on invoice.reconciliation.v1, possibly before this runs;
+    whichever comes second finds the entry and adds none.
+    """
+    row = await _get_row(session, tenant, invoice_id, for_update=True)
+    now = datetime.now(UTC)
+    if row.case_no != case_no:
+        await session.execute(update(m.invoices).where(m.invoices.c.id == row.id).values(case_no=case_no,
+                                                                                           updated_at=now))
+    if opened and case_no not in await _cases_on_timeline(session, [row.id]):
+        detail: dict[str, Any] = {"case_no": case_no, "opened_by": "tenant"}
+        if note:
+            detail["note"] = note
+        await session.execute(m.timeline.insert().values(
+            invoice_id=row.id, kind="case_opened", at=now, detail=detail,
+            message=case_opened_message(case_no, opened_by="tenant")))
+    return _view(await _get_row(session, tenant, invoice_id))
+
+
+async def _cases_on_timeline(session: AsyncSession, ids: Sequence[uuid.UUID]) -> set[str]:
+    rows = (await session.execute(
+        select(m.timeline.c.detail["case_no"].astext)
+        .where(m.timeline.c.invoice_id.in_(ids), m.timeline.c.kind == "case_opened")
+    )).scalars().all()
+    return {r for r in rows if r}
 
 
 async def purge_idempotency_keys(*, session: AsyncSession, older_than_hours: int) -> int:
@@ -479,6 +552,16 @@ def _sync_effect(event_type: str, d: dict[str, Any]) -> tuple[Status, str, str |
     return Status.RETRYING, reason, nxt, next_at, "attempt_failed", message
 
 
+def _already_awaited(recon: dict[str, Any] | None, e: Any) -> bool:
+    """The reconciler's latest finding is this very acknowledgement, with its visibility deadline.
+
+    The two topics are not ordered with each other, so its "awaiting visibility" may be applied before the
+    sync result it follows; its words then still say more than the sync result's.
+    """
+    return (e.type == INVOICE_SUBMITTED and bool(recon) and recon.get("type") == INVOICE_AWAITING_VISIBILITY
+            and bool(e.data.get("receipt_no")) and recon.get("receipt_no") == e.data.get("receipt_no"))
+
+
 async def apply_sync_results(*, session: AsyncSession, events: Sequence[Any]) -> int:
     """Show what the sync service learned, in the caller's transaction; returns how many were applied.
 
@@ -491,7 +574,8 @@ async def apply_sync_results(*, session: AsyncSession, events: Sequence[Any]) ->
         return 0
     rows = {r.id: r for r in (await session.execute(
         select(m.invoices.c.id, m.invoices.c.status, m.invoices.c.sync_seq, m.invoices.c.receipt_no,
-               m.invoices.c.reason, m.invoices.c.next_action, m.invoices.c.next_action_at)
+               m.invoices.c.reason, m.invoices.c.next_action, m.invoices.c.next_action_at,
+               m.invoices.c.reason_source, m.invoices.c.recon)
         .where(m.invoices.c.id.in_(ids)).order_by(m.invoices.c.id).with_for_update()
     )).all()}
     state = {iid: dict(r._mapping) for iid, r in rows.items()}
@@ -510,7 +594,8 @@ async def apply_sync_results(*, session: AsyncSession, events: Sequence[Any]) ->
             st["receipt_no"] = e.data["receipt_no"]
         current = Status(st["status"])
         if current is target or can_move(current, target):
-            st.update(status=target.value, reason=reason, next_action=nxt, next_action_at=nxt_at)
+            st.update(status=target.value, reason=reason, next_action=nxt, next_action_at=nxt_at,
+                      reason_source="sync" if not _already_awaited(st["recon"], e) else "reconciler")
         timeline_rows.append({"invoice_id": iid, "at": now, "kind": kind, "message": message,
                               "detail": {"event_id": e.id, **e.data}})
     if not changed:
@@ -519,10 +604,164 @@ async def apply_sync_results(*, session: AsyncSession, events: Sequence[Any]) ->
         update(m.invoices).where(m.invoices.c.id == bindparam("b_id")).values(
             status=bindparam("b_status"), sync_seq=bindparam("b_seq"), receipt_no=bindparam("b_receipt"),
             reason=bindparam("b_reason"), next_action=bindparam("b_next"), next_action_at=bindparam("b_next_at"),
-            updated_at=now),
+            reason_source=bindparam("b_source"), updated_at=now),
         [{"b_id": iid, "b_status": state[iid]["status"], "b_seq": state[iid]["sync_seq"],
           "b_receipt": state[iid]["receipt_no"], "b_reason": state[iid]["reason"],
-          "b_next": state[iid]["next_action"], "b_next_at": state[iid]["next_action_at"]} for iid in changed],
+          "b_next": state[iid]["next_action"], "b_next_at": state[iid]["next_action_at"],
+          "b_source": state[iid]["reason_source"]} for iid in changed],
     )
     await session.execute(m.timeline.insert(), timeline_rows)
     return len(timeline_rows)
+
+
+# --- feedback from the reconciler -------------------------------------------------------------
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+_Time = Annotated[datetime | None, AfterValidator(_utc)]
+_Str = Annotated[str, AfterValidator(clean_text)] | None
+_Seconds = Annotated[float | None, Field(ge=0)]
+_Count = Annotated[int | None, Field(ge=0)]
+
+
+class _ReconData(BaseModel):
+    """The fields of invoice.reconciliation.v1 payloads the issuer stores and renders (shared/events.py).
+
+    Checked on the way in so that what explain.py reads later is well-formed: a payload that fails here is
+    dead-lettered instead of breaking every later read of the invoice. Fields not listed are kept as sent.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    receipt_no: Annotated[str, StringConstraints(max_length=64), AfterValidator(clean_text)] | None = None
+    case_no: Annotated[str, StringConstraints(max_length=32), AfterValidator(clean_text)] | None = None
+    kind: Literal["missing", "mismatch"] | None = None
+    status: Literal["open", "resolved", "closed"] | None = None
+    opened_by: Literal["system", "tenant"] | None = None
+    case_status: Literal["open", "resolved", "closed"] | None = None
+    how: _Str = None
+    detail: _Str = None
+    reason: _Str = None
+    last_error: _Str = None
+    resolution: _Str = None
+    recovered: bool | None = None
+    reopened: bool | None = None
+    acked_at: _Time = None
+    confirmed_at: _Time = None
+    deadline: _Time = None
+    next_check_at: _Time = None
+    resync_at: _Time = None
+    accepted_at: _Time = None
+    stuck_at: _Time = None
+    at: _Time = None
+    visible_after_seconds: _Seconds = None
+    sla_seconds: _Seconds = None
+    stuck_after_seconds: _Seconds = None
+    resync: _Count = None
+    max_resyncs: _Count = None
+    resyncs: _Count = None
+    checks: _Count = None
+
+
+_recon_adapter = TypeAdapter(_ReconData)
+
+# Where each finding takes the invoice; None: it informs (recon, timeline) without moving the status.
+_RECON_TARGET: dict[str, Status | None] = {
+    INVOICE_CONFIRMED: Status.CONFIRMED,
+    INVOICE_GAP_FOUND: Status.RETRYING,
+    INVOICE_STUCK: Status.STUCK,
+    INVOICE_AWAITING_VISIBILITY: None,
+    CASE_UPDATED: None,
+}
+
+
+def _recon_data(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The payload, checked and normalised (times as ISO 8601 UTC); ValueError when unusable."""
+    if event_type not in RECONCILIATION_TYPES:
+        raise ValueError(f"not a reconciliation event type: {event_type}")
+    checked = _recon_adapter.validate_python(data).model_dump(mode="json", exclude_unset=True)
+    if event_type == CASE_UPDATED and not (checked.get("case_no") and checked.get("status")):
+        raise ValueError("a case update needs case_no and status")
+    if event_type == INVOICE_GAP_FOUND and not checked.get("kind"):
+        raise ValueError("a gap needs its kind (missing or mismatch)")
+    return checked
+
+
+async def apply_reconciliation(*, session: AsyncSession, events: Sequence[Any]) -> int:
+    """Show what the reconciler found, in the caller's transaction; returns how many events were applied.
+
+    Idempotent like apply_sync_results, on the reconciler's own per-invoice `sequence`. Each applied event
+    merges its data into `recon` (rendered at read time by explain.py) and adds a timeline entry; the
+    status moves only where the lifecycle allows, so a voided invoice stays voided and a stuck one leaves
+    "stuck" only by being confirmed. The reconciler then explains the status (`reason_source`) when its
+    finding is what the status says: confirmed, gap found (retrying), stuck, awaiting visibility (submitted).
+    """
+    ids = {uuid.UUID(e.subject) for e in events}
+    if not ids:
+        return 0
+    inv = m.invoices
+    rows = (await session.execute(
+        select(inv.c.id, inv.c.status, inv.c.recon_seq, inv.c.recon, inv.c.receipt_no, inv.c.case_no,
+               inv.c.reason, inv.c.next_action, inv.c.next_action_at, inv.c.reason_source)
+        .where(inv.c.id.in_(ids)).order_by(inv.c.id).with_for_update()
+    )).all()
+    state = {r.id: dict(r._mapping) for r in rows}
+    opened_cases = await _cases_on_timeline(session, list(state)) if any(
+        e.type == CASE_UPDATED for e in events) else set()
+    timeline_rows: list[dict[str, Any]] = []
+    changed: set[uuid.UUID] = set()
+    applied = 0
+    now = datetime.now(UTC)
+    for e in events:
+        iid = uuid.UUID(e.subject)
+        st = state.get(iid)
+        if st is None or e.sequence <= st["recon_seq"]:
+            continue  # not ours, or already applied
+        data = _recon_data(e.type, e.data)
+        st["recon_seq"] = e.sequence
+        changed.add(iid)
+        applied += 1
+        recon = {**(st["recon"] or {}), **data, "type": e.type, "applied_at": now.isoformat()}
+        if e.type == CASE_UPDATED:
+            recon["case_status"] = data["status"]
+        st["recon"] = recon
+        if data.get("case_no") and not (e.type == CASE_UPDATED and data["status"] != "open"):
+            st["case_no"] = data["case_no"]  # a resolved or closed case stays on the invoice as history
+        if data.get("receipt_no") and e.type in (INVOICE_CONFIRMED, INVOICE_AWAITING_VISIBILITY):
+            st["receipt_no"] = data["receipt_no"]
+        current, target = Status(st["status"]), _RECON_TARGET[e.type]
+        if target is not None and (current is target or can_move(current, target)):
+            st["status"] = target.value
+            explains = True
+        else:
+            explains = e.type == INVOICE_AWAITING_VISIBILITY and current is Status.SUBMITTED
+        if explains:
+            # Stored as rendered now for anything reading the row directly; views render it live again.
+            reason, nxt, nxt_at = explain(status=st["status"], recon=recon, reason=None, next_action=None,
+                                          next_action_at=None, reason_source="reconciler", now=now)
+            st.update(reason=reason, next_action=nxt, next_action_at=nxt_at, reason_source="reconciler")
+        kind, message = describe_event(e.type, data, at_time=e.time)
+        if kind == "case_opened":
+            if data["case_no"] in opened_cases:
+                continue  # the seller's request already put this opening on the timeline (record_case)
+            opened_cases.add(data["case_no"])
+        timeline_rows.append({"invoice_id": iid, "at": now, "kind": kind, "message": message,
+                              "detail": {"event_id": e.id, **e.data}})
+    if not changed:
+        return 0
+    await session.execute(
+        update(inv).where(inv.c.id == bindparam("b_id")).values(
+            status=bindparam("b_status"), recon_seq=bindparam("b_seq"), recon=bindparam("b_recon"),
+            receipt_no=bindparam("b_receipt"), case_no=bindparam("b_case"), reason=bindparam("b_reason"),
+            next_action=bindparam("b_next"), next_action_at=bindparam("b_next_at"),
+            reason_source=bindparam("b_source"), updated_at=now),
+        [{"b_id": iid, "b_status": st["status"], "b_seq": st["recon_seq"], "b_recon": st["recon"],
+          "b_receipt": st["receipt_no"], "b_case": st["case_no"], "b_reason": st["reason"],
+          "b_next": st["next_action"], "b_next_at": st["next_action_at"], "b_source": st["reason_source"]}
+         for iid, st in state.items() if iid in changed],
+    )
+    if timeline_rows:
+        await session.execute(m.timeline.insert(), timeline_rows)
+    return applied

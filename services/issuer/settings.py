@@ -19,3 +19,7 @@ class IssuerSettings(SharedSettings):
     relay_batch_size: int = Field(default=1000, ge=1, le=10_000)
     relay_poll_interval: float = Field(default=1.0, gt=0)
     auto_migrate: bool = Field(default=True, description="run Alembic migrations at start-up")
+    reconciler_url: str = Field(default="http://127.0.0.1:8002",
+                                description="the reconciler's base URL; cases and summaries are proxied there")
+    reconciler_timeout: float = Field(default=5.0, gt=0, le=60,
+                                      description="seconds allowed for each call to the reconciler")

@@ -173,17 +173,21 @@ class _ListQuery(BaseModel):
     cursor: str | None = Field(default=None, max_length=200)
     limit: int = Field(default=100, ge=1, le=1000)
     include_content: bool = False
+    numbers: str | None = Field(default=None, max_length=200 * 21, pattern=r"^[0-9]{20}(,[0-9]{20}){0,199}$",
+                                description="comma-separated invoice numbers (at most 200): look these up only")
 
 
 @router.get("/invoices")
 async def list_invoices(request: Request, q: Annotated[_ListQuery, Query()]) -> Response:
-    """A seller's visible invoices by (issue_date, number), optionally within issue dates; follow `next_cursor`."""
+    """A seller's visible invoices by (issue_date, number), optionally within issue dates or for given numbers;
+    follow `next_cursor`."""
     if (faulted := await _read(request)) is not None:
         return faulted
     async with transaction(_state(request).sessions) as session:
         page = await service.list_invoices(session=session, seller_tax_id=q.seller_tax_id, issued_from=q.issued_from,
                                            issued_to=q.issued_to, cursor=q.cursor, limit=q.limit,
-                                           include_content=q.include_content)
+                                           include_content=q.include_content,
+                                           numbers=q.numbers.split(",") if q.numbers else None)
     return Response(orjson.dumps(page), media_type="application/json")
 
 

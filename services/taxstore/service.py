@@ -398,10 +398,12 @@ def decode_cursor(cursor: str) -> tuple[date, str]:
 
 async def list_invoices(*, session: AsyncSession, seller_tax_id: str, issued_from: date | None,
                         issued_to: date | None, cursor: str | None, limit: int,
-                        include_content: bool) -> dict[str, Any]:
+                        include_content: bool, numbers: Sequence[str] | None = None) -> dict[str, Any]:
     """A seller's visible invoices by (issue_date, number); `next_cursor` continues after this page."""
     inv = m.invoices
     conds = [inv.c.seller_tax_id == seller_tax_id, inv.c.visible_at <= func.now()]
+    if numbers:
+        conds.append(inv.c.number.in_(list(numbers)))
     if issued_from is not None:
         conds.append(inv.c.issue_date >= issued_from)
     if issued_to is not None:

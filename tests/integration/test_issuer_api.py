@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
+from fapiao.infra import free_port
 from services.issuer import models as m
 from services.issuer import service
 from services.issuer.schemas import InvoiceCreate
 from shared.db import transaction
 from tests import factories
-from tests.conftest import eventually, read_topic
+from tests.conftest import ADMIN_TOKEN, eventually, read_topic
 
 
 async def _status(issuer, tenant, iid: str) -> str:
@@ -300,3 +303,177 @@ async def test_csv_import_reports_rows_and_keeps_good_invoices(issuer, tenant):
     r = await issuer.client.post("/v1/invoices/import", content=b"number,kind\n1,2\n",
                                  headers={**tenant.headers, "Content-Type": "text/csv"})
     assert r.status_code == 422 and "lacks column" in r.json()["errors"][0]["reason"]
+
+
+# --- cases and summaries, proxied to the reconciler ----------------------------------------------
+
+@contextlib.asynccontextmanager
+async def _reconciler(issuer, transport: httpx.MockTransport | None = None):  # type: ignore[no-untyped-def]
+    """Point the issuer at another reconciler for one test: a closed port (nothing listens), or a stub."""
+    state = issuer.app.state
+    original = state.reconciler_http
+    base = "http://reconciler.test" if transport is not None else f"http://127.0.0.1:{free_port()}"
+    state.reconciler_http = httpx.AsyncClient(base_url=base, transport=transport, headers=original.headers,
+                                              timeout=original.timeout)
+    try:
+        yield
+    finally:
+        await state.reconciler_http.aclose()
+        state.reconciler_http = original
+
+
+class StubReconciler:
+    """The reconciler's admin case API as its contract describes it. Only for the issuer's side of the
+    contract (shaping, isolation, bookkeeping); the real reconciler is exercised end to end elsewhere."""
+
+    def __init__(self) -> None:
+        self.cases: dict[str, dict] = {}
+        self.requests: list[httpx.Request] = []
+        self.fail: int | str | None = None
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.fail == "timeout":
+            raise httpx.ReadTimeout("no answer", request=request)
+        if isinstance(self.fail, int):
+            return httpx.Response(self.fail, json={"status": self.fail, "detail": "the invoice was voided at the "
+                                                   "reconciler", "code": "conflict"})
+        path, params = request.url.path, request.url.params
+        if request.method == "POST" and path == "/admin/cases":
+            body = json.loads(request.content)
+            for case in self.cases.values():
+                if case["invoice_id"] == body["invoice_id"] and case["status"] == "open":
+                    return httpx.Response(200, json=case)
+            case_no = f"CASE-20261125-{len(self.cases) + 1:06d}"
+            self.cases[case_no] = {
+                "case_no": case_no, "status": "open", "opened_by": "tenant", "opened_at": "2026-11-25T10:00:00Z",
+                "resolved_at": None, "resolution": None, "note": body["note"], "invoice_id": body["invoice_id"],
+                "tenant_id": body["tenant_id"], "seller_tax_id": body["seller_tax_id"], "number": body["number"],
+                "invoice_state": "checking", "gap_kind": None, "receipt_no": None, "resyncs": 0,
+                "next_check_at": "2026-11-25T10:00:01Z",
+                "history": [{"at": "2026-11-25T10:00:00Z", "kind": "opened", "message": "opened", "detail": None}]}
+            return httpx.Response(201, json=self.cases[case_no])
+        if request.method == "GET" and path.startswith("/admin/cases/"):
+            case = self.cases.get(path.rsplit("/", 1)[1])
+            return httpx.Response(200, json=case) if case else httpx.Response(404, json={"detail": "no such case"})
+        if request.method == "GET" and path == "/admin/cases":
+            items = [{k: v for k, v in c.items() if k != "history"} for c in self.cases.values()
+                     if c["tenant_id"] == params["tenant_id"] and params.get("status") in (None, c["status"])]
+            return httpx.Response(200, json={"items": items[: int(params["limit"])]})
+        if request.method == "GET" and path == "/admin/summary":
+            return httpx.Response(200, json={"seller_tax_id": params["seller_tax_id"], "month": params["month"],
+                                             "issued": 3, "confirmed": 2, "stuck": 1})
+        return httpx.Response(404, json={"detail": "no route"})
+
+
+async def _new_invoice(issuer, tenant) -> str:  # type: ignore[no-untyped-def]
+    r = await issuer.client.post("/v1/invoices", json=factories.invoice(tenant.tax_id), headers=tenant.headers)
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+async def test_case_and_summary_requests_are_checked_before_the_reconciler_is_asked(issuer):
+    # Nothing listens where the issuer now looks for the reconciler: any call to it would answer 503.
+    a, b = await issuer.new_tenant("A"), await issuer.new_tenant("B")
+    iid = await _new_invoice(issuer, a)
+    async with _reconciler(issuer):
+        theirs = await issuer.client.post(f"/v1/invoices/{iid}/cases", headers=b.headers)
+        unknown_id = str(uuid.uuid4())
+        unknown = await issuer.client.post(f"/v1/invoices/{unknown_id}/cases", headers=b.headers)
+        assert (theirs.status_code, unknown.status_code) == (404, 404), (theirs.text, unknown.text)
+        assert theirs.json()["detail"] == f"no invoice {iid}" and unknown.json()["detail"] == f"no invoice {unknown_id}"
+        assert (await issuer.client.post("/v1/invoices/not-a-uuid/cases", headers=a.headers)).status_code == 404
+
+        for case_no in ("not-a-case", "CASE-20261125-00001", "case-20261125-000001", "CASE-20261125-000001x"):
+            r = await issuer.client.get(f"/v1/cases/{case_no}", headers=a.headers)
+            assert r.status_code == 404 and r.json()["code"] == "not_found", (case_no, r.text)
+        for month in ("2026-13", "2026-00", "2026-1", "26-11", "november", "\uff12\uff10\uff12\uff16-11"):
+            r = await issuer.client.get(f"/v1/summaries/{month}", headers=a.headers)
+            assert r.status_code == 422, (month, r.text)
+            assert r.json()["errors"][0]["path"] == "month"
+
+        for body, path in (({"note": "a\x00b"}, "note"), ({"note": "x" * 501}, "note"), ({"nope": 1}, "nope")):
+            r = await issuer.client.post(f"/v1/invoices/{iid}/cases", json=body, headers=a.headers)
+            assert r.status_code == 422 and r.json()["errors"][0]["path"] == path, r.text
+
+        async with transaction(issuer.app.state.sessions) as session:
+            await session.execute(m.invoices.update().where(m.invoices.c.id == uuid.UUID(iid))
+                                  .values(status="rejected"))
+        assert (await issuer.client.post(f"/v1/invoices/{iid}/void", json={"reason": "typo"},
+                                         headers=a.headers)).status_code == 200
+        r = await issuer.client.post(f"/v1/invoices/{iid}/cases", headers=a.headers)
+        assert r.status_code == 409 and "voided" in r.json()["detail"], r.text
+        assert (await issuer.client.get("/v1/cases", params={"status": "lost"}, headers=a.headers)).status_code == 422
+
+
+async def test_an_unreachable_reconciler_is_503_with_retry_after(issuer, tenant):
+    iid = await _new_invoice(issuer, tenant)
+    async with _reconciler(issuer):
+        calls = [("POST", f"/v1/invoices/{iid}/cases", {"note": "buyer cannot find it"}),
+                 ("GET", "/v1/cases/CASE-20261125-000001", None), ("GET", "/v1/cases", None),
+                 ("GET", "/v1/summaries/2026-11", None)]
+        for method, url, body in calls:
+            r = await issuer.client.request(method, url, json=body, headers=tenant.headers)
+            assert r.status_code == 503, (url, r.text)
+            assert r.headers["retry-after"] == "5"
+            assert r.headers["content-type"].startswith("application/problem+json")
+            problem = r.json()
+            assert problem["code"] == "dependency_unavailable"
+            assert problem["detail"] == "the reconciler is not reachable right now; retry shortly"
+            assert ADMIN_TOKEN not in r.text and "Bearer" not in r.text
+    stub = StubReconciler()
+    async with _reconciler(issuer, httpx.MockTransport(stub)):
+        for failure in (500, 502, "timeout"):
+            stub.fail = failure
+            r = await issuer.client.post(f"/v1/invoices/{iid}/cases", headers=tenant.headers)
+            assert r.status_code == 503 and r.headers["retry-after"] == "5", (failure, r.text)
+    detail = (await issuer.client.get(f"/v1/invoices/{iid}", headers=tenant.headers)).json()
+    assert detail["case_no"] is None and "case_opened" not in [t["kind"] for t in detail["timeline"]]
+
+
+async def test_cases_and_summaries_through_the_issuer(issuer):
+    a, b = await issuer.new_tenant("A"), await issuer.new_tenant("B")
+    iid = await _new_invoice(issuer, a)
+    number = (await issuer.client.get(f"/v1/invoices/{iid}", headers=a.headers)).json()["number"]
+    stub = StubReconciler()
+    async with _reconciler(issuer, httpx.MockTransport(stub)):
+        r = await issuer.client.post(f"/v1/invoices/{iid}/cases", json={"note": "买方查不到 buyer cannot find it"},
+                                     headers=a.headers)
+        assert r.status_code == 201, r.text
+        case = r.json()
+        case_no = case["case_no"]
+        assert case["status"] == "open" and case["history"] and "tenant_id" not in case
+        assert case["invoice"]["id"] == iid and case["invoice"]["case_no"] == case_no
+        sent = stub.requests[-1]
+        assert sent.headers["authorization"] == f"Bearer {ADMIN_TOKEN}"
+        assert json.loads(sent.content) == {"invoice_id": iid, "tenant_id": a.id, "seller_tax_id": a.tax_id,
+                                            "number": number, "note": "买方查不到 buyer cannot find it"}
+
+        again = await issuer.client.post(f"/v1/invoices/{iid}/cases", headers=a.headers)  # no body at all
+        assert again.status_code == 200 and again.json()["case_no"] == case_no, again.text
+        detail = (await issuer.client.get(f"/v1/invoices/{iid}", headers=a.headers)).json()
+        opened = [t for t in detail["timeline"] if t["kind"] == "case_opened"]
+        assert len(opened) == 1 and detail["case_no"] == case_no
+        assert opened[0]["message"] == f"Case {case_no} opened at the seller's request; the authority is being " \
+                                       "checked now"
+
+        got = await issuer.client.get(f"/v1/cases/{case_no}", headers=a.headers)
+        assert got.status_code == 200 and got.json()["invoice"]["status"] == detail["status"], got.text
+        assert "tenant_id" not in got.json()
+        foreign = await issuer.client.get(f"/v1/cases/{case_no}", headers=b.headers)
+        missing = await issuer.client.get("/v1/cases/CASE-20991231-999999", headers=b.headers)
+        assert (foreign.status_code, missing.status_code) == (404, 404)
+        assert foreign.json()["detail"] == f"no case {case_no}", "another tenant's case looks like none at all"
+
+        mine = (await issuer.client.get("/v1/cases", params={"status": "open"}, headers=a.headers)).json()
+        assert [c["case_no"] for c in mine["items"]] == [case_no] and "tenant_id" not in mine["items"][0]
+        assert (await issuer.client.get("/v1/cases", headers=b.headers)).json() == {"items": []}
+
+        r = await issuer.client.get("/v1/summaries/2026-11", headers=a.headers)
+        assert r.status_code == 200 and r.json() == {"seller_tax_id": a.tax_id, "month": "2026-11", "issued": 3,
+                                                     "confirmed": 2, "stuck": 1}
+
+        other = await _new_invoice(issuer, a)
+        stub.fail = 409
+        r = await issuer.client.post(f"/v1/invoices/{other}/cases", headers=a.headers)
+        assert r.status_code == 409 and r.json()["detail"] == "the invoice was voided at the reconciler"

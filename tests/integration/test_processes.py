@@ -147,7 +147,7 @@ def test_stack_up_is_idempotent_and_down_leaves_nothing(tmp_path):
     """`make up` / `make down`, on private ports and a private state dir so a real stack is untouched."""
     ports = {"FAPIAO_KAFKA_PORT": free_port(), "FAPIAO_KAFKA_CONTROLLER_PORT": free_port(),
              "FAPIAO_PG_PORT": free_port(), "FAPIAO_ISSUER_PORT": free_port(), "FAPIAO_TAXSTORE_PORT": free_port(),
-             "FAPIAO_SYNC_PORT": free_port()}
+             "FAPIAO_SYNC_PORT": free_port(), "FAPIAO_RECONCILER_PORT": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")}
     env.update({k: str(v) for k, v in ports.items()}, FAPIAO_STACK_DIR=str(tmp_path / "run"))
 
@@ -165,23 +165,25 @@ def test_stack_up_is_idempotent_and_down_leaves_nothing(tmp_path):
         doc = factories.invoice("91310115MA1K4DEM05")
         r = httpx.post(f"{url}/v1/invoices", json=doc, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 201, r.text
-        # The whole pipeline runs: the invoice reaches the (simulated) authority and the issuer says so.
+        # The whole pipeline runs: the invoice reaches the (simulated) authority, the reconciler sees it there,
+        # and the issuer says so.
         invoice_url = f"{url}/v1/invoices/{r.json()['id']}"
         deadline = time.monotonic() + 30
         while (shown := httpx.get(invoice_url, headers={"Authorization": f"Bearer {key}"}).json())["status"] \
-                != "submitted" and time.monotonic() < deadline:
+                != "confirmed" and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert shown["status"] == "submitted" and shown["receipt_no"], shown
+        assert shown["status"] == "confirmed" and shown["receipt_no"], shown
         taxstore = f"http://127.0.0.1:{ports['FAPIAO_TAXSTORE_PORT']}"
         held = httpx.get(f"{taxstore}/v1/invoices/91310115MA1K4DEM05/{doc['number']}", timeout=5)
         assert held.status_code == 200 and held.json()["receipt_no"] == shown["receipt_no"]
         assert f"http://127.0.0.1:{ports['FAPIAO_SYNC_PORT']}" in up.stdout
+        assert f"http://127.0.0.1:{ports['FAPIAO_RECONCILER_PORT']}" in up.stdout
         again = stack("up")
         assert again.returncode == 0 and "already running" in again.stdout and key in again.stdout
         assert stack("status").returncode == 0
         state = json.loads((tmp_path / "run" / "stack.json").read_text())
         pids = [p["pid"] for p in state["processes"].values()]
-        assert set(state["processes"]) == {"kafka", "postgres", "issuer", "taxstore", "sync"}
+        assert set(state["processes"]) == {"kafka", "postgres", "issuer", "taxstore", "sync", "reconciler"}
     finally:
         down = stack("down")
     assert down.returncode == 0, down.stdout + down.stderr

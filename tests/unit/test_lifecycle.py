@@ -49,6 +49,9 @@ FORBIDDEN = [
     (S.STUCK, S.RED_LETTERED),
     (S.REJECTED, S.RED_LETTERED),
     (S.CONFIRMED, S.ACCEPTED),
+    # a sync result after the case opened is no proof of visibility: only the reconciler's "confirmed" ends it
+    (S.STUCK, S.SUBMITTED),
+    (S.STUCK, S.RETRYING),
 ]
 
 
@@ -90,6 +93,15 @@ def test_only_rejected_and_stuck_are_voidable_and_both_can_move_to_voided() -> N
     assert frozenset({S.REJECTED, S.STUCK}) == VOIDABLE
     for status in Status:
         assert can_move(status, S.VOIDED) == (status in VOIDABLE), status
+
+
+def test_stuck_ends_only_confirmed_or_voided() -> None:
+    assert [s for s in Status if can_move(S.STUCK, s)] == [S.CONFIRMED, S.VOIDED]
+
+
+def test_a_confirmed_invoice_can_vanish_again() -> None:
+    # the periodic sweep may find it gone later: a gap (retrying) or, past the limit, stuck
+    assert can_move(S.CONFIRMED, S.RETRYING) and can_move(S.CONFIRMED, S.STUCK)
 
 
 def test_only_confirmed_can_be_red_lettered() -> None:

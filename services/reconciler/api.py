@@ -1,0 +1,159 @@
+"""HTTP door into the reconciler, for operators and for the issuer (which proxies the tenant-facing case
+and summary endpoints with its admin token). Everything here sits behind the admin token."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import date, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from services.reconciler import service
+from services.reconciler.store import StoreUnavailable, StoreView
+from shared.db import transaction
+from shared.errors import FieldError, NotFound, ServiceUnavailable, ValidationFailed
+from shared.http import require_admin
+from shared.validators import clean_text
+
+router = APIRouter(prefix="/admin", tags=["operations"], dependencies=[Depends(require_admin)])
+
+_CASE_NO = re.compile(r"^CASE-\d{8}-\d{6}$")
+
+
+def _state(request: Request) -> Any:
+    return request.app.state
+
+
+def _uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound(f"no {what} {value}") from None
+
+
+@router.get("/status")
+async def status(request: Request) -> dict[str, Any]:
+    """The ledger by state, cases by status, the gaps by kind and age, and the last check round."""
+    st = _state(request)
+    async with transaction(st.sessions) as session:
+        counts = await service.status_counts(session=session)
+        gaps = await service.gap_report(session=session)
+    rec = st.reconciler
+    return {
+        **counts,
+        "gaps": [{"kind": k, "age": a, "count": n} for (k, a), n in sorted(gaps["by_kind_age"].items())],
+        "unconfirmed": gaps["unconfirmed"], "stuck": gaps["stuck"],
+        "oldest_unconfirmed_seconds": round(gaps["oldest_unconfirmed_seconds"], 3),
+        "last_round": rec.last_round if rec else None,
+        "taxstore": {"url": st.settings.taxstore_url, "last_error": rec.last_store_error if rec else None},
+        "policy": {"visibility_sla_seconds": st.settings.visibility_sla, "stuck_after_seconds": st.settings.stuck_after,
+                   "stuck_after_resyncs": st.settings.stuck_after_resyncs},
+    }
+
+
+@router.get("/gaps")
+async def gaps(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    """The oldest unconfirmed invoices: state, gap kind, resyncs, case, last error, next check."""
+    async with transaction(_state(request).sessions) as session:
+        return {"items": await service.list_unconfirmed(session=session, limit=limit)}
+
+
+@router.get("/invoices/{invoice_id}")
+async def invoice(request: Request, invoice_id: str) -> dict[str, Any]:
+    async with transaction(_state(request).sessions) as session:
+        return await service.get_invoice(session=session, invoice_id=_uuid(invoice_id, "invoice"))
+
+
+@router.post("/invoices/{invoice_id}/check", status_code=202)
+async def check(request: Request, invoice_id: str) -> dict[str, Any]:
+    """Check this invoice at the tax store now."""
+    st = _state(request)
+    async with transaction(st.sessions) as session:
+        out = await service.request_check(session=session, invoice_id=_uuid(invoice_id, "invoice"), by="admin")
+    if st.reconciler:
+        st.reconciler.wake_checker()
+    return out
+
+
+class CaseOpen(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    invoice_id: uuid.UUID
+    tenant_id: uuid.UUID
+    seller_tax_id: str = Field(min_length=18, max_length=18)
+    number: str = Field(pattern=r"^[0-9]{20}$")
+    note: str | None = Field(default=None, max_length=500)
+
+    @field_validator("note")
+    @classmethod
+    def _note(cls, v: str | None) -> str | None:
+        return clean_text(v) if v is not None else None
+
+
+@router.post("/cases", responses={200: {"description": "The invoice's open case already existed"},
+                                  201: {"description": "Case opened"}})
+async def open_case(request: Request, body: CaseOpen) -> JSONResponse:
+    """Open a case for an invoice (or return its open case) and check the tax store now."""
+    st = _state(request)
+    async with transaction(st.sessions) as session:
+        case, created = await service.open_case(
+            session=session, invoice_id=body.invoice_id, tenant_id=body.tenant_id, seller_tax_id=body.seller_tax_id,
+            number=body.number, note=body.note, topics=st.reconciler_topics, timezone=st.settings.timezone)
+    if st.reconciler:
+        st.reconciler.wake_checker()
+    return JSONResponse(case, status_code=201 if created else 200)
+
+
+@router.get("/cases/{case_no}")
+async def get_case(request: Request, case_no: str) -> dict[str, Any]:
+    if not _CASE_NO.match(case_no):
+        raise NotFound(f"no case {case_no}")
+    async with transaction(_state(request).sessions) as session:
+        return await service.get_case(session=session, case_no=case_no)
+
+
+@router.get("/cases")
+async def list_cases(request: Request, tenant_id: uuid.UUID | None = None,
+                     status: Annotated[str | None, Query(pattern="^(open|resolved|closed)$")] = None,
+                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    async with transaction(_state(request).sessions) as session:
+        return {"items": await service.list_cases(session=session, tenant_id=tenant_id, status=status, limit=limit)}
+
+
+def _month(value: str) -> date:
+    match = re.fullmatch(r"(\d{4})-(\d{2})", value)
+    if match is None or not 1 <= int(match[2]) <= 12 or int(match[1]) < 2000:
+        raise ValidationFailed([FieldError("month", "must be a month such as 2026-11")])
+    return date(int(match[1]), int(match[2]), 1)
+
+
+@router.get("/summary")
+async def summary(request: Request, seller_tax_id: Annotated[str, Query(min_length=18, max_length=18)],
+                  month: Annotated[str, Query(max_length=7)]) -> dict[str, Any]:
+    """发票汇总确认: one seller's month here vs. at the tax store, with every difference."""
+    first = _month(month)
+    st = _state(request)
+    last = (first.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+    store: list[StoreView] = []
+    try:
+        async for page in st.reader.listing(seller_tax_id.upper(), first, last):
+            store.extend(page)
+    except StoreUnavailable as exc:
+        raise ServiceUnavailable(f"the tax store cannot be read right now ({exc}); retry shortly") from None
+    async with transaction(st.sessions) as session:
+        return await service.month_summary(session=session, seller_tax_id=seller_tax_id.upper(), month=first,
+                                           store=store)
+
+
+@router.post("/sweep", status_code=202)
+async def sweep(request: Request, seller_tax_id: Annotated[str | None, Query(max_length=18)] = None) -> dict[str, Any]:
+    """Sweep every window (of one seller) now instead of at its turn."""
+    st = _state(request)
+    async with transaction(st.sessions) as session:
+        n = await service.sweep_now(session=session, seller_tax_id=seller_tax_id)
+    if st.reconciler:
+        st.reconciler.wake_sweeper()
+    return {"windows": n}

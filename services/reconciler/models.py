@@ -1,0 +1,143 @@
+"""The reconciler's tables, all in schema `reconciler`.
+
+`ledger` is the expected side: one row per issued invoice, with what the authority acknowledged and what
+the reconciler last saw. Only unconfirmed rows carry a `next_check_at`, and the check round reads them
+through a partial index on it, so a round costs what is unconfirmed, not what was ever issued. Confirmed
+rows are revisited only by the sweep, one (seller, issue date) window at a time.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+from shared.db import make_metadata, outbox_table
+
+SCHEMA = "reconciler"
+metadata = make_metadata(SCHEMA)
+
+ledger = Table(
+    "ledger", metadata,
+    Column("invoice_id", UUID(as_uuid=True), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=True), nullable=False),
+    Column("seller_tax_id", String(18), nullable=False),
+    Column("number", String(20), nullable=False),
+    # From the issued event. A sync result can arrive first: the row then starts as a placeholder
+    # (content_hash null) and is never checked until the issued event fills it in.
+    Column("issue_date", Date),
+    Column("buyer_tax_id", String(18)),
+    Column("buyer_name", String(200)),
+    Column("total_amount", Numeric(16, 2)),
+    Column("total_tax", Numeric(16, 2)),
+    Column("total", Numeric(16, 2)),
+    Column("content_hash", String(64)),
+    Column("accepted_at", DateTime(timezone=True)),
+    # pending (not acknowledged yet) | awaiting (acknowledged, not yet seen) | gap | stuck | confirmed
+    # | rejected | voided
+    Column("state", String(16), nullable=False),
+    Column("gap_kind", String(16)),  # missing | mismatch, while state is gap or stuck
+    Column("reopened", Boolean, nullable=False, server_default=text("false")),  # confirmed once, then lost
+    Column("since", DateTime(timezone=True)),  # start of the current unconfirmed episode (the stuck clock)
+    Column("acked_at", DateTime(timezone=True)),  # the authority's latest acknowledgement (sync result)
+    Column("receipt_no", String(64)),
+    Column("confirmed_at", DateTime(timezone=True)),
+    Column("checks", Integer, nullable=False, server_default=text("0")),  # checks since the last acknowledgement
+    Column("announced_ack_at", DateTime(timezone=True)),  # the acknowledgement we said "awaiting" about
+    Column("resyncs", Integer, nullable=False, server_default=text("0")),  # in the current episode
+    Column("last_resync_at", DateTime(timezone=True)),
+    # The store answered "already held" to a resubmission: replication lag, not loss; stop resubmitting.
+    Column("held", Boolean, nullable=False, server_default=text("false")),
+    Column("duplicate_acks", Integer, nullable=False, server_default=text("0")),
+    Column("sync_state", String(16)),  # submitted | failed | gave_up | rejected (the sync service's last word)
+    Column("last_error", Text),
+    Column("next_check_at", DateTime(timezone=True)),  # null: nothing due (confirmed, rejected, voided)
+    Column("check_requested_by", String(16)),  # case | admin | sweep: who asked for the next check
+    Column("last_checked_at", DateTime(timezone=True)),
+    Column("stuck_at", DateTime(timezone=True)),
+    Column("case_no", String(32)),  # the open case, if any
+    Column("sync_seq", Integer, nullable=False, server_default=text("0")),  # last sync result applied
+    Column("recon_seq", Integer, nullable=False, server_default=text("0")),  # our last event about it
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("seller_tax_id", "number"),
+    Index("ix_ledger_due", "next_check_at", postgresql_where=text("next_check_at IS NOT NULL")),
+    Index("ix_ledger_seller_issue_date", "seller_tax_id", "issue_date"),
+)
+
+cases = Table(
+    "cases", metadata,
+    Column("case_no", String(32), primary_key=True),  # CASE-YYYYMMDD-NNNNNN
+    Column("invoice_id", UUID(as_uuid=True), nullable=False),
+    Column("tenant_id", UUID(as_uuid=True), nullable=False),
+    Column("seller_tax_id", String(18), nullable=False),
+    Column("number", String(20), nullable=False),
+    Column("status", String(16), nullable=False),  # open | resolved | closed
+    Column("opened_by", String(16), nullable=False),  # system | tenant
+    Column("note", Text),
+    Column("opened_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("resolved_at", DateTime(timezone=True)),
+    Column("resolution", Text),
+    # At most one open case per invoice, even with two reconcilers racing.
+    Index("ux_cases_open_invoice", "invoice_id", unique=True, postgresql_where=text("status = 'open'")),
+    Index("ix_cases_tenant_opened_at", "tenant_id", "opened_at"),
+)
+
+case_counters = Table(
+    "case_counters", metadata,
+    Column("day", Date, primary_key=True),
+    Column("n", Integer, nullable=False),
+)
+
+case_history = Table(
+    "case_history", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("case_no", String(32), ForeignKey(cases.c.case_no), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("kind", String(24), nullable=False),  # opened | check | resync | stuck | alert | resolved | closed
+    Column("message", Text, nullable=False),
+    Column("detail", JSONB),
+    Index("ix_case_history_case_no_id", "case_no", "id"),
+)
+
+sweep_windows = Table(
+    "sweep_windows", metadata,
+    Column("seller_tax_id", String(18), primary_key=True),
+    Column("issue_date", Date, primary_key=True),
+    Column("tenant_id", UUID(as_uuid=True), nullable=False),
+    Column("next_sweep_at", DateTime(timezone=True), nullable=False),
+    Column("last_swept_at", DateTime(timezone=True)),
+    Column("last_result", JSONB),
+    Index("ix_sweep_windows_next_sweep_at", "next_sweep_at"),
+)
+
+orphans = Table(
+    "orphans", metadata,
+    Column("seller_tax_id", String(18), primary_key=True),
+    Column("number", String(20), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=True), nullable=False),
+    Column("issue_date", Date),
+    Column("total", Numeric(16, 2)),
+    Column("receipt_no", String(64)),
+    Column("first_seen_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False),
+    Column("alerted_at", DateTime(timezone=True)),
+)
+
+outbox = outbox_table(metadata)
+Index("ix_outbox_unpublished", outbox.c.id, postgresql_where=outbox.c.published_at.is_(None))

@@ -1,0 +1,229 @@
+"""What the reconciler decides about one invoice, as pure functions of its ledger row, what the tax store
+showed and the clock. No I/O here: service.py applies the decisions, the tests pin them down.
+
+The episode clock: an invoice has `stuck_after` from its issue (or from the moment a confirmed invoice was
+found missing again) to become visible and identical at the authority. Within that time the reconciler
+checks, waits out the visibility SLA after each acknowledgement, and requests resyncs (补录) with backoff.
+Past it — or after `stuck_after_resyncs` resyncs that did not help — the invoice is stuck: a case, an alert.
+Stuck invoices are still checked and resynced (at a slower pace) until they appear.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+__all__ = ["Decision", "Policy", "Seen", "decide", "human_duration", "resync_delay"]
+
+UNCONFIRMED = frozenset({"pending", "awaiting", "gap", "stuck"})
+
+
+@dataclass(frozen=True)
+class Policy:
+    visibility_sla: float
+    first_check_after: float
+    stuck_after: float
+    stuck_after_resyncs: int
+    resync_base: float
+    resync_cap: float
+    stuck_recheck: float
+
+    @classmethod
+    def of(cls, settings: Any) -> Policy:
+        return cls(settings.visibility_sla, settings.first_check_after, settings.stuck_after,
+                   settings.stuck_after_resyncs, settings.resync_base, settings.resync_cap, settings.stuck_recheck)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the tax store showed for one invoice."""
+
+    kind: Literal["visible", "absent", "unreachable"]
+    content_hash: str | None = None
+    receipt_no: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Decision:
+    changes: dict[str, Any] = field(default_factory=dict)  # ledger columns to set
+    confirm: bool = False
+    recovered: bool = False  # confirmed after having been stuck
+    resync: bool = False
+    gap_event: bool = False  # tell the issuer: a gap (new, changed kind, or a new resync)
+    announce: bool = False  # tell the issuer: acknowledged, awaiting visibility
+    escalate: bool = False  # becomes stuck now
+    stuck_reason: str | None = None
+    note: str = ""  # one line for the case history: what the check saw and what follows
+
+
+def resync_delay(n: int, *, policy: Policy, rng: random.Random | None = None) -> float:
+    """Least time after resync n before resync n+1: doubling from resync_base, capped, with equal jitter."""
+    step = min(policy.resync_cap, policy.resync_base * 2 ** min(max(n - 1, 0), 30))
+    return step / 2 + (rng or random).uniform(0, step / 2)
+
+
+def human_duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 120:
+        return f"{seconds:.1f} s" if seconds < 10 and seconds != int(seconds) else f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min" + (f" {s % 60} s" if s % 60 and s < 600 else "")
+    if s < 172_800:
+        return f"{s // 3600} h" + (f" {(s % 3600) // 60} min" if (s % 3600) // 60 else "")
+    return f"{s // 86400} d"
+
+
+def _clock_start(row: Any) -> datetime:
+    return row.since or row.accepted_at
+
+
+def decide(row: Any, seen: Seen, now: datetime, policy: Policy, rng: random.Random | None = None) -> Decision:
+    """The outcome of one check of one invoice (unconfirmed, or confirmed and checked again)."""
+    p = policy
+    d = Decision(changes={"last_checked_at": now, "checks": row.checks + 1, "check_requested_by": None})
+    if row.content_hash is None or row.accepted_at is None:
+        d.changes["next_check_at"] = now + timedelta(seconds=max(p.first_check_after, 5))
+        d.note = "Not checked yet: the issued invoice has not reached the reconciler."
+        return d
+
+    if seen.kind == "visible" and seen.content_hash == row.content_hash:
+        d.confirm = True
+        d.recovered = row.state == "stuck"
+        d.changes.update(state="confirmed", confirmed_at=now, receipt_no=seen.receipt_no or row.receipt_no,
+                         gap_kind=None, next_check_at=None, held=False, stuck_at=None, last_error=None)
+        d.note = f"Visible at the tax authority with identical content (receipt {seen.receipt_no})."
+        return d
+
+    state, resyncs, last_resync_at, since = row.state, row.resyncs, row.last_resync_at, row.since or row.accepted_at
+    reopening = state not in UNCONFIRMED
+    if reopening:
+        # Confirmed before, not confirmed now: a new episode, with its own clock and resync count.
+        state, resyncs, last_resync_at, since = "gap", 0, None, now
+        d.changes.update(since=now, reopened=True, resyncs=0, held=False, last_resync_at=None)
+    deadline = since + timedelta(seconds=p.stuck_after)
+    gap_kind: str | None = None
+    if seen.kind == "visible":
+        gap_kind = "mismatch"
+        d.note = "Visible at the tax authority, but with different content than issued."
+    elif seen.kind == "absent":
+        # Once seen, an acknowledgement's SLA is spent: a confirmed invoice that is gone is lost, not lagging.
+        sla_end = row.acked_at + timedelta(seconds=p.visibility_sla) if row.acked_at and not reopening else None
+        if state == "pending" and row.sync_state != "gave_up":
+            # The sync service is still submitting it (never acknowledged): not a visibility gap; only the
+            # time limit matters here.
+            d.note = "Not acknowledged by the tax authority yet; the sync service is still submitting it."
+            d.changes["next_check_at"] = deadline if now < deadline else now + timedelta(seconds=p.stuck_recheck)
+        elif sla_end is not None and now < sla_end:
+            backoff = timedelta(seconds=p.first_check_after * 2 ** min(row.checks, 10))
+            d.changes["next_check_at"] = max(min(sla_end, now + backoff), now + timedelta(milliseconds=50))
+            if row.announced_ack_at != row.acked_at and state in ("pending", "awaiting"):
+                d.announce = True
+                d.changes["announced_ack_at"] = row.acked_at
+            if state == "pending":
+                d.changes["state"] = state = "awaiting"
+            d.note = (f"Not visible yet, {human_duration((now - row.acked_at).total_seconds())} after "
+                      f"acknowledgement (SLA {human_duration(p.visibility_sla)}).")
+        else:
+            gap_kind = "missing"
+            d.note = "Not visible at the tax authority" + (
+                f", {human_duration((now - row.acked_at).total_seconds())} after acknowledgement"
+                f" (SLA {human_duration(p.visibility_sla)})." if row.acked_at else
+                "; the sync service gave up submitting it." if row.sync_state == "gave_up" else ".")
+    else:
+        backoff = min(p.stuck_recheck, p.first_check_after * 2 ** min(row.checks, 10))
+        d.changes["next_check_at"] = now + timedelta(seconds=backoff)
+        d.changes["last_error"] = f"the tax store could not be checked: {seen.error}"
+        d.note = f"Could not check: {seen.error}."
+
+    if gap_kind is not None:
+        d.changes["gap_kind"] = gap_kind
+        if state != "stuck":
+            d.changes["state"] = "gap"
+        d.gap_event = state != "gap" or row.gap_kind != gap_kind
+        earliest = last_resync_at + timedelta(seconds=_min_gap(resyncs, p)) if last_resync_at else now
+        may_resync = now >= earliest
+        if gap_kind == "missing" and row.held:
+            # A resubmission was answered "already held": replication lag at the store, not loss.
+            may_resync = False
+            d.note += " The tax store says it already holds it: waiting for replication, not resubmitting."
+            earliest = now + timedelta(seconds=min(p.stuck_recheck, _min_gap(resyncs, p) * 2))
+        if may_resync:
+            n = resyncs + 1
+            d.resync = d.gap_event = True
+            d.changes.update(resyncs=n, last_resync_at=now)
+            d.changes["next_check_at"] = now + timedelta(seconds=resync_delay(n, policy=p, rng=rng))
+            d.note += f" Resync {n} requested."
+        else:
+            d.changes["next_check_at"] = max(earliest, now + timedelta(milliseconds=50))
+
+    # Escalation: past the time limit, or the resyncs did not help.
+    if state != "stuck":
+        reason = None
+        if now >= deadline:
+            reason = _stuck_reason(row, seen, gap_kind, resyncs, p)
+        elif gap_kind is not None and resyncs >= p.stuck_after_resyncs:
+            what = "different" if gap_kind == "mismatch" else "not visible"
+            reason = f"still {what} at the tax authority after {resyncs} resyncs"
+        if reason is not None:
+            d.escalate = True
+            d.stuck_reason = reason
+            d.changes.update(state="stuck", stuck_at=now)
+            d.note += f" Stuck: {reason}."
+            state = "stuck"
+    if state == "stuck":
+        cap = now + timedelta(seconds=p.stuck_recheck)
+        d.changes["next_check_at"] = min(d.changes.get("next_check_at") or cap, cap)
+    return d
+
+
+def _min_gap(n: int, p: Policy) -> float:
+    """Least time after resync n before the next one (the lower edge of the jittered delay)."""
+    return min(p.resync_cap, p.resync_base * 2 ** min(max(n - 1, 0), 30)) / 2
+
+
+def _stuck_reason(row: Any, seen: Seen, gap_kind: str | None, resyncs: int, p: Policy) -> str:
+    """Why it is stuck past the time limit, in words that follow "not confirmed after <age>:"."""
+    if seen.kind == "unreachable":
+        return f"the tax authority cannot be reached ({seen.error})"
+    if gap_kind == "mismatch":
+        return f"the tax authority still shows different content after {resyncs} resyncs"
+    if row.acked_at is None:
+        why = f"; last error: {row.last_error}" if row.last_error else ""
+        return f"the tax authority has not acknowledged it{why}"
+    return f"still not visible at the tax authority after {resyncs} resyncs"
+
+
+def after_sync_result(row: Any, event_type: str, data: dict[str, Any], now: datetime,
+                      policy: Policy) -> tuple[dict[str, Any], bool]:
+    """Ledger changes for one sync result, and whether the invoice was just rejected (alert once)."""
+    from shared.events import INVOICE_REJECTED, INVOICE_SUBMITTED
+
+    terminal = row.state in ("confirmed", "rejected", "voided")
+    if event_type == INVOICE_SUBMITTED:
+        how = data.get("how")
+        at = datetime.fromisoformat(data["at"]) if data.get("at") else now
+        changes: dict[str, Any] = {"sync_state": "submitted", "receipt_no": data.get("receipt_no") or row.receipt_no,
+                                   "duplicate_acks": row.duplicate_acks + (how == "duplicate")}
+        if terminal:
+            return changes, False
+        changes.update(acked_at=at, checks=0, next_check_at=now + timedelta(seconds=policy.first_check_after))
+        if how == "duplicate" and row.state in ("gap", "stuck") and row.gap_kind == "missing" and row.resyncs:
+            changes["held"] = True  # our resubmission found it already there: it is lag, not loss
+        if row.state == "pending":
+            changes["state"] = "awaiting"
+        return changes, False
+    if event_type == INVOICE_REJECTED:
+        if row.state in ("confirmed", "voided", "rejected"):
+            return {"sync_state": "rejected"}, False
+        reason = f"[{data.get('reason_code') or 'REJECTED'}] {data.get('reason') or 'rejected by the tax authority'}"
+        return {"sync_state": "rejected", "state": "rejected", "last_error": reason, "next_check_at": None,
+                "gap_kind": None}, True
+    # submission failed
+    gave_up = bool(data.get("gave_up"))
+    changes = {"sync_state": "gave_up" if gave_up else "failed", "last_error": data.get("error")}
+    if gave_up and not terminal:
+        changes["next_check_at"] = now  # look now; absent -> resync (补录)
+    return changes, False

@@ -1,0 +1,180 @@
+"""The reconciler's decisions, pinned down without I/O: one ledger row, one observation, one clock."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from services.reconciler.rules import Policy, Seen, after_sync_result, decide, human_duration, resync_delay
+from services.reconciler.settings import ReconcilerSettings, parse_duration
+from shared.events import INVOICE_REJECTED, INVOICE_SUBMISSION_FAILED, INVOICE_SUBMITTED
+
+T0 = datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC)
+P = Policy(visibility_sla=30, first_check_after=1, stuck_after=600, stuck_after_resyncs=3, resync_base=10,
+           resync_cap=300, stuck_recheck=60)
+HASH = "a" * 64
+
+
+def row(**over: Any) -> SimpleNamespace:
+    base: dict[str, Any] = dict(
+        content_hash=HASH, accepted_at=T0, since=T0, state="awaiting", gap_kind=None, acked_at=T0, receipt_no="R1",
+        checks=0, announced_ack_at=None, resyncs=0, last_resync_at=None, held=False, duplicate_acks=0,
+        sync_state="submitted", last_error=None, reopened=False, case_no=None)
+    base.update(over)
+    return SimpleNamespace(**base)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def test_visible_and_identical_confirms() -> None:
+    d = decide(row(), Seen("visible", content_hash=HASH, receipt_no="R1"), at(2), P)
+    assert d.confirm and not d.recovered and not d.resync
+    assert d.changes["state"] == "confirmed" and d.changes["next_check_at"] is None
+
+
+def test_a_stuck_invoice_that_appears_is_recovered() -> None:
+    d = decide(row(state="stuck", gap_kind="missing"), Seen("visible", content_hash=HASH, receipt_no="R1"), at(900), P)
+    assert d.confirm and d.recovered
+
+
+def test_within_the_sla_it_waits_and_announces_once() -> None:
+    r = row(state="awaiting")
+    d = decide(r, Seen("absent"), at(2), P)
+    assert not d.resync and not d.escalate and d.gap_event is False
+    assert d.announce and d.changes["announced_ack_at"] == T0
+    assert at(2) < d.changes["next_check_at"] <= at(30)
+    again = decide(row(state="awaiting", announced_ack_at=T0, checks=1), Seen("absent"), at(4), P)
+    assert not again.announce
+
+
+def test_missing_after_the_sla_is_a_gap_and_resynced() -> None:
+    d = decide(row(), Seen("absent"), at(31), P, rng=random.Random(1))
+    assert d.resync and d.gap_event
+    assert d.changes["state"] == "gap" and d.changes["gap_kind"] == "missing" and d.changes["resyncs"] == 1
+    assert "SLA 30 s" in d.note and "Resync 1 requested" in d.note
+    # The next resync waits for the backoff: a check in between does not resubmit again.
+    r = row(state="gap", gap_kind="missing", resyncs=1, last_resync_at=at(31), acked_at=T0)
+    again = decide(r, Seen("absent"), at(33), P)
+    assert not again.resync and not again.gap_event
+    assert again.changes["next_check_at"] >= at(31 + 5 - 0.001)
+
+
+def test_a_new_acknowledgement_gets_its_own_sla_before_the_next_resync() -> None:
+    r = row(state="gap", gap_kind="missing", resyncs=1, last_resync_at=at(31), acked_at=at(32))
+    d = decide(r, Seen("absent"), at(40), P)
+    assert not d.resync and d.changes.get("state", "gap") == "gap"
+
+
+def test_mismatch_is_resynced_even_when_held() -> None:
+    d = decide(row(held=True), Seen("visible", content_hash="b" * 64, receipt_no="R1"), at(3), P)
+    assert d.resync and d.changes["gap_kind"] == "mismatch"
+
+
+def test_held_by_the_store_means_lag_not_loss_no_more_resubmissions() -> None:
+    r = row(state="gap", gap_kind="missing", resyncs=1, last_resync_at=at(31), acked_at=at(32), held=True)
+    d = decide(r, Seen("absent"), at(100), P)
+    assert not d.resync and "already holds it" in d.note
+
+
+def test_pending_while_sync_still_submits_only_waits_for_the_time_limit() -> None:
+    r = row(state="pending", acked_at=None, sync_state="failed", last_error="HTTP 503")
+    d = decide(r, Seen("absent"), at(100), P)
+    assert not d.resync and not d.escalate and d.changes["next_check_at"] == at(600)
+    late = decide(r, Seen("absent"), at(601), P)
+    assert late.escalate and late.changes["state"] == "stuck"
+    assert "not acknowledged" in (late.stuck_reason or "") and "HTTP 503" in (late.stuck_reason or "")
+
+
+def test_gave_up_means_resync() -> None:
+    d = decide(row(state="pending", acked_at=None, sync_state="gave_up"), Seen("absent"), at(100), P)
+    assert d.resync and d.changes["gap_kind"] == "missing"
+
+
+def test_unreachable_store_backs_off_and_still_escalates_past_the_limit() -> None:
+    d = decide(row(state="pending", acked_at=None, sync_state="failed"), Seen("unreachable", error="HTTP 503"),
+               at(10), P)
+    assert not d.escalate and not d.resync and d.changes["next_check_at"] <= at(10 + 60)
+    late = decide(row(state="pending", acked_at=None, sync_state="failed"), Seen("unreachable", error="HTTP 503"),
+                  at(700), P)
+    assert late.escalate and "cannot be reached" in (late.stuck_reason or "")
+
+
+def test_escalates_after_the_resync_budget() -> None:
+    r = row(state="gap", gap_kind="missing", resyncs=3, last_resync_at=at(100), acked_at=at(101))
+    d = decide(r, Seen("absent"), at(300), P)
+    assert d.escalate and "after 3 resyncs" in (d.stuck_reason or "")
+    assert d.changes["next_check_at"] <= at(300 + 60)
+
+
+def test_stuck_keeps_resyncing_at_a_slower_pace_and_does_not_escalate_again() -> None:
+    r = row(state="stuck", gap_kind="missing", resyncs=4, last_resync_at=at(100), acked_at=at(101))
+    d = decide(r, Seen("absent"), at(2000), P)
+    assert not d.escalate and d.resync and d.changes["resyncs"] == 5
+    assert d.changes["next_check_at"] <= at(2000 + 60)
+
+
+def test_a_confirmed_invoice_that_vanished_starts_a_new_episode() -> None:
+    r = row(state="confirmed", resyncs=2, last_resync_at=at(50), since=T0)
+    d = decide(r, Seen("absent"), at(5000), P)
+    assert d.resync and d.changes["reopened"] is True and d.changes["since"] == at(5000)
+    assert d.changes["resyncs"] == 1 and not d.escalate
+
+
+def test_placeholder_rows_wait_for_the_issued_event() -> None:
+    d = decide(row(content_hash=None), Seen("absent"), at(1), P)
+    assert not d.resync and not d.confirm and d.changes["next_check_at"] > at(1)
+
+
+def test_sync_results_move_the_ledger() -> None:
+    changes, rejected = after_sync_result(row(state="pending", acked_at=None), INVOICE_SUBMITTED,
+                                          {"receipt_no": "R9", "how": "created", "at": at(5).isoformat()}, at(5), P)
+    assert changes["state"] == "awaiting" and changes["acked_at"] == at(5) and not rejected
+    held, _ = after_sync_result(row(state="gap", gap_kind="missing", resyncs=1), INVOICE_SUBMITTED,
+                                {"receipt_no": "R1", "how": "duplicate", "at": at(40).isoformat()}, at(40), P)
+    assert held["held"] is True and held["duplicate_acks"] == 1
+    changes, rejected = after_sync_result(row(state="awaiting"), INVOICE_REJECTED,
+                                          {"reason_code": "TOTAL_MISMATCH", "reason": "totals"}, at(5), P)
+    assert rejected and changes["state"] == "rejected" and changes["next_check_at"] is None
+    _, again = after_sync_result(row(state="rejected"), INVOICE_REJECTED, {"reason_code": "X"}, at(6), P)
+    assert not again  # alert once
+    changes, _ = after_sync_result(row(state="awaiting"), INVOICE_SUBMISSION_FAILED,
+                                   {"error": "boom", "gave_up": True}, at(7), P)
+    assert changes["sync_state"] == "gave_up" and changes["next_check_at"] == at(7)
+
+
+def test_resync_delay_doubles_with_jitter_and_caps() -> None:
+    rng = random.Random(3)
+    assert 5 <= resync_delay(1, policy=P, rng=rng) <= 10
+    assert 10 <= resync_delay(2, policy=P, rng=rng) <= 20
+    assert 150 <= resync_delay(20, policy=P, rng=rng) <= 300
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30", 30), ("30s", 30), ("10m", 600), ("2h", 7200),
+                                               ("500ms", 0.5), (45, 45)])
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_settings_take_durations_and_refuse_nonsense() -> None:
+    s = ReconcilerSettings(database_url="postgresql://x@h/db", admin_token="t" * 20, kafka_bootstrap="k:9092",
+                           stuck_after="10m", visibility_sla="45s")
+    assert s.stuck_after == 600 and s.visibility_sla == 45
+    with pytest.raises(ValueError, match="duration"):
+        ReconcilerSettings(database_url="postgresql://x@h/db", admin_token="t" * 20, kafka_bootstrap="k:9092",
+                           stuck_after="soon")
+
+
+def test_human_durations() -> None:
+    assert human_duration(2) == "2 s" and human_duration(1.5) == "1.5 s" and human_duration(600) == "10 min"
+    assert human_duration(252) == "4 min 12 s" and human_duration(7200) == "2 h"
+
+
+def test_a_confirmed_invoice_gone_right_after_its_acknowledgement_is_lost_not_lagging() -> None:
+    d = decide(row(state="confirmed", acked_at=at(0)), Seen("absent"), at(1), P)
+    assert d.resync and d.changes["gap_kind"] == "missing"
