@@ -253,7 +253,7 @@ def _case_out(case: dict[str, Any], invoice: dict[str, Any] | None) -> dict[str,
 
 @router.post("/invoices/{invoice_id}/cases", status_code=201, tags=["cases"],
              responses={200: {"description": "A case was already open for this invoice: that case"},
-                        404: {"description": "No such invoice"}, 409: {"description": "The invoice was voided"},
+                        404: {"description": "No such invoice"}, 409: {"description": "The invoice was voided or rejected: nothing to look for"},
                         **_RECONCILER_DOWN})
 async def open_case(request: Request, invoice_id: str, tenant: TenantDep, rec: ReconcilerDep,
                     body: CaseRequest | None = None) -> JSONResponse:
@@ -319,7 +319,7 @@ _MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
 async def get_summary(month: str, tenant: TenantDep, rec: ReconcilerDep) -> dict[str, Any]:
     """The month's reconciliation for this seller: issued, confirmed, gaps, stuck, cases."""
     found = _MONTH.fullmatch(month)
-    if found is None or not 1 <= int(found[2]) <= 12 or int(found[1]) < 1:
+    if found is None or not 1 <= int(found[2]) <= 12 or int(found[1]) < 2000:
         raise ValidationFailed([FieldError("month", "must be a calendar month as YYYY-MM, e.g. 2026-11")])
     return await rec.summary(seller_tax_id=tenant.tax_id, month=month)
 

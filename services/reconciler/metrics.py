@@ -26,7 +26,7 @@ CHECK_ROUND = Histogram(
 )
 SWEEPS = Counter("fapiao_reconciler_sweeps_total", "Swept (seller, issue date) windows, by outcome", ["outcome"])
 ORPHANS = Counter("fapiao_reconciler_orphans_seen_total",
-                  "Invoices seen at the store under a tenant's tax id that were never issued here")
+                  "Sightings, per sweep, of invoices at the store under a tenant's tax id never issued here")
 SYNC_RESULTS_TAKEN = Counter(
     "fapiao_reconciler_sync_results_total",
     "Sync results taken into the ledger, by kind; 'duplicate': a resubmission the store already held",

@@ -221,7 +221,8 @@ class Reconciler:
             else:
                 seen[r.invoice_id] = Seen("absent")
         async with transaction(self.sessions) as session:
-            stats = await service.apply_checks(session=session, seen=seen, policy=self.policy, topics=self.topics)
+            stats = await service.apply_checks(session=session, seen=seen, policy=self.policy, topics=self.topics,
+                                               timezone=s.timezone)
         for kind, n in stats.results.items():
             CHECKS.labels(kind).inc(n)
         for kind, n in stats.resyncs.items():
