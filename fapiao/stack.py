@@ -42,7 +42,9 @@ SERVICES = (
     ServiceSpec("taxstore", "services.taxstore", "FAPIAO_TAXSTORE_PORT", 8100),
     ServiceSpec("sync", "services.sync", "FAPIAO_SYNC_PORT", 8001),
     ServiceSpec("reconciler", "services.reconciler", "FAPIAO_RECONCILER_PORT", 8002),
+    ServiceSpec("notifier", "services.notifier", "FAPIAO_NOTIFIER_PORT", 8003),
 )
+MAILSINK_MODULE = "fapiao.mailsink"
 
 
 def state_dir() -> Path:
@@ -112,6 +114,9 @@ def _print_summary(state: dict) -> None:
         typer.echo(f"  {name:<10} {url}   (OpenAPI: {url}/docs)" if name == "issuer" else f"  {name:<10} {url}")
     typer.echo(f"  kafka      {state['kafka_bootstrap']}")
     typer.echo(f"  postgres   {state['database_url'].replace(':fapiao@', ':***@')}")
+    if state.get("mail_dir"):
+        port = state["processes"]["mailsink"]["ports"][0]
+        typer.echo(f"  mail sink  smtp://127.0.0.1:{port}   (e-mail alerts land in {state['mail_dir']}/*.eml)")
     typer.echo("")
     if key_file.exists():
         typer.echo(f"Demo tenant {DEMO_TENANT['tax_id']} API key: {key_file.read_text().strip()}")
@@ -166,12 +171,33 @@ def up() -> None:
             database_url = pg.url()
             _save(state)
         state.update(kafka_bootstrap=kafka_bootstrap, database_url=database_url)
+        smtp_port = _port("FAPIAO_SMTP_PORT", 1025)
+        if not os.environ.get("FAPIAO_SMTP_HOST"):  # no mail server of your own: a local sink keeps the mail
+            if port_is_open(smtp_port):
+                raise RuntimeError(f"port {smtp_port} for the mail sink is already in use; set FAPIAO_SMTP_PORT")
+            typer.echo(f"• mail sink: SMTP on 127.0.0.1:{smtp_port}, messages kept in {d / 'mail'}…")
+            log_path = d / "logs" / "mailsink.log"
+            proc = spawn([sys.executable, "-m", MAILSINK_MODULE, "--port", str(smtp_port), "--dir", str(d / "mail")],
+                         log_path=log_path, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            processes["mailsink"] = {"pid": proc.pid, "marker": MAILSINK_MODULE, "ports": [smtp_port],
+                                     "log": str(log_path)}
+            state["mail_dir"] = str(d / "mail")
+            _save(state)
+            wait_until(lambda: port_is_open(smtp_port), timeout=30, what="mail sink", log_path=log_path,
+                       alive=lambda: proc.poll() is None, interval=0.1)
+        issuer_url = f"http://127.0.0.1:{_port('FAPIAO_ISSUER_PORT', 8000)}"
         env = {
             **os.environ, "FAPIAO_ENV": os.environ.get("FAPIAO_ENV", "development"),
             "FAPIAO_DATABASE_URL": database_url, "FAPIAO_KAFKA_BOOTSTRAP": kafka_bootstrap,
             "FAPIAO_ADMIN_TOKEN": admin_token, "PYTHONUNBUFFERED": "1",
             "FAPIAO_TAXSTORE_URL": f"http://127.0.0.1:{_port('FAPIAO_TAXSTORE_PORT', 8100)}",
             "FAPIAO_RECONCILER_URL": f"http://127.0.0.1:{_port('FAPIAO_RECONCILER_PORT', 8002)}",
+            "FAPIAO_NOTIFIER_URL": f"http://127.0.0.1:{_port('FAPIAO_NOTIFIER_PORT', 8003)}",
+            "FAPIAO_ISSUER_PUBLIC_URL": issuer_url,
+            "FAPIAO_SMTP_HOST": os.environ.get("FAPIAO_SMTP_HOST", "127.0.0.1"), "FAPIAO_SMTP_PORT": str(smtp_port),
+            # Local development: webhooks may go to receivers on this machine (never to other private ranges).
+            "FAPIAO_WEBHOOK_ALLOW_PRIVATE": os.environ.get("FAPIAO_WEBHOOK_ALLOW_PRIVATE", "127.0.0.0/8,::1/128"),
+            "FAPIAO_SECRETS_KEY": _secret("secrets-key", lambda: secrets.token_urlsafe(32)),
         }
         for spec in SERVICES:
             port = _port(spec.port_env, spec.default_port)
@@ -206,6 +232,7 @@ def _write_env(state: dict, admin_token: str) -> None:
         f"FAPIAO_TAXSTORE_URL={state['urls']['taxstore']}",
         f"FAPIAO_SYNC_URL={state['urls']['sync']}",
         f"FAPIAO_RECONCILER_URL={state['urls']['reconciler']}",
+        f"FAPIAO_NOTIFIER_URL={state['urls']['notifier']}",
     ]
     path = state_dir() / "stack.env"
     path.write_text("\n".join(lines) + "\n")
@@ -225,7 +252,7 @@ def _demo_tenant(issuer_url: str, admin_token: str) -> None:
 
 def _stop_all(state: dict) -> list[str]:
     stopped = []
-    order = [s.name for s in reversed(SERVICES)] + ["kafka", "postgres"]
+    order = [s.name for s in reversed(SERVICES)] + ["mailsink", "kafka", "postgres"]
     procs = state.get("processes", {})
     for name in sorted(procs, key=lambda n: order.index(n) if n in order else -1):
         p = procs[name]

@@ -58,8 +58,10 @@ def consumer_config(bootstrap: str, *, group_id: str, **overrides: Any) -> dict[
         "isolation_level": "read_committed",
         "max_poll_records": 500,
         "max_poll_interval_ms": 300_000,
-        "session_timeout_ms": 30_000,
-        "heartbeat_interval_ms": 3_000,
+        # A member that dies without leaving (kill -9, a lost host) holds its partitions until this runs out:
+        # 10 s, not aiokafka's 30 s, so a crashed consumer's partitions move on quickly.
+        "session_timeout_ms": 10_000,
+        "heartbeat_interval_ms": 2_000,
     }
     config.update(overrides)
     return config

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["PLACEHOLDER_SECRETS", "CoreSettings", "SharedSettings", "normalise_database_url"]
+__all__ = ["PLACEHOLDER_SECRETS", "CoreSettings", "Seconds", "SharedSettings", "normalise_database_url",
+           "parse_duration"]
 
 PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "admin", "dev-admin-token", "password"})
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: Any) -> Any:
+    """'90', '90s', '1.5m', '2h', '500ms' -> seconds. Numbers pass through."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError("a duration such as 30, 30s, 10m, 2h or 500ms")
+        return float(match[1]) * _UNIT[match[2]]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+"""A duration setting in seconds, also written with a unit: FAPIAO_STUCK_AFTER=10m."""
 
 
 def normalise_database_url(url: str) -> str:

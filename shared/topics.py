@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
-    "ALERTS", "ALL_TOPICS", "INVOICE_EVENTS", "RECONCILIATION", "RESYNC_REQUESTS", "SYNC_RESULTS", "Topic", "dlq_name",
+    "ALERTS", "ALL_TOPICS", "INVOICE_EVENTS", "NOTIFICATIONS", "RECONCILIATION", "RESYNC_REQUESTS", "SYNC_RESULTS",
+    "Topic", "dlq_name",
 ]
 
 
@@ -33,6 +34,8 @@ RESYNC_REQUESTS = Topic("invoice.resync-requests.v1", "commands to submit an inv
 RECONCILIATION = Topic("invoice.reconciliation.v1",
                        "what the reconciler found: visible and identical, gaps, resyncs, stuck, cases (for the issuer)")
 ALERTS = Topic("invoice.alerts.v1", "stuck, rejected, recovered and orphan invoices, for the notifier")
+NOTIFICATIONS = Topic("invoice.notifications.v1",
+                      "alerts the notifier delivered (or gave up on), per invoice, for the issuer's timeline")
 
-_MAIN = (INVOICE_EVENTS, SYNC_RESULTS, RESYNC_REQUESTS, RECONCILIATION, ALERTS)
+_MAIN = (INVOICE_EVENTS, SYNC_RESULTS, RESYNC_REQUESTS, RECONCILIATION, ALERTS, NOTIFICATIONS)
 ALL_TOPICS: tuple[Topic, ...] = _MAIN + tuple(t.dlq for t in _MAIN)

@@ -6,6 +6,7 @@ to use servers of your own instead. Missing infrastructure fails the run with th
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import shutil
 import tempfile
@@ -68,6 +69,9 @@ def issuer_settings(infra: Infra, **over: object):  # type: ignore[no-untyped-de
         "env": "test", "database_url": infra.database_url, "kafka_bootstrap": infra.kafka_bootstrap,
         "admin_token": ADMIN_TOKEN, "topic_prefix": f"t{uuid.uuid4().hex[:8]}.", "log_json": False,
         "idempotency_wait_seconds": 3.0, "relay_poll_interval": 0.5, "kafka_partitions": 3,
+        # Never the developer's `make up` services on the default ports: nothing listens here unless a test
+        # passes its own.
+        "reconciler_url": f"http://127.0.0.1:{free_port()}", "notifier_url": f"http://127.0.0.1:{free_port()}",
     }
     values.update(over)
     return IssuerSettings(**values)  # type: ignore[arg-type]
@@ -130,11 +134,13 @@ async def tenant(issuer: RunningIssuer) -> Tenant:
 
 
 async def eventually(check, *, timeout: float = 15.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
-    """Poll an async check until it returns a truthy value; fail with its last value after timeout."""
+    """Poll a check (sync or async) until it returns a truthy value; fail with its last value after timeout."""
     deadline = asyncio.get_running_loop().time() + timeout
     last = None
     while asyncio.get_running_loop().time() < deadline:
-        last = await check()
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
         if last:
             return last
         await asyncio.sleep(interval)
@@ -160,6 +166,19 @@ async def read_topic(bootstrap: str, topic: str, *, until, timeout: float = 20.0
         return records
     finally:
         await consumer.stop()
+
+
+async def metric(base_url: str, name: str, **labels: str) -> float:
+    """One sample of a service's /metrics (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with httpx.AsyncClient(timeout=10) as c:
+        body = (await c.get(f"{base_url}/metrics")).text
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
 
 
 async def fresh_database(infra: Infra, name: str) -> str:
@@ -194,26 +213,33 @@ def process_env(infra: Infra, **extra: str) -> dict[str, str]:
 
 
 class ServiceProcess:
-    """`python -m services.<name>` on a free port, started, killed and restarted by tests."""
+    """`python -m services.<name>` (or another module) on a free port, started, killed and restarted by tests.
+    Ready when its /readyz answers 200 (`http=False`: when its port accepts connections)."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, *, module: str | None = None,
+                 args: tuple[str, ...] = (), http: bool = True) -> None:
         self.name = name
         self.port = free_port()
         self.env = {**env, "FAPIAO_PORT": str(self.port), "FAPIAO_PUBLIC_URL": f"http://127.0.0.1:{self.port}"}
         self.log_path = log_dir / f"{name}-{self.port}.log"
         self.proc = None
         self.url = f"http://127.0.0.1:{self.port}"
+        self.module = module or f"services.{name}"
+        self.args = args
+        self.http = http
 
     def start(self, timeout: float = 60) -> None:
         import sys
 
-        from fapiao.infra.procs import spawn, wait_until
+        from fapiao.infra.procs import port_is_open, spawn, wait_until
 
         # From the main thread: the child gets SIGKILL if this test process dies (PR_SET_PDEATHSIG).
-        self.proc = spawn([sys.executable, "-m", f"services.{self.name}"], log_path=self.log_path, cwd=REPO,
+        self.proc = spawn([sys.executable, "-m", self.module, *self.args], log_path=self.log_path, cwd=REPO,
                           env=self.env, die_with_parent=True)
 
         def ready() -> bool:
+            if not self.http:
+                return port_is_open(self.port)
             try:
                 return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
             except httpx.HTTPError:
@@ -221,6 +247,10 @@ class ServiceProcess:
 
         wait_until(ready, timeout=timeout, what=f"{self.name} process", alive=lambda: self.proc.poll() is None,
                    log_path=self.log_path, interval=0.1)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
         """kill -9: no shutdown hooks, no flushing, no offset commits."""
@@ -344,20 +374,34 @@ RECONCILER_ENV = dict(
 )
 
 
+NOTIFIER_ENV = dict(
+    FAPIAO_DIGEST_WINDOW="0.5", FAPIAO_RETRY_BASE="0.5", FAPIAO_RETRY_CAP="2", FAPIAO_MAX_ATTEMPTS="5",
+    FAPIAO_WEBHOOK_TIMEOUT="2", FAPIAO_WEBHOOK_CONNECT_TIMEOUT="1", FAPIAO_POLL_INTERVAL="0.2",
+    FAPIAO_REMIND_AFTER="1h", FAPIAO_DELIVERY_LEASE="10", FAPIAO_WEBHOOK_ALLOW_PRIVATE="127.0.0.0/8,::1/128",
+    FAPIAO_SECRETS_KEY="test-secrets-key-" + uuid.uuid4().hex, FAPIAO_RELAY_POLL_INTERVAL="0.3",
+    FAPIAO_ISSUER_PUBLIC_URL="http://issuer.test", FAPIAO_KAFKA_PARTITIONS="3", FAPIAO_SMTP_TIMEOUT="3",
+    FAPIAO_METRICS_INTERVAL="0.3",
+)
+
+
 @dataclass
 class ReconPipeline(Pipeline):
-    """Pipeline plus the reconciler process, on a topic prefix of its own."""
+    """Pipeline plus the reconciler, the notifier and a mail sink, on a database and topic prefix of their own."""
 
     reconciler: ServiceProcess = None  # type: ignore[assignment]
     infra: Infra = None  # type: ignore[assignment]
+    notifier: ServiceProcess = None  # type: ignore[assignment]
+    mail_dir: Path = None  # type: ignore[assignment]
+    base_env: dict = None  # type: ignore[assignment]  # process name -> its pipeline settings
 
-    base_env: dict = None  # type: ignore[assignment]
+    def restart(self, proc: ServiceProcess, **env: str) -> None:
+        """Restart a process with these settings over the pipeline's own (none: back to those)."""
+        proc.stop()
+        proc.env = {**self.base_env[proc.name], **env}
+        proc.start()
 
     def restart_reconciler(self, **env: str) -> None:
-        """Restart the reconciler with these settings over the pipeline's own (none: back to those)."""
-        self.reconciler.stop()
-        self.reconciler.env = {**self.base_env, **env}
-        self.reconciler.start()
+        self.restart(self.reconciler, **env)
 
     async def recon(self, method: str, path: str, **kw: object) -> httpx.Response:
         async with httpx.AsyncClient(timeout=15) as c:
@@ -372,6 +416,18 @@ class ReconPipeline(Pipeline):
                 {"t": tenant_id})).all()
         return {r[0]: int(r[1]) for r in rows}
 
+    def mails(self, *, to: str | None = None) -> list:
+        """The messages the mail sink kept (parsed), oldest first; `to`: only those for this address."""
+        from email import policy
+        from email.parser import BytesParser
+
+        out = []
+        for path in sorted(self.mail_dir.glob("*.eml")):
+            msg = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+            if to is None or to in str(msg["X-Sink-Rcpt-To"]):
+                out.append(msg)
+        return out
+
 
 @dataclass
 class ReconProcesses:
@@ -379,6 +435,13 @@ class ReconProcesses:
     taxstore: ServiceProcess
     sync: ServiceProcess
     reconciler: ServiceProcess
+    notifier: ServiceProcess
+    mailsink: ServiceProcess
+    mail_dir: Path
+
+    @property
+    def all(self) -> tuple[ServiceProcess, ...]:
+        return (self.mailsink, self.taxstore, self.sync, self.reconciler, self.notifier)
 
 
 @pytest.fixture(scope="session")
@@ -404,14 +467,21 @@ def recon_plan(infra: Infra, recon_database: str) -> ReconProcesses:
     ), logs)
     reconciler = ServiceProcess("reconciler", process_env(
         infra, **db, FAPIAO_TOPIC_PREFIX=prefix, FAPIAO_TAXSTORE_URL=taxstore.url, **RECONCILER_ENV), logs)
-    return ReconProcesses(prefix, taxstore, sync, reconciler)
+    mail_dir = infra.workdir / f"mail-{prefix.rstrip('.')}"
+    mailsink = ServiceProcess("mailsink", process_env(infra), logs, module="fapiao.mailsink", http=False)
+    mailsink.args = ("--port", str(mailsink.port), "--dir", str(mail_dir))
+    notifier = ServiceProcess("notifier", process_env(
+        infra, **db, FAPIAO_TOPIC_PREFIX=prefix, FAPIAO_SMTP_HOST="127.0.0.1", FAPIAO_SMTP_PORT=str(mailsink.port),
+        **NOTIFIER_ENV), logs)
+    return ReconProcesses(prefix, taxstore, sync, reconciler, notifier, mailsink, mail_dir)
 
 
 @pytest.fixture(scope="session")
 async def recon_issuer(infra: Infra, recon_plan: ReconProcesses, recon_database: str) -> AsyncIterator[RunningIssuer]:
-    """A second in-process issuer on the reconciler pipeline's database and topic prefix; it proxies cases there."""
+    """A second in-process issuer on the pipeline's database and topic prefix; it proxies cases to the
+    reconciler and subscriptions, history and mutes to the notifier."""
     settings = issuer_settings(infra, database_url=recon_database, topic_prefix=recon_plan.prefix,
-                               reconciler_url=recon_plan.reconciler.url)
+                               reconciler_url=recon_plan.reconciler.url, notifier_url=recon_plan.notifier.url)
     app, client, lifespan = await start_issuer(settings)
     try:
         yield RunningIssuer(app, client, settings)
@@ -422,7 +492,7 @@ async def recon_issuer(infra: Infra, recon_plan: ReconProcesses, recon_database:
 
 @pytest.fixture(scope="session")
 def recon_processes(recon_plan: ReconProcesses, recon_issuer: RunningIssuer) -> Iterator[ReconProcesses]:
-    procs = (recon_plan.taxstore, recon_plan.sync, recon_plan.reconciler)
+    procs = recon_plan.all
     try:
         for p in procs:
             p.start()
@@ -438,15 +508,86 @@ def recon_processes(recon_plan: ReconProcesses, recon_issuer: RunningIssuer) -> 
 @pytest.fixture
 async def recon_pipeline(infra: Infra, recon_issuer: RunningIssuer,
                          recon_processes: ReconProcesses) -> AsyncIterator[ReconPipeline]:
-    taxstore, sync, reconciler = recon_processes.taxstore, recon_processes.sync, recon_processes.reconciler
-    for p in (sync, reconciler):
-        if p.proc is None or p.proc.poll() is not None:  # a test killed it: bring it back
-            p.start()
-    base_env = dict(reconciler.env)
-    p = ReconPipeline(recon_issuer, taxstore, sync, {"Authorization": f"Bearer {ADMIN_TOKEN}"}, reconciler, infra,
-                      base_env)
+    procs = recon_processes
+    for proc in procs.all:
+        if not proc.running:  # a test killed it: bring it back
+            proc.start()
+    base_env = {proc.name: dict(proc.env) for proc in procs.all}
+    p = ReconPipeline(recon_issuer, procs.taxstore, procs.sync, {"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                      procs.reconciler, infra, procs.notifier, procs.mail_dir, base_env)
     await p.clear_faults()
     yield p
     await p.clear_faults()
-    if reconciler.env != base_env:
-        p.restart_reconciler()
+    for proc in procs.all:
+        if proc.env != base_env[proc.name] or not proc.running:
+            p.restart(proc)
+
+
+# --- a real webhook receiver (HTTP over loopback), in this process -------------------------------------
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    def json(self) -> dict:
+        import json
+
+        return json.loads(self.body)
+
+
+class Receiver:
+    """Answers POSTs on any path with the next scripted status for that path (200 once the script is used up)
+    and remembers every request. Each test takes paths of its own."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.requests: list[Received] = []
+        self.scripts: dict[str, list[int]] = {}
+        self.server = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def at(self, path: str) -> list[Received]:
+        return [r for r in self.requests if r.path == path]
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        import time
+
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path = scope["path"]
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        self.requests.append(Received(path, headers, body, time.time()))
+        script = self.scripts.get(path) or []
+        status = script.pop(0) if script else 200
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok" if status < 300 else b"not now"})
+
+
+@pytest.fixture(scope="session")
+async def receiver() -> AsyncIterator[Receiver]:
+    import uvicorn
+
+    rec = Receiver()
+    server = uvicorn.Server(uvicorn.Config(rec, host="127.0.0.1", port=rec.port, log_level="warning",
+                                           lifespan="off", access_log=False))
+    rec.server = server
+    task = asyncio.create_task(server.serve())
+    deadline = asyncio.get_running_loop().time() + 10
+    while not server.started:
+        if task.done() or asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"the webhook receiver did not start on port {rec.port}", pytrace=False)
+        await asyncio.sleep(0.05)
+    yield rec
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)

@@ -14,9 +14,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.issuer import service
+from services.issuer.backends import CASE_NO, ReconcilerClient
 from services.issuer.csv_import import CsvFormatError, parse_csv, row_errors
 from services.issuer.lifecycle import Status
-from services.issuer.reconciler_client import CASE_NO, ReconcilerClient
 from services.issuer.schemas import (
     BatchRequest,
     CaseRequest,
@@ -253,7 +253,8 @@ def _case_out(case: dict[str, Any], invoice: dict[str, Any] | None) -> dict[str,
 
 @router.post("/invoices/{invoice_id}/cases", status_code=201, tags=["cases"],
              responses={200: {"description": "A case was already open for this invoice: that case"},
-                        404: {"description": "No such invoice"}, 409: {"description": "The invoice was voided or rejected: nothing to look for"},
+                        404: {"description": "No such invoice"},
+                        409: {"description": "The invoice was voided or rejected: nothing to look for"},
                         **_RECONCILER_DOWN})
 async def open_case(request: Request, invoice_id: str, tenant: TenantDep, rec: ReconcilerDep,
                     body: CaseRequest | None = None) -> JSONResponse:
@@ -271,7 +272,7 @@ async def open_case(request: Request, invoice_id: str, tenant: TenantDep, rec: R
     return JSONResponse(_case_out(case, view), status_code=status)
 
 
-async def _tenants_case(tenant: service.Tenant, rec: ReconcilerClient, case_no: str) -> dict[str, Any]:
+async def tenants_case(tenant: service.Tenant, rec: ReconcilerClient, case_no: str) -> dict[str, Any]:
     missing = NotFound(f"no case {case_no[:40]}")
     if not CASE_NO.fullmatch(case_no):
         raise missing
@@ -285,7 +286,7 @@ async def _tenants_case(tenant: service.Tenant, rec: ReconcilerClient, case_no: 
                                                             **_RECONCILER_DOWN})
 async def get_case(request: Request, case_no: str, tenant: TenantDep, rec: ReconcilerDep) -> dict[str, Any]:
     """A case's progress: its status, what was checked and when, and the invoice as it stands now."""
-    case = await _tenants_case(tenant, rec, case_no)
+    case = await tenants_case(tenant, rec, case_no)
     invoice = None
     if isinstance(case.get("invoice_id"), str):
         async with transaction(_state(request).sessions) as session:

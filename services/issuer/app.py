@@ -14,8 +14,9 @@ from fastapi import FastAPI
 
 from services.issuer import models, service
 from services.issuer.api import admin_router, router
+from services.issuer.backends import make_http
 from services.issuer.consumer import run_status_feed_consumer
-from services.issuer.reconciler_client import make_http
+from services.issuer.notifications import router as notifications_router
 from services.issuer.settings import IssuerSettings
 from shared.db import engine_for, ping, session_factory, transaction
 from shared.http import (
@@ -66,7 +67,9 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
         app.state.relay = relay
-        app.state.reconciler_http = make_http(settings)
+        token = settings.admin_token.get_secret_value()
+        app.state.reconciler_http = make_http(settings.reconciler_url, token, settings.reconciler_timeout)
+        app.state.notifier_http = make_http(settings.notifier_url, token, settings.notifier_timeout)
         app.state.checks.update({"database": lambda: ping(engine), "kafka": probe.check})
         stopping = asyncio.Event()
         tasks = [
@@ -89,6 +92,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await app.state.reconciler_http.aclose()
+            await app.state.notifier_http.aclose()
             await probe.close()
             await engine.dispose()
 
@@ -102,6 +106,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
     app.state.checks = {}
     install_problem_handlers(app)
     app.include_router(router)
+    app.include_router(notifications_router)
     app.include_router(admin_router)
 
     app.include_router(health_router("database", "kafka"))

@@ -18,9 +18,12 @@ from shared.events import (
     INVOICE_CONFIRMED,
     INVOICE_GAP_FOUND,
     INVOICE_STUCK,
+    NOTIFICATION_FAILED,
+    NOTIFICATION_SENT,
 )
 
-__all__ = ["Explanation", "at", "case_opened_message", "clock", "describe_event", "explain", "span"]
+__all__ = ["Explanation", "at", "case_opened_message", "clock", "describe_event", "describe_notification", "explain",
+           "span"]
 
 Explanation = tuple[str, str | None, datetime | None]
 """(reason, next action, when the next action happens)"""
@@ -307,3 +310,25 @@ def describe_event(event_type: str, d: Mapping[str, Any], *, at_time: datetime) 
         verb = "resolved" if status == "resolved" else "closed"
         return f"case_{verb}", f"Case {case} {verb}" + (f": {resolution}" if resolution else "")
     raise ValueError(f"not a reconciliation event type: {event_type}")
+
+
+def describe_notification(event_type: str, d: Mapping[str, Any]) -> tuple[str, str]:
+    """(timeline kind, message) for the notifier's notice that an alert about the invoice went out, or not."""
+    channel = {"webhook": "webhook", "email": "e-mail"}.get(str(d.get("channel")))
+    at_time = _time(d.get("at"))
+    attempts = _int(d.get("attempts"))
+    if channel is None or at_time is None or attempts is None:
+        raise ValueError("a notification notice needs channel (webhook|email), at and attempts")
+    what = f"Alert ({d.get('alert_kind') or 'alert'}"
+    count = _int(d.get("alert_count"))
+    what += f", in a digest of {count})" if d.get("digest") is True and count else ")"
+    target = _text(d.get("target"))
+    via = f"via {channel}" + (f" to {target}" if target else "")
+    when = at_time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if event_type == NOTIFICATION_SENT:
+        return "alert_sent", f"{what} sent {via} at {when} ({_plural(attempts, 'attempt')})"
+    if event_type == NOTIFICATION_FAILED:
+        error = _text(d.get("error"))
+        return "alert_failed", (f"{what} could not be delivered {via}: gave up at {when} after "
+                                f"{_plural(attempts, 'attempt')}" + (f"; last error: {error}" if error else ""))
+    raise ValueError(f"not a notification event type: {event_type}")

@@ -24,10 +24,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.issuer import models as m
-from services.issuer.explain import case_opened_message, describe_event, explain
+from services.issuer.explain import case_opened_message, describe_event, describe_notification, explain
 from services.issuer.lifecycle import VOIDABLE, Status, can_move
 from services.issuer.rules import canonical, check_invoice, content_hash
 from services.issuer.schemas import InvoiceCreate, InvoiceRead, InvoiceView, TimelineEntry
+from shared.db import mark_processed
 from shared.envelope import encode, new_envelope
 from shared.errors import Conflict, FieldError, NotFound, ValidationFailed
 from shared.events import (
@@ -49,9 +50,10 @@ from shared.uscc import uscc_error
 from shared.validators import clean_text
 
 __all__ = [
-    "CaseSubject", "ItemResult", "ListFilters", "Tenant", "apply_reconciliation", "apply_sync_results",
-    "authenticate", "claim_idempotency_key", "create_invoices", "create_tenant", "get_case_subject", "get_invoice",
-    "get_invoice_view", "list_invoices", "mark_published", "record_case", "request_hash",
+    "CaseSubject", "ItemResult", "ListFilters", "Tenant", "apply_notifications", "apply_reconciliation",
+    "apply_sync_results", "authenticate", "claim_idempotency_key", "create_invoices", "create_tenant",
+    "get_case_subject", "get_invoice", "get_invoice_view", "list_invoices", "mark_published", "record_case",
+    "request_hash",
     "store_idempotent_response", "validate_item", "void_invoice",
 ]
 
@@ -765,3 +767,27 @@ async def apply_reconciliation(*, session: AsyncSession, events: Sequence[Any]) 
     if timeline_rows:
         await session.execute(m.timeline.insert(), timeline_rows)
     return applied
+
+
+# --- what the notifier sent --------------------------------------------------------------------
+
+async def apply_notifications(*, session: AsyncSession, events: Sequence[Any], group: str) -> int:
+    """Put "alert sent via webhook at ..." (or "could not be delivered") on each invoice's timeline, once per
+    event id; notices about invoices of another tenant or unknown here are dropped."""
+    ids = {uuid.UUID(e.subject) for e in events}
+    owners = dict((await session.execute(
+        select(m.invoices.c.id, m.invoices.c.tenant_id).where(m.invoices.c.id.in_(ids))
+    )).all())
+    rows = []
+    for e in events:
+        iid = uuid.UUID(e.subject)
+        if str(owners.get(iid)) != e.tenant:
+            continue
+        kind, message = describe_notification(e.type, e.data)  # ValueError: dead-lettered
+        if not await mark_processed(session, m.processed_events, group=group, event_id=e.id):
+            continue  # redelivered
+        rows.append({"invoice_id": iid, "at": datetime.now(UTC), "kind": kind, "message": message,
+                     "detail": {"event_id": e.id, **e.data}})
+    if rows:
+        await session.execute(m.timeline.insert(), rows)
+    return len(rows)

@@ -23,3 +23,7 @@ class IssuerSettings(SharedSettings):
                                 description="the reconciler's base URL; cases and summaries are proxied there")
     reconciler_timeout: float = Field(default=5.0, gt=0, le=60,
                                       description="seconds allowed for each call to the reconciler")
+    notifier_url: str = Field(default="http://127.0.0.1:8003",
+                              description="the notifier's base URL; subscriptions, history and mutes are proxied there")
+    notifier_timeout: float = Field(default=10.0, gt=0, le=60,
+                                    description="seconds allowed for each call to the notifier")

@@ -33,6 +33,7 @@ from shared.events import (
     ALERT_ORPHAN,
     ALERT_RECOVERED,
     ALERT_REJECTED,
+    ALERT_RESOLVED,
     ALERT_STUCK,
     CASE_UPDATED,
     INVOICE_AWAITING_VISIBILITY,
@@ -368,6 +369,11 @@ async def _record_decision(session: AsyncSession, w: _Writes, s: dict[str, Any],
                               f"visible at the tax authority with identical content (receipt {s['receipt_no']})", now,
                               emit=True)
             case_status = "resolved"
+            if not d.recovered:  # a case the seller opened: tell them it is over (a recovery says so itself)
+                w.alert(s, ALERT_RESOLVED, "resolved", now=now, case_no=case_no, next_action=None,
+                        reason=f"Case {case_no} is resolved: the invoice is visible at the tax authority with "
+                               f"identical content (receipt {s['receipt_no']}).")
+                w.note(case_no, "alert", "Resolved alert raised.", now)
         w.event(s, INVOICE_CONFIRMED, {
             "receipt_no": s["receipt_no"], "acked_at": s["acked_at"], "confirmed_at": now,
             "visible_after_seconds": round(visible_after, 3) if visible_after is not None else None,

@@ -1,27 +1,8 @@
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any
+from pydantic import Field
 
-from pydantic import BeforeValidator, Field
-
-from shared.settings import SharedSettings
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-def parse_duration(value: Any) -> Any:
-    """'90', '90s', '1.5m', '2h', '500ms' -> seconds. Numbers pass through."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match is None:
-            raise ValueError("a duration such as 30, 30s, 10m, 2h or 500ms")
-        return float(match[1]) * _UNIT[match[2]]
-    return value
-
-
-Seconds = Annotated[float, BeforeValidator(parse_duration)]
+from shared.settings import Seconds, SharedSettings
 
 
 class ReconcilerSettings(SharedSettings):

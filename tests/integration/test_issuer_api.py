@@ -477,3 +477,32 @@ async def test_cases_and_summaries_through_the_issuer(issuer):
         stub.fail = 409
         r = await issuer.client.post(f"/v1/invoices/{other}/cases", headers=a.headers)
         assert r.status_code == 409 and r.json()["detail"] == "the invoice was voided at the reconciler"
+
+
+async def test_subscription_and_history_requests_are_checked_here_and_an_unreachable_notifier_is_503(issuer):
+    a, b = await issuer.new_tenant("A"), await issuer.new_tenant("B")
+    iid = await _new_invoice(issuer, a)
+    # Nothing listens at the issuer's notifier URL in this suite. What the issuer can check, it checks first.
+    for body, path in (({"channel": "sms", "url": "https://x.example.com/h"}, "channel"),
+                       ({"channel": "webhook", "url": "https://x.example.com/h", "kinds": ["all"]}, "kinds[0]"),
+                       ({"channel": "email", "emails": ["a@example.com\r\nBcc: b@example.com"]}, "emails[0]"),
+                       ({"channel": "webhook", "url": "https://x.example.com/h", "secret": "mine"}, "secret")):
+        r = await issuer.client.post("/v1/subscriptions", json=body, headers=a.headers)
+        assert r.status_code == 422 and r.json()["errors"][0]["path"] == path, (body, r.text)
+    for method, url in (("GET", f"/v1/invoices/{iid}/notifications"), ("PUT", f"/v1/invoices/{iid}/mute"),
+                        ("DELETE", f"/v1/invoices/{iid}/mute")):
+        r = await issuer.client.request(method, url, headers=b.headers)  # B does not own it: 404 before asking
+        assert r.status_code == 404 and r.json()["detail"] == f"no invoice {iid}", (method, url, r.text)
+    assert (await issuer.client.get("/v1/subscriptions/not-a-uuid", headers=a.headers)).status_code == 422
+    assert (await issuer.client.get("/v1/notifications", params={"limit": 500}, headers=a.headers)).status_code == 422
+    assert (await issuer.client.get("/v1/subscriptions")).status_code == 401
+
+    calls = [("POST", "/v1/subscriptions", {"channel": "webhook", "url": "https://erp.example.com/hooks"}),
+             ("GET", "/v1/subscriptions", None), ("GET", f"/v1/subscriptions/{uuid.uuid4()}", None),
+             ("GET", "/v1/notifications", None), ("GET", f"/v1/invoices/{iid}/notifications", None),
+             ("PUT", f"/v1/invoices/{iid}/mute", None), ("GET", "/v1/mutes", None)]
+    for method, url, body in calls:
+        r = await issuer.client.request(method, url, json=body, headers=a.headers)
+        assert r.status_code == 503 and r.headers["retry-after"] == "5", (url, r.text)
+        assert r.json()["detail"] == "the notifier is not reachable right now; retry shortly"
+        assert ADMIN_TOKEN not in r.text and "Bearer" not in r.text

@@ -147,7 +147,8 @@ def test_stack_up_is_idempotent_and_down_leaves_nothing(tmp_path):
     """`make up` / `make down`, on private ports and a private state dir so a real stack is untouched."""
     ports = {"FAPIAO_KAFKA_PORT": free_port(), "FAPIAO_KAFKA_CONTROLLER_PORT": free_port(),
              "FAPIAO_PG_PORT": free_port(), "FAPIAO_ISSUER_PORT": free_port(), "FAPIAO_TAXSTORE_PORT": free_port(),
-             "FAPIAO_SYNC_PORT": free_port(), "FAPIAO_RECONCILER_PORT": free_port()}
+             "FAPIAO_SYNC_PORT": free_port(), "FAPIAO_RECONCILER_PORT": free_port(),
+             "FAPIAO_NOTIFIER_PORT": free_port(), "FAPIAO_SMTP_PORT": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")}
     env.update({k: str(v) for k, v in ports.items()}, FAPIAO_STACK_DIR=str(tmp_path / "run"))
 
@@ -178,12 +179,28 @@ def test_stack_up_is_idempotent_and_down_leaves_nothing(tmp_path):
         assert held.status_code == 200 and held.json()["receipt_no"] == shown["receipt_no"]
         assert f"http://127.0.0.1:{ports['FAPIAO_SYNC_PORT']}" in up.stdout
         assert f"http://127.0.0.1:{ports['FAPIAO_RECONCILER_PORT']}" in up.stdout
+        assert f"http://127.0.0.1:{ports['FAPIAO_NOTIFIER_PORT']}" in up.stdout
+        # E-mail goes over real SMTP to the stack's own sink, which keeps it as a file.
+        sub = httpx.post(f"{url}/v1/subscriptions", headers={"Authorization": f"Bearer {key}"},
+                         json={"channel": "email", "emails": ["demo@example.com"]}, timeout=10)
+        assert sub.status_code == 201, sub.text
+        ping = httpx.post(f"{url}/v1/subscriptions/{sub.json()['id']}/ping",
+                          headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert ping.status_code == 202, ping.text
+        mail_dir = tmp_path / "run" / "mail"
+        assert str(mail_dir) in up.stdout
+        deadline = time.monotonic() + 20
+        while not list(mail_dir.glob("*.eml")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        [mail] = list(mail_dir.glob("*.eml"))
+        assert b"demo@example.com" in mail.read_bytes()
         again = stack("up")
         assert again.returncode == 0 and "already running" in again.stdout and key in again.stdout
         assert stack("status").returncode == 0
         state = json.loads((tmp_path / "run" / "stack.json").read_text())
         pids = [p["pid"] for p in state["processes"].values()]
-        assert set(state["processes"]) == {"kafka", "postgres", "issuer", "taxstore", "sync", "reconciler"}
+        assert set(state["processes"]) == {"kafka", "postgres", "mailsink", "issuer", "taxstore", "sync",
+                                             "reconciler", "notifier"}
     finally:
         down = stack("down")
     assert down.returncode == 0, down.stdout + down.stderr

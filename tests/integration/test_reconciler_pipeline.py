@@ -18,7 +18,7 @@ from sqlalchemy import text
 from shared.envelope import decode
 from shared.topics import ALERTS
 from tests import factories, steps
-from tests.conftest import REPO, ReconPipeline, Tenant, eventually, process_env, read_topic
+from tests.conftest import REPO, ReconPipeline, Tenant, eventually, metric, process_env, read_topic
 from tests.steps import delta, issue, new_tenant, until_all
 
 
@@ -36,19 +36,6 @@ async def _alerts(pipeline: ReconPipeline, *, until, timeout: float = 30.0) -> l
 async def _sql(pipeline: ReconPipeline, sql: str, **params: object) -> list:
     async with pipeline.issuer.app.state.engine.connect() as conn:  # type: ignore[attr-defined]
         return list((await conn.execute(text(sql), params)).all())
-
-
-async def _metric(p: ReconPipeline, name: str, **labels: str) -> float:
-    """A sample of the reconciler process's /metrics (0 when absent)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    async with httpx.AsyncClient(timeout=10) as c:
-        body = (await c.get(f"{p.reconciler.url}/metrics")).text
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
 
 
 async def test_dropped_invoices_are_found_resynced_and_confirmed_once_each(recon_pipeline: ReconPipeline) -> None:
@@ -73,8 +60,8 @@ async def test_dropped_invoices_are_found_resynced_and_confirmed_once_each(recon
     resyncs, confirmed = rows[0]
     assert confirmed == 500 and resyncs == dropped, (resyncs, dropped)
     assert delta(after, before, "duplicates") == 0
-    assert await _metric(p, "fapiao_reconciler_resyncs_total", kind="missing") >= resyncs
-    assert await _metric(p, "fapiao_reconciler_check_round_duration_seconds_count") > 0
+    assert await metric(p.reconciler.url, "fapiao_reconciler_resyncs_total", kind="missing") >= resyncs
+    assert await metric(p.reconciler.url, "fapiao_reconciler_check_round_duration_seconds_count") > 0
     gap_invoice = (await _sql(p, "select invoice_id from reconciler.ledger where tenant_id = :t and resyncs > 0 "
                                  "limit 1", t=tenant.id))[0][0]
     kinds = await _timeline_kinds(p, tenant, str(gap_invoice))
@@ -129,11 +116,11 @@ async def test_an_outage_past_the_limit_makes_invoices_stuck_then_they_recover(r
     assert one["next_action"], one
 
     async def stuck_in_metrics() -> bool:  # refreshed every few seconds from the ledger
-        return (await _metric(p, "fapiao_reconciler_stuck_invoices") >= 40
-                and await _metric(p, "fapiao_reconciler_gaps", kind="stuck", age="lt_1m") >= 40)
+        return (await metric(p.reconciler.url, "fapiao_reconciler_stuck_invoices") >= 40
+                and await metric(p.reconciler.url, "fapiao_reconciler_gaps", kind="stuck", age="lt_1m") >= 40)
 
     await eventually(stuck_in_metrics, timeout=15, interval=0.5)
-    assert await _metric(p, "fapiao_reconciler_oldest_unconfirmed_age_seconds") >= 5
+    assert await metric(p.reconciler.url, "fapiao_reconciler_oldest_unconfirmed_age_seconds") >= 5
 
     await p.faults(outage=False)
     await until_all(p, tenant, "confirmed", 40, timeout=90)
@@ -152,8 +139,8 @@ async def test_an_outage_past_the_limit_makes_invoices_stuck_then_they_recover(r
     resolved = await _sql(p, "select count(*) from reconciler.cases where tenant_id = :t and status = 'resolved'",
                           t=tenant.id)
     assert resolved[0][0] == 40
-    assert await _metric(p, "fapiao_reconciler_transitions_total", to="recovered") >= 40
-    assert await _metric(p, "fapiao_reconciler_transitions_total", to="stuck") >= 40
+    assert await metric(p.reconciler.url, "fapiao_reconciler_transitions_total", to="recovered") >= 40
+    assert await metric(p.reconciler.url, "fapiao_reconciler_transitions_total", to="stuck") >= 40
     kinds = await _timeline_kinds(p, tenant, next(iter(ids.values())))
     # (sync results and the reconciler's findings travel on two topics, so only their own order is fixed)
     assert "stuck" in kinds and "recovered" in kinds and kinds.index("stuck") < kinds.index("recovered"), kinds
@@ -255,8 +242,13 @@ async def test_a_case_opened_by_the_user_checks_at_once_and_shows_it(recon_pipel
     done = await eventually(resolved, timeout=30, interval=0.3)
     assert done["receipt_no"] and done["invoice"]["status"] == "confirmed" and done["resolved_at"]
     kinds = [h["kind"] for h in done["history"]]
-    assert kinds[0] == "opened" and "resync" in kinds and kinds[-1] == "resolved", kinds
+    assert kinds[0] == "opened" and "resync" in kinds and kinds[-2:] == ["resolved", "alert"], kinds
     assert number in await p.stored(tenant.tax_id)
+    # The seller who opened it hears that it is over (the invoice was never stuck: a "resolved" alert).
+    alerts = await _alerts(p, until=lambda al: any(a.subject == ids[number] for a in al))
+    mine_alerts = [a for a in alerts if a.subject == ids[number]]
+    assert [a.type for a in mine_alerts] == ["cn.fapiao.alert.case-resolved.v1"]
+    assert mine_alerts[0].data["case_no"] == case_no and mine_alerts[0].data["kind"] == "resolved"
     # Cases are the tenant's only.
     assert (await p.issuer.client.get(f"/v1/cases/{case_no}", headers=other.headers)).status_code == 404
     assert (await p.issuer.client.post(f"/v1/invoices/{ids[number]}/cases", headers=other.headers)).status_code == 404

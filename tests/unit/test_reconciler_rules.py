@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from services.reconciler.rules import Policy, Seen, after_sync_result, decide, human_duration, resync_delay
-from services.reconciler.settings import ReconcilerSettings, parse_duration
+from services.reconciler.settings import ReconcilerSettings
 from shared.events import INVOICE_REJECTED, INVOICE_SUBMISSION_FAILED, INVOICE_SUBMITTED
+from shared.settings import parse_duration
 
 T0 = datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC)
 P = Policy(visibility_sla=30, first_check_after=1, stuck_after=600, stuck_after_resyncs=3, resync_base=10,

@@ -1,0 +1,166 @@
+"""The issuer's side of the other services' admin APIs: cases and summaries (reconciler), subscriptions,
+notification history and mutes (notifier).
+
+Those services own that data; the issuer is the tenant's one public base URL, so it asks on the tenant's
+behalf with the admin token, having checked what it can itself (the invoice is the tenant's). Every failure
+to get a usable answer (refused, timed out, 5xx, a body that is not the contract) is one error for the
+tenant: 503 with Retry-After. Logs name the call, never the token.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import httpx
+
+from shared.errors import Conflict, FapiaoError, NotFound, ServiceUnavailable
+
+__all__ = ["CASE_NO", "BackendClient", "NotifierClient", "Passed", "ReconcilerClient", "make_http"]
+
+log = logging.getLogger(__name__)
+
+CASE_NO = re.compile(r"CASE-[0-9]{8}-[0-9]{6}")  # use fullmatch: "$" would let a trailing newline through
+RETRY_AFTER_SECONDS = 5
+
+
+def make_http(base_url: str, admin_token: str, timeout: float) -> httpx.AsyncClient:
+    """One connection pool to a backend service, owned by the app's lifespan."""
+    return httpx.AsyncClient(base_url=base_url, timeout=timeout, headers={"Authorization": f"Bearer {admin_token}"},
+                             follow_redirects=False)
+
+
+class Passed(FapiaoError):
+    """A backend's own answer to a request that was the tenant's to get right (404, 409, 422): passed on as is."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(str(body.get("detail") or ""))
+        self.status = status
+        self.title = str(body.get("title") or "Error")
+        self.code = str(body.get("code") or "error")
+        self.extra = {k: v for k, v in body.items() if k not in ("status", "title", "detail", "code", "type")}
+
+
+class BackendClient:
+    name = "backend"
+    PASS_THROUGH: tuple[int, ...] = ()
+
+    def __init__(self, http: httpx.AsyncClient, *, timeout: float) -> None:
+        self.http = http
+        self.timeout = timeout
+
+    @property
+    def unreachable(self) -> str:
+        return f"the {self.name} is not reachable right now; retry shortly"
+
+    @property
+    def unusable(self) -> str:
+        return f"the {self.name} cannot answer this right now; retry shortly"
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            r = await self.http.request(method, path, timeout=self.timeout, **kwargs)
+        except httpx.HTTPError as exc:  # refused, reset, timed out: the tenant can only wait and retry
+            log.warning("%s %s %s failed: %s", self.name, method, path, type(exc).__name__)
+            raise ServiceUnavailable(self.unreachable, retry_after=RETRY_AFTER_SECONDS) from None
+        if r.status_code >= 500:
+            log.warning("%s %s %s answered %d", self.name, method, path, r.status_code)
+            raise ServiceUnavailable(self.unreachable, retry_after=RETRY_AFTER_SECONDS)
+        if r.status_code in (401, 403):
+            # The tenant did nothing wrong: this deployment's FAPIAO_ADMIN_TOKEN differs from the backend's.
+            log.error("%s %s %s refused the issuer's admin token (%d)", self.name, method, path, r.status_code)
+            raise ServiceUnavailable(self.unusable, retry_after=RETRY_AFTER_SECONDS)
+        if r.status_code in self.PASS_THROUGH:
+            body = _body(r)
+            if body is None:
+                raise self._unusable(r, f"status {r.status_code} without a problem body")
+            raise Passed(r.status_code, body)
+        return r
+
+    def _json(self, r: httpx.Response, *, expect: tuple[int, ...]) -> dict[str, Any]:
+        if r.status_code not in expect:
+            raise self._unusable(r, f"status {r.status_code}")
+        body = _body(r)
+        if body is None:
+            raise self._unusable(r, "not a JSON object")
+        return body
+
+    def _unusable(self, r: httpx.Response, why: str) -> ServiceUnavailable:
+        log.error("%s %s %s gave an unusable answer (%s)", self.name, r.request.method, r.request.url.path, why)
+        return ServiceUnavailable(self.unusable, retry_after=RETRY_AFTER_SECONDS)
+
+
+def _body(r: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = r.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+class ReconcilerClient(BackendClient):
+    name = "reconciler"
+    PASS_THROUGH = (422,)
+
+    async def open_case(self, *, invoice_id: str, tenant_id: str, seller_tax_id: str, number: str,
+                        note: str | None) -> tuple[int, dict[str, Any]]:
+        """(201 opened | 200 already open, the case). 404 and 409 pass through with the reconciler's detail."""
+        r = await self._call("POST", "/admin/cases", json={
+            "invoice_id": invoice_id, "tenant_id": tenant_id, "seller_tax_id": seller_tax_id, "number": number,
+            "note": note})
+        if r.status_code == 404:
+            raise NotFound(_detail(r) or f"no invoice {invoice_id}")
+        if r.status_code == 409:
+            raise Conflict(_detail(r) or "no case can be opened for this invoice")
+        return r.status_code, self._case(r, expect=(200, 201))
+
+    async def get_case(self, case_no: str) -> dict[str, Any] | None:
+        r = await self._call("GET", f"/admin/cases/{case_no}")
+        return None if r.status_code == 404 else self._case(r, expect=(200,))
+
+    async def list_cases(self, *, tenant_id: str, status: str | None, limit: int) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"tenant_id": tenant_id, "limit": limit}
+        if status is not None:
+            params["status"] = status
+        r = await self._call("GET", "/admin/cases", params=params)
+        items = self._json(r, expect=(200,)).get("items")
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise self._unusable(r, "no list of items")
+        return items
+
+    async def summary(self, *, seller_tax_id: str, month: str) -> dict[str, Any]:
+        r = await self._call("GET", "/admin/summary", params={"seller_tax_id": seller_tax_id, "month": month})
+        return self._json(r, expect=(200,))
+
+    def _case(self, r: httpx.Response, *, expect: tuple[int, ...]) -> dict[str, Any]:
+        case = self._json(r, expect=expect)
+        if not isinstance(case.get("case_no"), str) or not CASE_NO.fullmatch(case["case_no"]):
+            raise self._unusable(r, "no valid case_no")
+        return case
+
+
+def _detail(r: httpx.Response) -> str | None:
+    try:
+        body = r.json()
+    except ValueError:
+        return None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return detail[:500] if isinstance(detail, str) and detail else None
+
+
+class NotifierClient(BackendClient):
+    """The notifier's tenant-scoped admin routes (/admin/tenants/{tenant}/...). The tenant's own mistakes
+    (unknown subscription, an invalid or private webhook URL, nothing muted) come back as the notifier
+    worded them."""
+
+    name = "notifier"
+    PASS_THROUGH = (400, 404, 409, 422)
+
+    async def forward(self, method: str, tenant_id: str, path: str, *, json: Any = None,
+                      params: dict[str, Any] | None = None) -> tuple[int, dict[str, Any] | None]:
+        r = await self._call(method, f"/admin/tenants/{tenant_id}{path}", json=json,
+                             params={k: v for k, v in (params or {}).items() if v is not None})
+        if r.status_code == 204:
+            return 204, None
+        return r.status_code, self._json(r, expect=(200, 201, 202))

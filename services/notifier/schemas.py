@@ -1,0 +1,110 @@
+"""What tenants send to manage their subscriptions, and what an alert event must carry to be delivered."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from shared.errors import FieldError
+from shared.validators import clean_text
+
+__all__ = ["KINDS", "RESOLUTIONS", "AlertData", "RotateSecret", "SubscriptionCreate", "SubscriptionPatch"]
+
+Kind = Literal["stuck", "recovered", "rejected", "orphan", "resolved", "reminder"]
+KINDS: tuple[str, ...] = ("stuck", "recovered", "rejected", "orphan", "resolved", "reminder")
+RESOLUTIONS = frozenset({"recovered", "resolved"})  # the end of a problem: delivered even when muted
+
+# Pragmatic address check (the SMTP server has the last word): one @, no spaces or angle brackets, a dot in
+# the domain, nothing that could inject a header.
+_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
+
+
+def _email(value: str) -> str:
+    value = value.strip()
+    if len(value) > 254 or not _EMAIL.match(value):
+        raise ValueError("not an e-mail address such as finance@example.com")
+    local, _, domain = value.partition("@")
+    return f"{local}@{domain.lower()}"
+
+
+Email = Annotated[str, AfterValidator(_email)]
+Text = Annotated[str, AfterValidator(clean_text)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def _unique_kinds(kinds: list[str]) -> list[str]:
+    if not kinds:
+        raise ValueError("name at least one alert kind")
+    return sorted(set(kinds), key=KINDS.index)
+
+
+Kinds = Annotated[list[Kind], Field(max_length=len(KINDS)), AfterValidator(_unique_kinds)]
+
+
+class SubscriptionCreate(_Strict):
+    """A webhook (`url`) or an e-mail (`emails`) subscription; `missing_fields` says what the channel lacks."""
+
+    channel: Literal["webhook", "email"]
+    url: Annotated[str, StringConstraints(min_length=8, max_length=2000)] | None = None
+    emails: Annotated[list[Email], Field(min_length=1, max_length=20)] | None = None
+    kinds: Kinds = Field(default_factory=lambda: list(KINDS))
+    description: Annotated[Text, StringConstraints(max_length=200)] | None = None
+
+    @field_validator("emails")
+    @classmethod
+    def _distinct(cls, v: list[str] | None) -> list[str] | None:
+        return list(dict.fromkeys(v)) if v is not None else None
+
+    def field_problems(self) -> list[FieldError]:
+        if self.channel == "webhook":
+            return ([FieldError("url", "required for a webhook subscription")] if self.url is None else []) + (
+                [FieldError("emails", "only an e-mail subscription has addresses")] if self.emails is not None
+                else [])
+        return ([FieldError("emails", "required for an e-mail subscription")] if self.emails is None else []) + (
+            [FieldError("url", "only a webhook subscription has a url")] if self.url is not None else [])
+
+
+class SubscriptionPatch(_Strict):
+    url: Annotated[str, StringConstraints(min_length=8, max_length=2000)] | None = None
+    emails: Annotated[list[Email], Field(min_length=1, max_length=20)] | None = None
+    kinds: Kinds | None = None
+    description: Annotated[Text, StringConstraints(max_length=200)] | None = None
+    active: bool | None = None
+
+
+class RotateSecret(_Strict):
+    overlap_seconds: int = Field(default=86_400, ge=0, le=7 * 86_400,
+                                 description="how long the old secret keeps signing beside the new one")
+
+
+class AlertData(BaseModel):
+    """The payload of an invoice.alerts.v1 event (shared/events.py); checked before anything is stored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    alert_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    kind: Kind
+    tenant_id: uuid.UUID
+    seller_tax_id: Annotated[str, StringConstraints(min_length=18, max_length=18)]
+    invoice_id: uuid.UUID | None = None
+    number: Annotated[str, StringConstraints(pattern=r"^[0-9]{20}$")]
+    issue_date: str | None = Field(default=None, max_length=10)
+    total: str | None = Field(default=None, max_length=24)
+    buyer_name: Annotated[Text, StringConstraints(max_length=200)] | None = None
+    buyer_tax_id: str | None = Field(default=None, max_length=18)
+    receipt_no: str | None = Field(default=None, max_length=64)
+    reason: Annotated[Text, StringConstraints(min_length=1, max_length=2000)]
+    next_action: Annotated[Text, StringConstraints(max_length=1000)] | None = None
+    case_no: Annotated[str, StringConstraints(max_length=32)] | None = None
+    at: datetime
+
+    def public(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"tenant_id"})

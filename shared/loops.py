@@ -1,0 +1,96 @@
+"""The two long-running shapes every service's background work takes:
+
+- `run_rounds`: do a round of work, again at once while there is more, otherwise wait for a wake-up or an
+  idle interval; a failing round (database away) backs off with jitter and the loop goes on.
+- `consume_forever`: a ConsumeLoop (shared.kafka) that is rebuilt from the committed offsets after any
+  failure of Kafka or the database, until the service stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from shared.kafka import BatchHandler, ConsumeLoop, backoff_delay, make_consumer, make_producer
+from shared.metrics import DEAD_LETTERS
+from shared.topics import dlq_name
+
+__all__ = ["consume_forever", "run_rounds", "sleep_unless"]
+
+log = logging.getLogger(__name__)
+
+
+async def sleep_unless(event: asyncio.Event, seconds: float) -> None:
+    """Sleep up to `seconds`, returning early when `event` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), max(seconds, 0))
+
+
+async def run_rounds(name: str, round_: Callable[[], Awaitable[bool]], *, stopping: asyncio.Event,
+                     wake: asyncio.Event | None = None, idle: Callable[[], float]) -> None:
+    """Run `round_` until `stopping`: again at once after a busy round (it returned True), otherwise after
+    `idle()` seconds or as soon as `wake` is set."""
+    wake = wake or asyncio.Event()
+    failures = 0
+    while not stopping.is_set():
+        try:
+            busy = await round_()
+            failures = 0
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the database may be away; keep going
+            failures += 1
+            log.warning("%s round failed (%s: %s)", name, type(exc).__name__, exc)
+            await sleep_unless(stopping, backoff_delay(failures, base=0.5, cap=15))
+            continue
+        if busy:
+            await asyncio.sleep(0)
+            continue
+        wake.clear()
+        waiter = asyncio.ensure_future(wake.wait())
+        stopper = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, timeout=max(idle(), 0), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+
+
+async def consume_forever(*, service: str, bootstrap: str, topics: Sequence[str], group_id: str,
+                          batch_handler: BatchHandler, stopping: asyncio.Event, request_timeout_ms: int,
+                          max_poll_records: int = 1000) -> None:
+    """Consume `topics` in batch mode until `stopping`; after any failure start again from committed offsets.
+    Poison goes to each topic's dead-letter twin and counts in fapiao_dead_letters_total."""
+    attempt = 0
+    while not stopping.is_set():
+        consumer = make_consumer(bootstrap, *topics, group_id=group_id, max_poll_records=max_poll_records,
+                                 request_timeout_ms=request_timeout_ms)
+        producer = make_producer(bootstrap, request_timeout_ms=request_timeout_ms)
+        loop = ConsumeLoop(consumer=consumer, producer=producer, topics=list(topics), batch_handler=batch_handler,
+                           dlq_topic=dlq_name, group_id=group_id,
+                           on_dead_letter=lambda t: DEAD_LETTERS.labels(service, t).inc())
+
+        async def stop_when_stopping(loop: ConsumeLoop = loop) -> None:
+            await stopping.wait()
+            loop.stop()
+
+        watch = asyncio.create_task(stop_when_stopping())
+        try:
+            await asyncio.wait_for(consumer.start(), 30)
+            await asyncio.wait_for(producer.start(), 30)
+            attempt = 0
+            await loop.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Kafka or the DB failed: start again from committed offsets
+            delay = backoff_delay(attempt, base=0.5, cap=15)
+            attempt += 1
+            log.warning("%s consumer failed (%s: %s); restarting in %.1fs", group_id, type(exc).__name__, exc, delay)
+            await sleep_unless(stopping, delay)
+        finally:
+            watch.cancel()
+            for client in (consumer, producer):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.stop(), 10)
