@@ -3,6 +3,14 @@
     fapiao tenants create --name N --tax-id USCC     register a seller; prints its API key once
     fapiao import FILE.csv --api-key KEY              import historical invoices, with a progress bar
     fapiao summary --month 2026-11                    发票汇总确认: a month here vs. at the tax authority
+    fapiao status                                     stack health, lag, gaps, stuck (exit 1 if a service is down)
+    fapiao invoice show NUMBER|ID                     one invoice: status, reason, next action, timeline
+    fapiao gaps | resync ID                           what is unconfirmed and why; resubmit one invoice now
+    fapiao cases list | cases show CASE-...           the reconciler's cases and their history
+    fapiao faults show | faults set drop_rate=0.3     the simulated tax store's faults (drills)
+
+Every command takes --json for scripts. Exit status: 0 fine, 1 the answer is bad news (a service down,
+rows rejected, a summary that differs), 2 the request could not be made or was refused.
 
 Settings come from FAPIAO_* variables; when a local stack runs (`make up`), from its `.run/stack.env`.
 """
@@ -192,23 +200,48 @@ def _admin_token() -> str:
     raise typer.Exit(2)
 
 
-def _get_json(url: str, path: str, *, token: str, params: dict[str, str] | None = None) -> dict[str, Any]:
-    """GET a JSON object; exits 2 with the service's own words when it cannot be had."""
+def _call(method: str, url: str, path: str, *, token: str, params: dict[str, Any] | None = None,
+          body: Any = None, ok: tuple[int, ...] = (200,)) -> Any:
+    """One request to a service; exits 2 with the service's own words when the answer is not `ok`."""
     try:
-        resp = httpx.get(f"{url.rstrip('/')}{path}", params=params, timeout=httpx.Timeout(60, connect=5),
-                         headers={"Authorization": f"Bearer {token}"})
+        resp = httpx.request(method, f"{url.rstrip('/')}{path}", params=params, json=body,
+                             timeout=httpx.Timeout(60, connect=5), headers={"Authorization": f"Bearer {token}"})
     except httpx.HTTPError as exc:
         err.print(f"[red]cannot reach {url}:[/red] {type(exc).__name__}")
         raise typer.Exit(2) from None
-    if resp.status_code != 200:
+    if resp.status_code not in ok:
         try:
-            body = resp.json()
-            reasons = "; ".join(f"{e['path']}: {e['reason']}" for e in body.get("errors", [])) or body.get("detail")
+            answer = resp.json()
+            reasons = "; ".join(f"{e['path']}: {e['reason']}" for e in answer.get("errors", [])) or answer.get("detail")
         except (ValueError, AttributeError, KeyError, TypeError):
             reasons = resp.text[:300]
         err.print(f"[red]{resp.status_code}:[/red] {reasons}")
         raise typer.Exit(2)
-    return resp.json()  # type: ignore[no-any-return]
+    return resp.json()
+
+
+def _get_json(url: str, path: str, *, token: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+    """GET a JSON object; exits 2 with the service's own words when it cannot be had."""
+    return _call("GET", url, path, token=token, params=params)  # type: ignore[no-any-return]
+
+
+def _url(service: str, default_port: int) -> str:
+    return os.environ.get(f"FAPIAO_{service.upper()}_URL") or f"http://127.0.0.1:{default_port}"
+
+
+def _emit(data: Any) -> None:
+    typer.echo(json.dumps(data, ensure_ascii=False, indent=None, default=str))
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {(s % 3600) // 60} min"
 
 
 @app.command("summary")
@@ -265,6 +298,240 @@ def _print_summary(s: dict[str, Any]) -> None:
     console.print(diffs)
     if len(s["differences"]) > 200 or s.get("differences_truncated"):
         console.print("… more differences: use --json for the full list")
+
+
+# --- operators: the pipeline at a glance, one invoice, gaps, cases, faults ------------------------------------
+
+cases_app = typer.Typer(no_args_is_help=True, help="Cases (the reconciler's record of a missing invoice).")
+faults_app = typer.Typer(no_args_is_help=True, help="The simulated tax store's faults (drills).")
+invoice_app = typer.Typer(no_args_is_help=True, help="One invoice, any tenant.")
+app.add_typer(cases_app, name="cases")
+app.add_typer(faults_app, name="faults")
+app.add_typer(invoice_app, name="invoice")
+
+AS_JSON = typer.Option(False, "--json", help="machine-readable output")
+
+
+@app.command("status")
+def status(tenant: str = typer.Option(None, "--tenant", help="a tenant id: counts for it only"),
+           as_json: bool = AS_JSON) -> None:
+    """Stack health and how far behind things are: services, invoices by status, consumer lag, gaps, stuck,
+    end-to-end latency. Exit status 1 when a service is not ready."""
+    _load_stack_env()
+    body = _call("GET", _url("issuer", 8000), "/ops/api/overview", token=_admin_token(),
+                 params={"tenant_id": tenant, "stuck_limit": 0} if tenant else {"stuck_limit": 0})
+    point = body.get("pipeline") or {}
+    down = [svc["name"] for svc in body["services"] if not svc["ready"]]
+    if as_json:
+        _emit({"services": body["services"], "counts": body["counts"], "total": body["total"],
+               "stuck": body["stuck_total"], "lag": point.get("lag"), "dlq": point.get("dlq"),
+               "unconfirmed": point.get("unconfirmed"),
+               "oldest_unconfirmed_seconds": point.get("oldest_unconfirmed_seconds"),
+               "e2e_p50_seconds": point.get("e2e_p50"), "e2e_p95_seconds": point.get("e2e_p95"),
+               "gaps": body.get("gaps"), "errors": body.get("errors"), "sampled_at": point.get("t")})
+    else:
+        console = Console()
+        services = Table("service", "url", "ready", title="Services")
+        for svc in body["services"]:
+            services.add_row(svc["name"], svc["url"], "[green]yes[/green]" if svc["ready"] else "[red]NO[/red]")
+        console.print(services)
+        counts = Table("status", "invoices", title="Invoices" + (f" of tenant {tenant}" if tenant else ""))
+        for name, n in sorted(body["counts"].items()):
+            counts.add_row(name, str(n))
+        counts.add_row("[bold]total[/bold]", str(body["total"]))
+        console.print(counts)
+        lag = point.get("lag") or {}
+        console.print("Consumer lag (records): " + (", ".join(f"{k} {v}" for k, v in lag.items()) or "unknown"))
+        console.print(f"Unconfirmed: {point.get('unconfirmed', '–')}, stuck: {body['stuck_total']}, oldest "
+                      f"unconfirmed: {_ago(point.get('oldest_unconfirmed_seconds'))}; end to end p50 "
+                      f"{_ago(point.get('e2e_p50'))}, p95 {_ago(point.get('e2e_p95'))} (last 5 min)")
+        dlq = {k: v for k, v in (point.get("dlq") or {}).items() if v}
+        if dlq:
+            console.print("[yellow]Dead letters:[/yellow] " + ", ".join(f"{k} {v}" for k, v in dlq.items()))
+        for where, problem in (body.get("errors") or {}).items():
+            if problem:
+                console.print(f"[red]{where} cannot be read:[/red] {problem}")
+        if down:
+            console.print(f"[red]Not ready: {', '.join(down)}[/red]")
+    if down:
+        raise typer.Exit(1)
+
+
+@invoice_app.command("show")
+def invoice_show(ref: str = typer.Argument(..., help="the invoice id, or its 20-digit number"),
+                 tax_id: str = typer.Option(None, "--tax-id", help="the seller, when several used this number"),
+                 as_json: bool = AS_JSON) -> None:
+    """Status, reason, next action, case and timeline of one invoice."""
+    _load_stack_env()
+    issuer, token = _url("issuer", 8000), _admin_token()
+    invoice_id = ref
+    if ref.isdigit():
+        found = _call("GET", issuer, "/admin/invoices", token=token,
+                      params={"number": ref, **({"seller_tax_id": tax_id} if tax_id else {})})["items"]
+        if not found:
+            err.print(f"[red]no invoice numbered {ref}[/red]")
+            raise typer.Exit(1)
+        if len(found) > 1:
+            err.print(f"[yellow]{len(found)} sellers used number {ref}; pass --tax-id:[/yellow] "
+                      + ", ".join(f"{f['seller_tax_id']} ({f['tenant']})" for f in found))
+            raise typer.Exit(2)
+        invoice_id = found[0]["id"]
+    inv = _call("GET", issuer, f"/admin/invoices/{invoice_id}", token=token)
+    if as_json:
+        _emit(inv)
+        return
+    console = Console()
+    colour = {"confirmed": "green", "stuck": "red", "rejected": "yellow", "retrying": "yellow"}.get(inv["status"])
+    shown = f"[{colour}]{inv['status']}[/{colour}]" if colour else inv["status"]
+    console.print(f"Invoice {inv['number']} ({inv['id']}) of {inv['tenant']['name']} ({inv['seller_tax_id']}): {shown}")
+    console.print(f"  total {inv['total']} {inv['currency']}, issued {inv['issue_date']}, buyer {inv['buyer_name']}")
+    console.print(f"  reason:      {inv['reason']}")
+    if inv.get("next_action"):
+        console.print(f"  next action: {inv['next_action']}" + (f" (at {inv['next_action_at']})"
+                                                                  if inv.get("next_action_at") else ""))
+    for label, key in (("receipt", "receipt_no"), ("case", "case_no")):
+        if inv.get(key):
+            console.print(f"  {label + ':':<12} {inv[key]}")
+    timeline = Table("at", "what", "", title="Timeline")
+    for entry in inv["timeline"]:
+        timeline.add_row(entry["at"][:19].replace("T", " "), entry["kind"], entry["message"])
+    console.print(timeline)
+
+
+@app.command("gaps")
+def gaps(limit: int = typer.Option(20, min=1, max=1000, help="how many of the oldest to list"),
+         as_json: bool = AS_JSON) -> None:
+    """Unconfirmed invoices by kind and age, and the oldest of them with what happens next."""
+    _load_stack_env()
+    reconciler, token = _url("reconciler", 8002), _admin_token()
+    counts = _call("GET", reconciler, "/admin/status", token=token)
+    oldest = _call("GET", reconciler, "/admin/gaps", token=token, params={"limit": limit})["items"]
+    if as_json:
+        _emit({"gaps": counts["gaps"], "unconfirmed": counts["unconfirmed"], "stuck": counts["stuck"],
+               "oldest_unconfirmed_seconds": counts["oldest_unconfirmed_seconds"], "oldest": oldest})
+        return
+    console = Console()
+    ages = ["lt_1m", "1m_10m", "10m_1h", "1h_1d", "gt_1d"]
+    by_kind: dict[str, dict[str, int]] = {}
+    for g in counts["gaps"]:
+        by_kind.setdefault(g["kind"], {})[g["age"]] = g["count"]
+    table = Table("kind", "< 1 min", "1–10 min", "10 min–1 h", "1 h–1 d", "> 1 d", title="Gaps by age")
+    for kind, row in sorted(by_kind.items()):
+        table.add_row(kind, *(str(row.get(a, "")) for a in ages))
+    console.print(table if by_kind else "No gaps: everything issued is confirmed.")
+    if oldest:
+        listing = Table("invoice", "number", "state", "since", "resyncs", "case", "next check", title="Oldest")
+        for g in oldest:
+            listing.add_row(g["invoice_id"], g["number"], g["state"] + (f" ({g['gap_kind']})" if g["gap_kind"] else ""),
+                            (g["since"] or "")[:19], str(g["resyncs"]), g["case_no"] or "",
+                            (g["next_check_at"] or "")[:19])
+        console.print(listing)
+
+
+@app.command("resync")
+def resync(invoice_id: str = typer.Argument(..., help="the invoice id"), as_json: bool = AS_JSON) -> None:
+    """Have the sync service resubmit an invoice now (it reads back first), then check it again."""
+    _load_stack_env()
+    out = _call("POST", _url("reconciler", 8002), f"/admin/invoices/{invoice_id}/resync", token=_admin_token(),
+                ok=(202,))
+    if as_json:
+        _emit(out)
+    else:
+        Console().print(f"Resync of {out['invoice_id']} requested ({out['state']}); next check at "
+                        f"{out['next_check_at'][:19]}.")
+
+
+@cases_app.command("list")
+def cases_list(status_: str = typer.Option(None, "--status", help="open | resolved | closed"),
+               tenant: str = typer.Option(None, "--tenant", help="a tenant id"),
+               limit: int = typer.Option(50, min=1, max=1000), as_json: bool = AS_JSON) -> None:
+    """Cases, newest first."""
+    _load_stack_env()
+    items = _call("GET", _url("reconciler", 8002), "/admin/cases", token=_admin_token(),
+                  params={k: v for k, v in {"status": status_, "tenant_id": tenant, "limit": limit}.items()
+                          if v is not None})["items"]
+    if as_json:
+        _emit(items)
+        return
+    table = Table("case", "status", "opened by", "opened", "number", "invoice state", "resyncs", title="Cases")
+    for c in items:
+        table.add_row(c["case_no"], c["status"], c["opened_by"], (c["opened_at"] or "")[:19], c["number"],
+                      c["invoice_state"], str(c["resyncs"]))
+    Console().print(table if items else "No cases.")
+
+
+@cases_app.command("show")
+def cases_show(case_no: str = typer.Argument(...), as_json: bool = AS_JSON) -> None:
+    """One case: status, the invoice as the reconciler sees it, and the history of checks, resyncs, alerts."""
+    _load_stack_env()
+    case = _call("GET", _url("reconciler", 8002), f"/admin/cases/{case_no}", token=_admin_token())
+    if as_json:
+        _emit(case)
+        return
+    console = Console()
+    console.print(f"Case {case['case_no']}: {case['status']} (opened by {case['opened_by']} at "
+                  f"{case['opened_at'][:19]}) for invoice {case['number']} ({case['invoice_id']}), now "
+                  f"{case['invoice_state']}" + (f", receipt {case['receipt_no']}" if case.get("receipt_no") else ""))
+    if case.get("resolution"):
+        console.print(f"Resolution: {case['resolution']}")
+    history = Table("at", "what", "", title="History")
+    for h in case.get("history", []):
+        history.add_row(h["at"][:19].replace("T", " "), h["kind"], h["message"])
+    console.print(history)
+
+
+def _faults_table(faults: dict[str, Any]) -> Table:
+    table = Table("fault", "value", title="Tax store faults")
+    for key, value in faults.items():
+        table.add_row(key, str(value))
+    return table
+
+
+@faults_app.command("show")
+def faults_show(as_json: bool = AS_JSON) -> None:
+    """The tax store's fault settings now."""
+    _load_stack_env()
+    faults = _call("GET", _url("taxstore", 8100), "/admin/faults", token=_admin_token())
+    if as_json:
+        _emit(faults)
+    else:
+        Console().print(_faults_table(faults))
+
+
+def _fault_value(text: str) -> Any:
+    lowered = text.strip().lower()
+    if lowered in ("true", "on", "yes"):
+        return True
+    if lowered in ("false", "off", "no"):
+        return False
+    if lowered in ("null", "none"):
+        return None
+    try:
+        return int(lowered)
+    except ValueError:
+        pass
+    try:
+        return float(lowered)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number, true/false or null") from None
+
+
+@faults_app.command("set")
+def faults_set(assignments: list[str] = typer.Argument(..., help="key=value, e.g. drop_rate=0.3 outage=true"),
+               as_json: bool = AS_JSON) -> None:
+    """Change some of the tax store's faults; the others keep their values."""
+    _load_stack_env()
+    changes: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{item!r}: write key=value, e.g. drop_rate=0.3")
+        changes[key.strip()] = _fault_value(value)
+    faults = _call("PUT", _url("taxstore", 8100), "/admin/faults", token=_admin_token(), body=changes)
+    if as_json:
+        _emit(faults)
+    else:
+        Console().print(_faults_table(faults))
 
 
 def main() -> None:

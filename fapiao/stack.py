@@ -112,6 +112,8 @@ def _print_summary(state: dict) -> None:
     typer.echo("Fapiao Sync is running.")
     for name, url in state["urls"].items():
         typer.echo(f"  {name:<10} {url}   (OpenAPI: {url}/docs)" if name == "issuer" else f"  {name:<10} {url}")
+    if "issuer" in state["urls"]:
+        typer.echo(f"  dashboard  {state['urls']['issuer']}/ops   (operators: sign in with the admin token)")
     typer.echo(f"  kafka      {state['kafka_bootstrap']}")
     typer.echo(f"  postgres   {state['database_url'].replace(':fapiao@', ':***@')}")
     if state.get("mail_dir"):
@@ -193,11 +195,13 @@ def up() -> None:
             "FAPIAO_TAXSTORE_URL": f"http://127.0.0.1:{_port('FAPIAO_TAXSTORE_PORT', 8100)}",
             "FAPIAO_RECONCILER_URL": f"http://127.0.0.1:{_port('FAPIAO_RECONCILER_PORT', 8002)}",
             "FAPIAO_NOTIFIER_URL": f"http://127.0.0.1:{_port('FAPIAO_NOTIFIER_PORT', 8003)}",
+            "FAPIAO_SYNC_URL": f"http://127.0.0.1:{_port('FAPIAO_SYNC_PORT', 8001)}",
             "FAPIAO_ISSUER_PUBLIC_URL": issuer_url,
             "FAPIAO_SMTP_HOST": os.environ.get("FAPIAO_SMTP_HOST", "127.0.0.1"), "FAPIAO_SMTP_PORT": str(smtp_port),
             # Local development: webhooks may go to receivers on this machine (never to other private ranges).
             "FAPIAO_WEBHOOK_ALLOW_PRIVATE": os.environ.get("FAPIAO_WEBHOOK_ALLOW_PRIVATE", "127.0.0.0/8,::1/128"),
-            "FAPIAO_SECRETS_KEY": _secret("secrets-key", lambda: secrets.token_urlsafe(32)),
+            "FAPIAO_SECRETS_KEY": os.environ.get("FAPIAO_SECRETS_KEY")
+            or _secret("secrets-key", lambda: secrets.token_urlsafe(32)),
         }
         for spec in SERVICES:
             port = _port(spec.port_env, spec.default_port)

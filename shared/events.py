@@ -4,7 +4,7 @@ the version. Every event travels in the envelope of shared.envelope, keyed by in
 from __future__ import annotations
 
 __all__ = [
-    "ALERT_KINDS", "ALERT_ORPHAN", "ALERT_RECOVERED", "ALERT_REJECTED", "ALERT_RESOLVED", "ALERT_STUCK",
+    "ALERT_CLOSED", "ALERT_KINDS", "ALERT_ORPHAN", "ALERT_RECOVERED", "ALERT_REJECTED", "ALERT_RESOLVED", "ALERT_STUCK",
     "ALERT_TYPES", "CASE_UPDATED", "NOTIFICATION_FAILED", "NOTIFICATION_SENT", "NOTIFICATION_TYPES",
     "NOTIFIER_SOURCE",
     "INVOICE_AWAITING_VISIBILITY", "INVOICE_CONFIRMED", "INVOICE_GAP_FOUND", "INVOICE_ISSUED", "INVOICE_REJECTED",
@@ -79,7 +79,7 @@ RECONCILIATION_TYPES = frozenset({INVOICE_CONFIRMED, INVOICE_AWAITING_VISIBILITY
 # One event per invoice per transition. The envelope id is derived from (invoice, transition, case), so a
 # re-sent alert carries the same id and the notifier can drop it. Orphans have no invoice id: their subject
 # and key are "orphan:<seller tax id>:<number>".
-# data: {alert_id, kind: stuck|recovered|rejected|orphan|resolved, tenant_id, seller_tax_id, invoice_id, number,
+# data: {alert_id, kind: stuck|recovered|rejected|orphan|resolved|closed, tenant_id, seller_tax_id, invoice_id, number,
 # issue_date, total, buyer_name, buyer_tax_id, reason, next_action, case_no, at}
 
 ALERT_STUCK = "cn.fapiao.alert.stuck.v1"
@@ -88,14 +88,16 @@ ALERT_REJECTED = "cn.fapiao.alert.rejected.v1"
 ALERT_ORPHAN = "cn.fapiao.alert.orphan.v1"
 ALERT_RESOLVED = "cn.fapiao.alert.case-resolved.v1"
 """A case the seller opened (the invoice was never stuck) is resolved: the invoice is visible now."""
-ALERT_TYPES = frozenset({ALERT_STUCK, ALERT_RECOVERED, ALERT_REJECTED, ALERT_ORPHAN, ALERT_RESOLVED})
+ALERT_CLOSED = "cn.fapiao.alert.case-closed.v1"
+"""An open case ended without the invoice appearing: the seller voided it."""
+ALERT_TYPES = frozenset({ALERT_STUCK, ALERT_RECOVERED, ALERT_REJECTED, ALERT_ORPHAN, ALERT_RESOLVED, ALERT_CLOSED})
 ALERT_KINDS = {ALERT_STUCK: "stuck", ALERT_RECOVERED: "recovered", ALERT_REJECTED: "rejected",
-               ALERT_ORPHAN: "orphan", ALERT_RESOLVED: "resolved"}
+               ALERT_ORPHAN: "orphan", ALERT_RESOLVED: "resolved", ALERT_CLOSED: "closed"}
 
 # --- invoice.notifications.v1 (notifier -> issuer's timeline) ------------------------------------
 # One event per invoice named in a delivery that ended (a digest names many), keyed by invoice id.
-# data: {invoice_id, delivery_id, channel: webhook|email, alert_kind, digest: bool, alert_count, attempts,
-# at, target (the webhook host or the masked addresses), error (exhausted only)}
+# data: {invoice_id, delivery_id, channel: webhook|email, alert_kind, alert_id, case_no, digest: bool,
+# alert_count, attempts, at, target (the webhook host or the masked addresses), error (exhausted only)}
 
 NOTIFICATION_SENT = "cn.fapiao.notification.sent.v1"
 NOTIFICATION_FAILED = "cn.fapiao.notification.failed.v1"

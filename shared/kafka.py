@@ -7,8 +7,10 @@ to "latest"): every producer and consumer is built here so none of them can be f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -16,20 +18,23 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import CommitFailedError, GroupCoordinatorNotAvailableError, KafkaError, TopicAlreadyExistsError
 
 from shared.envelope import Envelope, EnvelopeError, decode
 from shared.errors import RetriableError
 from shared.logging import bind
+from shared.metrics import CONSUMER_LAG
 from shared.topics import Topic
 
 __all__ = [
-    "BatchHandler", "CommitOnRevoke", "ConsumeLoop", "Handler", "KafkaProbe", "backoff_delay", "consumer_config",
-    "consumer_lag", "dead_letter", "ensure_topics", "ensure_topics_forever", "make_consumer", "make_producer",
-    "producer_config",
+    "BatchHandler", "CommitOnRevoke", "ConsumeLoop", "Handler", "KafkaProbe", "OffsetReader", "backoff_delay",
+    "consumer_config", "consumer_lag", "dead_letter", "ensure_topics", "ensure_topics_forever", "make_consumer",
+    "make_producer", "producer_config",
 ]
 
 log = logging.getLogger(__name__)
+
+LAG_INTERVAL_SECONDS = 5.0
 
 Handler = Callable[[Envelope, ConsumerRecord], Awaitable[None]]
 BatchHandler = Callable[[list[tuple[Envelope, ConsumerRecord]]], Awaitable[None]]
@@ -206,7 +211,12 @@ class ConsumeLoop:
 
     async def run(self) -> None:
         self.consumer.subscribe(self.topics, listener=CommitOnRevoke(self))
+        lag_due = 0.0
         while not self._stopping.is_set():
+            if time.monotonic() >= lag_due:  # fapiao_consumer_lag_records for this group, every few seconds
+                lag_due = time.monotonic() + LAG_INTERVAL_SECONDS
+                for tp, lag in (await consumer_lag(self.consumer)).items():
+                    CONSUMER_LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(lag)
             batches = await self.consumer.getmany(timeout_ms=self.poll_timeout_ms)
             for tp, records in batches.items():
                 if self.batch_handler is not None and len(records) > 1:
@@ -291,6 +301,93 @@ async def consumer_lag(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
             continue
         lag[tp] = max(0, high - position)
     return lag
+
+
+class OffsetReader:
+    """How far consumer groups are behind and how much topics hold, as the broker sees it (committed offsets
+    against log ends): true even when the consumer itself is stuck or gone. Keeps its clients between reads."""
+
+    def __init__(self, bootstrap: str, *, timeout: float = 5.0) -> None:
+        self.bootstrap = bootstrap
+        self.timeout = timeout
+        self._admin: AIOKafkaAdminClient | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        if self._admin is None or self._consumer is None:
+            await self.close()
+            ms = int(self.timeout * 1000)
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=ms)
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                        request_timeout_ms=ms)
+            try:
+                await asyncio.wait_for(admin.start(), self.timeout)
+                await asyncio.wait_for(consumer.start(), self.timeout)
+            except BaseException:
+                for client in (consumer, admin):
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(client.close() if client is admin else client.stop(), 5)
+                raise
+            self._admin, self._consumer = admin, consumer
+        return self._admin, self._consumer
+
+    async def _partitions(self, topics: Iterable[str]) -> list[TopicPartition]:
+        admin, _ = await self._clients()
+        described = await asyncio.wait_for(admin.describe_topics(sorted(set(topics))), self.timeout)
+        out = []
+        for topic in described:
+            if topic.get("error_code"):
+                continue  # not created yet
+            name = topic.get("topic") or topic.get("name")
+            out += [TopicPartition(name, p["partition"]) for p in sorted(topic["partitions"],
+                                                                         key=lambda p: p["partition"])]
+        return out
+
+    async def sizes(self, topics: Iterable[str]) -> dict[str, int]:
+        """Records each topic holds now (log end minus log start, over its partitions)."""
+        try:
+            _, consumer = await self._clients()
+            tps = await self._partitions(topics)
+            begin = await asyncio.wait_for(consumer.beginning_offsets(tps), self.timeout) if tps else {}
+            end = await asyncio.wait_for(consumer.end_offsets(tps), self.timeout) if tps else {}
+        except BaseException:
+            await self.close()
+            raise
+        out: dict[str, int] = {}
+        for tp in tps:
+            out[tp.topic] = out.get(tp.topic, 0) + max(0, end[tp] - begin[tp])
+        return out
+
+    async def lags(self, groups: dict[str, list[str]]) -> dict[str, int | None]:
+        """Records each group has not committed yet, over the partitions of its topics (None: not known yet)."""
+        try:
+            admin, consumer = await self._clients()
+            tps = await self._partitions({t for topics in groups.values() for t in topics})
+            begin = await asyncio.wait_for(consumer.beginning_offsets(tps), self.timeout) if tps else {}
+            end = await asyncio.wait_for(consumer.end_offsets(tps), self.timeout) if tps else {}
+            out: dict[str, int | None] = {}
+            for group, topics in groups.items():
+                try:
+                    committed = await asyncio.wait_for(admin.list_consumer_group_offsets(group), self.timeout)
+                except GroupCoordinatorNotAvailableError:
+                    out[group] = None  # no group has committed anything on this cluster yet
+                    continue
+                out[group] = sum(
+                    max(0, end[tp] - max(begin[tp], committed[tp].offset if tp in committed else begin[tp]))
+                    for tp in tps if tp.topic in topics)
+        except BaseException:
+            await self.close()
+            raise
+        return out
+
+    async def close(self) -> None:
+        admin, consumer, self._admin, self._consumer = self._admin, self._consumer, None, None
+        with contextlib.suppress(Exception):
+            if consumer is not None:
+                await asyncio.wait_for(consumer.stop(), 5)
+        with contextlib.suppress(Exception):
+            if admin is not None:
+                await asyncio.wait_for(admin.close(), 5)
 
 
 class KafkaProbe:

@@ -33,7 +33,8 @@ SYNC_RESULTS = Topic("invoice.sync-results.v1", "what the sync service learned f
 RESYNC_REQUESTS = Topic("invoice.resync-requests.v1", "commands to submit an invoice again (from the reconciler)")
 RECONCILIATION = Topic("invoice.reconciliation.v1",
                        "what the reconciler found: visible and identical, gaps, resyncs, stuck, cases (for the issuer)")
-ALERTS = Topic("invoice.alerts.v1", "stuck, rejected, recovered and orphan invoices, for the notifier")
+ALERTS = Topic("invoice.alerts.v1",
+               "stuck, rejected, recovered and orphan invoices and resolved or closed cases, for the notifier")
 NOTIFICATIONS = Topic("invoice.notifications.v1",
                       "alerts the notifier delivered (or gave up on), per invoice, for the issuer's timeline")
 

@@ -72,6 +72,8 @@ def issuer_settings(infra: Infra, **over: object):  # type: ignore[no-untyped-de
         # Never the developer's `make up` services on the default ports: nothing listens here unless a test
         # passes its own.
         "reconciler_url": f"http://127.0.0.1:{free_port()}", "notifier_url": f"http://127.0.0.1:{free_port()}",
+        "taxstore_url": f"http://127.0.0.1:{free_port()}", "sync_url": f"http://127.0.0.1:{free_port()}",
+        "ops_sample_interval": 1.0,
     }
     values.update(over)
     return IssuerSettings(**values)  # type: ignore[arg-type]
@@ -481,7 +483,8 @@ async def recon_issuer(infra: Infra, recon_plan: ReconProcesses, recon_database:
     """A second in-process issuer on the pipeline's database and topic prefix; it proxies cases to the
     reconciler and subscriptions, history and mutes to the notifier."""
     settings = issuer_settings(infra, database_url=recon_database, topic_prefix=recon_plan.prefix,
-                               reconciler_url=recon_plan.reconciler.url, notifier_url=recon_plan.notifier.url)
+                               reconciler_url=recon_plan.reconciler.url, notifier_url=recon_plan.notifier.url,
+                               taxstore_url=recon_plan.taxstore.url, sync_url=recon_plan.sync.url)
     app, client, lifespan = await start_issuer(settings)
     try:
         yield RunningIssuer(app, client, settings)
@@ -576,18 +579,45 @@ class Receiver:
 
 @pytest.fixture(scope="session")
 async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    server, task = await serve_app(rec, rec.port)
+    rec.server = server
+    yield rec
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)
+
+
+async def serve_app(app: object, port: int) -> tuple[object, asyncio.Task]:
+    """Serve an already started ASGI app (its lifespan entered by a fixture) over real HTTP on loopback."""
     import uvicorn
 
-    rec = Receiver()
-    server = uvicorn.Server(uvicorn.Config(rec, host="127.0.0.1", port=rec.port, log_level="warning",
-                                           lifespan="off", access_log=False))
-    rec.server = server
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                           access_log=False))
     task = asyncio.create_task(server.serve())
     deadline = asyncio.get_running_loop().time() + 10
     while not server.started:
         if task.done() or asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"the webhook receiver did not start on port {rec.port}", pytrace=False)
+            pytest.fail(f"could not serve on port {port}", pytrace=False)
         await asyncio.sleep(0.05)
-    yield rec
-    server.should_exit = True
+    return server, task
+
+
+@pytest.fixture(scope="session")
+async def recon_issuer_http(recon_issuer: RunningIssuer) -> AsyncIterator[str]:
+    """The pipeline's issuer over real HTTP, for a browser and for the CLI."""
+    port = free_port()
+    server, task = await serve_app(recon_issuer.app, port)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True  # type: ignore[attr-defined]
     await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's Chromium (installed on first use); the suite fails, saying why, when it cannot be had."""
+    from fapiao.infra.tools import ensure_chromium
+
+    try:
+        return ensure_chromium()
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"the dashboard's browser test needs Chromium: {exc}", pytrace=False)

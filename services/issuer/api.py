@@ -337,3 +337,19 @@ async def create_tenant(request: Request, body: TenantCreate) -> dict[str, Any]:
     async with transaction(_state(request).sessions) as session:
         tenant, key = await service.create_tenant(session=session, name=body.name, tax_id=body.tax_id)
     return {"id": str(tenant.id), "name": tenant.name, "tax_id": tenant.tax_id, "api_key": key}
+
+
+@admin_router.get("/invoices", dependencies=[Depends(require_admin)])
+async def find_invoices(request: Request, number: Annotated[str, Query(pattern=r"^[0-9]{20}$")],
+                        seller_tax_id: Annotated[str | None, Query(max_length=18)] = None) -> dict[str, Any]:
+    """Invoices with this number, whichever tenant issued them (numbers are unique per seller only)."""
+    async with transaction(_state(request).sessions) as session:
+        return {"items": await service.find_invoices(session=session, number=number,
+                                                     seller_tax_id=seller_tax_id.upper() if seller_tax_id else None)}
+
+
+@admin_router.get("/invoices/{invoice_id}", dependencies=[Depends(require_admin)])
+async def any_invoice(request: Request, invoice_id: str) -> dict[str, Any]:
+    """One invoice as its tenant sees it (status, reason, next action, timeline), plus the tenant."""
+    async with transaction(_state(request).sessions) as session:
+        return await service.get_invoice_any_tenant(session=session, invoice_id=invoice_id)

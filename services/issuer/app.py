@@ -17,6 +17,9 @@ from services.issuer.api import admin_router, router
 from services.issuer.backends import make_http
 from services.issuer.consumer import run_status_feed_consumer
 from services.issuer.notifications import router as notifications_router
+from services.issuer.ops import OpsSampler
+from services.issuer.ops import page_router as ops_page_router
+from services.issuer.ops import router as ops_router
 from services.issuer.settings import IssuerSettings
 from shared.db import engine_for, ping, session_factory, transaction
 from shared.http import (
@@ -70,6 +73,8 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
         token = settings.admin_token.get_secret_value()
         app.state.reconciler_http = make_http(settings.reconciler_url, token, settings.reconciler_timeout)
         app.state.notifier_http = make_http(settings.notifier_url, token, settings.notifier_timeout)
+        sampler = OpsSampler(settings=settings, sessions=app.state.sessions, reconciler_http=app.state.reconciler_http)
+        app.state.ops_sampler = sampler
         app.state.checks.update({"database": lambda: ping(engine), "kafka": probe.check})
         stopping = asyncio.Event()
         tasks = [
@@ -81,12 +86,14 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
             asyncio.create_task(_housekeeping(app, settings), name="housekeeping"),
             asyncio.create_task(run_status_feed_consumer(settings, app.state.sessions, stopping),
                                 name="status-feed"),
+            asyncio.create_task(sampler.run(), name="ops-sampler"),
         ]
         log.info("issuer ready on %s:%d", settings.host, settings.port)
         try:
             yield
         finally:
             stopping.set()
+            sampler.stop()
             relay.stop()
             for t in tasks:
                 t.cancel()
@@ -104,9 +111,12 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.checks = {}
+    app.state.ops_sampler = None
     install_problem_handlers(app)
     app.include_router(router)
     app.include_router(notifications_router)
+    app.include_router(ops_router)
+    app.include_router(ops_page_router)
     app.include_router(admin_router)
 
     app.include_router(health_router("database", "kafka"))

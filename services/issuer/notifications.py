@@ -5,7 +5,6 @@ case is the tenant's), validate the body with the notifier's own schemas, and as
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -102,7 +101,7 @@ class _HistoryFilters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     invoice_id: uuid.UUID | None = None
     status: Literal["pending", "delivered", "exhausted", "cancelled"] | None = None
-    before: datetime | None = None
+    cursor: str | None = Field(default=None, max_length=200, description="next_cursor of the previous page")
     limit: int = Field(default=50, ge=1, le=200)
 
 

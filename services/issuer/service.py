@@ -52,9 +52,9 @@ from shared.validators import clean_text
 __all__ = [
     "CaseSubject", "ItemResult", "ListFilters", "Tenant", "apply_notifications", "apply_reconciliation",
     "apply_sync_results", "authenticate", "claim_idempotency_key", "create_invoices", "create_tenant",
-    "get_case_subject", "get_invoice", "get_invoice_view", "list_invoices", "mark_published", "record_case",
-    "request_hash",
-    "store_idempotent_response", "validate_item", "void_invoice",
+    "find_invoices", "get_case_subject", "get_invoice", "get_invoice_any_tenant", "get_invoice_view", "list_invoices",
+    "mark_published", "ops_figures", "record_case", "request_hash", "store_idempotent_response", "validate_item",
+    "void_invoice",
 ]
 
 API_KEY_PREFIX = "fsk_"
@@ -791,3 +791,65 @@ async def apply_notifications(*, session: AsyncSession, events: Sequence[Any], g
     if rows:
         await session.execute(m.timeline.insert(), rows)
     return len(rows)
+
+
+# --- operators ---------------------------------------------------------------------------------
+
+async def find_invoices(*, session: AsyncSession, number: str, seller_tax_id: str | None = None,
+                        limit: int = 20) -> list[dict[str, Any]]:
+    """Invoices with this number, any tenant (an operator's look-up); the seller narrows it to one."""
+    inv, t = m.invoices, m.tenants
+    conds = [inv.c.number == number]
+    if seller_tax_id:
+        conds.append(inv.c.seller_tax_id == seller_tax_id)
+    rows = (await session.execute(
+        select(inv.c.id, inv.c.number, inv.c.seller_tax_id, inv.c.status, inv.c.issue_date, t.c.name.label("tenant"))
+        .join(t, t.c.id == inv.c.tenant_id).where(*conds).order_by(inv.c.seq).limit(limit)
+    )).all()
+    return [{"id": str(r.id), "number": r.number, "seller_tax_id": r.seller_tax_id, "status": r.status,
+             "issue_date": r.issue_date.isoformat(), "tenant": r.tenant} for r in rows]
+
+
+async def get_invoice_any_tenant(*, session: AsyncSession, invoice_id: str) -> dict[str, Any]:
+    """get_invoice for an operator: whichever tenant the invoice belongs to, named in the answer."""
+    try:
+        iid = uuid.UUID(invoice_id)
+    except ValueError:
+        raise NotFound(f"no invoice {invoice_id[:40]}") from None
+    owner = (await session.execute(
+        select(m.tenants.c.id, m.tenants.c.name, m.tenants.c.tax_id)
+        .join(m.invoices, m.invoices.c.tenant_id == m.tenants.c.id).where(m.invoices.c.id == iid)
+    )).first()
+    if owner is None:
+        raise NotFound(f"no invoice {invoice_id[:40]}")
+    tenant = Tenant(owner.id, owner.name, owner.tax_id)
+    return {**await get_invoice(session=session, tenant=tenant, invoice_id=invoice_id),
+            "tenant": {"id": str(owner.id), "name": owner.name, "tax_id": owner.tax_id}}
+
+
+async def ops_figures(*, session: AsyncSession, tenant_id: uuid.UUID | None, stuck_limit: int = 50) -> dict[str, Any]:
+    """What the dashboard shows from the issuer's own ledger: invoices by status, the stuck ones with their
+    reason and case (oldest first), and the tenants to filter by."""
+    inv, t = m.invoices, m.tenants
+    conds = [inv.c.tenant_id == tenant_id] if tenant_id is not None else []
+    counts = {r[0]: int(r[1]) for r in (await session.execute(
+        select(inv.c.status, func.count()).where(*conds).group_by(inv.c.status))).all()}
+    stuck_rows = (await session.execute(
+        select(inv.c.id, inv.c.number, inv.c.seller_tax_id, inv.c.total, inv.c.accepted_at, inv.c.updated_at,
+               inv.c.status, inv.c.recon, inv.c.reason, inv.c.next_action, inv.c.next_action_at,
+               inv.c.reason_source, inv.c.case_no, t.c.name.label("tenant"))
+        .join(t, t.c.id == inv.c.tenant_id).where(inv.c.status == Status.STUCK.value, *conds)
+        .order_by(inv.c.accepted_at).limit(stuck_limit)
+    )).all()
+    now = datetime.now(UTC)
+    stuck = []
+    for r in stuck_rows:
+        reason, nxt, _ = explain(status=r.status, recon=r.recon, reason=r.reason, next_action=r.next_action,
+                                 next_action_at=r.next_action_at, reason_source=r.reason_source, now=now)
+        stuck.append({"id": str(r.id), "number": r.number, "seller_tax_id": r.seller_tax_id, "tenant": r.tenant,
+                      "total": f"{r.total:.2f}", "age_seconds": round((now - r.accepted_at).total_seconds(), 1),
+                      "case_no": r.case_no, "reason": reason, "next_action": nxt})
+    tenants = [{"id": str(r.id), "name": r.name, "tax_id": r.tax_id} for r in (await session.execute(
+        select(t.c.id, t.c.name, t.c.tax_id).order_by(t.c.name).limit(500))).all()]
+    return {"counts": counts, "total": sum(counts.values()), "stuck": stuck, "stuck_total": counts.get("stuck", 0),
+            "tenants": tenants}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import SharedSettings
+from shared.settings import Seconds, SharedSettings
 
 
 class IssuerSettings(SharedSettings):
@@ -27,3 +27,10 @@ class IssuerSettings(SharedSettings):
                               description="the notifier's base URL; subscriptions, history and mutes are proxied there")
     notifier_timeout: float = Field(default=10.0, gt=0, le=60,
                                     description="seconds allowed for each call to the notifier")
+    taxstore_url: str = Field(default="http://127.0.0.1:8100",
+                              description="the tax store: its health and faults on the operators' dashboard")
+    sync_url: str = Field(default="http://127.0.0.1:8001", description="the sync service: its health on the dashboard")
+    ops_sample_interval: Seconds = Field(default=5.0, ge=0.2, le=300,
+                                         description="how often the dashboard's sampler takes a reading")
+    ops_history: Seconds = Field(default=900.0, ge=10, le=86_400,
+                                 description="how far back the dashboard's charts reach (kept in memory)")

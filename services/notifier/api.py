@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -106,12 +105,14 @@ async def ping(request: Request, tenant_id: str, subscription_id: str) -> dict[s
 async def list_notifications(
         request: Request, tenant_id: str, invoice_id: uuid.UUID | None = None,
         status: Annotated[Literal["pending", "delivered", "exhausted", "cancelled"] | None, Query()] = None,
-        before: datetime | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
-    """Newest first; `before` (a created_at from the last page) pages back."""
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
+    """Newest first; pass `next_cursor` back as `cursor` for the next page."""
     async with transaction(_st(request).sessions) as session:
-        items = await service.list_deliveries(session=session, tenant_id=_tenant(tenant_id), invoice_id=invoice_id,
-                                              status=status, limit=limit, before=before)
-    return {"items": items, "next_before": items[-1]["created_at"] if len(items) == limit else None}
+        items, next_cursor = await service.list_deliveries(
+            session=session, tenant_id=_tenant(tenant_id), invoice_id=invoice_id, status=status, limit=limit,
+            cursor=cursor)
+    return {"items": items, "next_cursor": next_cursor}
 
 
 @router.get("/tenants/{tenant_id}/notifications/{delivery_id}")
@@ -195,6 +196,14 @@ async def status(request: Request) -> dict[str, Any]:
         "max_attempts": s.max_attempts, "retry_base_seconds": s.retry_base, "retry_cap_seconds": s.retry_cap,
         "webhook_timeout_seconds": s.webhook_timeout, "smtp": f"{s.smtp_host}:{s.smtp_port}",
         "webhook_allow_private": s.webhook_allow_private or None}}
+
+
+@router.get("/alerts")
+async def alerts(request: Request, tenant_id: uuid.UUID | None = None,
+                 limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
+    """The latest alerts (all tenants, or one) and, per subscription, whether they went out."""
+    async with transaction(_st(request).sessions) as session:
+        return {"items": await service.recent_alerts(session=session, tenant_id=tenant_id, limit=limit)}
 
 
 @router.get("/notifications/{delivery_id}")

@@ -80,12 +80,12 @@ class Mailer:
         self.use_tls, self.start_tls = use_tls, start_tls
         self.timeout = timeout
 
-    async def send(self, message: EmailMessage) -> Outcome:
+    async def send(self, message: EmailMessage, recipients: list[str]) -> Outcome:
         started = time.perf_counter()
         try:
-            await aiosmtplib.send(message, hostname=self.host, port=self.port, username=self.username,
-                                  password=self.password, use_tls=self.use_tls, start_tls=self.start_tls,
-                                  timeout=self.timeout)
+            await aiosmtplib.send(message, recipients=recipients, hostname=self.host, port=self.port,
+                                  username=self.username, password=self.password, use_tls=self.use_tls,
+                                  start_tls=self.start_tls, timeout=self.timeout)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             return Outcome(False, codes[0] if codes else None, _ms(started),

@@ -15,7 +15,7 @@ __all__ = ["EVENT_TYPES", "build_email", "webhook_payload"]
 
 EVENT_TYPES = {
     "stuck": "invoice.stuck", "recovered": "invoice.recovered", "rejected": "invoice.rejected",
-    "orphan": "invoice.orphan", "resolved": "case.resolved", "reminder": "case.reminder",
+    "orphan": "invoice.orphan", "resolved": "case.resolved", "closed": "case.closed", "reminder": "case.reminder",
 }
 DIGEST_TYPE = "invoice.alerts.digest"
 PING_TYPE = "webhook.ping"
@@ -26,10 +26,11 @@ _TITLE = {
     "rejected": ("发票被税务机关拒绝", "was rejected by the tax authority"),
     "orphan": ("税务系统中发现未经本系统开具的发票", "is held by the tax authority but was never issued here"),
     "resolved": ("案件已解决，发票已可见", "case resolved, the invoice is visible"),
+    "closed": ("案件已关闭", "case closed"),
     "reminder": ("案件仍未解决", "case still open"),
 }
 _KIND_ZH = {"stuck": "未确认", "recovered": "已恢复", "rejected": "被拒绝", "orphan": "来源不明", "resolved": "已解决",
-            "reminder": "提醒"}
+            "closed": "已关闭", "reminder": "提醒"}
 
 
 def _links(alert: dict[str, Any], issuer_url: str) -> dict[str, str]:
@@ -118,7 +119,8 @@ def build_email(*, kind: str, alerts: list[dict[str, Any]], sender: str, recipie
     msg = EmailMessage()
     msg["Subject"] = _subject(kind, alerts)
     msg["From"] = sender
-    msg["To"] = ", ".join(recipients)
+    # Several addresses: each sees only itself (the envelope carries them all; see channels.Mailer).
+    msg["To"] = recipients[0] if len(recipients) == 1 else "undisclosed-recipients:;"
     msg["Date"] = formatdate(localtime=False)
     msg["Message-ID"] = make_msgid(idstring=message_id, domain="fapiao-sync.local")
     msg["X-Fapiao-Delivery"] = message_id

@@ -12,11 +12,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from shared.errors import FieldError
 from shared.validators import clean_text
 
-__all__ = ["KINDS", "RESOLUTIONS", "AlertData", "RotateSecret", "SubscriptionCreate", "SubscriptionPatch"]
+__all__ = ["ENDINGS", "KINDS", "AlertData", "RotateSecret", "SubscriptionCreate", "SubscriptionPatch"]
 
-Kind = Literal["stuck", "recovered", "rejected", "orphan", "resolved", "reminder"]
-KINDS: tuple[str, ...] = ("stuck", "recovered", "rejected", "orphan", "resolved", "reminder")
-RESOLUTIONS = frozenset({"recovered", "resolved"})  # the end of a problem: delivered even when muted
+Kind = Literal["stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder"]
+KINDS: tuple[str, ...] = ("stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder")
+# The end of a problem: always delivered (a mute lifts), and no more reminders about it.
+ENDINGS = frozenset({"recovered", "resolved", "closed", "rejected"})
 
 # Pragmatic address check (the SMTP server has the last word): one @, no spaces or angle brackets, a dot in
 # the domain, nothing that could inject a header.

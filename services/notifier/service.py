@@ -6,6 +6,8 @@ the history tenants read. Callers own the transaction; nothing here commits. HTT
 
 from __future__ import annotations
 
+import base64
+import logging
 import random
 import uuid
 from collections.abc import Sequence
@@ -13,13 +15,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifier import models as m
 from services.notifier.guard import Refused, TargetPolicy
-from services.notifier.schemas import KINDS, RESOLUTIONS, AlertData, SubscriptionCreate, SubscriptionPatch
+from services.notifier.schemas import ENDINGS, KINDS, AlertData, SubscriptionCreate, SubscriptionPatch
 from services.notifier.signing import SecretBox, new_secret
 from shared.envelope import encode, new_envelope
 from shared.errors import Conflict, FieldError, NotFound, ValidationFailed
@@ -29,9 +31,12 @@ from shared.outbox import notify_outbox
 __all__ = [
     "Claimed", "Intake", "batch_due", "claim_deliveries", "create_subscription", "delete_subscription",
     "due_reminders", "get_delivery", "get_subscription", "intake_alerts", "list_deliveries", "list_mutes",
-    "list_subscriptions", "mask_email", "mute", "queue_report", "record_attempt", "requeue_delivery",
+    "list_subscriptions", "mask_email", "mute", "queue_report", "recent_alerts", "record_attempt",
+    "requeue_delivery",
     "retry_delay", "rotate_secret", "send_ping", "unmute", "update_subscription",
 ]
+
+log = logging.getLogger(__name__)
 
 _REMINDER_NS = uuid.UUID("1b0f3c52-8a4e-4f7e-9d55-62c0f1a7b3e4")
 
@@ -192,7 +197,16 @@ async def signing_secrets(session: AsyncSession, subscription_id: uuid.UUID, box
                                  or_(s.c.expires_at.is_(None), s.c.expires_at > func.now()))
         .order_by(s.c.expires_at.desc().nulls_first(), s.c.id.desc())
     )).scalars().all()
-    return [box.open(r) for r in rows]
+    readable = []
+    for sealed in rows:
+        try:
+            readable.append(box.open(sealed))
+        except ValueError:
+            # Sealed under another FAPIAO_SECRETS_KEY: skip it (the others still sign); if none is left the
+            # delivery fails on its own, never the whole batch. The tenant's way out is to rotate the secret.
+            log.error("a signing secret of subscription %s cannot be decrypted (FAPIAO_SECRETS_KEY changed?)",
+                      subscription_id)
+    return readable
 
 
 # --- alerts in -------------------------------------------------------------------------------
@@ -256,7 +270,7 @@ async def intake_alerts(*, session: AsyncSession, alerts: Sequence[tuple[str, Al
             stats.duplicates += 1
             continue
         stats.new[a.kind] = stats.new.get(a.kind, 0) + 1
-        if a.kind in RESOLUTIONS:
+        if a.kind in ENDINGS:
             await _resolve(session, a, now)
             muted = False  # the end of the problem is always told, and it lifts the mute
         else:
@@ -276,7 +290,8 @@ async def intake_alerts(*, session: AsyncSession, alerts: Sequence[tuple[str, Al
 
 
 async def _resolve(session: AsyncSession, a: AlertData, now: datetime) -> None:
-    """The problem is over: no more reminders, and mutes on the invoice or its case are lifted."""
+    """The problem is over (recovered, resolved, closed or rejected for good): no more reminders, and mutes on
+    the invoice or its case are lifted."""
     if a.invoice_id is not None:
         await session.execute(m.open_cases.delete().where(m.open_cases.c.invoice_id == a.invoice_id))
     conds = []
@@ -302,10 +317,11 @@ async def due_reminders(*, session: AsyncSession, remind_after: float, limit: in
     stats = Intake()
     now = _now()
     for r in rows:
+        muted = await _muted(session, r.tenant_id, r.invoice_id, r.case_no)
         await session.execute(update(oc).where(oc.c.invoice_id == r.invoice_id).values(
-            remind_at=now + timedelta(seconds=remind_after), reminders=oc.c.reminders + 1))
-        if await _muted(session, r.tenant_id, r.invoice_id, r.case_no):
-            continue
+            remind_at=now + timedelta(seconds=remind_after), reminders=oc.c.reminders + (0 if muted else 1)))
+        if muted:
+            continue  # checked again after another interval
         n = r.reminders + 1
         alert_id = str(uuid.uuid5(_REMINDER_NS, f"{r.invoice_id}:{r.case_no}:{n}"))
         age = now - r.opened_at
@@ -366,7 +382,8 @@ async def send_ping(*, session: AsyncSession, tenant_id: uuid.UUID, subscription
     await session.execute(m.deliveries.insert().values(
         id=did, tenant_id=tenant_id, subscription_id=row.id, channel=row.channel, kind="ping", alert_count=0,
         status="pending", next_attempt_at=func.now()))
-    return {"delivery_id": str(did), "webhook_id": msg_id(did), "status": "pending"}
+    return {"delivery_id": str(did), "webhook_id": msg_id(did) if row.channel == "webhook" else None,
+            "status": "pending"}
 
 
 # --- sending ------------------------------------------------------------------------------------
@@ -414,11 +431,10 @@ async def claim_deliveries(*, session: AsyncSession, limit: int, lease_seconds: 
     out = []
     for r in rows:
         sub = subs[r.subscription_id]
-        secrets = await signing_secrets(session, sub.id, box) if sub.channel == "webhook" else []
+        usable = sub.active and sub.deleted_at is None
+        secrets = await signing_secrets(session, sub.id, box) if usable and sub.channel == "webhook" else []
         out.append(Claimed(r.id, r.tenant_id, r.subscription_id, r.channel, r.kind, r.attempts, r.retried_from,
-                           r.created_at,
-                           sub.url, list(sub.emails or []), sub.active and sub.deleted_at is None,
-                           alerts.get(r.id, []), secrets))
+                           r.created_at, sub.url, list(sub.emails or []), usable, alerts.get(r.id, []), secrets))
     return out
 
 
@@ -526,7 +542,7 @@ async def mute(*, session: AsyncSession, tenant_id: uuid.UUID, invoice_id: uuid.
     # What waits for its digest window is silenced too.
     it = m.items
     waiting = (select(it.c.id).join(m.alerts, m.alerts.c.alert_id == it.c.alert_id)
-               .where(it.c.tenant_id == tenant_id, it.c.status == "pending", m.alerts.c.kind.notin_(RESOLUTIONS),
+               .where(it.c.tenant_id == tenant_id, it.c.status == "pending", m.alerts.c.kind.notin_(ENDINGS),
                       m.alerts.c.invoice_id == invoice_id if invoice_id is not None
                       else m.alerts.c.case_no == case_no))
     await session.execute(update(it).where(it.c.id.in_(waiting.scalar_subquery())).values(status="muted"))
@@ -575,10 +591,23 @@ def _delivery_view(row: Any) -> dict[str, Any]:
     }
 
 
+def _cursor(row: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(f"{row['created_at']}|{row['id']}".encode()).decode().rstrip("=")
+
+
+def _after_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        at, _, did = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition("|")
+        return datetime.fromisoformat(at), uuid.UUID(did)
+    except ValueError:
+        raise ValidationFailed([FieldError("cursor", "not a cursor this API returned")]) from None
+
+
 async def list_deliveries(*, session: AsyncSession, tenant_id: uuid.UUID, invoice_id: uuid.UUID | None = None,
                           status: str | None = None, limit: int = 50,
-                          before: datetime | None = None) -> list[dict[str, Any]]:
-    """This tenant's notifications, newest first; with `invoice_id`, those that named that invoice."""
+                          cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """This tenant's notifications, newest first, and the cursor of the next page; with `invoice_id`, those that
+    named that invoice. Paging is by (created_at, id), so deliveries created together are never skipped."""
     d = m.deliveries
     conds = [d.c.tenant_id == tenant_id]
     if invoice_id is not None:
@@ -586,11 +615,12 @@ async def list_deliveries(*, session: AsyncSession, tenant_id: uuid.UUID, invoic
             m.items.c.tenant_id == tenant_id, m.items.c.invoice_id == invoice_id, m.items.c.delivery_id.is_not(None))))
     if status is not None:
         conds.append(d.c.status == status)
-    if before is not None:
-        conds.append(d.c.created_at < before)
-    rows = (await session.execute(select(d).where(and_(*conds)).order_by(d.c.created_at.desc(), d.c.id)
-                                  .limit(limit))).all()
-    return [_delivery_view(r) for r in rows]
+    if cursor is not None:
+        conds.append(tuple_(d.c.created_at, d.c.id) < tuple_(*_after_cursor(cursor)))
+    rows = (await session.execute(select(d).where(and_(*conds)).order_by(d.c.created_at.desc(), d.c.id.desc())
+                                  .limit(limit + 1))).all()
+    items = [_delivery_view(r) for r in rows[:limit]]
+    return items, _cursor(items[-1]) if len(rows) > limit else None
 
 
 async def get_delivery(*, session: AsyncSession, tenant_id: uuid.UUID | None, delivery_id: str) -> dict[str, Any]:
@@ -615,6 +645,28 @@ async def get_delivery(*, session: AsyncSession, tenant_id: uuid.UUID | None, de
             select(m.alerts).join(m.items, m.items.c.alert_id == m.alerts.c.alert_id)
             .where(m.items.c.delivery_id == did).order_by(m.items.c.id))).all()]
     return out
+
+
+async def recent_alerts(*, session: AsyncSession, tenant_id: uuid.UUID | None, limit: int) -> list[dict[str, Any]]:
+    """The latest alerts taken in (newest first) and what became of them per channel: for operators."""
+    a = m.alerts
+    conds = [a.c.tenant_id == tenant_id] if tenant_id is not None else []
+    rows = (await session.execute(select(a).where(*conds).order_by(a.c.received_at.desc(), a.c.alert_id)
+                                  .limit(limit))).all()
+    fates: dict[str, list[dict[str, Any]]] = {}
+    if rows:
+        for r in (await session.execute(
+            select(m.items.c.alert_id, m.items.c.status.label("item_status"), m.deliveries.c.channel,
+                   m.deliveries.c.status, m.deliveries.c.attempts)
+            .select_from(m.items.outerjoin(m.deliveries, m.deliveries.c.id == m.items.c.delivery_id))
+            .where(m.items.c.alert_id.in_([r.alert_id for r in rows]))
+        )).all():
+            fates.setdefault(r.alert_id, []).append(
+                {"channel": r.channel, "status": r.status or r.item_status, "attempts": r.attempts or 0})
+    return [{"alert_id": r.alert_id, "kind": r.kind, "tenant_id": str(r.tenant_id),
+             "invoice_id": str(r.invoice_id) if r.invoice_id else None, "number": r.number, "case_no": r.case_no,
+             "received_at": r.received_at.isoformat(), "reason": r.data.get("reason"),
+             "deliveries": fates.get(r.alert_id, [])} for r in rows]
 
 
 async def queue_report(*, session: AsyncSession) -> dict[str, Any]:

@@ -171,6 +171,9 @@ class Notifier:
         s = self.settings
         created = d.created_at.isoformat()
         if d.channel == "webhook":
+            if not d.secrets:  # never send unsigned: the receiver could not tell it from a forgery
+                return Outcome(False, None, 0, "no signing secret can be decrypted (FAPIAO_SECRETS_KEY changed?); "
+                                               "rotate the subscription's secret")
             payload = webhook_payload(kind=d.kind, alerts=d.alerts, created_at=created,
                                       issuer_url=s.issuer_public_url)
             body = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)  # the same bytes on every retry
@@ -178,7 +181,7 @@ class Notifier:
                                             secrets=d.secrets)
         message = build_email(kind=d.kind, alerts=d.alerts, sender=s.smtp_from, recipients=d.emails,
                               message_id=service.msg_id(d.id), issuer_url=s.issuer_public_url)
-        return await self.mailer.send(message)
+        return await self.mailer.send(message, d.emails)
 
     # --- metrics -------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.reconciler import service
+from services.reconciler.rules import Policy
 from services.reconciler.store import StoreUnavailable, StoreView
 from shared.db import transaction
 from shared.errors import FieldError, NotFound, ServiceUnavailable, ValidationFailed
@@ -49,6 +50,7 @@ async def status(request: Request) -> dict[str, Any]:
         "unconfirmed": gaps["unconfirmed"], "stuck": gaps["stuck"],
         "oldest_unconfirmed_seconds": round(gaps["oldest_unconfirmed_seconds"], 3),
         "last_round": rec.last_round if rec else None,
+        "confirmation_latency": rec.confirmation_latency() if rec else None,
         "taxstore": {"url": st.settings.taxstore_url, "last_error": rec.last_store_error if rec else None},
         "policy": {"visibility_sla_seconds": st.settings.visibility_sla, "stuck_after_seconds": st.settings.stuck_after,
                    "stuck_after_resyncs": st.settings.stuck_after_resyncs},
@@ -74,6 +76,20 @@ async def check(request: Request, invoice_id: str) -> dict[str, Any]:
     st = _state(request)
     async with transaction(st.sessions) as session:
         out = await service.request_check(session=session, invoice_id=_uuid(invoice_id, "invoice"), by="admin")
+    if st.reconciler:
+        st.reconciler.wake_checker()
+    return out
+
+
+@router.post("/invoices/{invoice_id}/resync", status_code=202,
+             responses={404: {"description": "Unknown here"}, 409: {"description": "Rejected or voided"}})
+async def resync(request: Request, invoice_id: str) -> dict[str, Any]:
+    """Have the sync service resubmit this invoice now (reading back first), then check it again."""
+    st = _state(request)
+    async with transaction(st.sessions) as session:
+        out = await service.request_resync(session=session, invoice_id=_uuid(invoice_id, "invoice"),
+                                           policy=Policy.of(st.settings),
+                                           topics=st.reconciler_topics)
     if st.reconciler:
         st.reconciler.wake_checker()
     return out

@@ -30,6 +30,7 @@ from services.reconciler.rules import Decision, Policy, Seen, after_sync_result,
 from shared.envelope import Envelope, encode, new_envelope
 from shared.errors import Conflict, NotFound
 from shared.events import (
+    ALERT_CLOSED,
     ALERT_ORPHAN,
     ALERT_RECOVERED,
     ALERT_REJECTED,
@@ -51,7 +52,8 @@ from shared.topics import ALERTS, RECONCILIATION, RESYNC_REQUESTS
 __all__ = [
     "CheckStats", "Issued", "Topics", "apply_checks", "apply_sweep", "apply_sync_results", "apply_voided",
     "claim_due", "claim_sweep_windows", "gap_report", "get_case", "get_invoice", "intake_issued", "list_cases",
-    "list_unconfirmed", "month_summary", "open_case", "request_check", "status_counts", "sweep_now",
+    "list_unconfirmed", "month_summary", "open_case", "request_check", "request_resync", "status_counts",
+    "sweep_now",
 ]
 
 _ALERT_NS = uuid.UUID("6f1c1f7e-5d0b-4c35-9a57-2f3f0c6a9b11")
@@ -246,6 +248,9 @@ async def apply_voided(*, session: AsyncSession, invoice_ids: Sequence[uuid.UUID
             continue
         s.update(state="voided", next_check_at=None, check_requested_by=None)
         if s["case_no"]:
+            # Tell the notifier the case is over, so that reminders about it stop.
+            w.alert(s, ALERT_CLOSED, "closed", now=now, case_no=s["case_no"], next_action=None,
+                    reason=f"Case {s['case_no']} is closed: the seller voided invoice {s['number']}.")
             await _close_case(session, w, s, "closed", "voided by the seller", now)
     await _save(session, states.values())
     await w.flush(session)
@@ -324,6 +329,8 @@ class CheckStats:
     stuck: int = 0
     unreachable: int = 0
     results: dict[str, int] = field(default_factory=dict)
+    # Seconds from acceptance to confirmation, for invoices confirmed the first time (not after a reopening).
+    latencies: list[float] = field(default_factory=list)
 
 
 async def apply_checks(*, session: AsyncSession, seen: dict[uuid.UUID, Seen], policy: Policy, topics: Topics,
@@ -355,6 +362,8 @@ async def _record_decision(session: AsyncSession, w: _Writes, s: dict[str, Any],
     case_no = s["case_no"]
     if d.confirm:
         stats.confirmed += 1
+        if not s["reopened"] and s["accepted_at"]:
+            stats.latencies.append((now - s["accepted_at"]).total_seconds())
         visible_after = (now - s["acked_at"]).total_seconds() if s["acked_at"] else None
         case_status = None
         if case_no:
@@ -548,6 +557,28 @@ async def request_check(*, session: AsyncSession, invoice_id: uuid.UUID, by: str
     if row is None:
         raise NotFound(f"no checkable invoice {invoice_id}")
     return {"invoice_id": str(invoice_id), "state": row.state, "check": "requested"}
+
+
+async def request_resync(*, session: AsyncSession, invoice_id: uuid.UUID, policy: Policy,
+                         topics: Topics) -> dict[str, Any]:
+    """An operator's resync (补录): the sync service resubmits the invoice (reading back first), and the
+    reconciler checks it again soon after. Not counted against the automatic resync budget."""
+    states = await _lock(session, [invoice_id])
+    s = states.get(invoice_id)
+    if s is None or s["content_hash"] is None:
+        raise NotFound(f"no invoice {invoice_id}")
+    if s["state"] in ("rejected", "voided"):
+        raise Conflict(f"the invoice is {s['state']}; there is nothing to resubmit", extra={"state": s["state"]})
+    now = datetime.now(UTC)
+    w = _Writes(topics)
+    w.resync(s, "requested by an operator")
+    w.note(s["case_no"], "resync", "Resync requested by an operator.", now)
+    s.update(last_resync_at=now, next_check_at=now + timedelta(seconds=policy.first_check_after),
+             check_requested_by="admin")
+    await _save(session, [s])
+    await w.flush(session)
+    return {"invoice_id": str(invoice_id), "state": s["state"], "resync": "requested",
+            "next_check_at": s["next_check_at"].isoformat()}
 
 
 async def get_invoice(*, session: AsyncSession, invoice_id: uuid.UUID) -> dict[str, Any]:

@@ -7,11 +7,10 @@ nothing they decide is lost, because every decision commits with its events (ser
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import deque
 from datetime import date
 
 from aiokafka import ConsumerRecord
@@ -21,6 +20,7 @@ from services.reconciler import service
 from services.reconciler.metrics import (
     CHECK_ROUND,
     CHECKS,
+    CONFIRMATION_LATENCY,
     GAPS,
     OLDEST_UNCONFIRMED,
     ORPHANS,
@@ -37,9 +37,9 @@ from services.reconciler.store import StoreUnavailable, StoreView, TaxstoreReade
 from shared.db import transaction
 from shared.envelope import Envelope
 from shared.events import INVOICE_ISSUED, INVOICE_VOIDED, SYNC_RESULT_TYPES
-from shared.kafka import ConsumeLoop, backoff_delay, make_consumer, make_producer
-from shared.metrics import DEAD_LETTERS
-from shared.topics import INVOICE_EVENTS, SYNC_RESULTS, dlq_name
+from shared.kafka import backoff_delay
+from shared.loops import consume_forever, run_rounds
+from shared.topics import INVOICE_EVENTS, SYNC_RESULTS
 
 __all__ = ["Reconciler"]
 
@@ -63,6 +63,7 @@ class Reconciler:
         self._store_failures = 0
         self.last_store_error: str | None = None
         self.last_round: dict[str, object] = {}
+        self._latencies: deque[tuple[float, float]] = deque(maxlen=50_000)  # (when, acceptance -> confirmation)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -74,32 +75,6 @@ class Reconciler:
 
     def wake_sweeper(self) -> None:
         self._wake_sweeper.set()
-
-    async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> None:
-        waiter = wake or self._stopping
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waiter.wait(), max(seconds, 0))
-
-    async def _forever(self, name: str, round_: Callable[[], Awaitable[bool]], wake: asyncio.Event,
-                       idle: Callable[[], float]) -> None:
-        """Run rounds until stopped: again at once after a busy round, else after `idle()` or a wake-up."""
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                busy = await round_()
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the database may be away; keep going
-                failures += 1
-                log.warning("%s round failed (%s: %s)", name, type(exc).__name__, exc)
-                await self._sleep(backoff_delay(failures, base=0.5, cap=15))
-                continue
-            if busy:
-                await asyncio.sleep(0)
-                continue
-            wake.clear()
-            await self._sleep(idle(), wake)
 
     # --- the Kafka door ---------------------------------------------------------------------------
 
@@ -135,37 +110,10 @@ class Reconciler:
 
     async def run_consumer(self) -> None:
         s = self.settings
-        topics = [INVOICE_EVENTS.qualified(s.topic_prefix), SYNC_RESULTS.qualified(s.topic_prefix)]
-        attempt = 0
-        while not self._stopping.is_set():
-            consumer = make_consumer(s.kafka_bootstrap, group_id=self.group_id, max_poll_records=2000,
-                                     request_timeout_ms=s.kafka_request_timeout_ms)
-            producer = make_producer(s.kafka_bootstrap, request_timeout_ms=s.kafka_request_timeout_ms)
-            loop = ConsumeLoop(consumer=consumer, producer=producer, topics=topics, batch_handler=self._apply,
-                               dlq_topic=dlq_name, group_id=self.group_id,
-                               on_dead_letter=lambda t: DEAD_LETTERS.labels("reconciler", t).inc())
-            watch = asyncio.create_task(self._stop_when_stopping(loop))
-            try:
-                await asyncio.wait_for(consumer.start(), 30)
-                await asyncio.wait_for(producer.start(), 30)
-                attempt = 0
-                await loop.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Kafka or the DB failed: start again from committed offsets
-                delay = backoff_delay(attempt, base=0.5, cap=15)
-                attempt += 1
-                log.warning("ledger consumer failed (%s: %s); restarting in %.1fs", type(exc).__name__, exc, delay)
-                await self._sleep(delay)
-            finally:
-                watch.cancel()
-                for client in (consumer, producer):
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(client.stop(), 10)
-
-    async def _stop_when_stopping(self, loop: ConsumeLoop) -> None:
-        await self._stopping.wait()
-        loop.stop()
+        await consume_forever(service="reconciler", bootstrap=s.kafka_bootstrap,
+                              topics=[INVOICE_EVENTS.qualified(s.topic_prefix), SYNC_RESULTS.qualified(s.topic_prefix)],
+                              group_id=self.group_id, batch_handler=self._apply, stopping=self._stopping,
+                              request_timeout_ms=s.kafka_request_timeout_ms, max_poll_records=2000)
 
     # --- the check round --------------------------------------------------------------------------
 
@@ -230,6 +178,9 @@ class Reconciler:
         for kind, n in stats.gaps.items():
             TRANSITIONS.labels(f"gap_{kind}").inc(n)
         TRANSITIONS.labels("confirmed").inc(stats.confirmed)
+        for seconds in stats.latencies:
+            CONFIRMATION_LATENCY.observe(seconds)
+            self._latencies.append((time.time(), seconds))
         TRANSITIONS.labels("recovered").inc(stats.recovered)
         TRANSITIONS.labels("stuck").inc(stats.stuck)
         elapsed = time.perf_counter() - started
@@ -240,7 +191,21 @@ class Reconciler:
         return len(due) >= s.check_batch_size
 
     async def run_checker(self) -> None:
-        await self._forever("check", self.check_round, self._wake_checker, lambda: self.settings.check_interval)
+        await run_rounds("check", self.check_round, stopping=self._stopping, wake=self._wake_checker,
+                         idle=lambda: self.settings.check_interval)
+
+    def confirmation_latency(self, window: float = 300.0) -> dict[str, float | int | None]:
+        """Acceptance-to-confirmation times of the invoices confirmed in the last `window` seconds."""
+        since = time.time() - window
+        values = sorted(v for t, v in self._latencies if t >= since)
+        if not values:
+            return {"window_seconds": window, "count": 0, "p50": None, "p95": None, "max": None}
+
+        def pct(q: float) -> float:
+            return round(values[min(len(values) - 1, int(q * len(values)))], 3)
+
+        return {"window_seconds": window, "count": len(values), "p50": pct(0.5), "p95": pct(0.95),
+                "max": round(values[-1], 3)}
 
     # --- the sweeper ------------------------------------------------------------------------------
 
@@ -280,8 +245,8 @@ class Reconciler:
         return result
 
     async def run_sweeper(self) -> None:
-        await self._forever("sweep", self.sweep_round, self._wake_sweeper,
-                            lambda: min(self.settings.sweep_interval, 5.0))
+        await run_rounds("sweep", self.sweep_round, stopping=self._stopping, wake=self._wake_sweeper,
+                         idle=lambda: min(self.settings.sweep_interval, 5.0))
 
     # --- metrics ----------------------------------------------------------------------------------
 
@@ -296,4 +261,4 @@ class Reconciler:
         return False
 
     async def run_metrics(self) -> None:
-        await self._forever("metrics", self.refresh_metrics, asyncio.Event(), lambda: 5.0)
+        await run_rounds("metrics", self.refresh_metrics, stopping=self._stopping, idle=lambda: 5.0)

@@ -467,3 +467,89 @@ async def test_a_muted_invoice_is_silent_until_it_recovers_and_open_cases_are_re
     await asyncio.sleep(3.5)
     assert len(receiver.at(path)) == before, "no reminder after the case resolved"
     assert (await p.issuer.client.delete(f"/v1/invoices/{quiet}/mute", headers=tenant.headers)).status_code == 404
+
+
+async def test_history_pages_without_gaps(recon_pipeline: ReconPipeline, receiver: Receiver) -> None:
+    p = recon_pipeline
+    tenant = await new_tenant(p)
+    hook = await subscribe_webhook(p, tenant, receiver.url(f"/hooks/{uuid.uuid4().hex}"))
+    sent = set()
+    for _ in range(5):
+        r = await p.issuer.client.post(f"/v1/subscriptions/{hook['id']}/ping", headers=tenant.headers)
+        assert r.status_code == 202 and r.json()["webhook_id"].startswith("msg_")
+        sent.add(r.json()["delivery_id"])
+    seen: list[str] = []
+    cursor = None
+    for _ in range(5):
+        r = await p.issuer.client.get("/v1/notifications", headers=tenant.headers,
+                                      params={"limit": 2, **({"cursor": cursor} if cursor else {})})
+        assert r.status_code == 200, r.text
+        seen += [n["id"] for n in r.json()["items"]]
+        cursor = r.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert seen and len(seen) == len(set(seen)) == 5 and set(seen) == sent
+    bad = await p.issuer.client.get("/v1/notifications", params={"cursor": "nonsense"}, headers=tenant.headers)
+    assert bad.status_code == 422 and bad.json()["errors"][0]["path"] == "cursor"
+
+
+async def test_an_unreadable_secret_holds_back_only_its_own_webhooks_until_rotated(
+        recon_pipeline: ReconPipeline, receiver: Receiver) -> None:
+    p = recon_pipeline
+    tenant = await new_tenant(p)
+    path = f"/hooks/{uuid.uuid4().hex}"
+    hook = await subscribe_webhook(p, tenant, receiver.url(path))
+    address = f"keys-{uuid.uuid4().hex[:8]}@example.com"
+    mail = await subscribe_email(p, tenant, address)
+    # The old key is lost (and retries are slow enough for the rotation below to come before they run out).
+    p.restart(p.notifier, FAPIAO_SECRETS_KEY="another-secrets-key-" + uuid.uuid4().hex, FAPIAO_RETRY_BASE="2")
+    for sub in (hook, mail):
+        assert (await p.issuer.client.post(f"/v1/subscriptions/{sub['id']}/ping",
+                                           headers=tenant.headers)).status_code == 202
+    await eventually(lambda: _count(p.mails(to=address), 1), timeout=15)  # e-mail is not held up
+
+    async def webhook_failed() -> dict | None:
+        items = [n for n in await history(p, tenant) if n["channel"] == "webhook" and n["attempts"] >= 1]
+        return await delivery(p, tenant, items[0]["id"]) if items else None
+
+    d = await eventually(webhook_failed, timeout=15)
+    assert "no signing secret can be decrypted" in d["attempt_log"][0]["error"]
+    assert receiver.at(path) == [], "never sent unsigned"
+
+    r = await p.issuer.client.post(f"/v1/subscriptions/{hook['id']}/rotate-secret", headers=tenant.headers,
+                                   json={"overlap_seconds": 0})
+    assert r.status_code == 200, r.text
+    await eventually(lambda: _count(receiver.at(path), 1), timeout=20)  # the waiting delivery goes out now
+    payload = verified(receiver.at(path)[0], r.json()["secret"])
+    assert payload["type"] == "webhook.ping" and len(receiver.at(path)[0].headers["webhook-signature"].split()) == 1
+
+
+async def test_voiding_a_stuck_invoice_closes_its_case_and_stops_the_reminders(recon_pipeline: ReconPipeline,
+                                                                                receiver: Receiver) -> None:
+    p = recon_pipeline
+    p.restart_reconciler(FAPIAO_STUCK_AFTER="3")
+    p.restart(p.notifier, FAPIAO_REMIND_AFTER="2")
+    tenant = await new_tenant(p)
+    path = f"/hooks/{uuid.uuid4().hex}"
+    hook = await subscribe_webhook(p, tenant, receiver.url(path))
+    await p.faults(outage=True)
+    iid = (await issue(p, tenant, 1)).popitem()[1]
+    await until_all(p, tenant, "stuck", 1, timeout=60)
+    case_no = (await steps.detail(p, tenant, iid))["case_no"]
+
+    def kinds() -> list[str]:
+        return [a["type"] for r in receiver.at(path) for a in alerts_in(verified(r, hook["secret"]))]
+
+    await eventually(lambda: kinds().count("case.reminder") >= 1, timeout=20)
+    r = await p.issuer.client.post(f"/v1/invoices/{iid}/void", json={"reason": "issued by mistake"},
+                                   headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    await eventually(lambda: "case.closed" in kinds(), timeout=20)
+    closed = next(a for r in receiver.at(path) for a in alerts_in(verified(r, hook["secret"]))
+                  if a["type"] == "case.closed")
+    assert closed["case_no"] == case_no and "voided" in closed["reason"]
+    case = (await p.issuer.client.get(f"/v1/cases/{case_no}", headers=tenant.headers)).json()
+    assert case["status"] == "closed"
+    before = len(kinds())
+    await asyncio.sleep(3.5)
+    assert len(kinds()) == before, "no reminder about a case that is closed"

@@ -180,6 +180,12 @@ def test_stack_up_is_idempotent_and_down_leaves_nothing(tmp_path):
         assert f"http://127.0.0.1:{ports['FAPIAO_SYNC_PORT']}" in up.stdout
         assert f"http://127.0.0.1:{ports['FAPIAO_RECONCILER_PORT']}" in up.stdout
         assert f"http://127.0.0.1:{ports['FAPIAO_NOTIFIER_PORT']}" in up.stdout
+        # The operators' dashboard, and the figures behind it for the stack's own admin token.
+        assert f"{url}/ops" in up.stdout and httpx.get(f"{url}/ops", timeout=5).status_code == 200
+        admin = {"Authorization": f"Bearer {(tmp_path / 'run' / 'admin-token').read_text().strip()}"}
+        overview = httpx.get(f"{url}/ops/api/overview", headers=admin, timeout=10).json()
+        assert all(svc["ready"] for svc in overview["services"]), overview["services"]
+        assert overview["faults"]["outage"] is False and overview["counts"]["confirmed"] >= 1
         # E-mail goes over real SMTP to the stack's own sink, which keeps it as a file.
         sub = httpx.post(f"{url}/v1/subscriptions", headers={"Authorization": f"Bearer {key}"},
                          json={"channel": "email", "emails": ["demo@example.com"]}, timeout=10)

@@ -1,0 +1,211 @@
+"""The operators' view of the whole pipeline, served by the issuer: a live dashboard page at /ops and the JSON
+it reads at /ops/api (admin token).
+
+A sampler takes a reading every FAPIAO_OPS_SAMPLE_INTERVAL seconds and keeps the last FAPIAO_OPS_HISTORY
+seconds of them in memory, so that the page's charts (sync lag, end-to-end latency, unconfirmed and stuck
+invoices) have a history as soon as the page opens: consumer-group lag and dead-letter counts from the broker,
+gaps, stuck invoices and confirmation latency from the reconciler, counts from the issuer's own ledger. Each
+issuer replica keeps its own history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from prometheus_client import Gauge
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.issuer import service
+from services.issuer.settings import IssuerSettings
+from shared.db import transaction
+from shared.http import require_admin
+from shared.kafka import OffsetReader
+from shared.loops import run_rounds
+from shared.topics import ALERTS as ALERTS_TOPIC
+from shared.topics import ALL_TOPICS, INVOICE_EVENTS, NOTIFICATIONS, RECONCILIATION, RESYNC_REQUESTS, SYNC_RESULTS
+
+__all__ = ["OpsSampler", "page_router", "router"]
+
+log = logging.getLogger(__name__)
+
+DLQ_RECORDS = Gauge("fapiao_dlq_records", "Records on a dead-letter topic (events set aside by a consumer)", ["topic"])
+INVOICES = Gauge("fapiao_issuer_invoices", "Invoices in the issuer's ledger, by status", ["status"])
+GROUP_LAG = Gauge("fapiao_consumer_group_lag_records",
+                  "Records a consumer group has not committed yet, as the broker sees it", ["group"])
+
+PAGE = Path(__file__).parent / "static" / "ops.html"
+
+
+def consumer_groups(prefix: str) -> dict[str, tuple[str, list[str]]]:
+    """name shown -> (consumer group, its topics), for every consumer in the system."""
+    q = lambda *topics: [t.qualified(prefix) for t in topics]  # noqa: E731
+    return {
+        "sync": (f"{prefix}sync.submit", q(INVOICE_EVENTS, RESYNC_REQUESTS)),
+        "reconciler": (f"{prefix}reconciler.ledger", q(INVOICE_EVENTS, SYNC_RESULTS)),
+        "notifier": (f"{prefix}notifier.alerts", q(ALERTS_TOPIC)),
+        "issuer": (f"{prefix}issuer.status-feed", q(SYNC_RESULTS, RECONCILIATION, NOTIFICATIONS)),
+    }
+
+
+class OpsSampler:
+    def __init__(self, *, settings: IssuerSettings, sessions: async_sessionmaker[AsyncSession],
+                 reconciler_http: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.reconciler_http = reconciler_http
+        self.offsets = OffsetReader(settings.kafka_bootstrap)
+        self.groups = consumer_groups(settings.topic_prefix)
+        self.dlq_topics = [t.qualified(settings.topic_prefix) for t in ALL_TOPICS if t.name.endswith(".dlq")]
+        size = max(2, int(settings.ops_history / settings.ops_sample_interval))
+        self.series: deque[dict[str, Any]] = deque(maxlen=size)
+        self.latest: dict[str, Any] = {}
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        try:
+            await run_rounds("ops-sample", self.sample, stopping=self.stopping,
+                             idle=lambda: self.settings.ops_sample_interval)
+        finally:
+            await self.offsets.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def _kafka(self) -> tuple[dict[str, int | None] | None, dict[str, int] | None, str | None]:
+        try:
+            lags = await self.offsets.lags({group: topics for group, topics in self.groups.values()})
+            dlq = await self.offsets.sizes(self.dlq_topics)
+        except Exception as exc:  # noqa: BLE001 - the dashboard says Kafka cannot be read; it does not fail
+            return None, None, f"{type(exc).__name__}: {exc}"[:200]
+        by_name = {name: lags[group] for name, (group, _) in self.groups.items()}
+        return by_name, dlq, None
+
+    async def _reconciler(self) -> tuple[dict[str, Any] | None, str | None]:
+        try:
+            r = await self.reconciler_http.get("/admin/status", timeout=self.settings.reconciler_timeout)
+            r.raise_for_status()
+            return r.json(), None
+        except (httpx.HTTPError, ValueError) as exc:
+            return None, f"{type(exc).__name__}"
+
+    async def sample(self) -> bool:
+        """One reading: lag, dead letters, reconciler figures, counts; appended to the series."""
+        (lags, dlq, kafka_error), (recon, recon_error) = await asyncio.gather(self._kafka(), self._reconciler())
+        async with transaction(self.sessions) as session:
+            figures = await service.ops_figures(session=session, tenant_id=None, stuck_limit=0)
+        for status, n in figures["counts"].items():
+            INVOICES.labels(status).set(n)
+        for topic, n in (dlq or {}).items():
+            DLQ_RECORDS.labels(topic.removeprefix(self.settings.topic_prefix)).set(n)
+        for name, n in (lags or {}).items():
+            if n is not None:
+                GROUP_LAG.labels(self.groups[name][0]).set(n)
+        latency = (recon or {}).get("confirmation_latency") or {}
+        point = {
+            "t": round(time.time(), 3), "lag": lags, "dlq": dlq, "counts": figures["counts"],
+            "unconfirmed": (recon or {}).get("unconfirmed"), "stuck": (recon or {}).get("stuck"),
+            "oldest_unconfirmed_seconds": (recon or {}).get("oldest_unconfirmed_seconds"),
+            "e2e_p50": latency.get("p50"), "e2e_p95": latency.get("p95"), "confirmed_recently": latency.get("count"),
+        }
+        self.series.append(point)
+        self.latest = {"point": point, "reconciler": recon, "errors": {"kafka": kafka_error,
+                                                                       "reconciler": recon_error}}
+        return False
+
+
+# --- HTTP --------------------------------------------------------------------------------------------------
+
+page_router = APIRouter(tags=["operations"])
+router = APIRouter(prefix="/ops/api", tags=["operations"], dependencies=[Depends(require_admin)])
+
+
+@page_router.get("/ops", response_class=HTMLResponse, include_in_schema=False)
+async def page() -> HTMLResponse:
+    """The dashboard. The page holds no data and no secret: it asks for the admin token and reads /ops/api."""
+    return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Cache-Control": "no-store"})
+
+
+async def _health(client: httpx.AsyncClient, name: str, url: str) -> dict[str, Any]:
+    try:
+        r = await client.get(f"{url}/readyz", timeout=2)
+        body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+        return {"name": name, "url": url, "ready": r.status_code == 200, "checks": body.get("checks")}
+    except (httpx.HTTPError, ValueError) as exc:
+        return {"name": name, "url": url, "ready": False, "checks": {"http": type(exc).__name__}}
+
+
+async def _admin_get(client: httpx.AsyncClient, url: str, **params: Any) -> Any:
+    try:
+        r = await client.get(url, params={k: v for k, v in params.items() if v is not None}, timeout=5)
+        return r.json() if r.status_code == 200 else {"error": f"HTTP {r.status_code}"}
+    except (httpx.HTTPError, ValueError) as exc:
+        return {"error": type(exc).__name__}
+
+
+@router.get("/overview")
+async def overview(request: Request, tenant_id: uuid.UUID | None = None,
+                   stuck_limit: Annotated[int, Query(ge=0, le=500)] = 50) -> dict[str, Any]:
+    """Everything the dashboard shows, in one answer: services, counts (per tenant if asked), the sampled
+    series, gaps, stuck invoices with reason and case, recent alerts, the tax store's faults."""
+    st = request.app.state
+    s: IssuerSettings = st.settings
+    sampler: OpsSampler | None = st.ops_sampler
+    token = s.admin_token.get_secret_value()
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as client:
+        services = [("issuer", s.public_url), ("taxstore", s.taxstore_url), ("sync", s.sync_url),
+                    ("reconciler", s.reconciler_url), ("notifier", s.notifier_url)]
+        health, alerts, faults = await asyncio.gather(
+            asyncio.gather(*(_health(client, n, u) for n, u in services if n != "issuer")),
+            _admin_get(client, f"{s.notifier_url}/admin/alerts", limit=20, tenant_id=tenant_id),
+            _admin_get(client, f"{s.taxstore_url}/admin/faults"))
+    async with transaction(st.sessions) as session:
+        figures = await service.ops_figures(session=session, tenant_id=tenant_id, stuck_limit=stuck_limit)
+    latest = sampler.latest if sampler else {}
+    recon = latest.get("reconciler") or {}
+    return {
+        "generated_at": time.time(), "tenant_id": str(tenant_id) if tenant_id else None,
+        "services": [{"name": "issuer", "url": s.public_url, "ready": True, "checks": None}, *health],
+        "counts": figures["counts"], "total": figures["total"], "stuck_total": figures["stuck_total"],
+        "stuck": figures["stuck"], "tenants": figures["tenants"],
+        "pipeline": latest.get("point"), "errors": latest.get("errors"),
+        "series": list(sampler.series) if sampler else [],
+        "sample_interval_seconds": s.ops_sample_interval,
+        "gaps": recon.get("gaps", []), "reconciler": {k: recon.get(k) for k in (
+            "unconfirmed", "stuck", "oldest_unconfirmed_seconds", "confirmation_latency", "policy", "last_round")},
+        "alerts": alerts.get("items", []) if isinstance(alerts, dict) else [],
+        "alerts_error": alerts.get("error") if isinstance(alerts, dict) else None,
+        "faults": faults,
+    }
+
+
+@router.get("/faults")
+async def get_faults(request: Request) -> JSONResponse:
+    return await _faults(request, "GET", None)
+
+
+@router.put("/faults")
+async def put_faults(request: Request, body: Annotated[dict[str, Any], Body()]) -> JSONResponse:
+    """Change the simulated tax store's faults (a drill); the store checks the values (422 names the field)."""
+    return await _faults(request, "PUT", body)
+
+
+async def _faults(request: Request, method: str, body: dict[str, Any] | None) -> JSONResponse:
+    s: IssuerSettings = request.app.state.settings
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            r = await client.request(method, f"{s.taxstore_url}/admin/faults", json=body,
+                                     headers={"Authorization": f"Bearer {s.admin_token.get_secret_value()}"})
+        return JSONResponse(r.json(), status_code=r.status_code if r.status_code < 500 else 503)
+    except (httpx.HTTPError, ValueError):
+        return JSONResponse({"status": 503, "title": "Service unavailable", "code": "dependency_unavailable",
+                             "detail": "the tax store is not reachable right now"}, status_code=503,
+                            headers={"Retry-After": "5"}, media_type="application/problem+json")
