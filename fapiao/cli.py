@@ -376,7 +376,10 @@ def invoice_show(ref: str = typer.Argument(..., help="the invoice id, or its 20-
                       + ", ".join(f"{f['seller_tax_id']} ({f['tenant']})" for f in found))
             raise typer.Exit(2)
         invoice_id = found[0]["id"]
-    inv = _call("GET", issuer, f"/admin/invoices/{invoice_id}", token=token)
+    inv = _call("GET", issuer, f"/admin/invoices/{invoice_id}", token=token, ok=(200, 404))
+    if "id" not in inv:  # 404: an answer, not a failure (like an unknown number)
+        err.print(f"[red]no invoice {ref}[/red]")
+        raise typer.Exit(1)
     if as_json:
         _emit(inv)
         return

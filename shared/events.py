@@ -3,13 +3,19 @@ the version. Every event travels in the envelope of shared.envelope, keyed by in
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
 __all__ = [
-    "ALERT_CLOSED", "ALERT_KINDS", "ALERT_ORPHAN", "ALERT_RECOVERED", "ALERT_REJECTED", "ALERT_RESOLVED", "ALERT_STUCK",
-    "ALERT_TYPES", "CASE_UPDATED", "NOTIFICATION_FAILED", "NOTIFICATION_SENT", "NOTIFICATION_TYPES",
-    "NOTIFIER_SOURCE",
-    "INVOICE_AWAITING_VISIBILITY", "INVOICE_CONFIRMED", "INVOICE_GAP_FOUND", "INVOICE_ISSUED", "INVOICE_REJECTED",
-    "INVOICE_STUCK", "INVOICE_SUBMISSION_FAILED", "INVOICE_SUBMITTED", "INVOICE_VOIDED", "ISSUER_SOURCE",
-    "RECONCILER_SOURCE", "RECONCILIATION_TYPES", "RESYNC_INVOICE", "SYNC_RESULT_TYPES", "SYNC_SOURCE",
+    "ALERT_CLOSED", "ALERT_KINDS", "ALERT_ORPHAN", "ALERT_RECOVERED", "ALERT_REJECTED", "ALERT_RESOLVED",
+    "ALERT_STUCK", "ALERT_TYPES", "CASE_UPDATED", "INVOICE_AWAITING_VISIBILITY", "INVOICE_CONFIRMED",
+    "INVOICE_GAP_FOUND", "INVOICE_ISSUED", "INVOICE_REJECTED", "INVOICE_STUCK", "INVOICE_SUBMISSION_FAILED",
+    "INVOICE_SUBMITTED", "INVOICE_VOIDED", "ISSUER_SOURCE", "Issued", "NOTIFICATION_FAILED", "NOTIFICATION_SENT",
+    "NOTIFICATION_TYPES", "NOTIFIER_SOURCE", "RECONCILER_SOURCE", "RECONCILIATION_TYPES", "RESYNC_INVOICE",
+    "SYNC_RESULT_TYPES", "SYNC_SOURCE",
 ]
 
 ISSUER_SOURCE = "fapiao/issuer"
@@ -21,6 +27,20 @@ NOTIFIER_SOURCE = "fapiao/notifier"
 
 INVOICE_ISSUED = "cn.fapiao.invoice.issued.v1"
 """data: {invoice_id, tenant_id, seller_tax_id, number, content_hash, accepted_at, invoice: <canonical invoice>}"""
+
+
+class Issued(BaseModel):
+    """The `issued` payload as its consumers (sync, reconciler) read it; fields added later are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    invoice_id: uuid.UUID
+    tenant_id: uuid.UUID
+    seller_tax_id: str = Field(min_length=18, max_length=18)
+    number: str = Field(pattern=r"^[0-9]{20}$")
+    content_hash: str = Field(min_length=64, max_length=64)
+    accepted_at: datetime
+    invoice: dict[str, Any]
 
 INVOICE_VOIDED = "cn.fapiao.invoice.voided.v1"
 """data: {invoice_id, tenant_id, seller_tax_id, number, reason, voided_at}"""

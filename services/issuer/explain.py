@@ -23,7 +23,7 @@ from shared.events import (
 )
 
 __all__ = ["Explanation", "at", "case_opened_message", "clock", "describe_event", "describe_notification", "explain",
-           "span"]
+           "parse_time", "span"]
 
 Explanation = tuple[str, str | None, datetime | None]
 """(reason, next action, when the next action happens)"""
@@ -68,6 +68,11 @@ def at(moment: datetime, now: datetime) -> str:
     if moment.date() == now.date():
         return moment.strftime("%H:%M:%S UTC")
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO 8601 string (or a datetime) as an aware datetime; None when it is neither."""
+    return _time(value)
 
 
 def _time(value: Any) -> datetime | None:

@@ -101,11 +101,16 @@ class OpsSampler:
         """One reading: lag, dead letters, reconciler figures, counts; appended to the series."""
         (lags, dlq, kafka_error), (recon, recon_error) = await asyncio.gather(self._kafka(), self._reconciler())
         async with transaction(self.sessions) as session:
-            figures = await service.ops_figures(session=session, tenant_id=None, stuck_limit=0)
+            figures = await service.ops_figures(session=session, tenant_id=None, stuck_limit=0, with_tenants=False)
+        # Whole snapshots: a status that dropped to no invoices, or a lag that cannot be read, must not linger.
+        INVOICES.clear()
         for status, n in figures["counts"].items():
             INVOICES.labels(status).set(n)
-        for topic, n in (dlq or {}).items():
-            DLQ_RECORDS.labels(topic.removeprefix(self.settings.topic_prefix)).set(n)
+        if dlq is not None:
+            DLQ_RECORDS.clear()
+            for topic, n in dlq.items():
+                DLQ_RECORDS.labels(topic.removeprefix(self.settings.topic_prefix)).set(n)
+        GROUP_LAG.clear()
         for name, n in (lags or {}).items():
             if n is not None:
                 GROUP_LAG.labels(self.groups[name][0]).set(n)

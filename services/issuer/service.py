@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.issuer import models as m
 from services.issuer.explain import case_opened_message, describe_event, describe_notification, explain
+from services.issuer.explain import parse_time as explain_time
 from services.issuer.lifecycle import VOIDABLE, Status, can_move
 from services.issuer.rules import canonical, check_invoice, content_hash
 from services.issuer.schemas import InvoiceCreate, InvoiceRead, InvoiceView, TimelineEntry
@@ -827,14 +828,15 @@ async def get_invoice_any_tenant(*, session: AsyncSession, invoice_id: str) -> d
             "tenant": {"id": str(owner.id), "name": owner.name, "tax_id": owner.tax_id}}
 
 
-async def ops_figures(*, session: AsyncSession, tenant_id: uuid.UUID | None, stuck_limit: int = 50) -> dict[str, Any]:
+async def ops_figures(*, session: AsyncSession, tenant_id: uuid.UUID | None, stuck_limit: int = 50,
+                      with_tenants: bool = True) -> dict[str, Any]:
     """What the dashboard shows from the issuer's own ledger: invoices by status, the stuck ones with their
-    reason and case (oldest first), and the tenants to filter by."""
+    reason and case (issued earliest first), and the tenants to filter by."""
     inv, t = m.invoices, m.tenants
     conds = [inv.c.tenant_id == tenant_id] if tenant_id is not None else []
     counts = {r[0]: int(r[1]) for r in (await session.execute(
         select(inv.c.status, func.count()).where(*conds).group_by(inv.c.status))).all()}
-    stuck_rows = (await session.execute(
+    stuck_rows = [] if not stuck_limit else (await session.execute(
         select(inv.c.id, inv.c.number, inv.c.seller_tax_id, inv.c.total, inv.c.accepted_at, inv.c.updated_at,
                inv.c.status, inv.c.recon, inv.c.reason, inv.c.next_action, inv.c.next_action_at,
                inv.c.reason_source, inv.c.case_no, t.c.name.label("tenant"))
@@ -846,10 +848,12 @@ async def ops_figures(*, session: AsyncSession, tenant_id: uuid.UUID | None, stu
     for r in stuck_rows:
         reason, nxt, _ = explain(status=r.status, recon=r.recon, reason=r.reason, next_action=r.next_action,
                                  next_action_at=r.next_action_at, reason_source=r.reason_source, now=now)
+        since = explain_time((r.recon or {}).get("stuck_at")) or r.updated_at
         stuck.append({"id": str(r.id), "number": r.number, "seller_tax_id": r.seller_tax_id, "tenant": r.tenant,
                       "total": f"{r.total:.2f}", "age_seconds": round((now - r.accepted_at).total_seconds(), 1),
+                      "stuck_seconds": round(max(0.0, (now - since).total_seconds()), 1),
                       "case_no": r.case_no, "reason": reason, "next_action": nxt})
     tenants = [{"id": str(r.id), "name": r.name, "tax_id": r.tax_id} for r in (await session.execute(
-        select(t.c.id, t.c.name, t.c.tax_id).order_by(t.c.name).limit(500))).all()]
+        select(t.c.id, t.c.name, t.c.tax_id).order_by(t.c.name).limit(500))).all()] if with_tenants else []
     return {"counts": counts, "total": sum(counts.values()), "stuck": stuck, "stuck_total": counts.get("stuck", 0),
             "tenants": tenants}

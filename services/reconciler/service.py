@@ -20,7 +20,6 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, bindparam, case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -45,12 +44,13 @@ from shared.events import (
     INVOICE_SUBMITTED,
     RECONCILER_SOURCE,
     RESYNC_INVOICE,
+    Issued,
 )
 from shared.outbox import notify_outbox
 from shared.topics import ALERTS, RECONCILIATION, RESYNC_REQUESTS
 
 __all__ = [
-    "CheckStats", "Issued", "Topics", "apply_checks", "apply_sweep", "apply_sync_results", "apply_voided",
+    "CheckStats", "Topics", "apply_checks", "apply_sweep", "apply_sync_results", "apply_voided",
     "claim_due", "claim_sweep_windows", "gap_report", "get_case", "get_invoice", "intake_issued", "list_cases",
     "list_unconfirmed", "month_summary", "open_case", "request_check", "request_resync", "status_counts",
     "sweep_now",
@@ -62,20 +62,6 @@ _MUTABLE = (
     "resyncs", "last_resync_at", "held", "duplicate_acks", "sync_state", "last_error", "next_check_at",
     "check_requested_by", "last_checked_at", "stuck_at", "case_no", "sync_seq", "recon_seq",
 )
-
-
-class Issued(BaseModel):
-    """The part of an `issued` event the reconciler keeps; anything else in it is ignored."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    invoice_id: uuid.UUID
-    tenant_id: uuid.UUID
-    seller_tax_id: str = Field(min_length=18, max_length=18)
-    number: str = Field(pattern=r"^[0-9]{20}$")
-    content_hash: str = Field(min_length=64, max_length=64)
-    accepted_at: datetime
-    invoice: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -106,11 +92,11 @@ class _Writes:
                                  "number": state["number"], **_jsonable(data)})
         self._add(self.topics.reconciliation, str(state["invoice_id"]), env)
 
-    def resync(self, state: dict[str, Any], reason: str) -> None:
+    def resync(self, state: dict[str, Any], reason: str, *, by: str = "reconciler") -> None:
         env = new_envelope(source=RECONCILER_SOURCE, type=RESYNC_INVOICE, subject=str(state["invoice_id"]),
                            tenant=str(state["tenant_id"]), sequence=max(1, state["resyncs"]),
                            data={"invoice_id": str(state["invoice_id"]), "seller_tax_id": state["seller_tax_id"],
-                                 "number": state["number"], "reason": reason, "requested_by": "reconciler",
+                                 "number": state["number"], "reason": reason, "requested_by": by,
                                  "resync": state["resyncs"]})
         self._add(self.topics.resync, str(state["invoice_id"]), env)
 
@@ -571,7 +557,7 @@ async def request_resync(*, session: AsyncSession, invoice_id: uuid.UUID, policy
         raise Conflict(f"the invoice is {s['state']}; there is nothing to resubmit", extra={"state": s["state"]})
     now = datetime.now(UTC)
     w = _Writes(topics)
-    w.resync(s, "requested by an operator")
+    w.resync(s, "requested by an operator", by="operator")
     w.note(s["case_no"], "resync", "Resync requested by an operator.", now)
     s.update(last_resync_at=now, next_check_at=now + timedelta(seconds=policy.first_check_after),
              check_requested_by="admin")

@@ -31,12 +31,12 @@ from services.reconciler.metrics import (
     TRANSITIONS,
 )
 from services.reconciler.rules import Policy, Seen
-from services.reconciler.service import Issued, Topics
+from services.reconciler.service import Topics
 from services.reconciler.settings import ReconcilerSettings
 from services.reconciler.store import StoreUnavailable, StoreView, TaxstoreReader
 from shared.db import transaction
 from shared.envelope import Envelope
-from shared.events import INVOICE_ISSUED, INVOICE_VOIDED, SYNC_RESULT_TYPES
+from shared.events import INVOICE_ISSUED, INVOICE_VOIDED, SYNC_RESULT_TYPES, Issued
 from shared.kafka import backoff_delay
 from shared.loops import consume_forever, run_rounds
 from shared.topics import INVOICE_EVENTS, SYNC_RESULTS

@@ -13,34 +13,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync import models as m
 from shared.envelope import encode, new_envelope
-from shared.events import INVOICE_REJECTED, INVOICE_SUBMISSION_FAILED, INVOICE_SUBMITTED, SYNC_SOURCE
+from shared.events import INVOICE_REJECTED, INVOICE_SUBMISSION_FAILED, INVOICE_SUBMITTED, SYNC_SOURCE, Issued
 from shared.outbox import notify_outbox
 
 __all__ = [
-    "Issued", "Outcome", "Pending", "apply_resync", "apply_voided", "claim_due", "counts", "get_submission", "intake",
+    "Outcome", "Pending", "apply_resync", "apply_voided", "claim_due", "counts", "get_submission", "intake",
     "next_due_in", "record_outcomes", "retry_backlog", "retry_delay",
 ]
-
-
-class Issued(BaseModel):
-    """The part of an `issued` event the sync service needs; anything else in it is ignored."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    invoice_id: uuid.UUID
-    tenant_id: uuid.UUID
-    seller_tax_id: str = Field(min_length=18, max_length=18)
-    number: str = Field(pattern=r"^[0-9]{20}$")
-    content_hash: str = Field(min_length=64, max_length=64)
-    accepted_at: datetime
-    invoice: dict[str, Any]
 
 
 @dataclass(frozen=True)

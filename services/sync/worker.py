@@ -24,11 +24,11 @@ from services.sync import service
 from services.sync.breaker import Breaker, State
 from services.sync.client import ItemResult, RequestFailed, TaxstoreClient
 from services.sync.metrics import BREAKER_STATE, OUTCOMES, REQUEST_LATENCY, RETRY_BACKLOG
-from services.sync.service import Issued, Outcome, Pending
+from services.sync.service import Outcome, Pending
 from services.sync.settings import SyncSettings
 from shared.db import transaction
 from shared.envelope import Envelope, EnvelopeError, decode
-from shared.events import INVOICE_ISSUED, INVOICE_VOIDED, RESYNC_INVOICE
+from shared.events import INVOICE_ISSUED, INVOICE_VOIDED, RESYNC_INVOICE, Issued
 from shared.kafka import CommitOnRevoke, backoff_delay, consumer_lag, dead_letter, make_consumer
 from shared.metrics import CONSUMER_LAG, DEAD_LETTERS
 from shared.topics import INVOICE_EVENTS, RESYNC_REQUESTS, SYNC_RESULTS, dlq_name
