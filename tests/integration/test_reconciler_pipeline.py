@@ -62,10 +62,15 @@ async def test_dropped_invoices_are_found_resynced_and_confirmed_once_each(recon
     assert delta(after, before, "duplicates") == 0
     assert await metric(p.reconciler.url, "fapiao_reconciler_resyncs_total", kind="missing") >= resyncs
     assert await metric(p.reconciler.url, "fapiao_reconciler_check_round_duration_seconds_count") > 0
-    gap_invoice = (await _sql(p, "select invoice_id from reconciler.ledger where tenant_id = :t and resyncs > 0 "
-                                 "limit 1", t=tenant.id))[0][0]
+    # A resynced invoice's timeline shows the gap and ends visible. One dropped often enough (or slow enough on a
+    # loaded machine) to pass the stuck limit ends "recovered" instead, after a case: both are checked, the plain
+    # gap first.
+    gap_invoice, had_case = (await _sql(
+        p, "select l.invoice_id, exists (select 1 from reconciler.cases c where c.invoice_id = l.invoice_id) "
+           "from reconciler.ledger l where l.tenant_id = :t and l.resyncs > 0 order by 2, l.invoice_id limit 1",
+        t=tenant.id))[0]
     kinds = await _timeline_kinds(p, tenant, str(gap_invoice))
-    assert "gap_found" in kinds and kinds[-1] == "confirmed", kinds
+    assert "gap_found" in kinds and kinds[-1] == ("recovered" if had_case else "confirmed"), (kinds, had_case)
 
 
 async def test_replication_lag_beyond_the_sla_is_not_resubmitted_into_duplicates(
