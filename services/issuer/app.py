@@ -21,17 +21,17 @@ from services.issuer.ops import OpsSampler
 from services.issuer.ops import page_router as ops_page_router
 from services.issuer.ops import router as ops_router
 from services.issuer.settings import IssuerSettings
-from shared.db import engine_for, ping, session_factory, transaction
+from shared.db import transaction
 from shared.http import (
     BodyLimitMiddleware,
     RequestContextMiddleware,
     health_router,
     install_problem_handlers,
 )
-from shared.kafka import KafkaProbe, ensure_topics_forever
+from shared.kafka import ensure_topics_forever
 from shared.logging import configure_logging
 from shared.migrate import upgrade_async
-from shared.outbox import service_relay
+from shared.runtime import service_runtime
 from shared.topics import ALL_TOPICS
 
 SERVICE = "issuer"
@@ -57,51 +57,34 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.auto_migrate:
-            await migrate(settings)
-        engine = engine_for(settings, service=SERVICE)
-        relay = service_relay(
-            service=SERVICE, engine=engine, table=models.outbox, bootstrap=settings.kafka_bootstrap,
-            batch_size=settings.relay_batch_size, poll_interval=settings.relay_poll_interval,
-            request_timeout_ms=settings.kafka_request_timeout_ms, on_published=service.mark_published,
-        )
-        probe = KafkaProbe(settings.kafka_bootstrap)
-        app.state.settings = settings
-        app.state.engine = engine
-        app.state.sessions = session_factory(engine)
-        app.state.relay = relay
-        token = settings.admin_token.get_secret_value()
-        app.state.reconciler_http = make_http(settings.reconciler_url, token, settings.reconciler_timeout)
-        app.state.notifier_http = make_http(settings.notifier_url, token, settings.notifier_timeout)
-        sampler = OpsSampler(settings=settings, sessions=app.state.sessions, reconciler_http=app.state.reconciler_http)
-        app.state.ops_sampler = sampler
-        app.state.checks.update({"database": lambda: ping(engine), "kafka": probe.check})
-        stopping = asyncio.Event()
-        tasks = [
-            asyncio.create_task(ensure_topics_forever(
-                settings.kafka_bootstrap, ALL_TOPICS, prefix=settings.topic_prefix,
-                partitions=settings.kafka_partitions, replication_factor=settings.kafka_replication_factor,
-            ), name="ensure-topics"),
-            asyncio.create_task(relay.run(), name="outbox-relay"),
-            asyncio.create_task(_housekeeping(app, settings), name="housekeeping"),
-            asyncio.create_task(run_status_feed_consumer(settings, app.state.sessions, stopping),
-                                name="status-feed"),
-            asyncio.create_task(sampler.run(), name="ops-sampler"),
-        ]
-        log.info("issuer ready on %s:%d", settings.host, settings.port)
-        try:
-            yield
-        finally:
-            stopping.set()
-            sampler.stop()
-            relay.stop()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await app.state.reconciler_http.aclose()
-            await app.state.notifier_http.aclose()
-            await probe.close()
-            await engine.dispose()
+        async with service_runtime(app, settings, service=SERVICE, migrate=migrate, outbox=models.outbox,
+                                   on_published=service.mark_published) as rt:
+            token = settings.admin_token.get_secret_value()
+            app.state.reconciler_http = make_http(settings.reconciler_url, token, settings.reconciler_timeout)
+            app.state.notifier_http = make_http(settings.notifier_url, token, settings.notifier_timeout)
+            sampler = OpsSampler(settings=settings, sessions=rt.sessions, reconciler_http=app.state.reconciler_http)
+            app.state.ops_sampler = sampler
+            stopping = asyncio.Event()
+            tasks = [
+                asyncio.create_task(ensure_topics_forever(
+                    settings.kafka_bootstrap, ALL_TOPICS, prefix=settings.topic_prefix,
+                    partitions=settings.kafka_partitions, replication_factor=settings.kafka_replication_factor,
+                ), name="ensure-topics"),
+                asyncio.create_task(_housekeeping(app, settings), name="housekeeping"),
+                asyncio.create_task(run_status_feed_consumer(settings, rt.sessions, stopping), name="status-feed"),
+                asyncio.create_task(sampler.run(), name="ops-sampler"),
+            ]
+            log.info("issuer ready on %s:%d", settings.host, settings.port)
+            try:
+                yield
+            finally:
+                stopping.set()
+                sampler.stop()
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await app.state.reconciler_http.aclose()
+                await app.state.notifier_http.aclose()
 
     app = FastAPI(
         title="Fapiao Sync — issuer",

@@ -18,12 +18,11 @@ from services.notifier.guard import TargetPolicy, parse_networks
 from services.notifier.settings import NotifierSettings
 from services.notifier.signing import SecretBox
 from services.notifier.worker import Notifier
-from shared.db import engine_for, ping, session_factory
 from shared.http import RequestContextMiddleware, health_router, install_problem_handlers
-from shared.kafka import KafkaProbe, ensure_topics_forever
+from shared.kafka import ensure_topics_forever
 from shared.logging import configure_logging
 from shared.migrate import upgrade_async
-from shared.outbox import service_relay
+from shared.runtime import service_runtime
 from shared.topics import ALL_TOPICS
 
 SERVICE = "notifier"
@@ -57,41 +56,25 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.auto_migrate:
-            await migrate(settings)
-        engine = engine_for(settings, service=SERVICE)
-        relay = service_relay(
-            service=SERVICE, engine=engine, table=models.outbox, bootstrap=settings.kafka_bootstrap,
-            batch_size=settings.relay_batch_size, poll_interval=settings.relay_poll_interval,
-            request_timeout_ms=settings.kafka_request_timeout_ms,
-        )
-        sessions = session_factory(engine)
-        webhooks = WebhookSender(policy=policy, timeout=settings.webhook_timeout,
-                                 connect_timeout=settings.webhook_connect_timeout)
-        mailer = Mailer(host=settings.smtp_host, port=settings.smtp_port, username=settings.smtp_username,
-                        password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
-                        use_tls=settings.smtp_tls, start_tls=settings.smtp_starttls, timeout=settings.smtp_timeout)
-        notifier = Notifier(settings=settings, sessions=sessions, box=box, webhooks=webhooks, mailer=mailer)
-        probe = KafkaProbe(settings.kafka_bootstrap)
-        app.state.sessions = sessions
-        app.state.worker = notifier
-        app.state.checks.update({"database": lambda: ping(engine), "kafka": probe.check})
-        tasks = [asyncio.create_task(_run(notifier, settings), name="notifier"),
-                 asyncio.create_task(relay.run(), name="outbox-relay")]
-        log.info("notifier ready on %s:%d (digest window %gs, SMTP %s:%d, private webhook ranges: %s)", settings.host,
-                 settings.port, settings.digest_window, settings.smtp_host, settings.smtp_port,
-                 settings.webhook_allow_private or "none")
-        try:
-            yield
-        finally:
-            notifier.stop()
-            relay.stop()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await webhooks.close()
-            await probe.close()
-            await engine.dispose()
+        async with service_runtime(app, settings, service=SERVICE, migrate=migrate, outbox=models.outbox) as rt:
+            webhooks = WebhookSender(policy=policy, timeout=settings.webhook_timeout,
+                                     connect_timeout=settings.webhook_connect_timeout)
+            mailer = Mailer(host=settings.smtp_host, port=settings.smtp_port, username=settings.smtp_username,
+                            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+                            use_tls=settings.smtp_tls, start_tls=settings.smtp_starttls, timeout=settings.smtp_timeout)
+            notifier = Notifier(settings=settings, sessions=rt.sessions, box=box, webhooks=webhooks, mailer=mailer)
+            app.state.worker = notifier
+            task = asyncio.create_task(_run(notifier, settings), name="notifier")
+            log.info("notifier ready on %s:%d (digest window %gs, SMTP %s:%d, private webhook ranges: %s)",
+                     settings.host, settings.port, settings.digest_window, settings.smtp_host, settings.smtp_port,
+                     settings.webhook_allow_private or "none")
+            try:
+                yield
+            finally:
+                notifier.stop()
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await webhooks.close()
 
     app = FastAPI(title="Fapiao Sync — notifier", version="1", lifespan=lifespan,
                   description="Delivers alerts about invoices by signed webhook and e-mail. Admin endpoints only; "

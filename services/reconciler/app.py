@@ -18,12 +18,11 @@ from services.reconciler.service import Topics
 from services.reconciler.settings import ReconcilerSettings
 from services.reconciler.store import TaxstoreReader
 from services.reconciler.worker import Reconciler
-from shared.db import engine_for, ping, session_factory
 from shared.http import RequestContextMiddleware, health_router, install_problem_handlers
-from shared.kafka import KafkaProbe, ensure_topics_forever
+from shared.kafka import ensure_topics_forever
 from shared.logging import configure_logging
 from shared.migrate import upgrade_async
-from shared.outbox import service_relay
+from shared.runtime import service_runtime
 from shared.topics import ALL_TOPICS
 
 SERVICE = "reconciler"
@@ -49,43 +48,24 @@ def create_app(settings: ReconcilerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.auto_migrate:
-            await migrate(settings)
-        engine = engine_for(settings, service=SERVICE)
-        relay = service_relay(
-            service=SERVICE, engine=engine, table=models.outbox, bootstrap=settings.kafka_bootstrap,
-            batch_size=settings.relay_batch_size, poll_interval=settings.relay_poll_interval,
-            request_timeout_ms=settings.kafka_request_timeout_ms,
-        )
-        reader = TaxstoreReader(settings.taxstore_url, connect_timeout=settings.connect_timeout,
-                                read_timeout=settings.read_timeout, max_connections=settings.max_in_flight * 2,
-                                lookup_batch_size=settings.lookup_batch_size)
-        sessions = session_factory(engine)
-        reconciler = Reconciler(settings=settings, sessions=sessions, reader=reader)
-        probe = KafkaProbe(settings.kafka_bootstrap)
-        app.state.engine = engine
-        app.state.sessions = sessions
-        app.state.reader = reader
-        app.state.reconciler = reconciler
-        app.state.checks.update({"database": lambda: ping(engine), "kafka": probe.check})
-        tasks = [
-            asyncio.create_task(_run(reconciler, settings), name="reconciler"),
-            asyncio.create_task(relay.run(), name="outbox-relay"),
-        ]
-        log.info("reconciler ready on %s:%d, checking %s (SLA %gs, stuck after %gs or %d resyncs)", settings.host,
-                 settings.port, settings.taxstore_url, settings.visibility_sla, settings.stuck_after,
-                 settings.stuck_after_resyncs)
-        try:
-            yield
-        finally:
-            reconciler.stop()
-            relay.stop()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await reader.close()
-            await probe.close()
-            await engine.dispose()
+        async with service_runtime(app, settings, service=SERVICE, migrate=migrate, outbox=models.outbox) as rt:
+            reader = TaxstoreReader(settings.taxstore_url, connect_timeout=settings.connect_timeout,
+                                    read_timeout=settings.read_timeout, max_connections=settings.max_in_flight * 2,
+                                    lookup_batch_size=settings.lookup_batch_size)
+            reconciler = Reconciler(settings=settings, sessions=rt.sessions, reader=reader)
+            app.state.reader = reader
+            app.state.reconciler = reconciler
+            task = asyncio.create_task(_run(reconciler, settings), name="reconciler")
+            log.info("reconciler ready on %s:%d, checking %s (SLA %gs, stuck after %gs or %d resyncs)",
+                     settings.host, settings.port, settings.taxstore_url, settings.visibility_sla,
+                     settings.stuck_after, settings.stuck_after_resyncs)
+            try:
+                yield
+            finally:
+                reconciler.stop()
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await reader.close()
 
     app = FastAPI(title="Fapiao Sync — reconciler", version="1", lifespan=lifespan,
                   description="Finds every gap between what was issued and what the tax store shows, resyncs it, "

@@ -18,12 +18,11 @@ from services.sync.api import router
 from services.sync.client import TaxstoreClient
 from services.sync.settings import SyncSettings
 from services.sync.worker import Syncer
-from shared.db import engine_for, ping, session_factory
 from shared.http import RequestContextMiddleware, health_router, install_problem_handlers
-from shared.kafka import KafkaProbe, backoff_delay, ensure_topics_forever, make_producer
+from shared.kafka import backoff_delay, ensure_topics_forever, make_producer
 from shared.logging import configure_logging
 from shared.migrate import upgrade_async
-from shared.outbox import service_relay
+from shared.runtime import service_runtime
 from shared.topics import ALL_TOPICS
 
 SERVICE = "sync"
@@ -69,41 +68,22 @@ def create_app(settings: SyncSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.auto_migrate:
-            await migrate(settings)
-        engine = engine_for(settings, service=SERVICE)
-        relay = service_relay(
-            service=SERVICE, engine=engine, table=models.outbox, bootstrap=settings.kafka_bootstrap,
-            batch_size=settings.relay_batch_size, poll_interval=settings.relay_poll_interval,
-            request_timeout_ms=settings.kafka_request_timeout_ms,
-        )
-        client = TaxstoreClient(settings.taxstore_url, connect_timeout=settings.connect_timeout,
-                                submit_timeout=settings.submit_timeout, read_timeout=settings.read_timeout,
-                                max_connections=settings.max_in_flight * 4)
-        probe = KafkaProbe(settings.kafka_bootstrap)
-        app.state.engine = engine
-        app.state.sessions = session_factory(engine)
-        app.state.client = client
-        app.state.relay = relay
-        app.state.syncer = None
-        app.state.checks.update({"database": lambda: ping(engine), "kafka": probe.check})
-        tasks = [
-            asyncio.create_task(_run_syncer(app, settings), name="syncer"),
-            asyncio.create_task(relay.run(), name="outbox-relay"),
-        ]
-        log.info("sync ready on %s:%d, submitting to %s", settings.host, settings.port, settings.taxstore_url)
-        try:
-            yield
-        finally:
-            if app.state.syncer is not None:
-                app.state.syncer.stop()
-            relay.stop()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await client.close()
-            await probe.close()
-            await engine.dispose()
+        async with service_runtime(app, settings, service=SERVICE, migrate=migrate, outbox=models.outbox):
+            client = TaxstoreClient(settings.taxstore_url, connect_timeout=settings.connect_timeout,
+                                    submit_timeout=settings.submit_timeout, read_timeout=settings.read_timeout,
+                                    max_connections=settings.max_in_flight * 4)
+            app.state.client = client
+            app.state.syncer = None
+            task = asyncio.create_task(_run_syncer(app, settings), name="syncer")
+            log.info("sync ready on %s:%d, submitting to %s", settings.host, settings.port, settings.taxstore_url)
+            try:
+                yield
+            finally:
+                if app.state.syncer is not None:
+                    app.state.syncer.stop()
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await client.close()
 
     app = FastAPI(title="Fapiao Sync — sync", version="1", lifespan=lifespan,
                   description="Mirrors issued invoices into the tax store. Operator endpoints only.")

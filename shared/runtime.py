@@ -1,0 +1,64 @@
+"""The part of a service's lifespan every service with an outbox shares: migrate (when asked), open the
+engine, relay the outbox to Kafka, answer the readiness checks; on the way out, stop the relay and close
+what was opened. Each service's lifespan wraps its own workers inside it:
+
+    async with service_runtime(app, settings, service=SERVICE, migrate=migrate, outbox=models.outbox) as rt:
+        ...start the service's own tasks with rt.sessions...
+        try:
+            yield
+        finally:
+            ...stop them...
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared.db import engine_for, ping, session_factory
+from shared.kafka import KafkaProbe
+from shared.outbox import OnPublished, OutboxRelay, service_relay
+
+
+@dataclass(frozen=True)
+class Runtime:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    relay: OutboxRelay
+
+
+@asynccontextmanager
+async def service_runtime(app: FastAPI, settings: Any, *, service: str, migrate: Callable[[Any], Awaitable[None]],
+                          outbox: Table, on_published: OnPublished | None = None) -> AsyncIterator[Runtime]:
+    """Yields the engine, a session factory and the running relay; sets app.state.engine/sessions/relay and
+    the "database" and "kafka" readiness checks."""
+    if settings.auto_migrate:
+        await migrate(settings)
+    engine = engine_for(settings, service=service)
+    relay = service_relay(
+        service=service, engine=engine, table=outbox, bootstrap=settings.kafka_bootstrap,
+        batch_size=settings.relay_batch_size, poll_interval=settings.relay_poll_interval,
+        request_timeout_ms=settings.kafka_request_timeout_ms, on_published=on_published,
+    )
+    probe = KafkaProbe(settings.kafka_bootstrap)
+    runtime = Runtime(engine=engine, sessions=session_factory(engine), relay=relay)
+    app.state.engine = engine
+    app.state.sessions = runtime.sessions
+    app.state.relay = relay
+    app.state.checks.update({"database": lambda: ping(engine), "kafka": probe.check})
+    relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+    try:
+        yield runtime
+    finally:
+        relay.stop()
+        relay_task.cancel()
+        await asyncio.gather(relay_task, return_exceptions=True)
+        await probe.close()
+        await engine.dispose()
