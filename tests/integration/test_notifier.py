@@ -46,6 +46,19 @@ async def subscribe_email(p: ReconPipeline, tenant: Tenant, address: str, **extr
     return r.json()
 
 
+async def webhook_tenant(p: ReconPipeline, receiver: Receiver, **extra: object) -> tuple[Tenant, str, dict]:
+    """A new tenant with a webhook subscription posting to a receiver path of its own: (tenant, path, hook)."""
+    tenant = await new_tenant(p)
+    path = f"/hooks/{uuid.uuid4().hex}"
+    return tenant, path, await subscribe_webhook(p, tenant, receiver.url(path), **extra)
+
+
+async def mailbox(p: ReconPipeline, tenant: Tenant, name: str) -> tuple[str, dict]:
+    """An e-mail subscription to a fresh address starting with `name`: (address, subscription)."""
+    address = f"{name}-{uuid.uuid4().hex[:8]}@example.com"
+    return address, await subscribe_email(p, tenant, address)
+
+
 def verified(req, secret: str) -> dict:  # type: ignore[no-untyped-def]
     """Checks a received webhook twice: with the algorithm docs/notifications.md gives receivers, and with the
     Standard Webhooks reference library. Returns the payload."""
@@ -116,11 +129,8 @@ async def test_a_stuck_invoice_is_told_once_per_channel_then_its_recovery(recon_
                                                                           receiver: Receiver) -> None:
     p = recon_pipeline
     p.restart_reconciler(FAPIAO_STUCK_AFTER="3")
-    tenant = await new_tenant(p)
-    path = f"/hooks/{uuid.uuid4().hex}"
-    hook = await subscribe_webhook(p, tenant, receiver.url(path))
-    address = f"finance-{uuid.uuid4().hex[:8]}@example.com"
-    await subscribe_email(p, tenant, address)
+    tenant, path, hook = await webhook_tenant(p, receiver)
+    address, _ = await mailbox(p, tenant, "finance")
 
     await p.faults(outage=True)
     ids = await issue(p, tenant, 1)
@@ -177,11 +187,8 @@ async def test_an_outage_that_sticks_200_invoices_sends_one_digest_per_channel(r
     p = recon_pipeline
     p.restart_reconciler(FAPIAO_STUCK_AFTER="3")
     p.restart(p.notifier, FAPIAO_DIGEST_WINDOW="10")
-    tenant = await new_tenant(p)
-    path = f"/hooks/{uuid.uuid4().hex}"
-    hook = await subscribe_webhook(p, tenant, receiver.url(path))
-    address = f"ops-{uuid.uuid4().hex[:8]}@example.com"
-    await subscribe_email(p, tenant, address)
+    tenant, path, hook = await webhook_tenant(p, receiver)
+    address, _ = await mailbox(p, tenant, "ops")
 
     await p.faults(outage=True)
     ids = await issue(p, tenant, 200)
@@ -304,11 +311,8 @@ async def _delivered(p: ReconPipeline, tenant: Tenant, delivery_id: str) -> dict
 async def test_the_same_alert_delivered_twice_by_kafka_is_one_notification(
         recon_pipeline: ReconPipeline, receiver: Receiver, producer: AIOKafkaProducer) -> None:
     p = recon_pipeline
-    tenant = await new_tenant(p)
-    path = f"/hooks/{uuid.uuid4().hex}"
-    await subscribe_webhook(p, tenant, receiver.url(path))
-    address = f"dup-{uuid.uuid4().hex[:8]}@example.com"
-    await subscribe_email(p, tenant, address)
+    tenant, path, _ = await webhook_tenant(p, receiver)
+    address, _ = await mailbox(p, tenant, "dup")
     iid = (await issue(p, tenant, 1)).popitem()[1]
     case_no = await _case_no()
     first = await publish_alert(p, producer, tenant, invoice_id=iid, case_no=case_no)
@@ -400,9 +404,7 @@ async def test_a_private_address_is_checked_again_when_delivering(
 async def test_a_rotated_secret_signs_beside_the_old_one_during_the_overlap(recon_pipeline: ReconPipeline,
                                                                              receiver: Receiver) -> None:
     p = recon_pipeline
-    tenant = await new_tenant(p)
-    path = f"/hooks/{uuid.uuid4().hex}"
-    hook = await subscribe_webhook(p, tenant, receiver.url(path))
+    tenant, path, hook = await webhook_tenant(p, receiver)
     old = hook["secret"]
     r = await p.issuer.client.post(f"/v1/subscriptions/{hook['id']}/rotate-secret", headers=tenant.headers,
                                    json={"overlap_seconds": 3600})
@@ -435,9 +437,7 @@ async def test_a_muted_invoice_is_silent_until_it_recovers_and_open_cases_are_re
         recon_pipeline: ReconPipeline, receiver: Receiver, producer: AIOKafkaProducer) -> None:
     p = recon_pipeline
     p.restart(p.notifier, FAPIAO_REMIND_AFTER="2")
-    tenant = await new_tenant(p)
-    path = f"/hooks/{uuid.uuid4().hex}"
-    hook = await subscribe_webhook(p, tenant, receiver.url(path))
+    tenant, path, hook = await webhook_tenant(p, receiver)
     ids = list((await issue(p, tenant, 2)).values())
     quiet, loud = ids
     r = await p.issuer.client.put(f"/v1/invoices/{quiet}/mute", headers=tenant.headers)
@@ -496,11 +496,8 @@ async def test_history_pages_without_gaps(recon_pipeline: ReconPipeline, receive
 async def test_an_unreadable_secret_holds_back_only_its_own_webhooks_until_rotated(
         recon_pipeline: ReconPipeline, receiver: Receiver) -> None:
     p = recon_pipeline
-    tenant = await new_tenant(p)
-    path = f"/hooks/{uuid.uuid4().hex}"
-    hook = await subscribe_webhook(p, tenant, receiver.url(path))
-    address = f"keys-{uuid.uuid4().hex[:8]}@example.com"
-    mail = await subscribe_email(p, tenant, address)
+    tenant, path, hook = await webhook_tenant(p, receiver)
+    address, mail = await mailbox(p, tenant, "keys")
     # The old key is lost (and retries are slow enough for the rotation below to come before they run out).
     p.restart(p.notifier, FAPIAO_SECRETS_KEY="another-secrets-key-" + uuid.uuid4().hex, FAPIAO_RETRY_BASE="2")
     for sub in (hook, mail):
@@ -529,9 +526,7 @@ async def test_voiding_a_stuck_invoice_closes_its_case_and_stops_the_reminders(r
     p = recon_pipeline
     p.restart_reconciler(FAPIAO_STUCK_AFTER="3")
     p.restart(p.notifier, FAPIAO_REMIND_AFTER="2")
-    tenant = await new_tenant(p)
-    path = f"/hooks/{uuid.uuid4().hex}"
-    hook = await subscribe_webhook(p, tenant, receiver.url(path))
+    tenant, path, hook = await webhook_tenant(p, receiver)
     await p.faults(outage=True)
     iid = (await issue(p, tenant, 1)).popitem()[1]
     await until_all(p, tenant, "stuck", 1, timeout=60)
