@@ -69,6 +69,10 @@ sync service's own record of the issued event."""
 # --- invoice.reconciliation.v1 (reconciler -> issuer's status view) --------------------------
 # `sequence` counts the reconciler's own events per invoice (independent of the sync results' sequence).
 # Times are ISO 8601 UTC; durations in seconds. `case_no` is null while no case is open.
+# Every event also carries `ledger_state` (pending|awaiting|gap|stuck|confirmed|rejected|voided: the
+# reconciler's finding as of this event) and `sync_seq` (the last sync result it had applied), from which the
+# issuer derives its status; `restated: true` marks an event re-sent because the status self-check found the
+# issuer disagreeing with the ledger.
 
 INVOICE_CONFIRMED = "cn.fapiao.invoice.confirmed.v1"
 """data: {invoice_id, seller_tax_id, number, receipt_no, acked_at, confirmed_at, visible_after_seconds,

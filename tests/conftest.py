@@ -74,6 +74,8 @@ def issuer_settings(infra: Infra, **over: object):  # type: ignore[no-untyped-de
         "reconciler_url": f"http://127.0.0.1:{free_port()}", "notifier_url": f"http://127.0.0.1:{free_port()}",
         "taxstore_url": f"http://127.0.0.1:{free_port()}", "sync_url": f"http://127.0.0.1:{free_port()}",
         "ops_sample_interval": 1.0,
+        # The status self-check is proven where a reconciler runs (recon_issuer); elsewhere there is none to ask.
+        "self_check_interval": 3600.0,
     }
     values.update(over)
     return IssuerSettings(**values)  # type: ignore[arg-type]
@@ -484,7 +486,8 @@ async def recon_issuer(infra: Infra, recon_plan: ReconProcesses, recon_database:
     reconciler and subscriptions, history and mutes to the notifier."""
     settings = issuer_settings(infra, database_url=recon_database, topic_prefix=recon_plan.prefix,
                                reconciler_url=recon_plan.reconciler.url, notifier_url=recon_plan.notifier.url,
-                               taxstore_url=recon_plan.taxstore.url, sync_url=recon_plan.sync.url)
+                               taxstore_url=recon_plan.taxstore.url, sync_url=recon_plan.sync.url,
+                               self_check_interval=1.0, self_check_grace=5.0)
     app, client, lifespan = await start_issuer(settings)
     try:
         yield RunningIssuer(app, client, settings)

@@ -60,6 +60,15 @@ def reconciler(request: Request) -> ReconcilerClient:
 
 
 ReconcilerDep = Annotated[ReconcilerClient, Depends(reconciler)]
+
+
+def live_schedule(request: Request) -> service.Schedule | None:
+    """The reconciler's live schedule, so that an explanation quotes the next check as it is now."""
+    ledger = _state(request).schedule
+    return ledger.schedule if ledger is not None else None
+
+
+ScheduleDep = Annotated[service.Schedule | None, Depends(live_schedule)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
                                               pattern=r"^[\x21-\x7e]+$")]
 
@@ -214,7 +223,8 @@ def _amount_filter(name: str, value: str | None) -> Decimal | None:
 
 
 @router.get("/invoices", response_model=InvoiceList)
-async def list_invoices(request: Request, tenant: TenantDep, q: Annotated[_Filters, Query()]) -> dict[str, Any]:
+async def list_invoices(request: Request, tenant: TenantDep, q: Annotated[_Filters, Query()],
+                        schedule: ScheduleDep) -> dict[str, Any]:
     """This tenant's invoices, newest first, filtered; follow `next_cursor` for the next page."""
     filters = service.ListFilters(
         status=q.status, number=q.number, buyer_tax_id=q.buyer_tax_id, issued_from=q.issued_from,
@@ -222,14 +232,14 @@ async def list_invoices(request: Request, tenant: TenantDep, q: Annotated[_Filte
         max_total=_amount_filter("max_total", q.max_total), cursor=q.cursor, limit=q.limit,
     )
     async with transaction(_state(request).sessions) as session:
-        return await service.list_invoices(session=session, tenant=tenant, filters=filters)
+        return await service.list_invoices(session=session, tenant=tenant, filters=filters, schedule=schedule)
 
 
 @router.get("/invoices/{invoice_id}", response_model=InvoiceRead)
-async def get_invoice(request: Request, invoice_id: str, tenant: TenantDep) -> dict[str, Any]:
+async def get_invoice(request: Request, invoice_id: str, tenant: TenantDep, schedule: ScheduleDep) -> dict[str, Any]:
     """Where the invoice stands, why, what happens next, and every step so far."""
     async with transaction(_state(request).sessions) as session:
-        return await service.get_invoice(session=session, tenant=tenant, invoice_id=invoice_id)
+        return await service.get_invoice(session=session, tenant=tenant, invoice_id=invoice_id, schedule=schedule)
 
 
 @router.post("/invoices/{invoice_id}/void", response_model=InvoiceRead)
@@ -284,7 +294,8 @@ async def tenants_case(tenant: service.Tenant, rec: ReconcilerClient, case_no: s
 
 @router.get("/cases/{case_no}", tags=["cases"], responses={404: {"description": "No such case"},
                                                             **_RECONCILER_DOWN})
-async def get_case(request: Request, case_no: str, tenant: TenantDep, rec: ReconcilerDep) -> dict[str, Any]:
+async def get_case(request: Request, case_no: str, tenant: TenantDep, rec: ReconcilerDep,
+                   schedule: ScheduleDep) -> dict[str, Any]:
     """A case's progress: its status, what was checked and when, and the invoice as it stands now."""
     case = await tenants_case(tenant, rec, case_no)
     invoice = None
@@ -292,7 +303,7 @@ async def get_case(request: Request, case_no: str, tenant: TenantDep, rec: Recon
         async with transaction(_state(request).sessions) as session:
             try:
                 invoice = await service.get_invoice_view(session=session, tenant=tenant,
-                                                         invoice_id=case["invoice_id"])
+                                                         invoice_id=case["invoice_id"], schedule=schedule)
             except NotFound:
                 invoice = None  # e.g. a case about an invoice found at the authority but never issued here
     return _case_out(case, invoice)
@@ -349,7 +360,7 @@ async def find_invoices(request: Request, number: Annotated[str, Query(pattern=r
 
 
 @admin_router.get("/invoices/{invoice_id}", dependencies=[Depends(require_admin)])
-async def any_invoice(request: Request, invoice_id: str) -> dict[str, Any]:
+async def any_invoice(request: Request, invoice_id: str, schedule: ScheduleDep) -> dict[str, Any]:
     """One invoice as its tenant sees it (status, reason, next action, timeline), plus the tenant."""
     async with transaction(_state(request).sessions) as session:
-        return await service.get_invoice_any_tenant(session=session, invoice_id=invoice_id)
+        return await service.get_invoice_any_tenant(session=session, invoice_id=invoice_id, schedule=schedule)

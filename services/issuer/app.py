@@ -20,6 +20,7 @@ from services.issuer.notifications import router as notifications_router
 from services.issuer.ops import OpsSampler
 from services.issuer.ops import page_router as ops_page_router
 from services.issuer.ops import router as ops_router
+from services.issuer.selfcheck import LedgerClient, SelfCheck
 from services.issuer.settings import IssuerSettings
 from shared.db import transaction
 from shared.http import (
@@ -64,6 +65,12 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
             app.state.notifier_http = make_http(settings.notifier_url, token, settings.notifier_timeout)
             sampler = OpsSampler(settings=settings, sessions=rt.sessions, reconciler_http=app.state.reconciler_http)
             app.state.ops_sampler = sampler
+            app.state.ledger = LedgerClient(app.state.reconciler_http, timeout=settings.reconciler_timeout)
+            app.state.schedule = LedgerClient(app.state.reconciler_http, timeout=settings.schedule_timeout)
+            self_check = SelfCheck(sessions=rt.sessions, ledger=app.state.ledger,
+                                   interval=settings.self_check_interval, grace=settings.self_check_grace,
+                                   batch=settings.self_check_batch)
+            app.state.self_check = self_check
             stopping = asyncio.Event()
             tasks = [
                 asyncio.create_task(ensure_topics_forever(
@@ -73,6 +80,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
                 asyncio.create_task(_housekeeping(app, settings), name="housekeeping"),
                 asyncio.create_task(run_status_feed_consumer(settings, rt.sessions, stopping), name="status-feed"),
                 asyncio.create_task(sampler.run(), name="ops-sampler"),
+                asyncio.create_task(self_check.run(), name="status-self-check"),
             ]
             log.info("issuer ready on %s:%d", settings.host, settings.port)
             try:
@@ -95,6 +103,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.checks = {}
     app.state.ops_sampler = None
+    app.state.schedule = None
     install_problem_handlers(app)
     app.include_router(router)
     app.include_router(notifications_router)

@@ -22,8 +22,8 @@ from shared.events import (
     NOTIFICATION_SENT,
 )
 
-__all__ = ["Explanation", "at", "case_opened_message", "clock", "describe_event", "describe_notification", "explain",
-           "parse_time", "span"]
+__all__ = ["Explanation", "at", "case_opened_message", "clock", "describe_event", "describe_notification", "due",
+           "explain", "parse_time", "span"]
 
 Explanation = tuple[str, str | None, datetime | None]
 """(reason, next action, when the next action happens)"""
@@ -68,6 +68,16 @@ def at(moment: datetime, now: datetime) -> str:
     if moment.date() == now.date():
         return moment.strftime("%H:%M:%S UTC")
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+_OVERDUE_SLACK = 5.0  # seconds past a due time before it reads as overdue (a round takes a moment)
+
+
+def due(moment: datetime, now: datetime) -> str:
+    """'at 10:42:07 UTC' while ahead; 'now (it was due at 10:42:07 UTC)' once it has passed."""
+    if (now - moment).total_seconds() > _OVERDUE_SLACK:
+        return f"now (it was due at {at(moment, now)})"
+    return f"at {at(moment, now)}"
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -117,19 +127,25 @@ def _plural(n: int, word: str) -> str:
 # --- the invoice's current explanation ----------------------------------------------------------
 
 def explain(*, status: Status | str, recon: Mapping[str, Any] | None, reason: str | None, next_action: str | None,
-            next_action_at: datetime | None, reason_source: str | None, now: datetime) -> Explanation:
+            next_action_at: datetime | None, reason_source: str | None, now: datetime,
+            live: Mapping[str, Any] | None = None) -> Explanation:
     """(reason, next action, next action at) to show for an invoice right now.
 
     When the reconciler's findings explain the current status, they are rendered with durations as of
-    `now`; otherwise the stored explanation (from the sync service or the issuer) or the lifecycle's
-    default. An invoice that is not settled always gets a reason and a next action.
+    `now` and with the reconciler's live schedule (`live`: next_check_at, resync_at, read from it just now)
+    where the caller has it; otherwise the stored explanation (from the sync service or the issuer) or the
+    lifecycle's default. A time that has passed says so. An invoice that is not settled always gets a reason
+    and a next action.
     """
     status = Status(status)
     if reason_source == "reconciler" and recon:
+        if live:
+            recon = {**recon, **live}
         render = _RENDERERS.get(status)
         rendered = render(recon, now) if render is not None else None
         if rendered is not None:
             return rendered
+        reason = None  # never another register's words for a status the reconciler decided
     default_reason, default_next = describe(status)
     if reason:
         nxt = next_action
@@ -137,6 +153,10 @@ def explain(*, status: Status | str, recon: Mapping[str, Any] | None, reason: st
         reason, nxt, next_action_at = default_reason, default_next, None
     if not nxt and status not in _SETTLED:
         nxt = default_next
+    if (reason_source == "sync" and nxt and next_action_at is not None
+            and (now - next_action_at).total_seconds() > _OVERDUE_SLACK):
+        nxt = (f"{nxt.rstrip('.')}; that was {clock((now - next_action_at).total_seconds())} ago, and the sync "
+               "service has not reported since.")
     return reason, nxt, next_action_at
 
 
@@ -153,7 +173,7 @@ def _awaiting(r: Mapping[str, Any], now: datetime) -> Explanation | None:
         reason += f"; visibility SLA {span(sla)}"
         if deadline is not None and now > deadline:
             reason += f", exceeded by {clock((now - deadline).total_seconds())}"
-    nxt = f"Check visibility at {at(next_check, now)} (automatic)." if next_check else \
+    nxt = f"Check visibility {due(next_check, now)} (automatic)." if next_check else \
         "Check visibility at the authority (automatic)."
     return _sentence(reason), nxt, next_check
 
@@ -184,7 +204,7 @@ def _gap(r: Mapping[str, Any], now: datetime) -> Explanation | None:
             " It was visible and identical before, then changed."
     if case_no:
         reason += f" Case {case_no} is open."
-    check = f"Check again at {at(next_check, now)} (automatic)" if next_check else \
+    check = f"Check again {due(next_check, now)} (automatic)" if next_check else \
         "Check again once the resync is through (automatic)"
     if case_no:
         then = f"follow case {case_no} (GET /v1/cases/{case_no})"
@@ -216,7 +236,7 @@ def _stuck(r: Mapping[str, Any], now: datetime) -> Explanation | None:
         reason += f" Last error: {_sentence(last_error)}"
     nxt = f"Follow case {case_no} (GET /v1/cases/{case_no}); the system keeps checking" if case_no else \
         "The system keeps checking"
-    nxt += f", next at {at(next_check, now)}." if next_check else "."
+    nxt += f", next {due(next_check, now)}." if next_check else "."
     return reason, nxt, next_check
 
 

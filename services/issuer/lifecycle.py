@@ -1,10 +1,45 @@
-"""The invoice lifecycle as the issuer shows it: states, allowed moves, and what each means."""
+"""The invoice lifecycle as the issuer shows it: what each status means, and which fact decides it.
+
+The status is not moved step by step by whichever event arrives last. It is derived, every time a fact
+arrives, from the three registers the issuer keeps per invoice:
+
+- its own word (`accepted`, `published`, and the final `voided` / `red_lettered`);
+- the sync service's latest result (`submitted`, `retrying`, `rejected`), numbered by the sync sequence;
+- the reconciler's latest finding (`confirmed`, `stuck`, `retrying` for a gap, `submitted` while it waits
+  for visibility), together with the sync sequence the reconciler had seen when it found it.
+
+The rules, first match wins:
+
+1. a final status of the issuer's own (voided, red-lettered) stays;
+2. the reconciler's `confirmed` stands until the reconciler itself says otherwise (a sweep or a check
+   reopening it): no sync result, however late, is proof that the authority stopped showing it;
+3. a `rejected` from the authority that the reconciler had not seen ends a `stuck` case;
+4. otherwise `stuck` stands until the reconciler confirms it (or the seller voids it);
+5. a sync result newer than the reconciler's latest finding (the reconciler had not seen it) decides;
+6. otherwise the finding decides, and sync results it had already seen are history;
+7. with neither, the issuer's own word.
+
+`derive` is pure and total, so a property test can check it over every interleaving of facts.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
-__all__ = ["InvalidTransition", "Status", "can_move", "describe", "move"]
+from shared.events import (
+    INVOICE_AWAITING_VISIBILITY,
+    INVOICE_CONFIRMED,
+    INVOICE_GAP_FOUND,
+    INVOICE_REJECTED,
+    INVOICE_STUCK,
+    INVOICE_SUBMISSION_FAILED,
+    INVOICE_SUBMITTED,
+)
+
+__all__ = ["FINAL", "SETTLED", "VOIDABLE", "Facts", "Source", "Status", "derive", "describe", "finding_of",
+           "sync_status_of"]
 
 
 class Status(StrEnum):
@@ -12,31 +47,103 @@ class Status(StrEnum):
     PUBLISHED = "published"      # the event is on Kafka
     SUBMITTED = "submitted"      # the authority acknowledged it (receipt number)
     CONFIRMED = "confirmed"      # seen visible and identical at the authority
-    RETRYING = "retrying"        # a submission attempt failed; another is scheduled
+    RETRYING = "retrying"        # a submission attempt failed, or the reconciler found a gap; more is scheduled
     REJECTED = "rejected"        # the authority refused it, with its reason
     STUCK = "stuck"              # past the SLA: a case is open and the tenant alerted
     VOIDED = "voided"            # discarded by the tenant before the authority accepted it
     RED_LETTERED = "red_lettered"  # cancelled by a credit note
 
 
-_MOVES: dict[Status, frozenset[Status]] = {
-    # A sync result can overtake the relay's own "published" bookkeeping: the event was on Kafka regardless.
-    Status.ACCEPTED: frozenset({Status.PUBLISHED, Status.SUBMITTED, Status.RETRYING, Status.REJECTED}),
-    Status.PUBLISHED: frozenset({Status.SUBMITTED, Status.RETRYING, Status.REJECTED, Status.STUCK,
-                                 Status.CONFIRMED}),
-    Status.RETRYING: frozenset({Status.RETRYING, Status.SUBMITTED, Status.REJECTED, Status.STUCK,
-                                Status.CONFIRMED}),
-    Status.SUBMITTED: frozenset({Status.SUBMITTED, Status.CONFIRMED, Status.RETRYING, Status.STUCK}),
-    Status.CONFIRMED: frozenset({Status.RETRYING, Status.STUCK, Status.RED_LETTERED}),
-    Status.REJECTED: frozenset({Status.VOIDED}),
-    # Only the reconciler seeing it visible (or the seller voiding it) ends "stuck": a later sync result
-    # ("acknowledged", "attempt failed") is no proof the authority shows it, so the case stays in front.
-    Status.STUCK: frozenset({Status.CONFIRMED, Status.VOIDED}),
-    Status.VOIDED: frozenset(),
-    Status.RED_LETTERED: frozenset(),
-}
+Source = Literal["own", "sync", "reconciler"]
+
+FINAL = frozenset({Status.VOIDED, Status.RED_LETTERED})
+"""Statuses no later fact changes."""
+
+SETTLED = frozenset({Status.CONFIRMED, Status.VOIDED, Status.RED_LETTERED})
+"""Statuses that need nothing more from anyone."""
 
 VOIDABLE = frozenset({Status.REJECTED, Status.STUCK})
+"""What the seller may void: what the authority has not accepted."""
+
+_OWN = frozenset({Status.ACCEPTED, Status.PUBLISHED, *FINAL})
+
+# What each sync result type says, and what each reconciler ledger state says (None: nothing about visibility
+# yet, so the sync result or the issuer's own word decides).
+_SYNC_SAYS = {
+    INVOICE_SUBMITTED: Status.SUBMITTED,
+    INVOICE_SUBMISSION_FAILED: Status.RETRYING,
+    INVOICE_REJECTED: Status.REJECTED,
+}
+_LEDGER_SAYS: dict[str, Status | None] = {
+    "confirmed": Status.CONFIRMED,
+    "stuck": Status.STUCK,
+    "gap": Status.RETRYING,
+    "awaiting": Status.SUBMITTED,
+    "pending": None,
+    "rejected": None,
+    "voided": None,
+}
+_FINDING_TYPE_SAYS = {
+    INVOICE_CONFIRMED: Status.CONFIRMED,
+    INVOICE_STUCK: Status.STUCK,
+    INVOICE_GAP_FOUND: Status.RETRYING,
+    INVOICE_AWAITING_VISIBILITY: Status.SUBMITTED,
+}
+
+
+@dataclass(frozen=True)
+class Facts:
+    """The latest word from each register about one invoice."""
+
+    own: Status = Status.ACCEPTED            # accepted | published | voided | red_lettered
+    sync: Status | None = None               # the latest sync result's status
+    sync_seq: int = 0                        # its sequence
+    finding: Status | None = None            # the reconciler's latest finding
+    finding_sync_seq: int = 0                # the sync sequence the reconciler had seen when it found it
+
+    def __post_init__(self) -> None:
+        if self.own not in _OWN:
+            raise ValueError(f"'{self.own}' is not the issuer's own word")
+
+
+def derive(facts: Facts) -> tuple[Status, Source]:
+    """(status, which register decides it) — the rules in the module docstring, in order."""
+    f = facts
+    if f.own in FINAL:
+        return f.own, "own"
+    if f.finding is Status.CONFIRMED:
+        return Status.CONFIRMED, "reconciler"
+    unseen = f.sync is not None and f.sync_seq > f.finding_sync_seq
+    if f.finding is Status.STUCK:
+        if unseen and f.sync is Status.REJECTED:
+            return Status.REJECTED, "sync"
+        return Status.STUCK, "reconciler"
+    if f.sync is not None and (f.finding is None or unseen):
+        return f.sync, "sync"
+    if f.finding is not None:
+        return f.finding, "reconciler"
+    return f.own, "own"
+
+
+def sync_status_of(event_type: str) -> Status:
+    """What a sync result says; ValueError for anything that is not one."""
+    try:
+        return _SYNC_SAYS[event_type]
+    except KeyError:
+        raise ValueError(f"not a sync result type: {event_type}") from None
+
+
+def finding_of(event_type: str, ledger_state: str | None) -> tuple[bool, Status | None]:
+    """(does this event state a finding, what it is). The reconciler's ledger state, sent with each of its
+    events, is the finding; an older event without one says what its type says (a case update, nothing)."""
+    if ledger_state is not None:
+        if ledger_state not in _LEDGER_SAYS:
+            raise ValueError(f"unknown ledger state: {ledger_state}")
+        return True, _LEDGER_SAYS[ledger_state]
+    if event_type in _FINDING_TYPE_SAYS:
+        return True, _FINDING_TYPE_SAYS[event_type]
+    return False, None
+
 
 _MEANING: dict[Status, tuple[str, str | None]] = {
     Status.ACCEPTED: ("Accepted and stored; its event is queued for the event bus.",
@@ -53,22 +160,6 @@ _MEANING: dict[Status, tuple[str, str | None]] = {
     Status.VOIDED: ("Voided by the seller before the authority accepted it.", None),
     Status.RED_LETTERED: ("Cancelled by a red-letter credit note.", None),
 }
-
-
-class InvalidTransition(ValueError):
-    def __init__(self, current: Status, wanted: Status) -> None:
-        super().__init__(f"an invoice in status '{current}' cannot become '{wanted}'")
-        self.current, self.wanted = current, wanted
-
-
-def can_move(current: Status, wanted: Status) -> bool:
-    return wanted in _MOVES[current]
-
-
-def move(current: Status, wanted: Status) -> Status:
-    if not can_move(current, wanted):
-        raise InvalidTransition(current, wanted)
-    return wanted
 
 
 def describe(status: Status) -> tuple[str, str | None]:

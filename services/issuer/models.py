@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
@@ -74,6 +75,12 @@ invoices = Table(
     Column("recon", JSONB),  # the reconciler's latest findings (its events' data, merged); rendered by explain.py
     Column("recon_seq", Integer, nullable=False, server_default="0"),  # last reconciliation sequence applied
     Column("reason_source", String(16)),  # sync | reconciler: whose findings the reason above explains
+    # The registers the status is derived from (lifecycle.derive): the sync service's last result with its
+    # own words, and the reconciler's last finding with the sync sequence it had seen.
+    Column("sync_status", String(20)),
+    Column("sync_note", JSONB),  # {reason, next_action, next_action_at} of the last sync result
+    Column("finding_status", String(20)),
+    Column("finding_sync_seq", Integer, nullable=False, server_default="0"),
     Column("accepted_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     UniqueConstraint("seller_tax_id", "number"),
@@ -81,6 +88,9 @@ invoices = Table(
     Index("ix_invoices_tenant_status_seq", "tenant_id", "status", "seq"),
     Index("ix_invoices_tenant_buyer_seq", "tenant_id", "buyer_tax_id", "seq"),
     Index("ix_invoices_tenant_issue_date", "tenant_id", "issue_date"),
+    # What the status self-check pages through: the invoices still waiting for something.
+    Index("ix_invoices_unsettled", "id", postgresql_where=text(
+        "status IN ('accepted', 'published', 'submitted', 'retrying', 'stuck')")),
 )
 
 timeline = Table(

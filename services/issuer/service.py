@@ -10,7 +10,7 @@ import binascii
 import hashlib
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from services.issuer import models as m
 from services.issuer.explain import case_opened_message, describe_event, describe_notification, explain
 from services.issuer.explain import parse_time as explain_time
-from services.issuer.lifecycle import VOIDABLE, Status, can_move
+from services.issuer.lifecycle import FINAL, SETTLED, VOIDABLE, Facts, Source, Status, derive, finding_of
 from services.issuer.rules import canonical, check_invoice, content_hash
 from services.issuer.schemas import InvoiceCreate, InvoiceRead, InvoiceView, TimelineEntry
 from shared.db import mark_processed
@@ -39,7 +39,6 @@ from shared.events import (
     INVOICE_GAP_FOUND,
     INVOICE_ISSUED,
     INVOICE_REJECTED,
-    INVOICE_STUCK,
     INVOICE_SUBMITTED,
     INVOICE_VOIDED,
     ISSUER_SOURCE,
@@ -51,7 +50,7 @@ from shared.uscc import uscc_error
 from shared.validators import clean_text
 
 __all__ = [
-    "CaseSubject", "ItemResult", "ListFilters", "Tenant", "apply_notifications", "apply_reconciliation",
+    "CaseSubject", "ItemResult", "ListFilters", "Schedule", "Tenant", "apply_notifications", "apply_reconciliation",
     "apply_sync_results", "authenticate", "claim_idempotency_key", "create_invoices", "create_tenant",
     "find_invoices", "get_case_subject", "get_invoice", "get_invoice_any_tenant", "get_invoice_view", "list_invoices",
     "mark_published", "ops_figures", "record_case", "request_hash", "store_idempotent_response", "validate_item",
@@ -316,10 +315,20 @@ async def mark_published(conn: AsyncConnection, rows: Sequence[PublishedRow]) ->
 
 # --- reading ----------------------------------------------------------------------------------
 
-def _view(row: Any, *, now: datetime | None = None) -> dict[str, Any]:
+Schedule = Callable[[Sequence[uuid.UUID]], Awaitable[Mapping[uuid.UUID, Mapping[str, Any]]]]
+"""The reconciler's live schedule (next_check_at, resync_at) of these invoices; whatever it could get."""
+
+
+async def _live(rows: Sequence[Any], schedule: Schedule | None) -> Mapping[uuid.UUID, Mapping[str, Any]]:
+    """The live schedule of the rows whose explanation quotes the reconciler's times."""
+    ids = [r.id for r in rows if r.reason_source == "reconciler" and Status(r.status) not in SETTLED]
+    return await schedule(ids) if schedule is not None and ids else {}
+
+
+def _view(row: Any, *, now: datetime | None = None, live: Mapping[str, Any] | None = None) -> dict[str, Any]:
     reason, next_action, next_action_at = explain(
         status=row.status, recon=row.recon, reason=row.reason, next_action=row.next_action,
-        next_action_at=row.next_action_at, reason_source=row.reason_source, now=now or datetime.now(UTC))
+        next_action_at=row.next_action_at, reason_source=row.reason_source, now=now or datetime.now(UTC), live=live)
     return InvoiceView(
         id=row.id, number=row.number, kind=row.kind, issue_date=row.issue_date, seller_tax_id=row.seller_tax_id,
         buyer_tax_id=row.buyer_tax_id, buyer_name=row.buyer_name, total_amount=f"{row.total_amount:.2f}",
@@ -345,7 +354,8 @@ async def _get_row(session: AsyncSession, tenant: Tenant, invoice_id: str, *, fo
     return row
 
 
-async def get_invoice(*, session: AsyncSession, tenant: Tenant, invoice_id: str) -> dict[str, Any]:
+async def get_invoice(*, session: AsyncSession, tenant: Tenant, invoice_id: str,
+                      schedule: Schedule | None = None) -> dict[str, Any]:
     # One statement, so one snapshot: under READ COMMITTED a second query could show a timeline entry
     # (say "stuck") whose status change the row read just before did not include yet.
     t = m.timeline
@@ -353,14 +363,18 @@ async def get_invoice(*, session: AsyncSession, tenant: Tenant, invoice_id: str)
     timeline = (select(func.coalesce(func.jsonb_agg(aggregate_order_by(entry, t.c.id)), text("'[]'::jsonb")))
                 .where(t.c.invoice_id == m.invoices.c.id).scalar_subquery().label("timeline"))
     row = await _get_row(session, tenant, invoice_id, extra=[timeline])
+    live = await _live([row], schedule)
     return InvoiceRead(
-        **_view(row), invoice=row.content, timeline=[TimelineEntry.model_validate(e) for e in row.timeline],
+        **_view(row, live=live.get(row.id)), invoice=row.content,
+        timeline=[TimelineEntry.model_validate(e) for e in row.timeline],
     ).model_dump(mode="json")
 
 
-async def get_invoice_view(*, session: AsyncSession, tenant: Tenant, invoice_id: str) -> dict[str, Any]:
+async def get_invoice_view(*, session: AsyncSession, tenant: Tenant, invoice_id: str,
+                           schedule: Schedule | None = None) -> dict[str, Any]:
     """Where the invoice stands and why, without its content and timeline."""
-    return _view(await _get_row(session, tenant, invoice_id))
+    row = await _get_row(session, tenant, invoice_id)
+    return _view(row, live=(await _live([row], schedule)).get(row.id))
 
 
 @dataclass(frozen=True)
@@ -390,7 +404,8 @@ def decode_cursor(cursor: str) -> int:
         raise ValidationFailed([FieldError("cursor", "is not a cursor this API returned")]) from None
 
 
-async def list_invoices(*, session: AsyncSession, tenant: Tenant, filters: ListFilters) -> dict[str, Any]:
+async def list_invoices(*, session: AsyncSession, tenant: Tenant, filters: ListFilters,
+                        schedule: Schedule | None = None) -> dict[str, Any]:
     """Newest first; `next_cursor` continues where this page ended, stable under concurrent inserts."""
     inv = m.invoices
     conds = [inv.c.tenant_id == tenant.id]
@@ -415,8 +430,9 @@ async def list_invoices(*, session: AsyncSession, tenant: Tenant, filters: ListF
         select(inv).where(and_(*conds)).order_by(inv.c.seq.desc()).limit(f.limit + 1)
     )).all()
     page = rows[: f.limit]
+    live = await _live(page, schedule)
     return {
-        "items": [_view(r) for r in page],
+        "items": [_view(r, live=live.get(r.id)) for r in page],
         "next_cursor": encode_cursor(page[-1].seq) if len(rows) > f.limit else None,
     }
 
@@ -555,64 +571,107 @@ def _sync_effect(event_type: str, d: dict[str, Any]) -> tuple[Status, str, str |
     return Status.RETRYING, reason, nxt, next_at, "attempt_failed", message
 
 
-def _already_awaited(recon: dict[str, Any] | None, e: Any) -> bool:
-    """The reconciler's latest finding is this very acknowledgement, with its visibility deadline.
+# --- deriving the status from the latest facts ------------------------------------------------
 
-    The two topics are not ordered with each other, so its "awaiting visibility" may be applied before the
-    sync result it follows; its words then still say more than the sync result's.
-    """
-    return (e.type == INVOICE_SUBMITTED and bool(recon) and recon.get("type") == INVOICE_AWAITING_VISIBILITY
-            and bool(e.data.get("receipt_no")) and recon.get("receipt_no") == e.data.get("receipt_no"))
+_STATE_COLUMNS = ("id", "status", "sync_seq", "recon_seq", "sync_status", "sync_note", "finding_status",
+                  "finding_sync_seq", "recon", "receipt_no", "case_no", "reason", "next_action", "next_action_at",
+                  "reason_source")
+_OWN_WORDS = frozenset({Status.ACCEPTED, Status.PUBLISHED, *FINAL})
+
+
+def _facts(st: dict[str, Any]) -> Facts:
+    status = Status(st["status"])
+    return Facts(own=status if status in _OWN_WORDS else Status.PUBLISHED,
+                 sync=Status(st["sync_status"]) if st["sync_status"] else None, sync_seq=st["sync_seq"],
+                 finding=Status(st["finding_status"]) if st["finding_status"] else None,
+                 finding_sync_seq=st["finding_sync_seq"])
+
+
+def _settle(st: dict[str, Any], now: datetime) -> Source:
+    """Derive the status from the registers and let the deciding register explain it (in place)."""
+    status, source = derive(_facts(st))
+    st["status"] = status.value
+    if source == "sync":
+        note = st["sync_note"] or {}
+        st.update(reason=note.get("reason"), next_action=note.get("next_action"),
+                  next_action_at=explain_time(note.get("next_action_at")), reason_source="sync")
+    elif source == "reconciler":
+        # Stored as rendered now for anything reading the row directly; views render it live again.
+        reason, nxt, nxt_at = explain(status=status, recon=st["recon"], reason=None, next_action=None,
+                                      next_action_at=None, reason_source="reconciler", now=now)
+        st.update(reason=reason, next_action=nxt, next_action_at=nxt_at, reason_source="reconciler")
+    elif status not in FINAL:  # a final status keeps the words it was given (voided: the seller's reason)
+        st.update(reason=None, next_action=None, next_action_at=None, reason_source=None)
+    return source
+
+
+def _no_move_note(st: dict[str, Any], source: Source) -> str:
+    """Why a fact just recorded did not decide the status."""
+    status = Status(st["status"])
+    if source == "own":
+        return f"recorded; the invoice is {status.value}, which is final"
+    if status is Status.CONFIRMED:
+        return "recorded; the status stays 'confirmed': the reconciler saw it visible, and only its next " \
+               "finding can reopen it"
+    if status is Status.STUCK:
+        return "recorded; the status stays 'stuck' until the reconciler sees it visible"
+    return f"recorded; the status stays '{status.value}': the reconciler's later finding already took this " \
+           "result into account"
+
+
+async def _lock_state(session: AsyncSession, ids: set[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+    inv = m.invoices
+    rows = (await session.execute(
+        select(*(inv.c[c] for c in _STATE_COLUMNS)).where(inv.c.id.in_(ids)).order_by(inv.c.id).with_for_update()
+    )).all()
+    return {r.id: dict(r._mapping) for r in rows}
+
+
+_SAVE_STATE = update(m.invoices).where(m.invoices.c.id == bindparam("b_id")).values(
+    {c: bindparam(f"b_{c}") for c in _STATE_COLUMNS if c != "id"} | {"updated_at": bindparam("b_updated_at")})
+
+
+async def _save_state(session: AsyncSession, states: Sequence[dict[str, Any]], now: datetime) -> None:
+    if states:
+        await session.execute(_SAVE_STATE, [{f"b_{c}": st[c] for c in _STATE_COLUMNS} | {"b_updated_at": now}
+                                            for st in states])
 
 
 async def apply_sync_results(*, session: AsyncSession, events: Sequence[Any]) -> int:
-    """Show what the sync service learned, in the caller's transaction; returns how many were applied.
+    """Record what the sync service learned, in the caller's transaction; returns how many were applied.
 
     Each invoice's results carry an increasing `sequence`: redelivered or stale ones are skipped, so the
-    handler is idempotent without a processed-events table. Every applied result adds a timeline entry;
-    the status moves only where the lifecycle allows (a confirmed or voided invoice keeps its status).
+    handler is idempotent without a processed-events table. Every applied result becomes the sync register's
+    latest word and a timeline entry; the status is then derived (lifecycle.derive), so a result the
+    reconciler's later finding already accounts for — or any result after it confirmed the invoice — is
+    history on the timeline and moves nothing.
     """
     ids = {uuid.UUID(e.subject) for e in events}
     if not ids:
         return 0
-    rows = {r.id: r for r in (await session.execute(
-        select(m.invoices.c.id, m.invoices.c.status, m.invoices.c.sync_seq, m.invoices.c.receipt_no,
-               m.invoices.c.reason, m.invoices.c.next_action, m.invoices.c.next_action_at,
-               m.invoices.c.reason_source, m.invoices.c.recon)
-        .where(m.invoices.c.id.in_(ids)).order_by(m.invoices.c.id).with_for_update()
-    )).all()}
-    state = {iid: dict(r._mapping) for iid, r in rows.items()}
+    state = await _lock_state(session, ids)
     timeline_rows: list[dict[str, Any]] = []
-    changed: set[uuid.UUID] = set()
+    changed: dict[uuid.UUID, dict[str, Any]] = {}
     now = datetime.now(UTC)
-    for e in events:
+    for e in sorted(events, key=lambda e: (e.subject, e.sequence)):
         iid = uuid.UUID(e.subject)
         st = state.get(iid)
         if st is None or e.sequence <= st["sync_seq"]:
             continue  # not ours, or already applied
-        st["sync_seq"] = e.sequence
-        changed.add(iid)
         target, reason, nxt, nxt_at, kind, message = _sync_effect(e.type, e.data)
+        st.update(sync_seq=e.sequence, sync_status=target.value, sync_note={
+            "reason": reason, "next_action": nxt, "next_action_at": nxt_at.isoformat() if nxt_at else None})
         if e.type == INVOICE_SUBMITTED and e.data.get("receipt_no"):
             st["receipt_no"] = e.data["receipt_no"]
-        current = Status(st["status"])
-        if current is target or can_move(current, target):
-            st.update(status=target.value, reason=reason, next_action=nxt, next_action_at=nxt_at,
-                      reason_source="sync" if not _already_awaited(st["recon"], e) else "reconciler")
+        source = _settle(st, now)
+        changed[iid] = st
+        if source != "sync":
+            message += f" ({_no_move_note(st, source)})"
         timeline_rows.append({"invoice_id": iid, "at": now, "kind": kind, "message": message,
                               "detail": {"event_id": e.id, **e.data}})
     if not changed:
         return 0
-    await session.execute(
-        update(m.invoices).where(m.invoices.c.id == bindparam("b_id")).values(
-            status=bindparam("b_status"), sync_seq=bindparam("b_seq"), receipt_no=bindparam("b_receipt"),
-            reason=bindparam("b_reason"), next_action=bindparam("b_next"), next_action_at=bindparam("b_next_at"),
-            reason_source=bindparam("b_source"), updated_at=now),
-        [{"b_id": iid, "b_status": state[iid]["status"], "b_seq": state[iid]["sync_seq"],
-          "b_receipt": state[iid]["receipt_no"], "b_reason": state[iid]["reason"],
-          "b_next": state[iid]["next_action"], "b_next_at": state[iid]["next_action_at"],
-          "b_source": state[iid]["reason_source"]} for iid in changed],
-    )
+    await _save_state(session, list(changed.values()), now)
     await session.execute(m.timeline.insert(), timeline_rows)
     return len(timeline_rows)
 
@@ -666,19 +725,12 @@ class _ReconData(BaseModel):
     max_resyncs: _Count = None
     resyncs: _Count = None
     checks: _Count = None
+    ledger_state: Literal["pending", "awaiting", "gap", "stuck", "confirmed", "rejected", "voided"] | None = None
+    sync_seq: _Count = None
+    restated: bool | None = None
 
 
 _recon_adapter = TypeAdapter(_ReconData)
-
-# Where each finding takes the invoice; None: it informs (recon, timeline) without moving the status.
-_RECON_TARGET: dict[str, Status | None] = {
-    INVOICE_CONFIRMED: Status.CONFIRMED,
-    INVOICE_GAP_FOUND: Status.RETRYING,
-    INVOICE_STUCK: Status.STUCK,
-    INVOICE_AWAITING_VISIBILITY: None,
-    CASE_UPDATED: None,
-}
-
 
 def _recon_data(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     """The payload, checked and normalised (times as ISO 8601 UTC); ValueError when unusable."""
@@ -693,38 +745,33 @@ def _recon_data(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
 
 
 async def apply_reconciliation(*, session: AsyncSession, events: Sequence[Any]) -> int:
-    """Show what the reconciler found, in the caller's transaction; returns how many events were applied.
+    """Record what the reconciler found, in the caller's transaction; returns how many events were applied.
 
     Idempotent like apply_sync_results, on the reconciler's own per-invoice `sequence`. Each applied event
-    merges its data into `recon` (rendered at read time by explain.py) and adds a timeline entry; the
-    status moves only where the lifecycle allows, so a voided invoice stays voided and a stuck one leaves
-    "stuck" only by being confirmed. The reconciler then explains the status (`reason_source`) when its
-    finding is what the status says: confirmed, gap found (retrying), stuck, awaiting visibility (submitted).
+    merges its data into `recon` (rendered at read time by explain.py) and adds a timeline entry; a finding
+    (the reconciler's ledger state, with the sync sequence it had seen) becomes the finding register's
+    latest word and the status is derived again. Only a finding confirms an invoice, and only a later
+    finding (a check or a sweep that sees it gone) reopens one.
     """
     ids = {uuid.UUID(e.subject) for e in events}
     if not ids:
         return 0
-    inv = m.invoices
-    rows = (await session.execute(
-        select(inv.c.id, inv.c.status, inv.c.recon_seq, inv.c.recon, inv.c.receipt_no, inv.c.case_no,
-               inv.c.reason, inv.c.next_action, inv.c.next_action_at, inv.c.reason_source)
-        .where(inv.c.id.in_(ids)).order_by(inv.c.id).with_for_update()
-    )).all()
-    state = {r.id: dict(r._mapping) for r in rows}
+    state = await _lock_state(session, ids)
     opened_cases = await _cases_on_timeline(session, list(state)) if any(
         e.type == CASE_UPDATED for e in events) else set()
     timeline_rows: list[dict[str, Any]] = []
-    changed: set[uuid.UUID] = set()
+    changed: dict[uuid.UUID, dict[str, Any]] = {}
     applied = 0
     now = datetime.now(UTC)
-    for e in events:
+    for e in sorted(events, key=lambda e: (e.subject, e.sequence)):
         iid = uuid.UUID(e.subject)
         st = state.get(iid)
         if st is None or e.sequence <= st["recon_seq"]:
             continue  # not ours, or already applied
         data = _recon_data(e.type, e.data)
+        is_finding, finding = finding_of(e.type, data.get("ledger_state"))
         st["recon_seq"] = e.sequence
-        changed.add(iid)
+        changed[iid] = st
         applied += 1
         recon = {**(st["recon"] or {}), **data, "type": e.type, "applied_at": now.isoformat()}
         if e.type == CASE_UPDATED:
@@ -734,37 +781,27 @@ async def apply_reconciliation(*, session: AsyncSession, events: Sequence[Any]) 
             st["case_no"] = data["case_no"]  # a resolved or closed case stays on the invoice as history
         if data.get("receipt_no") and e.type in (INVOICE_CONFIRMED, INVOICE_AWAITING_VISIBILITY):
             st["receipt_no"] = data["receipt_no"]
-        current, target = Status(st["status"]), _RECON_TARGET[e.type]
-        if target is not None and (current is target or can_move(current, target)):
-            st["status"] = target.value
-            explains = True
-        else:
-            explains = e.type == INVOICE_AWAITING_VISIBILITY and current is Status.SUBMITTED
-        if explains:
-            # Stored as rendered now for anything reading the row directly; views render it live again.
-            reason, nxt, nxt_at = explain(status=st["status"], recon=recon, reason=None, next_action=None,
-                                          next_action_at=None, reason_source="reconciler", now=now)
-            st.update(reason=reason, next_action=nxt, next_action_at=nxt_at, reason_source="reconciler")
+        if is_finding and data.get("ledger_state") is None and finding is Status.RETRYING \
+                and st["finding_status"] == Status.STUCK.value:
+            finding = Status.STUCK  # an older event: a gap found while stuck did not end the case
+        if is_finding:
+            # An event from before findings carried the sync sequence was made knowing what we know.
+            seen = data.get("sync_seq")
+            st.update(finding_status=finding.value if finding else None,
+                      finding_sync_seq=st["sync_seq"] if seen is None else seen)
+        _settle(st, now)
         kind, message = describe_event(e.type, data, at_time=e.time)
         if kind == "case_opened":
             if data["case_no"] in opened_cases:
                 continue  # the seller's request already put this opening on the timeline (record_case)
             opened_cases.add(data["case_no"])
+        if data.get("restated"):
+            message += " (restated: the status self-check found the issuer disagreeing with the reconciler)"
         timeline_rows.append({"invoice_id": iid, "at": now, "kind": kind, "message": message,
                               "detail": {"event_id": e.id, **e.data}})
     if not changed:
         return 0
-    await session.execute(
-        update(inv).where(inv.c.id == bindparam("b_id")).values(
-            status=bindparam("b_status"), recon_seq=bindparam("b_seq"), recon=bindparam("b_recon"),
-            receipt_no=bindparam("b_receipt"), case_no=bindparam("b_case"), reason=bindparam("b_reason"),
-            next_action=bindparam("b_next"), next_action_at=bindparam("b_next_at"),
-            reason_source=bindparam("b_source"), updated_at=now),
-        [{"b_id": iid, "b_status": st["status"], "b_seq": st["recon_seq"], "b_recon": st["recon"],
-          "b_receipt": st["receipt_no"], "b_case": st["case_no"], "b_reason": st["reason"],
-          "b_next": st["next_action"], "b_next_at": st["next_action_at"], "b_source": st["reason_source"]}
-         for iid, st in state.items() if iid in changed],
-    )
+    await _save_state(session, list(changed.values()), now)
     if timeline_rows:
         await session.execute(m.timeline.insert(), timeline_rows)
     return applied
@@ -811,7 +848,8 @@ async def find_invoices(*, session: AsyncSession, number: str, seller_tax_id: st
              "issue_date": r.issue_date.isoformat(), "tenant": r.tenant} for r in rows]
 
 
-async def get_invoice_any_tenant(*, session: AsyncSession, invoice_id: str) -> dict[str, Any]:
+async def get_invoice_any_tenant(*, session: AsyncSession, invoice_id: str,
+                                 schedule: Schedule | None = None) -> dict[str, Any]:
     """get_invoice for an operator: whichever tenant the invoice belongs to, named in the answer."""
     try:
         iid = uuid.UUID(invoice_id)
@@ -824,7 +862,7 @@ async def get_invoice_any_tenant(*, session: AsyncSession, invoice_id: str) -> d
     if owner is None:
         raise NotFound(f"no invoice {invoice_id[:40]}")
     tenant = Tenant(owner.id, owner.name, owner.tax_id)
-    return {**await get_invoice(session=session, tenant=tenant, invoice_id=invoice_id),
+    return {**await get_invoice(session=session, tenant=tenant, invoice_id=invoice_id, schedule=schedule),
             "tenant": {"id": str(owner.id), "name": owner.name, "tax_id": owner.tax_id}}
 
 

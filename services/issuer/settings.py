@@ -34,3 +34,13 @@ class IssuerSettings(SharedSettings):
                                          description="how often the dashboard's sampler takes a reading")
     ops_history: Seconds = Field(default=900.0, ge=10, le=86_400,
                                  description="how far back the dashboard's charts reach (kept in memory)")
+    self_check_interval: Seconds = Field(
+        default=30.0, ge=0.5, le=86_400,
+        description="how often the issuer's statuses are compared with the reconciler's ledger (and repaired)")
+    self_check_grace: Seconds = Field(
+        default=60.0, ge=0, le=86_400,
+        description="an invoice changed more recently than this is left out of the comparison (facts in flight)")
+    self_check_batch: int = Field(default=500, ge=1, le=1000, description="invoices per self-check look-up")
+    schedule_timeout: Seconds = Field(
+        default=1.0, gt=0, le=10,
+        description="how long a read waits for the reconciler's live schedule before showing the stored one")

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.reconciler import service
+from services.reconciler.metrics import RESTATEMENTS
 from services.reconciler.rules import Policy
 from services.reconciler.store import StoreUnavailable, StoreView
 from shared.db import transaction
@@ -173,3 +174,38 @@ async def sweep(request: Request, seller_tax_id: Annotated[str | None, Query(max
     if st.reconciler:
         st.reconciler.wake_sweeper()
     return {"windows": n}
+
+
+# --- for the issuer's status self-check ------------------------------------------------------
+
+class LedgerIds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    invoice_ids: list[uuid.UUID] = Field(max_length=1000)
+
+
+@router.post("/ledger/lookup")
+async def ledger_lookup(request: Request, body: LedgerIds) -> dict[str, Any]:
+    """The ledger's state, last event sequence and live schedule (next check, last resync) of each invoice."""
+    async with transaction(_state(request).sessions) as session:
+        return {"items": await service.ledger_lookup(session=session, invoice_ids=body.invoice_ids)}
+
+
+@router.get("/ledger/open")
+async def ledger_open(request: Request, after: uuid.UUID | None = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 500) -> dict[str, Any]:
+    """A page (in id order, after `after`) of the invoices not confirmed yet."""
+    async with transaction(_state(request).sessions) as session:
+        items = await service.open_rows(session=session, after=after, limit=limit)
+    return {"items": items, "next_after": items[-1]["invoice_id"] if len(items) == limit else None}
+
+
+@router.post("/ledger/restate", status_code=202)
+async def ledger_restate(request: Request, body: LedgerIds) -> dict[str, Any]:
+    """Send the issuer the ledger's current finding about these invoices again (the self-check's repair)."""
+    st = _state(request)
+    async with transaction(st.sessions) as session:
+        counts = await service.restate(session=session, invoice_ids=body.invoice_ids, policy=Policy.of(st.settings),
+                                       topics=st.reconciler_topics)
+    for state, n in counts.items():
+        RESTATEMENTS.labels(state=state).inc(n)
+    return {"restated": counts}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["CHECKS", "CHECK_ROUND", "CONFIRMATION_LATENCY", "GAPS", "OLDEST_UNCONFIRMED", "ORPHANS", "RESYNCS",
-           "STUCK", "SWEEPS", "SYNC_RESULTS_TAKEN", "TRANSITIONS"]
+__all__ = ["CHECKS", "CHECK_ROUND", "CONFIRMATION_LATENCY", "GAPS", "OLDEST_UNCONFIRMED", "ORPHANS", "RESTATEMENTS",
+           "RESYNCS", "STUCK", "SWEEPS", "SYNC_RESULTS_TAKEN", "TRANSITIONS"]
 
 GAPS = Gauge(
     "fapiao_reconciler_gaps",
@@ -36,4 +36,9 @@ CONFIRMATION_LATENCY = Histogram(
     "fapiao_reconciler_confirmation_latency_seconds",
     "End to end: from the issuer accepting an invoice to the reconciler seeing it visible and identical",
     buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+RESTATEMENTS = Counter(
+    "fapiao_reconciler_restatements_total",
+    "Findings sent to the issuer again because its status self-check found it disagreeing, by ledger state",
+    ["state"],
 )

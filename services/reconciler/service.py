@@ -52,8 +52,8 @@ from shared.topics import ALERTS, RECONCILIATION, RESYNC_REQUESTS
 __all__ = [
     "CheckStats", "Topics", "apply_checks", "apply_sweep", "apply_sync_results", "apply_voided",
     "claim_due", "claim_sweep_windows", "gap_report", "get_case", "get_invoice", "intake_issued", "list_cases",
-    "list_unconfirmed", "month_summary", "open_case", "request_check", "request_resync", "status_counts",
-    "sweep_now",
+    "ledger_lookup", "list_unconfirmed", "month_summary", "open_case", "open_rows", "request_check", "request_resync",
+    "restate", "status_counts", "sweep_now",
 ]
 
 _ALERT_NS = uuid.UUID("6f1c1f7e-5d0b-4c35-9a57-2f3f0c6a9b11")
@@ -89,7 +89,10 @@ class _Writes:
         env = new_envelope(source=RECONCILER_SOURCE, type=event_type, subject=str(state["invoice_id"]),
                            tenant=str(state["tenant_id"]), sequence=state["recon_seq"],
                            data={"invoice_id": str(state["invoice_id"]), "seller_tax_id": state["seller_tax_id"],
-                                 "number": state["number"], **_jsonable(data)})
+                                 "number": state["number"], **_jsonable(data),
+                                 # What the issuer derives its status from: the finding as of this event,
+                                 # and the sync results it already took into account.
+                                 "ledger_state": state["state"], "sync_seq": state["sync_seq"]})
         self._add(self.topics.reconciliation, str(state["invoice_id"]), env)
 
     def resync(self, state: dict[str, Any], reason: str, *, by: str = "reconciler") -> None:
@@ -800,3 +803,78 @@ async def sweep_now(*, session: AsyncSession, seller_tax_id: str | None) -> int:
     if seller_tax_id:
         stmt = stmt.where(sw.c.seller_tax_id == seller_tax_id)
     return int((await session.execute(stmt)).rowcount or 0)
+
+
+# --- the status self-check (the issuer compares its statuses with this ledger) -----------------
+
+def _ledger_entry(r: Any) -> dict[str, Any]:
+    return {"invoice_id": str(r.invoice_id), "state": r.state, "recon_seq": r.recon_seq, "sync_seq": r.sync_seq,
+            "next_check_at": _iso(r.next_check_at), "last_resync_at": _iso(r.last_resync_at),
+            "case_no": r.case_no}
+
+
+_ENTRY_COLUMNS = ("invoice_id", "state", "recon_seq", "sync_seq", "next_check_at", "last_resync_at", "case_no")
+
+
+async def ledger_lookup(*, session: AsyncSession, invoice_ids: Sequence[uuid.UUID]) -> list[dict[str, Any]]:
+    """Each known invoice's state, the last event sequence sent about it and its live schedule."""
+    led = m.ledger
+    rows = (await session.execute(
+        select(*(led.c[c] for c in _ENTRY_COLUMNS)).where(led.c.invoice_id.in_(sorted(set(invoice_ids))),
+                                                          led.c.content_hash.is_not(None))
+        .order_by(led.c.invoice_id))).all()
+    return [_ledger_entry(r) for r in rows]
+
+
+async def open_rows(*, session: AsyncSession, after: uuid.UUID | None, limit: int) -> list[dict[str, Any]]:
+    """A page, in id order, of the rows not confirmed yet (those with a next check: the partial index)."""
+    led = m.ledger
+    conds = [led.c.next_check_at.is_not(None), led.c.content_hash.is_not(None)]
+    if after is not None:
+        conds.append(led.c.invoice_id > after)
+    rows = (await session.execute(
+        select(*(led.c[c] for c in _ENTRY_COLUMNS)).where(*conds).order_by(led.c.invoice_id).limit(limit))).all()
+    return [_ledger_entry(r) for r in rows]
+
+
+async def restate(*, session: AsyncSession, invoice_ids: Sequence[uuid.UUID], policy: Policy,
+                  topics: Topics) -> dict[str, int]:
+    """Send the issuer this ledger's current finding again, as a new event marked `restated`.
+
+    The repair for a status the issuer shows differently from the ledger: the fact travels the normal path
+    (outbox, Kafka, the issuer's consumer), so the issuer's timeline says what happened. Rejected and voided
+    rows carry no finding and are left alone. Returns the restatements by ledger state.
+    """
+    states = await _lock(session, invoice_ids)
+    w = _Writes(topics)
+    out: Counter[str] = Counter()
+    for s in states.values():
+        if s["content_hash"] is None or s["state"] in ("rejected", "voided"):
+            continue
+        state = s["state"]
+        common = {"restated": True, "case_no": s["case_no"], "next_check_at": s["next_check_at"]}
+        if state == "confirmed":
+            w.event(s, INVOICE_CONFIRMED, {**common, "receipt_no": s["receipt_no"], "acked_at": s["acked_at"],
+                                           "confirmed_at": s["confirmed_at"], "how": "check", "recovered": False,
+                                           "reopened": False})
+        elif state == "stuck":
+            w.event(s, INVOICE_STUCK, {**common, "reason": "still not confirmed at the tax authority",
+                                       "accepted_at": s["accepted_at"], "since": s["since"], "stuck_at": s["stuck_at"],
+                                       "stuck_after_seconds": policy.stuck_after, "resyncs": s["resyncs"],
+                                       "max_resyncs": policy.stuck_after_resyncs, "last_error": s["last_error"],
+                                       "gap_kind": s["gap_kind"]})
+        elif state == "gap":
+            w.event(s, INVOICE_GAP_FOUND, {**common, "kind": s["gap_kind"] or "missing", "reopened": s["reopened"],
+                                           "acked_at": s["acked_at"], "sla_seconds": policy.visibility_sla,
+                                           "resync": s["resyncs"], "max_resyncs": policy.stuck_after_resyncs,
+                                           "resync_at": s["last_resync_at"], "stuck_after_seconds": policy.stuck_after,
+                                           "since": s["since"], "held": s["held"]})
+        else:  # awaiting, or pending: what it waits for, with no verdict on visibility yet
+            deadline = s["acked_at"] + timedelta(seconds=policy.visibility_sla) if s["acked_at"] else None
+            w.event(s, INVOICE_AWAITING_VISIBILITY, {**common, "receipt_no": s["receipt_no"], "acked_at": s["acked_at"],
+                                                     "sla_seconds": policy.visibility_sla, "deadline": deadline,
+                                                     "checks": s["checks"]})
+        out[state] += 1
+    await _save(session, states.values())
+    await w.flush(session)
+    return dict(out)

@@ -55,9 +55,11 @@ class Feed:
         self.recon_seq = self.sync_seq = 0
 
     async def finding(self, type: str, **data: Any) -> Envelope:
+        """As the reconciler sends it: with its ledger state (by type unless given) and the sync results seen."""
         self.recon_seq += 1
+        stamp = {"ledger_state": _LEDGER_STATE.get(type), "sync_seq": self.sync_seq}
         env = new_envelope(source=RECONCILER_SOURCE, type=type, subject=self.invoice_id, tenant=self.tenant.id,
-                           sequence=self.recon_seq, data={"invoice_id": self.invoice_id, **data})
+                           sequence=self.recon_seq, data={"invoice_id": self.invoice_id, **stamp, **data})
         await self.send(self.recon_topic, env)
         return env
 
@@ -71,6 +73,10 @@ class Feed:
 
     async def send(self, topic: str, env: Envelope) -> None:
         await self.producer.send_and_wait(topic, encode(env), key=self.invoice_id.encode())
+
+
+_LEDGER_STATE = {INVOICE_CONFIRMED: "confirmed", INVOICE_STUCK: "stuck", INVOICE_GAP_FOUND: "gap",
+                 INVOICE_AWAITING_VISIBILITY: "awaiting"}
 
 
 def _iso(delta_seconds: float) -> str:
@@ -158,14 +164,18 @@ async def test_awaiting_visibility_applied_before_the_acknowledgement_still_expl
     # The two topics are not ordered with each other: the reconciler's finding can overtake the sync result.
     iid = await _issue(issuer, tenant)
     feed = Feed(issuer, producer, tenant, iid)
+    # The reconciler saw sync result 1 (the acknowledgement) before the issuer did.
     await feed.finding(INVOICE_AWAITING_VISIBILITY, receipt_no="R-1500", acked_at=_iso(-1), sla_seconds=2,
-                       deadline=_iso(1), next_check_at=_iso(30), checks=0)
+                       deadline=_iso(1), next_check_at=_iso(30), checks=0, sync_seq=1)
     view = await _until(issuer, tenant, iid, lambda v: "awaiting_visibility" in _kinds(v))
-    assert view["status"] == "published" and view["receipt_no"] == "R-1500"
+    assert view["status"] == "submitted" and view["receipt_no"] == "R-1500"
+    assert "(receipt R-1500) but not visible there yet; visibility SLA 2 s" in view["reason"]
     await feed.acknowledged("R-1500")
-    view = await _until(issuer, tenant, iid, lambda v: v["status"] == "submitted")
+    view = await _until(issuer, tenant, iid, lambda v: "submitted" in _kinds(v))
+    assert view["status"] == "submitted"
     assert "(receipt R-1500) but not visible there yet; visibility SLA 2 s" in view["reason"]
     assert view["next_action"].startswith("Check visibility at ")
+    assert view["timeline"][-1]["message"].endswith("already took this result into account)")
 
 
 async def test_vanished_then_stuck_stays_stuck_on_sync_results_until_it_recovers(issuer, tenant, producer):
@@ -208,7 +218,7 @@ async def test_vanished_then_stuck_stays_stuck_on_sync_results_until_it_recovers
     assert view["reason"][:60] == stuck_reason[:60], "the reconciler still explains it"
 
     # Another gap while stuck: recorded, still stuck, and the count moves on.
-    await feed.finding(INVOICE_GAP_FOUND, **_gap(6, case_no=case_no))
+    await feed.finding(INVOICE_GAP_FOUND, **_gap(6, case_no=case_no), ledger_state="stuck")
     view = await _until(issuer, tenant, iid, lambda v: _kinds(v).count("gap_found") == 2)
     assert view["status"] == "stuck" and "; 6 resyncs so far." in view["reason"]
 

@@ -189,10 +189,36 @@ def test_sync_explanations_are_shown_as_stored() -> None:
     assert got == ("Submission attempt 2 failed: timeout.", "Attempt 3 at 10:43:00 UTC (automatic).", NOW)
 
 
-def test_findings_that_do_not_match_the_status_fall_back_to_the_stored_reason() -> None:
-    # e.g. recon holds an awaiting-visibility finding but the invoice is retrying
+def test_findings_that_cannot_be_rendered_fall_back_to_the_lifecycle_never_to_other_words() -> None:
+    # e.g. recon holds an awaiting-visibility finding but the status says retrying: the stored words may be
+    # another register's (a sync result that did not decide), so they are not shown for this status
     got = by_reconciler(Status.RETRYING, AWAITING)
-    assert got == ("stored reason", "stored next", None)
+    assert got == (*describe(Status.RETRYING), None)
+
+
+def test_a_sync_next_action_past_due_says_the_sync_service_has_been_silent() -> None:
+    due_at = NOW - timedelta(seconds=125)
+    reason, nxt, at_ = explain(status=Status.RETRYING, recon=None, reason="Submission attempt 2 failed: timeout.",
+                               next_action="Attempt 3 at 10:40:55 UTC (automatic).", next_action_at=due_at,
+                               reason_source="sync", now=NOW)
+    assert nxt == ("Attempt 3 at 10:40:55 UTC (automatic); that was 00:02:05 ago, and the sync service has not "
+                   "reported since.")
+    assert at_ == due_at
+    # a moment late is not news
+    _, nxt, _ = explain(status=Status.RETRYING, recon=None, reason="r", next_action="Attempt 3 (automatic).",
+                        next_action_at=NOW - timedelta(seconds=2), reason_source="sync", now=NOW)
+    assert nxt == "Attempt 3 (automatic)."
+
+
+def test_the_live_schedule_wins_over_the_time_stored_with_the_finding() -> None:
+    stored = dict(AWAITING, next_check_at=(NOW - timedelta(seconds=120)).isoformat())
+    _, nxt, at_ = by_reconciler(Status.SUBMITTED, stored)
+    assert nxt.startswith("Check visibility now (it was due at ") and at_ == NOW - timedelta(seconds=120)
+    live = {"next_check_at": (NOW + timedelta(seconds=30)).isoformat()}
+    _, nxt, at_ = explain(status=Status.SUBMITTED, recon=stored, reason=None, next_action=None,
+                          next_action_at=None, reason_source="reconciler", now=NOW, live=live)
+    assert nxt == f"Check visibility at {(NOW + timedelta(seconds=30)).strftime('%H:%M:%S')} UTC (automatic)."
+    assert at_ == NOW + timedelta(seconds=30)
 
 
 def test_nothing_stored_falls_back_to_the_lifecycle() -> None:

@@ -1,147 +1,237 @@
-"""The issuer's status machine (design §6, void and red-letter rules of §4)."""
+"""The issuer's status, derived from the latest facts (lifecycle.derive), and why a late fact cannot lie."""
 
 from __future__ import annotations
 
-import itertools
+from dataclasses import dataclass, replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from services.issuer.lifecycle import VOIDABLE, InvalidTransition, Status, can_move, describe, move
+from services.issuer.lifecycle import (
+    FINAL,
+    SETTLED,
+    VOIDABLE,
+    Facts,
+    Status,
+    derive,
+    describe,
+    finding_of,
+    sync_status_of,
+)
+from shared.events import (
+    CASE_UPDATED,
+    INVOICE_AWAITING_VISIBILITY,
+    INVOICE_CONFIRMED,
+    INVOICE_GAP_FOUND,
+    INVOICE_REJECTED,
+    INVOICE_STUCK,
+    INVOICE_SUBMISSION_FAILED,
+    INVOICE_SUBMITTED,
+)
 
 S = Status
-
-ALLOWED = [
-    (S.ACCEPTED, S.PUBLISHED),
-    # a sync result may arrive before the relay has recorded "published": the event was on Kafka anyway
-    (S.ACCEPTED, S.SUBMITTED),
-    (S.ACCEPTED, S.RETRYING),
-    (S.ACCEPTED, S.REJECTED),
-    (S.SUBMITTED, S.SUBMITTED),  # a resync read back and found it: acknowledged again
-    (S.PUBLISHED, S.SUBMITTED),
-    (S.PUBLISHED, S.RETRYING),
-    (S.PUBLISHED, S.REJECTED),
-    (S.PUBLISHED, S.STUCK),
-    (S.SUBMITTED, S.CONFIRMED),
-    (S.SUBMITTED, S.STUCK),
-    (S.RETRYING, S.RETRYING),
-    (S.RETRYING, S.SUBMITTED),
-    (S.RETRYING, S.REJECTED),
-    (S.STUCK, S.CONFIRMED),  # "a stuck invoice that later appears becomes confirmed"
-    (S.STUCK, S.VOIDED),
-    (S.REJECTED, S.VOIDED),
-    (S.CONFIRMED, S.RED_LETTERED),
-]
-
-FORBIDDEN = [
-    (S.PUBLISHED, S.VOIDED),
-    (S.ACCEPTED, S.VOIDED),
-    (S.SUBMITTED, S.VOIDED),
-    (S.CONFIRMED, S.VOIDED),
-    (S.RETRYING, S.VOIDED),
-    (S.ACCEPTED, S.CONFIRMED),
-    (S.ACCEPTED, S.STUCK),
-    (S.PUBLISHED, S.ACCEPTED),
-    (S.SUBMITTED, S.PUBLISHED),
-    (S.REJECTED, S.CONFIRMED),
-    (S.REJECTED, S.SUBMITTED),
-    (S.PUBLISHED, S.RED_LETTERED),
-    (S.SUBMITTED, S.RED_LETTERED),
-    (S.STUCK, S.RED_LETTERED),
-    (S.REJECTED, S.RED_LETTERED),
-    (S.CONFIRMED, S.ACCEPTED),
-    # a sync result after the case opened is no proof of visibility: only the reconciler's "confirmed" ends it
-    (S.STUCK, S.SUBMITTED),
-    (S.STUCK, S.RETRYING),
-]
 
 
 def test_status_values() -> None:
     assert {s.value for s in Status} == {"accepted", "published", "submitted", "confirmed", "retrying", "rejected",
                                          "stuck", "voided", "red_lettered"}
-    assert Status("red_lettered") is S.RED_LETTERED
+    assert VOIDABLE == {S.REJECTED, S.STUCK}
+    assert FINAL == {S.VOIDED, S.RED_LETTERED} and SETTLED == {S.CONFIRMED, *FINAL}
 
 
-@pytest.mark.parametrize(("current", "wanted"), ALLOWED)
-def test_allowed_moves(current: Status, wanted: Status) -> None:
-    assert can_move(current, wanted)
-    assert move(current, wanted) is wanted
+# --- the rules one by one -------------------------------------------------------------------
+
+def test_with_no_facts_the_issuers_own_word_stands() -> None:
+    assert derive(Facts()) == (S.ACCEPTED, "own")
+    assert derive(Facts(own=S.PUBLISHED)) == (S.PUBLISHED, "own")
 
 
-@pytest.mark.parametrize(("current", "wanted"), FORBIDDEN)
-def test_forbidden_moves(current: Status, wanted: Status) -> None:
-    assert not can_move(current, wanted)
-    with pytest.raises(InvalidTransition) as info:
-        move(current, wanted)
-    assert info.value.current is current
-    assert info.value.wanted is wanted
-    assert f"'{current}'" in str(info.value) and f"'{wanted}'" in str(info.value)
+def test_a_sync_result_decides_while_the_reconciler_has_said_nothing() -> None:
+    assert derive(Facts(own=S.PUBLISHED, sync=S.SUBMITTED, sync_seq=1)) == (S.SUBMITTED, "sync")
+    assert derive(Facts(own=S.PUBLISHED, sync=S.RETRYING, sync_seq=3)) == (S.RETRYING, "sync")
 
 
-@pytest.mark.parametrize("terminal", [S.VOIDED, S.RED_LETTERED])
-def test_terminal_states_go_nowhere(terminal: Status) -> None:
-    for wanted in Status:
-        assert not can_move(terminal, wanted), wanted
-        with pytest.raises(InvalidTransition):
-            move(terminal, wanted)
+def test_the_regression_late_sync_results_after_confirmed_change_nothing() -> None:
+    # The drill: confirmed at sync seq 7; attempt 8 failed, attempt 9 found it -> it stayed "submitted" for good.
+    confirmed = Facts(own=S.PUBLISHED, sync=S.RETRYING, sync_seq=7, finding=S.CONFIRMED, finding_sync_seq=7)
+    for late in (S.RETRYING, S.SUBMITTED, S.REJECTED):
+        for seq in (8, 9, 50):
+            assert derive(replace(confirmed, sync=late, sync_seq=seq)) == (S.CONFIRMED, "reconciler"), (late, seq)
 
 
-def test_invalid_transition_is_a_value_error() -> None:
-    assert issubclass(InvalidTransition, ValueError)
+def test_only_a_later_finding_reopens_a_confirmed_invoice() -> None:
+    base = Facts(own=S.PUBLISHED, sync=S.SUBMITTED, sync_seq=2, finding=S.CONFIRMED, finding_sync_seq=2)
+    assert derive(replace(base, finding=S.RETRYING)) == (S.RETRYING, "reconciler")  # the sweep found it gone
+    assert derive(replace(base, finding=S.STUCK)) == (S.STUCK, "reconciler")
 
 
-def test_only_rejected_and_stuck_are_voidable_and_both_can_move_to_voided() -> None:
-    assert frozenset({S.REJECTED, S.STUCK}) == VOIDABLE
-    for status in Status:
-        assert can_move(status, S.VOIDED) == (status in VOIDABLE), status
+def test_stuck_ends_only_by_confirmation_or_a_rejection_the_reconciler_had_not_seen() -> None:
+    stuck = Facts(own=S.PUBLISHED, sync=S.RETRYING, sync_seq=4, finding=S.STUCK, finding_sync_seq=4)
+    assert derive(replace(stuck, sync=S.SUBMITTED, sync_seq=5)) == (S.STUCK, "reconciler")
+    assert derive(replace(stuck, sync=S.RETRYING, sync_seq=5)) == (S.STUCK, "reconciler")
+    assert derive(replace(stuck, sync=S.REJECTED, sync_seq=5)) == (S.REJECTED, "sync")
+    assert derive(replace(stuck, sync=S.REJECTED, sync_seq=4)) == (S.STUCK, "reconciler")  # it knew, and said stuck
+    assert derive(replace(stuck, finding=S.CONFIRMED)) == (S.CONFIRMED, "reconciler")
 
 
-def test_stuck_ends_only_confirmed_or_voided() -> None:
-    assert [s for s in Status if can_move(S.STUCK, s)] == [S.CONFIRMED, S.VOIDED]
+def test_a_sync_result_the_finding_already_took_into_account_is_history() -> None:
+    gap = Facts(own=S.PUBLISHED, sync=S.SUBMITTED, sync_seq=3, finding=S.RETRYING, finding_sync_seq=3)
+    assert derive(gap) == (S.RETRYING, "reconciler")
+    # the resync it asked for: acknowledged again, which the reconciler has not seen yet
+    assert derive(replace(gap, sync_seq=4)) == (S.SUBMITTED, "sync")
 
 
-def test_a_confirmed_invoice_can_vanish_again() -> None:
-    # the periodic sweep may find it gone later: a gap (retrying) or, past the limit, stuck
-    assert can_move(S.CONFIRMED, S.RETRYING) and can_move(S.CONFIRMED, S.STUCK)
+def test_awaiting_visibility_explains_an_acknowledged_invoice() -> None:
+    # the finding can be applied before the sync result it follows (two topics): same words either way
+    assert derive(Facts(own=S.PUBLISHED, finding=S.SUBMITTED, finding_sync_seq=1)) == (S.SUBMITTED, "reconciler")
+    assert derive(Facts(own=S.PUBLISHED, sync=S.SUBMITTED, sync_seq=1, finding=S.SUBMITTED,
+                        finding_sync_seq=1)) == (S.SUBMITTED, "reconciler")
 
 
-def test_only_confirmed_can_be_red_lettered() -> None:
-    assert [s for s in Status if can_move(s, S.RED_LETTERED)] == [S.CONFIRMED]
+def test_a_final_status_of_the_issuers_own_is_never_overridden() -> None:
+    for own in FINAL:
+        for finding in (None, S.CONFIRMED, S.STUCK, S.RETRYING):
+            assert derive(Facts(own=own, sync=S.SUBMITTED, sync_seq=9, finding=finding)) == (own, "own")
 
 
-def test_nothing_goes_back_to_accepted_or_published() -> None:
-    for current, wanted in itertools.product(Status, (S.ACCEPTED, S.PUBLISHED)):
-        forward = current is S.ACCEPTED and wanted is S.PUBLISHED
-        assert can_move(current, wanted) == forward, (current, wanted)
+def test_the_issuers_own_word_is_only_its_own() -> None:
+    with pytest.raises(ValueError):
+        Facts(own=S.CONFIRMED)
 
 
-def test_every_non_terminal_state_can_reach_a_terminal_or_confirmed_state() -> None:
-    goals = {S.CONFIRMED, S.VOIDED, S.RED_LETTERED}
-    for start in Status:
-        seen, frontier = {start}, [start]
-        while frontier:
-            here = frontier.pop()
-            for nxt in Status:
-                if can_move(here, nxt) and nxt not in seen:
-                    seen.add(nxt)
-                    frontier.append(nxt)
-        assert seen & goals, start
+def test_what_each_event_says() -> None:
+    assert sync_status_of(INVOICE_SUBMITTED) is S.SUBMITTED
+    assert sync_status_of(INVOICE_SUBMISSION_FAILED) is S.RETRYING
+    assert sync_status_of(INVOICE_REJECTED) is S.REJECTED
+    with pytest.raises(ValueError):
+        sync_status_of(INVOICE_CONFIRMED)
+    # the ledger state sent with the event is the finding: a gap found while stuck stays stuck
+    assert finding_of(INVOICE_GAP_FOUND, "stuck") == (True, S.STUCK)
+    assert finding_of(INVOICE_AWAITING_VISIBILITY, "pending") == (True, None)
+    assert finding_of(CASE_UPDATED, "confirmed") == (True, S.CONFIRMED)
+    # older events without it: their type
+    assert finding_of(INVOICE_CONFIRMED, None) == (True, S.CONFIRMED)
+    assert finding_of(INVOICE_STUCK, None) == (True, S.STUCK)
+    assert finding_of(CASE_UPDATED, None) == (False, None)
+    with pytest.raises(ValueError):
+        finding_of(INVOICE_CONFIRMED, "lost")
 
 
 @pytest.mark.parametrize("status", list(Status))
 def test_describe_gives_a_reason_for_every_status(status: Status) -> None:
     reason, next_action = describe(status)
-    assert isinstance(reason, str) and reason.strip()
-    assert reason.endswith(".")
-    assert next_action is None or (isinstance(next_action, str) and next_action.strip())
+    assert reason.strip() and reason.endswith(".")
+    assert (next_action is None) == (status in SETTLED)
 
 
-def test_terminal_and_confirmed_states_have_no_next_action() -> None:
-    for status in (S.CONFIRMED, S.VOIDED, S.RED_LETTERED):
-        assert describe(status)[1] is None
-    for status in (S.ACCEPTED, S.PUBLISHED, S.SUBMITTED, S.RETRYING, S.REJECTED, S.STUCK):
-        assert describe(status)[1] is not None
+# --- every interleaving -----------------------------------------------------------------------
+# A history is what happened, in the order the facts were made: sync results numbered 1..n, and findings,
+# each made knowing the sync results before it. Kafka delivers each topic in order but the two topics
+# interleave arbitrarily, and anything may be delivered again. Whatever the delivery, the issuer must end on
+# what the last authoritative fact implies — computed here by walking the history in the order it was made.
+
+@dataclass(frozen=True)
+class SyncResult:
+    seq: int
+    status: Status
 
 
-def test_descriptions_are_distinct() -> None:
-    reasons = [describe(s)[0] for s in Status]
-    assert len(set(reasons)) == len(reasons)
+@dataclass(frozen=True)
+class Finding:
+    seq: int            # the reconciler's own sequence
+    status: Status
+    sync_seen: int      # the sync results it had taken into account
+
+
+_SYNC = st.sampled_from([S.SUBMITTED, S.RETRYING, S.REJECTED])
+# A ledger's path: awaiting/gap until confirmed or stuck; stuck only ends confirmed; confirmed may reopen.
+_NEXT_FINDING = {None: [S.SUBMITTED, S.RETRYING, S.CONFIRMED, S.STUCK], S.SUBMITTED: [S.RETRYING, S.CONFIRMED, S.STUCK],
+                 S.RETRYING: [S.RETRYING, S.CONFIRMED, S.STUCK], S.STUCK: [S.STUCK, S.CONFIRMED],
+                 S.CONFIRMED: [S.RETRYING, S.STUCK, S.CONFIRMED]}
+
+
+@st.composite
+def random_history(draw: st.DrawFn) -> list[SyncResult | Finding]:
+    history: list[SyncResult | Finding] = []
+    n_sync = n_finding = 0
+    last_finding: Status | None = None
+    rejected = False
+    for _ in range(draw(st.integers(1, 14))):
+        if not rejected and draw(st.booleans()):
+            n_sync += 1
+            status = draw(_SYNC)
+            rejected = status is S.REJECTED  # the sync service stops there
+            history.append(SyncResult(n_sync, status))
+        else:
+            last_finding = draw(st.sampled_from(_NEXT_FINDING[last_finding]))
+            n_finding += 1
+            history.append(Finding(n_finding, last_finding, n_sync))
+    return history
+
+
+def truth(history: list[SyncResult | Finding]) -> Status:
+    """The status walking the facts in the order they were made, by the plain-language rules."""
+    status = S.PUBLISHED
+    for fact in history:
+        if isinstance(fact, Finding):
+            status = fact.status
+        elif status is S.CONFIRMED:
+            continue  # nothing the sync service says undoes what the reconciler saw
+        elif status is S.STUCK and fact.status is not S.REJECTED:
+            continue  # a case stays open until the invoice is seen (or refused)
+        else:
+            status = fact.status
+    return status
+
+
+@st.composite
+def deliveries(draw: st.DrawFn, history: list[SyncResult | Finding]) -> list[SyncResult | Finding]:
+    syncs = [f for f in history if isinstance(f, SyncResult)]
+    findings = [f for f in history if isinstance(f, Finding)]
+    out: list[SyncResult | Finding] = []
+    i = j = 0
+    while i < len(syncs) or j < len(findings):
+        take_sync = j >= len(findings) or (i < len(syncs) and draw(st.booleans()))
+        if take_sync:
+            out.append(syncs[i])
+            i += 1
+        else:
+            out.append(findings[j])
+            j += 1
+        if out and draw(st.integers(0, 4)) == 0:  # a redelivery of something already seen
+            out.append(draw(st.sampled_from(out)))
+    return out
+
+
+def apply(delivered: list[SyncResult | Finding]) -> Status:
+    """What the issuer's two handlers do with the registers (service.apply_sync_results/apply_reconciliation)."""
+    facts, recon_seq = Facts(own=S.PUBLISHED), 0
+    for fact in delivered:
+        if isinstance(fact, SyncResult):
+            if fact.seq > facts.sync_seq:
+                facts = replace(facts, sync=fact.status, sync_seq=fact.seq)
+        elif fact.seq > recon_seq:
+            recon_seq = fact.seq
+            facts = replace(facts, finding=fact.status, finding_sync_seq=fact.sync_seen)
+    return derive(facts)[0]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.data())
+def test_any_delivery_order_ends_on_what_the_last_authoritative_fact_implies(data: st.DataObject) -> None:
+    history = data.draw(random_history())
+    delivered = data.draw(deliveries(history))
+    assert apply(delivered) is truth(history), (history, delivered)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(random_history())
+def test_once_confirmed_and_not_reopened_any_number_of_late_results_leave_it_confirmed(history: list) -> None:
+    findings = [f for f in history if isinstance(f, Finding)]
+    if not findings or findings[-1].status is not S.CONFIRMED:
+        history = [*history, Finding(len(findings) + 1, S.CONFIRMED,
+                                     sum(isinstance(f, SyncResult) for f in history))]
+    n = sum(isinstance(f, SyncResult) for f in history)
+    late = [SyncResult(n + k, s) for k, s in enumerate((S.RETRYING, S.SUBMITTED, S.RETRYING), start=1)]
+    assert apply([*history, *late]) is S.CONFIRMED
