@@ -251,12 +251,31 @@ class _TooLarge(StarletteHTTPException):
     pass
 
 
+class _Throttle:
+    """allow(key): None while `interval` has not passed since the last allowed call for key, otherwise how
+    many calls were held back in between."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, key: str) -> int | None:
+        now = time.monotonic()
+        if now - self._last.get(key, -self.interval) < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._held.pop(key, 0)
+
+
 class RequestContextMiddleware:
     """Correlation id in and out (X-Correlation-Id), plus request metrics by route template."""
 
     def __init__(self, app: ASGIApp, *, service: str) -> None:
         self.app = app
         self.service = service
+        self._quiet = _Throttle(1.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -289,11 +308,14 @@ class RequestContextMiddleware:
             # Answer here, inside the correlation context, rather than in Starlette's outer error middleware.
             trouble = database_unavailable(exc)
             if trouble is not None and not responded:
-                # An outage, not a bug: one line (no traceback, no message: it may hold SQL parameters), and 503.
-                route = scope.get("route")
-                log.warning("database unavailable (%s: %s): 503 for %s %s", trouble.reason, trouble.cause,
-                            scope["method"], getattr(route, "path", None) or "unmatched")
+                # An outage, not a bug: one line (no traceback, no message: it may hold SQL parameters) at most
+                # every second per reason, and 503.
                 DB_UNAVAILABLE.labels(self.service, trouble.reason).inc()
+                if (more := self._quiet.allow(trouble.reason)) is not None:
+                    route = scope.get("route")
+                    log.warning("database unavailable (%s: %s): 503 for %s %s%s", trouble.reason, trouble.cause,
+                                scope["method"], getattr(route, "path", None) or "unmatched",
+                                f" (and {more} more 503s for this reason since the last line)" if more else "")
                 await database_problem(trouble)(scope, receive, send_with_id)
                 return
             log.exception("unhandled error: %s", type(exc).__name__)
