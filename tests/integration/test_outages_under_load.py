@@ -245,3 +245,44 @@ async def test_exhausted_request_pool_answers_503_quickly_and_background_work_ca
             await conn.close()
         await client.aclose()
         await lifespan.__aexit__(None, None, None)  # type: ignore[attr-defined]
+
+
+# --- every service, through the same middleware ------------------------------------------------------------
+
+def _service_apps(infra: Any, dead_db: str) -> dict[str, tuple[Any, str]]:
+    """name -> (app, a GET that reads the database), each on a database URL nothing listens on."""
+    from services.notifier.app import create_app as notifier
+    from services.notifier.settings import NotifierSettings
+    from services.reconciler.app import create_app as reconciler
+    from services.reconciler.settings import ReconcilerSettings
+    from services.sync.app import create_app as sync
+    from services.sync.settings import SyncSettings
+    from services.taxstore.app import create_app as taxstore
+    from services.taxstore.settings import TaxstoreSettings
+
+    base = {"env": "test", "database_url": dead_db, "admin_token": ADMIN_TOKEN, "log_json": False,
+            "auto_migrate": False}
+    kafka = {"kafka_bootstrap": infra.kafka_bootstrap, "topic_prefix": f"dead{uuid.uuid4().hex[:6]}."}
+    return {
+        "taxstore": (taxstore(TaxstoreSettings(**base)), f"/v1/invoices?seller_tax_id={factories.uscc()}"),
+        "sync": (sync(SyncSettings(**base, **kafka)), "/admin/status"),
+        "reconciler": (reconciler(ReconcilerSettings(**base, **kafka)), "/admin/gaps"),
+        "notifier": (notifier(NotifierSettings(**base, **kafka, secrets_key="k" * 40)),
+                     f"/admin/tenants/{uuid.uuid4()}/subscriptions"),
+    }
+
+
+async def test_every_service_answers_503_when_its_database_is_unreachable(infra) -> None:
+    dead_db = f"postgresql://fapiao:never-logged@127.0.0.1:{free_port()}/fapiao"
+    for name, (app, path) in _service_apps(infra, dead_db).items():
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc.test") as c:
+                before = DB_UNAVAILABLE.labels(name, "connection_lost")._value.get()
+                r = await c.get(path, headers=ADMIN)
+                _assert_database_503(r)
+                assert "never-logged" not in r.text, name
+                assert DB_UNAVAILABLE.labels(name, "connection_lost")._value.get() == before + 1, name
+        finally:
+            await lifespan.__aexit__(None, None, None)
