@@ -26,8 +26,8 @@ from shared.logging import correlation_id
 from shared.metrics import CONTENT_TYPE_LATEST, DB_UNAVAILABLE, HTTP_LATENCY, HTTP_REQUESTS, render
 
 __all__ = [
-    "BodyLimitMiddleware", "RequestContextMiddleware", "auth_dependency", "database_problem", "field_errors",
-    "field_path", "health_router", "install_problem_handlers", "is_json", "problem", "require_admin",
+    "BodyLimitMiddleware", "RequestContextMiddleware", "auth_dependency", "database_problem", "domain_problem",
+    "field_errors", "field_path", "health_router", "install_problem_handlers", "is_json", "problem", "require_admin",
 ]
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,7 @@ from shared.db import database_unavailable, make_engine
 
 def _wrapped(driver_error: Exception) -> sa_exc.DBAPIError:
     """What SQLAlchemy raises for a driver error: DBAPIError around the dialect's adapter error."""
-    import asyncpg as apg
-
-    dbapi = AsyncAdapt_asyncpg_dbapi(apg)
+    dbapi = AsyncAdapt_asyncpg_dbapi(asyncpg)
     adapted = next(cls for base, cls in dbapi._asyncpg_error_translate.items() if isinstance(driver_error, base))
     orig = adapted(str(driver_error), driver_error)
     return sa_exc.DBAPIError.instance("select 1", {"secret": "x"}, orig, dbapi.Error)
