@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -19,6 +21,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -29,8 +32,9 @@ from sqlalchemy.ext.asyncio import (
 )
 
 __all__ = [
-    "NAMING_CONVENTION", "engine_for", "make_engine", "make_metadata", "mark_processed", "outbox_table", "ping",
-    "processed_events_table", "session_factory", "transaction",
+    "NAMING_CONVENTION", "WORKER_POOL_TIMEOUT", "DatabaseTrouble", "database_unavailable", "engine_for",
+    "make_engine", "make_metadata", "mark_processed", "outbox_table", "ping", "processed_events_table",
+    "session_factory", "transaction",
 ]
 
 NAMING_CONVENTION = {
@@ -46,14 +50,21 @@ def make_metadata(schema: str) -> MetaData:
     return MetaData(schema=schema, naming_convention=NAMING_CONVENTION)
 
 
-def make_engine(url: str, *, pool_size: int = 10, statement_timeout_ms: int = 30_000,
-                application_name: str = "fapiao") -> AsyncEngine:
+WORKER_POOL_TIMEOUT = 30.0
+"""Background loops wait longer for a connection than requests do: nobody is waiting on the other end."""
+
+
+def make_engine(url: str, *, pool_size: int = 10, max_overflow: int | None = None, pool_timeout: float = 3.0,
+                statement_timeout_ms: int = 30_000, application_name: str = "fapiao") -> AsyncEngine:
+    """An engine whose pool holds at most `pool_size + max_overflow` connections (overflow defaults to
+    `pool_size`); a checkout waits at most `pool_timeout` seconds, then raises sqlalchemy's TimeoutError
+    (which the HTTP layer answers with 503)."""
     return create_async_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size if max_overflow is None else max_overflow,
         pool_pre_ping=True,
-        pool_timeout=10,
+        pool_timeout=pool_timeout,
         connect_args={
             "timeout": 10,
             "command_timeout": statement_timeout_ms / 1000 + 5,
@@ -66,10 +77,93 @@ def make_engine(url: str, *, pool_size: int = 10, statement_timeout_ms: int = 30
     )
 
 
-def engine_for(settings: Any, *, service: str) -> AsyncEngine:
-    """make_engine with a service's settings (`database_url`, `db_pool_size`, `db_statement_timeout_ms`)."""
-    return make_engine(settings.database_url, pool_size=settings.db_pool_size,
+def engine_for(settings: Any, *, service: str, worker: bool = False) -> AsyncEngine:
+    """make_engine with a service's settings: the request pool (`db_pool_size`, `db_pool_timeout`), or with
+    `worker=True` the background loops' own pool (`db_worker_pool_size`), so neither can starve the other."""
+    if worker:
+        return make_engine(settings.database_url, pool_size=settings.db_worker_pool_size,
+                           pool_timeout=WORKER_POOL_TIMEOUT, statement_timeout_ms=settings.db_statement_timeout_ms,
+                           application_name=f"{service}-worker")
+    return make_engine(settings.database_url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout,
                        statement_timeout_ms=settings.db_statement_timeout_ms, application_name=service)
+
+
+@dataclass(frozen=True)
+class DatabaseTrouble:
+    """Why the database could not take a piece of work right now, and when trying again makes sense."""
+
+    reason: str  # pool_exhausted | connection_lost | overloaded | conflict | timeout
+    retry_after: int  # seconds
+    cause: str  # exception type (and SQLSTATE): safe to log, unlike the message (SQL, parameters)
+
+
+# SQLSTATEs after which the same work may well succeed a moment later.
+_RETRYABLE_CLASSES = {"08": ("connection_lost", 5), "53": ("overloaded", 5)}
+_RETRYABLE_CODES = {
+    "57P01": ("connection_lost", 5),  # admin_shutdown
+    "57P02": ("connection_lost", 5),  # crash_shutdown
+    "57P03": ("connection_lost", 5),  # cannot_connect_now (starting up, recovering)
+    "40001": ("conflict", 1),  # serialization_failure
+    "40P01": ("conflict", 1),  # deadlock_detected
+}
+_DRIVER_MODULES = ("asyncpg", "sqlalchemy")
+
+
+def database_unavailable(exc: BaseException) -> DatabaseTrouble | None:
+    """The one place that decides whether an error means "the database cannot take this now, retry later"
+    (pool exhausted, server lost or restarting, out of connections, a serialization conflict) rather than
+    a bug. Looks through SQLAlchemy's wrapper, the cause/context chain and exception groups."""
+    for e in _chain(exc):
+        found = _classify(e)
+        if found is not None:
+            return found
+    return None
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo = [exc]
+    while todo and len(seen) < 32:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+        orig = getattr(e, "orig", None) if isinstance(e, sa_exc.DBAPIError) else None
+        nxt = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+        todo.extend(x for x in (orig, nxt) if isinstance(x, BaseException))
+
+
+def _classify(e: BaseException) -> DatabaseTrouble | None:
+    name = type(e).__name__
+    if isinstance(e, sa_exc.TimeoutError):  # "QueuePool limit of size 10 overflow 10 reached"
+        return DatabaseTrouble("pool_exhausted", 2, name)
+    code = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
+    if isinstance(e, sa_exc.DBAPIError):
+        code = code or getattr(e.orig, "sqlstate", None)
+    if isinstance(code, str) and type(e).__module__.startswith(_DRIVER_MODULES):
+        hit = _RETRYABLE_CODES.get(code) or _RETRYABLE_CLASSES.get(code[:2])
+        if hit is not None:
+            return DatabaseTrouble(hit[0], hit[1], f"{name} {code}")
+    if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
+        return DatabaseTrouble("connection_lost", 5, name)
+    if isinstance(e, sa_exc.InterfaceError | asyncpg.InterfaceError):
+        return DatabaseTrouble("connection_lost", 5, name)
+    # Plain socket errors and timeouts count only when they came out of the driver (not, say, httpx).
+    if isinstance(e, OSError | TimeoutError) and _raised_in_driver(e):
+        return DatabaseTrouble("timeout" if isinstance(e, TimeoutError) else "connection_lost", 5, name)
+    return None
+
+
+def _raised_in_driver(e: BaseException) -> bool:
+    tb = e.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith(_DRIVER_MODULES):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -2,31 +2,39 @@
 
 from __future__ import annotations
 
+import email.message
 import hmac
+import inspect
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Header, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import solve_dependencies
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.db import DatabaseTrouble, database_unavailable
 from shared.errors import FapiaoError, FieldError, ServiceUnavailable, Unauthorized, ValidationFailed
 from shared.logging import correlation_id
-from shared.metrics import CONTENT_TYPE_LATEST, HTTP_LATENCY, HTTP_REQUESTS, render
+from shared.metrics import CONTENT_TYPE_LATEST, DB_UNAVAILABLE, HTTP_LATENCY, HTTP_REQUESTS, render
 
 __all__ = [
-    "BodyLimitMiddleware", "RequestContextMiddleware", "field_errors", "field_path", "health_router",
-    "install_problem_handlers", "problem", "require_admin",
+    "BodyLimitMiddleware", "RequestContextMiddleware", "auth_dependency", "database_problem", "domain_problem",
+    "field_errors", "field_path", "health_router", "install_problem_handlers", "is_json", "problem", "require_admin",
 ]
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
 _TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
+_AUTH_MARK = "__fapiao_auth__"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def problem(status: int, title: str, detail: str, *, code: str, **extra: Any) -> JSONResponse:
@@ -37,6 +45,15 @@ def problem(status: int, title: str, detail: str, *, code: str, **extra: Any) ->
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
 
 
+def auth_dependency(fn: F) -> F:
+    """Mark a dependency as the route's authentication. When the request fails before the dependencies run
+    (a body that is not JSON, or not valid), the error handlers run the marked dependencies first, so an
+    unauthenticated caller hears 401 whatever the body, never a 400/415/422 that tells them about the route."""
+    setattr(fn, _AUTH_MARK, True)
+    return fn
+
+
+@auth_dependency
 def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
     """Dependency for /admin routes: the bearer token must be FAPIAO_ADMIN_TOKEN (compared in constant time)."""
     expected = request.app.state.settings.admin_token.get_secret_value()
@@ -66,29 +83,114 @@ def field_errors(errors: Any, *, prefix: str = "") -> list[FieldError]:
                        str(e.get("msg", "invalid")).removeprefix("Value error, ")) for e in errors]
 
 
+def domain_problem(exc: FapiaoError) -> JSONResponse:
+    extra = dict(exc.extra)
+    if isinstance(exc, ValidationFailed):
+        extra["errors"] = [e.as_dict() for e in exc.errors]
+    response = problem(exc.status, exc.title, exc.detail, code=exc.code, **extra)
+    if isinstance(exc, ServiceUnavailable):
+        # RFC 9110 §10.2.3: tells well-behaved clients (and proxies) when trying again makes sense.
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+_DB_DETAIL = {
+    "pool_exhausted": "the service is at capacity: no database connection became free in time",
+    "connection_lost": "the database cannot be reached right now",
+    "overloaded": "the database is out of resources right now",
+    "conflict": "the request collided with a concurrent change and was rolled back",
+    "timeout": "the database did not answer in time",
+}
+
+
+def database_problem(trouble: DatabaseTrouble) -> JSONResponse:
+    """503 problem+json with Retry-After for database trouble (see shared.db.database_unavailable)."""
+    detail = (f"{_DB_DETAIL.get(trouble.reason, 'the database cannot take this request now')}; retry after "
+              f"{trouble.retry_after}s (with the same Idempotency-Key, if you sent one)")
+    response = problem(503, "Service unavailable", detail, code="database_unavailable", reason=trouble.reason,
+                       retry_after_seconds=trouble.retry_after)
+    response.headers["Retry-After"] = str(trouble.retry_after)
+    return response
+
+
+def is_json(content_type: str | None) -> bool:
+    """application/json or application/<anything>+json (parameters such as charset allowed)."""
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def _auth_dependants(dependant: Dependant) -> Iterator[Dependant]:
+    for sub in dependant.dependencies:
+        if getattr(sub.call, _AUTH_MARK, False):
+            yield sub
+        else:
+            yield from _auth_dependants(sub)
+
+
+async def _authenticate_first(request: Request) -> JSONResponse | None:
+    """Run the matched route's authentication dependencies (those marked with auth_dependency); the 401
+    problem if one refuses, None when the caller is authenticated (or the route has no authentication)."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if dependant is None:
+        return None
+    for sub in _auth_dependants(dependant):
+        try:
+            async with AsyncExitStack() as stack:
+                solved = await solve_dependencies(request=request, dependant=sub, async_exit_stack=stack,
+                                                  dependency_overrides_provider=request.app, embed_body_fields=False)
+                if solved.errors:
+                    raise Unauthorized("the Authorization header is not valid")
+                result = sub.call(**solved.values)  # type: ignore[misc]
+                if inspect.isawaitable(result):
+                    await result
+        except FapiaoError as exc:
+            return domain_problem(exc)
+    return None
+
+
+def _unsupported_media_type(request: Request, errors: list[Any]) -> JSONResponse | None:
+    """A body FastAPI left unparsed (its Content-Type is not JSON) that the route wanted as JSON: 415."""
+    content_type = request.headers.get("content-type")
+    if is_json(content_type):
+        return None
+    if not any(tuple(e.get("loc", ()))[:1] == ("body",) and isinstance(e.get("input"), bytes | bytearray)
+               for e in errors):
+        return None
+    sent = repr(content_type[:100]) if content_type else "missing"
+    response = problem(415, "Unsupported media type",
+                       f"this endpoint takes a JSON body (Content-Type: application/json); Content-Type was {sent}",
+                       code="unsupported_media_type")
+    response.headers["Accept"] = "application/json"
+    return response
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(FapiaoError)
     async def _domain(_: Request, exc: FapiaoError) -> JSONResponse:
-        extra = dict(exc.extra)
-        if isinstance(exc, ValidationFailed):
-            extra["errors"] = [e.as_dict() for e in exc.errors]
-        response = problem(exc.status, exc.title, exc.detail, code=exc.code, **extra)
-        if isinstance(exc, ServiceUnavailable):
-            # RFC 9110 §10.2.3: tells well-behaved clients (and proxies) when trying again makes sense.
-            response.headers["Retry-After"] = str(exc.retry_after)
-        return response
+        return domain_problem(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
+    async def _request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The body is looked at only once the caller is known: 401 comes before 400, 415 and 422.
+        if (refused := await _authenticate_first(request)) is not None:
+            return refused
+        errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
             return problem(400, "Malformed JSON", "the request body is not valid JSON (UTF-8)", code="malformed_json")
+        if (unsupported := _unsupported_media_type(request, errors)) is not None:
+            return unsupported
         fields = field_errors(errors)
         return problem(422, "Validation failed", f"{len(fields)} field(s) failed validation",
                        code="validation_failed", errors=[f.as_dict() for f in fields])
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and (refused := await _authenticate_first(request)) is not None:
+            return refused  # a body that could not even be read ("error parsing the body"): auth first too
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         code = codes.get(exc.status_code, "http_error")
         return problem(exc.status_code, _TITLES.get(exc.status_code, "Error"), str(exc.detail), code=code)
@@ -149,12 +251,31 @@ class _TooLarge(StarletteHTTPException):
     pass
 
 
+class _Throttle:
+    """allow(key): None while `interval` has not passed since the last allowed call for key, otherwise how
+    many calls were held back in between."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, key: str) -> int | None:
+        now = time.monotonic()
+        if now - self._last.get(key, -self.interval) < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._held.pop(key, 0)
+
+
 class RequestContextMiddleware:
     """Correlation id in and out (X-Correlation-Id), plus request metrics by route template."""
 
     def __init__(self, app: ASGIApp, *, service: str) -> None:
         self.app = app
         self.service = service
+        self._quiet = _Throttle(1.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -185,6 +306,18 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
             # Answer here, inside the correlation context, rather than in Starlette's outer error middleware.
+            trouble = database_unavailable(exc)
+            if trouble is not None and not responded:
+                # An outage, not a bug: one line (no traceback, no message: it may hold SQL parameters) at most
+                # every second per reason, and 503.
+                DB_UNAVAILABLE.labels(self.service, trouble.reason).inc()
+                if (more := self._quiet.allow(trouble.reason)) is not None:
+                    route = scope.get("route")
+                    log.warning("database unavailable (%s: %s): 503 for %s %s%s", trouble.reason, trouble.cause,
+                                scope["method"], getattr(route, "path", None) or "unmatched",
+                                f" (and {more} more 503s for this reason since the last line)" if more else "")
+                await database_problem(trouble)(scope, receive, send_with_id)
+                return
             log.exception("unhandled error: %s", type(exc).__name__)
             if responded:
                 raise

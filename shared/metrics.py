@@ -5,8 +5,8 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 __all__ = [
-    "CONSUMER_LAG", "CONTENT_TYPE_LATEST", "DEAD_LETTERS", "HTTP_LATENCY", "HTTP_REQUESTS", "OUTBOX_BACKLOG",
-    "OUTBOX_OLDEST_AGE", "OUTBOX_PUBLISHED", "render",
+    "CONSUMER_LAG", "CONTENT_TYPE_LATEST", "DB_UNAVAILABLE", "DEAD_LETTERS", "HTTP_LATENCY", "HTTP_REQUESTS",
+    "OUTBOX_BACKLOG", "OUTBOX_OLDEST_AGE", "OUTBOX_PUBLISHED", "render",
 ]
 
 HTTP_REQUESTS = Counter(
@@ -21,6 +21,10 @@ OUTBOX_OLDEST_AGE = Gauge(
     "fapiao_outbox_oldest_unpublished_age_seconds", "Age of the oldest outbox row not yet on Kafka", ["service"]
 )
 OUTBOX_PUBLISHED = Counter("fapiao_outbox_published_total", "Outbox rows published to Kafka", ["service"])
+DB_UNAVAILABLE = Counter(
+    "fapiao_db_unavailable_total", "Requests answered 503 because the database could not take them, by reason",
+    ["service", "reason"],
+)
 DEAD_LETTERS = Counter("fapiao_dead_letters_total", "Messages sent to a dead-letter topic", ["service", "topic"])
 CONSUMER_LAG = Gauge(
     "fapiao_consumer_lag_records", "Records on a partition not yet consumed by the group",

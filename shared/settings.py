@@ -50,7 +50,12 @@ class CoreSettings(BaseSettings):
     admin_token: SecretStr = Field(description="bearer token for /admin endpoints")
     log_level: str = "INFO"
     log_json: bool = True
-    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_pool_size: int = Field(default=10, ge=1, le=200,
+                              description="connections for API requests (as many again as overflow)")
+    db_pool_timeout: Seconds = Field(default=3.0, gt=0, le=60,
+                                     description="longest wait of a request for a pooled connection; then 503")
+    db_worker_pool_size: int = Field(default=5, ge=1, le=100,
+                                     description="connections of the background loops (as many again as overflow)")
     db_statement_timeout_ms: int = Field(default=30_000, ge=100)
 
     @field_validator("database_url")

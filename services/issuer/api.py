@@ -28,7 +28,7 @@ from services.issuer.schemas import (
 from services.issuer.settings import IssuerSettings
 from shared.db import transaction
 from shared.errors import BadRequest, FieldError, NotFound, PayloadTooLarge, Unauthorized, ValidationFailed
-from shared.http import require_admin
+from shared.http import auth_dependency, require_admin
 from shared.money import parse_amount
 from shared.topics import INVOICE_EVENTS
 
@@ -40,6 +40,7 @@ def _state(request: Request) -> Any:
     return request.app.state
 
 
+@auth_dependency
 async def current_tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> service.Tenant:
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("send the API key as 'Authorization: Bearer <key>'")

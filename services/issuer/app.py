@@ -48,7 +48,7 @@ async def _housekeeping(app: FastAPI, settings: IssuerSettings) -> None:
     while True:
         await asyncio.sleep(600)
         with contextlib.suppress(Exception):
-            async with transaction(app.state.sessions) as session:
+            async with transaction(app.state.worker_sessions) as session:
                 await service.purge_idempotency_keys(session=session, older_than_hours=settings.idempotency_ttl_hours)
 
 
@@ -63,7 +63,8 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
             token = settings.admin_token.get_secret_value()
             app.state.reconciler_http = make_http(settings.reconciler_url, token, settings.reconciler_timeout)
             app.state.notifier_http = make_http(settings.notifier_url, token, settings.notifier_timeout)
-            sampler = OpsSampler(settings=settings, sessions=rt.sessions, reconciler_http=app.state.reconciler_http)
+            sampler = OpsSampler(settings=settings, sessions=rt.worker_sessions,
+                                 reconciler_http=app.state.reconciler_http)
             app.state.ops_sampler = sampler
             app.state.ledger = LedgerClient(app.state.reconciler_http, timeout=settings.reconciler_timeout)
             app.state.schedule = LedgerClient(app.state.reconciler_http, timeout=settings.schedule_timeout)
@@ -78,7 +79,8 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
                     partitions=settings.kafka_partitions, replication_factor=settings.kafka_replication_factor,
                 ), name="ensure-topics"),
                 asyncio.create_task(_housekeeping(app, settings), name="housekeeping"),
-                asyncio.create_task(run_status_feed_consumer(settings, rt.sessions, stopping), name="status-feed"),
+                asyncio.create_task(run_status_feed_consumer(settings, rt.worker_sessions, stopping),
+                                    name="status-feed"),
                 asyncio.create_task(sampler.run(), name="ops-sampler"),
                 asyncio.create_task(self_check.run(), name="status-self-check"),
             ]

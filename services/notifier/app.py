@@ -62,7 +62,8 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
             mailer = Mailer(host=settings.smtp_host, port=settings.smtp_port, username=settings.smtp_username,
                             password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
                             use_tls=settings.smtp_tls, start_tls=settings.smtp_starttls, timeout=settings.smtp_timeout)
-            notifier = Notifier(settings=settings, sessions=rt.sessions, box=box, webhooks=webhooks, mailer=mailer)
+            notifier = Notifier(settings=settings, sessions=rt.worker_sessions, box=box, webhooks=webhooks,
+                                mailer=mailer)
             app.state.worker = notifier
             task = asyncio.create_task(_run(notifier, settings), name="notifier")
             log.info("notifier ready on %s:%d (digest window %gs, SMTP %s:%d, private webhook ranges: %s)",

@@ -52,7 +52,7 @@ def create_app(settings: ReconcilerSettings | None = None) -> FastAPI:
             reader = TaxstoreReader(settings.taxstore_url, connect_timeout=settings.connect_timeout,
                                     read_timeout=settings.read_timeout, max_connections=settings.max_in_flight * 2,
                                     lookup_batch_size=settings.lookup_batch_size)
-            reconciler = Reconciler(settings=settings, sessions=rt.sessions, reader=reader)
+            reconciler = Reconciler(settings=settings, sessions=rt.worker_sessions, reader=reader)
             app.state.reader = reader
             app.state.reconciler = reconciler
             task = asyncio.create_task(_run(reconciler, settings), name="reconciler")

@@ -52,7 +52,8 @@ async def _run_syncer(app: FastAPI, settings: SyncSettings) -> None:
             with contextlib.suppress(Exception):
                 await producer.stop()
             await asyncio.sleep(delay)
-    syncer = Syncer(settings=settings, sessions=app.state.sessions, client=app.state.client, producer=producer)
+    syncer = Syncer(settings=settings, sessions=app.state.worker_sessions, client=app.state.client,
+                    producer=producer)
     app.state.syncer = syncer
     try:
         await asyncio.gather(syncer.run_consumer(), syncer.run_scheduler())

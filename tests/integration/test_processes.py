@@ -78,7 +78,7 @@ def test_hostile_input_gets_4xx_never_5xx(issuer_url, seller):
         "not an object": (b"[1, 2, 3]", {}, 422),
         "deep nesting": (b"[" * 100_000 + b"]" * 100_000, {}, 400),
         "10 MB body": (b'{"x": "' + b"a" * (10 * 1024 * 1024) + b'"}', {}, 413),
-        "wrong content type": (good.encode(), {"Content-Type": "text/plain"}, 422),
+        "wrong content type": (good.encode(), {"Content-Type": "text/plain"}, 415),
     }
     for name, (body, extra, expected) in cases.items():
         headers = {"Content-Type": "application/json", **auth, **extra}
