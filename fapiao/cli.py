@@ -19,10 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import datetime as dt
+import hashlib
 import io
 import json
 import os
+import random
+import re
 import sys
+import time
+import uuid
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +42,7 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fapiao Sync operator CLI.")
 tenants_app = typer.Typer(no_args_is_help=True, help="Seller enterprises and their API keys.")
 app.add_typer(tenants_app, name="tenants")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error is one line, however long
 
 
 def _load_stack_env() -> None:
@@ -92,27 +99,152 @@ def tenants_create(
     typer.echo(f"API key (shown once, keep it safe): {key}")
 
 
-def _chunks(path: Path, max_invoices: int) -> tuple[list[str], list[list[tuple[int, list[str]]]]]:
-    """Split the file into chunks of whole invoices, remembering each row's number in the file."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise typer.BadParameter("the file is empty")
+# --- sending safely: one Idempotency-Key per request, reused on every retry ------------------------------
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+RETRY_BASE = 0.5  # seconds; the n-th retry waits a random time up to min(RETRY_CAP, RETRY_BASE * 2**n)
+RETRY_CAP = 30.0
+RETRY_AFTER_CAP = 120.0  # a Retry-After longer than this is not waited for in full
+
+
+class Unreachable(Exception):
+    """No answer after every retry; the message is one line for the user."""
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    """Seconds from a Retry-After header (delay-seconds or an HTTP date), None when absent or unreadable."""
+    value = resp.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds()) if when.tzinfo else None
+
+
+def _transient(resp: httpx.Response) -> bool:
+    if resp.status_code in RETRY_STATUSES:
+        return True
+    # The first attempt (whose answer was lost) still holds the key: it will answer soon.
+    return resp.status_code == 409 and "still being processed" in resp.text
+
+
+def _backoff(attempt: int, resp: httpx.Response | None) -> float:
+    delay = random.uniform(0, min(RETRY_CAP, RETRY_BASE * 2 ** attempt))  # full jitter
+    after = _retry_after(resp) if resp is not None else None
+    return min(RETRY_AFTER_CAP, max(delay, after)) if after is not None else delay
+
+
+def _send(client: httpx.Client, method: str, url: str, *, retries: int, idempotency_key: str | None = None,
+          quiet: bool = False, **kwargs: Any) -> httpx.Response:
+    """One request, retried on a lost connection, a timeout and 429/502/503/504 with bounded exponential
+    backoff with jitter (Retry-After honoured). Every attempt carries the same Idempotency-Key, so a request
+    that was carried out but whose answer was lost is answered from the first attempt, never done twice."""
+    headers = dict(kwargs.pop("headers", None) or {})
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    attempt = 0
+    while True:
+        resp: httpx.Response | None = None
         try:
-            number_col = [h.strip() for h in header].index("number")
-        except ValueError:
-            raise typer.BadParameter("the header has no 'number' column") from None
-        chunks: list[list[tuple[int, list[str]]]] = [[]]
-        seen: set[str] = set()
-        for n, row in enumerate(reader, start=2):
-            number = row[number_col].strip() if number_col < len(row) else ""
-            if number not in seen and len(seen) >= max_invoices:
-                chunks.append([])
-                seen = set()
-            seen.add(number)
-            chunks[-1].append((n, row))
-    return header, [c for c in chunks if c]
+            resp = client.request(method, url, headers=headers, **kwargs)
+            problem = None if not _transient(resp) else f"answered {resp.status_code}"
+        except httpx.TransportError as exc:
+            problem = f"{type(exc).__name__}" + (f" ({exc})" if str(exc) else "")
+        if problem is None or (resp is not None and attempt >= retries):
+            assert resp is not None
+            return resp  # retries used up: the last answer (say a 503 and why) is the caller's to show
+        if attempt >= retries:
+            raise Unreachable(f"{problem}" + (f"; gave up after {attempt + 1} attempts" if attempt else ""))
+        delay = _backoff(attempt, resp)
+        attempt += 1
+        if not quiet:
+            err.print(f"[yellow]{problem}; retrying in {delay:.1f} s (retry {attempt} of {retries})[/yellow]",
+                      highlight=False)
+        time.sleep(delay)
+
+
+def _reasons(resp: httpx.Response) -> str:
+    """A refusal in one line: the problem's errors (path: reason) or its detail."""
+    try:
+        answer = resp.json()
+        reasons = "; ".join(
+            f"{e['path']}: {e['reason']}" for e in answer.get("errors", [])) or str(answer.get("detail"))
+    except (ValueError, AttributeError, KeyError, TypeError):
+        reasons = resp.text[:300]
+    return " ".join(reasons.split())[:500]
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:48]
+
+
+# --- import ----------------------------------------------------------------------------------------------
+
+CHUNK_ROWS = 5000  # rows per request at most (the issuer takes 10 x FAPIAO_BATCH_MAX)
+CHUNK_BYTES = 2 * 1024 * 1024  # bytes per request at most (the issuer's default limit is 5 MiB)
+
+
+class BadFile(Exception):
+    """The file cannot be imported as it is; the message is one line naming the row."""
+
+
+def _read_file(path: Path, max_invoices: int) -> tuple[bytes, list[str], list[list[tuple[int, list[str]]]]]:
+    """The file's bytes, its header and its rows in chunks of whole invoices (each row with its number in the file).
+
+    The whole file is checked first, the way the issuer checks it, so a file with a broken row sends nothing."""
+    from services.issuer.csv_import import CsvFormatError, read_rows
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BadFile(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadFile(f"{path} is not UTF-8 (byte {exc.start}); save it as CSV UTF-8") from None
+    if "\x00" in text:
+        raise BadFile(f"{path} contains NUL bytes: is it really a CSV file?")
+    try:
+        rows = list(read_rows(text))
+    except CsvFormatError as exc:
+        raise BadFile(f"{path}: {exc.where or 'the file'} {exc}; nothing was imported") from None
+    if not rows:
+        raise BadFile(f"{path} is empty")
+    header = rows[0][1]
+    try:
+        number_col = [h.strip() for h in header].index("number")
+    except ValueError:
+        raise BadFile(f"{path}: the header (row 1) has no 'number' column") from None
+    by_number: dict[str, list[tuple[int, list[str]]]] = {}
+    for n, cells in rows[1:]:
+        number = cells[number_col].strip() if number_col < len(cells) else ""
+        by_number.setdefault(number or f"(row {n})", []).append((n, cells))
+    return raw, header, _split(list(by_number.values()), max_invoices)
+
+
+def _split(invoices: list[list[tuple[int, list[str]]]], max_invoices: int) -> list[list[tuple[int, list[str]]]]:
+    """Whole invoices (all rows of one number together) in chunks bounded by invoices, rows and bytes."""
+    chunks: list[list[tuple[int, list[str]]]] = []
+    current: list[tuple[int, list[str]]] = []
+    count = size = 0
+    for rows in invoices:
+        rows_size = sum(sum(len(c) + 3 for c in cells) * 3 for _, cells in rows)  # UTF-8, quoted: a safe bound
+        if current and (count >= max_invoices or len(current) + len(rows) > CHUNK_ROWS
+                        or size + rows_size > CHUNK_BYTES):
+            chunks.append(current)
+            current, count, size = [], 0, 0
+        current.extend(rows)
+        count += 1
+        size += rows_size
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 @app.command("import")
@@ -121,49 +253,41 @@ def import_csv(
     api_key: str = typer.Option(None, "--api-key", envvar="FAPIAO_API_KEY", help="the tenant's API key"),
     url: str = typer.Option(None, "--url", envvar="FAPIAO_ISSUER_URL", help="issuer base URL"),
     chunk: int = typer.Option(500, min=1, max=1000, help="invoices per request"),
+    retries: int = typer.Option(6, min=0, max=20, help="retries of a request that got no answer or 429/502/503/504"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Import historical invoices from CSV (one row per invoice line). Bad rows are reported, good ones kept."""
+    """Import historical invoices from CSV (one row per invoice line). Bad rows are reported, good ones kept.
+
+    Each request carries an Idempotency-Key made from the file's content and the chunk's place in it and is
+    retried with that key, so rerunning the same file after an interruption issues nothing twice."""
     _load_stack_env()
     url = url or os.environ.get("FAPIAO_ISSUER_URL") or "http://127.0.0.1:8000"
     api_key = _api_key(api_key)
-    header, chunks = _chunks(file, chunk)
-    totals = {"rows": 0, "invoices": 0, "created": 0, "existing": 0, "conflicts": 0, "rejected": 0}
-    errors: list[dict[str, Any]] = []
-    total_rows = sum(len(c) for c in chunks)
-    progress = Progress(TextColumn("[bold]importing"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
-                        TimeRemainingColumn(), console=err, disable=as_json or not err.is_terminal)
-    with progress, httpx.Client(base_url=url, timeout=httpx.Timeout(120, connect=5),
-                                headers={"Authorization": f"Bearer {api_key}"}) as client:
-        task = progress.add_task("import", total=total_rows)
-        for rows in chunks:
-            buf = io.StringIO()
-            writer = csv.writer(buf)
-            writer.writerow(header)
-            writer.writerows(r for _, r in rows)
-            try:
-                resp = client.post("/v1/invoices/import", content=buf.getvalue().encode(),
-                                   headers={"Content-Type": "text/csv"})
-            except httpx.HTTPError as exc:
-                err.print(f"[red]cannot reach the issuer at {url}:[/red] {exc}")
-                raise typer.Exit(1) from None
-            if resp.status_code != 200:
-                err.print(f"[red]import failed ({resp.status_code}):[/red] {resp.text[:500]}")
-                raise typer.Exit(1)
-            body = resp.json()
-            line_of = {i + 2: n for i, (n, _) in enumerate(rows)}  # request row -> file row
-            for e in body["errors"]:
-                errors.append({**e, "row": line_of.get(e["row"], e["row"])})
-            for k in totals:
-                totals[k] += body[k]
-            progress.advance(task, len(rows))
+    try:
+        raw, header, chunks = _read_file(file, chunk)
+    except BadFile as exc:
+        err.print(f"[red]cannot import:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        totals, errors, replayed = _import_chunks(url, api_key, raw, header, chunks, retries=retries,
+                                                  quiet=False, progress_off=as_json or not err.is_terminal)
+    except _ImportStopped as exc:
+        err.print(f"[red]import stopped:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("[red]interrupted:[/red] rerun the same command to finish; what was imported is not issued twice",
+                  highlight=False)
+        raise typer.Exit(130) from None
     if as_json:
-        typer.echo(json.dumps({**totals, "errors": errors}, ensure_ascii=False))
+        typer.echo(json.dumps({**totals, "errors": errors, "replayed_chunks": replayed}, ensure_ascii=False))
     else:
         console = Console()
         console.print(f"{totals['invoices']} invoices in {totals['rows']} rows: {totals['created']} created, "
                       f"{totals['existing']} already present, {totals['conflicts']} conflicts, "
                       f"{totals['rejected']} rejected.")
+        if replayed:
+            console.print(f"{replayed} of {len(chunks)} request(s) had been answered before (a rerun of this file): "
+                          "their first answers are shown, and nothing was issued again.")
         if errors:
             table = Table("row", "column", "number", "reason", title="Rows with errors")
             for e in errors[:200]:
@@ -173,6 +297,57 @@ def import_csv(
                 console.print(f"… and {len(errors) - 200} more (use --json for all)")
     if totals["rejected"] or totals["conflicts"]:
         raise typer.Exit(1)
+
+
+class _ImportStopped(Exception):
+    pass
+
+
+def _import_chunks(url: str, api_key: str, raw: bytes, header: list[str], chunks: list[list[tuple[int, list[str]]]],
+                   *, retries: int, quiet: bool, progress_off: bool) -> tuple[dict[str, int], list[dict], int]:
+    file_digest = hashlib.sha256(raw).hexdigest()
+    totals = {"rows": 0, "invoices": 0, "created": 0, "existing": 0, "conflicts": 0, "rejected": 0}
+    errors: list[dict[str, Any]] = []
+    replayed = 0
+    progress = Progress(TextColumn("[bold]importing"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+                        TimeRemainingColumn(), console=err, disable=progress_off)
+    with progress, httpx.Client(base_url=url, timeout=httpx.Timeout(120, connect=5),
+                                headers={"Authorization": f"Bearer {api_key}"}) as client:
+        task = progress.add_task("import", total=sum(len(c) for c in chunks))
+        for index, rows in enumerate(chunks):
+            buf = io.StringIO()
+            writer = csv.writer(buf)
+            writer.writerow(header)
+            writer.writerows(r for _, r in rows)
+            body = buf.getvalue().encode()
+            done = f"chunks 1-{index} of {len(chunks)} were imported; " if index else ""
+            rerun = "rerun the same command: nothing is issued twice"
+            # The same file gives the same keys: a rerun is answered from what the first run did.
+            key = "fapiao-import-" + _key(file_digest, str(index), hashlib.sha256(body).hexdigest())
+            try:
+                resp = _send(client, "POST", "/v1/invoices/import", retries=retries, quiet=quiet, content=body,
+                             headers={"Content-Type": "text/csv"}, idempotency_key=key)
+            except Unreachable as exc:
+                raise _ImportStopped(f"cannot reach the issuer: {exc}; {done}{rerun}") from None
+            line_of = {i + 2: n for i, (n, _) in enumerate(rows)}  # request row -> file row
+            if resp.status_code != 200:
+                # The issuer numbers the request's rows; say the file's.
+                reasons = re.sub(r"\brow (\d+)\b", lambda m, lo=line_of: f"row {lo.get(int(m[1]), m[1])}",
+                                 _reasons(resp))
+                raise _ImportStopped(f"the issuer answered {resp.status_code} for rows {rows[0][0]}-{rows[-1][0]}: "
+                                     f"{reasons}; {done}" + ("fix the file and run again" if resp.status_code < 500
+                                                             else rerun))
+            try:
+                answer = resp.json()
+                for e in answer["errors"]:
+                    errors.append({**e, "row": line_of.get(e["row"], e["row"])})
+                for k in totals:
+                    totals[k] += answer[k]
+            except (ValueError, KeyError, TypeError):
+                raise _ImportStopped(f"the issuer's answer is not an import summary: {resp.text[:200]}") from None
+            replayed += resp.headers.get("Idempotent-Replayed") == "true"
+            progress.advance(task, len(rows))
+    return totals, errors, replayed
 
 
 def _api_key(api_key: str | None) -> str:
@@ -201,21 +376,20 @@ def _admin_token() -> str:
 
 
 def _call(method: str, url: str, path: str, *, token: str, params: dict[str, Any] | None = None,
-          body: Any = None, ok: tuple[int, ...] = (200,)) -> Any:
-    """One request to a service; exits 2 with the service's own words when the answer is not `ok`."""
+          body: Any = None, ok: tuple[int, ...] = (200,), idempotency_key: str | None = None,
+          retries: int = 0) -> Any:
+    """One request to a service; exits 2 with the service's own words when the answer is not `ok`.
+
+    With `retries`, a lost connection or a 429/502/503/504 is tried again (with the same Idempotency-Key)."""
     try:
-        resp = httpx.request(method, f"{url.rstrip('/')}{path}", params=params, json=body,
-                             timeout=httpx.Timeout(60, connect=5), headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError as exc:
-        err.print(f"[red]cannot reach {url}:[/red] {type(exc).__name__}")
+        with httpx.Client(timeout=httpx.Timeout(60, connect=5)) as client:
+            resp = _send(client, method, f"{url.rstrip('/')}{path}", retries=retries, idempotency_key=idempotency_key,
+                         params=params, json=body, headers={"Authorization": f"Bearer {token}"})
+    except Unreachable as exc:
+        err.print(f"[red]cannot reach {url}:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
     if resp.status_code not in ok:
-        try:
-            answer = resp.json()
-            reasons = "; ".join(f"{e['path']}: {e['reason']}" for e in answer.get("errors", [])) or answer.get("detail")
-        except (ValueError, AttributeError, KeyError, TypeError):
-            reasons = resp.text[:300]
-        err.print(f"[red]{resp.status_code}:[/red] {reasons}")
+        err.print(f"[red]{resp.status_code}:[/red] {_reasons(resp)}", highlight=False)
         raise typer.Exit(2)
     return resp.json()
 
@@ -435,8 +609,9 @@ def gaps(limit: int = typer.Option(20, min=1, max=1000, help="how many of the ol
 def resync(invoice_id: str = typer.Argument(..., help="the invoice id"), as_json: bool = AS_JSON) -> None:
     """Have the sync service resubmit an invoice now (it reads back first), then check it again."""
     _load_stack_env()
+    # One key for this request and its retries: a resync whose answer was lost is not requested twice.
     out = _call("POST", _url("reconciler", 8002), f"/admin/invoices/{invoice_id}/resync", token=_admin_token(),
-                ok=(202,))
+                ok=(202,), idempotency_key=f"fapiao-resync-{uuid.uuid4()}", retries=4)
     if as_json:
         _emit(out)
     else:
@@ -530,7 +705,8 @@ def faults_set(assignments: list[str] = typer.Argument(..., help="key=value, e.g
         if not sep or not key.strip():
             raise typer.BadParameter(f"{item!r}: write key=value, e.g. drop_rate=0.3")
         changes[key.strip()] = _fault_value(value)
-    faults = _call("PUT", _url("taxstore", 8100), "/admin/faults", token=_admin_token(), body=changes)
+    faults = _call("PUT", _url("taxstore", 8100), "/admin/faults", token=_admin_token(), body=changes,
+                   retries=4)  # a PUT of the same values: safe to repeat
     if as_json:
         _emit(faults)
     else:
@@ -538,7 +714,17 @@ def faults_set(assignments: list[str] = typer.Argument(..., help="key=value, e.g
 
 
 def main() -> None:
-    app(prog_name="fapiao")
+    try:
+        app(prog_name="fapiao")
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/red]")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a command line answers in one line, never with a traceback
+        if os.environ.get("FAPIAO_DEBUG"):
+            raise
+        err.print(f"[red]fapiao failed:[/red] {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+                  "(FAPIAO_DEBUG=1 shows the traceback)", highlight=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import date, datetime
 from decimal import Decimal
@@ -156,9 +157,16 @@ async def create_batch(request: Request, batch: BatchRequest, tenant: TenantDep,
 
 
 @router.post("/invoices/import", openapi_extra={
-    "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}})
-async def import_csv(request: Request, tenant: TenantDep) -> JSONResponse:
-    """CSV of historical invoices, one row per line; per-row errors, every good invoice kept."""
+    "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}},
+    responses={400: {"description": "Not UTF-8, or NUL bytes"}, 413: {"description": "Too many invoices or rows"},
+               422: {"description": "The file cannot be read (errors name the row and column); nothing written"}})
+async def import_csv(request: Request, tenant: TenantDep, idempotency_key: IdempotencyKey = None) -> Response:
+    """CSV of historical invoices, one row per line; per-row errors, every good invoice kept.
+
+    A file that cannot be read as a whole (an unclosed quote, a cell over 2,000 characters, a row with more
+    cells than the header) is refused with 422 naming the row, and nothing is written. With an
+    Idempotency-Key, a repeat of the same file gets the first answer back, as for POST /v1/invoices.
+    """
     settings: IssuerSettings = _state(request).settings
     raw = await request.body()
     try:
@@ -171,7 +179,10 @@ async def import_csv(request: Request, tenant: TenantDep) -> JSONResponse:
         invoices, errors = parse_csv(text, seller_tax_id=tenant.tax_id, seller_name=tenant.name,
                                      max_rows=settings.batch_max * 10)
     except CsvFormatError as exc:
-        raise ValidationFailed([FieldError("(file)", str(exc))]) from None
+        where = exc.where
+        raise ValidationFailed([exc.field_error()],
+                               detail=f"the file was not imported: {where} {exc}" if where else
+                               f"the file was not imported: {exc}") from None
     if len(invoices) > settings.batch_max:
         raise PayloadTooLarge(f"at most {settings.batch_max} invoices per request; split the file")
     bad_numbers = {e.number for e in errors if e.number}
@@ -183,22 +194,26 @@ async def import_csv(request: Request, tenant: TenantDep) -> JSONResponse:
             errors.extend(row_errors(inv, item))
             bad_numbers.add(inv.number)
         checked.append(item if inv.number not in bad_numbers else [FieldError("(row)", "see row errors")])
-    async with transaction(_state(request).sessions) as session:
+
+    async def produce(session: Any) -> tuple[int, Any]:
         results = await service.create_invoices(session=session, tenant=tenant, items=checked, source="import",
                                                 topic=_topic(settings))
-    summary = {
-        "rows": sum(len(i.rows) for i in invoices) + sum(1 for e in errors if e.number is None),
-        "invoices": len(invoices),
-        "created": sum(r.status == 201 for r in results),
-        "existing": sum(r.status == 200 for r in results),
-        "conflicts": sum(r.status == 409 for r in results),
-        "rejected": sum(r.status == 422 for r in results) + sum(1 for e in errors if e.number is None),
-        "errors": [e.as_dict() for e in sorted(errors, key=lambda e: (e.row, e.column))],
-        "results": [{"number": inv.number, "rows": inv.rows, "status": r.status,
-                     "id": (r.invoice or {}).get("id"), "detail": r.detail}
-                    for inv, r in zip(invoices, results, strict=True)],
-    }
-    return JSONResponse(summary, status_code=200)
+        return 200, {
+            "rows": sum(len(i.rows) for i in invoices) + sum(1 for e in errors if e.number is None),
+            "invoices": len(invoices),
+            "created": sum(r.status == 201 for r in results),
+            "existing": sum(r.status == 200 for r in results),
+            "conflicts": sum(r.status == 409 for r in results),
+            "rejected": sum(r.status == 422 for r in results) + sum(1 for e in errors if e.number is None),
+            "errors": [e.as_dict() for e in sorted(errors, key=lambda e: (e.row, e.column))],
+            "results": [{"number": inv.number, "rows": inv.rows, "status": r.status,
+                         "id": (r.invoice or {}).get("id"), "detail": r.detail}
+                        for inv, r in zip(invoices, results, strict=True)],
+        }
+
+    # The request hash covers the file's bytes: the same file again is the same request.
+    return await _idempotent(request, tenant, idempotency_key, "POST /v1/invoices/import",
+                             hashlib.sha256(raw).hexdigest(), produce)
 
 
 class _Filters(BaseModel):

@@ -83,13 +83,13 @@ def check_invoice(inv: InvoiceCreate, *, seller_tax_id: str, today: date, window
     return errors
 
 
-def _dec(text: str) -> str:
-    d = Decimal(text).normalize()
-    return format(d, "f")
-
-
 def canonical(inv: InvoiceCreate) -> dict[str, object]:
-    """The invoice in one canonical form: equal invoices give equal bytes, whatever the spelling."""
+    """The invoice in one canonical form: what is stored, published and shown back.
+
+    Spellings that mean the same are made one (tax ids upper-case and stripped, an empty buyer tax id or
+    remark is null); decimals keep the scale they were sent with ("100.00" stays "100.00"). content_hash()
+    treats 100 and 100.00 alike, so duplicate detection does not depend on the scale.
+    """
     return {
         "number": inv.number,
         "kind": inv.kind,
@@ -98,8 +98,8 @@ def canonical(inv: InvoiceCreate) -> dict[str, object]:
         "buyer": {"tax_id": inv.buyer.tax_id or None, "name": inv.buyer.name},
         "lines": [
             {
-                "description": ln.description, "tax_code": ln.tax_code, "quantity": _dec(ln.quantity),
-                "unit_price": _dec(ln.unit_price), "amount": ln.amount, "tax_rate": _dec(ln.tax_rate),
+                "description": ln.description, "tax_code": ln.tax_code, "quantity": ln.quantity,
+                "unit_price": ln.unit_price, "amount": ln.amount, "tax_rate": ln.tax_rate,
                 "tax_amount": ln.tax_amount,
             }
             for ln in inv.lines

@@ -216,3 +216,67 @@ def test_stack_up_is_idempotent_and_down_leaves_nothing(tmp_path):
     assert not [p for p in ports.values() if port_is_open(p)], "no port of the stack still listens"
     assert not [p for p in pids if pid_alive(p)], "no process of the stack is left"
     assert stack("status").returncode == 3
+
+
+def test_stack_up_puts_exported_secrets_in_force_and_rewrites_the_files(tmp_path):
+    """FAPIAO_ADMIN_TOKEN and FAPIAO_SECRETS_KEY exported before `make up` win over what an earlier run left in
+    .run/ (and over generating new ones): the services run with them, and the files are rewritten to match."""
+    ports = {name: free_port() for name in (
+        "FAPIAO_KAFKA_PORT", "FAPIAO_KAFKA_CONTROLLER_PORT", "FAPIAO_PG_PORT", "FAPIAO_ISSUER_PORT",
+        "FAPIAO_TAXSTORE_PORT", "FAPIAO_SYNC_PORT", "FAPIAO_RECONCILER_PORT", "FAPIAO_NOTIFIER_PORT",
+        "FAPIAO_SMTP_PORT")}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "admin-token").write_text("token-of-an-earlier-run-" + "0" * 20 + "\n")
+    (run / "secrets-key").write_text("key-of-an-earlier-run-" + "0" * 32 + "\n")
+    token, key = "exported-admin-token-" + os.urandom(12).hex(), "exported-secrets-key-" + os.urandom(16).hex()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")}
+    env.update({k: str(v) for k, v in ports.items()}, FAPIAO_STACK_DIR=str(run), FAPIAO_ADMIN_TOKEN=token,
+               FAPIAO_SECRETS_KEY=key)
+
+    def stack(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "fapiao.stack", *args], env={**env, **extra},
+                              capture_output=True, text=True, timeout=240, cwd=REPO)
+
+    try:
+        up = stack("up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"Admin token: from FAPIAO_ADMIN_TOKEN in your environment, in {run / 'admin-token'}" in up.stdout
+        assert "Webhook secrets key: from FAPIAO_SECRETS_KEY in your environment" in up.stdout
+        assert token not in up.stdout and key not in up.stdout, "secrets are not printed"
+        assert "can no longer be decrypted" in up.stderr, "replacing the secrets key is said"
+        assert (run / "admin-token").read_text().strip() == token
+        assert (run / "secrets-key").read_text().strip() == key
+        assert f"FAPIAO_ADMIN_TOKEN={token}" in (run / "stack.env").read_text().splitlines()
+        issuer = f"http://127.0.0.1:{ports['FAPIAO_ISSUER_PORT']}"
+        ask = f"{issuer}/admin/invoices?number=26000000000000000001"
+        assert httpx.get(ask, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
+        earlier = "token-of-an-earlier-run-" + "0" * 20
+        assert httpx.get(ask, headers={"Authorization": f"Bearer {earlier}"}, timeout=10).status_code == 401
+        for name in ("reconciler", "sync", "taxstore", "notifier"):  # one token for every service
+            url = f"http://127.0.0.1:{ports[f'FAPIAO_{name.upper()}_PORT']}/admin/status"
+            if name == "taxstore":
+                url = url.replace("/admin/status", "/admin/faults")
+            assert httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200, name
+        state = json.loads((run / "stack.json").read_text())
+        notifier_env = Path(f"/proc/{state['processes']['notifier']['pid']}/environ").read_bytes().split(b"\0")
+        assert f"FAPIAO_SECRETS_KEY={key}".encode() in notifier_env
+
+        # Another token exported while the stack runs is not silently taken for the one in force.
+        again = stack("up", FAPIAO_ADMIN_TOKEN="yet-another-token-" + "1" * 20)
+        assert again.returncode == 0 and "already running" in again.stdout
+        assert "FAPIAO_ADMIN_TOKEN in your environment is not the one the running stack uses" in again.stderr
+        assert (run / "admin-token").read_text().strip() == token
+    finally:
+        down = stack("down")
+    assert down.returncode == 0, down.stdout + down.stderr
+
+    # Nothing exported: the token of the earlier run is kept, and the summary says so.
+    del env["FAPIAO_ADMIN_TOKEN"], env["FAPIAO_SECRETS_KEY"]
+    try:
+        kept = stack("up")
+        assert kept.returncode == 0, kept.stdout + kept.stderr
+        assert f"Admin token: kept from an earlier run, in {run / 'admin-token'}" in kept.stdout
+        assert (run / "admin-token").read_text().strip() == token
+    finally:
+        assert stack("down").returncode == 0

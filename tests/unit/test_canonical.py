@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import orjson
+
 from services.issuer.rules import canonical, content_hash
 from services.issuer.schemas import InvoiceCreate
 
@@ -31,9 +35,37 @@ def test_unit_price_and_rate_spellings_give_the_same_hash() -> None:
     a = make_invoice(lines=[make_line(unit_price="100.00", tax_rate="0.13")])
     b = make_invoice(lines=[make_line(unit_price="100", tax_rate="0.130")])
     assert _hash(a) == _hash(b)
-    doc = canonical(InvoiceCreate.model_validate(b))
-    assert doc["lines"][0]["unit_price"] == "100"  # type: ignore[index]
-    assert doc["lines"][0]["tax_rate"] == "0.13"  # type: ignore[index]
+
+
+def test_the_document_keeps_the_scale_it_was_sent_with_only_the_hash_ignores_it() -> None:
+    sent = make_invoice(lines=[make_line(quantity="2.000", unit_price="100.00", tax_rate="0.130")])
+    doc = canonical(InvoiceCreate.model_validate(sent))
+    line = doc["lines"][0]  # type: ignore[index]
+    assert (line["quantity"], line["unit_price"], line["tax_rate"]) == ("2.000", "100.00", "0.130")
+    assert (line["amount"], doc["total"]) == ("200.00", "226.00")
+    plain = canonical(InvoiceCreate.model_validate(make_invoice(lines=[make_line(quantity="2", unit_price="100",
+                                                                                   tax_rate="0.13")])))
+    assert doc != plain and content_hash(doc) == content_hash(plain)
+    assert content_hash(doc) != content_hash({**doc, "lines": [{**line, "unit_price": "100.01"}]})
+
+
+def test_hashes_stored_before_decimals_kept_their_scale_are_still_the_same() -> None:
+    """Until now the document itself was normalised ("100.00" stored as "100") and hashed as it was: the hash
+    of a document as sent must equal that older hash, or every stored invoice would look changed."""
+    sent = canonical(InvoiceCreate.model_validate(
+        make_invoice(lines=[make_line(quantity="2.50", unit_price="100.00", amount="250.00", tax_rate="0.060",
+                                      tax_amount="15.00")], total_amount="250.00", total_tax="15.00",
+                     total="265.00")))
+    normalised = {**sent, "lines": [{**ln, "quantity": "2.5", "unit_price": "100", "tax_rate": "0.06"}
+                                    for ln in sent["lines"]]}  # type: ignore[attr-defined]
+    older = hashlib.sha256(orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    assert content_hash(sent) == older == content_hash(normalised)
+
+
+def test_the_hash_never_expands_a_huge_exponent() -> None:
+    doc = canonical(InvoiceCreate.model_validate(make_invoice()))
+    hostile = {**doc, "lines": [{**doc["lines"][0], "quantity": "1e999999999"}]}  # type: ignore[index]
+    assert len(content_hash(hostile)) == 64
 
 
 def test_tax_id_case_whitespace_and_empty_buyer_tax_id_normalise() -> None:

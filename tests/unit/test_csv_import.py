@@ -8,7 +8,17 @@ from typing import Any
 
 import pytest
 
-from services.issuer.csv_import import COLUMNS, REQUIRED, CsvFormatError, RowError, parse_csv, row_errors
+from services.issuer.csv_import import (
+    COLUMNS,
+    MAX_FIELD,
+    MAX_RECORD,
+    REQUIRED,
+    CsvFormatError,
+    RowError,
+    parse_csv,
+    read_rows,
+    row_errors,
+)
 from shared.errors import FieldError
 
 from .factories import BUYER_TAX_ID, SELLER_TAX_ID, TODAY, accepted, errors_of, number_for
@@ -150,11 +160,79 @@ def test_row_without_number_is_reported_and_skipped() -> None:
     assert [i.rows for i in invoices] == [[3]]
 
 
-def test_row_with_more_cells_than_the_header_is_reported() -> None:
+def _refused(text: str) -> CsvFormatError:
+    with pytest.raises(CsvFormatError) as caught:
+        parse(text)
+    return caught.value
+
+
+def test_row_with_more_cells_than_the_header_refuses_the_file_naming_the_row() -> None:
     text = to_csv([row()]) + to_csv([row(number=N2)]).split("\r\n", 1)[1].rstrip("\r\n") + ",extra\r\n"
+    exc = _refused(text)
+    assert (exc.row, exc.column) == (3, None)
+    assert "14 cells but the header has 13" in str(exc)
+    assert exc.field_error().as_dict() == {"path": "row 3", "reason": str(exc), "row": 3}
+
+
+def test_a_row_with_more_cells_than_the_header_is_never_half_of_an_invoice() -> None:
+    """Before: the row was skipped and its invoice created from the other rows, one line short."""
+    second_line = to_csv([row(line_description="Training")]).split("\r\n", 1)[1].rstrip("\r\n")
+    exc = _refused(to_csv([row()]) + second_line + ",\r\n")
+    assert exc.row == 3
+
+
+@pytest.mark.parametrize("size", [MAX_FIELD + 1, 131_073, 1_000_000])
+def test_a_cell_past_the_bound_refuses_the_file_naming_row_and_column(size: int) -> None:
+    text = to_csv([row(), row(number=N2, remarks="x" * size)])
+    exc = _refused(text)  # 131,073 characters used to escape as csv.Error ("field larger than field limit")
+    assert (exc.row, exc.column) == (3, "remarks")
+    assert f"at most {MAX_FIELD}" in str(exc) or f"longer than {MAX_RECORD}" in str(exc)
+
+
+def test_a_cell_at_the_bound_is_read() -> None:
+    text = to_csv([row(remarks="备" * MAX_FIELD)])
+    assert [(n, len(cells)) for n, cells in read_rows(text)] == [(1, 13), (2, 13)]
+
+
+def test_an_unclosed_quote_at_the_end_refuses_the_file_naming_its_row() -> None:
+    text = to_csv(TWO_INVOICES) + f'{N2},ordinary,{TODAY.isoformat()},,"Buyer,Consulting\r\n'
+    exc = _refused(text)
+    assert exc.row == 5 and "never closed" in str(exc)
+
+
+def test_an_unclosed_quote_that_swallows_the_rest_of_the_file_is_named_by_the_row_where_it_opens() -> None:
+    lines = to_csv([row(number=number_for(TODAY, i)) for i in range(1, 400)]).split("\r\n")
+    lines[3] = lines[3].replace("Shenzhen Buyer Ltd.", '"Shenzhen Buyer Ltd.')
+    exc = _refused("\r\n".join(lines))
+    assert exc.row == 4 and exc.line == 4
+    assert "quote" in str(exc)
+
+
+def test_an_unclosed_quote_that_closes_later_is_caught_by_what_follows_it() -> None:
+    lines = to_csv([row(number=number_for(TODAY, i)) for i in range(1, 6)]).split("\r\n")
+    lines[2] = lines[2].replace("Shenzhen Buyer Ltd.", '"Shenzhen Buyer Ltd.')
+    lines[4] = lines[4].replace("Shenzhen Buyer Ltd.", 'Shenzhen" Buyer Ltd.')
+    exc = _refused("\r\n".join(lines))
+    assert exc.row == 3 and "after a closing quote" in str(exc)
+
+
+def test_quoted_cells_may_hold_commas_quotes_and_line_breaks() -> None:
+    text = to_csv([row(remarks='PO 4712, "urgent"\nsecond line'), row(number=N2)])
     invoices, errors = parse(text)
-    assert errors == [RowError(3, "(row)", "has more cells than the header")]
-    assert [i.number for i in invoices] == [N1]
+    assert errors == []
+    assert invoices[0].raw["remarks"] == 'PO 4712, "urgent"\nsecond line'
+    assert invoices[1].rows == [3]
+
+
+def test_blank_rows_are_skipped_but_counted_as_a_spreadsheet_does() -> None:
+    header, first, second = to_csv([row(), row(number=N2)]).rstrip("\r\n").split("\r\n")
+    invoices, errors = parse("\r\n".join([header, first, "", second]) + "\r\n")
+    assert errors == [] and [i.rows for i in invoices] == [[2], [4]]
+
+
+def test_a_bad_header_names_the_file_not_a_row() -> None:
+    exc = _refused("number,kind\r\n1,2\r\n")
+    assert exc.row is None and exc.field_error().as_dict()["path"] == "(file)"
 
 
 def test_unparseable_line_amount_gives_invalid_totals_and_a_field_error() -> None:

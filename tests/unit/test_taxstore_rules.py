@@ -39,11 +39,12 @@ def test_the_issuers_canonical_document_passes_and_hashes_the_same() -> None:
     assert parsed.key == (SELLER, doc["number"])
 
 
-def test_the_erp_spelling_passes_too() -> None:
-    raw = factories.invoice(SELLER)  # unit_price "100.00" rather than the canonical "100"
-    parsed = parse_submission({"invoice": raw})
-    assert isinstance(parsed, Submission) and parsed.digest == content_hash(raw) != issuer_content_hash(
-        canonical(InvoiceCreate.model_validate(raw)))
+def test_another_scale_of_the_same_numbers_passes_and_hashes_the_same() -> None:
+    doc = canonical_doc()  # unit_price "100.00", as the ERP sent it
+    respelled = {**doc, "lines": [{**doc["lines"][0], "unit_price": "100", "quantity": "2.000"}]}
+    parsed = parse_submission({"invoice": respelled})
+    assert isinstance(parsed, Submission) and parsed.doc["lines"][0]["unit_price"] == "100"
+    assert parsed.digest == content_hash(respelled) == issuer_content_hash(doc)
 
 
 def test_an_ordinary_invoice_needs_no_buyer_tax_id() -> None:
