@@ -246,7 +246,7 @@ def _ago(seconds: float | None) -> str:
 
 @app.command("summary")
 def summary(
-    month: str = typer.Option(..., "--month", help="the calendar month, YYYY-MM"),
+    month: str = typer.Option(..., "--month", help="the calendar month, YYYY-MM (2000-01 to 2099-12)"),
     tax_id: str = typer.Option(None, "--tax-id",
                                help="any seller, asked of the reconciler with the admin token (operators)"),
     api_key: str = typer.Option(None, "--api-key", envvar="FAPIAO_API_KEY",
@@ -256,6 +256,15 @@ def summary(
 ) -> None:
     """发票汇总确认: one seller's month, counts and sums (blue / red) here and at the tax authority, and every
     difference. Exit status 0 when both sides agree, 1 when they differ, 2 when it cannot be had."""
+    from shared.errors import ValidationFailed
+    from shared.validators import parse_month
+
+    month = month.strip()
+    try:
+        parse_month(month)  # the same check as the issuer's and the reconciler's, before asking either
+    except ValidationFailed as exc:
+        err.print("; ".join(f"[red]--{e.path}:[/red] {e.reason}" for e in exc.errors))
+        raise typer.Exit(2) from None
     _load_stack_env()
     if tax_id:
         url = url or os.environ.get("FAPIAO_RECONCILER_URL") or "http://127.0.0.1:8002"
