@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 
 from shared.validators import MONTH_RULE
-from tests.conftest import REPO, ReconPipeline, process_env
-from tests.steps import new_tenant
+from tests.conftest import REPO, ReconPipeline, eventually, process_env
+from tests.steps import issue, new_tenant, until_all
 
 NOT_MONTHS = ("9999-12", "2100-12", "1900-01", "1999-12", "2026-13", "2026-00", "2026-1", "26-11", "november",
               "\uff12\uff10\uff12\uff16-11", "2026-11-01", "")
@@ -60,3 +60,40 @@ async def test_months_are_checked_the_same_way_by_the_issuer_the_reconciler_and_
     edge = await asyncio.to_thread(_cli, p, "--month", "2099-12", "--tax-id", tenant.tax_id, "--json")
     assert edge.returncode == 0, edge.stderr  # an empty month matches
     assert '"month": "2099-12"' in edge.stdout
+
+
+async def test_the_reconcilers_4xx_reaches_the_tenant_as_that_same_problem(recon_pipeline: ReconPipeline) -> None:
+    p = recon_pipeline
+    tenant = await new_tenant(p, registered=False)  # the authority rejects this seller's invoices
+    [(number, iid)] = (await issue(p, tenant, 1)).items()
+    await until_all(p, tenant, "rejected", 1, timeout=60)
+    await eventually(lambda: _ledger_is(p, tenant.id, {"rejected": 1}), timeout=30)
+
+    note = "买方查不到 the buyer cannot find it"
+    via = await p.issuer.client.post(f"/v1/invoices/{iid}/cases", json={"note": note}, headers=tenant.headers)
+    # The reconciler's own answer to the same question, asked directly with the admin token.
+    direct = await p.recon("POST", "/admin/cases", json={"invoice_id": iid, "tenant_id": tenant.id,
+                                                          "seller_tax_id": tenant.tax_id, "number": number,
+                                                          "note": note})
+    assert (via.status_code, direct.status_code) == (409, 409), (via.text, direct.text)
+    assert "retry-after" not in via.headers, "a verdict on the request, not an outage"
+    answer = _problem(via)
+    assert answer == _problem(direct), "detail, code and every other member as the reconciler said them"
+    assert answer["invoice_state"] == "rejected" and answer["code"] == "conflict"
+    assert answer["detail"].startswith("the invoice is rejected: ") and "SELLER_NOT_REGISTERED" in answer["detail"]
+    assert via.json()["correlation_id"] == via.headers["x-correlation-id"], "the issuer's own correlation id"
+    view = (await p.issuer.client.get(f"/v1/invoices/{iid}", headers=tenant.headers)).json()
+    assert view["case_no"] is None and "case_opened" not in [t["kind"] for t in view["timeline"]]
+
+    # Only a reconciler that cannot answer (not reachable, timed out, 5xx) is a 503 with Retry-After.
+    p.reconciler.stop()
+    try:
+        down = await p.issuer.client.get("/v1/summaries/2026-11", headers=tenant.headers)
+        assert down.status_code == 503 and down.headers["retry-after"] == "5", down.text
+        assert down.json()["detail"] == "the reconciler is not reachable right now; retry shortly"
+    finally:
+        p.reconciler.start()
+
+
+async def _ledger_is(p: ReconPipeline, tenant_id: str, wanted: dict[str, int]) -> bool:
+    return await p.ledger(tenant_id) == wanted
