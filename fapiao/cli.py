@@ -334,6 +334,7 @@ def status(tenant: str = typer.Option(None, "--tenant", help="a tenant id: count
     if as_json:
         _emit({"services": body["services"], "counts": body["counts"], "total": body["total"],
                "stuck": body["stuck_total"], "lag": point.get("lag"), "dlq": point.get("dlq"),
+               "dlq_groups": point.get("dlq_groups"),
                "unconfirmed": point.get("unconfirmed"),
                "oldest_unconfirmed_seconds": point.get("oldest_unconfirmed_seconds"),
                "e2e_p50_seconds": point.get("e2e_p50"), "e2e_p95_seconds": point.get("e2e_p95"),
@@ -355,8 +356,11 @@ def status(tenant: str = typer.Option(None, "--tenant", help="a tenant id: count
                       f"unconfirmed: {_ago(point.get('oldest_unconfirmed_seconds'))}; end to end p50 "
                       f"{_ago(point.get('e2e_p50'))}, p95 {_ago(point.get('e2e_p95'))} (last 5 min)")
         dlq = {k: v for k, v in (point.get("dlq") or {}).items() if v}
-        if dlq:
-            console.print("[yellow]Dead letters:[/yellow] " + ", ".join(f"{k} {v}" for k, v in dlq.items()))
+        groups = point.get("dlq_groups") or {}
+        if dlq:  # records, each once however many consumer groups set it aside; then each group's share
+            console.print("[yellow]Dead letters (records):[/yellow] " + ", ".join(
+                f"{k} {v}" + (" (" + ", ".join(f"{g} {n}" for g, n in groups[k].items()) + ")" if groups.get(k) else "")
+                for k, v in dlq.items()))
         for where, problem in (body.get("errors") or {}).items():
             if problem:
                 console.print(f"[red]{where} cannot be read:[/red] {problem}")
