@@ -11,7 +11,8 @@ import subprocess
 import sys
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from shared.kafka import OffsetReader
 from shared.topics import INVOICE_EVENTS, dlq_name
@@ -116,3 +117,31 @@ async def test_bad_records_read_by_two_groups_count_once_and_once_per_group(reco
     line = next(ln for ln in text.stdout.splitlines() if ln.startswith("Dead letters"))
     assert f"{dlq} {records} (" in line and f"sync {want['sync']}" in line, line
     assert f"reconciler {want['reconciler']}" in line and f"{dlq} {2 * records}" not in line, line
+
+    # Dealt with and deleted (the runbook's way, delete_records up to the log end): the counts forget them.
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        tp = TopicPartition(dlq, 0)
+        end = await _log_end(bootstrap, tp)
+        await admin.delete_records({tp: RecordsToDelete(end)}, timeout_ms=10_000)
+    finally:
+        await admin.close()
+
+    def forgotten() -> dict[str, Any] | None:
+        point = _point(p)
+        return point if point and _counts(point, dlq) == (0, {}) else None
+
+    await eventually(forgotten, timeout=30, interval=0.3)
+    assert await metric(recon_issuer_http, "fapiao_dlq_records", topic=short) == 0
+    for group in groups.values():
+        assert await metric(recon_issuer_http, "fapiao_dlq_group_records", topic=short, group=group) == 0
+
+
+async def _log_end(bootstrap: str, tp: TopicPartition) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return (await consumer.end_offsets([tp]))[tp]
+    finally:
+        await consumer.stop()
