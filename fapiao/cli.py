@@ -420,7 +420,7 @@ def _ago(seconds: float | None) -> str:
 
 @app.command("summary")
 def summary(
-    month: str = typer.Option(..., "--month", help="the calendar month, YYYY-MM"),
+    month: str = typer.Option(..., "--month", help="the calendar month, YYYY-MM (2000-01 to 2099-12)"),
     tax_id: str = typer.Option(None, "--tax-id",
                                help="any seller, asked of the reconciler with the admin token (operators)"),
     api_key: str = typer.Option(None, "--api-key", envvar="FAPIAO_API_KEY",
@@ -430,6 +430,15 @@ def summary(
 ) -> None:
     """发票汇总确认: one seller's month, counts and sums (blue / red) here and at the tax authority, and every
     difference. Exit status 0 when both sides agree, 1 when they differ, 2 when it cannot be had."""
+    from shared.errors import ValidationFailed
+    from shared.validators import parse_month
+
+    month = month.strip()
+    try:
+        parse_month(month)  # the same check as the issuer's and the reconciler's, before asking either
+    except ValidationFailed as exc:
+        err.print("; ".join(f"[red]--{e.path}:[/red] {e.reason}" for e in exc.errors))
+        raise typer.Exit(2) from None
     _load_stack_env()
     if tax_id:
         url = url or os.environ.get("FAPIAO_RECONCILER_URL") or "http://127.0.0.1:8002"
@@ -499,6 +508,7 @@ def status(tenant: str = typer.Option(None, "--tenant", help="a tenant id: count
     if as_json:
         _emit({"services": body["services"], "counts": body["counts"], "total": body["total"],
                "stuck": body["stuck_total"], "lag": point.get("lag"), "dlq": point.get("dlq"),
+               "dlq_groups": point.get("dlq_groups"),
                "unconfirmed": point.get("unconfirmed"),
                "oldest_unconfirmed_seconds": point.get("oldest_unconfirmed_seconds"),
                "e2e_p50_seconds": point.get("e2e_p50"), "e2e_p95_seconds": point.get("e2e_p95"),
@@ -520,8 +530,11 @@ def status(tenant: str = typer.Option(None, "--tenant", help="a tenant id: count
                       f"unconfirmed: {_ago(point.get('oldest_unconfirmed_seconds'))}; end to end p50 "
                       f"{_ago(point.get('e2e_p50'))}, p95 {_ago(point.get('e2e_p95'))} (last 5 min)")
         dlq = {k: v for k, v in (point.get("dlq") or {}).items() if v}
-        if dlq:
-            console.print("[yellow]Dead letters:[/yellow] " + ", ".join(f"{k} {v}" for k, v in dlq.items()))
+        groups = point.get("dlq_groups") or {}
+        if dlq:  # records, each once however many consumer groups set it aside; then each group's share
+            console.print("[yellow]Dead letters (records):[/yellow] " + ", ".join(
+                f"{k} {v}" + (" (" + ", ".join(f"{g} {n}" for g, n in groups[k].items()) + ")" if groups.get(k) else "")
+                for k, v in dlq.items()))
         for where, problem in (body.get("errors") or {}).items():
             if problem:
                 console.print(f"[red]{where} cannot be read:[/red] {problem}")

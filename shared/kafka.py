@@ -11,7 +11,9 @@ import contextlib
 import logging
 import random
 import time
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +29,8 @@ from shared.metrics import CONSUMER_LAG
 from shared.topics import Topic
 
 __all__ = [
-    "BatchHandler", "CommitOnRevoke", "ConsumeLoop", "Handler", "KafkaProbe", "OffsetReader", "backoff_delay",
+    "BatchHandler", "CommitOnRevoke", "ConsumeLoop", "DeadLetterCount", "Handler", "KafkaProbe", "OffsetReader",
+    "backoff_delay", "dead_letter_origin",
     "consumer_config", "consumer_lag", "dead_letter", "ensure_topics", "ensure_topics_forever", "make_consumer",
     "make_producer", "producer_config",
 ]
@@ -303,6 +306,73 @@ async def consumer_lag(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
     return lag
 
 
+@dataclass
+class DeadLetterCount:
+    """One dead-letter topic's contents. Every consumer group that gives up on a record writes its own copy
+    (invoice.events.v1 has two groups: one bad event, two copies), and a group may write a record twice if it
+    stopped between the copy and its commit. So: `records` original records (distinct by the
+    dlq.origin.topic/partition/offset headers), `groups` for each consumer group (dlq.consumer.group) the
+    original records it set aside, and `copies` the records on the topic."""
+
+    records: int = 0
+    copies: int = 0
+    groups: dict[str, int] = field(default_factory=dict)
+
+
+def dead_letter_origin(record: ConsumerRecord) -> tuple[tuple[str, str, str], str]:
+    """(the original record's topic, partition, offset; the consumer group) of a dead letter, from the headers
+    dead_letter() adds. A record without them is its own origin; its group is "unknown"."""
+    h = {k: v.decode(errors="replace") for k, v in record.headers or () if v is not None}  # the last one wins
+    origin = (h.get("dlq.origin.topic"), h.get("dlq.origin.partition"), h.get("dlq.origin.offset"))
+    if None in origin:
+        origin = (record.topic, str(record.partition), str(record.offset))
+    return origin, h.get("dlq.consumer.group") or "unknown"  # type: ignore[return-value]
+
+
+class _DeadLetterTally:
+    """What OffsetReader.dead_letters has read so far, per dead-letter partition, in offset order."""
+
+    def __init__(self) -> None:
+        self.next_offset: dict[TopicPartition, int] = {}
+        self.entries: dict[TopicPartition, deque[tuple[int, tuple[str, str, str], str]]] = {}
+        self.copies: dict[str, Counter[tuple[str, str, str]]] = {}  # dlq topic -> origin -> copies
+        self.by_group: dict[str, Counter[tuple[tuple[str, str, str], str]]] = {}  # (origin, group) -> copies
+
+    def align(self, tp: TopicPartition, begin: int, end: int) -> int:
+        """Forget what the broker no longer holds; the offset to read from next."""
+        entries = self.entries.setdefault(tp, deque())
+        restart = self.next_offset.get(tp, 0) > end  # the topic was deleted and created again
+        while entries and (restart or entries[0][0] < begin):
+            _, origin, group = entries.popleft()
+            self._count(tp.topic, origin, group, -1)
+        self.next_offset[tp] = max(0 if restart else self.next_offset.get(tp, 0), begin)
+        return self.next_offset[tp]
+
+    def add(self, tp: TopicPartition, record: ConsumerRecord) -> None:
+        origin, group = dead_letter_origin(record)
+        self.entries.setdefault(tp, deque()).append((record.offset, origin, group))
+        self._count(tp.topic, origin, group, +1)
+
+    def _count(self, topic: str, origin: tuple[str, str, str], group: str, n: int) -> None:
+        copies, by_group = self.copies.setdefault(topic, Counter()), self.by_group.setdefault(topic, Counter())
+        copies[origin] += n
+        by_group[(origin, group)] += n
+        if copies[origin] <= 0:
+            del copies[origin]
+        if by_group[(origin, group)] <= 0:
+            del by_group[(origin, group)]
+
+    def counts(self, topics: Iterable[str]) -> dict[str, DeadLetterCount]:
+        out: dict[str, DeadLetterCount] = {}
+        for topic in sorted(set(topics)):
+            copies, by_group = self.copies.get(topic, Counter()), self.by_group.get(topic, Counter())
+            groups: dict[str, int] = {}
+            for _, group in by_group:
+                groups[group] = groups.get(group, 0) + 1
+            out[topic] = DeadLetterCount(len(copies), sum(copies.values()), dict(sorted(groups.items())))
+        return out
+
+
 class OffsetReader:
     """How far consumer groups are behind and how much topics hold, as the broker sees it (committed offsets
     against log ends): true even when the consumer itself is stuck or gone. Keeps its clients between reads."""
@@ -312,6 +382,7 @@ class OffsetReader:
         self.timeout = timeout
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._dead_letters = _DeadLetterTally()
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._consumer is None:
@@ -379,6 +450,39 @@ class OffsetReader:
             await self.close()
             raise
         return out
+
+    async def dead_letters(self, topics: Iterable[str]) -> dict[str, DeadLetterCount]:
+        """What each dead-letter topic holds now, counted per original record and per consumer group (see
+        DeadLetterCount). Reads only what was added since the last call (the tally stays between calls and
+        forgets records the broker deleted); a topic not read to its end within the timeout is finished on
+        the next call."""
+        deadline = time.monotonic() + self.timeout
+        tally = self._dead_letters
+        try:
+            _, consumer = await self._clients()
+            tps = await self._partitions(topics)
+            begin = await asyncio.wait_for(consumer.beginning_offsets(tps), self.timeout) if tps else {}
+            end = await asyncio.wait_for(consumer.end_offsets(tps), self.timeout) if tps else {}
+            if tps and set(consumer.assignment()) != set(tps):
+                consumer.assign(tps)
+            for tp in tps:
+                position = tally.align(tp, begin[tp], end[tp])
+                if position >= end[tp]:
+                    continue
+                consumer.seek(tp, position)
+                while position < end[tp] and (left := deadline - time.monotonic()) > 0:
+                    batch = await consumer.getmany(tp, timeout_ms=int(min(left, 1.0) * 1000), max_records=1000)
+                    records = [r for r in batch.get(tp, ()) if r.offset >= position]
+                    for r in records:
+                        tally.add(tp, r)
+                        position = r.offset + 1
+                    if not records:  # nothing fetched: skip what holds no records (transaction markers)
+                        position = max(position, await consumer.position(tp))
+                    tally.next_offset[tp] = position
+        except BaseException:
+            await self.close()
+            raise
+        return tally.counts(tp.topic for tp in tps)
 
     async def close(self) -> None:
         admin, consumer, self._admin, self._consumer = self._admin, self._consumer, None, None

@@ -1,14 +1,19 @@
-"""Field validators both HTTP doors use (the issuer's API and the tax store's): text that PostgreSQL
-jsonb and the content hash can hold, and money as bounded decimal strings (see shared.money)."""
+"""Field validators the HTTP doors and the CLI share: text that PostgreSQL jsonb and the content hash can
+hold, money as bounded decimal strings (see shared.money), and calendar months."""
 
 from __future__ import annotations
 
 import re
+from datetime import date
 from typing import Any
 
+from shared.errors import FieldError, ValidationFailed
 from shared.money import parse_amount, parse_decimal
 
-__all__ = ["amount_text", "clean_text", "decimal_text", "must_be_string"]
+__all__ = [
+    "FIRST_MONTH", "LAST_MONTH", "MONTH_RULE", "amount_text", "clean_text", "decimal_text", "must_be_string",
+    "parse_month",
+]
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -38,3 +43,22 @@ def amount_text(value: str) -> str:
 def decimal_text(value: str) -> str:
     parse_decimal(value)
     return value
+
+
+# The months a summary can be asked for. A fixed range, not one that moves with a clock: the issuer, the
+# reconciler and the CLI must agree on every month whatever their clocks and time zones say.
+FIRST_MONTH = date(2000, 1, 1)
+LAST_MONTH = date(2099, 12, 1)
+_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")  # ASCII digits only (\d would take full-width ones)
+MONTH_RULE = f"must be a calendar month as YYYY-MM from {FIRST_MONTH:%Y-%m} to {LAST_MONTH:%Y-%m}, e.g. 2026-11"
+
+
+def parse_month(value: str, *, field: str = "month") -> date:
+    """'2026-11' -> date(2026, 11, 1). Anything else — another format, month 00 or 13, a year outside
+    FIRST_MONTH..LAST_MONTH — is ValidationFailed (422) naming `field`, with the same reason everywhere."""
+    found = _MONTH.fullmatch(value) if isinstance(value, str) and len(value) == 7 else None
+    if found is not None and 1 <= int(found[2]) <= 12:
+        month = date(int(found[1]), int(found[2]), 1)
+        if FIRST_MONTH <= month <= LAST_MONTH:
+            return month
+    raise ValidationFailed([FieldError(field, MONTH_RULE)])

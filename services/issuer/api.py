@@ -32,6 +32,7 @@ from shared.errors import BadRequest, FieldError, NotFound, PayloadTooLarge, Una
 from shared.http import auth_dependency, require_admin
 from shared.money import parse_amount
 from shared.topics import INVOICE_EVENTS
+from shared.validators import parse_month
 
 router = APIRouter(prefix="/v1", tags=["invoices"])
 admin_router = APIRouter(prefix="/admin", tags=["admin"])
@@ -339,16 +340,11 @@ async def list_cases(tenant: TenantDep, rec: ReconcilerDep, q: Annotated[_CaseFi
                       for c in items if c.get("tenant_id") in (None, str(tenant.id))]}
 
 
-_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
-
-
-@router.get("/summaries/{month}", tags=["cases"], responses={422: {"description": "Not a month (YYYY-MM)"},
-                                                              **_RECONCILER_DOWN})
+@router.get("/summaries/{month}", tags=["cases"],
+            responses={422: {"description": "Not a month from 2000-01 to 2099-12 (YYYY-MM)"}, **_RECONCILER_DOWN})
 async def get_summary(month: str, tenant: TenantDep, rec: ReconcilerDep) -> dict[str, Any]:
     """The month's reconciliation for this seller: issued, confirmed, gaps, stuck, cases."""
-    found = _MONTH.fullmatch(month)
-    if found is None or not 1 <= int(found[2]) <= 12 or int(found[1]) < 2000:
-        raise ValidationFailed([FieldError("month", "must be a calendar month as YYYY-MM, e.g. 2026-11")])
+    parse_month(month)  # the reconciler and the CLI check months with the same function
     return await rec.summary(seller_tax_id=tenant.tax_id, month=month)
 
 

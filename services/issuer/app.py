@@ -68,7 +68,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
             app.state.ops_sampler = sampler
             app.state.ledger = LedgerClient(app.state.reconciler_http, timeout=settings.reconciler_timeout)
             app.state.schedule = LedgerClient(app.state.reconciler_http, timeout=settings.schedule_timeout)
-            self_check = SelfCheck(sessions=rt.sessions, ledger=app.state.ledger,
+            self_check = SelfCheck(sessions=rt.worker_sessions, ledger=app.state.ledger,
                                    interval=settings.self_check_interval, grace=settings.self_check_grace,
                                    batch=settings.self_check_batch)
             app.state.self_check = self_check

@@ -2,20 +2,28 @@
 notification history and mutes (notifier).
 
 Those services own that data; the issuer is the tenant's one public base URL, so it asks on the tenant's
-behalf with the admin token, having checked what it can itself (the invoice is the tenant's). Every failure
-to get a usable answer (refused, timed out, 5xx, a body that is not the contract) is one error for the
-tenant: 503 with Retry-After. Logs name the call, never the token.
+behalf with the admin token, having checked what it can itself (the invoice is the tenant's).
+
+- A backend's 4xx problem about the request (the reconciler's every 4xx but 401/403; the notifier's 400, 404,
+  409 and 422) reaches the tenant as that same status and problem: detail, code, field paths (`errors`) and
+  any other members kept.
+- Everything else is one error for the tenant, 503 with Retry-After: refused or reset connections and
+  timeouts ("not reachable"), 5xx, a 401/403 (this deployment's admin tokens differ: nothing the tenant can
+  fix), an answer that is not the contract ("cannot answer").
+
+Logs name the call, never the token.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from http import HTTPStatus
 from typing import Any
 
 import httpx
 
-from shared.errors import Conflict, FapiaoError, NotFound, ServiceUnavailable
+from shared.errors import FapiaoError, ServiceUnavailable
 
 __all__ = ["CASE_NO", "BackendClient", "NotifierClient", "Passed", "ReconcilerClient", "make_http"]
 
@@ -32,14 +40,16 @@ def make_http(base_url: str, admin_token: str, timeout: float) -> httpx.AsyncCli
 
 
 class Passed(FapiaoError):
-    """A backend's own answer to a request that was the tenant's to get right (404, 409, 422): passed on as is."""
+    """A backend's own 4xx answer to a request that was the tenant's to get right: passed on as is (the issuer's
+    own correlation id replaces the backend's)."""
 
     def __init__(self, status: int, body: dict[str, Any]) -> None:
         super().__init__(str(body.get("detail") or ""))
         self.status = status
-        self.title = str(body.get("title") or "Error")
+        self.title = str(body.get("title") or _phrase(status))
         self.code = str(body.get("code") or "error")
-        self.extra = {k: v for k, v in body.items() if k not in ("status", "title", "detail", "code", "type")}
+        self.extra = {k: v for k, v in body.items()
+                      if k not in ("status", "title", "detail", "code", "type", "correlation_id")}
 
 
 class BackendClient:
@@ -58,20 +68,25 @@ class BackendClient:
     def unusable(self) -> str:
         return f"the {self.name} cannot answer this right now; retry shortly"
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def passes(self, status: int) -> bool:
+        """Whether this 4xx is the backend's verdict on the tenant's request, to be passed on as is."""
+        return status in self.PASS_THROUGH
+
+    async def _call(self, method: str, path: str, *, handles: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
+        """The backend's answer; `handles`: statuses the caller turns into its own answer."""
         try:
             r = await self.http.request(method, path, timeout=self.timeout, **kwargs)
         except httpx.HTTPError as exc:  # refused, reset, timed out: the tenant can only wait and retry
             log.warning("%s %s %s failed: %s", self.name, method, path, type(exc).__name__)
             raise ServiceUnavailable(self.unreachable, retry_after=RETRY_AFTER_SECONDS) from None
-        if r.status_code >= 500:
+        if r.status_code >= 500:  # it answered, so it is reachable: it cannot answer this now
             log.warning("%s %s %s answered %d", self.name, method, path, r.status_code)
-            raise ServiceUnavailable(self.unreachable, retry_after=RETRY_AFTER_SECONDS)
+            raise ServiceUnavailable(self.unusable, retry_after=RETRY_AFTER_SECONDS)
         if r.status_code in (401, 403):
             # The tenant did nothing wrong: this deployment's FAPIAO_ADMIN_TOKEN differs from the backend's.
             log.error("%s %s %s refused the issuer's admin token (%d)", self.name, method, path, r.status_code)
             raise ServiceUnavailable(self.unusable, retry_after=RETRY_AFTER_SECONDS)
-        if r.status_code in self.PASS_THROUGH:
+        if r.status_code not in handles and self.passes(r.status_code):
             body = _body(r)
             if body is None:
                 raise self._unusable(r, f"status {r.status_code} without a problem body")
@@ -91,6 +106,13 @@ class BackendClient:
         return ServiceUnavailable(self.unusable, retry_after=RETRY_AFTER_SECONDS)
 
 
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def _body(r: httpx.Response) -> dict[str, Any] | None:
     try:
         body = r.json()
@@ -100,23 +122,25 @@ def _body(r: httpx.Response) -> dict[str, Any] | None:
 
 
 class ReconcilerClient(BackendClient):
+    """Every 4xx of the reconciler's but 401/403 is its verdict on what the tenant asked (a month it does not
+    take, an invoice it cannot open a case for): the tenant gets that very problem."""
+
     name = "reconciler"
-    PASS_THROUGH = (422,)
+
+    def passes(self, status: int) -> bool:
+        return 400 <= status < 500 and status not in (401, 403)
 
     async def open_case(self, *, invoice_id: str, tenant_id: str, seller_tax_id: str, number: str,
                         note: str | None) -> tuple[int, dict[str, Any]]:
-        """(201 opened | 200 already open, the case). 404 and 409 pass through with the reconciler's detail."""
+        """(201 opened | 200 already open, the case). 404, 409 and 422 pass through as the reconciler's problem."""
         r = await self._call("POST", "/admin/cases", json={
             "invoice_id": invoice_id, "tenant_id": tenant_id, "seller_tax_id": seller_tax_id, "number": number,
             "note": note})
-        if r.status_code == 404:
-            raise NotFound(_detail(r) or f"no invoice {invoice_id}")
-        if r.status_code == 409:
-            raise Conflict(_detail(r) or "no case can be opened for this invoice")
         return r.status_code, self._case(r, expect=(200, 201))
 
     async def get_case(self, case_no: str) -> dict[str, Any] | None:
-        r = await self._call("GET", f"/admin/cases/{case_no}")
+        """The case, or None when the reconciler has none (the caller words the 404 for the tenant)."""
+        r = await self._call("GET", f"/admin/cases/{case_no}", handles=(404,))
         return None if r.status_code == 404 else self._case(r, expect=(200,))
 
     async def list_cases(self, *, tenant_id: str, status: str | None, limit: int) -> list[dict[str, Any]]:
@@ -138,15 +162,6 @@ class ReconcilerClient(BackendClient):
         if not isinstance(case.get("case_no"), str) or not CASE_NO.fullmatch(case["case_no"]):
             raise self._unusable(r, "no valid case_no")
         return case
-
-
-def _detail(r: httpx.Response) -> str | None:
-    try:
-        body = r.json()
-    except ValueError:
-        return None
-    detail = body.get("detail") if isinstance(body, dict) else None
-    return detail[:500] if isinstance(detail, str) and detail else None
 
 
 class NotifierClient(BackendClient):

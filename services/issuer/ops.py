@@ -6,6 +6,10 @@ seconds of them in memory, so that the page's charts (sync lag, end-to-end laten
 invoices) have a history as soon as the page opens: consumer-group lag and dead-letter counts from the broker,
 gaps, stuck invoices and confirmation latency from the reconciler, counts from the issuer's own ledger. Each
 issuer replica keeps its own history.
+
+Dead letters are counted per original record, not per copy: every consumer group that gives up on a record
+writes its own copy (20 bad events on invoice.events.v1 are 40 copies, one per group), so the figure is the
+records set aside, with the groups that set each aside alongside (shared.kafka.DeadLetterCount).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from services.issuer import service
 from services.issuer.settings import IssuerSettings
 from shared.db import transaction
 from shared.http import require_admin
-from shared.kafka import OffsetReader
+from shared.kafka import DeadLetterCount, OffsetReader
 from shared.loops import run_rounds
 from shared.topics import ALERTS as ALERTS_TOPIC
 from shared.topics import ALL_TOPICS, INVOICE_EVENTS, NOTIFICATIONS, RECONCILIATION, RESYNC_REQUESTS, SYNC_RESULTS
@@ -37,7 +41,10 @@ __all__ = ["OpsSampler", "page_router", "router"]
 
 log = logging.getLogger(__name__)
 
-DLQ_RECORDS = Gauge("fapiao_dlq_records", "Records on a dead-letter topic (events set aside by a consumer)", ["topic"])
+DLQ_RECORDS = Gauge("fapiao_dlq_records", "Original records a dead-letter topic holds, each counted once however "
+                    "many consumer groups set it aside", ["topic"])
+DLQ_GROUP_RECORDS = Gauge("fapiao_dlq_group_records", "Original records a consumer group set aside on a dead-letter "
+                          "topic", ["topic", "group"])
 INVOICES = Gauge("fapiao_issuer_invoices", "Invoices in the issuer's ledger, by status", ["status"])
 GROUP_LAG = Gauge("fapiao_consumer_group_lag_records",
                   "Records a consumer group has not committed yet, as the broker sees it", ["group"])
@@ -80,14 +87,18 @@ class OpsSampler:
     def stop(self) -> None:
         self.stopping.set()
 
-    async def _kafka(self) -> tuple[dict[str, int | None] | None, dict[str, int] | None, str | None]:
+    async def _kafka(self) -> tuple[dict[str, int | None] | None, dict[str, DeadLetterCount] | None, str | None]:
         try:
             lags = await self.offsets.lags({group: topics for group, topics in self.groups.values()})
-            dlq = await self.offsets.sizes(self.dlq_topics)
+            dlq = await self.offsets.dead_letters(self.dlq_topics)
         except Exception as exc:  # noqa: BLE001 - the dashboard says Kafka cannot be read; it does not fail
             return None, None, f"{type(exc).__name__}: {exc}"[:200]
         by_name = {name: lags[group] for name, (group, _) in self.groups.items()}
         return by_name, dlq, None
+
+    def _group_name(self, group: str) -> str:
+        """A consumer group as the dashboard names it (sync, reconciler, ...); another group by its id."""
+        return next((name for name, (g, _) in self.groups.items() if g == group), group)
 
     async def _reconciler(self) -> tuple[dict[str, Any] | None, str | None]:
         try:
@@ -108,15 +119,23 @@ class OpsSampler:
             INVOICES.labels(status).set(n)
         if dlq is not None:
             DLQ_RECORDS.clear()
-            for topic, n in dlq.items():
-                DLQ_RECORDS.labels(topic.removeprefix(self.settings.topic_prefix)).set(n)
+            DLQ_GROUP_RECORDS.clear()
+            for topic, count in dlq.items():
+                label = topic.removeprefix(self.settings.topic_prefix)
+                DLQ_RECORDS.labels(label).set(count.records)
+                for group, n in count.groups.items():
+                    DLQ_GROUP_RECORDS.labels(label, group).set(n)
         GROUP_LAG.clear()
         for name, n in (lags or {}).items():
             if n is not None:
                 GROUP_LAG.labels(self.groups[name][0]).set(n)
         latency = (recon or {}).get("confirmation_latency") or {}
         point = {
-            "t": round(time.time(), 3), "lag": lags, "dlq": dlq, "counts": figures["counts"],
+            "t": round(time.time(), 3), "lag": lags, "counts": figures["counts"],
+            # per topic: original records; and for each consumer group, the records it set aside
+            "dlq": None if dlq is None else {t: c.records for t, c in dlq.items()},
+            "dlq_groups": None if dlq is None else {
+                t: {self._group_name(g): n for g, n in c.groups.items()} for t, c in dlq.items()},
             "unconfirmed": (recon or {}).get("unconfirmed"), "stuck": (recon or {}).get("stuck"),
             "oldest_unconfirmed_seconds": (recon or {}).get("oldest_unconfirmed_seconds"),
             "e2e_p50": latency.get("p50"), "e2e_p95": latency.get("p95"), "confirmed_recently": latency.get("count"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -17,9 +17,9 @@ from services.reconciler.metrics import RESTATEMENTS
 from services.reconciler.rules import Policy
 from services.reconciler.store import StoreUnavailable, StoreView
 from shared.db import transaction
-from shared.errors import FieldError, NotFound, ServiceUnavailable, ValidationFailed
+from shared.errors import NotFound, ServiceUnavailable
 from shared.http import require_admin
-from shared.validators import clean_text
+from shared.validators import clean_text, parse_month
 
 router = APIRouter(prefix="/admin", tags=["operations"], dependencies=[Depends(require_admin)])
 
@@ -140,18 +140,11 @@ async def list_cases(request: Request, tenant_id: uuid.UUID | None = None,
         return {"items": await service.list_cases(session=session, tenant_id=tenant_id, status=status, limit=limit)}
 
 
-def _month(value: str) -> date:
-    match = re.fullmatch(r"(\d{4})-(\d{2})", value)
-    if match is None or not 1 <= int(match[2]) <= 12 or int(match[1]) < 2000:
-        raise ValidationFailed([FieldError("month", "must be a month such as 2026-11")])
-    return date(int(match[1]), int(match[2]), 1)
-
-
 @router.get("/summary")
 async def summary(request: Request, seller_tax_id: Annotated[str, Query(min_length=18, max_length=18)],
-                  month: Annotated[str, Query(max_length=7)]) -> dict[str, Any]:
+                  month: Annotated[str, Query(description="YYYY-MM, 2000-01 to 2099-12")]) -> dict[str, Any]:
     """发票汇总确认: one seller's month here vs. at the tax store, with every difference."""
-    first = _month(month)
+    first = parse_month(month)  # the issuer and the CLI check months with the same function
     st = _state(request)
     last = (first.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
     store: list[StoreView] = []
