@@ -34,7 +34,7 @@ async def migrate(settings: SyncSettings) -> None:
     await upgrade_async(migrations_dir=MIGRATIONS, database_url=settings.database_url, schema=models.SCHEMA)
 
 
-async def _run_syncer(app: FastAPI, settings: SyncSettings) -> None:
+async def _run_syncer(app: FastAPI, settings: SyncSettings, stopping: asyncio.Event) -> None:
     """Start the DLQ producer (Kafka may still be coming up), then the consumer and the scheduler."""
     await ensure_topics_forever(settings.kafka_bootstrap, ALL_TOPICS, prefix=settings.topic_prefix,
                                 partitions=settings.kafka_partitions,
@@ -52,6 +52,10 @@ async def _run_syncer(app: FastAPI, settings: SyncSettings) -> None:
             with contextlib.suppress(Exception):
                 await producer.stop()
             await asyncio.sleep(delay)
+    if stopping.is_set():
+        # Shutting down while the producer started: a cancellation can be lost inside aiokafka's start().
+        await asyncio.wait_for(producer.stop(), 10)
+        return
     syncer = Syncer(settings=settings, sessions=app.state.worker_sessions, client=app.state.client,
                     producer=producer)
     app.state.syncer = syncer
@@ -75,15 +79,21 @@ def create_app(settings: SyncSettings | None = None) -> FastAPI:
                                     max_connections=settings.max_in_flight * 4)
             app.state.client = client
             app.state.syncer = None
-            task = asyncio.create_task(_run_syncer(app, settings), name="syncer")
+            stopping = asyncio.Event()
+            task = asyncio.create_task(_run_syncer(app, settings, stopping), name="syncer")
             log.info("sync ready on %s:%d, submitting to %s", settings.host, settings.port, settings.taxstore_url)
             try:
                 yield
             finally:
+                stopping.set()
                 if app.state.syncer is not None:
                     app.state.syncer.stop()
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                done, _ = await asyncio.wait({task}, timeout=20)
+                if not done:  # bounded: never hang a shutdown
+                    log.error("the syncer did not stop within 20 s; cancelling it again")
+                    task.cancel()
+                    await asyncio.wait({task}, timeout=5)
                 await client.close()
 
     app = FastAPI(title="Fapiao Sync — sync", version="1", lifespan=lifespan,
