@@ -487,7 +487,7 @@ async def recon_issuer(infra: Infra, recon_plan: ReconProcesses, recon_database:
     settings = issuer_settings(infra, database_url=recon_database, topic_prefix=recon_plan.prefix,
                                reconciler_url=recon_plan.reconciler.url, notifier_url=recon_plan.notifier.url,
                                taxstore_url=recon_plan.taxstore.url, sync_url=recon_plan.sync.url,
-                               self_check_interval=1.0, self_check_grace=5.0)
+                               self_check_interval=2.0, self_check_grace=5.0)
     app, client, lifespan = await start_issuer(settings)
     try:
         yield RunningIssuer(app, client, settings)

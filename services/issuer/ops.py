@@ -76,6 +76,7 @@ class OpsSampler:
         self.series: deque[dict[str, Any]] = deque(maxlen=size)
         self.latest: dict[str, Any] = {}
         self.stopping = asyncio.Event()
+        self._abandoned: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
         try:
@@ -88,6 +89,21 @@ class OpsSampler:
         self.stopping.set()
 
     async def _kafka(self) -> tuple[dict[str, int | None] | None, dict[str, DeadLetterCount] | None, str | None]:
+        # A hard bound over the reader's own timeouts: an aiokafka call that ignores its cancellation must not
+        # stop the readings (the dashboard would show a stale picture as if it were now).
+        reading = asyncio.ensure_future(self._read_kafka())
+        done, _ = await asyncio.wait({reading}, timeout=3 * self.offsets.timeout + 1)
+        if done:
+            return reading.result()
+        reading.cancel()
+        stuck = self.offsets
+        self.offsets = OffsetReader(self.settings.kafka_bootstrap, timeout=stuck.timeout)
+        self._abandoned = asyncio.ensure_future(stuck.close())  # in the background, never awaited here
+        log.warning("reading consumer lag and dead letters took longer than %.0f s; starting over",
+                    3 * stuck.timeout + 1)
+        return None, None, "TimeoutError: Kafka could not be read in time"
+
+    async def _read_kafka(self) -> tuple[dict[str, int | None] | None, dict[str, DeadLetterCount] | None, str | None]:
         try:
             lags = await self.offsets.lags({group: topics for group, topics in self.groups.values()})
             dlq = await self.offsets.dead_letters(self.dlq_topics)

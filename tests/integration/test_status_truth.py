@@ -244,3 +244,65 @@ def _finding_event(iid: str, tenant_id: uuid.UUID, f) -> object:  # type: ignore
         data |= {"acked_at": now, "receipt_no": "R-1"}
     return new_envelope(source=RECONCILER_SOURCE, type=event_type, subject=iid, tenant=str(tenant_id),
                         sequence=f.seq, data=data)
+
+
+async def test_explanations_quote_the_reconcilers_schedule_as_it_is_at_read_time(
+        recon_pipeline: ReconPipeline) -> None:
+    """A probe found "next at 04:40:40 UTC" still shown two minutes later while the reconciler had moved on."""
+    p = recon_pipeline
+    tenant = await new_tenant(p)
+    await p.faults(visibility_delay_ms=20_000)  # acknowledged, not visible: the reconciler keeps checking
+    (iid,) = (await issue(p, tenant, 1)).values()
+
+    async def explained_by_the_reconciler() -> bool:
+        rows = await _sql(p, "select reason_source, status from issuer.invoices where id = :i", i=uuid.UUID(iid))
+        return rows[0][0] == "reconciler" and rows[0][1] in ("submitted", "retrying")
+    await eventually(explained_by_the_reconciler, timeout=30, interval=0.3)
+    # The reconciler reschedules its next check (as a resync or an operator would) without telling the issuer.
+    planned = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
+
+    async def ledger_time() -> datetime:
+        return (await _sql(p, "select next_check_at from reconciler.ledger where invoice_id = :i",
+                           i=uuid.UUID(iid)))[0][0]
+    for _ in range(5):  # a check round holding the row at that moment may write its own time over ours
+        async with p.issuer.app.state.engine.begin() as conn:  # type: ignore[attr-defined]
+            await conn.execute(text("update reconciler.ledger set next_check_at = :t, check_requested_by = null "
+                                    "where invoice_id = :i"), {"t": planned, "i": uuid.UUID(iid)})
+        view = await steps.detail(p, tenant, iid)
+        if await ledger_time() == planned:
+            break
+    stored = (await _sql(p, "select recon->>'next_check_at' from issuer.invoices where id = :i",
+                         i=uuid.UUID(iid)))[0][0]
+    assert datetime.fromisoformat(view["next_action_at"]) == planned, (view["next_action_at"], stored)
+    assert planned.strftime("%H:%M:%S UTC") in view["next_action"]
+    assert stored is None or datetime.fromisoformat(stored) != planned
+    # The list and the operator's view read the same live schedule.
+    listed = (await p.issuer.client.get(f"/v1/invoices?number={view['number']}", headers=tenant.headers)).json()
+    assert datetime.fromisoformat(listed["items"][0]["next_action_at"]) == planned
+    await p.clear_faults()
+    await p.recon("POST", f"/admin/invoices/{iid}/check")
+    await steps.until_all(p, tenant, "confirmed", 1, timeout=60)
+
+
+async def test_without_the_reconciler_a_past_check_time_says_it_is_overdue(recon_pipeline: ReconPipeline) -> None:
+    """When the live schedule cannot be read, the stored time is shown, and once it has passed it says so."""
+    p = recon_pipeline
+    tenant = await new_tenant(p)
+    (iid,) = (await issue(p, tenant, 1)).values()
+    await steps.until_all(p, tenant, "confirmed", 1, timeout=60)
+    past = (datetime.now(UTC) - timedelta(minutes=3)).isoformat()
+    p.reconciler.kill()  # before the row is changed: the self-check must not put it right under our eyes
+    async with p.issuer.app.state.engine.begin() as conn:  # type: ignore[attr-defined]
+        # As the row would read had the last finding been "awaiting visibility" three minutes ago.
+        await conn.execute(text(
+            "update issuer.invoices set status = 'submitted', finding_status = 'submitted', reason_source = "
+            "'reconciler', recon = recon || jsonb_build_object('type', 'cn.fapiao.invoice.awaiting-visibility.v1', "
+            "'acked_at', CAST(:p AS text), 'next_check_at', CAST(:p AS text)) where id = :i"),
+            {"p": past, "i": uuid.UUID(iid)})
+    try:
+        view = await steps.detail(p, tenant, iid)
+        assert view["next_action"].startswith("Check visibility now (it was due at "), view["next_action"]
+    finally:
+        p.reconciler.start()
+    # The self-check puts it right once the reconciler is back (it is confirmed in the ledger).
+    await steps.until_all(p, tenant, "confirmed", 1, timeout=60)
