@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent / "openapi"
+ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("issuer", "sync", "reconciler", "notifier", "taxstore")
 
 # create_app() in a process of its own: it configures logging, which would change this test session's.
@@ -31,7 +32,7 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")} | {
         "FAPIAO_ENV": "development", "FAPIAO_DATABASE_URL": "postgresql://u:p@127.0.0.1:9/openapi",
         "FAPIAO_ADMIN_TOKEN": "openapi-" + "x" * 24, "FAPIAO_KAFKA_BOOTSTRAP": "127.0.0.1:9",
-        "FAPIAO_LOG_JSON": "false", "FAPIAO_LOG_LEVEL": "WARNING"}
+        "FAPIAO_LOG_JSON": "false", "FAPIAO_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}  # this tree's code
     done = subprocess.run([sys.executable, "-c", _DUMP, *SERVICES], env=env, capture_output=True, text=True,
                           timeout=120, cwd=tmp_path_factory.mktemp("openapi"), check=False)
     assert done.returncode == 0, done.stderr
