@@ -732,7 +732,7 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("[red]interrupted[/red]")
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - a command line answers in one line, never with a traceback
+    except Exception as exc:  # a command line answers in one line, never with a traceback (FAPIAO_DEBUG: it does)
         if os.environ.get("FAPIAO_DEBUG"):
             raise
         err.print(f"[red]fapiao failed:[/red] {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "

@@ -32,7 +32,7 @@ class MailDir:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._seq = itertools.count(1)
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # aiosmtpd: handle_<VERB>
         content = envelope.original_content or b""
         head = (f"X-Sink-Mail-From: {envelope.mail_from}\r\n"
                 f"X-Sink-Rcpt-To: {', '.join(envelope.rcpt_tos)}\r\n").encode()

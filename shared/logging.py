@@ -23,7 +23,7 @@ def redact(text: str) -> str:
     return _SECRETS.sub("[redacted]", text)
 
 
-class bind:  # noqa: N801 - used like a function: `with bind(invoice_id=...)`
+class bind:  # lower case: used like a function: `with bind(invoice_id=...)`
     """Set context fields for the log lines emitted inside the block."""
 
     def __init__(self, *, correlation: str | None = None, invoice: str | None = None) -> None:

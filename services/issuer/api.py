@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.issuer import service
-from services.issuer.backends import CASE_NO, ReconcilerClient
+from services.issuer.backends import ReconcilerClient
 from services.issuer.csv_import import CsvFormatError, parse_csv, row_errors
 from services.issuer.lifecycle import Status
 from services.issuer.schemas import (
@@ -26,6 +26,8 @@ from services.issuer.schemas import (
     VoidRequest,
 )
 from services.issuer.settings import IssuerSettings
+from shared.contracts.cases import CaseStatus, is_case_no
+from shared.contracts.reconciler import CaseDetail, CaseView
 from shared.db import transaction
 from shared.errors import BadRequest, FieldError, NotFound, PayloadTooLarge, Unauthorized, ValidationFailed
 from shared.http import auth_dependency, require_admin
@@ -272,9 +274,13 @@ async def void_invoice(request: Request, invoice_id: str, body: VoidRequest, ten
 _RECONCILER_DOWN = {503: {"description": "The reconciler cannot answer right now; see Retry-After"}}
 
 
-def _case_out(case: dict[str, Any], invoice: dict[str, Any] | None) -> dict[str, Any]:
+def _tenants_view(case: CaseView) -> dict[str, Any]:
     # Tenant ids are internal: a tenant knows itself by its API key.
-    return {**{k: v for k, v in case.items() if k != "tenant_id"}, "invoice": invoice}
+    return case.model_dump(mode="json", exclude={"tenant_id"})
+
+
+def _case_out(case: CaseView, invoice: dict[str, Any] | None) -> dict[str, Any]:
+    return {**_tenants_view(case), "invoice": invoice}
 
 
 @router.post("/invoices/{invoice_id}/cases", status_code=201, tags=["cases"],
@@ -290,20 +296,20 @@ async def open_case(request: Request, invoice_id: str, tenant: TenantDep, rec: R
     async with transaction(sessions) as session:
         subject = await service.get_case_subject(session=session, tenant=tenant, invoice_id=invoice_id)
     # No transaction held across the call: the reconciler may take its full timeout.
-    status, case = await rec.open_case(invoice_id=str(subject.invoice_id), tenant_id=str(tenant.id),
+    status, case = await rec.open_case(invoice_id=subject.invoice_id, tenant_id=tenant.id,
                                        seller_tax_id=subject.seller_tax_id, number=subject.number, note=note)
     async with transaction(sessions) as session:
         view = await service.record_case(session=session, tenant=tenant, invoice_id=invoice_id,
-                                         case_no=case["case_no"], opened=status == 201, note=note)
+                                         case_no=case.case_no, opened=status == 201, note=note)
     return JSONResponse(_case_out(case, view), status_code=status)
 
 
-async def tenants_case(tenant: service.Tenant, rec: ReconcilerClient, case_no: str) -> dict[str, Any]:
+async def tenants_case(tenant: service.Tenant, rec: ReconcilerClient, case_no: str) -> CaseDetail:
     missing = NotFound(f"no case {case_no[:40]}")
-    if not CASE_NO.fullmatch(case_no):
+    if not is_case_no(case_no):
         raise missing
     case = await rec.get_case(case_no)
-    if case is None or case.get("tenant_id") != str(tenant.id):  # another tenant's case is no case at all
+    if case is None or case.tenant_id != tenant.id:  # another tenant's case is no case at all
         raise missing
     return case
 
@@ -314,29 +320,26 @@ async def get_case(request: Request, case_no: str, tenant: TenantDep, rec: Recon
                    schedule: ScheduleDep) -> dict[str, Any]:
     """A case's progress: its status, what was checked and when, and the invoice as it stands now."""
     case = await tenants_case(tenant, rec, case_no)
-    invoice = None
-    if isinstance(case.get("invoice_id"), str):
-        async with transaction(_state(request).sessions) as session:
-            try:
-                invoice = await service.get_invoice_view(session=session, tenant=tenant,
-                                                         invoice_id=case["invoice_id"], schedule=schedule)
-            except NotFound:
-                invoice = None  # e.g. a case about an invoice found at the authority but never issued here
+    async with transaction(_state(request).sessions) as session:
+        try:
+            invoice = await service.get_invoice_view(session=session, tenant=tenant,
+                                                     invoice_id=str(case.invoice_id), schedule=schedule)
+        except NotFound:
+            invoice = None  # e.g. a case about an invoice found at the authority but never issued here
     return _case_out(case, invoice)
 
 
 class _CaseFilters(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    status: Literal["open", "resolved", "closed"] | None = None
+    status: CaseStatus | None = None
     limit: int = Field(default=50, ge=1, le=200)
 
 
 @router.get("/cases", tags=["cases"], responses=_RECONCILER_DOWN)
 async def list_cases(tenant: TenantDep, rec: ReconcilerDep, q: Annotated[_CaseFilters, Query()]) -> dict[str, Any]:
     """This tenant's cases, optionally only those open, resolved or closed."""
-    items = await rec.list_cases(tenant_id=str(tenant.id), status=q.status, limit=q.limit)
-    return {"items": [{k: v for k, v in c.items() if k != "tenant_id"}
-                      for c in items if c.get("tenant_id") in (None, str(tenant.id))]}
+    cases = await rec.list_cases(tenant_id=tenant.id, status=q.status, limit=q.limit)
+    return {"items": [_tenants_view(c) for c in cases.items if c.tenant_id == tenant.id]}
 
 
 @router.get("/summaries/{month}", tags=["cases"],

@@ -17,19 +17,21 @@ Logs name the call, never the token.
 from __future__ import annotations
 
 import logging
-import re
+import uuid
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
+from shared.contracts.cases import CaseStatus
+from shared.contracts.reconciler import CaseDetail, CaseList, CaseOpen
 from shared.errors import FapiaoError, ServiceUnavailable
 
-__all__ = ["CASE_NO", "BackendClient", "NotifierClient", "Passed", "ReconcilerClient", "make_http"]
+__all__ = ["BackendClient", "NotifierClient", "Passed", "ReconcilerClient", "make_http"]
 
 log = logging.getLogger(__name__)
 
-CASE_NO = re.compile(r"CASE-[0-9]{8}-[0-9]{6}")  # use fullmatch: "$" would let a trailing newline through
 RETRY_AFTER_SECONDS = 5
 
 
@@ -101,9 +103,21 @@ class BackendClient:
             raise self._unusable(r, "not a JSON object")
         return body
 
+    def _model(self, r: httpx.Response, model: type[M], *, expect: tuple[int, ...]) -> M:
+        body = self._json(r, expect=expect)
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise self._unusable(r, f"not a {model.__name__}: {'.'.join(map(str, first['loc']))} "
+                                    f"{first['msg']}") from None
+
     def _unusable(self, r: httpx.Response, why: str) -> ServiceUnavailable:
         log.error("%s %s %s gave an unusable answer (%s)", self.name, r.request.method, r.request.url.path, why)
         return ServiceUnavailable(self.unusable, retry_after=RETRY_AFTER_SECONDS)
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def _phrase(status: int) -> str:
@@ -130,38 +144,30 @@ class ReconcilerClient(BackendClient):
     def passes(self, status: int) -> bool:
         return 400 <= status < 500 and status not in (401, 403)
 
-    async def open_case(self, *, invoice_id: str, tenant_id: str, seller_tax_id: str, number: str,
-                        note: str | None) -> tuple[int, dict[str, Any]]:
+    async def open_case(self, *, invoice_id: uuid.UUID, tenant_id: uuid.UUID, seller_tax_id: str, number: str,
+                        note: str | None) -> tuple[int, CaseDetail]:
         """(201 opened | 200 already open, the case). 404, 409 and 422 pass through as the reconciler's problem."""
-        r = await self._call("POST", "/admin/cases", json={
-            "invoice_id": invoice_id, "tenant_id": tenant_id, "seller_tax_id": seller_tax_id, "number": number,
-            "note": note})
-        return r.status_code, self._case(r, expect=(200, 201))
+        # Not validated here: the reconciler does, and its 422 (e.g. a tenant's short tax id) reaches the tenant.
+        body = CaseOpen.model_construct(invoice_id=invoice_id, tenant_id=tenant_id, seller_tax_id=seller_tax_id,
+                                        number=number, note=note)
+        r = await self._call("POST", "/admin/cases", json=body.model_dump(mode="json"))
+        return r.status_code, self._model(r, CaseDetail, expect=(200, 201))
 
-    async def get_case(self, case_no: str) -> dict[str, Any] | None:
+    async def get_case(self, case_no: str) -> CaseDetail | None:
         """The case, or None when the reconciler has none (the caller words the 404 for the tenant)."""
         r = await self._call("GET", f"/admin/cases/{case_no}", handles=(404,))
-        return None if r.status_code == 404 else self._case(r, expect=(200,))
+        return None if r.status_code == 404 else self._model(r, CaseDetail, expect=(200,))
 
-    async def list_cases(self, *, tenant_id: str, status: str | None, limit: int) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"tenant_id": tenant_id, "limit": limit}
+    async def list_cases(self, *, tenant_id: uuid.UUID, status: CaseStatus | None, limit: int) -> CaseList:
+        params: dict[str, Any] = {"tenant_id": str(tenant_id), "limit": limit}
         if status is not None:
             params["status"] = status
         r = await self._call("GET", "/admin/cases", params=params)
-        items = self._json(r, expect=(200,)).get("items")
-        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-            raise self._unusable(r, "no list of items")
-        return items
+        return self._model(r, CaseList, expect=(200,))
 
     async def summary(self, *, seller_tax_id: str, month: str) -> dict[str, Any]:
         r = await self._call("GET", "/admin/summary", params={"seller_tax_id": seller_tax_id, "month": month})
         return self._json(r, expect=(200,))
-
-    def _case(self, r: httpx.Response, *, expect: tuple[int, ...]) -> dict[str, Any]:
-        case = self._json(r, expect=expect)
-        if not isinstance(case.get("case_no"), str) or not CASE_NO.fullmatch(case["case_no"]):
-            raise self._unusable(r, "no valid case_no")
-        return case
 
 
 class NotifierClient(BackendClient):

@@ -1,20 +1,20 @@
 """The tenant's door to notifications: subscriptions (webhook, e-mail), the history of what was sent, and
 mutes. The notifier owns all of it; these routes check what the issuer can (the API key, that an invoice or
-case is the tenant's), validate the body with the notifier's own schemas, and ask the notifier."""
+case is the tenant's), validate the body with the contract the notifier validates it with again
+(shared/contracts/notifier.py), and ask the notifier."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from services.issuer import service
 from services.issuer.api import ReconcilerDep, TenantDep, tenants_case
 from services.issuer.backends import NotifierClient
-from services.notifier.schemas import RotateSecret, SubscriptionCreate, SubscriptionPatch
+from shared.contracts.notifier import HistoryFilters, RotateSecret, SubscriptionCreate, SubscriptionPatch
 from shared.db import transaction
 
 __all__ = ["router"]
@@ -97,17 +97,9 @@ async def ping(subscription_id: uuid.UUID, tenant: TenantDep, notes: NotifierDep
 
 # --- history -----------------------------------------------------------------------------------------
 
-class _HistoryFilters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    invoice_id: uuid.UUID | None = None
-    status: Literal["pending", "delivered", "exhausted", "cancelled"] | None = None
-    cursor: str | None = Field(default=None, max_length=200, description="next_cursor of the previous page")
-    limit: int = Field(default=50, ge=1, le=200)
-
-
 @router.get("/notifications", responses=_DOWN)
 async def list_notifications(request: Request, tenant: TenantDep, notes: NotifierDep,
-                             q: Annotated[_HistoryFilters, Query()]) -> Response:
+                             q: Annotated[HistoryFilters, Query()]) -> Response:
     """What was sent (or is being retried), newest first: channel, status, attempts, last error."""
     params = q.model_dump(mode="json")
     if q.invoice_id is not None:

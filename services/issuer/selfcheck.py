@@ -23,18 +23,20 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from prometheus_client import Counter
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.issuer import models as m
 from services.issuer.lifecycle import FINAL, Status
+from shared.contracts.reconciler import LEDGER_BATCH_MAX, LedgerEntries, LedgerEntry, LedgerIds, LedgerPage, Restated
 from shared.db import transaction
 
-__all__ = ["REPAIRS", "LedgerClient", "LedgerRow", "LedgerUnavailable", "SelfCheck", "disagrees"]
+__all__ = ["REPAIRS", "LedgerClient", "LedgerUnavailable", "SelfCheck", "disagrees"]
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +70,7 @@ class LedgerUnavailable(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class LedgerRow:
-    invoice_id: uuid.UUID
-    state: str
-    recon_seq: int
-    next_check_at: str | None = None
-    last_resync_at: str | None = None
-
-    @classmethod
-    def of(cls, d: dict[str, Any]) -> LedgerRow:
-        return cls(uuid.UUID(d["invoice_id"]), str(d["state"]), int(d["recon_seq"]), d.get("next_check_at"),
-                   d.get("last_resync_at"))
-
-    @property
-    def schedule(self) -> dict[str, str | None]:
-        """The live schedule, in the keys of the reconciler's findings (explain.py merges it into them)."""
-        return {"next_check_at": self.next_check_at, "resync_at": self.last_resync_at}
+A = TypeVar("A", bound=BaseModel)
 
 
 class LedgerClient:
@@ -109,31 +95,32 @@ class LedgerClient:
             return {}
         return {iid: r.schedule for iid, r in rows.items()}
 
-    async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    async def _call(self, method: str, path: str, answer: type[A], **kwargs: Any) -> A:
         try:
             r = await self.http.request(method, path, timeout=self.timeout, **kwargs)
             r.raise_for_status()
-            body = r.json()
-        except (httpx.HTTPError, ValueError) as exc:
+            return answer.model_validate_json(r.content)
+        except (httpx.HTTPError, ValidationError) as exc:
             raise LedgerUnavailable(f"{method} {path}: {type(exc).__name__}") from None
-        if not isinstance(body, dict):
-            raise LedgerUnavailable(f"{method} {path}: not an object")
-        return body
 
-    async def lookup(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, LedgerRow]:
-        body = await self._json("POST", "/admin/ledger/lookup", json={"invoice_ids": [str(i) for i in ids]})
-        rows = [LedgerRow.of(d) for d in body.get("items", [])]
-        return {r.invoice_id: r for r in rows}
+    async def lookup(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, LedgerEntry]:
+        body = LedgerIds(invoice_ids=list(ids)).model_dump(mode="json")
+        found = await self._call("POST", "/admin/ledger/lookup", LedgerEntries, json=body)
+        return {r.invoice_id: r for r in found.items}
 
-    async def open_page(self, after: uuid.UUID | None, limit: int) -> tuple[list[LedgerRow], uuid.UUID | None]:
+    async def open_page(self, after: uuid.UUID | None, limit: int) -> tuple[list[LedgerEntry], uuid.UUID | None]:
         params: dict[str, Any] = {"limit": limit} | ({"after": str(after)} if after else {})
-        body = await self._json("GET", "/admin/ledger/open", params=params)
-        nxt = body.get("next_after")
-        return [LedgerRow.of(d) for d in body.get("items", [])], uuid.UUID(nxt) if nxt else None
+        page = await self._call("GET", "/admin/ledger/open", LedgerPage, params=params)
+        return page.items, page.next_after
 
     async def restate(self, ids: Iterable[uuid.UUID]) -> dict[str, int]:
-        body = await self._json("POST", "/admin/ledger/restate", json={"invoice_ids": [str(i) for i in ids]})
-        return dict(body.get("restated") or {})
+        wanted, counts = list(ids), dict[str, int]()
+        for i in range(0, len(wanted), LEDGER_BATCH_MAX):  # a round may find more than one request may carry
+            body = LedgerIds(invoice_ids=wanted[i:i + LEDGER_BATCH_MAX]).model_dump(mode="json")
+            answer = await self._call("POST", "/admin/ledger/restate", Restated, json=body)
+            for state, n in answer.restated.items():
+                counts[state] = counts.get(state, 0) + n
+        return counts
 
 
 @dataclass(frozen=True)
@@ -197,7 +184,7 @@ class SelfCheck:
         found: dict[uuid.UUID, tuple[Status, str]] = {}
         settled_before = datetime.now(UTC) - timedelta(seconds=self.grace)
 
-        def judge(ours: _Ours | None, theirs: LedgerRow) -> None:
+        def judge(ours: _Ours | None, theirs: LedgerEntry) -> None:
             # Not while an event is on its way: the issuer has not applied all the reconciler sent, or its row
             # changed a moment ago (a sync result the ledger has not seen yet).
             if ours is None or ours.recon_seq < theirs.recon_seq or ours.updated_at > settled_before:

@@ -3,22 +3,20 @@ issuer (their one public base URL), which calls the /admin/tenants/{tenant_id}/.
 
 from __future__ import annotations
 
-import re
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.notifier import service
-from services.notifier.schemas import RotateSecret, SubscriptionCreate, SubscriptionPatch
+from shared.contracts.cases import is_case_no
+from shared.contracts.notifier import HistoryFilters, RotateSecret, SubscriptionCreate, SubscriptionPatch
 from shared.db import transaction
 from shared.errors import NotFound
 from shared.http import require_admin
 
 router = APIRouter(prefix="/admin", tags=["notifications"], dependencies=[Depends(require_admin)])
-
-_CASE_NO = re.compile(r"CASE-[0-9]{8}-[0-9]{6}")
 
 
 def _st(request: Request) -> Any:
@@ -102,16 +100,13 @@ async def ping(request: Request, tenant_id: str, subscription_id: str) -> dict[s
 # --- history ---------------------------------------------------------------------------------------
 
 @router.get("/tenants/{tenant_id}/notifications")
-async def list_notifications(
-        request: Request, tenant_id: str, invoice_id: uuid.UUID | None = None,
-        status: Annotated[Literal["pending", "delivered", "exhausted", "cancelled"] | None, Query()] = None,
-        cursor: Annotated[str | None, Query(max_length=200)] = None,
-        limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
+async def list_notifications(request: Request, tenant_id: str,
+                             q: Annotated[HistoryFilters, Query()]) -> dict[str, Any]:
     """Newest first; pass `next_cursor` back as `cursor` for the next page."""
     async with transaction(_st(request).sessions) as session:
         items, next_cursor = await service.list_deliveries(
-            session=session, tenant_id=_tenant(tenant_id), invoice_id=invoice_id, status=status, limit=limit,
-            cursor=cursor)
+            session=session, tenant_id=_tenant(tenant_id), invoice_id=q.invoice_id, status=q.status, limit=q.limit,
+            cursor=q.cursor)
     return {"items": items, "next_cursor": next_cursor}
 
 
@@ -138,7 +133,7 @@ def _mute_target(invoice_id: str | None, case_no: str | None) -> dict[str, Any]:
             return {"invoice_id": uuid.UUID(invoice_id)}
         except ValueError:
             raise NotFound(f"no invoice {invoice_id[:40]}") from None
-    if case_no is None or not _CASE_NO.fullmatch(case_no):
+    if not is_case_no(case_no):
         raise NotFound(f"no case {(case_no or '')[:40]}")
     return {"case_no": case_no}
 

@@ -21,8 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifier import models as m
 from services.notifier.guard import Refused, TargetPolicy
-from services.notifier.schemas import ENDINGS, KINDS, AlertData, SubscriptionCreate, SubscriptionPatch
+from services.notifier.schemas import AlertData
 from services.notifier.signing import SecretBox, new_secret
+from shared.contracts.notifier import ENDINGS, KINDS, SubscriptionCreate, SubscriptionPatch
 from shared.envelope import encode, new_envelope
 from shared.errors import Conflict, FieldError, NotFound, ValidationFailed
 from shared.events import NOTIFICATION_FAILED, NOTIFICATION_SENT, NOTIFIER_SOURCE

@@ -3,27 +3,33 @@ and summary endpoints with its admin token). Everything here sits behind the adm
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.reconciler import service
 from services.reconciler.metrics import RESTATEMENTS
 from services.reconciler.rules import Policy
 from services.reconciler.store import StoreUnavailable, StoreView
+from shared.contracts.cases import CaseStatus, is_case_no
+from shared.contracts.reconciler import (
+    CaseDetail,
+    CaseList,
+    CaseOpen,
+    LedgerEntries,
+    LedgerIds,
+    LedgerPage,
+    Restated,
+)
 from shared.db import transaction
 from shared.errors import NotFound, ServiceUnavailable
 from shared.http import require_admin
-from shared.validators import clean_text, parse_month
+from shared.validators import parse_month
 
 router = APIRouter(prefix="/admin", tags=["operations"], dependencies=[Depends(require_admin)])
-
-_CASE_NO = re.compile(r"^CASE-\d{8}-\d{6}$")
 
 
 def _state(request: Request) -> Any:
@@ -96,22 +102,9 @@ async def resync(request: Request, invoice_id: str) -> dict[str, Any]:
     return out
 
 
-class CaseOpen(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    invoice_id: uuid.UUID
-    tenant_id: uuid.UUID
-    seller_tax_id: str = Field(min_length=18, max_length=18)
-    number: str = Field(pattern=r"^[0-9]{20}$")
-    note: str | None = Field(default=None, max_length=500)
-
-    @field_validator("note")
-    @classmethod
-    def _note(cls, v: str | None) -> str | None:
-        return clean_text(v) if v is not None else None
-
-
-@router.post("/cases", responses={200: {"description": "The invoice's open case already existed"},
-                                  201: {"description": "Case opened"}})
+@router.post("/cases", response_model=CaseDetail,
+             responses={200: {"description": "The invoice's open case already existed"},
+                        201: {"description": "Case opened"}})
 async def open_case(request: Request, body: CaseOpen) -> JSONResponse:
     """Open a case for an invoice (or return its open case) and check the tax store now."""
     st = _state(request)
@@ -121,20 +114,19 @@ async def open_case(request: Request, body: CaseOpen) -> JSONResponse:
             number=body.number, note=body.note, topics=st.reconciler_topics, timezone=st.settings.timezone)
     if st.reconciler:
         st.reconciler.wake_checker()
-    return JSONResponse(case, status_code=201 if created else 200)
+    return JSONResponse(CaseDetail.model_validate(case).model_dump(mode="json"), status_code=201 if created else 200)
 
 
-@router.get("/cases/{case_no}")
+@router.get("/cases/{case_no}", response_model=CaseDetail)
 async def get_case(request: Request, case_no: str) -> dict[str, Any]:
-    if not _CASE_NO.match(case_no):
+    if not is_case_no(case_no):
         raise NotFound(f"no case {case_no}")
     async with transaction(_state(request).sessions) as session:
         return await service.get_case(session=session, case_no=case_no)
 
 
-@router.get("/cases")
-async def list_cases(request: Request, tenant_id: uuid.UUID | None = None,
-                     status: Annotated[str | None, Query(pattern="^(open|resolved|closed)$")] = None,
+@router.get("/cases", response_model=CaseList)
+async def list_cases(request: Request, tenant_id: uuid.UUID | None = None, status: CaseStatus | None = None,
                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     async with transaction(_state(request).sessions) as session:
         return {"items": await service.list_cases(session=session, tenant_id=tenant_id, status=status, limit=limit)}
@@ -171,19 +163,14 @@ async def sweep(request: Request, seller_tax_id: Annotated[str | None, Query(max
 
 # --- for the issuer's status self-check ------------------------------------------------------
 
-class LedgerIds(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    invoice_ids: list[uuid.UUID] = Field(max_length=1000)
-
-
-@router.post("/ledger/lookup")
+@router.post("/ledger/lookup", response_model=LedgerEntries)
 async def ledger_lookup(request: Request, body: LedgerIds) -> dict[str, Any]:
     """The ledger's state, last event sequence and live schedule (next check, last resync) of each invoice."""
     async with transaction(_state(request).sessions) as session:
         return {"items": await service.ledger_lookup(session=session, invoice_ids=body.invoice_ids)}
 
 
-@router.get("/ledger/open")
+@router.get("/ledger/open", response_model=LedgerPage)
 async def ledger_open(request: Request, after: uuid.UUID | None = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 500) -> dict[str, Any]:
     """A page (in id order, after `after`) of the invoices not confirmed yet."""
@@ -192,7 +179,7 @@ async def ledger_open(request: Request, after: uuid.UUID | None = None,
     return {"items": items, "next_after": items[-1]["invoice_id"] if len(items) == limit else None}
 
 
-@router.post("/ledger/restate", status_code=202)
+@router.post("/ledger/restate", status_code=202, response_model=Restated)
 async def ledger_restate(request: Request, body: LedgerIds) -> dict[str, Any]:
     """Send the issuer the ledger's current finding about these invoices again (the self-check's repair)."""
     st = _state(request)

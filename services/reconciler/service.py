@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.reconciler import models as m
 from services.reconciler.rules import Decision, Policy, Seen, after_sync_result, decide, human_duration
+from shared.contracts.cases import case_no_of
 from shared.envelope import Envelope, encode, new_envelope
 from shared.errors import Conflict, NotFound
 from shared.events import (
@@ -431,7 +432,7 @@ async def _new_case(session: AsyncSession, w: _Writes, s: dict[str, Any], *, ope
         .on_conflict_do_update(index_elements=["day"], set_={"n": m.case_counters.c.n + 1})
         .returning(m.case_counters.c.n)
     )).scalar_one()
-    case_no = f"CASE-{day:%Y%m%d}-{n:06d}"
+    case_no = case_no_of(day, n)
     await session.execute(m.cases.insert().values(
         case_no=case_no, invoice_id=s["invoice_id"], tenant_id=s["tenant_id"], seller_tax_id=s["seller_tax_id"],
         number=s["number"], status="open", opened_by=opened_by, note=note, opened_at=now))

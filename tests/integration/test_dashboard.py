@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 from playwright.async_api import Page, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from tests import steps
 from tests.conftest import ADMIN_TOKEN, ARTIFACTS, REPO, Receiver, ReconPipeline, eventually, process_env
@@ -104,7 +105,7 @@ async def test_a_drill_on_the_dashboard_and_the_cli(recon_pipeline: ReconPipelin
             try:
                 await page.wait_for_function(
                     "Number(document.querySelector('[data-testid=sync-lag]').textContent) > 0", timeout=30_000)
-            except Exception:
+            except PlaywrightTimeout:
                 view = await shown(page)
                 raise AssertionError(f"sync lag never grew: {view['pipeline']} {view['errors']} "
                                      f"{p.sync.log_text()[-2000:]}") from None

@@ -479,6 +479,26 @@ async def test_cases_and_summaries_through_the_issuer(issuer):
         assert r.status_code == 409 and r.json()["detail"] == "the invoice was voided at the reconciler"
 
 
+async def test_a_reconciler_answer_that_is_not_the_case_contract_is_503_and_nothing_is_recorded(issuer, tenant):
+    iid = await _new_invoice(issuer, tenant)
+    stub = StubReconciler()
+    async with _reconciler(issuer, httpx.MockTransport(stub)):
+        assert (await issuer.client.post(f"/v1/invoices/{iid}/cases", headers=tenant.headers)).status_code == 201
+        [case_no] = stub.cases
+        good = stub.cases[case_no]
+        for field, value in (("case_no", f"{case_no}\n"), ("resyncs", "many"), ("opened_by", None)):
+            stub.cases[case_no] = {**good, field: value}
+            for method, url in (("POST", f"/v1/invoices/{iid}/cases"), ("GET", f"/v1/cases/{case_no}"),
+                                ("GET", "/v1/cases")):
+                r = await issuer.client.request(method, url, headers=tenant.headers)
+                assert r.status_code == 503 and r.headers["retry-after"] == "5", (field, url, r.text)
+                assert r.json()["detail"] == "the reconciler cannot answer this right now; retry shortly"
+        stub.cases[case_no] = good
+        assert (await issuer.client.get(f"/v1/cases/{case_no}", headers=tenant.headers)).status_code == 200
+    timeline = (await issuer.client.get(f"/v1/invoices/{iid}", headers=tenant.headers)).json()["timeline"]
+    assert [t["kind"] for t in timeline].count("case_opened") == 1
+
+
 async def test_subscription_and_history_requests_are_checked_here_and_an_unreachable_notifier_is_503(issuer):
     a, b = await issuer.new_tenant("A"), await issuer.new_tenant("B")
     iid = await _new_invoice(issuer, a)

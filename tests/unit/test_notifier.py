@@ -13,10 +13,10 @@ from standardwebhooks.webhooks import Webhook
 
 from services.notifier.guard import Refused, TargetPolicy, describe, parse_networks
 from services.notifier.messages import build_email, webhook_payload
-from services.notifier.schemas import KINDS, SubscriptionCreate, SubscriptionPatch
 from services.notifier.service import mask_email, retry_delay
 from services.notifier.settings import NotifierSettings
 from services.notifier.signing import SecretBox, Unverified, headers, new_secret, sign, verify
+from shared.contracts.notifier import KINDS, SubscriptionCreate, SubscriptionPatch
 
 # --- signatures -------------------------------------------------------------------------------------------
 
