@@ -10,6 +10,7 @@ recognisably the same one. Callers own the transaction; nothing here commits.
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from collections import Counter
@@ -20,6 +21,7 @@ from decimal import Decimal
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from pydantic import ValidationError
 from sqlalchemy import and_, bindparam, case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,6 +36,7 @@ from shared.events import (
     CaseClosedAlertRaised,
     CaseResolvedAlertRaised,
     CaseUpdated,
+    Event,
     InvoiceAwaitingVisibility,
     InvoiceConfirmed,
     InvoiceGapFound,
@@ -58,6 +61,8 @@ __all__ = [
     "ledger_lookup", "list_unconfirmed", "month_summary", "open_case", "open_rows", "request_check", "request_resync",
     "restate", "status_counts", "sweep_now",
 ]
+
+log = logging.getLogger(__name__)
 
 _ALERT_NS = uuid.UUID("6f1c1f7e-5d0b-4c35-9a57-2f3f0c6a9b11")
 _MUTABLE = (
@@ -89,14 +94,14 @@ class _Writes:
     def event(self, state: dict[str, Any], model: type[ReconciliationEvent], data: dict[str, Any]) -> None:
         """An event about one invoice for the issuer, numbered by the invoice's own reconciler sequence."""
         state["recon_seq"] += 1
-        event = model.model_validate({
+        payload = _jsonable({
             "invoice_id": state["invoice_id"], "seller_tax_id": state["seller_tax_id"], "number": state["number"],
-            **_jsonable(data),
+            **data,
             # What the issuer derives its status from: the finding as of this event, and the sync results it
             # already took into account.
             "ledger_state": state["state"], "sync_seq": state["sync_seq"]})
-        env = new_envelope(source=RECONCILER_SOURCE, event=event, subject=str(state["invoice_id"]),
-                           tenant=str(state["tenant_id"]), sequence=state["recon_seq"])
+        env = _envelope(model, payload, subject=str(state["invoice_id"]), tenant=str(state["tenant_id"]),
+                        sequence=state["recon_seq"])
         self._add(self.topics.reconciliation, str(state["invoice_id"]), env)
 
     def resync(self, state: dict[str, Any], reason: str, *,
@@ -116,8 +121,8 @@ class _Writes:
                 "number": state["number"], "issue_date": state.get("issue_date"), "total": state.get("total"),
                 "buyer_name": state.get("buyer_name"), "buyer_tax_id": state.get("buyer_tax_id"),
                 "reason": reason, "next_action": next_action, "case_no": case_no, "at": now}
-        env = new_envelope(id=alert_id, source=RECONCILER_SOURCE, event=model.model_validate(_jsonable(data)),
-                           subject=str(state["invoice_id"]), tenant=str(state["tenant_id"]), sequence=1)
+        env = _envelope(model, _jsonable(data), id=alert_id, subject=str(state["invoice_id"]),
+                        tenant=str(state["tenant_id"]), sequence=1)
         self._add(self.topics.alerts, str(state["invoice_id"]), env)
         return alert_id
 
@@ -136,6 +141,16 @@ class _Writes:
         if self.outbox:
             await session.execute(m.outbox.insert(), self.outbox)
             await notify_outbox(session, m.outbox)
+
+
+def _envelope(model: type[Event], data: dict[str, Any], **envelope: Any) -> Envelope:
+    """The event as `model`. Text from outside (the store's errors, the invoice's words) that the consumers would
+    refuse is sent as it is all the same, for them to dead-letter: it must not hold up this transaction."""
+    try:
+        return new_envelope(source=RECONCILER_SOURCE, event=model.model_validate(data), **envelope)
+    except ValidationError as exc:
+        log.error("sending a %s payload its consumers will refuse: %s", model.TYPE, exc.errors()[0])
+        return new_envelope(source=RECONCILER_SOURCE, type=model.TYPE, data=data, **envelope)
 
 
 def _jsonable(value: Any) -> Any:
@@ -671,9 +686,8 @@ async def _record_orphans(session: AsyncSession, seller_tax_id: str, tenant_id: 
                           "but it was never issued through Fapiao Sync.",
                 "next_action": "Check whether it was issued outside this system; red-letter it if it is not yours.",
                 "case_no": None, "at": now}
-        event = OrphanAlertRaised.model_validate(_jsonable(data))
-        env = new_envelope(id=alert_id, source=RECONCILER_SOURCE, event=event, subject=subject,
-                           tenant=str(r.tenant_id), sequence=1)
+        env = _envelope(OrphanAlertRaised, _jsonable(data), id=alert_id, subject=subject, tenant=str(r.tenant_id),
+                        sequence=1)
         w._add(topics.alerts, subject, env)
     await w.flush(session)
 
