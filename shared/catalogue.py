@@ -1,6 +1,6 @@
-"""The event catalogue (type, topic, producer, consumer groups, fields) and the consumer groups, rendered from the registries in
-shared.events, shared.topics and shared.consumers. docs/architecture.md carries it between two markers; a test
-fails when they differ. `python -m shared.catalogue --write` brings the document up to date."""
+"""The event catalogue (type, topic, producer, consumer groups, fields) and the consumer groups, rendered from
+the registries in shared.events, shared.topics and shared.consumers. docs/architecture.md carries it between two
+markers; a test fails when they differ. `python -m shared.catalogue --write` brings the document up to date."""
 
 from __future__ import annotations
 
