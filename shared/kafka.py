@@ -135,10 +135,8 @@ async def ensure_topics(bootstrap: str, topics: Iterable[Topic], *, prefix: str 
         ]
         if not wanted:
             return []
-        try:
+        with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
             await asyncio.wait_for(admin.create_topics(wanted), timeout)
-        except TopicAlreadyExistsError:
-            pass  # another process won the race
         return [t.name for t in wanted]
     finally:
         await admin.close()
