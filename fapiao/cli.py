@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import os
-import random
 import re
 import sys
 import time
@@ -38,6 +37,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+from shared.backoff import backoff
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fapiao Sync operator CLI.")
 tenants_app = typer.Typer(no_args_is_help=True, help="Seller enterprises and their API keys.")
@@ -135,9 +136,8 @@ def _transient(resp: httpx.Response) -> bool:
 
 
 def _backoff(attempt: int, resp: httpx.Response | None) -> float:
-    delay = random.uniform(0, min(RETRY_CAP, RETRY_BASE * 2 ** attempt))  # full jitter
     after = _retry_after(resp) if resp is not None else None
-    return min(RETRY_AFTER_CAP, max(delay, after)) if after is not None else delay
+    return backoff(attempt, base=RETRY_BASE, cap=RETRY_CAP, retry_after=after, retry_after_cap=RETRY_AFTER_CAP)
 
 
 def _send(client: httpx.Client, method: str, url: str, *, retries: int, idempotency_key: str | None = None,

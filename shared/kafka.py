@@ -9,28 +9,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, GroupCoordinatorNotAvailableError, KafkaError, TopicAlreadyExistsError
 
-from shared.envelope import Envelope, EnvelopeError, decode
+from shared.backoff import backoff
+from shared.envelope import Envelope, EnvelopeError, Received, UnknownEventType, decode, decode_event
 from shared.errors import RetriableError
+from shared.events import Event
 from shared.logging import bind
 from shared.metrics import CONSUMER_LAG
 from shared.topics import Topic
 
 __all__ = [
-    "BatchHandler", "CommitOnRevoke", "ConsumeLoop", "DeadLetterCount", "Handler", "KafkaProbe", "OffsetReader",
-    "backoff_delay", "dead_letter_origin",
+    "BatchHandler", "CommitOnRevoke", "ConsumeLoop", "DeadLetterCount", "Handler", "HandlerTable", "KafkaProbe",
+    "OffsetReader", "Received", "dead_letter_origin",
     "consumer_config", "consumer_lag", "dead_letter", "ensure_topics", "ensure_topics_forever", "make_consumer",
     "make_producer", "producer_config",
 ]
@@ -39,8 +40,46 @@ log = logging.getLogger(__name__)
 
 LAG_INTERVAL_SECONDS = 5.0
 
+C = TypeVar("C")
+
+
 Handler = Callable[[Envelope, ConsumerRecord], Awaitable[None]]
-BatchHandler = Callable[[list[tuple[Envelope, ConsumerRecord]]], Awaitable[None]]
+BatchHandler = Callable[[list[Any]], Awaitable[None]]
+"""A slice of records: (envelope, record) pairs, or Received items when the loop has a HandlerTable."""
+TypedHandler = Callable[[C, list[Received[Any]]], Awaitable[Any]]
+
+
+class HandlerTable(Generic[C]):
+    """Which handler takes which event type (cosmicpython's EVENT_HANDLERS), for one consumer group.
+
+    The consume loop decodes each record into its type's model with `models`; a type the table does not know
+    is dead-lettered, and a type listed in `ignore` is skipped. `dispatch` hands each handler its events of a
+    slice in one call (several types may share a handler), handlers in table order, each with the caller's
+    context (the transaction's session, say); it returns what each handler returned.
+    """
+
+    def __init__(self, routes: Mapping[type[Event], TypedHandler[C]], *, ignore: Iterable[type[Event]] = ()) -> None:
+        self.routes = dict(routes)
+        self.ignored = frozenset(m.TYPE for m in ignore)
+        self.models: dict[str, type[Event]] = {m.TYPE: m for m in self.routes}
+
+    @property
+    def types(self) -> frozenset[str]:
+        return frozenset(self.models) | self.ignored
+
+    def check_covers(self, types: Iterable[str], *, group: str) -> None:
+        """Every type the group's topics carry has a handler or is ignored on purpose."""
+        missing = sorted(set(types) - self.types)
+        if missing:
+            raise ValueError(f"consumer group {group} has no handler for {', '.join(missing)}")
+
+    async def dispatch(self, context: C, items: Sequence[Received[Any]]) -> dict[TypedHandler[C], Any]:
+        by_handler: dict[TypedHandler[C], list[Received[Any]]] = {}
+        for handler in self.routes.values():
+            by_handler.setdefault(handler, [])
+        for item in items:
+            by_handler[self.routes[type(item.event)]].append(item)
+        return {h: await h(context, group) for h, group in by_handler.items() if group}
 
 
 def producer_config(bootstrap: str, *, request_timeout_ms: int = 10_000, **overrides: Any) -> dict[str, Any]:
@@ -96,10 +135,8 @@ async def ensure_topics(bootstrap: str, topics: Iterable[Topic], *, prefix: str 
         ]
         if not wanted:
             return []
-        try:
+        with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
             await asyncio.wait_for(admin.create_topics(wanted), timeout)
-        except TopicAlreadyExistsError:
-            pass  # another process won the race
         return [t.name for t in wanted]
     finally:
         await admin.close()
@@ -117,15 +154,10 @@ async def ensure_topics_forever(bootstrap: str, topics: Iterable[Topic], *, pref
                                 replication_factor=replication_factor)
             return
         except Exception as exc:  # noqa: BLE001 - keep trying; /readyz reports Kafka meanwhile
-            delay = backoff_delay(attempt, base=0.5, cap=15)
+            delay = backoff(attempt, base=0.5, cap=15)
             log.warning("cannot create topics yet (%s); retrying in %.1fs", type(exc).__name__, delay)
             attempt += 1
             await asyncio.sleep(delay)
-
-
-def backoff_delay(attempt: int, *, base: float = 0.2, cap: float = 30.0) -> float:
-    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempt))."""
-    return random.uniform(0, min(cap, base * (2 ** min(attempt, 30))))
 
 
 class CommitOnRevoke(ConsumerRebalanceListener):
@@ -160,7 +192,7 @@ async def dead_letter(producer: AIOKafkaProducer, record: ConsumerRecord, exc: B
             await producer.send_and_wait(topic, value=record.value, key=record.key, headers=headers)
             return
         except KafkaError:
-            await asyncio.sleep(backoff_delay(attempt, cap=5))
+            await asyncio.sleep(backoff(attempt, base=0.2, cap=5))
     raise RetriableError("dead-letter topic unavailable")
 
 
@@ -170,27 +202,40 @@ class ConsumeLoop:
     - A message that is not a valid envelope, or whose handler raises a non-retriable error, goes to
       the dead-letter topic with its origin in headers; then its offset is committed and the loop
       moves on.
+    - With a HandlerTable (`table`), each envelope is also decoded into its type's model and handlers get
+      Received items: a type the table does not know, or a payload that fails its model, is dead-lettered
+      with the reason (the field named).
     - A RetriableError is retried with backoff; if it persists the partition is rewound to the
       failed record and the loop polls again (so the consumer never leaves its group), retrying
       until it succeeds. Nothing is skipped.
     - Offsets are committed per batch, only for records whose effect is durable. Delivery is at
       least once: handlers must be idempotent (see shared.db.mark_processed).
-    - With `batch_handler`, each partition's slice of a poll is applied in one call (one transaction);
-      if that raises a non-retriable error the slice is replayed one record at a time, so only the
-      bad record is dead-lettered.
+    - With `batch_handler`, each partition's slice of a poll is applied in one call (one transaction), or the
+      whole poll at once with `per_poll`; if that raises a non-retriable error the records are replayed one at
+      a time, so only the bad record is dead-lettered.
+    - `pause`, asked before every poll, says for how many seconds not to fetch (say while a circuit breaker is
+      open): the partitions are paused but the loop keeps polling, so the consumer stays in its group and the
+      backlog waits in Kafka (visible as lag).
     """
 
     def __init__(self, *, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, topics: list[str],
                  dlq_topic: Callable[[str], str], group_id: str, handler: Handler | None = None,
-                 batch_handler: BatchHandler | None = None, max_inline_retries: int = 5,
+                 batch_handler: BatchHandler | None = None, table: HandlerTable[Any] | None = None,
+                 per_poll: bool = False, pause: Callable[[], float] | None = None, max_inline_retries: int = 5,
                  poll_timeout_ms: int = 500, on_dead_letter: Callable[[str], None] | None = None) -> None:
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler / batch_handler")
+        if table is not None and handler is not None:
+            raise ValueError("a HandlerTable hands typed events to a batch_handler")
         self.consumer = consumer
         self.producer = producer
         self.topics = topics
-        self.handler: Handler = handler or (lambda env, rec: batch_handler([(env, rec)]))  # type: ignore[misc]
+        self.handler = handler
         self.batch_handler = batch_handler
+        self.table = table
+        self.per_poll = per_poll
+        self.pause = pause
+        self.paused = False
         self.dlq_topic = dlq_topic
         self.group_id = group_id
         self.max_inline_retries = max_inline_retries
@@ -220,29 +265,62 @@ class ConsumeLoop:
                 lag_due = time.monotonic() + LAG_INTERVAL_SECONDS
                 for tp, lag in (await consumer_lag(self.consumer)).items():
                     CONSUMER_LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(lag)
+            if await self._held_back():
+                continue
             batches = await self.consumer.getmany(timeout_ms=self.poll_timeout_ms)
-            for tp, records in batches.items():
-                if self.batch_handler is not None and len(records) > 1:
-                    records = await self._process_slice(records)
-                    if not records:
-                        self._done[tp] = batches[tp][-1].offset + 1
-                        continue
+            replay: dict[TopicPartition, list[ConsumerRecord]] = dict(batches)
+            if self.batch_handler is not None:
+                slices = [[r for rs in batches.values() for r in rs]] if self.per_poll else list(batches.values())
+                left: set[tuple[str, int, int]] = set()
+                for records in slices:
+                    if len(records) > 1:
+                        left.update((r.topic, r.partition, r.offset) for r in await self._process_slice(records))
+                    else:
+                        left.update((r.topic, r.partition, r.offset) for r in records)
+                replay = {tp: [r for r in rs if (r.topic, r.partition, r.offset) in left] for tp, rs in batches.items()}
+            for tp, records in replay.items():
                 for record in records:
                     if not await self._process(tp, record):
                         break  # partition rewound; the next poll resumes there
                     self._done[tp] = record.offset + 1
+                else:
+                    self._done[tp] = batches[tp][-1].offset + 1
             await self.commit_done()
 
+    async def _held_back(self) -> bool:
+        """Pause fetching while the `pause` hook says so (polling on, to stay in the group); resume after."""
+        wait = self.pause() if self.pause is not None else 0.0
+        if wait > 0:
+            self.consumer.pause(*self.consumer.assignment())  # again each time: a rebalance may add partitions
+            self.paused = True
+            await self.consumer.getmany(timeout_ms=int(min(wait, self.poll_timeout_ms / 1000) * 1000))
+            return True
+        if self.paused:
+            self.consumer.resume(*self.consumer.paused())
+            self.paused = False
+        return False
+
+    async def _decode(self, record: ConsumerRecord) -> Any:
+        """What the handler gets for this record ((envelope, record), or Received with a table); None when the
+        record was dead-lettered (or is of a type this group ignores)."""
+        try:
+            envelope = decode(record.value)
+            if self.table is None:
+                return envelope, record
+            if envelope.type in self.table.ignored:
+                return None
+            return Received(decode_event(envelope, self.table.models), envelope, record)
+        except UnknownEventType as exc:
+            await self._dead_letter(record, UnknownEventType(f"{exc} on {record.topic} for group {self.group_id}"))
+        except (EnvelopeError, ValueError) as exc:  # PayloadError is a ValueError
+            await self._dead_letter(record, exc)
+        return None
+
     async def _process_slice(self, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
-        """Apply a partition's slice in one handler call; returns the records still to replay one by one
-        (empty when the slice is applied; malformed envelopes are dead-lettered here either way)."""
+        """Apply a slice in one handler call; returns the records still to replay one by one (empty when the
+        slice is applied; undecodable records are dead-lettered here either way)."""
         assert self.batch_handler is not None
-        items: list[tuple[Envelope, ConsumerRecord]] = []
-        for record in records:
-            try:
-                items.append((decode(record.value), record))
-            except EnvelopeError as exc:
-                await self._dead_letter(record, exc)
+        items = [item for record in records if (item := await self._decode(record)) is not None]
         for attempt in range(self.max_inline_retries + 1):
             if not items:
                 return []
@@ -253,30 +331,33 @@ class ConsumeLoop:
                 if attempt == self.max_inline_retries:
                     log.warning("batch handler still failing (%s); replaying record by record", exc)
                     break
-                await asyncio.sleep(backoff_delay(attempt, cap=5))
+                await asyncio.sleep(backoff(attempt, base=0.2, cap=5))
             except Exception:  # noqa: BLE001 - find the bad record one by one
                 break
-        return [record for _, record in items]
+        return [item[1] if isinstance(item, tuple) else item.record for item in items]  # every item has a record
 
     async def _process(self, tp: TopicPartition, record: ConsumerRecord) -> bool:
-        try:
-            envelope = decode(record.value)
-        except EnvelopeError as exc:
-            await self._dead_letter(record, exc)
+        item = await self._decode(record)
+        if item is None:
             return True
+        envelope = item[0] if isinstance(item, tuple) else item.envelope
         with bind(invoice=envelope.subject, correlation=envelope.id):
             for attempt in range(self.max_inline_retries + 1):
                 try:
-                    await self.handler(envelope, record)
+                    if self.handler is not None:
+                        await self.handler(envelope, record)
+                    else:
+                        assert self.batch_handler is not None
+                        await self.batch_handler([item])
                     return True
                 except (RetriableError, KafkaError, OSError, TimeoutError) as exc:
                     if attempt == self.max_inline_retries:
                         log.warning("handler still failing (%s); rewinding to offset %d", exc, record.offset)
                         await self.commit_done()
                         self.consumer.seek(tp, record.offset)
-                        await asyncio.sleep(backoff_delay(attempt, cap=10))
+                        await asyncio.sleep(backoff(attempt, base=0.2, cap=10))
                         return False
-                    await asyncio.sleep(backoff_delay(attempt, cap=5))
+                    await asyncio.sleep(backoff(attempt, base=0.2, cap=5))
                 except Exception as exc:  # noqa: BLE001 - any other failure is this message's fault
                     if getattr(exc, "retriable", False):
                         continue

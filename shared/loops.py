@@ -2,8 +2,8 @@
 
 - `run_rounds`: do a round of work, again at once while there is more, otherwise wait for a wake-up or an
   idle interval; a failing round (database away) backs off with jitter and the loop goes on.
-- `consume_forever`: a ConsumeLoop (shared.kafka) that is rebuilt from the committed offsets after any
-  failure of Kafka or the database, until the service stops.
+- `consume_forever`: a consumer group's ConsumeLoop (shared.kafka), handing its handlers typed events, rebuilt
+  from the committed offsets after any failure of Kafka or the database, until the service stops.
 """
 
 from __future__ import annotations
@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from shared.kafka import BatchHandler, ConsumeLoop, backoff_delay, make_consumer, make_producer
+from shared.backoff import backoff
+from shared.consumers import ConsumerGroup
+from shared.kafka import BatchHandler, ConsumeLoop, HandlerTable, make_consumer, make_producer
 from shared.metrics import DEAD_LETTERS
 from shared.topics import dlq_name
 
@@ -43,7 +46,7 @@ async def run_rounds(name: str, round_: Callable[[], Awaitable[bool]], *, stoppi
         except Exception as exc:  # noqa: BLE001 - the database may be away; keep going
             failures += 1
             log.warning("%s round failed (%s: %s)", name, type(exc).__name__, exc)
-            await sleep_unless(stopping, backoff_delay(failures, base=0.5, cap=15))
+            await sleep_unless(stopping, backoff(failures, base=0.5, cap=15))
             continue
         if busy:
             await asyncio.sleep(0)
@@ -58,19 +61,23 @@ async def run_rounds(name: str, round_: Callable[[], Awaitable[bool]], *, stoppi
             stopper.cancel()
 
 
-async def consume_forever(*, service: str, bootstrap: str, topics: Sequence[str], group_id: str,
+async def consume_forever(*, group: ConsumerGroup, prefix: str, bootstrap: str, table: HandlerTable[Any],
                           batch_handler: BatchHandler, stopping: asyncio.Event, request_timeout_ms: int,
-                          max_poll_records: int = 1000) -> None:
-    """Consume `topics` in batch mode until `stopping`; after any failure start again from committed offsets.
+                          max_poll_records: int = 1000, per_poll: bool = False,
+                          pause: Callable[[], float] | None = None) -> None:
+    """Consume `group`'s topics in batch mode until `stopping`, the handlers getting typed events (`table`,
+    which must cover every type the topics carry); after any failure start again from committed offsets.
     Poison goes to each topic's dead-letter twin and counts in fapiao_dead_letters_total."""
+    table.check_covers(group.types, group=group.name)
+    topics, group_id = group.topic_names(prefix), group.qualified(prefix)
     attempt = 0
     while not stopping.is_set():
         consumer = make_consumer(bootstrap, *topics, group_id=group_id, max_poll_records=max_poll_records,
                                  request_timeout_ms=request_timeout_ms)
         producer = make_producer(bootstrap, request_timeout_ms=request_timeout_ms)
-        loop = ConsumeLoop(consumer=consumer, producer=producer, topics=list(topics), batch_handler=batch_handler,
-                           dlq_topic=dlq_name, group_id=group_id,
-                           on_dead_letter=lambda t: DEAD_LETTERS.labels(service, t).inc())
+        loop = ConsumeLoop(consumer=consumer, producer=producer, topics=topics, batch_handler=batch_handler,
+                           table=table, per_poll=per_poll, pause=pause, dlq_topic=dlq_name, group_id=group_id,
+                           on_dead_letter=lambda t: DEAD_LETTERS.labels(group.service, t).inc())
 
         async def stop_when_stopping(loop: ConsumeLoop = loop) -> None:
             await stopping.wait()
@@ -85,7 +92,7 @@ async def consume_forever(*, service: str, bootstrap: str, topics: Sequence[str]
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - Kafka or the DB failed: start again from committed offsets
-            delay = backoff_delay(attempt, base=0.5, cap=15)
+            delay = backoff(attempt, base=0.5, cap=15)
             attempt += 1
             log.warning("%s consumer failed (%s: %s); restarting in %.1fs", group_id, type(exc).__name__, exc, delay)
             await sleep_unless(stopping, delay)

@@ -23,7 +23,8 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import Row, Table, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared.kafka import backoff_delay, make_producer
+from shared.backoff import backoff
+from shared.kafka import make_producer
 from shared.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED
 
 __all__ = ["BrokerUnavailable", "OutboxRelay", "PublishedRow", "notify_outbox", "service_relay"]
@@ -97,7 +98,7 @@ class OutboxRelay:
                 raise
             except Exception as exc:  # noqa: BLE001 - the relay must outlive DB and broker failures
                 self.is_leader = False
-                delay = backoff_delay(attempt, base=0.5, cap=10)
+                delay = backoff(attempt, base=0.5, cap=10)
                 log.warning("outbox relay error (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
                 attempt += 1
                 await self._sleep(delay)
@@ -137,7 +138,7 @@ class OutboxRelay:
             except BrokerUnavailable as exc:  # rows stay in the outbox; back off and try again
                 self.kafka_ok = False
                 await self._close_producer()
-                delay = backoff_delay(failures, base=0.5, cap=15)
+                delay = backoff(failures, base=0.5, cap=15)
                 failures += 1
                 log.warning("outbox: Kafka unavailable (%s); %d rows wait, retry in %.1fs",
                             exc, await self.backlog(), delay)

@@ -1,12 +1,36 @@
-"""Every topic in one place: its name, what travels on it, and its dead-letter twin."""
+"""Every topic in one place: its name, who writes it, the event types it carries (their payload models, see
+shared.events), and its dead-letter twin."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.events import (
+    CaseClosedAlertRaised,
+    CaseResolvedAlertRaised,
+    CaseUpdated,
+    Event,
+    InvoiceAwaitingVisibility,
+    InvoiceConfirmed,
+    InvoiceGapFound,
+    InvoiceIssued,
+    InvoiceRejected,
+    InvoiceStuck,
+    InvoiceSubmissionFailed,
+    InvoiceSubmitted,
+    InvoiceVoided,
+    NotificationFailed,
+    NotificationSent,
+    OrphanAlertRaised,
+    RecoveredAlertRaised,
+    RejectedAlertRaised,
+    ResyncRequested,
+    StuckAlertRaised,
+)
+
 __all__ = [
-    "ALERTS", "ALL_TOPICS", "INVOICE_EVENTS", "NOTIFICATIONS", "RECONCILIATION", "RESYNC_REQUESTS", "SYNC_RESULTS",
-    "Topic", "dlq_name",
+    "ALERTS", "ALL_TOPICS", "INVOICE_EVENTS", "MAIN_TOPICS", "NOTIFICATIONS", "RECONCILIATION", "RESYNC_REQUESTS",
+    "SYNC_RESULTS", "Topic", "dlq_name", "topic_of",
 ]
 
 
@@ -15,6 +39,8 @@ class Topic:
     name: str
     description: str
     partitioned: bool = True  # False: one partition (dead-letter topics, low volume)
+    producer: str = ""  # the service that writes it (through its outbox)
+    events: tuple[type[Event], ...] = ()  # the payload types it carries; a dead-letter topic: any (as they came)
 
     def qualified(self, prefix: str = "") -> str:
         return f"{prefix}{self.name}"
@@ -23,20 +49,40 @@ class Topic:
     def dlq(self) -> Topic:
         return Topic(dlq_name(self.name), f"dead letters of {self.name}", partitioned=False)
 
+    @property
+    def types(self) -> frozenset[str]:
+        return frozenset(e.TYPE for e in self.events)
+
 
 def dlq_name(topic: str) -> str:
     return f"{topic}.dlq"
 
 
-INVOICE_EVENTS = Topic("invoice.events.v1", "invoice facts from the issuer: issued, voided, red-lettered")
-SYNC_RESULTS = Topic("invoice.sync-results.v1", "what the sync service learned from the tax store, one per attempt")
-RESYNC_REQUESTS = Topic("invoice.resync-requests.v1", "commands to submit an invoice again (from the reconciler)")
+INVOICE_EVENTS = Topic("invoice.events.v1", "invoice facts from the issuer: issued, voided", producer="issuer",
+                       events=(InvoiceIssued, InvoiceVoided))
+SYNC_RESULTS = Topic("invoice.sync-results.v1", "what the sync service learned from the tax store, one per attempt",
+                     producer="sync", events=(InvoiceSubmitted, InvoiceSubmissionFailed, InvoiceRejected))
+RESYNC_REQUESTS = Topic("invoice.resync-requests.v1", "commands to submit an invoice again (from the reconciler)",
+                        producer="reconciler", events=(ResyncRequested,))
 RECONCILIATION = Topic("invoice.reconciliation.v1",
-                       "what the reconciler found: visible and identical, gaps, resyncs, stuck, cases (for the issuer)")
+                       "what the reconciler found: visible and identical, gaps, resyncs, stuck, cases (for the issuer)",
+                       producer="reconciler", events=(InvoiceConfirmed, InvoiceAwaitingVisibility, InvoiceGapFound,
+                                                      InvoiceStuck, CaseUpdated))
 ALERTS = Topic("invoice.alerts.v1",
-               "stuck, rejected, recovered and orphan invoices and resolved or closed cases, for the notifier")
+               "stuck, rejected, recovered and orphan invoices and resolved or closed cases, for the notifier",
+               producer="reconciler", events=(StuckAlertRaised, RecoveredAlertRaised, RejectedAlertRaised,
+                                              OrphanAlertRaised, CaseResolvedAlertRaised, CaseClosedAlertRaised))
 NOTIFICATIONS = Topic("invoice.notifications.v1",
-                      "alerts the notifier delivered (or gave up on), per invoice, for the issuer's timeline")
+                      "alerts the notifier delivered (or gave up on), per invoice, for the issuer's timeline",
+                      producer="notifier", events=(NotificationSent, NotificationFailed))
 
-_MAIN = (INVOICE_EVENTS, SYNC_RESULTS, RESYNC_REQUESTS, RECONCILIATION, ALERTS, NOTIFICATIONS)
-ALL_TOPICS: tuple[Topic, ...] = _MAIN + tuple(t.dlq for t in _MAIN)
+MAIN_TOPICS: tuple[Topic, ...] = (INVOICE_EVENTS, SYNC_RESULTS, RESYNC_REQUESTS, RECONCILIATION, ALERTS, NOTIFICATIONS)
+ALL_TOPICS: tuple[Topic, ...] = MAIN_TOPICS + tuple(t.dlq for t in MAIN_TOPICS)
+
+
+def topic_of(event_type: str) -> Topic:
+    """The topic that carries `event_type` (each type travels on exactly one)."""
+    for topic in MAIN_TOPICS:
+        if event_type in topic.types:
+            return topic
+    raise KeyError(event_type)

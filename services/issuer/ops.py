@@ -30,12 +30,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.issuer import service
 from services.issuer.settings import IssuerSettings
+from shared.consumers import ALL_GROUPS
 from shared.db import transaction
 from shared.http import require_admin
 from shared.kafka import DeadLetterCount, OffsetReader
 from shared.loops import run_rounds
-from shared.topics import ALERTS as ALERTS_TOPIC
-from shared.topics import ALL_TOPICS, INVOICE_EVENTS, NOTIFICATIONS, RECONCILIATION, RESYNC_REQUESTS, SYNC_RESULTS
+from shared.topics import ALL_TOPICS
 
 __all__ = ["OpsSampler", "page_router", "router"]
 
@@ -53,14 +53,8 @@ PAGE = Path(__file__).parent / "static" / "ops.html"
 
 
 def consumer_groups(prefix: str) -> dict[str, tuple[str, list[str]]]:
-    """name shown -> (consumer group, its topics), for every consumer in the system."""
-    q = lambda *topics: [t.qualified(prefix) for t in topics]  # noqa: E731
-    return {
-        "sync": (f"{prefix}sync.submit", q(INVOICE_EVENTS, RESYNC_REQUESTS)),
-        "reconciler": (f"{prefix}reconciler.ledger", q(INVOICE_EVENTS, SYNC_RESULTS)),
-        "notifier": (f"{prefix}notifier.alerts", q(ALERTS_TOPIC)),
-        "issuer": (f"{prefix}issuer.status-feed", q(SYNC_RESULTS, RECONCILIATION, NOTIFICATIONS)),
-    }
+    """name shown (the owning service) -> (consumer group, its topics), for every consumer in the system."""
+    return {g.service: (g.qualified(prefix), g.topic_names(prefix)) for g in ALL_GROUPS}
 
 
 class OpsSampler:

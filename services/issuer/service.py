@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import and_, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -30,24 +30,28 @@ from services.issuer.lifecycle import FINAL, SETTLED, VOIDABLE, Facts, Source, S
 from services.issuer.rules import canonical, check_invoice, content_hash
 from services.issuer.schemas import InvoiceCreate, InvoiceRead, InvoiceView, TimelineEntry
 from shared.db import mark_processed
-from shared.envelope import encode, new_envelope
+from shared.envelope import Received, encode, new_envelope
 from shared.errors import Conflict, FieldError, NotFound, ValidationFailed
 from shared.events import (
-    CASE_UPDATED,
-    INVOICE_AWAITING_VISIBILITY,
-    INVOICE_CONFIRMED,
-    INVOICE_GAP_FOUND,
     INVOICE_ISSUED,
-    INVOICE_REJECTED,
-    INVOICE_SUBMITTED,
     INVOICE_VOIDED,
     ISSUER_SOURCE,
-    RECONCILIATION_TYPES,
+    CaseUpdated,
+    InvoiceAwaitingVisibility,
+    InvoiceConfirmed,
+    InvoiceIssued,
+    InvoiceRejected,
+    InvoiceSubmissionFailed,
+    InvoiceSubmitted,
+    InvoiceVoided,
+    NotificationFailed,
+    NotificationSent,
+    ReconciliationEvent,
+    SyncResult,
 )
 from shared.http import field_errors
 from shared.outbox import PublishedRow, notify_outbox
 from shared.uscc import uscc_error
-from shared.validators import clean_text
 
 __all__ = [
     "CaseSubject", "ItemResult", "ListFilters", "Schedule", "Tenant", "apply_notifications", "apply_reconciliation",
@@ -276,12 +280,10 @@ async def _record_issued(session: AsyncSession, tenant: Tenant, rows: list[Any],
                          docs: dict[str, tuple[dict[str, Any], str]], topic: str) -> None:
     timeline_rows, outbox_rows = [], []
     for r in rows:
-        envelope = new_envelope(
-            source=ISSUER_SOURCE, type=INVOICE_ISSUED, subject=str(r.id), tenant=str(tenant.id), sequence=1,
-            data={"invoice_id": str(r.id), "tenant_id": str(tenant.id), "seller_tax_id": r.seller_tax_id,
-                  "number": r.number, "content_hash": r.content_hash, "accepted_at": r.accepted_at.isoformat(),
-                  "invoice": docs[r.number][0]},
-        )
+        event = InvoiceIssued(invoice_id=r.id, tenant_id=tenant.id, seller_tax_id=r.seller_tax_id, number=r.number,
+                              content_hash=r.content_hash, accepted_at=r.accepted_at, invoice=docs[r.number][0])
+        envelope = new_envelope(source=ISSUER_SOURCE, event=event, subject=str(r.id), tenant=str(tenant.id),
+                                sequence=1)
         outbox_rows.append({"topic": topic, "key": str(r.id), "event_id": envelope.id, "event_type": INVOICE_ISSUED,
                             "payload": encode(envelope)})
         timeline_rows.append({"invoice_id": r.id, "kind": "accepted", "at": r.accepted_at,
@@ -451,11 +453,10 @@ async def void_invoice(*, session: AsyncSession, tenant: Tenant, invoice_id: str
         )
     now = datetime.now(UTC)
     seq = row.event_seq + 1
-    envelope = new_envelope(
-        source=ISSUER_SOURCE, type=INVOICE_VOIDED, subject=str(row.id), tenant=str(tenant.id), sequence=seq,
-        data={"invoice_id": str(row.id), "tenant_id": str(tenant.id), "seller_tax_id": row.seller_tax_id,
-              "number": row.number, "reason": reason, "voided_at": now.isoformat()},
-    )
+    event = InvoiceVoided(invoice_id=row.id, tenant_id=tenant.id, seller_tax_id=row.seller_tax_id, number=row.number,
+                          reason=reason, voided_at=now)
+    envelope = new_envelope(source=ISSUER_SOURCE, event=event, subject=str(row.id), tenant=str(tenant.id),
+                            sequence=seq)
     await session.execute(
         update(m.invoices).where(m.invoices.c.id == row.id)
         .values(status=Status.VOIDED.value, reason=f"Voided by the seller: {reason}", next_action=None,
@@ -531,44 +532,43 @@ async def purge_idempotency_keys(*, session: AsyncSession, older_than_hours: int
 
 # --- feedback from the sync service -----------------------------------------------------------
 
-def _when(iso: str | None) -> str:
-    if not iso:
+def _when(moment: datetime | None) -> str:
+    if moment is None:
         return "?"
-    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _sync_effect(event_type: str, d: dict[str, Any]) -> tuple[Status, str, str | None, datetime | None, str, str]:
+def _sync_effect(e: SyncResult) -> tuple[Status, str, str | None, datetime | None, str, str]:
     """(target status, reason, next action, next action at, timeline kind, timeline message) of one result."""
-    n = d.get("attempt", 0)
-    latency = f"{d.get('latency_ms', 0)} ms"
-    if event_type == INVOICE_SUBMITTED:
-        receipt = d.get("receipt_no")
+    n = e.attempt
+    latency = f"{e.latency_ms} ms"
+    if isinstance(e, InvoiceSubmitted):
+        receipt = e.receipt_no
         how = {"read_back": "found at the authority by read-back", "duplicate": "the authority already had it",
-               "repaired": "the authority's damaged copy was restored", "created": "stored"}.get(d.get("how"), "")
-        reason = f"Acknowledged by the tax authority at {_when(d.get('at'))}, receipt {receipt} (attempt {n}, {how})."
+               "repaired": "the authority's damaged copy was restored", "created": "stored"}.get(e.how or "", "")
+        reason = f"Acknowledged by the tax authority at {_when(e.at)}, receipt {receipt} (attempt {n}, {how})."
         return (Status.SUBMITTED, reason, "Check visibility at the authority (automatic).", None, "submitted",
                 f"Attempt {n}: acknowledged by the tax authority, receipt {receipt} ({how}, {latency})")
-    if event_type == INVOICE_REJECTED:
-        code, why = d.get("reason_code") or "REJECTED", d.get("reason") or "no reason given"
+    if isinstance(e, InvoiceRejected):
+        code, why = e.reason_code or "REJECTED", e.reason or "no reason given"
         return (Status.REJECTED, f"Rejected by the tax authority: [{code}] {why}",
                 "Correct the invoice and issue it under a new number, or void this one.", None, "rejected",
                 f"Attempt {n}: rejected by the tax authority [{code}] {why}")
-    error = d.get("error") or "unknown error"
-    next_at = datetime.fromisoformat(d["next_attempt_at"]) if d.get("next_attempt_at") else None
-    if d.get("gave_up"):
+    assert isinstance(e, InvoiceSubmissionFailed)
+    error = e.error or "unknown error"
+    if e.gave_up:
         return (Status.RETRYING, f"Submission gave up after {n} attempts; last error: {error}",
                 "The reconciler will check the authority and escalate (automatic).", None, "gave_up",
                 f"Attempt {n} failed and was the last: {error}")
-    if not d.get("attempted", True):
+    if not e.attempted:
         reason = f"Not sent yet: {error}"
         message = f"Held back: {error}"
     else:
-        unknown = " The outcome is unknown; the next attempt reads the authority back first." \
-            if d.get("ambiguous") else ""
+        unknown = " The outcome is unknown; the next attempt reads the authority back first." if e.ambiguous else ""
         reason = f"Submission attempt {n} failed: {error}.{unknown}"
         message = f"Attempt {n} failed after {latency}: {error}"
-    nxt = f"Attempt {n + 1} at {_when(d.get('next_attempt_at'))} (automatic)."
-    return Status.RETRYING, reason, nxt, next_at, "attempt_failed", message
+    nxt = f"Attempt {n + 1} at {_when(e.next_attempt_at)} (automatic)."
+    return Status.RETRYING, reason, nxt, e.next_attempt_at, "attempt_failed", message
 
 
 # --- deriving the status from the latest facts ------------------------------------------------
@@ -637,7 +637,7 @@ async def _save_state(session: AsyncSession, states: Sequence[dict[str, Any]], n
                                             for st in states])
 
 
-async def apply_sync_results(*, session: AsyncSession, events: Sequence[Any]) -> int:
+async def apply_sync_results(*, session: AsyncSession, events: Sequence[Received[SyncResult]]) -> int:
     """Record what the sync service learned, in the caller's transaction; returns how many were applied.
 
     Each invoice's results carry an increasing `sequence`: redelivered or stale ones are skipped, so the
@@ -646,23 +646,24 @@ async def apply_sync_results(*, session: AsyncSession, events: Sequence[Any]) ->
     reconciler's later finding already accounts for — or any result after it confirmed the invoice — is
     history on the timeline and moves nothing.
     """
-    ids = {uuid.UUID(e.subject) for e in events}
+    ids = {uuid.UUID(r.envelope.subject) for r in events}
     if not ids:
         return 0
     state = await _lock_state(session, ids)
     timeline_rows: list[dict[str, Any]] = []
     changed: dict[uuid.UUID, dict[str, Any]] = {}
     now = datetime.now(UTC)
-    for e in sorted(events, key=lambda e: (e.subject, e.sequence)):
+    for r in sorted(events, key=lambda r: (r.envelope.subject, r.envelope.sequence)):
+        e, result = r.envelope, r.event
         iid = uuid.UUID(e.subject)
         st = state.get(iid)
         if st is None or e.sequence <= st["sync_seq"]:
             continue  # not ours, or already applied
-        target, reason, nxt, nxt_at, kind, message = _sync_effect(e.type, e.data)
+        target, reason, nxt, nxt_at, kind, message = _sync_effect(result)
         st.update(sync_seq=e.sequence, sync_status=target.value, sync_note={
             "reason": reason, "next_action": nxt, "next_action_at": nxt_at.isoformat() if nxt_at else None})
-        if e.type == INVOICE_SUBMITTED and e.data.get("receipt_no"):
-            st["receipt_no"] = e.data["receipt_no"]
+        if isinstance(result, InvoiceSubmitted) and result.receipt_no:
+            st["receipt_no"] = result.receipt_no
         source = _settle(st, now)
         changed[iid] = st
         if source != "sync":
@@ -678,73 +679,7 @@ async def apply_sync_results(*, session: AsyncSession, events: Sequence[Any]) ->
 
 # --- feedback from the reconciler -------------------------------------------------------------
 
-def _utc(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
-_Time = Annotated[datetime | None, AfterValidator(_utc)]
-_Str = Annotated[str, AfterValidator(clean_text)] | None
-_Seconds = Annotated[float | None, Field(ge=0)]
-_Count = Annotated[int | None, Field(ge=0)]
-
-
-class _ReconData(BaseModel):
-    """The fields of invoice.reconciliation.v1 payloads the issuer stores and renders (shared/events.py).
-
-    Checked on the way in so that what explain.py reads later is well-formed: a payload that fails here is
-    dead-lettered instead of breaking every later read of the invoice. Fields not listed are kept as sent.
-    """
-
-    model_config = ConfigDict(extra="allow")
-
-    receipt_no: Annotated[str, StringConstraints(max_length=64), AfterValidator(clean_text)] | None = None
-    case_no: Annotated[str, StringConstraints(max_length=32), AfterValidator(clean_text)] | None = None
-    kind: Literal["missing", "mismatch"] | None = None
-    status: Literal["open", "resolved", "closed"] | None = None
-    opened_by: Literal["system", "tenant"] | None = None
-    case_status: Literal["open", "resolved", "closed"] | None = None
-    how: _Str = None
-    detail: _Str = None
-    reason: _Str = None
-    last_error: _Str = None
-    resolution: _Str = None
-    recovered: bool | None = None
-    reopened: bool | None = None
-    acked_at: _Time = None
-    confirmed_at: _Time = None
-    deadline: _Time = None
-    next_check_at: _Time = None
-    resync_at: _Time = None
-    accepted_at: _Time = None
-    stuck_at: _Time = None
-    at: _Time = None
-    visible_after_seconds: _Seconds = None
-    sla_seconds: _Seconds = None
-    stuck_after_seconds: _Seconds = None
-    resync: _Count = None
-    max_resyncs: _Count = None
-    resyncs: _Count = None
-    checks: _Count = None
-    ledger_state: Literal["pending", "awaiting", "gap", "stuck", "confirmed", "rejected", "voided"] | None = None
-    sync_seq: _Count = None
-    restated: bool | None = None
-
-
-_recon_adapter = TypeAdapter(_ReconData)
-
-def _recon_data(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
-    """The payload, checked and normalised (times as ISO 8601 UTC); ValueError when unusable."""
-    if event_type not in RECONCILIATION_TYPES:
-        raise ValueError(f"not a reconciliation event type: {event_type}")
-    checked = _recon_adapter.validate_python(data).model_dump(mode="json", exclude_unset=True)
-    if event_type == CASE_UPDATED and not (checked.get("case_no") and checked.get("status")):
-        raise ValueError("a case update needs case_no and status")
-    if event_type == INVOICE_GAP_FOUND and not checked.get("kind"):
-        raise ValueError("a gap needs its kind (missing or mismatch)")
-    return checked
-
-
-async def apply_reconciliation(*, session: AsyncSession, events: Sequence[Any]) -> int:
+async def apply_reconciliation(*, session: AsyncSession, events: Sequence[Received[ReconciliationEvent]]) -> int:
     """Record what the reconciler found, in the caller's transaction; returns how many events were applied.
 
     Idempotent like apply_sync_results, on the reconciler's own per-invoice `sequence`. Each applied event
@@ -753,40 +688,42 @@ async def apply_reconciliation(*, session: AsyncSession, events: Sequence[Any]) 
     latest word and the status is derived again. Only a finding confirms an invoice, and only a later
     finding (a check or a sweep that sees it gone) reopens one.
     """
-    ids = {uuid.UUID(e.subject) for e in events}
+    ids = {uuid.UUID(r.envelope.subject) for r in events}
     if not ids:
         return 0
     state = await _lock_state(session, ids)
     opened_cases = await _cases_on_timeline(session, list(state)) if any(
-        e.type == CASE_UPDATED for e in events) else set()
+        isinstance(r.event, CaseUpdated) for r in events) else set()
     timeline_rows: list[dict[str, Any]] = []
     changed: dict[uuid.UUID, dict[str, Any]] = {}
     applied = 0
     now = datetime.now(UTC)
-    for e in sorted(events, key=lambda e: (e.subject, e.sequence)):
+    for r in sorted(events, key=lambda r: (r.envelope.subject, r.envelope.sequence)):
+        e, found = r.envelope, r.event
         iid = uuid.UUID(e.subject)
         st = state.get(iid)
         if st is None or e.sequence <= st["recon_seq"]:
             continue  # not ours, or already applied
-        data = _recon_data(e.type, e.data)
-        is_finding, finding = finding_of(e.type, data.get("ledger_state"))
+        # Stored as checked and normalised (times as ISO 8601 UTC), as sent otherwise; explain.py renders it.
+        data = found.model_dump(mode="json", exclude_unset=True)
+        is_finding, finding = finding_of(e.type, found.ledger_state)
         st["recon_seq"] = e.sequence
         changed[iid] = st
         applied += 1
         recon = {**(st["recon"] or {}), **data, "type": e.type, "applied_at": now.isoformat()}
-        if e.type == CASE_UPDATED:
-            recon["case_status"] = data["status"]
+        if isinstance(found, CaseUpdated):
+            recon["case_status"] = found.status
         st["recon"] = recon
-        if data.get("case_no") and not (e.type == CASE_UPDATED and data["status"] != "open"):
-            st["case_no"] = data["case_no"]  # a resolved or closed case stays on the invoice as history
-        if data.get("receipt_no") and e.type in (INVOICE_CONFIRMED, INVOICE_AWAITING_VISIBILITY):
-            st["receipt_no"] = data["receipt_no"]
-        if is_finding and data.get("ledger_state") is None and finding is Status.RETRYING \
+        if found.case_no and not (isinstance(found, CaseUpdated) and found.status != "open"):
+            st["case_no"] = found.case_no  # a resolved or closed case stays on the invoice as history
+        if isinstance(found, InvoiceConfirmed | InvoiceAwaitingVisibility) and found.receipt_no:
+            st["receipt_no"] = found.receipt_no
+        if is_finding and found.ledger_state is None and finding is Status.RETRYING \
                 and st["finding_status"] == Status.STUCK.value:
             finding = Status.STUCK  # an older event: a gap found while stuck did not end the case
         if is_finding:
             # An event from before findings carried the sync sequence was made knowing what we know.
-            seen = data.get("sync_seq")
+            seen = found.sync_seq
             st.update(finding_status=finding.value if finding else None,
                       finding_sync_seq=st["sync_seq"] if seen is None else seen)
         _settle(st, now)
@@ -795,7 +732,7 @@ async def apply_reconciliation(*, session: AsyncSession, events: Sequence[Any]) 
             if data["case_no"] in opened_cases:
                 continue  # the seller's request already put this opening on the timeline (record_case)
             opened_cases.add(data["case_no"])
-        if data.get("restated"):
+        if found.restated:
             message += " (restated: the status self-check found the issuer disagreeing with the reconciler)"
         timeline_rows.append({"invoice_id": iid, "at": now, "kind": kind, "message": message,
                               "detail": {"event_id": e.id, **e.data}})
@@ -809,19 +746,21 @@ async def apply_reconciliation(*, session: AsyncSession, events: Sequence[Any]) 
 
 # --- what the notifier sent --------------------------------------------------------------------
 
-async def apply_notifications(*, session: AsyncSession, events: Sequence[Any], group: str) -> int:
+async def apply_notifications(*, session: AsyncSession,
+                              events: Sequence[Received[NotificationSent | NotificationFailed]], group: str) -> int:
     """Put "alert sent via webhook at ..." (or "could not be delivered") on each invoice's timeline, once per
     event id; notices about invoices of another tenant or unknown here are dropped."""
-    ids = {uuid.UUID(e.subject) for e in events}
+    ids = {uuid.UUID(r.envelope.subject) for r in events}
     owners = dict((await session.execute(
         select(m.invoices.c.id, m.invoices.c.tenant_id).where(m.invoices.c.id.in_(ids))
     )).all())
     rows = []
-    for e in events:
+    for r in events:
+        e = r.envelope
         iid = uuid.UUID(e.subject)
         if str(owners.get(iid)) != e.tenant:
             continue
-        kind, message = describe_notification(e.type, e.data)  # ValueError: dead-lettered
+        kind, message = describe_notification(e.type, r.event.model_dump(mode="json"))
         if not await mark_processed(session, m.processed_events, group=group, event_id=e.id):
             continue  # redelivered
         rows.append({"invoice_id": iid, "at": datetime.now(UTC), "kind": kind, "message": message,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,10 +22,11 @@ from services.notifier import models as m
 from services.notifier.guard import Refused, TargetPolicy
 from services.notifier.schemas import AlertData
 from services.notifier.signing import SecretBox, new_secret
+from shared.backoff import backoff
 from shared.contracts.notifier import ENDINGS, KINDS, SubscriptionCreate, SubscriptionPatch
 from shared.envelope import encode, new_envelope
 from shared.errors import Conflict, FieldError, NotFound, ValidationFailed
-from shared.events import NOTIFICATION_FAILED, NOTIFICATION_SENT, NOTIFIER_SOURCE
+from shared.events import NOTIFIER_SOURCE, NotificationFailed, NotificationSent
 from shared.outbox import notify_outbox
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
     "due_reminders", "get_delivery", "get_subscription", "intake_alerts", "list_deliveries", "list_mutes",
     "list_subscriptions", "mask_email", "mute", "queue_report", "recent_alerts", "record_attempt",
     "requeue_delivery",
-    "retry_delay", "rotate_secret", "send_ping", "unmute", "update_subscription",
+    "rotate_secret", "send_ping", "unmute", "update_subscription",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,12 +55,6 @@ def mask_email(address: str) -> str:
     """finance@example.com -> f******@example.com (history and events never show whole addresses)."""
     local, _, domain = address.partition("@")
     return f"{local[:1]}{'*' * max(len(local) - 1, 1)}@{domain}"
-
-
-def retry_delay(attempts: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Wait after the n-th failed attempt: doubling from base up to cap, with equal jitter (never < half)."""
-    step = min(cap, base * 2 ** min(max(attempts - 1, 0), 30))
-    return step / 2 + (rng or random).uniform(0, step / 2)
 
 
 # --- subscriptions ---------------------------------------------------------------------------
@@ -456,7 +450,8 @@ async def record_attempt(*, session: AsyncSession, delivery: Claimed, ok: bool, 
         values = {"status": "exhausted", "finished_at": now, "next_attempt_at": None, "last_error": error}
     else:
         outcome = "failed"
-        wait = retry_delay(n, base=retry_base, cap=retry_cap)
+        # After the n-th failed attempt: doubling from base up to cap, never less than half the step.
+        wait = backoff(n - 1, base=retry_base, cap=retry_cap, jitter="equal")
         values = {"next_attempt_at": now + timedelta(seconds=wait), "last_error": error}
     changed = (await session.execute(
         update(d).where(d.c.id == delivery.id, d.c.status == "pending", d.c.attempts == delivery.attempts)
@@ -485,14 +480,14 @@ async def _announce(session: AsyncSession, delivery: Claimed, outcome: str, atte
     for a in delivery.alerts:
         if not a.get("invoice_id"):
             continue  # orphans are about no invoice of ours
-        env = new_envelope(
-            source=NOTIFIER_SOURCE, type=NOTIFICATION_SENT if outcome == "delivered" else NOTIFICATION_FAILED,
-            subject=a["invoice_id"], tenant=str(delivery.tenant_id), sequence=1,
-            id=str(uuid.uuid5(delivery.id, a["invoice_id"] + ":" + a["alert_id"])),
-            data={"invoice_id": a["invoice_id"], "delivery_id": str(delivery.id), "channel": delivery.channel,
-                  "alert_kind": a["kind"], "alert_id": a["alert_id"], "case_no": a.get("case_no"),
-                  "digest": delivery.kind == "digest", "alert_count": len(delivery.alerts), "attempts": attempts,
-                  "at": now.isoformat(), "target": _target(delivery), "error": error})
+        model = NotificationSent if outcome == "delivered" else NotificationFailed
+        event = model(invoice_id=a["invoice_id"], delivery_id=delivery.id, channel=delivery.channel,
+                      alert_kind=a["kind"], alert_id=a["alert_id"], case_no=a.get("case_no"),
+                      digest=delivery.kind == "digest", alert_count=len(delivery.alerts), attempts=attempts, at=now,
+                      target=_target(delivery), error=error)
+        env = new_envelope(source=NOTIFIER_SOURCE, event=event, subject=a["invoice_id"],
+                           tenant=str(delivery.tenant_id), sequence=1,
+                           id=str(uuid.uuid5(delivery.id, a["invoice_id"] + ":" + a["alert_id"])))
         rows.append({"topic": topic, "key": a["invoice_id"], "event_id": env.id, "event_type": env.type,
                      "payload": encode(env)})
     if rows:

@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import orjson
-from aiokafka import ConsumerRecord
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.notifier import service
@@ -28,14 +27,22 @@ from services.notifier.metrics import (
     RETRY_QUEUE,
     WAITING,
 )
-from services.notifier.schemas import AlertData
 from services.notifier.settings import NotifierSettings
 from services.notifier.signing import SecretBox
+from shared.consumers import NOTIFIER_ALERTS
 from shared.db import transaction
-from shared.envelope import Envelope
-from shared.events import ALERT_TYPES
+from shared.envelope import Received
+from shared.events import (
+    AlertRaised,
+    CaseClosedAlertRaised,
+    CaseResolvedAlertRaised,
+    OrphanAlertRaised,
+    RecoveredAlertRaised,
+    RejectedAlertRaised,
+    StuckAlertRaised,
+)
+from shared.kafka import HandlerTable
 from shared.loops import consume_forever, run_rounds
-from shared.topics import ALERTS as ALERTS_TOPIC
 from shared.topics import NOTIFICATIONS
 
 __all__ = ["Notifier"]
@@ -51,12 +58,15 @@ class Notifier:
         self.box = box
         self.webhooks = webhooks
         self.mailer = mailer
-        self.group_id = f"{settings.topic_prefix}notifier.alerts"
+        self.group_id = NOTIFIER_ALERTS.qualified(settings.topic_prefix)
         self.notifications_topic = NOTIFICATIONS.qualified(settings.topic_prefix)
         self.stopping = asyncio.Event()
         self._wake_sender = asyncio.Event()
         self._wake_batcher = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.deliver_concurrency)
+        self.handlers: HandlerTable[AsyncSession] = HandlerTable(dict.fromkeys(
+            (StuckAlertRaised, RecoveredAlertRaised, RejectedAlertRaised, OrphanAlertRaised, CaseResolvedAlertRaised,
+             CaseClosedAlertRaised), self._intake))
 
     def stop(self) -> None:
         self.stopping.set()
@@ -69,9 +79,8 @@ class Notifier:
     async def run(self) -> None:
         s = self.settings
         await asyncio.gather(
-            consume_forever(service="notifier", bootstrap=s.kafka_bootstrap,
-                            topics=[ALERTS_TOPIC.qualified(s.topic_prefix)], group_id=self.group_id,
-                            batch_handler=self.take_in, stopping=self.stopping,
+            consume_forever(group=NOTIFIER_ALERTS, prefix=s.topic_prefix, bootstrap=s.kafka_bootstrap,
+                            table=self.handlers, batch_handler=self.take_in, stopping=self.stopping,
                             request_timeout_ms=s.kafka_request_timeout_ms),
             run_rounds("batch", self.batch_round, stopping=self.stopping, wake=self._wake_batcher,
                        idle=self._batch_idle),
@@ -87,29 +96,22 @@ class Notifier:
 
     # --- alerts in ----------------------------------------------------------------------------------
 
-    async def take_in(self, items: list[tuple[Envelope, ConsumerRecord]]) -> None:
-        alerts: list[tuple[str, AlertData]] = []
-        for env, _ in items:
-            if env.type not in ALERT_TYPES:
-                log.info("ignoring an event of type %s on the alerts topic", env.type)
-                continue
-            if str(env.data.get("tenant_id")) != env.tenant:
-                raise ValueError("an alert's data.tenant_id must equal the envelope's tenant")
-            try:
-                alerts.append((env.type, AlertData.model_validate(env.data)))
-            except ValidationError as exc:
-                raise ValueError(f"unusable alert: {exc.errors()[0].get('loc')}: {exc.errors()[0].get('msg')}") \
-                    from None
-        if not alerts:
-            return
+    async def take_in(self, items: list[Received[Any]]) -> None:
         async with transaction(self.sessions) as session:
-            stats = await service.intake_alerts(session=session, alerts=alerts, remind_after=self.settings.remind_after)
+            done = await self.handlers.dispatch(session, items)
+        stats: service.Intake | None = done.get(self._intake)
+        if stats is None:
+            return
         for kind, n in stats.new.items():
             ALERTS.labels(kind, "new").inc(n)
         if stats.duplicates:
             ALERTS.labels("any", "duplicate").inc(stats.duplicates)
         if stats.items:
             self._wake_batcher.set()
+
+    async def _intake(self, session: AsyncSession, items: list[Received[AlertRaised]]) -> service.Intake:
+        return await service.intake_alerts(session=session, alerts=[(i.envelope.type, i.event) for i in items],
+                                           remind_after=self.settings.remind_after)
 
     # --- grouping ------------------------------------------------------------------------------------
 

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from shared.backoff import backoff
+from shared.events import InvoiceRejected, InvoiceSubmissionFailed, InvoiceSubmitted, SyncResult
+
 __all__ = ["Decision", "Policy", "Seen", "decide", "human_duration", "resync_delay"]
 
 UNCONFIRMED = frozenset({"pending", "awaiting", "gap", "stuck"})
@@ -61,8 +64,7 @@ class Decision:
 
 def resync_delay(n: int, *, policy: Policy, rng: random.Random | None = None) -> float:
     """Least time after resync n before resync n+1: doubling from resync_base, capped, with equal jitter."""
-    step = min(policy.resync_cap, policy.resync_base * 2 ** min(max(n - 1, 0), 30))
-    return step / 2 + (rng or random).uniform(0, step / 2)
+    return backoff(n - 1, base=policy.resync_base, cap=policy.resync_cap, jitter="equal", rng=rng)
 
 
 def human_duration(seconds: float) -> str:
@@ -196,34 +198,30 @@ def _stuck_reason(row: Any, seen: Seen, gap_kind: str | None, resyncs: int, p: P
     return f"still not visible at the tax authority after {resyncs} resyncs"
 
 
-def after_sync_result(row: Any, event_type: str, data: dict[str, Any], now: datetime,
-                      policy: Policy) -> tuple[dict[str, Any], bool]:
+def after_sync_result(row: Any, event: SyncResult, now: datetime, policy: Policy) -> tuple[dict[str, Any], bool]:
     """Ledger changes for one sync result, and whether the invoice was just rejected (alert once)."""
-    from shared.events import INVOICE_REJECTED, INVOICE_SUBMITTED
-
     terminal = row.state in ("confirmed", "rejected", "voided")
-    if event_type == INVOICE_SUBMITTED:
-        how = data.get("how")
-        at = datetime.fromisoformat(data["at"]) if data.get("at") else now
-        changes: dict[str, Any] = {"sync_state": "submitted", "receipt_no": data.get("receipt_no") or row.receipt_no,
+    if isinstance(event, InvoiceSubmitted):
+        how = event.how
+        changes: dict[str, Any] = {"sync_state": "submitted", "receipt_no": event.receipt_no or row.receipt_no,
                                    "duplicate_acks": row.duplicate_acks + (how == "duplicate")}
         if terminal:
             return changes, False
-        changes.update(acked_at=at, checks=0, next_check_at=now + timedelta(seconds=policy.first_check_after))
+        changes.update(acked_at=event.at or now, checks=0,
+                       next_check_at=now + timedelta(seconds=policy.first_check_after))
         if how == "duplicate" and row.state in ("gap", "stuck") and row.gap_kind == "missing" and row.resyncs:
             changes["held"] = True  # our resubmission found it already there: it is lag, not loss
         if row.state == "pending":
             changes["state"] = "awaiting"
         return changes, False
-    if event_type == INVOICE_REJECTED:
+    if isinstance(event, InvoiceRejected):
         if row.state in ("confirmed", "voided", "rejected"):
             return {"sync_state": "rejected"}, False
-        reason = f"[{data.get('reason_code') or 'REJECTED'}] {data.get('reason') or 'rejected by the tax authority'}"
+        reason = f"[{event.reason_code or 'REJECTED'}] {event.reason or 'rejected by the tax authority'}"
         return {"sync_state": "rejected", "state": "rejected", "last_error": reason, "next_check_at": None,
                 "gap_kind": None}, True
-    # submission failed
-    gave_up = bool(data.get("gave_up"))
-    changes = {"sync_state": "gave_up" if gave_up else "failed", "last_error": data.get("error")}
-    if gave_up and not terminal:
+    assert isinstance(event, InvoiceSubmissionFailed)
+    changes = {"sync_state": "gave_up" if event.gave_up else "failed", "last_error": event.error}
+    if event.gave_up and not terminal:
         changes["next_check_at"] = now  # look now; absent -> resync (补录)
     return changes, False

@@ -10,6 +10,7 @@ recognisably the same one. Callers own the transaction; nothing here commits.
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from collections import Counter
@@ -17,9 +18,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from pydantic import ValidationError
 from sqlalchemy import and_, bindparam, case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,25 +29,29 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.reconciler import models as m
 from services.reconciler.rules import Decision, Policy, Seen, after_sync_result, decide, human_duration
 from shared.contracts.cases import case_no_of
-from shared.envelope import Envelope, encode, new_envelope
+from shared.envelope import Envelope, Received, encode, new_envelope
 from shared.errors import Conflict, NotFound
 from shared.events import (
-    ALERT_CLOSED,
-    ALERT_ORPHAN,
-    ALERT_RECOVERED,
-    ALERT_REJECTED,
-    ALERT_RESOLVED,
-    ALERT_STUCK,
-    CASE_UPDATED,
-    INVOICE_AWAITING_VISIBILITY,
-    INVOICE_CONFIRMED,
-    INVOICE_GAP_FOUND,
-    INVOICE_REJECTED,
-    INVOICE_STUCK,
-    INVOICE_SUBMITTED,
     RECONCILER_SOURCE,
-    RESYNC_INVOICE,
-    Issued,
+    AlertRaised,
+    CaseClosedAlertRaised,
+    CaseResolvedAlertRaised,
+    CaseUpdated,
+    Event,
+    InvoiceAwaitingVisibility,
+    InvoiceConfirmed,
+    InvoiceGapFound,
+    InvoiceIssued,
+    InvoiceRejected,
+    InvoiceStuck,
+    InvoiceSubmitted,
+    OrphanAlertRaised,
+    ReconciliationEvent,
+    RecoveredAlertRaised,
+    RejectedAlertRaised,
+    ResyncRequested,
+    StuckAlertRaised,
+    SyncResult,
 )
 from shared.outbox import notify_outbox
 from shared.topics import ALERTS, RECONCILIATION, RESYNC_REQUESTS
@@ -56,6 +62,8 @@ __all__ = [
     "ledger_lookup", "list_unconfirmed", "month_summary", "open_case", "open_rows", "request_check", "request_resync",
     "restate", "status_counts", "sweep_now",
 ]
+
+log = logging.getLogger(__name__)
 
 _ALERT_NS = uuid.UUID("6f1c1f7e-5d0b-4c35-9a57-2f3f0c6a9b11")
 _MUTABLE = (
@@ -84,28 +92,29 @@ class _Writes:
         self.outbox: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
 
-    def event(self, state: dict[str, Any], event_type: str, data: dict[str, Any]) -> None:
+    def event(self, state: dict[str, Any], model: type[ReconciliationEvent], data: dict[str, Any]) -> None:
         """An event about one invoice for the issuer, numbered by the invoice's own reconciler sequence."""
         state["recon_seq"] += 1
-        env = new_envelope(source=RECONCILER_SOURCE, type=event_type, subject=str(state["invoice_id"]),
-                           tenant=str(state["tenant_id"]), sequence=state["recon_seq"],
-                           data={"invoice_id": str(state["invoice_id"]), "seller_tax_id": state["seller_tax_id"],
-                                 "number": state["number"], **_jsonable(data),
-                                 # What the issuer derives its status from: the finding as of this event,
-                                 # and the sync results it already took into account.
-                                 "ledger_state": state["state"], "sync_seq": state["sync_seq"]})
+        payload = _jsonable({
+            "invoice_id": state["invoice_id"], "seller_tax_id": state["seller_tax_id"], "number": state["number"],
+            **data,
+            # What the issuer derives its status from: the finding as of this event, and the sync results it
+            # already took into account.
+            "ledger_state": state["state"], "sync_seq": state["sync_seq"]})
+        env = _envelope(model, payload, subject=str(state["invoice_id"]), tenant=str(state["tenant_id"]),
+                        sequence=state["recon_seq"])
         self._add(self.topics.reconciliation, str(state["invoice_id"]), env)
 
-    def resync(self, state: dict[str, Any], reason: str, *, by: str = "reconciler") -> None:
-        env = new_envelope(source=RECONCILER_SOURCE, type=RESYNC_INVOICE, subject=str(state["invoice_id"]),
-                           tenant=str(state["tenant_id"]), sequence=max(1, state["resyncs"]),
-                           data={"invoice_id": str(state["invoice_id"]), "seller_tax_id": state["seller_tax_id"],
-                                 "number": state["number"], "reason": reason, "requested_by": by,
-                                 "resync": state["resyncs"]})
+    def resync(self, state: dict[str, Any], reason: str, *,
+               by: Literal["reconciler", "operator"] = "reconciler") -> None:
+        event = ResyncRequested(invoice_id=state["invoice_id"], seller_tax_id=state["seller_tax_id"],
+                                number=state["number"], reason=reason, requested_by=by, resync=state["resyncs"])
+        env = new_envelope(source=RECONCILER_SOURCE, event=event, subject=str(state["invoice_id"]),
+                           tenant=str(state["tenant_id"]), sequence=max(1, state["resyncs"]))
         self._add(self.topics.resync, str(state["invoice_id"]), env)
 
-    def alert(self, state: dict[str, Any], event_type: str, kind: str, *, reason: str, next_action: str | None,
-              case_no: str | None, now: datetime) -> str:
+    def alert(self, state: dict[str, Any], model: type[AlertRaised], kind: str, *, reason: str,
+              next_action: str | None, case_no: str | None, now: datetime) -> str:
         """One alert for the notifier; its id names the transition, so it is the same id if ever re-sent."""
         alert_id = str(uuid.uuid5(_ALERT_NS, f"{kind}:{state['invoice_id']}:{case_no or ''}"))
         data = {"alert_id": alert_id, "kind": kind, "tenant_id": str(state["tenant_id"]),
@@ -113,8 +122,8 @@ class _Writes:
                 "number": state["number"], "issue_date": state.get("issue_date"), "total": state.get("total"),
                 "buyer_name": state.get("buyer_name"), "buyer_tax_id": state.get("buyer_tax_id"),
                 "reason": reason, "next_action": next_action, "case_no": case_no, "at": now}
-        env = new_envelope(id=alert_id, source=RECONCILER_SOURCE, type=event_type, subject=str(state["invoice_id"]),
-                           tenant=str(state["tenant_id"]), sequence=1, data=_jsonable(data))
+        env = _envelope(model, _jsonable(data), id=alert_id, subject=str(state["invoice_id"]),
+                        tenant=str(state["tenant_id"]), sequence=1)
         self._add(self.topics.alerts, str(state["invoice_id"]), env)
         return alert_id
 
@@ -133,6 +142,16 @@ class _Writes:
         if self.outbox:
             await session.execute(m.outbox.insert(), self.outbox)
             await notify_outbox(session, m.outbox)
+
+
+def _envelope(model: type[Event], data: dict[str, Any], **envelope: Any) -> Envelope:
+    """The event as `model`. Text from outside (the store's errors, the invoice's words) that the consumers would
+    refuse is sent as it is all the same, for them to dead-letter: it must not hold up this transaction."""
+    try:
+        return new_envelope(source=RECONCILER_SOURCE, event=model.model_validate(data), **envelope)
+    except ValidationError as exc:
+        log.error("sending a %s payload its consumers will refuse: %s", model.TYPE, exc.errors()[0])
+        return new_envelope(source=RECONCILER_SOURCE, type=model.TYPE, data=data, **envelope)
 
 
 def _jsonable(value: Any) -> Any:
@@ -183,7 +202,7 @@ class _Row:
 
 # --- the expected side: issued, voided, sync results ------------------------------------------
 
-async def intake_issued(*, session: AsyncSession, issued: Sequence[Issued], policy: Policy,
+async def intake_issued(*, session: AsyncSession, issued: Sequence[InvoiceIssued], policy: Policy,
                         sweep_interval: float) -> int:
     """Record issued invoices (a redelivered event changes nothing). Returns how many were new."""
     if not issued:
@@ -239,7 +258,7 @@ async def apply_voided(*, session: AsyncSession, invoice_ids: Sequence[uuid.UUID
         s.update(state="voided", next_check_at=None, check_requested_by=None)
         if s["case_no"]:
             # Tell the notifier the case is over, so that reminders about it stop.
-            w.alert(s, ALERT_CLOSED, "closed", now=now, case_no=s["case_no"], next_action=None,
+            w.alert(s, CaseClosedAlertRaised, "closed", now=now, case_no=s["case_no"], next_action=None,
                     reason=f"Case {s['case_no']} is closed: the seller voided invoice {s['number']}.")
             await _close_case(session, w, s, "closed", "voided by the seller", now)
     await _save(session, states.values())
@@ -247,39 +266,39 @@ async def apply_voided(*, session: AsyncSession, invoice_ids: Sequence[uuid.UUID
     return len(states)
 
 
-async def apply_sync_results(*, session: AsyncSession, events: Sequence[Envelope], policy: Policy,
+async def apply_sync_results(*, session: AsyncSession, results: Sequence[Received[SyncResult]], policy: Policy,
                              topics: Topics) -> Counter[str]:
     """What the sync service learned, in order per invoice; stale or redelivered results are skipped.
     Returns the applied results by kind: submitted, duplicate (the store already held it), failed, rejected."""
-    events = sorted(events, key=lambda e: (e.subject, e.sequence))
-    ids = {uuid.UUID(e.subject) for e in events}
+    results = sorted(results, key=lambda r: (r.envelope.subject, r.envelope.sequence))
+    ids = {uuid.UUID(r.envelope.subject) for r in results}
     states = await _lock(session, ids)
-    missing = [e for e in events if uuid.UUID(e.subject) not in states]
+    missing = [r for r in results if uuid.UUID(r.envelope.subject) not in states]
     if missing:
         # Results can overtake the issued event (another topic): keep a placeholder to fill in later.
         placeholders = {}
-        for e in missing:
-            placeholders[uuid.UUID(e.subject)] = {
-                "invoice_id": uuid.UUID(e.subject), "tenant_id": uuid.UUID(e.tenant),
-                "seller_tax_id": e.data["seller_tax_id"], "number": e.data["number"], "state": "pending"}
+        for r in missing:
+            placeholders[uuid.UUID(r.envelope.subject)] = {
+                "invoice_id": uuid.UUID(r.envelope.subject), "tenant_id": uuid.UUID(r.envelope.tenant),
+                "seller_tax_id": r.event.seller_tax_id, "number": r.event.number, "state": "pending"}
         await session.execute(pg_insert(m.ledger).on_conflict_do_nothing(), list(placeholders.values()))
         states.update(await _lock(session, placeholders))
     now = datetime.now(UTC)
     w = _Writes(topics)
     changed: dict[uuid.UUID, dict[str, Any]] = {}
     applied: Counter[str] = Counter()
-    for e in events:
-        s = states.get(uuid.UUID(e.subject))
-        if s is None or e.sequence <= s["sync_seq"]:
+    for r in results:
+        s = states.get(uuid.UUID(r.envelope.subject))
+        if s is None or r.envelope.sequence <= s["sync_seq"]:
             continue
-        s["sync_seq"] = e.sequence
-        changes, rejected = after_sync_result(_Row(s), e.type, e.data, now, policy)
+        s["sync_seq"] = r.envelope.sequence
+        changes, rejected = after_sync_result(_Row(s), r.event, now, policy)
         s.update(changes)
         changed[s["invoice_id"]] = s
-        applied[_result_kind(e)] += 1
+        applied[_result_kind(r.event)] += 1
         if rejected:
             reason = s["last_error"]
-            w.alert(s, ALERT_REJECTED, "rejected", reason=f"Rejected by the tax authority: {reason}",
+            w.alert(s, RejectedAlertRaised, "rejected", reason=f"Rejected by the tax authority: {reason}",
                     next_action="Correct the invoice and issue it under a new number, or void this one.",
                     case_no=None, now=now)
             if s["case_no"]:
@@ -289,10 +308,10 @@ async def apply_sync_results(*, session: AsyncSession, events: Sequence[Envelope
     return applied
 
 
-def _result_kind(e: Envelope) -> str:
-    if e.type == INVOICE_SUBMITTED:
-        return "duplicate" if e.data.get("how") == "duplicate" else "submitted"
-    return "rejected" if e.type == INVOICE_REJECTED else "failed"
+def _result_kind(e: SyncResult) -> str:
+    if isinstance(e, InvoiceSubmitted):
+        return "duplicate" if e.how == "duplicate" else "submitted"
+    return "rejected" if isinstance(e, InvoiceRejected) else "failed"
 
 
 # --- checks -----------------------------------------------------------------------------------
@@ -360,7 +379,7 @@ async def _record_decision(session: AsyncSession, w: _Writes, s: dict[str, Any],
             w.note(case_no, "check", d.note, now, trigger=requested_by or "schedule", result="visible")
         if d.recovered:
             stats.recovered += 1
-            w.alert(s, ALERT_RECOVERED, "recovered", now=now, case_no=case_no, next_action=None,
+            w.alert(s, RecoveredAlertRaised, "recovered", now=now, case_no=case_no, next_action=None,
                     reason=f"Now visible at the tax authority with identical content (receipt {s['receipt_no']}).")
             w.note(case_no, "alert", "Recovered alert raised.", now)
         if case_no:
@@ -369,11 +388,11 @@ async def _record_decision(session: AsyncSession, w: _Writes, s: dict[str, Any],
                               emit=True)
             case_status = "resolved"
             if not d.recovered:  # a case the seller opened: tell them it is over (a recovery says so itself)
-                w.alert(s, ALERT_RESOLVED, "resolved", now=now, case_no=case_no, next_action=None,
+                w.alert(s, CaseResolvedAlertRaised, "resolved", now=now, case_no=case_no, next_action=None,
                         reason=f"Case {case_no} is resolved: the invoice is visible at the tax authority with "
                                f"identical content (receipt {s['receipt_no']}).")
                 w.note(case_no, "alert", "Resolved alert raised.", now)
-        w.event(s, INVOICE_CONFIRMED, {
+        w.event(s, InvoiceConfirmed, {
             "receipt_no": s["receipt_no"], "acked_at": s["acked_at"], "confirmed_at": now,
             "visible_after_seconds": round(visible_after, 3) if visible_after is not None else None,
             "how": requested_by if requested_by in ("sweep", "case") else "check", "recovered": d.recovered,
@@ -384,7 +403,7 @@ async def _record_decision(session: AsyncSession, w: _Writes, s: dict[str, Any],
     if case_no and (requested_by or d.resync or d.escalate or d.gap_event or s["state"] != before):
         w.note(case_no, "check", d.note, now, trigger=requested_by or "schedule")
     if d.announce:
-        w.event(s, INVOICE_AWAITING_VISIBILITY, {
+        w.event(s, InvoiceAwaitingVisibility, {
             "receipt_no": s["receipt_no"], "acked_at": s["acked_at"], "sla_seconds": p.visibility_sla,
             "deadline": s["acked_at"] + timedelta(seconds=p.visibility_sla), "next_check_at": s["next_check_at"],
             "checks": s["checks"]})
@@ -396,7 +415,7 @@ async def _record_decision(session: AsyncSession, w: _Writes, s: dict[str, Any],
     if d.gap_event:
         kind = s["gap_kind"] or "missing"
         stats.gaps[kind] = stats.gaps.get(kind, 0) + 1
-        w.event(s, INVOICE_GAP_FOUND, {
+        w.event(s, InvoiceGapFound, {
             "kind": kind, "detail": d.note.strip(), "reopened": s["reopened"], "acked_at": s["acked_at"],
             "sla_seconds": p.visibility_sla, "resync": s["resyncs"], "max_resyncs": p.stuck_after_resyncs,
             "resync_at": s["last_resync_at"], "next_check_at": s["next_check_at"], "case_no": case_no,
@@ -411,11 +430,11 @@ async def _record_decision(session: AsyncSession, w: _Writes, s: dict[str, Any],
                   f"{'it vanished' if s['reopened'] else 'issue'}: {d.stuck_reason}. "
                   f"Case {case_no}.")
         w.note(case_no, "stuck", f"Stuck: {d.stuck_reason}.", now)
-        alert_id = w.alert(s, ALERT_STUCK, "stuck", reason=reason, case_no=case_no, now=now,
+        alert_id = w.alert(s, StuckAlertRaised, "stuck", reason=reason, case_no=case_no, now=now,
                            next_action=f"Follow case {case_no}; the system keeps checking and resubmitting. "
                                        "Void the invoice if it must not count.")
         w.note(case_no, "alert", "Stuck alert raised.", now, alert_id=alert_id)
-        w.event(s, INVOICE_STUCK, {
+        w.event(s, InvoiceStuck, {
             "case_no": case_no, "reason": d.stuck_reason, "accepted_at": s["accepted_at"], "since": s["since"],
             "stuck_at": now, "stuck_after_seconds": p.stuck_after, "resyncs": s["resyncs"],
             "max_resyncs": p.stuck_after_resyncs, "last_error": s["last_error"], "next_check_at": s["next_check_at"],
@@ -439,7 +458,7 @@ async def _new_case(session: AsyncSession, w: _Writes, s: dict[str, Any], *, ope
     s["case_no"] = case_no
     w.note(case_no, "opened", message, now)
     if opened_by == "tenant":
-        w.event(s, CASE_UPDATED, {"case_no": case_no, "status": "open", "opened_by": opened_by, "at": now,
+        w.event(s, CaseUpdated, {"case_no": case_no, "status": "open", "opened_by": opened_by, "at": now,
                                   "resolution": None})
     return case_no
 
@@ -456,7 +475,7 @@ async def _close_case(session: AsyncSession, w: _Writes, s: dict[str, Any], stat
         return
     w.note(case_no, status, f"Case {status}: {resolution}.", now)
     if emit:
-        w.event(s, CASE_UPDATED, {"case_no": case_no, "status": status, "opened_by": row.opened_by, "at": now,
+        w.event(s, CaseUpdated, {"case_no": case_no, "status": status, "opened_by": row.opened_by, "at": now,
                                   "resolution": resolution})
 
 
@@ -668,8 +687,8 @@ async def _record_orphans(session: AsyncSession, seller_tax_id: str, tenant_id: 
                           "but it was never issued through Fapiao Sync.",
                 "next_action": "Check whether it was issued outside this system; red-letter it if it is not yours.",
                 "case_no": None, "at": now}
-        env = new_envelope(id=alert_id, source=RECONCILER_SOURCE, type=ALERT_ORPHAN, subject=subject,
-                           tenant=str(r.tenant_id), sequence=1, data=_jsonable(data))
+        env = _envelope(OrphanAlertRaised, _jsonable(data), id=alert_id, subject=subject, tenant=str(r.tenant_id),
+                        sequence=1)
         w._add(topics.alerts, subject, env)
     await w.flush(session)
 
@@ -855,24 +874,24 @@ async def restate(*, session: AsyncSession, invoice_ids: Sequence[uuid.UUID], po
         state = s["state"]
         common = {"restated": True, "case_no": s["case_no"], "next_check_at": s["next_check_at"]}
         if state == "confirmed":
-            w.event(s, INVOICE_CONFIRMED, {**common, "receipt_no": s["receipt_no"], "acked_at": s["acked_at"],
+            w.event(s, InvoiceConfirmed, {**common, "receipt_no": s["receipt_no"], "acked_at": s["acked_at"],
                                            "confirmed_at": s["confirmed_at"], "how": "check", "recovered": False,
                                            "reopened": False})
         elif state == "stuck":
-            w.event(s, INVOICE_STUCK, {**common, "reason": "still not confirmed at the tax authority",
+            w.event(s, InvoiceStuck, {**common, "reason": "still not confirmed at the tax authority",
                                        "accepted_at": s["accepted_at"], "since": s["since"], "stuck_at": s["stuck_at"],
                                        "stuck_after_seconds": policy.stuck_after, "resyncs": s["resyncs"],
                                        "max_resyncs": policy.stuck_after_resyncs, "last_error": s["last_error"],
                                        "gap_kind": s["gap_kind"]})
         elif state == "gap":
-            w.event(s, INVOICE_GAP_FOUND, {**common, "kind": s["gap_kind"] or "missing", "reopened": s["reopened"],
+            w.event(s, InvoiceGapFound, {**common, "kind": s["gap_kind"] or "missing", "reopened": s["reopened"],
                                            "acked_at": s["acked_at"], "sla_seconds": policy.visibility_sla,
                                            "resync": s["resyncs"], "max_resyncs": policy.stuck_after_resyncs,
                                            "resync_at": s["last_resync_at"], "stuck_after_seconds": policy.stuck_after,
                                            "since": s["since"], "held": s["held"]})
         else:  # awaiting, or pending: what it waits for, with no verdict on visibility yet
             deadline = s["acked_at"] + timedelta(seconds=policy.visibility_sla) if s["acked_at"] else None
-            w.event(s, INVOICE_AWAITING_VISIBILITY, {**common, "receipt_no": s["receipt_no"], "acked_at": s["acked_at"],
+            w.event(s, InvoiceAwaitingVisibility, {**common, "receipt_no": s["receipt_no"], "acked_at": s["acked_at"],
                                                      "sla_seconds": policy.visibility_sla, "deadline": deadline,
                                                      "checks": s["checks"]})
         out[state] += 1

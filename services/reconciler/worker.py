@@ -10,10 +10,10 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from datetime import date
+from typing import Any
 
-from aiokafka import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.reconciler import service
@@ -34,12 +34,12 @@ from services.reconciler.rules import Policy, Seen
 from services.reconciler.service import Topics
 from services.reconciler.settings import ReconcilerSettings
 from services.reconciler.store import StoreUnavailable, StoreView, TaxstoreReader
+from shared.backoff import backoff
+from shared.consumers import RECONCILER_LEDGER
 from shared.db import transaction
-from shared.envelope import Envelope
-from shared.events import INVOICE_ISSUED, INVOICE_VOIDED, SYNC_RESULT_TYPES, Issued
-from shared.kafka import backoff_delay
+from shared.events import InvoiceIssued, InvoiceRejected, InvoiceSubmissionFailed, InvoiceSubmitted, InvoiceVoided
+from shared.kafka import HandlerTable, Received
 from shared.loops import consume_forever, run_rounds
-from shared.topics import INVOICE_EVENTS, SYNC_RESULTS
 
 __all__ = ["Reconciler"]
 
@@ -54,7 +54,7 @@ class Reconciler:
         self.reader = reader
         self.policy = Policy.of(settings)
         self.topics = Topics.of(settings.topic_prefix)
-        self.group_id = f"{settings.topic_prefix}reconciler.ledger"
+        self.group_id = RECONCILER_LEDGER.qualified(settings.topic_prefix)
         self._stopping = asyncio.Event()
         self._wake_checker = asyncio.Event()
         self._wake_sweeper = asyncio.Event()
@@ -64,6 +64,11 @@ class Reconciler:
         self.last_store_error: str | None = None
         self.last_round: dict[str, object] = {}
         self._latencies: deque[tuple[float, float]] = deque(maxlen=50_000)  # (when, acceptance -> confirmation)
+        self.handlers: HandlerTable[AsyncSession] = HandlerTable({
+            InvoiceIssued: self._take_issued, InvoiceVoided: self._take_voided,
+            InvoiceSubmitted: self._take_results, InvoiceSubmissionFailed: self._take_results,
+            InvoiceRejected: self._take_results,
+        })
 
     def stop(self) -> None:
         self._stopping.set()
@@ -78,41 +83,36 @@ class Reconciler:
 
     # --- the Kafka door ---------------------------------------------------------------------------
 
-    async def _apply(self, items: list[tuple[Envelope, ConsumerRecord]]) -> None:
-        issued: list[Issued] = []
-        voided: list[uuid.UUID] = []
-        results: list[Envelope] = []
-        for env, _ in items:
-            if env.type == INVOICE_ISSUED:
-                event = Issued.model_validate(env.data)
-                if str(event.invoice_id) != env.subject:
-                    raise ValueError("data.invoice_id differs from the envelope subject")
-                issued.append(event)
-            elif env.type == INVOICE_VOIDED:
-                voided.append(uuid.UUID(env.subject))
-            elif env.type in SYNC_RESULT_TYPES:
-                uuid.UUID(env.subject), uuid.UUID(env.tenant)
-                if not isinstance(env.data.get("seller_tax_id"), str) or not isinstance(env.data.get("number"), str):
-                    raise ValueError("a sync result needs data.seller_tax_id and data.number")
-                results.append(env)
-        if not (issued or voided or results):
-            return
+    async def _apply(self, items: list[Received[Any]]) -> None:
         async with transaction(self.sessions) as session:
-            await service.intake_issued(session=session, issued=issued, policy=self.policy,
-                                        sweep_interval=self.settings.sweep_interval)
-            await service.apply_voided(session=session, invoice_ids=voided, topics=self.topics)
-            applied = await service.apply_sync_results(session=session, events=results, policy=self.policy,
-                                                       topics=self.topics)
+            done = await self.handlers.dispatch(session, items)
+        applied: Counter[str] = done.get(self._take_results) or Counter()
         for kind, n in applied.items():  # after the commit: a rolled-back slice is not counted
             SYNC_RESULTS_TAKEN.labels(kind).inc(n)
-        if results:
+        if self._take_results in done:
             self._wake_checker.set()
+
+    async def _take_issued(self, session: AsyncSession, items: list[Received[InvoiceIssued]]) -> None:
+        await service.intake_issued(session=session, issued=[i.event for i in items], policy=self.policy,
+                                    sweep_interval=self.settings.sweep_interval)
+
+    async def _take_voided(self, session: AsyncSession, items: list[Received[InvoiceVoided]]) -> None:
+        await service.apply_voided(session=session, invoice_ids=[uuid.UUID(i.envelope.subject) for i in items],
+                                   topics=self.topics)
+
+    async def _take_results(self, session: AsyncSession, items: list[Received[Any]]) -> Counter[str]:
+        for i in items:
+            # A placeholder row needs them (ValueError: dead-lettered).
+            uuid.UUID(i.envelope.subject), uuid.UUID(i.envelope.tenant)
+            if i.event.seller_tax_id is None or i.event.number is None:
+                raise ValueError("a sync result needs data.seller_tax_id and data.number")
+        return await service.apply_sync_results(session=session, results=items, policy=self.policy,
+                                                topics=self.topics)
 
     async def run_consumer(self) -> None:
         s = self.settings
-        await consume_forever(service="reconciler", bootstrap=s.kafka_bootstrap,
-                              topics=[INVOICE_EVENTS.qualified(s.topic_prefix), SYNC_RESULTS.qualified(s.topic_prefix)],
-                              group_id=self.group_id, batch_handler=self._apply, stopping=self._stopping,
+        await consume_forever(group=RECONCILER_LEDGER, prefix=s.topic_prefix, bootstrap=s.kafka_bootstrap,
+                              table=self.handlers, batch_handler=self._apply, stopping=self._stopping,
                               request_timeout_ms=s.kafka_request_timeout_ms, max_poll_records=2000)
 
     # --- the check round --------------------------------------------------------------------------
@@ -123,7 +123,7 @@ class Reconciler:
     def _store_failed(self, error: str) -> None:
         self._store_failures += 1
         self.last_store_error = error
-        self._store_down_until = time.monotonic() + backoff_delay(self._store_failures, base=0.5, cap=30)
+        self._store_down_until = time.monotonic() + backoff(self._store_failures, base=0.5, cap=30)
 
     def _store_ok(self) -> None:
         self._store_failures = 0

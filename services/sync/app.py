@@ -5,7 +5,6 @@ what the service knows about one submission."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +18,7 @@ from services.sync.client import TaxstoreClient
 from services.sync.settings import SyncSettings
 from services.sync.worker import Syncer
 from shared.http import RequestContextMiddleware, health_router, install_problem_handlers
-from shared.kafka import backoff_delay, ensure_topics_forever, make_producer
+from shared.kafka import ensure_topics_forever
 from shared.logging import configure_logging
 from shared.migrate import upgrade_async
 from shared.runtime import service_runtime
@@ -35,36 +34,18 @@ async def migrate(settings: SyncSettings) -> None:
 
 
 async def _run_syncer(app: FastAPI, settings: SyncSettings, stopping: asyncio.Event) -> None:
-    """Start the DLQ producer (Kafka may still be coming up), then the consumer and the scheduler."""
+    """Once Kafka has the topics (it may still be coming up), the consumer and the scheduler."""
     await ensure_topics_forever(settings.kafka_bootstrap, ALL_TOPICS, prefix=settings.topic_prefix,
                                 partitions=settings.kafka_partitions,
                                 replication_factor=settings.kafka_replication_factor)
-    attempt = 0
-    while True:
-        producer = make_producer(settings.kafka_bootstrap, request_timeout_ms=settings.kafka_request_timeout_ms)
-        try:
-            await asyncio.wait_for(producer.start(), 30)
-            break
-        except Exception as exc:  # noqa: BLE001 - keep trying; /readyz says Kafka is unavailable meanwhile
-            delay = backoff_delay(attempt, base=0.5, cap=15)
-            attempt += 1
-            log.warning("Kafka not ready (%s); retrying in %.1fs", type(exc).__name__, delay)
-            with contextlib.suppress(Exception):
-                await producer.stop()
-            await asyncio.sleep(delay)
     if stopping.is_set():
-        # Shutting down while the producer started: a cancellation can be lost inside aiokafka's start().
-        await asyncio.wait_for(producer.stop(), 10)
         return
-    syncer = Syncer(settings=settings, sessions=app.state.worker_sessions, client=app.state.client,
-                    producer=producer)
+    syncer = Syncer(settings=settings, sessions=app.state.worker_sessions, client=app.state.client)
     app.state.syncer = syncer
     try:
         await asyncio.gather(syncer.run_consumer(), syncer.run_scheduler())
     finally:
         syncer.stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer.stop(), 10)
 
 
 def create_app(settings: SyncSettings | None = None) -> FastAPI:

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 
+from shared.backoff import backoff
+
 __all__ = ["Breaker", "State"]
 
 
@@ -35,8 +37,7 @@ class Breaker:
 
     def _interval(self) -> float:
         # "Equal jitter": never shorter than half the step, so an open circuit cannot turn into a hot loop.
-        step = min(self.cap, self.base * 2 ** min(self.openings, 20))
-        return step / 2 + self.rng.uniform(0, step / 2)
+        return backoff(self.openings, base=self.base, cap=self.cap, jitter="equal", rng=self.rng)
 
     def allow(self) -> bool:
         """May a request go out now? In the open state, the first caller after the interval is the probe."""

@@ -6,7 +6,6 @@ Callers own the transaction; nothing here commits.
 
 from __future__ import annotations
 
-import random
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,12 +18,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync import models as m
 from shared.envelope import encode, new_envelope
-from shared.events import INVOICE_REJECTED, INVOICE_SUBMISSION_FAILED, INVOICE_SUBMITTED, SYNC_SOURCE, Issued
+from shared.events import (
+    SYNC_SOURCE,
+    InvoiceIssued,
+    InvoiceRejected,
+    InvoiceSubmissionFailed,
+    InvoiceSubmitted,
+    SyncResult,
+)
 from shared.outbox import notify_outbox
 
 __all__ = [
     "Outcome", "Pending", "apply_resync", "apply_voided", "claim_due", "counts", "get_submission", "intake",
-    "next_due_in", "record_outcomes", "retry_backlog", "retry_delay",
+    "next_due_in", "record_outcomes", "retry_backlog",
 ]
 
 
@@ -65,13 +71,7 @@ class Outcome:
     gave_up: bool = False
 
 
-def retry_delay(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with equal jitter: between half and all of min(cap, base * 2**(attempt-1))."""
-    step = min(cap, base * 2 ** min(max(attempt - 1, 0), 30))
-    return step / 2 + (rng or random).uniform(0, step / 2)
-
-
-async def intake(*, session: AsyncSession, issued: list[Issued], lease_seconds: float) -> list[Pending]:
+async def intake(*, session: AsyncSession, issued: list[InvoiceIssued], lease_seconds: float) -> list[Pending]:
     """Record newly issued invoices as due-but-leased; returns the rows this caller must attempt now.
 
     The row is written before the first request: if the process dies mid-request, the lease runs out and
@@ -209,30 +209,27 @@ async def record_outcomes(*, session: AsyncSession, outcomes: list[Outcome], top
         row = applied.get(o.invoice_id)
         if row is None:
             continue
-        event_type, data = _result_event(o, row, now)
-        envelope = new_envelope(source=SYNC_SOURCE, type=event_type, subject=str(o.invoice_id),
-                                tenant=str(row.tenant_id), sequence=row.result_seq, data=data)
+        event = _result_event(o, row, now)
+        envelope = new_envelope(source=SYNC_SOURCE, event=event, subject=str(o.invoice_id),
+                                tenant=str(row.tenant_id), sequence=row.result_seq)
         outbox_rows.append({"topic": topic, "key": str(o.invoice_id), "event_id": envelope.id,
-                            "event_type": event_type, "payload": encode(envelope)})
+                            "event_type": envelope.type, "payload": encode(envelope)})
     if outbox_rows:
         await session.execute(m.outbox.insert(), outbox_rows)
         await notify_outbox(session, m.outbox)
     return len(outbox_rows)
 
 
-def _result_event(o: Outcome, row: Any, now: datetime) -> tuple[str, dict[str, Any]]:
-    base = {"invoice_id": str(o.invoice_id), "seller_tax_id": row.seller_tax_id, "number": row.number,
-            "attempt": o.attempt, "latency_ms": o.latency_ms, "at": now.isoformat()}
+def _result_event(o: Outcome, row: Any, now: datetime) -> SyncResult:
+    base: dict[str, Any] = {"invoice_id": o.invoice_id, "seller_tax_id": row.seller_tax_id, "number": row.number,
+                            "attempt": o.attempt, "latency_ms": o.latency_ms, "at": now}
     if o.kind == "submitted":
-        return INVOICE_SUBMITTED, {**base, "receipt_no": o.receipt_no, "how": o.how}
+        return InvoiceSubmitted(**base, receipt_no=o.receipt_no, how=o.how)
     if o.kind == "rejected":
-        return INVOICE_REJECTED, {**base, "reason_code": o.reason_code, "reason": o.error,
-                                  "reasons": o.reasons}
-    return INVOICE_SUBMISSION_FAILED, {
-        **base, "error": o.error, "ambiguous": o.ambiguous, "http_status": o.http_status,
-        "attempted": o.kind != "deferred", "gave_up": o.gave_up,
-        "next_attempt_at": o.next_attempt_at.isoformat() if o.next_attempt_at else None,
-    }
+        return InvoiceRejected(**base, reason_code=o.reason_code, reason=o.error, reasons=o.reasons)
+    return InvoiceSubmissionFailed(**base, error=o.error, ambiguous=o.ambiguous, http_status=o.http_status,
+                                   attempted=o.kind != "deferred", gave_up=o.gave_up,
+                                   next_attempt_at=o.next_attempt_at)
 
 
 async def retry_backlog(*, session: AsyncSession) -> int:

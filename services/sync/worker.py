@@ -3,7 +3,8 @@
 tax store pauses everything at once: the consumer stops fetching (Kafka keeps the backlog; lag shows it),
 the scheduler stops claiming, and one probe at a time tests whether the store is back.
 
-Offsets are committed only after the outcomes of a poll are durable in the ledger.
+The consumer is the shared consume loop (shared.loops.consume_forever), a whole poll per call, paused while the
+circuit is open. Offsets are committed only after the outcomes of a poll are durable in the ledger.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import logging
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.sync import service
@@ -26,12 +25,14 @@ from services.sync.client import ItemResult, RequestFailed, TaxstoreClient
 from services.sync.metrics import BREAKER_STATE, OUTCOMES, REQUEST_LATENCY, RETRY_BACKLOG
 from services.sync.service import Outcome, Pending
 from services.sync.settings import SyncSettings
+from shared.backoff import backoff
+from shared.consumers import SYNC_SUBMIT
 from shared.db import transaction
-from shared.envelope import Envelope, EnvelopeError, decode
-from shared.events import INVOICE_ISSUED, INVOICE_VOIDED, RESYNC_INVOICE, Issued
-from shared.kafka import CommitOnRevoke, backoff_delay, consumer_lag, dead_letter, make_consumer
-from shared.metrics import CONSUMER_LAG, DEAD_LETTERS
-from shared.topics import INVOICE_EVENTS, RESYNC_REQUESTS, SYNC_RESULTS, dlq_name
+from shared.errors import RetriableError
+from shared.events import InvoiceIssued, InvoiceVoided, ResyncRequested
+from shared.kafka import HandlerTable, Received
+from shared.loops import consume_forever
+from shared.topics import SYNC_RESULTS
 
 __all__ = ["Syncer"]
 
@@ -40,25 +41,22 @@ log = logging.getLogger(__name__)
 
 class Syncer:
     def __init__(self, *, settings: SyncSettings, sessions: async_sessionmaker[AsyncSession], client: TaxstoreClient,
-                 producer: AIOKafkaProducer, breaker: Breaker | None = None) -> None:
+                 breaker: Breaker | None = None) -> None:
         self.settings = settings
         self.sessions = sessions
         self.client = client
-        self.producer = producer
         self.breaker = breaker or Breaker(threshold=settings.breaker_threshold, base=settings.breaker_base,
                                           cap=settings.breaker_cap)
-        prefix = settings.topic_prefix
-        self.events_topic = INVOICE_EVENTS.qualified(prefix)
-        self.resync_topic = RESYNC_REQUESTS.qualified(prefix)
-        self.results_topic = SYNC_RESULTS.qualified(prefix)
-        self.group_id = f"{prefix}sync.submit"
+        self.results_topic = SYNC_RESULTS.qualified(settings.topic_prefix)
+        self.group_id = SYNC_SUBMIT.qualified(settings.topic_prefix)
         self.lease = 2 * (settings.submit_timeout + settings.read_timeout + settings.connect_timeout) + 10
         self._in_flight = asyncio.Semaphore(settings.max_in_flight)
         self._wake_scheduler = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._done: dict[TopicPartition, int] = {}
-        self.consumer: AIOKafkaConsumer | None = None
-        self.paused = False
+        self.paused = False  # the consumer is not fetching: the circuit to the tax store is open
+        self.handlers: HandlerTable[_Intake] = HandlerTable({
+            InvoiceIssued: self._take_issued, InvoiceVoided: self._take_voided, ResyncRequested: self._take_resync,
+        })
 
     def stop(self) -> None:
         self._stopping.set()
@@ -76,7 +74,7 @@ class Syncer:
 
     def _failed(self, p: Pending, exc: RequestFailed, *, ambiguous: bool) -> Outcome:
         attempt = p.attempts + 1
-        delay = service.retry_delay(attempt, base=self.settings.retry_base, cap=self.settings.retry_cap)
+        delay = backoff(attempt - 1, base=self.settings.retry_base, cap=self.settings.retry_cap, jitter="equal")
         return Outcome(p.invoice_id, "failed", attempt, http_status=exc.http_status, latency_ms=exc.latency_ms,
                        error=str(exc), ambiguous=ambiguous,
                        next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay))
@@ -177,105 +175,51 @@ class Syncer:
 
     # --- the Kafka loop -----------------------------------------------------------------------
 
-    async def commit_done(self) -> None:
-        if not self._done or self.consumer is None:
-            return
-        offsets, self._done = self._done, {}
-        try:
-            await self.consumer.commit(offsets)
-        except CommitFailedError:
-            log.warning("offset commit failed after a rebalance; the new owner re-reads (harmless: idempotent)")
+    def _hold_off(self) -> float:
+        """The consume loop's pause hook: while the store is down, stop fetching (the backlog stays in Kafka,
+        visible as lag) until the breaker lets a probe through."""
+        BREAKER_STATE.set({State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}[self.breaker.state])
+        wait = self.breaker.wait_time()
+        self.paused = wait > 0
+        return wait
 
     async def run_consumer(self) -> None:
         s = self.settings
-        attempt = 0
-        while not self._stopping.is_set():
-            consumer = make_consumer(s.kafka_bootstrap, group_id=self.group_id, max_poll_records=s.max_poll_records,
-                                     request_timeout_ms=s.kafka_request_timeout_ms)
-            try:
-                await asyncio.wait_for(consumer.start(), 30)
-                consumer.subscribe([self.events_topic, self.resync_topic], listener=CommitOnRevoke(self))
-                self.consumer = consumer
-                attempt = 0
-                await self._consume(consumer)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Kafka or the DB failed; start over, from committed offsets
-                delay = backoff_delay(attempt, base=0.5, cap=15)
-                attempt += 1
-                log.warning("consumer loop failed (%s: %s); restarting in %.1fs", type(exc).__name__, exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-            finally:
-                self.consumer = None
-                self._done.clear()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(consumer.stop(), 10)
+        await consume_forever(group=SYNC_SUBMIT, prefix=s.topic_prefix, bootstrap=s.kafka_bootstrap,
+                              table=self.handlers, batch_handler=self._handle, stopping=self._stopping,
+                              request_timeout_ms=s.kafka_request_timeout_ms, max_poll_records=s.max_poll_records,
+                              per_poll=True, pause=self._hold_off)
 
-    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        polls = 0
-        while not self._stopping.is_set():
-            BREAKER_STATE.set({State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}[self.breaker.state])
-            wait = self.breaker.wait_time()
-            if wait > 0:
-                # The store is down: stop fetching (the backlog stays in Kafka, visible as lag) but keep polling
-                # so the group keeps us; resume when the breaker lets a probe through.
-                consumer.pause(*consumer.assignment())
-                self.paused = True
-                await consumer.getmany(timeout_ms=int(min(wait, 0.5) * 1000))
-                continue
-            if self.paused:
-                consumer.resume(*consumer.paused())
-                self.paused = False
-            batches = await consumer.getmany(timeout_ms=500)
-            if batches:
-                await self._handle(batches)
-                await self.commit_done()
-            polls += 1
-            if polls % 10 == 0 or not batches:
-                for tp, lag in (await consumer_lag(consumer)).items():
-                    CONSUMER_LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(lag)
-
-    async def _handle(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        issued: list[Issued] = []
-        voided: list[uuid.UUID] = []
-        resync: list[uuid.UUID] = []
-        for records in batches.values():
-            for record in records:
-                try:
-                    envelope = decode(record.value)
-                    self._classify(envelope, issued, voided, resync)
-                except (EnvelopeError, ValidationError, ValueError) as exc:
-                    await dead_letter(self.producer, record, exc, topic=dlq_name(record.topic),
-                                      group_id=self.group_id)
-                    DEAD_LETTERS.labels("sync", record.topic).inc()
-        pending: list[Pending] = []
-        if issued or voided or resync:
+    async def _handle(self, items: list[Received[Any]]) -> None:
+        """A whole poll: into the ledger in one transaction, then one attempt for each new invoice."""
+        try:
+            intake = _Intake()
             async with transaction(self.sessions) as session:
-                pending = await service.intake(session=session, issued=issued, lease_seconds=self.lease)
-                gone = await service.apply_voided(session=session, invoice_ids=voided)
-                await service.apply_resync(session=session, invoice_ids=resync)
-            pending = [p for p in pending if p.invoice_id not in gone]
-            if resync:
+                intake.session = session
+                await self.handlers.dispatch(intake, items)
+            pending = [p for p in intake.pending if p.invoice_id not in intake.gone]
+            if intake.resync:
                 self._wake_scheduler.set()
-        if pending:
-            await self._record(await self.attempt(pending))
-        for tp, records in batches.items():
-            self._done[tp] = records[-1].offset + 1
+            if pending:
+                await self._record(await self.attempt(pending))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The payloads passed their models; what failed is the database or the broker: take the poll
+            # again from the committed offsets (rows already taken in are leased, then read back).
+            raise RetriableError(f"sync intake failed ({type(exc).__name__}: {exc})") from exc
 
-    def _classify(self, envelope: Envelope, issued: list[Issued], voided: list[uuid.UUID],
-                  resync: list[uuid.UUID]) -> None:
-        if envelope.type == INVOICE_ISSUED:
-            event = Issued.model_validate(envelope.data)
-            if str(event.invoice_id) != envelope.subject:
-                raise ValueError("data.invoice_id differs from the envelope subject")
-            issued.append(event)
-        elif envelope.type == INVOICE_VOIDED:
-            voided.append(uuid.UUID(str(envelope.data.get("invoice_id") or envelope.subject)))
-        elif envelope.type == RESYNC_INVOICE:
-            resync.append(uuid.UUID(envelope.subject))
-        else:
-            log.info("ignoring event type %s (not for the sync service)", envelope.type)
+    async def _take_issued(self, intake: _Intake, items: list[Received[InvoiceIssued]]) -> None:
+        intake.pending = await service.intake(session=intake.session, issued=[i.event for i in items],
+                                              lease_seconds=self.lease)
+
+    async def _take_voided(self, intake: _Intake, items: list[Received[InvoiceVoided]]) -> None:
+        intake.gone = await service.apply_voided(session=intake.session,
+                                                 invoice_ids=[i.event.invoice_id for i in items])
+
+    async def _take_resync(self, intake: _Intake, items: list[Received[ResyncRequested]]) -> None:
+        await service.apply_resync(session=intake.session, invoice_ids=[uuid.UUID(i.envelope.subject) for i in items])
+        intake.resync = True
 
     # --- the retry scheduler ------------------------------------------------------------------
 
@@ -291,7 +235,7 @@ class Syncer:
                 failures += 1
                 log.warning("retry round failed (%s: %s)", type(exc).__name__, exc)
                 worked = False
-                await asyncio.sleep(backoff_delay(failures, base=0.5, cap=10))
+                await asyncio.sleep(backoff(failures, base=0.5, cap=10))
             if worked:
                 continue
             self._wake_scheduler.clear()
@@ -314,3 +258,13 @@ class Syncer:
             return False
         await self._record(await self.attempt(due))
         return True
+
+
+class _Intake:
+    """What the handlers of one poll took in (their shared transaction, and what to do after it commits)."""
+
+    def __init__(self) -> None:
+        self.session: Any = None
+        self.pending: list[Pending] = []
+        self.gone: set[uuid.UUID] = set()
+        self.resync = False

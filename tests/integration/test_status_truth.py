@@ -18,7 +18,7 @@ from sqlalchemy import text
 from services.issuer import service
 from services.issuer.selfcheck import disagrees
 from shared.db import transaction
-from shared.envelope import new_envelope
+from shared.envelope import Received, new_envelope
 from shared.events import (
     INVOICE_CONFIRMED,
     INVOICE_GAP_FOUND,
@@ -193,8 +193,8 @@ async def test_random_interleavings_of_real_events_end_on_the_last_authoritative
             async with transaction(sessions) as session:
                 syncs = [e for e in batch if e.source == SYNC_SOURCE]
                 finds = [e for e in batch if e.source == RECONCILER_SOURCE]
-                await service.apply_sync_results(session=session, events=syncs)
-                await service.apply_reconciliation(session=session, events=finds)
+                await service.apply_sync_results(session=session, events=[Received.of(e) for e in syncs])
+                await service.apply_reconciliation(session=session, events=[Received.of(e) for e in finds])
         got = dict(await _rows(app, "select id::text, status from issuer.invoices where tenant_id = :t", t=tenant.id))
         wrong = {iid: (got[iid], truth(h).value) for iid, h in histories.items() if got[iid] != truth(h).value}
         assert not wrong, f"{len(wrong)} of {len(ids)} invoices end on the wrong status: {list(wrong.items())[:5]}"

@@ -13,9 +13,10 @@ from standardwebhooks.webhooks import Webhook
 
 from services.notifier.guard import Refused, TargetPolicy, describe, parse_networks
 from services.notifier.messages import build_email, webhook_payload
-from services.notifier.service import mask_email, retry_delay
+from services.notifier.service import mask_email
 from services.notifier.settings import NotifierSettings
 from services.notifier.signing import SecretBox, Unverified, headers, new_secret, sign, verify
+from shared.backoff import backoff
 from shared.contracts.notifier import KINDS, SubscriptionCreate, SubscriptionPatch
 
 # --- signatures -------------------------------------------------------------------------------------------
@@ -202,7 +203,7 @@ def test_retries_double_with_equal_jitter_up_to_the_cap() -> None:
     rng = random.Random(3)
     for n, step in ((1, 30), (2, 60), (3, 120), (7, 1920), (8, 3600), (30, 3600)):
         for _ in range(50):
-            wait = retry_delay(n, base=30, cap=3600, rng=rng)
+            wait = backoff(n - 1, base=30, cap=3600, jitter="equal", rng=rng)  # after the n-th failed delivery
             assert step / 2 <= wait <= step, (n, wait)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import uuid
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from services.reconciler.rules import Policy, Seen, after_sync_result, decide, human_duration, resync_delay
 from services.reconciler.settings import ReconcilerSettings
-from shared.events import INVOICE_REJECTED, INVOICE_SUBMISSION_FAILED, INVOICE_SUBMITTED
+from shared.events import InvoiceRejected, InvoiceSubmissionFailed, InvoiceSubmitted, SyncResult
 from shared.settings import parse_duration
 
 T0 = datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC)
@@ -133,19 +134,23 @@ def test_placeholder_rows_wait_for_the_issued_event() -> None:
 
 
 def test_sync_results_move_the_ledger() -> None:
-    changes, rejected = after_sync_result(row(state="pending", acked_at=None), INVOICE_SUBMITTED,
-                                          {"receipt_no": "R9", "how": "created", "at": at(5).isoformat()}, at(5), P)
+    def result(model: type[SyncResult], **data: Any) -> SyncResult:
+        return model(invoice_id=uuid.uuid4(), attempt=1, **data)
+
+    changes, rejected = after_sync_result(row(state="pending", acked_at=None),
+                                          result(InvoiceSubmitted, receipt_no="R9", how="created", at=at(5)), at(5), P)
     assert changes["state"] == "awaiting" and changes["acked_at"] == at(5) and not rejected
-    held, _ = after_sync_result(row(state="gap", gap_kind="missing", resyncs=1), INVOICE_SUBMITTED,
-                                {"receipt_no": "R1", "how": "duplicate", "at": at(40).isoformat()}, at(40), P)
+    held, _ = after_sync_result(row(state="gap", gap_kind="missing", resyncs=1),
+                                result(InvoiceSubmitted, receipt_no="R1", how="duplicate", at=at(40)), at(40), P)
     assert held["held"] is True and held["duplicate_acks"] == 1
-    changes, rejected = after_sync_result(row(state="awaiting"), INVOICE_REJECTED,
-                                          {"reason_code": "TOTAL_MISMATCH", "reason": "totals"}, at(5), P)
+    changes, rejected = after_sync_result(row(state="awaiting"),
+                                          result(InvoiceRejected, reason_code="TOTAL_MISMATCH", reason="totals"),
+                                          at(5), P)
     assert rejected and changes["state"] == "rejected" and changes["next_check_at"] is None
-    _, again = after_sync_result(row(state="rejected"), INVOICE_REJECTED, {"reason_code": "X"}, at(6), P)
+    _, again = after_sync_result(row(state="rejected"), result(InvoiceRejected, reason_code="X"), at(6), P)
     assert not again  # alert once
-    changes, _ = after_sync_result(row(state="awaiting"), INVOICE_SUBMISSION_FAILED,
-                                   {"error": "boom", "gave_up": True}, at(7), P)
+    changes, _ = after_sync_result(row(state="awaiting"),
+                                   result(InvoiceSubmissionFailed, error="boom", gave_up=True), at(7), P)
     assert changes["sync_state"] == "gave_up" and changes["next_check_at"] == at(7)
 
 

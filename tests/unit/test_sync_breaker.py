@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from services.sync.breaker import Breaker, State
-from services.sync.service import retry_delay
+from shared.backoff import backoff
 
 
 class Clock:
@@ -75,6 +75,6 @@ def test_retry_delay_grows_exponentially_with_equal_jitter_and_a_cap() -> None:
     for attempt in range(1, 15):
         step = min(60.0, 0.5 * 2 ** (attempt - 1))
         for _ in range(20):
-            d = retry_delay(attempt, base=0.5, cap=60.0, rng=rng)
+            d = backoff(attempt - 1, base=0.5, cap=60.0, jitter="equal", rng=rng)  # the sync service's retries
             assert step / 2 <= d <= step
-    assert retry_delay(1000, base=0.5, cap=60.0) <= 60.0
+    assert backoff(1000, base=0.5, cap=60.0, jitter="equal") <= 60.0
