@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, GroupCoordinatorNotAvailableError, KafkaError, TopicAlreadyExistsError
 
 from shared.backoff import backoff
+from shared.db import database_unavailable
 from shared.envelope import Envelope, EnvelopeError, Received, UnknownEventType, decode, decode_event
 from shared.errors import RetriableError
 from shared.events import Event
@@ -327,13 +328,13 @@ class ConsumeLoop:
             try:
                 await self.batch_handler(items)
                 return []
-            except (RetriableError, KafkaError, OSError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 - transient: retry; anything else: find the bad record
+                if not transient(exc):
+                    break
                 if attempt == self.max_inline_retries:
                     log.warning("batch handler still failing (%s); replaying record by record", exc)
                     break
                 await asyncio.sleep(backoff(attempt, base=0.2, cap=5))
-            except Exception:  # noqa: BLE001 - find the bad record one by one
-                break
         return [item[1] if isinstance(item, tuple) else item.record for item in items]  # every item has a record
 
     async def _process(self, tp: TopicPartition, record: ConsumerRecord) -> bool:
@@ -350,7 +351,10 @@ class ConsumeLoop:
                         assert self.batch_handler is not None
                         await self.batch_handler([item])
                     return True
-                except (RetriableError, KafkaError, OSError, TimeoutError) as exc:
+                except Exception as exc:  # noqa: BLE001 - any other failure is this message's fault
+                    if not (transient(exc) or getattr(exc, "retriable", False)):
+                        await self._dead_letter(record, exc)
+                        return True
                     if attempt == self.max_inline_retries:
                         log.warning("handler still failing (%s); rewinding to offset %d", exc, record.offset)
                         await self.commit_done()
@@ -358,11 +362,6 @@ class ConsumeLoop:
                         await asyncio.sleep(backoff(attempt, base=0.2, cap=10))
                         return False
                     await asyncio.sleep(backoff(attempt, base=0.2, cap=5))
-                except Exception as exc:  # noqa: BLE001 - any other failure is this message's fault
-                    if getattr(exc, "retriable", False):
-                        continue
-                    await self._dead_letter(record, exc)
-                    return True
         return True  # pragma: no cover
 
     async def _dead_letter(self, record: ConsumerRecord, exc: BaseException) -> None:
@@ -370,6 +369,15 @@ class ConsumeLoop:
         await dead_letter(self.producer, record, exc, topic=self.dlq_topic(record.topic), group_id=self.group_id)
         if self.on_dead_letter is not None:
             self.on_dead_letter(record.topic)
+
+
+def transient(exc: BaseException) -> bool:
+    """Will the same record succeed later? Kafka or the network away, a timeout, a RetriableError, or the
+    database unable to take it now (shared.db.database_unavailable: pool exhausted, server lost or restarting,
+    a serialization conflict). Never the record's fault, so never a reason to dead-letter it."""
+    if isinstance(exc, RetriableError | KafkaError | OSError | TimeoutError):
+        return True
+    return database_unavailable(exc) is not None
 
 
 async def consumer_lag(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:

@@ -95,3 +95,17 @@ def test_chains_and_groups_are_searched() -> None:
     assert database_unavailable(group).reason == "pool_exhausted"
     assert database_unavailable(ExceptionGroup("tasks", [ValueError("x")])) is None
     assert database_unavailable(asyncio.CancelledError()) is None
+
+
+def test_a_consumer_retries_a_record_the_database_could_not_take_and_never_dead_letters_it() -> None:
+    """shared.kafka.transient: what the consume loop retries (rewinding) instead of dead-lettering. A
+    database outage seen through SQLAlchemy (not an OSError) is the database's fault, not the record's."""
+    from shared.kafka import transient
+
+    lost = _wrapped(asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"))
+    assert not isinstance(lost, OSError) and transient(lost)
+    assert transient(sa_exc.TimeoutError("QueuePool limit of size 5 overflow 5 reached"))
+    assert transient(ConnectionRefusedError()) and transient(TimeoutError())
+    # A bug or a bad record stays the record's fault: dead-lettered with its reason.
+    assert not transient(_wrapped(asyncpg.UniqueViolationError("duplicate key")))
+    assert not transient(ValueError("data.attempt: Field required"))
