@@ -30,7 +30,7 @@ from shared.events import (
 )
 from shared.topics import RECONCILIATION, SYNC_RESULTS, dlq_name
 from tests import factories
-from tests.conftest import RunningIssuer, Tenant, eventually, read_topic
+from tests.harness import RunningIssuer, Tenant, eventually, read_topic
 
 
 @pytest.fixture
