@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,16 @@ def state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+def settles(pid: int, stopped: bool) -> bool:
+    """Signals arrive asynchronously: wait (briefly) for the process to be stopped, or not."""
+    deadline = time.monotonic() + 5
+    while (state(pid) == "T") != stopped:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 @pytest.fixture
 def proc(tmp_path: Path):  # type: ignore[no-untyped-def]
     p = child(tmp_path)
@@ -59,9 +70,9 @@ def test_started_until_ready_then_killed_with_9(proc: ServiceProcess) -> None:
 def test_paused_and_resumed(proc: ServiceProcess) -> None:
     proc.start(20)
     proc.pause()
-    assert state(proc.pid) == "T" and proc.running  # type: ignore[arg-type]
+    assert settles(proc.pid, stopped=True) and proc.running  # type: ignore[arg-type]
     proc.resume()
-    assert state(proc.pid) != "T" and proc.ready()  # type: ignore[arg-type]
+    assert settles(proc.pid, stopped=False) and proc.ready()  # type: ignore[arg-type]
     proc.pause()
     proc.stop(5)  # a paused process is stopped too (it is woken to take the SIGTERM)
     assert not proc.running
