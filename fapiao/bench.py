@@ -48,7 +48,7 @@ import orjson
 
 from fapiao.infra.kafka import KAFKA_VERSION, REPO_ROOT, KafkaBroker, ensure_kafka_jars
 from fapiao.infra.postgres import PostgresServer
-from fapiao.infra.procs import free_port, spawn, stop_group, wait_until
+from fapiao.infra.procs import ServiceProcess, clean_environ, free_port, spawn, stop_group
 
 if str(REPO_ROOT) not in sys.path:  # tests.factories is not an installed package
     sys.path.insert(0, str(REPO_ROOT))
@@ -149,25 +149,13 @@ class CpuSampler:
 # --- the private stack -----------------------------------------------------------------------------
 
 @dataclass
-class Service:
-    name: str
-    port: int
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-@dataclass
 class Stack:
     workdir: Path
     admin_token: str = field(default_factory=lambda: "bench-" + secrets.token_urlsafe(32))
     topic_prefix: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:8]}.")
     pg: PostgresServer | None = None
     kafka: KafkaBroker | None = None
-    services: dict[str, Service] = field(default_factory=dict)
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
     extra_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -184,35 +172,29 @@ class Stack:
         say(f"starting PostgreSQL on 127.0.0.1:{self.pg.port} and Kafka {KAFKA_VERSION} on {self.kafka.bootstrap}")
         self.pg.start(timeout=timeout)
         self.kafka.start(timeout=timeout)
-        logs = self.workdir / "logs"
+        env = self._env()
         for name in SERVICES:
-            port = free_port()
-            self.services[name] = Service(name, port, logs / f"{name}.log")
+            extra = {"FAPIAO_TAXSTORE_URL": self.services["taxstore"].url} if name == "sync" else {}
+            self.services[name] = ServiceProcess.service(name, env={**env, **extra}, log_dir=self.workdir / "logs",
+                                                         die_with_parent=True)
         for svc in self.services.values():
-            svc.proc = spawn([sys.executable, "-m", f"services.{svc.name}"], log_path=svc.log_path, cwd=REPO_ROOT,
-                             env=self._env(svc), die_with_parent=True)
-        say("services spawned: " + ", ".join(f"{s.name} {s.url} (pid {s.proc.pid})"  # type: ignore[union-attr]
-                                              for s in self.services.values()))
+            svc.spawn()
+        say("services spawned: " + ", ".join(f"{s.name} {s.url} (pid {s.pid})" for s in self.services.values()))
         for svc in self.services.values():
-            wait_until(lambda svc=svc: _ready(svc.url), timeout=timeout, what=f"{svc.name} /readyz",
-                       alive=lambda svc=svc: svc.proc is not None and svc.proc.poll() is None,
-                       log_path=svc.log_path, interval=0.25)
+            svc.wait_ready(timeout, interval=0.25)
 
-    def _env(self, svc: Service) -> dict[str, str]:
+    def _env(self) -> dict[str, str]:
         assert self.pg is not None and self.kafka is not None
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")}
-        env.update(
-            FAPIAO_ENV="test", FAPIAO_DATABASE_URL=self.pg.url(), FAPIAO_KAFKA_BOOTSTRAP=self.kafka.bootstrap,
-            FAPIAO_ADMIN_TOKEN=self.admin_token, FAPIAO_LOG_LEVEL="WARNING", FAPIAO_LOG_JSON="false",
-            FAPIAO_TOPIC_PREFIX=self.topic_prefix, FAPIAO_STACK_DIR=str(self.workdir / "no-stack"),
-            FAPIAO_PORT=str(svc.port), FAPIAO_PUBLIC_URL=svc.url, PYTHONUNBUFFERED="1",
-        )
-        if svc.name == "sync":
-            env["FAPIAO_TAXSTORE_URL"] = self.services["taxstore"].url
-        return env
+        return {
+            **clean_environ(),
+            "FAPIAO_ENV": "test", "FAPIAO_DATABASE_URL": self.pg.url(), "FAPIAO_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+            "FAPIAO_ADMIN_TOKEN": self.admin_token, "FAPIAO_LOG_LEVEL": "WARNING", "FAPIAO_LOG_JSON": "false",
+            "FAPIAO_TOPIC_PREFIX": self.topic_prefix, "FAPIAO_STACK_DIR": str(self.workdir / "no-stack"),
+            "PYTHONUNBUFFERED": "1",
+        }
 
     def pids(self) -> dict[str, int]:
-        out = {name: s.proc.pid for name, s in self.services.items() if s.proc is not None}
+        out = {name: s.pid for name, s in self.services.items() if s.pid is not None}
         if self.kafka is not None and self.kafka.pid is not None:
             out["kafka (java)"] = self.kafka.pid
         if self.pg is not None and self.pg.pid is not None:
@@ -229,12 +211,10 @@ class Stack:
                 proc.wait(5)
         for name in ("sync", "issuer", "taxstore"):
             svc = self.services.get(name)
-            if svc is None or svc.proc is None:
+            if svc is None:
                 continue
             try:
-                if svc.proc.poll() is None:
-                    stop_group(svc.proc.pid, timeout=15)
-                svc.proc.wait(5)
+                svc.stop(15)
             except Exception as exc:  # noqa: BLE001 - keep stopping the rest
                 problems.append(f"{name}: {exc}")
         for label, server in (("kafka", self.kafka), ("postgres", self.pg)):
@@ -245,13 +225,6 @@ class Stack:
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"{label}: {exc}")
         return problems
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 # --- helpers ---------------------------------------------------------------------------------------

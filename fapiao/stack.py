@@ -26,7 +26,7 @@ import typer
 
 from fapiao.infra.kafka import REPO_ROOT, KafkaBroker, ensure_kafka_jars
 from fapiao.infra.postgres import PostgresServer
-from fapiao.infra.procs import pid_alive, port_is_open, spawn, stop_group, wait_until
+from fapiao.infra.procs import ServiceProcess, http_ready, pid_alive, port_is_open, stop_group
 
 app = typer.Typer(add_completion=False, help="Run the Fapiao Sync stack locally (no Docker).")
 
@@ -133,13 +133,6 @@ def _ours(pid: int, marker: str) -> bool:
     return pid_alive(pid) and marker in _cmdline(pid)
 
 
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _running(state: dict) -> list[str]:
     return [name for name, p in state.get("processes", {}).items() if _ours(p["pid"], p["marker"])]
 
@@ -227,15 +220,15 @@ def up() -> None:
             if port_is_open(smtp_port):
                 raise RuntimeError(f"port {smtp_port} for the mail sink is already in use; set FAPIAO_SMTP_PORT")
             typer.echo(f"• mail sink: SMTP on 127.0.0.1:{smtp_port}, messages kept in {d / 'mail'}…")
-            log_path = d / "logs" / "mailsink.log"
-            proc = spawn([sys.executable, "-m", MAILSINK_MODULE, "--port", str(smtp_port), "--dir", str(d / "mail")],
-                         log_path=log_path, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            processes["mailsink"] = {"pid": proc.pid, "marker": MAILSINK_MODULE, "ports": [smtp_port],
-                                     "log": str(log_path)}
+            sink = ServiceProcess(
+                "mailsink", [sys.executable, "-m", MAILSINK_MODULE, "--port", str(smtp_port), "--dir", str(d / "mail")],
+                port=smtp_port, env={**os.environ, "PYTHONUNBUFFERED": "1"}, log_path=d / "logs" / "mailsink.log",
+                readiness="tcp", label="mail sink")
+            sink.spawn()
+            processes["mailsink"] = sink.record()
             state["mail_dir"] = str(d / "mail")
             _save(state)
-            wait_until(lambda: port_is_open(smtp_port), timeout=30, what="mail sink", log_path=log_path,
-                       alive=lambda: proc.poll() is None, interval=0.1)
+            sink.wait_ready(30)
         issuer_url = f"http://127.0.0.1:{_port('FAPIAO_ISSUER_PORT', 8000)}"
         env = {
             **os.environ, "FAPIAO_ENV": os.environ.get("FAPIAO_ENV", "development"),
@@ -257,14 +250,12 @@ def up() -> None:
             if port_is_open(port):
                 raise RuntimeError(f"port {port} for {spec.name} is already in use; set {spec.port_env}")
             typer.echo(f"• {spec.name}: starting on {url}…")
-            log_path = d / "logs" / f"{spec.name}.log"
-            proc = spawn([sys.executable, "-m", spec.module], log_path=log_path, cwd=REPO_ROOT,
-                         env={**env, "FAPIAO_PORT": str(port), "FAPIAO_PUBLIC_URL": url})
-            processes[spec.name] = {"pid": proc.pid, "marker": spec.module, "ports": [port], "log": str(log_path)}
+            svc = ServiceProcess.service(spec.name, module=spec.module, port=port, env=env, log_dir=d / "logs")
+            svc.spawn()
+            processes[spec.name] = svc.record()
             state["urls"][spec.name] = url
             _save(state)
-            wait_until(lambda url=url: _ready(url), timeout=90, what=f"{spec.name} /readyz",
-                       alive=lambda proc=proc: proc.poll() is None, log_path=log_path, interval=0.25)
+            svc.wait_ready(90, interval=0.25)
         _write_env(state, admin_token)
         _demo_tenant(state["urls"]["issuer"], admin_token)
     except BaseException as exc:
@@ -347,7 +338,7 @@ def status() -> None:
         alive = _ours(p["pid"], p["marker"])
         ready = ""
         if name in state["urls"]:
-            ready = " ready" if _ready(state["urls"][name]) else " NOT READY"
+            ready = " ready" if http_ready(state["urls"][name]) else " NOT READY"
         typer.echo(f"{name:<10} pid {p['pid']:<8} {'running' if alive else 'STOPPED'}{ready}  ports {p['ports']}")
     if _running(state) != list(state["processes"]):
         raise typer.Exit(1)

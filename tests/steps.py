@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests import factories
-from tests.conftest import Pipeline, Tenant, eventually
+from tests.harness import Pipeline, Tenant, eventually
 
 
 async def new_tenant(pipeline: Pipeline, *, registered: bool = True, name: str = "同步测试 Sync Test Co.") -> Tenant:

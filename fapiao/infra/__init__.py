@@ -2,6 +2,6 @@
 
 from fapiao.infra.kafka import KafkaBroker, ensure_kafka_jars
 from fapiao.infra.postgres import PostgresServer
-from fapiao.infra.procs import free_port, port_is_open
+from fapiao.infra.procs import ServiceProcess, free_port, port_is_open
 
-__all__ = ["KafkaBroker", "PostgresServer", "ensure_kafka_jars", "free_port", "port_is_open"]
+__all__ = ["KafkaBroker", "PostgresServer", "ServiceProcess", "ensure_kafka_jars", "free_port", "port_is_open"]

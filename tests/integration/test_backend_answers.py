@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from shared.validators import MONTH_RULE
-from tests.conftest import REPO, ReconPipeline, eventually, process_env
+from tests.harness import REPO, ReconPipeline, eventually, process_env
 from tests.steps import issue, new_tenant, until_all
 
 NOT_MONTHS = ("9999-12", "2100-12", "1900-01", "1999-12", "2026-13", "2026-00", "2026-1", "26-11", "november",

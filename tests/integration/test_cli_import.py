@@ -19,7 +19,7 @@ import pytest
 from fapiao.infra import free_port
 from services.issuer.csv_import import COLUMNS
 from tests import factories
-from tests.conftest import REPO, process_env, serve_app
+from tests.harness import REPO, process_env, serve_app
 
 
 @dataclass

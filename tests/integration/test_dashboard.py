@@ -20,7 +20,7 @@ from playwright.async_api import Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from tests import steps
-from tests.conftest import ADMIN_TOKEN, ARTIFACTS, REPO, Receiver, ReconPipeline, eventually, process_env
+from tests.harness import ADMIN_TOKEN, ARTIFACTS, REPO, Receiver, ReconPipeline, eventually, process_env
 from tests.steps import issue, new_tenant, until_all
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -59,9 +59,9 @@ async def text(page: Page, testid: str) -> str:
 async def test_a_drill_on_the_dashboard_and_the_cli(recon_pipeline: ReconPipeline, recon_issuer_http: str,
                                                     chromium: Path, receiver: Receiver) -> None:
     p = recon_pipeline
-    p.restart_reconciler(FAPIAO_STUCK_AFTER="4")
+    p.start_own("reconciler", FAPIAO_STUCK_AFTER="4")
     # An open circuit stays open long enough (10–20 s) for the events issued meanwhile to pile up in Kafka.
-    p.restart(p.sync, FAPIAO_BREAKER_BASE="10", FAPIAO_BREAKER_CAP="20", FAPIAO_BREAKER_THRESHOLD="2")
+    p.start_own("sync", FAPIAO_BREAKER_BASE="10", FAPIAO_BREAKER_CAP="20", FAPIAO_BREAKER_THRESHOLD="2")
     tenant = await new_tenant(p, name="驾驶舱演练 Drill Co.")
     await p.issuer.client.post("/v1/subscriptions", headers=tenant.headers,
                                json={"channel": "webhook", "url": receiver.url(f"/hooks/{uuid.uuid4().hex}")})

@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from shared.kafka import OffsetReader
 from shared.topics import INVOICE_EVENTS, dlq_name
-from tests.conftest import ADMIN_TOKEN, REPO, ReconPipeline, eventually, metric, process_env, read_topic
+from tests.harness import ADMIN_TOKEN, REPO, ReconPipeline, eventually, metric, process_env, read_topic
 
 N = 20
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests import factories
-from tests.conftest import ADMIN_TOKEN, Infra, RunningIssuer, Tenant
+from tests.harness import ADMIN_TOKEN, Infra, RunningIssuer, Tenant
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 WRONG = {"Authorization": "Bearer not-the-token"}

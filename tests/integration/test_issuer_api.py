@@ -17,7 +17,7 @@ from services.issuer import service
 from services.issuer.schemas import InvoiceCreate
 from shared.db import transaction
 from tests import factories
-from tests.conftest import ADMIN_TOKEN, eventually, read_topic
+from tests.harness import ADMIN_TOKEN, eventually, read_topic
 
 
 async def _status(issuer, tenant, iid: str) -> str:

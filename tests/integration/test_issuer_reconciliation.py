@@ -30,20 +30,15 @@ from shared.events import (
 )
 from shared.topics import RECONCILIATION, SYNC_RESULTS, dlq_name
 from tests import factories
-from tests.conftest import Infra, RunningIssuer, Tenant, eventually, issuer_settings, read_topic, start_issuer
+from tests.harness import Infra, RunningIssuer, Tenant, eventually, issuer_settings, read_topic, running_issuer
 
 
 @pytest.fixture(scope="module")
 async def issuer(infra: Infra) -> AsyncIterator[RunningIssuer]:
     """This module's own issuer, on topics no sync service reads: the tests publish what sync and the
     reconciler would, and a real sync service (the pipeline tests') must not answer for them."""
-    settings = issuer_settings(infra)
-    app, client, lifespan = await start_issuer(settings)
-    try:
-        yield RunningIssuer(app, client, settings)
-    finally:
-        await client.aclose()
-        await lifespan.__aexit__(None, None, None)  # type: ignore[attr-defined]
+    async with running_issuer(issuer_settings(infra)) as own:
+        yield own
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from fapiao.infra import KafkaBroker, free_port
 from services.issuer import models as m
 from tests import factories
-from tests.conftest import eventually, fresh_database, issuer_settings, read_topic, start_issuer
+from tests.harness import eventually, fresh_database, issuer_settings, read_topic, start_issuer
 
 
 @pytest.fixture

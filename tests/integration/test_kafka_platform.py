@@ -14,7 +14,7 @@ from shared.envelope import encode, new_envelope
 from shared.errors import RetriableError
 from shared.kafka import ConsumeLoop, consumer_config, ensure_topics, make_consumer, make_producer, producer_config
 from shared.topics import Topic, dlq_name
-from tests.conftest import eventually, read_topic
+from tests.harness import eventually, read_topic
 
 
 def test_factories_override_aiokafkas_unsafe_defaults():
@@ -70,8 +70,9 @@ async def test_consume_loop_applies_once_dead_letters_poison_and_keeps_going(inf
                            sequence=1, data={"n": i, "flaky": i == 4, "explode": i == 6}) for i in range(10)]
     producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
+    sent = {}
     for i, e in enumerate(events):
-        await producer.send_and_wait(topic.name, encode(e), key=e.subject.encode())
+        sent[i] = await producer.send_and_wait(topic.name, encode(e), key=e.subject.encode())
         if i == 2:
             await producer.send_and_wait(topic.name, b"{not json", key=b"inv-2")
         if i == 7:
@@ -108,7 +109,8 @@ async def test_consume_loop_applies_once_dead_letters_poison_and_keeps_going(inf
     assert b"EnvelopeError" in by_value[b"{not json"]["dlq.error"]
     exploded = next(h for v, h in by_value.items() if v != b"{not json")
     assert b"ValueError" in exploded["dlq.error"] and exploded["dlq.consumer.group"] == group.encode()
-    assert int(exploded["dlq.origin.offset"]) >= 0
+    assert (exploded["dlq.origin.partition"], exploded["dlq.origin.offset"]) == (
+        str(sent[6].partition).encode(), str(sent[6].offset).encode()), "the poison record's own place"
 
     # A restarted consumer in the same group starts after the committed offsets: nothing is re-applied,
     # and one new event is processed.

@@ -24,7 +24,7 @@ from shared.envelope import encode, new_envelope
 from shared.events import ALERT_RECOVERED, ALERT_STUCK, RECONCILER_SOURCE
 from shared.topics import ALERTS
 from tests import steps
-from tests.conftest import Receiver, ReconPipeline, Tenant, eventually, metric
+from tests.harness import Receiver, ReconPipeline, Tenant, eventually, metric
 from tests.steps import issue, new_tenant, until_all
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -128,7 +128,7 @@ async def _case_no() -> str:
 async def test_a_stuck_invoice_is_told_once_per_channel_then_its_recovery(recon_pipeline: ReconPipeline,
                                                                           receiver: Receiver) -> None:
     p = recon_pipeline
-    p.restart_reconciler(FAPIAO_STUCK_AFTER="3")
+    p.start_own("reconciler", FAPIAO_STUCK_AFTER="3")
     tenant, path, hook = await webhook_tenant(p, receiver)
     address, _ = await mailbox(p, tenant, "finance")
 
@@ -185,8 +185,8 @@ def _count(items: list, n: int) -> bool:
 async def test_an_outage_that_sticks_200_invoices_sends_one_digest_per_channel(recon_pipeline: ReconPipeline,
                                                                                receiver: Receiver) -> None:
     p = recon_pipeline
-    p.restart_reconciler(FAPIAO_STUCK_AFTER="3")
-    p.restart(p.notifier, FAPIAO_DIGEST_WINDOW="10")
+    p.start_own("reconciler", FAPIAO_STUCK_AFTER="3")
+    p.start_own("notifier", FAPIAO_DIGEST_WINDOW="10")
     tenant, path, hook = await webhook_tenant(p, receiver)
     address, _ = await mailbox(p, tenant, "ops")
 
@@ -223,7 +223,7 @@ async def test_an_outage_that_sticks_200_invoices_sends_one_digest_per_channel(r
 async def test_a_receiver_failing_three_times_gets_it_on_the_fourth_attempt_across_a_restart(
         recon_pipeline: ReconPipeline, receiver: Receiver, producer: AIOKafkaProducer) -> None:
     p = recon_pipeline
-    p.restart(p.notifier, FAPIAO_RETRY_BASE="2", FAPIAO_RETRY_CAP="4")
+    p.start_own("notifier", FAPIAO_RETRY_BASE="2", FAPIAO_RETRY_CAP="4")
     tenant = await new_tenant(p)
     path = f"/hooks/{uuid.uuid4().hex}"
     receiver.scripts[path] = [500, 500, 500]
@@ -385,7 +385,7 @@ async def test_a_private_address_is_checked_again_when_delivering(
     tenant = await new_tenant(p)
     path = f"/hooks/{uuid.uuid4().hex}"
     await subscribe_webhook(p, tenant, receiver.url(path))  # allowed: this notifier allows loopback
-    p.restart(p.notifier, FAPIAO_WEBHOOK_ALLOW_PRIVATE="")  # the operator no longer allows it
+    p.start_own("notifier", FAPIAO_WEBHOOK_ALLOW_PRIVATE="")  # the operator no longer allows it
     iid = (await issue(p, tenant, 1)).popitem()[1]
     await publish_alert(p, producer, tenant, invoice_id=iid, case_no=await _case_no())
 
@@ -436,7 +436,7 @@ async def test_a_rotated_secret_signs_beside_the_old_one_during_the_overlap(reco
 async def test_a_muted_invoice_is_silent_until_it_recovers_and_open_cases_are_reminded(
         recon_pipeline: ReconPipeline, receiver: Receiver, producer: AIOKafkaProducer) -> None:
     p = recon_pipeline
-    p.restart(p.notifier, FAPIAO_REMIND_AFTER="2")
+    p.start_own("notifier", FAPIAO_REMIND_AFTER="2")
     tenant, path, hook = await webhook_tenant(p, receiver)
     ids = list((await issue(p, tenant, 2)).values())
     quiet, loud = ids
@@ -499,7 +499,7 @@ async def test_an_unreadable_secret_holds_back_only_its_own_webhooks_until_rotat
     tenant, path, hook = await webhook_tenant(p, receiver)
     address, mail = await mailbox(p, tenant, "keys")
     # The old key is lost (and retries are slow enough for the rotation below to come before they run out).
-    p.restart(p.notifier, FAPIAO_SECRETS_KEY="another-secrets-key-" + uuid.uuid4().hex, FAPIAO_RETRY_BASE="2")
+    p.start_own("notifier", FAPIAO_SECRETS_KEY="another-secrets-key-" + uuid.uuid4().hex, FAPIAO_RETRY_BASE="2")
     for sub in (hook, mail):
         assert (await p.issuer.client.post(f"/v1/subscriptions/{sub['id']}/ping",
                                            headers=tenant.headers)).status_code == 202
@@ -524,8 +524,8 @@ async def test_an_unreadable_secret_holds_back_only_its_own_webhooks_until_rotat
 async def test_voiding_a_stuck_invoice_closes_its_case_and_stops_the_reminders(recon_pipeline: ReconPipeline,
                                                                                 receiver: Receiver) -> None:
     p = recon_pipeline
-    p.restart_reconciler(FAPIAO_STUCK_AFTER="3")
-    p.restart(p.notifier, FAPIAO_REMIND_AFTER="2")
+    p.start_own("reconciler", FAPIAO_STUCK_AFTER="3")
+    p.start_own("notifier", FAPIAO_REMIND_AFTER="2")
     tenant, path, hook = await webhook_tenant(p, receiver)
     await p.faults(outage=True)
     iid = (await issue(p, tenant, 1)).popitem()[1]

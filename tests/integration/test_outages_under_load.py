@@ -20,7 +20,7 @@ from fapiao.infra import KafkaBroker, PostgresServer, free_port
 from services.issuer import models as m
 from shared.metrics import DB_UNAVAILABLE
 from tests import factories
-from tests.conftest import ADMIN_TOKEN, eventually, fresh_database, issuer_settings, start_issuer
+from tests.harness import ADMIN_TOKEN, eventually, fresh_database, issuer_settings, start_issuer
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

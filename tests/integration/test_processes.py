@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fapiao.infra import free_port, port_is_open
-from fapiao.infra.procs import pid_alive, spawn, stop_group, wait_until
+from fapiao.infra import ServiceProcess, free_port, port_is_open
+from fapiao.infra.procs import pid_alive
 from tests import factories
-from tests.conftest import ADMIN_TOKEN
+from tests.harness import ADMIN_TOKEN
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,25 +32,14 @@ def _env(infra, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def issuer_url(infra) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    port = free_port()
-    log = infra.workdir / "issuer-process.log"
-    proc = spawn([sys.executable, "-m", "services.issuer"], log_path=log, cwd=REPO, die_with_parent=True,
-                 env=_env(infra, FAPIAO_PORT=str(port), FAPIAO_MAX_BODY_BYTES=str(2 * 1024 * 1024)))
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    issuer = ServiceProcess.service("issuer", env=_env(infra, FAPIAO_MAX_BODY_BYTES=str(2 * 1024 * 1024)),
+                                    log_dir=infra.workdir, log_name="issuer-process", die_with_parent=True)
     try:
-        wait_until(ready, timeout=60, what="issuer process", alive=lambda: proc.poll() is None, log_path=log)
-        yield url
+        issuer.start(60)
+        yield issuer.url
     finally:
-        stop_group(proc.pid)
-        proc.wait(5)
-    assert "fsk_" not in log.read_text(), "API keys never reach the logs"
+        issuer.stop()
+    assert "fsk_" not in issuer.log_text(), "API keys never reach the logs"
 
 
 @pytest.fixture(scope="module")

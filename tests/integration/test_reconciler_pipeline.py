@@ -18,7 +18,7 @@ from sqlalchemy import text
 from shared.envelope import decode
 from shared.topics import ALERTS
 from tests import factories, steps
-from tests.conftest import REPO, ReconPipeline, Tenant, eventually, metric, process_env, read_topic
+from tests.harness import REPO, ReconPipeline, Tenant, eventually, metric, process_env, read_topic
 from tests.steps import delta, issue, new_tenant, until_all
 
 
@@ -105,7 +105,7 @@ def _by_invoice(alerts: list, type_suffix: str) -> dict[str, set[str]]:
 
 async def test_an_outage_past_the_limit_makes_invoices_stuck_then_they_recover(recon_pipeline: ReconPipeline) -> None:
     p = recon_pipeline
-    p.restart_reconciler(FAPIAO_STUCK_AFTER="5")
+    p.start_own("reconciler", FAPIAO_STUCK_AFTER="5")
     tenant = await new_tenant(p)
     await p.faults(outage=True)
     ids = await issue(p, tenant, 40)
@@ -206,7 +206,7 @@ async def test_an_invoice_lost_after_confirmation_is_found_by_the_sweep(recon_pi
 
 async def test_a_case_opened_by_the_user_checks_at_once_and_shows_it(recon_pipeline: ReconPipeline) -> None:
     p = recon_pipeline
-    p.restart_reconciler(FAPIAO_SWEEP_INTERVAL="1h")  # only the case can notice the loss here
+    p.start_own("reconciler", FAPIAO_SWEEP_INTERVAL="1h")  # only the case can notice the loss here
     tenant = await new_tenant(p)
     other = await new_tenant(p, name="别家企业 Other Co.")
     ids = await issue(p, tenant, 3)
@@ -264,7 +264,7 @@ async def test_a_case_opened_by_the_user_checks_at_once_and_shows_it(recon_pipel
 
 async def test_kill_9_during_escalation_duplicates_no_case_and_no_alert(recon_pipeline: ReconPipeline) -> None:
     p = recon_pipeline
-    p.restart_reconciler(FAPIAO_STUCK_AFTER="3", FAPIAO_CHECK_BATCH_SIZE="4")
+    p.start_own("reconciler", FAPIAO_STUCK_AFTER="3", FAPIAO_CHECK_BATCH_SIZE="4")
     tenant = await new_tenant(p)
     await p.faults(outage=True)
     ids = await issue(p, tenant, 120)

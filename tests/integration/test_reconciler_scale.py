@@ -14,7 +14,7 @@ from services.reconciler.app import MIGRATIONS
 from services.reconciler.rules import Policy, Seen
 from shared.db import session_factory, transaction
 from shared.migrate import upgrade_async
-from tests.conftest import Infra, fresh_database
+from tests.harness import Infra, fresh_database
 
 CONFIRMED = 1_000_000
 DUE = 200

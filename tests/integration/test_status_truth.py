@@ -29,7 +29,7 @@ from shared.events import (
     SYNC_SOURCE,
 )
 from tests import factories, steps
-from tests.conftest import Infra, ReconPipeline, eventually, fresh_database, issuer_settings, start_issuer
+from tests.harness import Infra, ReconPipeline, eventually, fresh_database, issuer_settings, start_issuer
 from tests.steps import issue, new_tenant
 
 

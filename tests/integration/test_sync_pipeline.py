@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 
 from shared.topics import INVOICE_EVENTS, dlq_name
 from tests import steps
-from tests.conftest import Pipeline, eventually, read_topic
+from tests.harness import Pipeline, eventually, read_topic
 from tests.steps import delta, issue, new_tenant, until_all
 
 

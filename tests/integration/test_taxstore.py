@@ -27,7 +27,7 @@ from services.issuer.rules import content_hash as issuer_content_hash
 from services.issuer.schemas import InvoiceCreate
 from services.taxstore.settings import TaxstoreSettings
 from tests import factories
-from tests.conftest import ADMIN_TOKEN, eventually, fresh_database
+from tests.harness import ADMIN_TOKEN, eventually, fresh_database
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

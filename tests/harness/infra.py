@@ -1,0 +1,83 @@
+"""The suite's own PostgreSQL and Kafka, on free ports in a private directory (never the `make up` stack).
+FAPIAO_TEST_DATABASE_URL / FAPIAO_TEST_KAFKA_BOOTSTRAP: use servers of your own instead."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fapiao.infra import KafkaBroker, PostgresServer, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / ".test-artifacts"
+ADMIN_TOKEN = "test-admin-token-" + uuid.uuid4().hex
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@dataclass
+class Infra:
+    database_url: str
+    kafka_bootstrap: str
+    workdir: Path
+    postgres: PostgresServer | None
+    kafka: KafkaBroker | None
+
+    @property
+    def logs(self) -> Path:
+        """Where the suite's service processes write their logs (kept when a test failed)."""
+        path = self.workdir / "logs"
+        path.mkdir(exist_ok=True)
+        return path
+
+
+class InfraError(RuntimeError):
+    """The test infrastructure could not be started."""
+
+
+@contextmanager
+def running_infra(*, keep: Callable[[], bool] | None = None) -> Iterator[Infra]:
+    """Start what FAPIAO_TEST_* does not name, yield, stop it; the work dir (logs) goes unless `keep()` is true.
+    Call from the main thread: the children die with the thread that spawned them (PR_SET_PDEATHSIG)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="run-", dir=ARTIFACTS))
+    db_url = os.environ.get("FAPIAO_TEST_DATABASE_URL")
+    bootstrap = os.environ.get("FAPIAO_TEST_KAFKA_BOOTSTRAP")
+    pg = None if db_url else PostgresServer(workdir / "postgres", port=free_port(), die_with_parent=True)
+    kafka = None if bootstrap else KafkaBroker(workdir / "kafka", port=free_port(), controller_port=free_port(),
+                                               die_with_parent=True)
+    servers = [s for s in (pg, kafka) if s is not None]
+    try:
+        for server in servers:
+            server.start()
+    except Exception as exc:
+        for server in servers:
+            server.stop()
+        raise InfraError(f"could not start the test infrastructure: {exc}") from exc
+    infra = Infra(db_url or pg.url(), bootstrap or kafka.bootstrap, workdir, pg, kafka)  # type: ignore[union-attr]
+    yield infra
+    for server in reversed(servers):
+        server.stop()
+    if keep is None or not keep():
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def fresh_database(infra: Infra, name: str) -> str:
+    """A new, empty database on the test server: for a deployment that must not share the issuer schema
+    (one outbox relay leads per schema, and it publishes to its own cluster)."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(infra.database_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(f'create database "{name}"'))
+    finally:
+        await engine.dispose()
+    return make_url(infra.database_url).set(database=name).render_as_string(hide_password=False)
