@@ -19,7 +19,7 @@ import pytest
 from fapiao.infra import free_port
 from services.issuer.csv_import import COLUMNS
 from tests import factories
-from tests.harness import REPO, process_env, serve_app
+from tests.harness import REPO, RunningIssuer, issuer_settings, process_env, running_issuer, serve_app
 
 
 @dataclass
@@ -72,6 +72,14 @@ class FlakyProxy:
             pass
         finally:
             writer.close()
+
+
+@pytest.fixture(scope="module")
+async def issuer(infra) -> AsyncIterator[RunningIssuer]:  # type: ignore[no-untyped-def]
+    """This module's own issuer, gone when the module is: two issuers in one test process share the
+    process-wide metrics (each sampler clears and sets the same gauges), which the dashboard tests read."""
+    async with running_issuer(issuer_settings(infra)) as own:
+        yield own
 
 
 @pytest.fixture(scope="module")
