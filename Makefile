@@ -13,7 +13,7 @@ help:
 	@echo "make status  show what is running"
 	@echo "make logs    show recent logs (SERVICE=issuer to pick one, FOLLOW=1 to follow)"
 	@echo "make test    run the whole test suite on its own private infrastructure"
-	@echo "make lint    ruff"
+	@echo "make lint    ruff and mypy (shared/, services/)"
 	@echo "make bench   measure throughput and latency on private infrastructure (BENCH_ARGS='--invoices 2000 --duration 10')"
 
 $(STAMP): pyproject.toml
@@ -43,6 +43,7 @@ test: $(STAMP) $(if $(FAPIAO_TEST_KAFKA_BOOTSTRAP),,kafka-jars)
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .
+	@$(BIN)/mypy shared services
 
 # Not part of `make test`: starts its own Kafka, PostgreSQL and services; see docs/performance.md.
 bench: $(STAMP) kafka-jars

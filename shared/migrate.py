@@ -52,6 +52,7 @@ def run_env(target_metadata: MetaData) -> None:
     schema = cfg.attributes.get("schema") or target_metadata.schema
     assert schema, "migrations need a schema"
     url = cfg.get_main_option("sqlalchemy.url")
+    assert url, "migrations need sqlalchemy.url"
 
     async def main() -> None:
         engine = create_async_engine(url, poolclass=pool.NullPool)

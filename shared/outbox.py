@@ -117,7 +117,7 @@ class OutboxRelay:
                 await self._sleep(self.poll_interval)  # another replica relays; stand by
                 return
             self.is_leader = True
-            raw = (await lock_conn.get_raw_connection()).driver_connection
+            raw: Any = (await lock_conn.get_raw_connection()).driver_connection  # an asyncpg connection
             listener = lambda *_: self._wake.set()  # noqa: E731
             await raw.add_listener(_channel(self.table), listener)
             try:
@@ -212,7 +212,7 @@ class OutboxRelay:
         self.kafka_ok = True
         return len(published), len(rows) == self.batch_size
 
-    async def _send_all(self, producer: AIOKafkaProducer, rows: Sequence[Row[Any]]) -> list[Any]:
+    async def _send_all(self, producer: AIOKafkaProducer, rows: Sequence[Row[*tuple[Any, ...]]]) -> list[Any]:
         futures = [
             await producer.send(row.topic, value=row.payload, key=row.key.encode(),
                                 headers=[("content-type", b"application/cloudevents+json")])

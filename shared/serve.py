@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import uvicorn
@@ -12,7 +12,7 @@ __all__ = ["run_service"]
 
 
 def run_service(argv: list[str], *, settings_class: Callable[[], Any], create_app: Callable[[Any], Any],
-                migrate: Callable[[Any], Awaitable[None]], graceful_shutdown: int = 10) -> int:
+                migrate: Callable[[Any], Coroutine[Any, Any, None]], graceful_shutdown: int = 10) -> int:
     settings = settings_class()
     if argv[:1] == ["migrate"]:
         asyncio.run(migrate(settings))

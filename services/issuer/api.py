@@ -271,7 +271,8 @@ async def void_invoice(request: Request, invoice_id: str, body: VoidRequest, ten
 
 # --- cases and summaries: the reconciler owns them; the tenant reaches them here ------------------
 
-_RECONCILER_DOWN = {503: {"description": "The reconciler cannot answer right now; see Retry-After"}}
+_RECONCILER_DOWN: dict[int | str, dict[str, Any]] = {
+    503: {"description": "The reconciler cannot answer right now; see Retry-After"}}
 
 
 def _tenants_view(case: CaseView) -> dict[str, Any]:

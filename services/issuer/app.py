@@ -53,7 +53,7 @@ async def _housekeeping(app: FastAPI, settings: IssuerSettings) -> None:
 
 
 def create_app(settings: IssuerSettings | None = None) -> FastAPI:
-    settings = settings or IssuerSettings()  # type: ignore[call-arg]
+    settings = settings or IssuerSettings()
     configure_logging(service=SERVICE, level=settings.log_level, json_output=settings.log_json)
 
     @asynccontextmanager

@@ -233,10 +233,10 @@ def parse_csv(text: str, *, seller_tax_id: str, seller_name: str,
     if unknown:
         raise CsvFormatError(f"unknown column(s): {', '.join(unknown)}; expected {', '.join(COLUMNS)}")
     records = []
-    for n, cells in rows:
+    for n, row_cells in rows:
         if n - 1 > max_rows:
             raise CsvFormatError(f"more than {max_rows} rows; split the file (the CLI does this for you)")
-        records.append((n, dict(zip(header, cells, strict=False))))
+        records.append((n, dict(zip(header, row_cells, strict=False))))
     grouped: dict[str, CsvInvoice] = {}
     errors: list[RowError] = []
     for n, rec in records:

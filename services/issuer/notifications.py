@@ -21,8 +21,8 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["notifications"])
 
-_DOWN = {503: {"description": "The notifier cannot answer right now; see Retry-After"}}
-_NOT_FOUND = {404: {"description": "No such subscription (or it is another tenant's)"}}
+_DOWN: dict[int | str, dict[str, Any]] = {503: {"description": "The notifier cannot answer right now; see Retry-After"}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such subscription (or it is another tenant's)"}}
 
 
 def notifier(request: Request) -> NotifierClient:

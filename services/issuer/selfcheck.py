@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import httpx
 from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select, text
+from sqlalchemy import ColumnElement, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.issuer import models as m
@@ -139,7 +139,8 @@ async def _ours(session: AsyncSession, ids: Iterable[uuid.UUID]) -> dict[uuid.UU
 
 async def _unsettled_page(session: AsyncSession, after: uuid.UUID | None, limit: int) -> list[uuid.UUID]:
     inv = m.invoices
-    conds = [inv.c.status.in_(("accepted", "published", "submitted", "retrying", "stuck"))]  # ix_invoices_unsettled
+    conds: list[ColumnElement[bool]] = [  # ix_invoices_unsettled
+        inv.c.status.in_(("accepted", "published", "submitted", "retrying", "stuck"))]
     if after is not None:
         conds.append(inv.c.id > after)
     return list((await session.execute(select(inv.c.id).where(*conds).order_by(inv.c.id).limit(limit))).scalars())

@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import and_, bindparam, func, select, text, update
+from sqlalchemy import CursorResult, and_, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
@@ -523,10 +523,10 @@ async def _cases_on_timeline(session: AsyncSession, ids: Sequence[uuid.UUID]) ->
 
 
 async def purge_idempotency_keys(*, session: AsyncSession, older_than_hours: int) -> int:
-    result = await session.execute(
+    result = cast("CursorResult[Any]", await session.execute(
         m.idempotency_keys.delete().where(
             m.idempotency_keys.c.created_at < func.now() - text(f"interval '{int(older_than_hours)} hours'"))
-    )
+    ))
     return int(result.rowcount or 0)
 
 

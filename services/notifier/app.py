@@ -49,7 +49,7 @@ async def _run(notifier: Notifier, settings: NotifierSettings) -> None:
 
 
 def create_app(settings: NotifierSettings | None = None) -> FastAPI:
-    settings = settings or NotifierSettings()  # type: ignore[call-arg]
+    settings = settings or NotifierSettings()
     configure_logging(service=SERVICE, level=settings.log_level, json_output=settings.log_json)
     policy = TargetPolicy(parse_networks(settings.webhook_allow_private))
     box = secret_box(settings)

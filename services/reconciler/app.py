@@ -43,7 +43,7 @@ async def _run(reconciler: Reconciler, settings: ReconcilerSettings) -> None:
 
 
 def create_app(settings: ReconcilerSettings | None = None) -> FastAPI:
-    settings = settings or ReconcilerSettings()  # type: ignore[call-arg]
+    settings = settings or ReconcilerSettings()
     configure_logging(service=SERVICE, level=settings.log_level, json_output=settings.log_json)
 
     @asynccontextmanager

@@ -18,11 +18,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
-from sqlalchemy import and_, bindparam, case, func, select, text, update
+from sqlalchemy import ColumnElement, CursorResult, and_, bindparam, case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -238,7 +238,7 @@ async def intake_issued(*, session: AsyncSession, issued: Sequence[InvoiceIssued
             "updated_at": func.now()},
         where=led.c.content_hash.is_(None),
     )
-    result = await session.execute(stmt, values)
+    result = cast("CursorResult[Any]", await session.execute(stmt, values))
     sw = pg_insert(m.sweep_windows).on_conflict_do_nothing(index_elements=["seller_tax_id", "issue_date"])
     await session.execute(sw, [
         {"seller_tax_id": s, "issue_date": d, "tenant_id": t, "next_sweep_at": now + timedelta(seconds=sweep_interval)}
@@ -594,7 +594,7 @@ async def get_invoice(*, session: AsyncSession, invoice_id: uuid.UUID) -> dict[s
     row = (await session.execute(select(m.ledger).where(m.ledger.c.invoice_id == invoice_id))).first()
     if row is None:
         raise NotFound(f"no invoice {invoice_id}")
-    return _jsonable(dict(row._mapping))  # type: ignore[no-any-return]
+    return _jsonable(dict(row._mapping))
 
 
 # --- sweeps -----------------------------------------------------------------------------------
@@ -775,18 +775,19 @@ async def month_summary(*, session: AsyncSession, seller_tax_id: str, month: dat
         theirs_sums[colour]["count"] += 1
         theirs_sums[colour]["total"] += v.total
         authority = {"total": f"{v.total:.2f}", "receipt_no": v.receipt_no}
-        r = expected.get(v.number)
-        if r is None:
+        ours = expected.get(v.number)
+        if ours is None:
             other = others.get(v.number)
             kind = f"{other.state}_here" if other is not None else "unknown_here"
             differences.append({"number": v.number, "kind": kind, "authority": authority,
                                 "ours": None if other is None else {"invoice_id": str(other.invoice_id),
                                                                     "state": other.state,
                                                                     "total": f"{other.total:.2f}"}})
-        elif r.total != v.total or r.content_hash != v.content_hash:
-            differences.append({"number": v.number, "kind": "total_differs" if r.total != v.total else
+        elif ours.total != v.total or ours.content_hash != v.content_hash:
+            differences.append({"number": v.number, "kind": "total_differs" if ours.total != v.total else
                                 "content_differs", "authority": authority,
-                                "ours": {"invoice_id": str(r.invoice_id), "state": r.state, "total": f"{r.total:.2f}"}})
+                                "ours": {"invoice_id": str(ours.invoice_id), "state": ours.state,
+                                         "total": f"{ours.total:.2f}"}})
     for number, r in expected.items():
         if number not in seen_numbers:
             differences.append({"number": number, "kind": "missing_at_authority", "authority": None,
@@ -822,7 +823,7 @@ async def sweep_now(*, session: AsyncSession, seller_tax_id: str | None) -> int:
     stmt = update(sw).values(next_sweep_at=func.now())
     if seller_tax_id:
         stmt = stmt.where(sw.c.seller_tax_id == seller_tax_id)
-    return int((await session.execute(stmt)).rowcount or 0)
+    return int(cast("CursorResult[Any]", await session.execute(stmt)).rowcount or 0)
 
 
 # --- the status self-check (the issuer compares its statuses with this ledger) -----------------
@@ -849,7 +850,7 @@ async def ledger_lookup(*, session: AsyncSession, invoice_ids: Sequence[uuid.UUI
 async def open_rows(*, session: AsyncSession, after: uuid.UUID | None, limit: int) -> list[dict[str, Any]]:
     """A page, in id order, of the rows not confirmed yet (those with a next check: the partial index)."""
     led = m.ledger
-    conds = [led.c.next_check_at.is_not(None), led.c.content_hash.is_not(None)]
+    conds: list[ColumnElement[bool]] = [led.c.next_check_at.is_not(None), led.c.content_hash.is_not(None)]
     if after is not None:
         conds.append(led.c.invoice_id > after)
     rows = (await session.execute(

@@ -49,7 +49,7 @@ async def _run_syncer(app: FastAPI, settings: SyncSettings, stopping: asyncio.Ev
 
 
 def create_app(settings: SyncSettings | None = None) -> FastAPI:
-    settings = settings or SyncSettings()  # type: ignore[call-arg]
+    settings = settings or SyncSettings()
     configure_logging(service=SERVICE, level=settings.log_level, json_output=settings.log_json)
 
     @asynccontextmanager

@@ -128,8 +128,9 @@ class TaxstoreClient:
         found: dict[str, ReadBack] = {}
         cursor: str | None = None
         for _ in range(max_pages):
-            params = {"seller_tax_id": seller_tax_id, "issued_from": issue_date, "issued_to": issue_date,
-                      "limit": 1000, **({"cursor": cursor} if cursor else {})}
+            params: dict[str, str | int] = {"seller_tax_id": seller_tax_id, "issued_from": issue_date,
+                                            "issued_to": issue_date, "limit": 1000,
+                                            **({"cursor": cursor} if cursor else {})}
             started = time.perf_counter()
             try:
                 response = await self._http.get("/v1/invoices", params=params, timeout=self.read_timeout)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from sqlalchemy import func, select, text, update
+from sqlalchemy import CursorResult, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -113,12 +113,12 @@ async def apply_resync(*, session: AsyncSession, invoice_ids: list[uuid.UUID]) -
     Returns how many were known and not final."""
     if not invoice_ids:
         return 0
-    result = await session.execute(
+    result = cast("CursorResult[Any]", await session.execute(
         update(m.submissions)
         .where(m.submissions.c.invoice_id.in_(invoice_ids),
                m.submissions.c.status.in_(("submitted", "retrying", "gave_up")))
         .values(status="retrying", ambiguous=True, next_attempt_at=func.now(), updated_at=func.now())
-    )
+    ))
     return int(result.rowcount or 0)
 
 

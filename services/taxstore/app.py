@@ -35,7 +35,7 @@ async def migrate(settings: TaxstoreSettings) -> None:
 
 
 def create_app(settings: TaxstoreSettings | None = None) -> FastAPI:
-    settings = settings or TaxstoreSettings()  # type: ignore[call-arg]
+    settings = settings or TaxstoreSettings()
     configure_logging(service=SERVICE, level=settings.log_level, json_output=settings.log_json)
 
     @asynccontextmanager

@@ -205,7 +205,7 @@ async def submit_invoices(*, session: AsyncSession, items: Sequence[Incoming], v
     now = datetime.now(UTC)
     for it, s in accepted:
         key, i = s.key, it.index
-        named = {"seller_tax_id": s.seller_tax_id, "number": s.number}
+        named: dict[str, Any] = {"seller_tax_id": s.seller_tax_id, "number": s.number}
         if key not in held:
             if key in inserted:
                 row = inserted[key]

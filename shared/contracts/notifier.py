@@ -16,7 +16,7 @@ __all__ = ["ENDINGS", "KINDS", "DeliveryStatus", "HistoryFilters", "Kind", "Rota
            "SubscriptionPatch", "Text"]
 
 Kind = Literal["stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder"]
-KINDS: tuple[str, ...] = ("stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder")
+KINDS: tuple[Kind, ...] = ("stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder")
 # The end of a problem: always delivered (a mute lifts), and no more reminders about it.
 ENDINGS = frozenset({"recovered", "resolved", "closed", "rejected"})
 
