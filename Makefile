@@ -5,15 +5,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: up down status logs test lint bench kafka-jars clean help
+.PHONY: up down status restart logs test lint bench chaos drill kafka-jars clean help
 
 help:
 	@echo "make up      start Kafka, PostgreSQL and the services in the background"
 	@echo "make down    stop everything 'make up' started"
 	@echo "make status  show what is running"
+	@echo "make restart SERVICE=sync   stop one service of the make up stack and start it again"
 	@echo "make logs    show recent logs (SERVICE=issuer to pick one, FOLLOW=1 to follow)"
 	@echo "make test    run the whole test suite on its own private infrastructure"
 	@echo "make lint    ruff and mypy (shared/, services/)"
+	@echo "make chaos   run the whole fault-drill catalogue (drills/*.toml) on private infrastructure; see docs/drills.md"
+	@echo "make drill   run some drills: make drill DRILLS='kill-sync store-outage' DRILL_ARGS='--duration 20'"
 	@echo "make bench   measure throughput and latency on private infrastructure (BENCH_ARGS='--invoices 2000 --duration 10')"
 
 $(STAMP): pyproject.toml
@@ -34,6 +37,10 @@ down: $(STAMP)
 status: $(STAMP)
 	@$(BIN)/python -m fapiao.stack status
 
+restart: $(STAMP)
+	@test -n "$(SERVICE)" || { echo "usage: make restart SERVICE=sync"; exit 2; }
+	@$(BIN)/python -m fapiao.stack restart $(SERVICE)
+
 logs: $(STAMP)
 	@$(BIN)/python -m fapiao.stack logs $(if $(SERVICE),--service $(SERVICE),) $(if $(FOLLOW),--follow,)
 
@@ -51,3 +58,10 @@ bench: $(STAMP) kafka-jars
 
 clean: down
 	rm -rf .run .test-artifacts
+
+# Fault drills (docs/drills.md): start their own Kafka, PostgreSQL, services and Toxiproxy; reports in drill-results/.
+chaos: $(STAMP) kafka-jars
+	@$(BIN)/fapiao drill run all $(DRILL_ARGS)
+
+drill: $(STAMP) kafka-jars
+	@$(BIN)/fapiao drill run $(or $(DRILLS),baseline) $(DRILL_ARGS)

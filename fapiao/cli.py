@@ -43,6 +43,11 @@ from shared.backoff import backoff
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fapiao Sync operator CLI.")
 tenants_app = typer.Typer(no_args_is_help=True, help="Seller enterprises and their API keys.")
 app.add_typer(tenants_app, name="tenants")
+from fapiao.drill.main import app as drill_app  # noqa: E402 - the drill commands live in their own package
+from fapiao.stack import app as stack_app  # noqa: E402
+
+app.add_typer(drill_app, name="drill")
+app.add_typer(stack_app, name="stack", help="The local stack of `make up`: up, down, status, restart, logs.")
 err = Console(stderr=True, soft_wrap=True)  # an error is one line, however long
 
 

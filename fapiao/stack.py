@@ -7,10 +7,18 @@ elsewhere. The state dir (default `.run/`, override FAPIAO_STACK_DIR) is git-ign
 Secrets (FAPIAO_ADMIN_TOKEN, FAPIAO_SECRETS_KEY): a value exported in the environment wins, and its file in the
 state dir is rewritten to hold it; without one, the file of an earlier run is kept; without that, a random
 value is generated into the file. The summary says which it was.
+
+Supervision: `up` leaves a supervisor process (`python -m fapiao.stack supervise`, shown by `status`) that starts a
+service again when it dies, after 0.5 s, then 1, 2, 4 … up to 60 s while it keeps dying (reset after 60 s up), the
+way compose's `restart: unless-stopped` does; `status` shows each service's restarts. `restart SERVICE` stops one
+service and starts it again with the settings `up` gave it (kept in `<state dir>/service-env.json`, mode 0600),
+leaving Kafka, PostgreSQL and the other services alone. Kafka and PostgreSQL are not supervised.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -18,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +35,7 @@ import typer
 
 from fapiao.infra.kafka import REPO_ROOT, KafkaBroker, ensure_kafka_jars
 from fapiao.infra.postgres import PostgresServer
-from fapiao.infra.procs import ServiceProcess, http_ready, pid_alive, port_is_open, stop_group
+from fapiao.infra.procs import ServiceProcess, http_ready, pid_alive, port_is_open, spawn, stop_group
 
 app = typer.Typer(add_completion=False, help="Run the Fapiao Sync stack locally (no Docker).")
 
@@ -251,13 +260,19 @@ def up() -> None:
                 raise RuntimeError(f"port {port} for {spec.name} is already in use; set {spec.port_env}")
             typer.echo(f"• {spec.name}: starting on {url}…")
             svc = ServiceProcess.service(spec.name, module=spec.module, port=port, env=env, log_dir=d / "logs")
+            _save_env(env)
             svc.spawn()
-            processes[spec.name] = svc.record()
+            processes[spec.name] = {**svc.record(), "module": spec.module, "restarts": 0}
             state["urls"][spec.name] = url
             _save(state)
             svc.wait_ready(90, interval=0.25)
         _write_env(state, admin_token)
         _demo_tenant(state["urls"]["issuer"], admin_token)
+        sup = spawn([sys.executable, "-m", "fapiao.stack", "supervise"], log_path=d / "logs" / "supervisor.log",
+                    cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        processes["supervisor"] = {"pid": sup.pid, "marker": "fapiao.stack supervise", "ports": [],
+                                   "log": str(d / "logs" / "supervisor.log")}
+        _save(state)
     except BaseException as exc:
         typer.echo(f"\nStart-up failed: {exc}", err=True)
         _stop_all(state)
@@ -339,9 +354,95 @@ def status() -> None:
         ready = ""
         if name in state["urls"]:
             ready = " ready" if http_ready(state["urls"][name]) else " NOT READY"
-        typer.echo(f"{name:<10} pid {p['pid']:<8} {'running' if alive else 'STOPPED'}{ready}  ports {p['ports']}")
+        restarts = f"  restarts {p['restarts']}" if "restarts" in p else ""
+        typer.echo(f"{name:<10} pid {p['pid']:<8} {'running' if alive else 'STOPPED'}{ready}  ports {p['ports']}"
+                   f"{restarts}")
     if _running(state) != list(state["processes"]):
         raise typer.Exit(1)
+
+
+def _save_env(env: dict[str, str]) -> None:
+    path = state_dir() / "service-env.json"
+    path.write_text(json.dumps(env))
+    path.chmod(0o600)
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """One writer of stack.json at a time (the supervisor, `restart`)."""
+    state_dir().mkdir(parents=True, exist_ok=True)
+    with open(state_dir() / "stack.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _respawn(state: dict, name: str) -> ServiceProcess:
+    """Start a recorded service again on its port with the settings `up` gave it; counts a restart."""
+    rec = state["processes"][name]
+    env = json.loads((state_dir() / "service-env.json").read_text())
+    svc = ServiceProcess.service(name, module=rec["module"], port=rec["ports"][0], env=env,
+                                 log_dir=state_dir() / "logs")
+    svc.spawn()
+    state["processes"][name] = {**rec, **svc.record(), "restarts": rec.get("restarts", 0) + 1,
+                                "restarted_at": time.time()}
+    _save(state)
+    return svc
+
+
+@app.command()
+def restart(service: str = typer.Argument(..., help="issuer, taxstore, sync, reconciler or notifier")) -> None:
+    """Stop one service and start it again; Kafka, PostgreSQL and the other services keep running."""
+    names = [spec.name for spec in SERVICES]
+    if service not in names:
+        typer.echo(f"no service {service!r}; one of {', '.join(names)}", err=True)
+        raise typer.Exit(2)
+    with _locked():
+        state = _load()
+        if state is None or service not in state.get("processes", {}):
+            typer.echo("The stack is not running. Start it with: make up", err=True)
+            raise typer.Exit(3)
+        rec = state["processes"][service]
+        if "module" not in rec:
+            typer.echo("This stack was started by an older `make up`; run `make down` and `make up` once.", err=True)
+            raise typer.Exit(2)
+        if _ours(rec["pid"], rec["marker"]):
+            stop_group(rec["pid"], timeout=20)
+        svc = _respawn(state, service)
+    typer.echo(f"• {service}: restarted (pid {svc.pid}), waiting until ready…")
+    svc.wait_ready(90, interval=0.25)
+    typer.echo(f"{service} is ready at {svc.url}.")
+
+
+@app.command(hidden=True)
+def supervise(interval: float = 1.0) -> None:
+    """Started by `up`: restarts a service that died, with backoff; exits when the stack is gone."""
+    backoff: dict[str, float] = {}
+    due: dict[str, float] = {}
+    while True:
+        time.sleep(interval)
+        with _locked():
+            state = _load()
+            if state is None:
+                return
+            for spec in SERVICES:
+                rec = state["processes"].get(spec.name)
+                if rec is None or "module" not in rec:
+                    continue
+                if _ours(rec["pid"], rec["marker"]):
+                    if time.time() - rec.get("restarted_at", 0) > 60:
+                        backoff.pop(spec.name, None)
+                    continue
+                now = time.monotonic()
+                if spec.name not in due:
+                    delay = backoff.get(spec.name, 0.5)
+                    due[spec.name] = now + delay
+                    backoff[spec.name] = min(max(delay * 2, 1.0), 60.0)
+                    typer.echo(f"{time.strftime('%H:%M:%S')} {spec.name} (pid {rec['pid']}) is gone; "
+                               f"starting it again in {delay:g}s")
+                elif now >= due.pop(spec.name):
+                    svc = _respawn(state, spec.name)
+                    typer.echo(f"{time.strftime('%H:%M:%S')} {spec.name} started again, pid {svc.pid} "
+                               f"(restart {state['processes'][spec.name]['restarts']})")
 
 
 @app.command()

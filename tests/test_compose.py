@@ -469,3 +469,20 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
     ignored = {line.strip().strip("/") for line in lines}
     for entry in (".venv", ".git", ".run", ".cache", ".test-artifacts"):
         assert entry in ignored, f".dockerignore should exclude {entry}"
+
+
+# --------------------------------------------------------------------------- the drills profile (docs/drills.md)
+
+
+def test_drills_profile_adds_toxiproxy_and_a_drill_container_running_the_cli() -> None:
+    svcs = services()
+    toxi, drill = svcs["toxiproxy"], svcs["drill"]
+    assert toxi.get("profiles") == ["drills"] and drill.get("profiles") == ["drills"]
+    assert str(toxi["image"]).endswith(":2.12.0"), "the same Toxiproxy version `make chaos` builds"
+    command = parse_command(drill["command"])
+    assert command[:3] == ["fapiao", "drill", "run"]
+    assert "/var/run/docker.sock:/var/run/docker.sock" in drill.get("volumes", [])
+    assert drill["image"] == svcs["issuer"]["image"] and not builds_here(drill)
+    for name, svc in svcs.items():  # the default profile stays what it was
+        if name not in ("toxiproxy", "drill"):
+            assert "drills" not in (svc.get("profiles") or []), name

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -17,7 +18,15 @@ from services.issuer import service
 from services.issuer.schemas import InvoiceCreate
 from shared.db import transaction
 from tests import factories
-from tests.harness import ADMIN_TOKEN, eventually, read_topic
+from tests.harness import ADMIN_TOKEN, RunningIssuer, eventually, issuer_settings, read_topic, running_issuer
+
+
+@pytest.fixture(scope="module")
+async def issuer(infra) -> AsyncIterator[RunningIssuer]:  # type: ignore[no-untyped-def]
+    """This module's own issuer on its own topics: the session's issuer shares its topics with the sync pipeline
+    other modules start, and a running sync would move invoices on that these tests expect to stay `published`."""
+    async with running_issuer(issuer_settings(infra)) as own:
+        yield own
 
 
 async def _status(issuer, tenant, iid: str) -> str:

@@ -195,7 +195,7 @@ def test_stack_up_is_idempotent_and_down_leaves_nothing(tmp_path):
         state = json.loads((tmp_path / "run" / "stack.json").read_text())
         pids = [p["pid"] for p in state["processes"].values()]
         assert set(state["processes"]) == {"kafka", "postgres", "mailsink", "issuer", "taxstore", "sync",
-                                             "reconciler", "notifier"}
+                                             "reconciler", "notifier", "supervisor"}
     finally:
         down = stack("down")
     assert down.returncode == 0, down.stdout + down.stderr

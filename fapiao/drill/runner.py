@@ -1,0 +1,428 @@
+"""One scenario run: a tenant with a webhook subscription, the open-loop workload recording every request and its
+answer, the fault schedule, a bounded convergence wait, then the observation handed to the checker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+
+from fapiao.drill.checker import (
+    CONTENT_FIELDS,
+    Alert,
+    Answer,
+    IssuerInvoice,
+    Observation,
+    Sample,
+    StoredInvoice,
+    Verdict,
+    check,
+)
+from fapiao.drill.scenario import Scenario, Step
+from fapiao.drill.stack import ScenarioStack
+from fapiao.infra.kafka import REPO_ROOT
+
+if str(REPO_ROOT) not in sys.path:  # tests.factories is not an installed package
+    sys.path.insert(0, str(REPO_ROOT))
+
+__all__ = ["Receiver", "ScenarioResult", "run_scenario"]
+
+POISON_TOPICS = ("invoice.events.v1", "invoice.sync-results.v1", "invoice.resync-requests.v1",
+                 "invoice.reconciliation.v1", "invoice.alerts.v1")
+
+
+class Receiver:
+    """The tenant's webhook receiver: a tiny HTTP server in this event loop that keeps every request (webhook-id,
+    type, invoice, case) and answers 503 while `down`."""
+
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+        self.requests = 0
+        self.down = False
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A closed connection ends the loop; so does stop() cancelling a keep-alive connection that waits.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                headers = {}
+                for line in head.decode("latin-1").split("\r\n")[1:]:
+                    if ":" in line:
+                        k, v = line.split(":", 1)
+                        headers[k.strip().lower()] = v.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                self.requests += 1
+                status = 503 if self.down else 200
+                if not self.down:
+                    self._record(headers.get("webhook-id", ""), body)
+                writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok".encode())
+                await writer.drain()
+        writer.close()
+
+    def _record(self, webhook_id: str, body: bytes) -> None:
+        with contextlib.suppress(ValueError):
+            doc = orjson.loads(body)
+            items = doc["data"]["alerts"] if doc.get("type") == "invoice.alerts.digest" else [doc.get("data", {})]
+            for item in items:
+                self.alerts.append(Alert(webhook_id, item.get("type", doc.get("type", "")),
+                                         item.get("invoice_id"), item.get("case_no")))
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 3)
+
+
+@dataclass
+class ScenarioResult:
+    scenario: Scenario
+    verdict: Verdict
+    started_at: float
+    duration_s: float
+    samples: list[Sample]
+    faults: list[dict[str, Any]]                       # {at, label, ok, error}
+    windows: list[tuple[float, float, str]]            # shaded fault windows
+    offered_rate: float
+    drain_rate: float | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"scenario": self.scenario.name, "description": self.scenario.description,
+                "passed": self.verdict.passed and self.error is None, "error": self.error,
+                "duration_s": round(self.duration_s, 1), "offered_rate": self.offered_rate,
+                "drain_rate": self.drain_rate, "verdict": self.verdict.as_dict(), "faults": self.faults,
+                "windows": self.windows, "extra": self.extra,
+                "samples": [{"at": round(s.at, 1), "statuses": s.statuses, "lag_s": round(s.oldest_unconfirmed_s, 1)}
+                            for s in self.samples]}
+
+
+def fault_windows(scenario: Scenario) -> list[tuple[float, float, str]]:
+    """Shaded spans for the chart: a kill/pause/fault step up to the step that undoes it."""
+    undo = {"kill": "start", "pause": "resume", "store_faults": "store_clear", "toxic": "toxics_clear",
+            "proxy_down": "proxy_up", "db_cut": "db_restore", "receiver_down": "receiver_up"}
+    out = []
+    for i, s in enumerate(scenario.steps):
+        if s.action in undo:
+            end = next((t.at for t in scenario.steps[i + 1:] if t.action == undo[s.action]
+                        and t.target == s.target), scenario.load.duration)
+            out.append((s.at, end, s.label()))
+        elif s.action in ("restart", "store_lose", "poison"):
+            out.append((s.at, s.at + 1, s.label()))
+    return out
+
+
+class Drill:
+    def __init__(self, stack: ScenarioStack, scenario: Scenario, *, seed: int, rate: float | None,
+                 duration: float | None, progress: Callable[[str], None]) -> None:
+        self.stack, self.scenario, self.progress = stack, scenario, progress
+        self.rate = rate or scenario.load.rate
+        self.duration = duration or scenario.load.duration
+        self.rng = random.Random(seed)
+        self.answers: list[Answer] = []
+        self.receiver = Receiver()
+        self.t0 = time.monotonic()
+        self.http = httpx.AsyncClient(timeout=10)
+        self.tenant: dict[str, Any] = {}
+        self.acked_at: dict[str, float] = {}
+        self.faults: list[dict[str, Any]] = []
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    # --- set-up ----------------------------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        from tests.factories import uscc
+
+        await self.receiver.start()
+        r = await self.http.post(f"{self.stack.url('issuer')}/admin/tenants", headers=self.stack.admin,
+                                 json={"name": f"演练 Drill {self.scenario.name}", "tax_id": uscc()})
+        r.raise_for_status()
+        self.tenant = r.json()
+        self.tenant["headers"] = {"Authorization": f"Bearer {self.tenant['api_key']}"}
+        r = await self.http.post(f"{self.stack.url('issuer')}/v1/subscriptions", headers=self.tenant["headers"],
+                                 json={"channel": "webhook", "url": self.receiver.url})
+        if r.status_code != 201:
+            raise RuntimeError(f"webhook subscription refused: HTTP {r.status_code} {r.text[:300]}")
+
+    # --- workload --------------------------------------------------------------------------------------------
+
+    async def _post(self, doc: dict[str, Any], key: str | None, client: int, deadline: float) -> None:
+        """One client posting one invoice until it has an answer other than no-answer/5xx/429, or time is up."""
+        headers = {**self.tenant["headers"], **({"Idempotency-Key": key} if key else {})}
+        content = {f: doc[f] for f in CONTENT_FIELDS}
+        delay = 0.2
+        async with httpx.AsyncClient(timeout=8) as http:
+            while True:
+                sent = self.now()
+                try:
+                    r = await http.post(f"{self.stack.url('issuer')}/v1/invoices", headers=headers, json=doc)
+                except httpx.HTTPError as exc:
+                    self.answers.append(Answer(doc["number"], sent, content, None, error=type(exc).__name__,
+                                               answered_at=self.now(), client=client))
+                else:
+                    body = r.json() if r.headers.get("content-type", "").endswith("json") else {}
+                    inv_id = body.get("id") if r.status_code in (200, 201) else None
+                    self.answers.append(Answer(doc["number"], sent, content, r.status_code, inv_id, self.now(),
+                                               client=client))
+                    if inv_id:
+                        self.acked_at.setdefault(doc["number"], self.now())
+                    if r.status_code < 500 and r.status_code != 429:
+                        return
+                if self.now() > deadline:
+                    return
+                await asyncio.sleep(delay * (0.5 + self.rng.random()))
+                delay = min(delay * 2, 3.0)
+
+    async def workload(self) -> None:
+        from tests.factories import invoice
+
+        tasks: list[asyncio.Task[None]] = []
+        n = int(self.rate * self.duration)
+        seller = self.tenant["tax_id"]
+        for i in range(n):
+            await asyncio.sleep(max(0.0, i / self.rate - self.now()))
+            doc = invoice(seller)
+            key = uuid.UUID(int=self.rng.getrandbits(128)).hex if self.scenario.load.idempotency_key else None
+            for c in range(self.scenario.load.clients):
+                tasks.append(asyncio.create_task(self._post(doc, key, c, deadline=self.duration + 60)))
+        await asyncio.gather(*tasks)
+
+    # --- faults ----------------------------------------------------------------------------------------------
+
+    async def schedule(self) -> None:
+        for step in self.scenario.steps:
+            await asyncio.sleep(max(0.0, step.at - self.now()))
+            entry: dict[str, Any] = {"at": round(self.now(), 1), "label": step.label(), "ok": True}
+            self.progress(f"  {self.now():6.1f}s  {step.label()}")
+            try:
+                await self.apply(step)
+            except Exception as exc:  # noqa: BLE001 - a failed step is reported, the drill goes on
+                entry.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+                self.progress(f"          step failed: {entry['error']}")
+            self.faults.append(entry)
+
+    async def in_spawner(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a start in the run's one spawner thread (see DrillInfra.spawner)."""
+        return await asyncio.get_running_loop().run_in_executor(self.stack.infra.spawner, fn, *args)
+
+    async def apply(self, step: Step) -> None:
+        st, infra = self.stack, self.stack.infra
+        act, target, p = step.action, step.target, step.params
+        if act in ("kill", "start", "restart") and target in ("kafka", "postgres"):
+            if act in ("kill", "restart"):
+                infra.kill(target)
+            if act in ("start", "restart"):
+                await self.in_spawner(infra.start_server, target)
+        elif act in ("kill", "start", "restart"):
+            proc = st.procs[target]  # type: ignore[index]
+            if act in ("kill", "restart"):
+                proc.kill()
+            if act in ("start", "restart"):
+                await self.in_spawner(proc.start, 120)
+        elif act == "pause":
+            st.procs[target].pause()  # type: ignore[index]
+        elif act == "resume":
+            st.procs[target].resume()  # type: ignore[index]
+        elif act in ("store_faults", "store_clear"):
+            body = p if act == "store_faults" else dict(
+                latency_ms=0, latency_jitter_ms=0, error_rate=0, timeout_rate=0, drop_rate=0, visibility_delay_ms=0,
+                corrupt_rate=0, outage=False)
+            r = await self.http.put(f"{st.url('taxstore')}/admin/faults", headers=st.admin, json=body)
+            r.raise_for_status()
+        elif act == "store_lose":
+            r = await self.http.post(f"{st.url('taxstore')}/admin/lose", headers=st.admin,
+                                     json={"count": p["count"], "seller_tax_id": self.tenant["tax_id"]})
+            r.raise_for_status()
+            self.faults.append({"at": round(self.now(), 1), "label": f"store lost {len(r.json()['lost'])}",
+                                "ok": True})
+        elif act in ("toxic", "toxics_clear", "proxy_down", "proxy_up", "db_cut", "db_restore"):
+            toxi = infra.toxi
+            if toxi is None:
+                raise RuntimeError("no Toxiproxy in this run (set network = true in the scenario)")
+            proxy = st.proxies["taxstore" if act in ("toxic", "toxics_clear", "proxy_down", "proxy_up")
+                               else f"postgres-{target}"]
+            if act == "toxic":
+                await asyncio.to_thread(toxi.add_toxic, proxy, p["type"], attributes=p.get("attributes"),
+                                        stream=p.get("stream", "downstream"), toxicity=p.get("toxicity", 1.0),
+                                        name=p.get("name"))
+            elif act == "toxics_clear":
+                await asyncio.to_thread(toxi.clear_toxics, proxy)
+            else:
+                await asyncio.to_thread(toxi.set_enabled, proxy, act in ("proxy_up", "db_restore"))
+        elif act == "poison":
+            await self.poison(p.get("topics", list(POISON_TOPICS)), int(p.get("count", 3)))
+        elif act == "receiver_down":
+            self.receiver.down = True
+        elif act == "receiver_up":
+            self.receiver.down = False
+        else:  # the loader refuses unknown actions; this is the one place that would miss a new one
+            raise RuntimeError(f"action {act} is not implemented")
+
+    async def poison(self, topics: list[str], count: int) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        assert self.stack.infra.kafka is not None
+        producer = AIOKafkaProducer(bootstrap_servers=self.stack.infra.kafka.bootstrap)
+        await producer.start()
+        try:
+            for topic in topics:
+                for i in range(count):
+                    value = [b"\xff\xfenot json", b'{"specversion":"1.0","type":"invoice.issued","data":{}}',
+                             b'{"type":"made.up"}'][i % 3]
+                    await producer.send_and_wait(f"{self.stack.prefix}{topic}", value, key=b"poison")
+        finally:
+            await producer.stop()
+
+    # --- observing -------------------------------------------------------------------------------------------
+
+    async def issuer_invoices(self) -> list[IssuerInvoice]:
+        out, cursor = [], None
+        while True:
+            params: dict[str, Any] = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+            r = await self.http.get(f"{self.stack.url('issuer')}/v1/invoices", headers=self.tenant["headers"],
+                                    params=params)
+            r.raise_for_status()
+            body = r.json()
+            out += [IssuerInvoice(i["id"], i["number"], i["status"], i.get("reason"), i.get("next_action"),
+                                  i.get("case_no")) for i in body["items"]]
+            cursor = body.get("next_cursor")
+            if not cursor:
+                return out
+
+    async def stored(self) -> list[StoredInvoice]:
+        out, cursor = [], None
+        while True:
+            params: dict[str, Any] = {"seller_tax_id": self.tenant["tax_id"], "limit": 1000, "include_content": "true",
+                                      **({"cursor": cursor} if cursor else {})}
+            r = await self.http.get(f"{self.stack.url('taxstore')}/v1/invoices", params=params)
+            r.raise_for_status()
+            body = r.json()
+            for item in body["items"]:
+                content = item.get("content") or {}
+                out.append(StoredInvoice(item["number"], {"total": item.get("total"),
+                                                          **{f: content.get(f) for f in CONTENT_FIELDS
+                                                             if content.get(f) is not None}}))
+            cursor = body.get("next_cursor")
+            if not cursor:
+                return out
+
+    async def cases(self) -> list[dict[str, Any]]:
+        r = await self.http.get(f"{self.stack.url('reconciler')}/admin/cases", headers=self.stack.admin,
+                                params={"tenant_id": self.tenant["id"], "limit": 1000})
+        r.raise_for_status()
+        return [{**c, "invoice_id": str(c["invoice_id"])} for c in r.json()["items"]]
+
+    async def sample(self) -> Sample | None:
+        acked = dict(self.acked_at)  # before the listing: an invoice acknowledged during it is counted next time
+        try:
+            invoices = await self.issuer_invoices()
+        except (httpx.HTTPError, KeyError, ValueError):
+            return None
+        now = self.now()
+        by_number = {i.number: i for i in invoices}
+        statuses: dict[str, int] = {}
+        oldest = 0.0
+        for number, at in acked.items():
+            inv = by_number.get(number)
+            status = inv.status if inv else "unknown"
+            statuses[status] = statuses.get(status, 0) + 1
+            if status not in ("confirmed", "voided"):
+                oldest = max(oldest, now - at)
+        return Sample(now, statuses, oldest)
+
+
+async def run_scenario(stack: ScenarioStack, scenario: Scenario, *, seed: int = 1, rate: float | None = None,
+                       duration: float | None = None, settle: float | None = None,
+                       progress: Callable[[str], None] = print) -> ScenarioResult:
+    d = Drill(stack, scenario, seed=seed, rate=rate, duration=duration, progress=progress)
+    started = time.time()
+    await d.setup()
+    d.t0 = time.monotonic()
+    samples: list[Sample] = []
+    stuck_ok = bool(scenario.expect.get("stuck_allowed"))
+    done = asyncio.Event()
+
+    async def sampler() -> None:
+        while not done.is_set():
+            s = await d.sample()
+            if s is not None:
+                samples.append(s)
+                acked = len(d.acked_at)
+                settled = sum(n for k, n in s.statuses.items() if k in ("confirmed", "voided")
+                              or (stuck_ok and k == "stuck"))
+                counts = " ".join(f"{k}={v}" for k, v in sorted(s.statuses.items()))
+                progress(f"  {s.at:6.1f}s  acknowledged {acked:5d}  settled {settled:5d}  {counts}  "
+                         f"lag {s.oldest_unconfirmed_s:.0f}s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 2.0)
+
+    sampling = asyncio.create_task(sampler())
+    error = None
+    try:
+        await asyncio.gather(d.workload(), d.schedule())
+        load_end = d.now()
+        wait = settle if settle is not None else scenario.settle
+        deadline = d.now() + wait
+        while d.now() < deadline:
+            s = samples[-1] if samples else None
+            if s is not None and s.at > load_end and d.acked_at and sum(
+                    n for k, n in s.statuses.items()
+                    if k in ("confirmed", "voided") or (stuck_ok and k == "stuck")) >= len(d.acked_at):
+                break
+            await asyncio.sleep(1)
+        if stuck_ok:  # a stuck invoice's alert may still be on its way while the receiver was down
+            await asyncio.sleep(5)
+    except Exception as exc:  # noqa: BLE001 - reported with the verdict on what was recorded
+        error = f"{type(exc).__name__}: {exc}"
+        load_end = d.now()
+    finally:
+        done.set()
+        await sampling
+    obs = Observation(d.answers, [], [], [], d.receiver.alerts, samples, faults_end=scenario.faults_end,
+                      load_end=load_end, stuck_allowed=stuck_ok)
+    try:
+        obs.stored, obs.issuer, obs.cases = await d.stored(), await d.issuer_invoices(), await d.cases()
+    except (httpx.HTTPError, KeyError) as exc:
+        error = error or f"collecting the outcome failed: {type(exc).__name__}: {exc}"
+    obs.alerts = list(d.receiver.alerts)
+    verdict = check(obs)
+    await d.receiver.stop()
+    await d.http.aclose()
+    return ScenarioResult(scenario, verdict, started, d.now(), samples, d.faults, fault_windows(scenario),
+                          offered_rate=d.rate, drain_rate=_drain_rate(samples, scenario), error=error,
+                          extra={"alerts_received": len(d.receiver.alerts), "webhook_requests": d.receiver.requests})
+
+
+def _drain_rate(samples: list[Sample], scenario: Scenario) -> float | None:
+    """Invoices confirmed per second in the 20 s after the last fault step: how fast a backlog drains."""
+    if not scenario.steps:
+        return None
+    t = scenario.faults_end
+    inside = [s for s in samples if t <= s.at <= t + 20]
+    if len(inside) < 2:
+        return None
+    first, last = inside[0], inside[-1]
+    span = last.at - first.at
+    return round((last.statuses.get("confirmed", 0) - first.statuses.get("confirmed", 0)) / span, 1) if span else None

@@ -1,0 +1,203 @@
+"""The drill's private stack: PostgreSQL, Kafka, the five services, a mail sink and (for network faults) Toxiproxy,
+all real processes on free ports under .test-artifacts/drills-<stamp>/, started the way `make bench` starts its
+own; never touching a `make up` stack. One infrastructure per run; each scenario gets a database, a topic prefix
+and service processes of its own (its [settings] apply), so one scenario cannot leak into the next."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fapiao.infra.kafka import KafkaBroker, ensure_kafka_jars
+from fapiao.infra.postgres import PostgresServer
+from fapiao.infra.procs import ServiceProcess, free_port
+from fapiao.infra.toxiproxy import Toxiproxy, ensure_toxiproxy
+
+__all__ = ["DrillInfra", "ScenarioStack"]
+
+ORDER = ("taxstore", "issuer", "sync", "reconciler", "notifier")
+
+# Short intervals so a drill converges in minutes (the values the integration tests use).
+FAST = {
+    "sync": dict(FAPIAO_CONNECT_TIMEOUT="1", FAPIAO_SUBMIT_TIMEOUT="3", FAPIAO_READ_TIMEOUT="3",
+                 FAPIAO_RETRY_BASE="0.3", FAPIAO_RETRY_CAP="3", FAPIAO_BREAKER_BASE="0.5", FAPIAO_BREAKER_CAP="3",
+                 FAPIAO_SCHEDULER_INTERVAL="0.3", FAPIAO_SUBMIT_BATCH_SIZE="50"),
+    "reconciler": dict(FAPIAO_VISIBILITY_SLA="3", FAPIAO_FIRST_CHECK_AFTER="0.5", FAPIAO_STUCK_AFTER="90",
+                       FAPIAO_STUCK_AFTER_RESYNCS="6", FAPIAO_RESYNC_BASE="1", FAPIAO_RESYNC_CAP="5",
+                       FAPIAO_STUCK_RECHECK="2", FAPIAO_CHECK_INTERVAL="0.5", FAPIAO_SWEEP_INTERVAL="10",
+                       FAPIAO_ORPHAN_GRACE="5", FAPIAO_CONNECT_TIMEOUT="1", FAPIAO_READ_TIMEOUT="3"),
+    "notifier": dict(FAPIAO_DIGEST_WINDOW="0.5", FAPIAO_RETRY_BASE="1", FAPIAO_RETRY_CAP="5",
+                     FAPIAO_MAX_ATTEMPTS="100", FAPIAO_WEBHOOK_TIMEOUT="2", FAPIAO_WEBHOOK_CONNECT_TIMEOUT="1",
+                     FAPIAO_POLL_INTERVAL="0.3", FAPIAO_REMIND_AFTER="1h", FAPIAO_DELIVERY_LEASE="10",
+                     FAPIAO_WEBHOOK_ALLOW_PRIVATE="127.0.0.0/8,::1/128", FAPIAO_METRICS_INTERVAL="1"),
+    "issuer": dict(FAPIAO_SELF_CHECK_INTERVAL="2", FAPIAO_SELF_CHECK_GRACE="5"),
+    "taxstore": {},
+}
+
+
+@dataclass
+class DrillInfra:
+    """PostgreSQL, Kafka and (when asked) Toxiproxy for one drill run."""
+
+    workdir: Path
+    admin_token: str = field(default_factory=lambda: "drill-" + secrets.token_urlsafe(24))
+    secrets_key: str = field(default_factory=lambda: "drill-secrets-" + secrets.token_urlsafe(24))
+    pg: PostgresServer | None = None
+    kafka: KafkaBroker | None = None
+    toxiproxy: ServiceProcess | None = None
+    toxi: Toxiproxy | None = None
+    # Children die with the *thread* that spawned them (PR_SET_PDEATHSIG). Whatever a drill starts while it runs
+    # (a killed service, Kafka, PostgreSQL) is spawned from this one thread, which lives as long as the run; a
+    # thread of asyncio's default executor would end with the scenario and take the restarted broker with it.
+    spawner: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="spawner"))
+
+    def start(self, *, network: bool) -> None:
+        ensure_kafka_jars()
+        self.pg = PostgresServer(self.workdir / "postgres", port=free_port(), die_with_parent=True)
+        self.kafka = KafkaBroker(self.workdir / "kafka", port=free_port(), controller_port=free_port(),
+                                 heap="384m", die_with_parent=True)
+        self.pg.start(timeout=90)
+        self.kafka.start(timeout=120)
+        if network:
+            self.start_toxiproxy()
+
+    def start_toxiproxy(self) -> None:
+        if self.toxiproxy is not None:
+            return
+        binary = ensure_toxiproxy()
+        port = free_port()
+        self.toxiproxy = ServiceProcess("toxiproxy", [str(binary), "-host", "127.0.0.1", "-port", str(port)],
+                                        port=port, env=dict(os.environ),
+                                        log_path=self.workdir / "logs" / "toxiproxy.log",
+                                        readiness="tcp", die_with_parent=True)
+        self.toxiproxy.start(30)
+        self.toxi = Toxiproxy(f"http://127.0.0.1:{port}")
+
+    def kill(self, name: str) -> None:
+        server = self.kafka if name == "kafka" else self.pg
+        assert server is not None and server.pid is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            server.process.wait(10)  # type: ignore[union-attr]
+        server.pid = None
+
+    def start_server(self, name: str) -> None:
+        server = self.kafka if name == "kafka" else self.pg
+        assert server is not None
+        from fapiao.infra.procs import pid_alive
+
+        if server.pid is None or not pid_alive(server.pid):
+            if name == "postgres":  # kill -9 leaves postmaster.pid behind; its pid is gone, so it is stale
+                with contextlib.suppress(FileNotFoundError):
+                    (self.pg.pgdata / "postmaster.pid").unlink()  # type: ignore[union-attr]
+            server.start(timeout=120)
+
+    def healthy(self) -> bool:
+        from fapiao.infra.procs import pid_alive
+
+        return all(srv is not None and srv.pid is not None and pid_alive(srv.pid) for srv in (self.pg, self.kafka))
+
+    def stop(self) -> list[str]:
+        problems = []
+        if self.toxi is not None:
+            self.toxi.close()
+        for label, thing in (("toxiproxy", self.toxiproxy), ("kafka", self.kafka), ("postgres", self.pg)):
+            if thing is None:
+                continue
+            try:
+                thing.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                problems.append(f"{label}: {exc}")
+        self.spawner.shutdown(wait=False)
+        return problems
+
+
+@dataclass
+class ScenarioStack:
+    """The five services (and a mail sink) of one scenario, on a database and topic prefix of their own."""
+
+    infra: DrillInfra
+    name: str
+    settings: dict[str, dict[str, str]]
+    network: bool
+    procs: dict[str, ServiceProcess] = field(default_factory=dict)
+    prefix: str = field(default_factory=lambda: f"d{uuid.uuid4().hex[:8]}.")
+    database_url: str = ""
+    proxies: dict[str, str] = field(default_factory=dict)  # fault target -> Toxiproxy proxy name
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.infra.admin_token}"}
+
+    def url(self, service: str) -> str:
+        return self.procs[service].url
+
+    def _proxy(self, name: str, upstream_port: int) -> int:
+        assert self.infra.toxi is not None
+        proxy = f"{self.prefix.rstrip('.')}-{name}"
+        self.proxies[name] = proxy
+        return self.infra.toxi.create(proxy, f"127.0.0.1:{upstream_port}")
+
+    def start(self) -> None:
+        infra = self.infra
+        assert infra.pg is not None and infra.kafka is not None
+        db = f"drill_{self.prefix.rstrip('.')}"
+        infra.pg.ensure_database(db)
+        self.database_url = infra.pg.url(db)
+        logs = infra.workdir / "logs" / self.name
+        ports = {name: free_port() for name in ORDER}
+        if self.network:
+            infra.start_toxiproxy()
+        base = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")}
+        base.update(FAPIAO_ENV="test", FAPIAO_KAFKA_BOOTSTRAP=infra.kafka.bootstrap,
+                    FAPIAO_ADMIN_TOKEN=infra.admin_token, FAPIAO_LOG_LEVEL="WARNING", FAPIAO_LOG_JSON="false",
+                    FAPIAO_TOPIC_PREFIX=self.prefix, FAPIAO_STACK_DIR=str(infra.workdir / "no-stack"),
+                    FAPIAO_RELAY_POLL_INTERVAL="0.3", FAPIAO_KAFKA_PARTITIONS="3", PYTHONUNBUFFERED="1",
+                    FAPIAO_SECRETS_KEY=infra.secrets_key,
+                    FAPIAO_TAXSTORE_URL=f"http://127.0.0.1:{ports['taxstore']}",
+                    FAPIAO_RECONCILER_URL=f"http://127.0.0.1:{ports['reconciler']}",
+                    FAPIAO_NOTIFIER_URL=f"http://127.0.0.1:{ports['notifier']}",
+                    FAPIAO_SYNC_URL=f"http://127.0.0.1:{ports['sync']}",
+                    FAPIAO_ISSUER_PUBLIC_URL=f"http://127.0.0.1:{ports['issuer']}")
+        mail_port = free_port()
+        self.procs["mailsink"] = ServiceProcess(
+            "mailsink", [sys.executable, "-m", "fapiao.mailsink", "--port", str(mail_port),
+                         "--dir", str(logs / "mail")], port=mail_port, env=base, log_path=logs / "mailsink.log",
+            readiness="tcp", die_with_parent=True)
+        for name in ORDER:
+            env = {**base, "FAPIAO_DATABASE_URL": self.database_url, **FAST[name], **self.settings.get(name, {})}
+            if name == "notifier":
+                env.update(FAPIAO_SMTP_HOST="127.0.0.1", FAPIAO_SMTP_PORT=str(mail_port))
+            if self.network and name == "sync":
+                env["FAPIAO_TAXSTORE_URL"] = f"http://127.0.0.1:{self._proxy('taxstore', ports['taxstore'])}"
+            if self.network and name in ("sync", "reconciler"):
+                pg_port = self._proxy(f"postgres-{name}", infra.pg.port)
+                env["FAPIAO_DATABASE_URL"] = self.database_url.replace(f":{infra.pg.port}/", f":{pg_port}/")
+            self.procs[name] = ServiceProcess.service(name, env=env, log_dir=logs, port=ports[name],
+                                                      die_with_parent=True)
+        for proc in self.procs.values():
+            proc.start(120)
+
+    def stop(self) -> list[str]:
+        problems = []
+        for name in ("sync", "reconciler", "notifier", "issuer", "taxstore", "mailsink"):
+            proc = self.procs.get(name)
+            if proc is None:
+                continue
+            try:
+                proc.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                problems.append(f"{name}: {exc}")
+        if self.infra.toxi is not None:
+            for proxy in self.proxies.values():
+                with contextlib.suppress(Exception):
+                    self.infra.toxi._call("DELETE", f"/proxies/{proxy}")
+        return problems

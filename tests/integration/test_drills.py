@@ -1,0 +1,101 @@
+"""The short drill subset `make test` runs: kill -9 sync, a store outage and a flaky store, each against its own
+services on private PostgreSQL and Kafka, through the same runner and checker as `make chaos`. Shortened copies of
+drills/kill-sync.toml, store-outage.toml and store-flaky.toml so the three fit in well under 5 minutes."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fapiao.drill.main import run_many
+from fapiao.drill.scenario import DRILLS_DIR, parse_scenario
+
+SHORT = {
+    "kill-sync": {"load": {"rate": 10, "duration": "15s"},
+                  "steps": [{"at": "5s", "action": "kill", "target": "sync"},
+                            {"at": "8s", "action": "start", "target": "sync"}]},
+    "store-outage": {"load": {"rate": 10, "duration": "25s"},
+                     "steps": [{"at": "5s", "action": "store_faults", "outage": True},
+                               {"at": "20s", "action": "store_clear"}]},
+    "store-flaky": None,  # as shipped, shortened below
+}
+
+
+def short(name: str) -> object:
+    data = tomllib.loads((DRILLS_DIR / f"{name}.toml").read_text())
+    if SHORT[name] is not None:
+        data.update(SHORT[name])
+    else:
+        data["load"] = {"rate": 10, "duration": "20s"}
+        data["steps"][1]["at"] = "15s"
+    data["settle"] = "90s"
+    return parse_scenario(data, where=f"{name} (short)", default_name=name)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(290)
+def test_kill_sync_store_outage_and_flaky_store_lose_nothing(tmp_path: Path) -> None:
+    lines: list[str] = []
+    run = run_many([short(n) for n in SHORT], seed=7, rate=None, duration=None, settle=None,  # type: ignore[misc]
+                   report_dir=tmp_path, progress=lines.append)
+    results = {r["scenario"]: r for r in run["results"]}
+    assert set(results) == set(SHORT)
+    for name, r in results.items():
+        v = r["verdict"]
+        assert r["error"] is None, (name, r["error"], lines[-30:])
+        assert v["acknowledged"] >= 100, (name, v)
+        assert r["passed"], (name, {k: v[k] for k in ("lost", "content_mismatch", "duplicate_effects",
+                                                      "unexplained", "stuck_unhandled", "not_converged")})
+        assert v["statuses"] == {"confirmed": v["acknowledged"]}, (name, v["statuses"])
+        assert all(f["ok"] for f in r["faults"]), (name, r["faults"])
+    assert "<svg" in Path(run["reports"]["html"]).read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_make_up_restarts_a_dead_service_and_restart_leaves_the_broker_alone(tmp_path: Path) -> None:
+    """`make up` on free ports in a state dir of its own: a kill -9'd service comes back (the supervisor, with its
+    restart counted in `status`), `fapiao stack restart` restarts one service while Kafka keeps its pid."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fapiao.infra.procs import free_port, http_ready
+
+    names = ("ISSUER", "SYNC", "RECONCILER", "NOTIFIER", "TAXSTORE", "KAFKA", "KAFKA_CONTROLLER", "PG", "SMTP")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")}
+    env.update({f"FAPIAO_{n}_PORT": str(free_port()) for n in names}, FAPIAO_STACK_DIR=str(tmp_path / "run"))
+    stack = [sys.executable, "-m", "fapiao.stack"]
+
+    def state() -> dict:
+        return json.loads((tmp_path / "run" / "stack.json").read_text())
+
+    def status() -> str:
+        return subprocess.run([*stack, "status"], env=env, capture_output=True, text=True, timeout=60).stdout
+
+    try:
+        up = subprocess.run([*stack, "up"], env=env, capture_output=True, text=True, timeout=180)
+        assert up.returncode == 0, up.stdout + up.stderr
+        kafka_pid = state()["processes"]["kafka"]["pid"]
+        sync = state()["processes"]["sync"]
+        os.killpg(sync["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = state()["processes"]["sync"]
+            if now["pid"] != sync["pid"] and http_ready(f"http://127.0.0.1:{now['ports'][0]}"):
+                break
+            time.sleep(0.5)
+        assert state()["processes"]["sync"]["restarts"] == 1, (tmp_path / "run" / "logs" / "supervisor.log").read_text()
+        assert "restarts 1" in next(line for line in status().splitlines() if line.startswith("sync"))
+        r = subprocess.run([*stack, "restart", "notifier"], env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "notifier is ready" in r.stdout, r.stdout + r.stderr
+        assert state()["processes"]["notifier"]["restarts"] == 1
+        assert state()["processes"]["kafka"]["pid"] == kafka_pid
+        assert subprocess.run([*stack, "status"], env=env, capture_output=True, timeout=60).returncode == 0
+    finally:
+        subprocess.run([*stack, "down"], env=env, capture_output=True, timeout=120)

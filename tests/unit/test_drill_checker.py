@@ -1,0 +1,101 @@
+"""The checker can fail: doctored observations (an acknowledged invoice deleted from the store, an alert delivered
+twice, a stuck invoice without its case, a changed total, an unexplained status) fail it with the invoice named."""
+
+from __future__ import annotations
+
+from fapiao.drill.checker import Alert, Answer, IssuerInvoice, Observation, Sample, StoredInvoice, check
+
+CONTENT = {"total": "113.00", "total_amount": "100.00", "total_tax": "13.00"}
+
+
+def healthy(n: int = 3) -> Observation:
+    answers = [Answer(f"N{i:04d}", float(i), CONTENT, 201, f"id-{i}", i + 0.1) for i in range(n)]
+    stored = [StoredInvoice(f"N{i:04d}", {"total": "113.0", "total_amount": "100", "total_tax": "13.00"})
+              for i in range(n)]
+    issuer = [IssuerInvoice(f"id-{i}", f"N{i:04d}", "confirmed", None, None, None) for i in range(n)]
+    samples = [Sample(1.0, {"submitted": n}, 1.0), Sample(5.0, {"confirmed": n}, 0.0)]
+    return Observation(answers, stored, issuer, cases=[], alerts=[], samples=samples, faults_end=2.0, load_end=3.0)
+
+
+def test_a_healthy_run_passes_with_its_figures() -> None:
+    v = check(healthy())
+    assert v.passed, v.violations
+    assert (v.acknowledged, v.statuses, v.time_to_converge_s, v.worst_lag_s) == (3, {"confirmed": 3}, 3.0, 1.0)
+
+
+def test_an_acknowledged_invoice_deleted_from_the_store_is_lost_and_named() -> None:
+    obs = healthy()
+    obs.stored = [s for s in obs.stored if s.number != "N0001"]
+    v = check(obs)
+    assert not v.passed
+    assert len(v.lost) == 1 and v.lost[0].startswith("N0001 (invoice id-1)")
+
+
+def test_a_voided_invoice_absent_at_the_store_is_not_lost() -> None:
+    obs = healthy()
+    obs.stored = [s for s in obs.stored if s.number != "N0001"]
+    obs.issuer[1] = IssuerInvoice("id-1", "N0001", "voided", None, None, None)
+    assert check(obs).passed
+
+
+def test_an_alert_delivered_under_two_webhook_ids_is_a_duplicate_effect_naming_the_invoice() -> None:
+    obs = healthy()
+    obs.issuer[2] = IssuerInvoice("id-2", "N0002", "confirmed", None, None, "C-1")
+    rec = Alert("msg_a", "invoice.recovered", "id-2", "C-1")
+    obs.alerts = [rec, rec,
+                  Alert("msg_b", "invoice.recovered", "id-2", "C-1")]
+    v = check(obs)
+    assert not v.passed
+    assert len(v.duplicates) == 1 and v.duplicates[0].startswith("N0002 (invoice id-2): invoice.recovered")
+    assert "msg_a, msg_b" in v.duplicates[0]
+
+
+def test_the_same_webhook_id_retried_is_not_a_duplicate() -> None:
+    obs = healthy()
+    obs.alerts = [Alert("msg_a", "invoice.recovered", "id-2", "C-1")] * 3
+    assert check(obs).passed
+
+
+def test_a_changed_total_is_a_content_mismatch() -> None:
+    obs = healthy()
+    obs.stored[0] = StoredInvoice("N0000", {**CONTENT, "total": "114.00"})
+    v = check(obs)
+    assert v.mismatched == ["N0000: total acknowledged 113.00 stored 114.00"]
+
+
+def test_one_number_stored_twice_or_issued_under_two_ids_is_a_duplicate() -> None:
+    obs = healthy()
+    obs.stored.append(StoredInvoice("N0000", CONTENT))
+    obs.answers.append(Answer("N0001", 9.0, CONTENT, 201, "id-other", 9.1, client=1))
+    v = check(obs)
+    assert any(d.startswith("N0000: stored 2 times") for d in v.duplicates)
+    assert any(d.startswith("N0001: issued under 2 ids") for d in v.duplicates)
+
+
+def test_a_stuck_invoice_needs_exactly_one_case_and_one_alert() -> None:
+    obs = healthy()
+    obs.stuck_allowed = True
+    obs.issuer[0] = IssuerInvoice("id-0", "N0000", "stuck", "not visible", "a case is open", "C-9")
+    v = check(obs)
+    assert v.stuck_unhandled == ["N0000 (invoice id-0): stuck with 0 case(s) and 0 stuck alert(s)"]
+    obs.cases = [{"case_no": "C-9", "invoice_id": "id-0", "status": "open"}]
+    obs.alerts = [Alert("msg_s", "invoice.stuck", "id-0", "C-9")]
+    assert check(obs).passed
+    obs.cases.append({"case_no": "C-10", "invoice_id": "id-0", "status": "open"})
+    v = check(obs)
+    assert any("N0000" in d and "2 open cases" in d for d in v.duplicates)
+
+
+def test_unconfirmed_without_reason_and_next_action_is_unexplained() -> None:
+    obs = healthy()
+    obs.issuer[1] = IssuerInvoice("id-1", "N0001", "submitted", "sent to the store", None, None)
+    v = check(obs)
+    assert v.unexplained == ["N0001 (invoice id-1): submitted without a next action"]
+    assert v.not_converged == ["N0001 (invoice id-1): submitted at the end of the wait"]
+
+
+def test_unanswered_requests_are_not_acknowledged_and_never_lost() -> None:
+    obs = healthy()
+    obs.answers.append(Answer("N0099", 4.0, CONTENT, None, error="ReadTimeout"))
+    v = check(obs)
+    assert v.passed and v.acknowledged == 3 and v.unanswered == 1

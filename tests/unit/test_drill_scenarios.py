@@ -1,0 +1,58 @@
+"""Scenario files: the shipped catalogue loads, and a wrong file is refused with the file and the field named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fapiao.drill.scenario import DRILLS_DIR, ScenarioError, catalogue, load_scenario, parse_duration
+
+REQUIRED = {"baseline", "kill-issuer", "kill-sync", "kill-reconciler", "kill-notifier", "kill-taxstore", "pause-sync",
+            "kill-kafka", "kill-postgres", "store-outage", "store-flaky", "store-lag-corrupt",
+            "store-loses-confirmed", "poison", "webhook-down", "clients-idempotent", "clients-no-key",
+            "net-latency", "net-resets", "net-blackhole", "db-cut"}
+
+
+def test_the_catalogue_ships_every_scenario_of_the_issue_and_each_loads() -> None:
+    cat = catalogue()
+    assert REQUIRED <= set(cat)
+    assert [s.label() for s in cat["kill-sync"].steps] == ["kill sync", "start sync"]
+    assert cat["store-outage"].steps[0].params == {"outage": True}
+    assert cat["net-latency"].network and not cat["baseline"].network
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("20s", 20), ("2m", 120), ("500ms", 0.5), (3, 3), ("1.5h", 5400)])
+def test_durations(value: object, seconds: float) -> None:
+    assert parse_duration(value, where="x") == seconds
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    ('[[steps]]\nat = "5s"\naction = "explode"\n', "steps[0].action: unknown action 'explode'"),
+    ('[[steps]]\nat = "5s"\naction = "kill"\n', "steps[0].target: `kill` needs a target"),
+    ('[[steps]]\nat = "5s"\naction = "kill"\ntarget = "mysql"\n', "got 'mysql'"),
+    ('[[steps]]\nat = "soon"\naction = "store_clear"\n', "steps[0].at: expected a duration"),
+    ('[[steps]]\nat = "1s"\naction = "store_faults"\nerror_rte = 0.2\n', "unknown key(s) error_rte"),
+    ('[[steps]]\nat = "1s"\naction = "store_faults"\nerror_rate = 2\n', "steps[0].error_rate: a rate between 0 and 1"),
+    ('[[steps]]\nat = "1s"\naction = "store_lose"\n', "(store_lose): missing count"),
+    ('[load]\nrate = 0\n', "load.rate must be a positive number"),
+    ('[load]\nspeed = 3\n', "[load]: unknown key(s) speed"),
+    ('[settings.sync]\nRETRY = "1"\n', "keys must be FAPIAO_* variables"),
+    ('rate = [', "not valid TOML"),
+])
+def test_a_wrong_scenario_is_refused_naming_the_file_and_the_field(tmp_path: Path, body: str, words: str) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text(body)
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(path)
+    assert str(path) in str(err.value) and words in str(err.value)
+
+
+def test_the_example_in_docs_drills_md_is_a_valid_scenario(tmp_path: Path) -> None:
+    doc = (DRILLS_DIR.parent / "docs" / "drills.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "kill-sync-twice.toml"
+    path.write_text(example)
+    s = load_scenario(path)
+    assert [st.label() for st in s.steps] == ["kill sync", "start sync", "restart sync"]
+    assert s.settings == {"reconciler": {"FAPIAO_SWEEP_INTERVAL": "5"}} and s.settle == 150
