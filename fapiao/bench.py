@@ -251,7 +251,8 @@ async def poll_until(check: Callable[[], Awaitable[Any]], *, timeout: float, wha
 def make_docs(seller_tax_id: str, n: int) -> list[dict[str, Any]]:
     from tests.factories import invoice
 
-    docs, seen = [], set()
+    docs: list[dict[str, Any]] = []
+    seen: set[str] = set()
     while len(docs) < n:
         d = invoice(seller_tax_id)
         if d["number"] not in seen:
@@ -318,7 +319,7 @@ class LeanHttp:
         if "content-length" in hdrs:
             return status, close, await reader.readexactly(int(hdrs["content-length"]))
         if hdrs.get("transfer-encoding", "").lower() == "chunked":
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
                 chunk = await reader.readexactly(size + 2)

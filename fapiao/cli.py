@@ -78,7 +78,7 @@ def tenants_create(
     from shared.errors import FapiaoError
 
     try:
-        settings = IssuerSettings()  # type: ignore[call-arg]
+        settings = IssuerSettings()
     except Exception as exc:  # noqa: BLE001 - report configuration problems plainly
         err.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -337,8 +337,10 @@ def _import_chunks(url: str, api_key: str, raw: bytes, header: list[str], chunks
             line_of = {i + 2: n for i, (n, _) in enumerate(rows)}  # request row -> file row
             if resp.status_code != 200:
                 # The issuer numbers the request's rows; say the file's.
-                reasons = re.sub(r"\brow (\d+)\b", lambda m, lo=line_of: f"row {lo.get(int(m[1]), m[1])}",
-                                 _reasons(resp))
+                def file_row(m: re.Match[str], lo: dict[int, int] = line_of) -> str:
+                    return f"row {lo.get(int(m[1]), m[1])}"
+
+                reasons = re.sub(r"\brow (\d+)\b", file_row, _reasons(resp))
                 raise _ImportStopped(f"the issuer answered {resp.status_code} for rows {rows[0][0]}-{rows[-1][0]}: "
                                      f"{reasons}; {done}" + ("fix the file and run again" if resp.status_code < 500
                                                              else rerun))
@@ -401,7 +403,7 @@ def _call(method: str, url: str, path: str, *, token: str, params: dict[str, Any
 
 def _get_json(url: str, path: str, *, token: str, params: dict[str, str] | None = None) -> dict[str, Any]:
     """GET a JSON object; exits 2 with the service's own words when it cannot be had."""
-    return _call("GET", url, path, token=token, params=params)  # type: ignore[no-any-return]
+    return _call("GET", url, path, token=token, params=params)
 
 
 def _url(service: str, default_port: int) -> str:
@@ -746,4 +748,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -8,11 +8,13 @@ Secrets (FAPIAO_ADMIN_TOKEN, FAPIAO_SECRETS_KEY): a value exported in the enviro
 state dir is rewritten to hold it; without one, the file of an earlier run is kept; without that, a random
 value is generated into the file. The summary says which it was.
 
-Supervision: `up` leaves a supervisor process (`python -m fapiao.stack supervise`, shown by `status`) that starts a
-service again when it dies, after 0.5 s, then 1, 2, 4 … up to 60 s while it keeps dying (reset after 60 s up), the
-way compose's `restart: unless-stopped` does; `status` shows each service's restarts. `restart SERVICE` stops one
-service and starts it again with the settings `up` gave it (kept in `<state dir>/service-env.json`, mode 0600),
-leaving Kafka, PostgreSQL and the other services alone. Kafka and PostgreSQL are not supervised.
+Supervision: `up` leaves a supervisor process (`python -m fapiao.stack supervise`, shown by `status`) that starts
+a service, Kafka or PostgreSQL again when it dies, after 0.5 s, then 1, 2, 4 … up to 60 s while it keeps dying
+(reset after 60 s up), the way compose's `restart: unless-stopped` does; `status` shows the restarts.
+`restart NAME` stops one component and starts it again with the settings `up` gave it (a service's are kept in
+`<state dir>/service-env.json`, mode 0600; Kafka and PostgreSQL keep their data dirs), leaving the rest running.
+A drill against this stack (`fapiao drill run --stack`) marks what it kills as held: the supervisor leaves it down
+until the drill's own start step.
 """
 
 from __future__ import annotations
@@ -211,7 +213,7 @@ def up() -> None:
             broker = KafkaBroker(d / "kafka", port=_port("FAPIAO_KAFKA_PORT", 9092),
                                  controller_port=_port("FAPIAO_KAFKA_CONTROLLER_PORT", 9093))
             broker.start()
-            processes["kafka"] = {"pid": broker.pid, "marker": "kafka.Kafka",
+            processes["kafka"] = {"pid": broker.pid, "marker": "kafka.Kafka", "restarts": 0,
                                   "ports": [broker.port, broker.controller_port], "log": str(broker.log_path)}
             kafka_bootstrap = broker.bootstrap
             _save(state)
@@ -220,7 +222,8 @@ def up() -> None:
             typer.echo("• PostgreSQL: starting the embedded server…")
             pg = PostgresServer(d / "postgres", port=_port("FAPIAO_PG_PORT", 55432))
             pg.start()
-            processes["postgres"] = {"pid": pg.pid, "marker": "postgres", "ports": [pg.port], "log": str(pg.log_path)}
+            processes["postgres"] = {"pid": pg.pid, "marker": "postgres", "ports": [pg.port], "log": str(pg.log_path),
+                                     "restarts": 0}
             database_url = pg.url()
             _save(state)
         state.update(kafka_bootstrap=kafka_bootstrap, database_url=database_url)
@@ -355,6 +358,8 @@ def status() -> None:
         if name in state["urls"]:
             ready = " ready" if http_ready(state["urls"][name]) else " NOT READY"
         restarts = f"  restarts {p['restarts']}" if "restarts" in p else ""
+        if p.get("held"):
+            restarts += "  (held down by a drill)"
         typer.echo(f"{name:<10} pid {p['pid']:<8} {'running' if alive else 'STOPPED'}{ready}  ports {p['ports']}"
                    f"{restarts}")
     if _running(state) != list(state["processes"]):
@@ -376,9 +381,30 @@ def _locked() -> Iterator[None]:
         yield
 
 
-def _respawn(state: dict, name: str) -> ServiceProcess:
-    """Start a recorded service again on its port with the settings `up` gave it; counts a restart."""
+INFRA = ("kafka", "postgres")
+
+
+def _respawn(state: dict, name: str) -> tuple[str, object]:
+    """Start a recorded component again on its ports with the settings `up` gave it; counts a restart. Returns
+    (url or address, a waiter): services are spawned and waited for outside the lock, Kafka and PostgreSQL are
+    started (and waited for) here, as their classes do."""
     rec = state["processes"][name]
+    if name in INFRA:
+        d = state_dir()
+        if name == "kafka":
+            server: KafkaBroker | PostgresServer = KafkaBroker(d / "kafka", port=rec["ports"][0],
+                                                               controller_port=rec["ports"][1])
+        else:
+            server = PostgresServer(d / "postgres", port=rec["ports"][0])
+            # kill -9 leaves postmaster.pid behind with a pid that is gone: stale, and it would refuse to start
+            with contextlib.suppress(FileNotFoundError):
+                (server.pgdata / "postmaster.pid").unlink()
+        server.start(timeout=120)
+        assert server.pid is not None
+        state["processes"][name] = {**rec, "pid": server.pid, "restarts": rec.get("restarts", 0) + 1,
+                                    "restarted_at": time.time()}
+        _save(state)
+        return f"127.0.0.1:{rec['ports'][0]}", None
     env = json.loads((state_dir() / "service-env.json").read_text())
     svc = ServiceProcess.service(name, module=rec["module"], port=rec["ports"][0], env=env,
                                  log_dir=state_dir() / "logs")
@@ -386,36 +412,92 @@ def _respawn(state: dict, name: str) -> ServiceProcess:
     state["processes"][name] = {**rec, **svc.record(), "restarts": rec.get("restarts", 0) + 1,
                                 "restarted_at": time.time()}
     _save(state)
-    return svc
+    return svc.url, svc
+
+
+def _restartable(state: dict | None, name: str) -> dict:
+    names = [spec.name for spec in SERVICES] + list(INFRA)
+    if name not in names:
+        raise StackError(f"no component {name!r}; one of {', '.join(names)}", 2)
+    if state is None or name not in state.get("processes", {}):
+        raise StackError(f"{name} is not part of a running stack (start it with: make up)", 3)
+    rec = state["processes"][name]
+    if name not in INFRA and "module" not in rec:
+        raise StackError("This stack was started by an older `make up`; run `make down` and `make up` once.", 2)
+    return rec
+
+
+class StackError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def kill_component(name: str, *, hold: bool = True) -> None:
+    """kill -9 one component of the running stack (a drill's fault). With `hold` the supervisor leaves it dead
+    until `start_component` (or `restart`) brings it back."""
+    with _locked():
+        state = _load()
+        rec = _restartable(state, name)
+        assert state is not None
+        if hold:
+            rec["held"] = True
+            _save(state)
+        if _ours(rec["pid"], rec["marker"]):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(rec["pid"], signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _ours(rec["pid"], rec["marker"]) and time.monotonic() < deadline:  # a zombie has no cmdline
+                time.sleep(0.05)
+
+
+def signal_component(name: str, sig: int) -> None:
+    """SIGSTOP / SIGCONT one component (a hung process, and its recovery)."""
+    with _locked():
+        rec = _restartable(_load(), name)
+        if _ours(rec["pid"], rec["marker"]):
+            os.killpg(rec["pid"], sig)
+
+
+def start_component(name: str, *, stop_first: bool = False, timeout: float = 90) -> str:
+    """Start one component again if it is not running (stopping it first with `stop_first`), release a drill's
+    hold, and wait until it is ready. Returns where it listens."""
+    with _locked():
+        state = _load()
+        rec = _restartable(state, name)
+        assert state is not None
+        rec.pop("held", None)
+        alive = _ours(rec["pid"], rec["marker"])
+        if alive and stop_first:
+            stop_group(rec["pid"], timeout=20, sig=signal.SIGINT if name == "postgres" else signal.SIGTERM)
+            alive = False
+        if alive:
+            _save(state)
+            return state["urls"].get(name, f"127.0.0.1:{rec['ports'][0]}")
+        where, waiter = _respawn(state, name)
+    if isinstance(waiter, ServiceProcess):
+        waiter.wait_ready(timeout, interval=0.25)
+    return where
 
 
 @app.command()
-def restart(service: str = typer.Argument(..., help="issuer, taxstore, sync, reconciler or notifier")) -> None:
-    """Stop one service and start it again; Kafka, PostgreSQL and the other services keep running."""
-    names = [spec.name for spec in SERVICES]
-    if service not in names:
-        typer.echo(f"no service {service!r}; one of {', '.join(names)}", err=True)
-        raise typer.Exit(2)
-    with _locked():
-        state = _load()
-        if state is None or service not in state.get("processes", {}):
-            typer.echo("The stack is not running. Start it with: make up", err=True)
-            raise typer.Exit(3)
-        rec = state["processes"][service]
-        if "module" not in rec:
-            typer.echo("This stack was started by an older `make up`; run `make down` and `make up` once.", err=True)
-            raise typer.Exit(2)
-        if _ours(rec["pid"], rec["marker"]):
-            stop_group(rec["pid"], timeout=20)
-        svc = _respawn(state, service)
-    typer.echo(f"• {service}: restarted (pid {svc.pid}), waiting until ready…")
-    svc.wait_ready(90, interval=0.25)
-    typer.echo(f"{service} is ready at {svc.url}.")
+def restart(service: str = typer.Argument(..., help="issuer, taxstore, sync, reconciler, notifier, kafka or postgres"),
+            ) -> None:
+    """Stop one component and start it again; the others keep running (Kafka's and PostgreSQL's data are kept)."""
+    typer.echo(f"• {service}: restarting…")
+    try:
+        where = start_component(service, stop_first=True)
+    except StackError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(exc.code) from None
+    state = _load() or {"processes": {}}
+    typer.echo(f"{service} is ready at {where} (pid {state['processes'][service]['pid']}).")
 
 
 @app.command(hidden=True)
 def supervise(interval: float = 1.0) -> None:
-    """Started by `up`: restarts a service that died, with backoff; exits when the stack is gone."""
+    """Started by `up`: starts a service, Kafka or PostgreSQL again when it died, with backoff; leaves alone what a
+    drill holds down; exits when the stack is gone."""
     backoff: dict[str, float] = {}
     due: dict[str, float] = {}
     while True:
@@ -424,25 +506,31 @@ def supervise(interval: float = 1.0) -> None:
             state = _load()
             if state is None:
                 return
-            for spec in SERVICES:
-                rec = state["processes"].get(spec.name)
-                if rec is None or "module" not in rec:
+            for name in [*INFRA, *(spec.name for spec in SERVICES)]:
+                rec = state["processes"].get(name)
+                if rec is None or (name not in INFRA and "module" not in rec) or rec.get("held"):
+                    due.pop(name, None)
                     continue
                 if _ours(rec["pid"], rec["marker"]):
                     if time.time() - rec.get("restarted_at", 0) > 60:
-                        backoff.pop(spec.name, None)
+                        backoff.pop(name, None)
                     continue
                 now = time.monotonic()
-                if spec.name not in due:
-                    delay = backoff.get(spec.name, 0.5)
-                    due[spec.name] = now + delay
-                    backoff[spec.name] = min(max(delay * 2, 1.0), 60.0)
-                    typer.echo(f"{time.strftime('%H:%M:%S')} {spec.name} (pid {rec['pid']}) is gone; "
+                if name not in due:
+                    delay = backoff.get(name, 0.5)
+                    due[name] = now + delay
+                    backoff[name] = min(max(delay * 2, 1.0), 60.0)
+                    typer.echo(f"{time.strftime('%H:%M:%S')} {name} (pid {rec['pid']}) is gone; "
                                f"starting it again in {delay:g}s")
-                elif now >= due.pop(spec.name):
-                    svc = _respawn(state, spec.name)
-                    typer.echo(f"{time.strftime('%H:%M:%S')} {spec.name} started again, pid {svc.pid} "
-                               f"(restart {state['processes'][spec.name]['restarts']})")
+                elif now >= due[name]:
+                    del due[name]
+                    try:
+                        _respawn(state, name)
+                    except Exception as exc:  # logged; tried again after the next backoff
+                        typer.echo(f"{time.strftime('%H:%M:%S')} {name} did not start: {exc}")
+                        continue
+                    typer.echo(f"{time.strftime('%H:%M:%S')} {name} started again, pid "
+                               f"{state['processes'][name]['pid']} (restart {state['processes'][name]['restarts']})")
 
 
 @app.command()

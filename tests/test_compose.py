@@ -412,9 +412,10 @@ def test_python_service_addresses_match_the_infrastructure(name: str) -> None:
 
 
 def test_python_services_share_infrastructure_and_admin_token() -> None:
+    """As compose resolves them without a drills env file (drills/compose.env reroutes some through Toxiproxy)."""
     shared = required_env(SharedSettings)
     values = {
-        name: {key: environment(services()[name]).get(key) for key in shared}
+        name: {key: interpolate(str(environment(services()[name]).get(key))) for key in shared}
         for name in PYTHON_SERVICES
     }
     assert len({json.dumps(v, sort_keys=True) for v in values.values()}) == 1, values
@@ -474,13 +475,37 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
 # --------------------------------------------------------------------------- the drills profile (docs/drills.md)
 
 
+def test_drills_env_routes_sync_and_reconciler_through_the_profiles_toxiproxy_proxies() -> None:
+    """drills/compose.env points the services at Toxiproxy's listeners; each listener forwards to the address the
+    service uses without it, and the variables are the ones docker-compose.yml interpolates."""
+    root = Path(__file__).resolve().parents[1]
+    proxies = {p["listen"].rsplit(":", 1)[1]: p
+               for p in json.loads((root / "drills/compose-toxiproxy.json").read_text())}
+    drill_env = dict(line.split("=", 1) for line in (root / "drills/compose.env").read_text().splitlines()
+                     if line and not line.startswith("#"))
+    text = (root / "docker-compose.yml").read_text()
+    routed = {"FAPIAO_SYNC_TAXSTORE_URL": ("sync", "FAPIAO_TAXSTORE_URL"),
+              "FAPIAO_SYNC_DATABASE_URL": ("sync", "FAPIAO_DATABASE_URL"),
+              "FAPIAO_RECONCILER_DATABASE_URL": ("reconciler", "FAPIAO_DATABASE_URL")}
+    for var, (svc, key) in routed.items():
+        assert "${" + var + ":-" in text, var
+        direct = interpolate(str(environment(services()[svc])[key]))
+        via = drill_env[var]
+        host, port = host_port(via.split("@")[-1].split("//")[-1].split("/")[0], 0)
+        assert host == "toxiproxy" and str(port) in proxies, (var, via)
+        assert proxies[str(port)]["upstream"] == direct.split("@")[-1].split("//")[-1].split("/")[0], (var, direct)
+    assert services()["toxiproxy"]["volumes"][0].startswith("./drills/compose-toxiproxy.json:")
+    assert "FAPIAO_WEBHOOK_ALLOW_PRIVATE" in drill_env and environment(services()["drill"])[
+        "FAPIAO_DRILL_RECEIVER_ADVERTISE"] == "drill"
+
+
 def test_drills_profile_adds_toxiproxy_and_a_drill_container_running_the_cli() -> None:
     svcs = services()
     toxi, drill = svcs["toxiproxy"], svcs["drill"]
     assert toxi.get("profiles") == ["drills"] and drill.get("profiles") == ["drills"]
     assert str(toxi["image"]).endswith(":2.12.0"), "the same Toxiproxy version `make chaos` builds"
     command = parse_command(drill["command"])
-    assert command[:3] == ["fapiao", "drill", "run"]
+    assert command[:3] == ["fapiao", "drill", "run"] and "--compose" in command
     assert "/var/run/docker.sock:/var/run/docker.sock" in drill.get("volumes", [])
     assert drill["image"] == svcs["issuer"]["image"] and not builds_here(drill)
     for name, svc in svcs.items():  # the default profile stays what it was

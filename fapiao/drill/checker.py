@@ -44,7 +44,7 @@ class Answer:
 @dataclass(frozen=True)
 class StoredInvoice:
     number: str
-    content: dict[str, str]
+    content: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -148,8 +148,8 @@ def check(obs: Observation) -> Verdict:
     for s in obs.stored:
         stored_by_number[s.number].append(s)
     issuer_by_number: dict[str, list[IssuerInvoice]] = defaultdict(list)
-    for inv in obs.issuer:
-        issuer_by_number[inv.number].append(inv)
+    for row in obs.issuer:
+        issuer_by_number[row.number].append(row)
 
     for number, answer in sorted(acked.items()):
         rows = issuer_by_number.get(number, [])

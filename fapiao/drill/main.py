@@ -1,8 +1,10 @@
 """`fapiao drill list | run NAME… | all` (also `python -m fapiao.drill.main`, and `make chaos`).
 
 Without --stack: a private stack (PostgreSQL, Kafka, the five services, Toxiproxy when a scenario needs it) under
-.test-artifacts/, stopped at the end, also on Ctrl-C. Exit 0 when every scenario passed its checker, 1 when one
-failed (the violations name the invoices), 2 on a usage error (an unknown scenario, a wrong scenario file).
+.test-artifacts/, stopped at the end, also on Ctrl-C. With --stack: the running `make up` stack, with its own
+settings, a tenant of its own per scenario; what a drill kills it starts again; network scenarios need the private
+stack. Exit 0 when every scenario passed its checker, 1 when one failed (the violations name the invoices), 2 on a
+usage error (an unknown scenario, a wrong scenario file).
 """
 
 from __future__ import annotations
@@ -71,42 +73,101 @@ def list_(directory: Path = typer.Option(DRILLS_DIR, "--dir", help="where the sc
 def run_many(scenarios: list[Scenario], *, seed: int, rate: float | None, duration: float | None,
              settle: float | None, report_dir: Path, progress: Any = _echo) -> dict[str, Any]:
     """Start the private infrastructure once, run each scenario on services of its own, write the reports."""
-    from fapiao.drill.runner import run_scenario
     from fapiao.drill.stack import DrillInfra, ScenarioStack
 
     started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     workdir = ARTIFACTS / f"drills-{started.replace(':', '')}-{os.getpid()}"
     infra = DrillInfra(workdir)
-    results: list[dict[str, Any]] = []
+
+    def stack_for(s: Scenario) -> ScenarioStack:
+        if not infra.healthy():  # an earlier scenario's fault must not fail the ones after it
+            progress("  PostgreSQL or Kafka is down after the last scenario; starting it again")
+            infra.spawner.submit(infra.start_server, "postgres").result()
+            infra.spawner.submit(infra.start_server, "kafka").result()
+        stack = ScenarioStack(infra, s.name, s.settings, s.network)
+        try:
+            infra.spawner.submit(stack.start_all).result()
+        except BaseException:
+            stack.stop()
+            raise
+        return stack
+
     t0 = time.monotonic()
     try:
         progress(f"starting PostgreSQL and Kafka under {workdir} …")
         infra.spawner.submit(infra.start, network=any(s.network for s in scenarios)).result()
-        for s in scenarios:
-            progress(f"\n== {s.name}: {s.description}")
-            stack = ScenarioStack(infra, s.name, s.settings, s.network)
-            try:
-                if not infra.healthy():  # an earlier scenario's fault must not fail the ones after it
-                    progress("  PostgreSQL or Kafka is down after the last scenario; starting it again")
-                    infra.spawner.submit(infra.start_server, "postgres").result()
-                    infra.spawner.submit(infra.start_server, "kafka").result()
-                infra.spawner.submit(stack.start).result()
-                res = asyncio.run(run_scenario(stack, s, seed=seed, rate=rate, duration=duration, settle=settle,
-                                               progress=progress))
-                results.append(res.as_dict())
-            except Exception as exc:  # noqa: BLE001 - the scenario fails, the others still run
-                results.append(_errored(s, f"{type(exc).__name__}: {exc}"))
-            finally:
-                stack.stop()
-            r = results[-1]
-            progress(f"== {s.name}: {'PASS' if r['passed'] else 'FAIL'}")
-            if not r["passed"]:
-                progress(violations_text([r]))
+        results = _each(scenarios, stack_for, seed=seed, rate=rate, duration=duration, settle=settle,
+                        progress=progress)
     finally:
         for problem in infra.stop():
             progress(f"warning: stopping {problem}")
-    run = {"started": started, "seed": seed, "where": "private stack (no Docker)",
-           "duration_s": round(time.monotonic() - t0, 1), "results": results}
+    return _finish(started, seed, "private stack (no Docker)", t0, results, report_dir)
+
+
+def run_on_stack(scenarios: list[Scenario], *, seed: int, rate: float | None, duration: float | None,
+                 settle: float | None, report_dir: Path, progress: Any = _echo) -> dict[str, Any]:
+    """Run each scenario against the running `make up` stack, each with a tenant of its own."""
+    from fapiao import stack as local_stack
+    from fapiao.drill.stack import RunningStack
+
+    def stack_for(s: Scenario) -> RunningStack:
+        if s.settings:
+            progress(f"  note: [settings] for {', '.join(sorted(s.settings))} do not apply to a running stack; "
+                     "its services keep the settings `make up` gave them")
+        return RunningStack(s.name)
+
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    t0 = time.monotonic()
+    results = _each(scenarios, stack_for, seed=seed, rate=rate, duration=duration, settle=settle, progress=progress)
+    return _finish(started, seed, f"make up stack in {local_stack.state_dir()}", t0, results, report_dir)
+
+
+def run_on_compose(scenarios: list[Scenario], *, seed: int, rate: float | None, duration: float | None,
+                   settle: float | None, report_dir: Path, progress: Any = _echo) -> dict[str, Any]:
+    """From the compose `drill` container: process faults through the Docker API (fapiao/drill/compose.py)."""
+    from fapiao.drill.compose import ComposeStack
+
+    def stack_for(s: Scenario) -> ComposeStack:
+        if s.settings:
+            progress(f"  note: [settings] for {', '.join(sorted(s.settings))} do not apply to a compose stack")
+        return ComposeStack(s.name)
+
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    t0 = time.monotonic()
+    results = _each(scenarios, stack_for, seed=seed, rate=rate, duration=duration, settle=settle, progress=progress)
+    return _finish(started, seed, "docker compose stack (Docker API)", t0, results, report_dir)
+
+
+def _each(scenarios: list[Scenario], stack_for: Any, *, seed: int, rate: float | None, duration: float | None,
+          settle: float | None, progress: Any) -> list[dict[str, Any]]:
+    from fapiao.drill.runner import run_scenario
+
+    results: list[dict[str, Any]] = []
+    for s in scenarios:
+        progress(f"\n== {s.name}: {s.description}")
+        stack = None
+        try:
+            stack = stack_for(s)
+            res = asyncio.run(run_scenario(stack, s, seed=seed, rate=rate, duration=duration, settle=settle,
+                                           progress=progress))
+            results.append(res.as_dict())
+        except Exception as exc:  # noqa: BLE001 - the scenario fails, the others still run
+            results.append(_errored(s, f"{type(exc).__name__}: {exc}"))
+        finally:
+            if stack is not None:
+                for problem in stack.stop():
+                    progress(f"warning: {problem}")
+        r = results[-1]
+        progress(f"== {s.name}: {'PASS' if r['passed'] else 'FAIL'}")
+        if not r["passed"]:
+            progress(violations_text([r]))
+    return results
+
+
+def _finish(started: str, seed: int, where: str, t0: float, results: list[dict[str, Any]],
+            report_dir: Path) -> dict[str, Any]:
+    run = {"started": started, "seed": seed, "where": where, "duration_s": round(time.monotonic() - t0, 1),
+           "results": results}
     js, page = write_reports(run, report_dir)
     run["reports"] = {"json": str(js), "html": str(page)}
     return run
@@ -129,15 +190,26 @@ def run(names: list[str] = typer.Argument(..., help="scenario names, a path to a
         report_dir: Path = typer.Option(REPO_ROOT / "drill-results", "--report-dir"),
         directory: Path = typer.Option(DRILLS_DIR, "--dir", help="where the scenario files are"),
         stack: bool = typer.Option(False, "--stack", help="against the running `make up` stack (see docs/drills.md)"),
+        compose: bool = typer.Option(False, "--compose", help="against a docker compose stack, from its `drill` "
+                                     "container (Docker API; see docs/drills.md)"),
         as_json: bool = typer.Option(False, "--json", help="print the run as JSON")) -> None:
     """Run scenarios; exits 1 naming the invoices when any checker finds a violation."""
     scenarios = _pick(names, directory)
-    if stack:
-        typer.echo("error: --stack needs `fapiao stack restart` (issue 12's ServiceProcess in the stack), which is not "
-                   "on main yet; run without --stack for a private stack", err=True)
+    if stack and compose:
+        typer.echo("error: --stack and --compose exclude each other", err=True)
         raise typer.Exit(2)
+    if stack:
+        network = [s.name for s in scenarios if s.network]
+        if network and names != ["all"]:
+            typer.echo(f"error: {', '.join(network)} need(s) Toxiproxy between the services, which a `make up` stack "
+                       "does not have; run them without --stack (a private stack)", err=True)
+            raise typer.Exit(2)
+        if network:
+            _echo(f"skipping {', '.join(network)} (network faults need the private stack: run without --stack)")
+            scenarios = [s for s in scenarios if not s.network]
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    result = run_many(scenarios, seed=seed, rate=rate, duration=duration, settle=settle, report_dir=report_dir)
+    runner = run_on_stack if stack else run_on_compose if compose else run_many
+    result = runner(scenarios, seed=seed, rate=rate, duration=duration, settle=settle, report_dir=report_dir)
     if as_json:
         typer.echo(json.dumps(result, default=str))
     _echo("\n" + table(result["results"]))
@@ -155,7 +227,7 @@ def all_(rate: float = typer.Option(None), duration: float = typer.Option(None),
          ) -> None:
     """The whole catalogue (what `make chaos` runs)."""
     run(["all"], rate=rate, duration=duration, settle=settle, seed=seed, report_dir=report_dir,
-        directory=DRILLS_DIR, stack=False, as_json=False)
+        directory=DRILLS_DIR, stack=False, compose=False, as_json=False)
 
 
 def main() -> None:

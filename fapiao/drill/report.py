@@ -121,6 +121,12 @@ def write_reports(run: dict[str, Any], directory: Path) -> tuple[Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     stamp = run["started"].replace(":", "").replace("-", "")
     js, page = directory / f"drill-{stamp}.json", directory / f"drill-{stamp}.html"
+    requests = directory / f"drill-{stamp}-requests.jsonl"
+    with requests.open("w", encoding="utf-8") as out:  # one line per request of the workload, with its answer
+        for r in run["results"]:
+            for req in r.pop("requests", []):
+                out.write(json.dumps({"scenario": r["scenario"], **req}, ensure_ascii=False) + "\n")
+    run["requests_file"] = str(requests)
     js.write_text(json.dumps(run, indent=1, ensure_ascii=False, default=str))
     page.write_text(html_report(run), encoding="utf-8")
     (directory / "latest.json").write_text(js.read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import sys
 import time
@@ -28,7 +29,7 @@ from fapiao.drill.checker import (
     check,
 )
 from fapiao.drill.scenario import Scenario, Step
-from fapiao.drill.stack import ScenarioStack
+from fapiao.drill.stack import CLEAR_FAULTS, DrillStack
 from fapiao.infra.kafka import REPO_ROOT
 
 if str(REPO_ROOT) not in sys.path:  # tests.factories is not an installed package
@@ -44,7 +45,8 @@ class Receiver:
     """The tenant's webhook receiver: a tiny HTTP server in this event loop that keeps every request (webhook-id,
     type, invoice, case) and answers 503 while `down`."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", advertise: str | None = None) -> None:
+        self.host, self.advertise = host, advertise or host
         self.alerts: list[Alert] = []
         self.requests = 0
         self.down = False
@@ -52,12 +54,12 @@ class Receiver:
         self.port = 0
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._handle, self.host, 0)
         self.port = self.server.sockets[0].getsockname()[1]
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"http://{self.advertise}:{self.port}/hook"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # A closed connection ends the loop; so does stop() cancelling a keep-alive connection that waits.
@@ -106,6 +108,7 @@ class ScenarioResult:
     drain_rate: float | None = None
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    answers: list[Answer] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario.name, "description": self.scenario.description,
@@ -114,7 +117,12 @@ class ScenarioResult:
                 "drain_rate": self.drain_rate, "verdict": self.verdict.as_dict(), "faults": self.faults,
                 "windows": self.windows, "extra": self.extra,
                 "samples": [{"at": round(s.at, 1), "statuses": s.statuses, "lag_s": round(s.oldest_unconfirmed_s, 1)}
-                            for s in self.samples]}
+                            for s in self.samples],
+                # every request and its answer; write_reports moves them to drill-<time>-requests.jsonl
+                "requests": [{"number": a.number, "client": a.client, "sent_at": round(a.sent_at, 3),
+                              "answered_at": None if a.answered_at is None else round(a.answered_at, 3),
+                              "status": a.status, "invoice_id": a.invoice_id, "error": a.error}
+                             for a in self.answers]}
 
 
 def fault_windows(scenario: Scenario) -> list[tuple[float, float, str]]:
@@ -133,14 +141,16 @@ def fault_windows(scenario: Scenario) -> list[tuple[float, float, str]]:
 
 
 class Drill:
-    def __init__(self, stack: ScenarioStack, scenario: Scenario, *, seed: int, rate: float | None,
+    def __init__(self, stack: DrillStack, scenario: Scenario, *, seed: int, rate: float | None,
                  duration: float | None, progress: Callable[[str], None]) -> None:
         self.stack, self.scenario, self.progress = stack, scenario, progress
         self.rate = rate or scenario.load.rate
         self.duration = duration or scenario.load.duration
         self.rng = random.Random(seed)
         self.answers: list[Answer] = []
-        self.receiver = Receiver()
+        # In the compose drill container the notifier reaches the receiver by the container's name (compose.env).
+        self.receiver = Receiver(os.environ.get("FAPIAO_DRILL_RECEIVER_HOST", "127.0.0.1"),
+                                 os.environ.get("FAPIAO_DRILL_RECEIVER_ADVERTISE"))
         self.t0 = time.monotonic()
         self.http = httpx.AsyncClient(timeout=10)
         self.tenant: dict[str, Any] = {}
@@ -225,30 +235,22 @@ class Drill:
 
     async def in_spawner(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a start in the run's one spawner thread (see DrillInfra.spawner)."""
-        return await asyncio.get_running_loop().run_in_executor(self.stack.infra.spawner, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.stack.spawner, fn, *args)
 
     async def apply(self, step: Step) -> None:
-        st, infra = self.stack, self.stack.infra
+        st = self.stack
         act, target, p = step.action, step.target, step.params
-        if act in ("kill", "start", "restart") and target in ("kafka", "postgres"):
-            if act in ("kill", "restart"):
-                infra.kill(target)
-            if act in ("start", "restart"):
-                await self.in_spawner(infra.start_server, target)
-        elif act in ("kill", "start", "restart"):
-            proc = st.procs[target]  # type: ignore[index]
-            if act in ("kill", "restart"):
-                proc.kill()
-            if act in ("start", "restart"):
-                await self.in_spawner(proc.start, 120)
+        if act in ("kill", "start", "restart"):  # the loader makes sure these name a target
+            if act != "start":
+                await self.in_spawner(st.kill, target)
+            if act != "kill":
+                await self.in_spawner(st.start, target)
         elif act == "pause":
-            st.procs[target].pause()  # type: ignore[index]
+            st.pause(target)  # type: ignore[arg-type]
         elif act == "resume":
-            st.procs[target].resume()  # type: ignore[index]
+            st.resume(target)  # type: ignore[arg-type]
         elif act in ("store_faults", "store_clear"):
-            body = p if act == "store_faults" else dict(
-                latency_ms=0, latency_jitter_ms=0, error_rate=0, timeout_rate=0, drop_rate=0, visibility_delay_ms=0,
-                corrupt_rate=0, outage=False)
+            body = p if act == "store_faults" else CLEAR_FAULTS
             r = await self.http.put(f"{st.url('taxstore')}/admin/faults", headers=st.admin, json=body)
             r.raise_for_status()
         elif act == "store_lose":
@@ -258,7 +260,7 @@ class Drill:
             self.faults.append({"at": round(self.now(), 1), "label": f"store lost {len(r.json()['lost'])}",
                                 "ok": True})
         elif act in ("toxic", "toxics_clear", "proxy_down", "proxy_up", "db_cut", "db_restore"):
-            toxi = infra.toxi
+            toxi = st.toxi
             if toxi is None:
                 raise RuntimeError("no Toxiproxy in this run (set network = true in the scenario)")
             proxy = st.proxies["taxstore" if act in ("toxic", "toxics_clear", "proxy_down", "proxy_up")
@@ -283,8 +285,7 @@ class Drill:
     async def poison(self, topics: list[str], count: int) -> None:
         from aiokafka import AIOKafkaProducer
 
-        assert self.stack.infra.kafka is not None
-        producer = AIOKafkaProducer(bootstrap_servers=self.stack.infra.kafka.bootstrap)
+        producer = AIOKafkaProducer(bootstrap_servers=self.stack.kafka_bootstrap)
         await producer.start()
         try:
             for topic in topics:
@@ -353,7 +354,7 @@ class Drill:
         return Sample(now, statuses, oldest)
 
 
-async def run_scenario(stack: ScenarioStack, scenario: Scenario, *, seed: int = 1, rate: float | None = None,
+async def run_scenario(stack: DrillStack, scenario: Scenario, *, seed: int = 1, rate: float | None = None,
                        duration: float | None = None, settle: float | None = None,
                        progress: Callable[[str], None] = print) -> ScenarioResult:
     d = Drill(stack, scenario, seed=seed, rate=rate, duration=duration, progress=progress)
@@ -412,7 +413,8 @@ async def run_scenario(stack: ScenarioStack, scenario: Scenario, *, seed: int = 
     await d.http.aclose()
     return ScenarioResult(scenario, verdict, started, d.now(), samples, d.faults, fault_windows(scenario),
                           offered_rate=d.rate, drain_rate=_drain_rate(samples, scenario), error=error,
-                          extra={"alerts_received": len(d.receiver.alerts), "webhook_requests": d.receiver.requests})
+                          extra={"alerts_received": len(d.receiver.alerts), "webhook_requests": d.receiver.requests},
+                          answers=list(d.answers))
 
 
 def _drain_rate(samples: list[Sample], scenario: Scenario) -> float | None:

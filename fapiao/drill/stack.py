@@ -6,6 +6,7 @@ and service processes of its own (its [settings] apply), so one scenario cannot 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -14,13 +15,18 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from fapiao.infra.kafka import KafkaBroker, ensure_kafka_jars
 from fapiao.infra.postgres import PostgresServer
 from fapiao.infra.procs import ServiceProcess, free_port
 from fapiao.infra.toxiproxy import Toxiproxy, ensure_toxiproxy
 
-__all__ = ["DrillInfra", "ScenarioStack"]
+__all__ = ["CLEAR_FAULTS", "DrillInfra", "DrillStack", "RunningStack", "ScenarioStack"]
+
+# What `store_clear` sends to the store's PUT /admin/faults, and what a drill leaves behind on a shared stack.
+CLEAR_FAULTS = dict(latency_ms=0, latency_jitter_ms=0, error_rate=0, timeout_rate=0, drop_rate=0,
+                    visibility_delay_ms=0, corrupt_rate=0, outage=False)
 
 ORDER = ("taxstore", "issuer", "sync", "reconciler", "notifier")
 
@@ -40,6 +46,28 @@ FAST = {
     "issuer": dict(FAPIAO_SELF_CHECK_INTERVAL="2", FAPIAO_SELF_CHECK_GRACE="5"),
     "taxstore": {},
 }
+
+
+class DrillStack(Protocol):
+    """What a drill needs from the stack it runs against: a private one (ScenarioStack) or `make up`'s."""
+
+    prefix: str
+    proxies: dict[str, str]
+
+    @property
+    def admin(self) -> dict[str, str]: ...
+    @property
+    def spawner(self) -> ThreadPoolExecutor: ...
+    @property
+    def kafka_bootstrap(self) -> str: ...
+    @property
+    def toxi(self) -> Toxiproxy | None: ...
+    def url(self, service: str) -> str: ...
+    def kill(self, target: str) -> None: ...
+    def start(self, target: str) -> None: ...
+    def pause(self, target: str) -> None: ...
+    def resume(self, target: str) -> None: ...
+    def stop(self) -> list[str]: ...
 
 
 @dataclass
@@ -86,7 +114,7 @@ class DrillInfra:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
-            server.process.wait(10)  # type: ignore[union-attr]
+            server.process.wait(10)  # type: ignore[attr-defined]
         server.pid = None
 
     def start_server(self, name: str) -> None:
@@ -140,13 +168,45 @@ class ScenarioStack:
     def url(self, service: str) -> str:
         return self.procs[service].url
 
+    @property
+    def spawner(self) -> ThreadPoolExecutor:
+        return self.infra.spawner
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        assert self.infra.kafka is not None
+        return self.infra.kafka.bootstrap
+
+    @property
+    def toxi(self) -> Toxiproxy | None:
+        return self.infra.toxi
+
+    def kill(self, target: str) -> None:
+        if target in ("kafka", "postgres"):
+            self.infra.kill(target)
+        else:
+            self.procs[target].kill()
+
+    def start(self, target: str) -> None:
+        """Blocking (run it in the spawner thread): start a killed component again, wait until it is ready."""
+        if target in ("kafka", "postgres"):
+            self.infra.start_server(target)
+        else:
+            self.procs[target].start(120)
+
+    def pause(self, target: str) -> None:
+        self.procs[target].pause()
+
+    def resume(self, target: str) -> None:
+        self.procs[target].resume()
+
     def _proxy(self, name: str, upstream_port: int) -> int:
         assert self.infra.toxi is not None
         proxy = f"{self.prefix.rstrip('.')}-{name}"
         self.proxies[name] = proxy
         return self.infra.toxi.create(proxy, f"127.0.0.1:{upstream_port}")
 
-    def start(self) -> None:
+    def start_all(self) -> None:
         infra = self.infra
         assert infra.pg is not None and infra.kafka is not None
         db = f"drill_{self.prefix.rstrip('.')}"
@@ -200,4 +260,89 @@ class ScenarioStack:
             for proxy in self.proxies.values():
                 with contextlib.suppress(Exception):
                     self.infra.toxi._call("DELETE", f"/proxies/{proxy}")
+        return problems
+
+
+@dataclass
+class RunningStack:
+    """The stack `make up` runs (found through FAPIAO_STACK_DIR, default .run/): its services, Kafka and PostgreSQL
+    are killed and started through fapiao.stack (which holds a killed one down against its supervisor until the
+    drill starts it), the store's faults set over its admin API. Scenario [settings] cannot apply: the services run
+    with the settings `make up` gave them. No Toxiproxy sits between its services, so network scenarios need the
+    private stack. `stop()` puts back what a drill left: killed components started, paused ones resumed, store
+    faults cleared."""
+
+    name: str
+    proxies: dict[str, str] = field(default_factory=dict)
+    spawner: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="spawner"))
+    paused: set[str] = field(default_factory=set)
+    killed: set[str] = field(default_factory=set)
+    toxi: Toxiproxy | None = None
+
+    def __post_init__(self) -> None:
+        from fapiao import stack
+
+        state = stack._load()
+        if state is None or not stack._running(state):
+            raise RuntimeError(f"no running stack in {stack.state_dir()}; start one with `make up` "
+                               "(or run the drill without --stack on a private stack)")
+        self.state = state
+        self.admin_token = (stack.state_dir() / "admin-token").read_text().strip()
+        env_file = stack.state_dir() / "service-env.json"
+        env = json.loads(env_file.read_text()) if env_file.exists() else {}
+        self.prefix = env.get("FAPIAO_TOPIC_PREFIX", "")
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return str(self.state["kafka_bootstrap"])
+
+    def url(self, service: str) -> str:
+        return str(self.state["urls"][service])
+
+    def kill(self, target: str) -> None:
+        from fapiao import stack
+
+        stack.kill_component(target, hold=True)
+        self.killed.add(target)
+
+    def start(self, target: str) -> None:
+        from fapiao import stack
+
+        stack.start_component(target, timeout=120)
+        self.killed.discard(target)
+
+    def pause(self, target: str) -> None:
+        from fapiao import stack
+
+        stack.signal_component(target, signal.SIGSTOP)
+        self.paused.add(target)
+
+    def resume(self, target: str) -> None:
+        from fapiao import stack
+
+        stack.signal_component(target, signal.SIGCONT)
+        self.paused.discard(target)
+
+    def stop(self) -> list[str]:
+        import httpx
+
+        problems = []
+        for target in sorted(self.paused):
+            with contextlib.suppress(Exception):
+                self.resume(target)
+        for target in sorted(self.killed, key=lambda t: t not in ("postgres", "kafka")):
+            try:
+                self.start(target)
+            except Exception as exc:  # noqa: BLE001 - keep putting the rest back
+                problems.append(f"starting {target} again: {exc}")
+        try:
+            httpx.put(f"{self.url('taxstore')}/admin/faults", headers=self.admin, timeout=10,
+                      json=CLEAR_FAULTS).raise_for_status()
+        except Exception as exc:  # noqa: BLE001 - reported
+            problems.append(f"clearing the store's faults: {exc}")
+        self.spawner.shutdown(wait=False)
         return problems

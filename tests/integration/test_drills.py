@@ -4,7 +4,9 @@ drills/kill-sync.toml, store-outage.toml and store-flaky.toml so the three fit i
 
 from __future__ import annotations
 
+import json
 import tomllib
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -51,21 +53,42 @@ def test_kill_sync_store_outage_and_flaky_store_lose_nothing(tmp_path: Path) -> 
         assert v["statuses"] == {"confirmed": v["acknowledged"]}, (name, v["statuses"])
         assert all(f["ok"] for f in r["faults"]), (name, r["faults"])
     assert "<svg" in Path(run["reports"]["html"]).read_text()
+    logged = [json.loads(line) for line in Path(run["requests_file"]).read_text().splitlines()]
+    assert Counter(x["scenario"] for x in logged) == {n: results[n]["verdict"]["requests"] for n in SHORT}
+    assert all(x["status"] in (200, 201) and x["invoice_id"] for x in logged if x["scenario"] == "kill-sync")
+
+
+STACK_DRILL = """
+description = "written for this test: PostgreSQL of a make up stack killed and started again"
+settle = "90s"
+[load]
+rate = 5
+duration = "14s"
+[[steps]]
+at = "3s"
+action = "kill"
+target = "postgres"
+[[steps]]
+at = "9s"
+action = "start"
+target = "postgres"
+"""
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_make_up_restarts_a_dead_service_and_restart_leaves_the_broker_alone(tmp_path: Path) -> None:
-    """`make up` on free ports in a state dir of its own: a kill -9'd service comes back (the supervisor, with its
-    restart counted in `status`), `fapiao stack restart` restarts one service while Kafka keeps its pid."""
-    import json
+@pytest.mark.timeout(420)
+def test_make_up_restarts_what_dies_restart_leaves_the_rest_and_a_drill_runs_against_it(tmp_path: Path) -> None:
+    """`make up` on free ports in a state dir of its own: a kill -9'd service and a kill -9'd broker come back (the
+    supervisor, with the restart counted in `status`); `fapiao stack restart` restarts one service while Kafka keeps
+    its pid; `fapiao drill run --stack` kills the stack's PostgreSQL, which the supervisor leaves down (held) until
+    the drill starts it, and its checker passes."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    from fapiao.infra.procs import free_port, http_ready
+    from fapiao.infra.procs import free_port, http_ready, port_is_open
 
     names = ("ISSUER", "SYNC", "RECONCILER", "NOTIFIER", "TAXSTORE", "KAFKA", "KAFKA_CONTROLLER", "PG", "SMTP")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")}
@@ -96,6 +119,33 @@ def test_make_up_restarts_a_dead_service_and_restart_leaves_the_broker_alone(tmp
         assert r.returncode == 0 and "notifier is ready" in r.stdout, r.stdout + r.stderr
         assert state()["processes"]["notifier"]["restarts"] == 1
         assert state()["processes"]["kafka"]["pid"] == kafka_pid
+        assert subprocess.run([*stack, "status"], env=env, capture_output=True, timeout=60).returncode == 0
+
+        os.killpg(kafka_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (state()["processes"]["kafka"]["pid"] == kafka_pid
+                                               or not port_is_open(state()["processes"]["kafka"]["ports"][0])):
+            time.sleep(0.5)
+        supervisor_log = (tmp_path / "run" / "logs" / "supervisor.log").read_text()
+        assert state()["processes"]["kafka"]["restarts"] == 1, supervisor_log
+        assert "kafka started again" in supervisor_log
+
+        scenario = tmp_path / "pg-on-stack.toml"
+        scenario.write_text(STACK_DRILL)
+        drill = subprocess.run([sys.executable, "-m", "fapiao.drill.main", "run", "--stack", str(scenario),
+                                "--report-dir", str(tmp_path / "reports"), "--json"],
+                               env=env, capture_output=True, text=True, timeout=240)
+        out = drill.stdout + drill.stderr
+        assert drill.returncode == 0, out[-4000:]
+        run = json.loads(next(line for line in drill.stdout.splitlines() if line.startswith("{")))
+        (result,) = run["results"]
+        assert result["passed"] and result["verdict"]["acknowledged"] >= 40, result["verdict"]
+        assert result["verdict"]["statuses"] == {"confirmed": result["verdict"]["acknowledged"]}
+        assert [f["ok"] for f in result["faults"]] == [True, True], result["faults"]
+        assert run["where"].startswith("make up stack")
+        supervisor_log = (tmp_path / "run" / "logs" / "supervisor.log").read_text()
+        assert "postgres" not in supervisor_log, supervisor_log  # held down: the drill's start, not the supervisor's
+        assert state()["processes"]["postgres"]["restarts"] == 1 and "held" not in state()["processes"]["postgres"]
         assert subprocess.run([*stack, "status"], env=env, capture_output=True, timeout=60).returncode == 0
     finally:
         subprocess.run([*stack, "down"], env=env, capture_output=True, timeout=120)

@@ -1,0 +1,214 @@
+"""Drills against a docker compose stack, from the `drill` container of the `drills` profile (docker-compose.yml).
+
+Process faults go through the Docker Engine API on the mounted socket: `kill` is POST /containers/{id}/kill
+(SIGKILL; a container killed through the API is not restarted by its `restart: unless-stopped` policy, so it stays
+down until the drill's start step), `start` POST /containers/{id}/start (204, or 304 when it already runs), `pause`
+and `resume` POST …/pause and …/unpause (the cgroup freezer: the compose form of SIGSTOP). Containers are found by
+compose's labels (`com.docker.compose.project`, `com.docker.compose.service`). Network faults use the profile's
+Toxiproxy, whose proxies are created from drills/compose-toxiproxy.json at its start; the services reach the store
+and PostgreSQL through them only when started with drills/compose.env (docs/drills.md says how).
+
+Where everything is comes from the container's environment: FAPIAO_ISSUER_URL, FAPIAO_TAXSTORE_URL,
+FAPIAO_RECONCILER_URL, FAPIAO_ADMIN_TOKEN, FAPIAO_KAFKA_BOOTSTRAP, FAPIAO_TOPIC_PREFIX, FAPIAO_TOXIPROXY_URL,
+FAPIAO_DOCKER_SOCKET (default /var/run/docker.sock), FAPIAO_COMPOSE_PROJECT (default: the drill container's own
+project label).
+
+Not run on this project's machines (no Docker engine there): tests/unit/test_drill_compose.py checks the requests
+this driver makes against a recording server on a unix socket, not against a Docker daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from fapiao.drill.stack import CLEAR_FAULTS
+from fapiao.infra.toxiproxy import Toxiproxy
+
+__all__ = ["ComposeStack", "DockerAPI", "DockerError"]
+
+# Fault target -> the Toxiproxy proxy in drills/compose-toxiproxy.json.
+PROXIES = {"taxstore": "taxstore", "postgres-sync": "postgres-sync", "postgres-reconciler": "postgres-reconciler"}
+
+
+class DockerError(RuntimeError):
+    pass
+
+
+class DockerAPI:
+    """The few Docker Engine API calls a drill needs, over the unix socket."""
+
+    def __init__(self, socket_path: str = "/var/run/docker.sock", *, timeout: float = 30.0) -> None:
+        self.socket_path = socket_path
+        self.http = httpx.Client(transport=httpx.HTTPTransport(uds=socket_path), base_url="http://docker",
+                                 timeout=timeout)
+
+    def _call(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 204), **kw: Any) -> httpx.Response:
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise DockerError(f"Docker API at {self.socket_path}: {type(exc).__name__}: {exc} (is the socket "
+                              "mounted into the drill container?)") from None
+        if r.status_code not in ok:
+            try:
+                message = r.json().get("message", r.text)
+            except ValueError:
+                message = r.text
+            raise DockerError(f"Docker API {method} {path}: HTTP {r.status_code} {message}")
+        return r
+
+    def container(self, project: str, service: str) -> str:
+        """The id of the one container of `service` in compose project `project` (running or not)."""
+        filters = {"label": [f"com.docker.compose.project={project}", f"com.docker.compose.service={service}"]}
+        found = self._call("GET", "/containers/json", params={"all": "true", "filters": json.dumps(filters)}).json()
+        if len(found) != 1:
+            raise DockerError(f"expected one container of service {service!r} in compose project {project!r}, "
+                              f"found {len(found)}")
+        return str(found[0]["Id"])
+
+    def labels(self, container: str) -> dict[str, str]:
+        return dict(self._call("GET", f"/containers/{container}/json").json()["Config"].get("Labels") or {})
+
+    def running(self, container: str) -> bool:
+        return bool(self._call("GET", f"/containers/{container}/json").json()["State"]["Running"])
+
+    def kill(self, container: str) -> None:
+        self._call("POST", f"/containers/{container}/kill", params={"signal": "SIGKILL"}, ok=(204, 409))
+
+    def start(self, container: str) -> None:
+        self._call("POST", f"/containers/{container}/start", ok=(204, 304))
+
+    def pause(self, container: str) -> None:
+        self._call("POST", f"/containers/{container}/pause", ok=(204,))
+
+    def unpause(self, container: str) -> None:
+        self._call("POST", f"/containers/{container}/unpause", ok=(204,))
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _env(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name, default)
+    if not value:
+        raise RuntimeError(f"{name} is not set: the drill container of the compose `drills` profile sets it "
+                           "(docs/drills.md)")
+    return value
+
+
+@dataclass
+class ComposeStack:
+    """A compose stack as a drill's stack (see fapiao.drill.stack.DrillStack)."""
+
+    name: str
+    docker: DockerAPI | None = None
+    project: str = ""
+    proxies: dict[str, str] = field(default_factory=lambda: dict(PROXIES))
+    spawner: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="spawner"))
+    toxi: Toxiproxy | None = None
+    killed: set[str] = field(default_factory=set)
+    paused: set[str] = field(default_factory=set)
+    ready_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        self.urls = {"issuer": _env("FAPIAO_ISSUER_URL"), "taxstore": _env("FAPIAO_TAXSTORE_URL"),
+                     "reconciler": _env("FAPIAO_RECONCILER_URL")}
+        self.admin_token = _env("FAPIAO_ADMIN_TOKEN")
+        self._bootstrap = _env("FAPIAO_KAFKA_BOOTSTRAP")
+        self.prefix = os.environ.get("FAPIAO_TOPIC_PREFIX", "")
+        if self.docker is None:
+            self.docker = DockerAPI(os.environ.get("FAPIAO_DOCKER_SOCKET", "/var/run/docker.sock"))
+        if not self.project:
+            self.project = os.environ.get("FAPIAO_COMPOSE_PROJECT") or self.docker.labels(socket.gethostname()).get(
+                "com.docker.compose.project", "")
+        if not self.project:
+            raise RuntimeError("cannot tell the compose project: set FAPIAO_COMPOSE_PROJECT")
+        toxi_url = os.environ.get("FAPIAO_TOXIPROXY_URL")
+        if toxi_url and self.toxi is None:
+            self.toxi = Toxiproxy(toxi_url)
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self._bootstrap
+
+    def url(self, service: str) -> str:
+        return self.urls[service]
+
+    def _id(self, target: str) -> str:
+        assert self.docker is not None
+        return self.docker.container(self.project, target)
+
+    def kill(self, target: str) -> None:
+        assert self.docker is not None
+        self.docker.kill(self._id(target))
+        self.killed.add(target)
+
+    def start(self, target: str) -> None:
+        """Start the container again and wait until the component answers (HTTP /readyz, or its port)."""
+        assert self.docker is not None
+        cid = self._id(target)
+        self.docker.start(cid)
+        self.killed.discard(target)
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.docker.running(cid) and self._answers(target):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"{target} did not become ready within {self.ready_timeout:g}s after its start")
+
+    def _answers(self, target: str) -> bool:
+        if target in self.urls:
+            try:
+                return httpx.get(f"{self.urls[target]}/readyz", timeout=3).status_code == 200
+            except httpx.HTTPError:
+                return False
+        host, port = {"kafka": ("kafka", 9092), "postgres": ("postgres", 5432)}.get(target, (target, 0))
+        if not port:
+            return True  # a service without a URL here (sync, notifier): its container runs
+        try:
+            with socket.create_connection((host, port), timeout=3):
+                return True
+        except OSError:
+            return False
+
+    def pause(self, target: str) -> None:
+        assert self.docker is not None
+        self.docker.pause(self._id(target))
+        self.paused.add(target)
+
+    def resume(self, target: str) -> None:
+        assert self.docker is not None
+        self.docker.unpause(self._id(target))
+        self.paused.discard(target)
+
+    def stop(self) -> list[str]:
+        """Put back what a drill left: paused containers resumed, killed ones started, store faults cleared."""
+        problems = []
+        for target in sorted(self.paused):
+            try:
+                self.resume(target)
+            except Exception as exc:  # noqa: BLE001 - keep putting the rest back
+                problems.append(f"resuming {target}: {exc}")
+        for target in sorted(self.killed, key=lambda t: t not in ("postgres", "kafka")):
+            try:
+                self.start(target)
+            except Exception as exc:  # noqa: BLE001 - keep putting the rest back
+                problems.append(f"starting {target} again: {exc}")
+        try:
+            httpx.put(f"{self.url('taxstore')}/admin/faults", headers=self.admin, json=CLEAR_FAULTS,
+                      timeout=10).raise_for_status()
+        except httpx.HTTPError as exc:
+            problems.append(f"clearing the store's faults: {exc}")
+        self.spawner.shutdown(wait=False)
+        return problems
