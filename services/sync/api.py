@@ -29,6 +29,7 @@ async def status(request: Request) -> dict[str, Any]:
         "taxstore_url": st.settings.taxstore_url,
         "circuit": None if breaker is None else {
             "state": breaker.state.value, "consecutive_failures": breaker.failures, "probes": breaker.probes,
+            "early_probes": breaker.early_probes,
             "retry_in_seconds": round(breaker.wait_time(), 3), "last_error": breaker.last_error,
         },
         "consumer_paused": bool(syncer and syncer.paused),

@@ -43,7 +43,7 @@ async def _run_syncer(app: FastAPI, settings: SyncSettings, stopping: asyncio.Ev
     syncer = Syncer(settings=settings, sessions=app.state.worker_sessions, client=app.state.client)
     app.state.syncer = syncer
     try:
-        await asyncio.gather(syncer.run_consumer(), syncer.run_scheduler())
+        await asyncio.gather(syncer.run_consumer(), syncer.run_scheduler(), syncer.run_health_probe())
     finally:
         syncer.stop()
 

@@ -1,6 +1,11 @@
 """A circuit breaker in front of the tax store, so an outage costs a probe every few seconds instead of
 a hot retry loop: after `threshold` consecutive failed requests it opens for a jittered, growing interval;
-then exactly one probe goes through; success closes it, failure opens it again for longer."""
+then exactly one probe goes through; success closes it, failure opens it again for longer.
+
+While it is open, the worker also asks the store a cheap read every second or so (`health`): once the store has
+been seen down and answers again, the probe may go at once instead of after the rest of the open interval, so a
+backlog starts draining within about a second of an outage's end, however long the interval had grown. A store that
+stays reachable while its writes fail (errors, timeouts) does not shorten the interval."""
 
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ class Breaker:
         self.openings = 0  # consecutive openings without a success in between
         self.open_until = 0.0
         self.probes = 0
+        self.early_probes = 0  # probes let through early because the store was seen down, then up again
+        self.seen_down = False
         self.last_error: str | None = None
 
     def _interval(self) -> float:
@@ -57,7 +64,23 @@ class Breaker:
             return 0.1  # a probe is out; its outcome decides
         return max(0.0, self.open_until - self.clock())
 
+    def health(self, reachable: bool) -> bool:
+        """A health read's answer while open. True when it lets the probe go now (the store was seen down and
+        answers again)."""
+        if self.state is not State.OPEN:
+            return False
+        if not reachable:
+            self.seen_down = True
+            return False
+        if self.seen_down and self.clock() < self.open_until:
+            self.seen_down = False
+            self.open_until = self.clock()
+            self.early_probes += 1
+            return True
+        return False
+
     def success(self) -> None:
+        self.seen_down = False
         self.state = State.CLOSED
         self.failures = 0
         self.openings = 0

@@ -121,6 +121,14 @@ class TaxstoreClient:
         return ReadBack(receipt_no=body["receipt_no"], content_hash=body["content_hash"])
 
 
+    async def reachable(self) -> bool:
+        """A cheap read of an invoice that does not exist: 404 (or any answer but 5xx/429) means the store is up."""
+        try:
+            response = await self._http.get("/v1/invoices/HEALTHPROBE/0", timeout=self.read_timeout)
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 500 and response.status_code != 429
+
     async def read_back_listing(self, seller_tax_id: str, issue_date: str, *,
                                 max_pages: int = 50) -> dict[str, ReadBack]:
         """What the store shows for one seller and issue date, by number (the bulk listing, paged).

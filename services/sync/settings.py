@@ -23,6 +23,9 @@ class SyncSettings(SharedSettings):
                                    description="consecutive failed requests that open the circuit to the store")
     breaker_base: float = Field(default=1.0, gt=0, description="first open interval of the circuit, seconds")
     breaker_cap: float = Field(default=15.0, gt=0, description="longest open interval of the circuit, seconds")
+    breaker_health_interval: float = Field(
+        default=1.0, gt=0, description="seconds between cheap reads of the store while the circuit is open; once "
+                                       "the store was seen down and answers again, the probe goes at once")
     scheduler_interval: float = Field(default=0.5, gt=0, description="how often due retries are looked for")
     relay_batch_size: int = Field(default=2000, ge=1, le=10_000)
     relay_poll_interval: float = Field(default=1.0, gt=0)

@@ -221,6 +221,18 @@ class Syncer:
         await service.apply_resync(session=intake.session, invoice_ids=[uuid.UUID(i.envelope.subject) for i in items])
         intake.resync = True
 
+    # --- the health probe while the circuit is open --------------------------------------------
+
+    async def run_health_probe(self) -> None:
+        """While the circuit is open, read the store now and then; when it comes back, let the probe go at once
+        (Breaker.health) and wake the scheduler and the consumer's pause hook."""
+        while not self._stopping.is_set():
+            if self.breaker.state is State.OPEN and self.breaker.health(await self.client.reachable()):
+                log.info("the tax store answers again; probing now instead of in %.1fs", self.breaker.wait_time())
+                self._wake_scheduler.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.breaker_health_interval)
+
     # --- the retry scheduler ------------------------------------------------------------------
 
     async def run_scheduler(self) -> None:

@@ -78,3 +78,35 @@ def test_retry_delay_grows_exponentially_with_equal_jitter_and_a_cap() -> None:
             d = backoff(attempt - 1, base=0.5, cap=60.0, jitter="equal", rng=rng)  # the sync service's retries
             assert step / 2 <= d <= step
     assert backoff(1000, base=0.5, cap=60.0, jitter="equal") <= 60.0
+
+
+def test_a_store_seen_down_then_up_lets_the_probe_go_at_once() -> None:
+    b, clock = make(threshold=1)
+    for _ in range(4):  # open for long: the interval has grown to the cap
+        b.failure("HTTP 503")
+        clock.now = b.open_until
+        assert b.allow()
+    b.failure("HTTP 503")
+    assert b.state is State.OPEN and b.wait_time() >= 4.0
+    assert not b.health(True), "reachable, but never seen down while open: the interval stands"
+    assert b.wait_time() >= 4.0
+    assert not b.health(False) and b.wait_time() >= 4.0
+    clock.now += 1
+    assert b.health(True), "down, then up: probe now"
+    assert b.wait_time() == 0 and b.allow() and b.state is State.HALF_OPEN and b.early_probes == 1
+    b.failure("HTTP 500")  # the probe failed after all: open again, and the next health answer needs a new "down"
+    assert b.state is State.OPEN and not b.health(True) and b.wait_time() > 0
+    assert not b.health(False) and b.health(True) and b.early_probes == 2
+    b.allow()
+    b.success()
+    assert b.state is State.CLOSED and not b.health(False) and not b.seen_down, "closed: health reads change nothing"
+
+
+def test_a_store_that_answers_while_its_writes_fail_keeps_the_backoff() -> None:
+    b, clock = make(threshold=1)
+    b.failure("HTTP 500")
+    until = b.open_until
+    for _ in range(5):
+        clock.now += 0.1
+        assert not b.health(True)
+    assert b.open_until == until and b.early_probes == 0
