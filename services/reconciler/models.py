@@ -123,6 +123,9 @@ sweep_windows = Table(
     Column("next_sweep_at", DateTime(timezone=True), nullable=False),
     Column("last_swept_at", DateTime(timezone=True)),
     Column("last_result", JSONB),
+    # Until then the window is swept every FAPIAO_SWEEP_AFTER_CONFIRM, not every FAPIAO_SWEEP_INTERVAL: set
+    # FAPIAO_SWEEP_HOT_FOR past each confirmation of one of its invoices.
+    Column("hot_until", DateTime(timezone=True)),
     Index("ix_sweep_windows_next_sweep_at", "next_sweep_at"),
 )
 

@@ -22,7 +22,7 @@ from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, CursorResult, and_, bindparam, case, func, select, text, update
+from sqlalchemy import ColumnElement, CursorResult, and_, bindparam, case, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -343,12 +343,16 @@ class CheckStats:
 
 
 async def apply_checks(*, session: AsyncSession, seen: dict[uuid.UUID, Seen], policy: Policy, topics: Topics,
-                       timezone: str = "Asia/Shanghai", rng: random.Random | None = None) -> CheckStats:
-    """Decide and record what each check showed: confirm, wait, resync, escalate — with their events."""
+                       timezone: str = "Asia/Shanghai", rng: random.Random | None = None,
+                       hot_sweep: tuple[float, float] | None = None) -> CheckStats:
+    """Decide and record what each check showed: confirm, wait, resync, escalate — with their events.
+    `hot_sweep` (after, for): the windows of the invoices confirmed here are swept again within `after` seconds,
+    and every `after` seconds for `for` seconds (claim_sweep_windows)."""
     states = await _lock(session, seen)
     now = datetime.now(UTC)
     w = _Writes(topics)
     stats = CheckStats()
+    confirmed_in: set[tuple[str, date]] = set()
     for iid, s in states.items():
         if s["state"] in ("rejected", "voided"):
             s.update(next_check_at=None, check_requested_by=None)
@@ -360,9 +364,24 @@ async def apply_checks(*, session: AsyncSession, seen: dict[uuid.UUID, Seen], po
         d = decide(_Row(s), observed, now, policy, rng)
         s.update(d.changes)
         await _record_decision(session, w, s, d, before, requested_by, now, policy, timezone, stats)
+        if d.confirm:
+            confirmed_in.add((s["seller_tax_id"], s["issue_date"]))
     await _save(session, states.values())
+    if hot_sweep is not None and confirmed_in:
+        await _heat(session, sorted(confirmed_in), now, *hot_sweep)
     await w.flush(session)
     return stats
+
+
+async def _heat(session: AsyncSession, windows: list[tuple[str, date]], now: datetime, after: float,
+                hot_for: float) -> None:
+    """A confirmation makes its window hot: swept within `after`, and every `after` until `hot_for` from now."""
+    sw = m.sweep_windows
+    soon, until = now + timedelta(seconds=after), now + timedelta(seconds=hot_for)
+    await session.execute(
+        update(sw).where(tuple_(sw.c.seller_tax_id, sw.c.issue_date).in_(windows))
+        .values(hot_until=func.greatest(func.coalesce(sw.c.hot_until, until), until),
+                next_sweep_at=func.least(sw.c.next_sweep_at, soon)))
 
 
 async def _record_decision(session: AsyncSession, w: _Writes, s: dict[str, Any], d: Decision, before: str,
@@ -599,14 +618,19 @@ async def get_invoice(*, session: AsyncSession, invoice_id: uuid.UUID) -> dict[s
 
 # --- sweeps -----------------------------------------------------------------------------------
 
-async def claim_sweep_windows(*, session: AsyncSession, limit: int, interval: float) -> list[Any]:
-    """The (seller, issue date) windows due for a sweep, pushed to their next turn."""
+async def claim_sweep_windows(*, session: AsyncSession, limit: int, interval: float,
+                              hot_interval: float | None = None) -> list[Any]:
+    """The (seller, issue date) windows due for a sweep, pushed to their next turn: `hot_interval` away while the
+    window is hot (a recent confirmation), else `interval`."""
     sw = m.sweep_windows
     due = (select(sw.c.seller_tax_id, sw.c.issue_date).where(sw.c.next_sweep_at <= func.now())
            .order_by(sw.c.next_sweep_at).limit(limit).with_for_update(skip_locked=True)).subquery()
+    step: ColumnElement[Any] = func.make_interval(0, 0, 0, 0, 0, 0, interval)
+    if hot_interval is not None:
+        step = case((sw.c.hot_until > func.now(), func.make_interval(0, 0, 0, 0, 0, 0, hot_interval)), else_=step)
     return list((await session.execute(
         update(sw).where(sw.c.seller_tax_id == due.c.seller_tax_id, sw.c.issue_date == due.c.issue_date)
-        .values(next_sweep_at=func.now() + timedelta(seconds=interval))
+        .values(next_sweep_at=func.now() + step)
         .returning(sw.c.seller_tax_id, sw.c.issue_date, sw.c.tenant_id)
     )).all())
 

@@ -30,6 +30,12 @@ class ReconcilerSettings(SharedSettings):
     max_in_flight: int = Field(default=4, ge=1, le=64, description="concurrent requests to the tax store")
     sweep_interval: Seconds = Field(default=3600.0, gt=0,
                                     description="how often each (seller, issue date) window is swept")
+    sweep_after_confirm: Seconds = Field(
+        default=60.0, gt=0, description="a window with a recent confirmation is swept again this soon, and this "
+                                        "often while it stays hot: a store that loses a confirmed invoice is noticed "
+                                        "within about this long instead of within FAPIAO_SWEEP_INTERVAL")
+    sweep_hot_for: Seconds = Field(default=3600.0, ge=0,
+                                   description="how long after its last confirmation a window stays hot")
     sweep_windows_per_round: int = Field(default=10, ge=1, le=1000)
     orphan_grace: Seconds = Field(default=300.0, ge=0,
                                   description="an invoice unknown here is alerted if still unknown after this")

@@ -170,7 +170,9 @@ class Reconciler:
                 seen[r.invoice_id] = Seen("absent")
         async with transaction(self.sessions) as session:
             stats = await service.apply_checks(session=session, seen=seen, policy=self.policy, topics=self.topics,
-                                               timezone=s.timezone)
+                                               timezone=s.timezone,
+                                               hot_sweep=((s.sweep_after_confirm, s.sweep_hot_for)
+                                                          if s.sweep_hot_for else None))
         for kind, n in stats.results.items():
             CHECKS.labels(kind).inc(n)
         for kind, n in stats.resyncs.items():
@@ -213,7 +215,8 @@ class Reconciler:
         s = self.settings
         async with transaction(self.sessions) as session:
             windows = await service.claim_sweep_windows(session=session, limit=s.sweep_windows_per_round,
-                                                        interval=s.sweep_interval)
+                                                        interval=s.sweep_interval,
+                                                        hot_interval=s.sweep_after_confirm)
         rechecks = 0
         for w in windows:
             result = await self.sweep_window(w.seller_tax_id, w.issue_date, w.tenant_id)

@@ -204,6 +204,29 @@ async def test_an_invoice_lost_after_confirmation_is_found_by_the_sweep(recon_pi
     assert d["status"] == "confirmed"
 
 
+async def test_a_loss_soon_after_confirmation_is_found_within_the_hot_interval_not_the_hourly_sweep(
+        recon_pipeline: ReconPipeline) -> None:
+    """A drill found it: with the default hourly sweep, an invoice the store lost after confirming it waited up to
+    an hour to be noticed. A window with a recent confirmation is swept again every FAPIAO_SWEEP_AFTER_CONFIRM."""
+    p = recon_pipeline
+    p.start_own("reconciler", FAPIAO_SWEEP_INTERVAL="1h", FAPIAO_SWEEP_AFTER_CONFIRM="2s", FAPIAO_SWEEP_HOT_FOR="5m")
+    tenant = await new_tenant(p)
+    ids = await issue(p, tenant, 10)
+    await until_all(p, tenant, "confirmed", 10, timeout=60)
+    await asyncio.sleep(3)  # past the first hot sweep, which finds nothing: the next ones must still come
+    victim = sorted(ids)[0]
+    async with httpx.AsyncClient(timeout=10) as c:
+        r = await c.post(f"{p.taxstore.url}/admin/lose", headers=p.admin,
+                         json={"invoices": [{"seller_tax_id": tenant.tax_id, "number": victim}]})
+    assert r.status_code == 200 and len(r.json()["lost"]) == 1
+
+    async def found_and_restored() -> bool:
+        kinds = await _timeline_kinds(p, tenant, ids[victim])
+        return "gap_found" in kinds and kinds[-1] == "confirmed" and victim in await p.stored(tenant.tax_id)
+
+    await eventually(found_and_restored, timeout=30, interval=0.5)  # no trigger; the hourly sweep is an hour away
+
+
 async def test_a_case_opened_by_the_user_checks_at_once_and_shows_it(recon_pipeline: ReconPipeline) -> None:
     p = recon_pipeline
     p.start_own("reconciler", FAPIAO_SWEEP_INTERVAL="1h")  # only the case can notice the loss here
