@@ -104,6 +104,10 @@ def test_make_up_restarts_what_dies_restart_leaves_the_rest_and_a_drill_runs_aga
     try:
         up = subprocess.run([*stack, "up"], env=env, capture_output=True, text=True, timeout=180)
         assert up.returncode == 0, up.stdout + up.stderr
+        time.sleep(3)  # the consumers join their groups after readiness
+        for log in sorted((tmp_path / "run" / "logs").glob("*.log")):  # a quiet first start: nothing alarming
+            text = log.read_text(errors="replace")
+            assert "ERROR" not in text and "Traceback" not in text, f"{log.name}:\n{text[-3000:]}"
         kafka_pid = state()["processes"]["kafka"]["pid"]
         sync = state()["processes"]["sync"]
         os.killpg(sync["pid"], signal.SIGKILL)
