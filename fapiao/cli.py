@@ -71,11 +71,10 @@ def tenants_create(
 ) -> None:
     """Register a seller enterprise and print its API key — shown this once, stored only as a hash."""
     _load_stack_env()
-    from services.issuer import service
     from services.issuer.app import migrate
     from services.issuer.settings import IssuerSettings
+    from services.issuer.tenants import TaxIdTaken, TenantCreated, TenantInvalid, create_tenant
     from shared.db import make_engine, session_factory, transaction
-    from shared.errors import FapiaoError
 
     try:
         settings = IssuerSettings()
@@ -83,21 +82,23 @@ def tenants_create(
         err.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from None
 
-    async def run() -> tuple[Any, str]:
+    async def run() -> TenantCreated | TenantInvalid | TaxIdTaken:
         await migrate(settings)
         engine = make_engine(settings.database_url, pool_size=1)
         try:
             async with transaction(session_factory(engine)) as session:
-                return await service.create_tenant(session=session, name=name, tax_id=tax_id)
+                return await create_tenant(session=session, name=name, tax_id=tax_id)
         finally:
             await engine.dispose()
 
-    try:
-        tenant, key = asyncio.run(run())
-    except FapiaoError as exc:
-        reasons = "; ".join(f"{e.path}: {e.reason}" for e in getattr(exc, "errors", [])) or exc.detail
-        err.print(f"[red]{exc.title}:[/red] {reasons}")
-        raise typer.Exit(1) from None
+    outcome = asyncio.run(run())
+    if isinstance(outcome, TenantInvalid):
+        err.print(f"[red]Validation failed:[/red] {'; '.join(f'{e.path}: {e.reason}' for e in outcome.errors)}")
+        raise typer.Exit(1)
+    if isinstance(outcome, TaxIdTaken):
+        err.print(f"[red]Conflict:[/red] a tenant with tax id {outcome.tax_id} already exists")
+        raise typer.Exit(1)
+    tenant, key = outcome.tenant, outcome.api_key
     if as_json:
         typer.echo(json.dumps({"id": str(tenant.id), "name": tenant.name, "tax_id": tenant.tax_id, "api_key": key}))
         return

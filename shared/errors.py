@@ -18,7 +18,7 @@ from typing import Any
 
 __all__ = [
     "BadRequest", "Conflict", "FapiaoError", "FieldError", "NotFound", "PayloadTooLarge",
-    "RetriableError", "ServiceUnavailable", "Unauthorized", "ValidationFailed",
+    "RetriableError", "ServiceUnavailable", "Unauthorized", "ValidationFailed", "field_errors", "field_path",
 ]
 
 
@@ -29,6 +29,27 @@ class FieldError:
 
     def as_dict(self) -> dict[str, str]:
         return {"path": self.path, "reason": self.reason}
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """('body', 'lines', 0, 'amount') -> 'lines[0].amount'"""
+    out = ""
+    for part in loc:
+        if part in ("body", "query", "path", "header") and out == "":
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-after", "function-wrap", "function-before")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(body)"
+
+
+def field_errors(errors: Any, *, prefix: str = "") -> list[FieldError]:
+    """pydantic error dicts -> FieldError(path, reason)."""
+    return [FieldError(prefix + field_path(e.get("loc", ())),
+                       str(e.get("msg", "invalid")).removeprefix("Value error, ")) for e in errors]
 
 
 class FapiaoError(Exception):

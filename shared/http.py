@@ -21,7 +21,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.db import DatabaseTrouble, database_unavailable
-from shared.errors import FapiaoError, FieldError, ServiceUnavailable, Unauthorized, ValidationFailed
+from shared.errors import (
+    FapiaoError,
+    ServiceUnavailable,
+    Unauthorized,
+    ValidationFailed,
+    field_errors,
+    field_path,
+)
 from shared.logging import correlation_id
 from shared.metrics import CONTENT_TYPE_LATEST, DB_UNAVAILABLE, HTTP_LATENCY, HTTP_REQUESTS, render
 
@@ -60,27 +67,6 @@ def require_admin(request: Request, authorization: Annotated[str | None, Header(
     given = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else ""
     if not given or not hmac.compare_digest(given.encode(), expected.encode()):
         raise Unauthorized("admin endpoints need 'Authorization: Bearer <FAPIAO_ADMIN_TOKEN>'")
-
-
-def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
-    """('body', 'lines', 0, 'amount') -> 'lines[0].amount'"""
-    out = ""
-    for part in loc:
-        if part in ("body", "query", "path", "header") and out == "":
-            continue
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif str(part).startswith(("function-after", "function-wrap", "function-before")):
-            continue
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(body)"
-
-
-def field_errors(errors: Any, *, prefix: str = "") -> list[FieldError]:
-    """pydantic error dicts -> FieldError(path, reason)."""
-    return [FieldError(prefix + field_path(e.get("loc", ())),
-                       str(e.get("msg", "invalid")).removeprefix("Value error, ")) for e in errors]
 
 
 def domain_problem(exc: FapiaoError) -> JSONResponse:

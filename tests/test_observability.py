@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS = ROOT / "ops" / "prometheus"
 GRAFANA = ROOT / "ops" / "grafana"
 METRIC_MODULES = ("shared.metrics", "services.sync.metrics", "services.reconciler.metrics",
-                  "services.notifier.metrics", "services.taxstore.stats", "services.issuer.ops",
+                  "services.notifier.metrics", "services.taxstore.stats", "services.issuer.ops.dashboard",
                   "services.issuer.selfcheck")
 SERVICES = {"issuer": 8000, "sync": 8001, "reconciler": 8002, "notifier": 8003, "taxstore": 8100}
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.issuer import models, service
-from services.issuer.api import admin_router, router
+from services.issuer import idempotency, models
+from services.issuer.api import admin, cases, invoices, notifications
 from services.issuer.backends import make_http
-from services.issuer.consumer import run_status_feed_consumer
-from services.issuer.notifications import router as notifications_router
-from services.issuer.ops import OpsSampler
-from services.issuer.ops import page_router as ops_page_router
-from services.issuer.ops import router as ops_router
+from services.issuer.feeds.consumer import run_status_feed_consumer
+from services.issuer.invoices.issuing import mark_published
+from services.issuer.ops.dashboard import OpsSampler
+from services.issuer.ops.dashboard import page_router as ops_page_router
+from services.issuer.ops.dashboard import router as ops_router
 from services.issuer.selfcheck import LedgerClient, SelfCheck
 from services.issuer.settings import IssuerSettings
 from shared.db import transaction
@@ -49,7 +49,7 @@ async def _housekeeping(app: FastAPI, settings: IssuerSettings) -> None:
         await asyncio.sleep(600)
         with contextlib.suppress(Exception):
             async with transaction(app.state.worker_sessions) as session:
-                await service.purge_idempotency_keys(session=session, older_than_hours=settings.idempotency_ttl_hours)
+                await idempotency.purge(session=session, older_than_hours=settings.idempotency_ttl_hours)
 
 
 def create_app(settings: IssuerSettings | None = None) -> FastAPI:
@@ -59,7 +59,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with service_runtime(app, settings, service=SERVICE, migrate=migrate, outbox=models.outbox,
-                                   on_published=service.mark_published) as rt:
+                                   on_published=mark_published) as rt:
             token = settings.admin_token.get_secret_value()
             app.state.reconciler_http = make_http(settings.reconciler_url, token, settings.reconciler_timeout)
             app.state.notifier_http = make_http(settings.notifier_url, token, settings.notifier_timeout)
@@ -107,11 +107,12 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
     app.state.ops_sampler = None
     app.state.schedule = None
     install_problem_handlers(app)
-    app.include_router(router)
-    app.include_router(notifications_router)
+    app.include_router(invoices.router)
+    app.include_router(cases.router)
+    app.include_router(notifications.router)
     app.include_router(ops_router)
     app.include_router(ops_page_router)
-    app.include_router(admin_router)
+    app.include_router(admin.router)
 
     app.include_router(health_router("database", "kafka"))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -145,13 +145,14 @@ class ReconcilerClient(BackendClient):
         return 400 <= status < 500 and status not in (401, 403)
 
     async def open_case(self, *, invoice_id: uuid.UUID, tenant_id: uuid.UUID, seller_tax_id: str, number: str,
-                        note: str | None) -> tuple[int, CaseDetail]:
-        """(201 opened | 200 already open, the case). 404, 409 and 422 pass through as the reconciler's problem."""
+                        note: str | None) -> tuple[bool, CaseDetail]:
+        """(True: this request opened it | False: it was open already, the case). 404, 409 and 422 pass through
+        as the reconciler's problem."""
         # Not validated here: the reconciler does, and its 422 (e.g. a tenant's short tax id) reaches the tenant.
         body = CaseOpen.model_construct(invoice_id=invoice_id, tenant_id=tenant_id, seller_tax_id=seller_tax_id,
                                         number=number, note=note)
         r = await self._call("POST", "/admin/cases", json=body.model_dump(mode="json"))
-        return r.status_code, self._model(r, CaseDetail, expect=(200, 201))
+        return r.status_code == 201, self._model(r, CaseDetail, expect=(200, 201))
 
     async def get_case(self, case_no: str) -> CaseDetail | None:
         """The case, or None when the reconciler has none (the caller words the 404 for the tenant)."""

@@ -13,9 +13,12 @@ import pytest
 from sqlalchemy import func, select
 
 from fapiao.infra import free_port
+from services.issuer import idempotency
 from services.issuer import models as m
-from services.issuer import service
+from services.issuer.invoices.issuing import create_invoices
+from services.issuer.invoices.outcomes import Created
 from services.issuer.schemas import InvoiceCreate
+from services.issuer.tenants import Tenant
 from shared.db import transaction
 from tests import factories
 from tests.harness import ADMIN_TOKEN, RunningIssuer, eventually, issuer_settings, read_topic, running_issuer
@@ -68,7 +71,7 @@ async def _is(issuer, tenant, iid, status) -> bool:
 
 
 async def test_ledger_row_and_outbox_row_commit_or_roll_back_together(issuer, tenant):
-    tenant_obj = service.Tenant(uuid.UUID(tenant.id), "t", tenant.tax_id)
+    tenant_obj = Tenant(uuid.UUID(tenant.id), "t", tenant.tax_id)
     doc = factories.invoice(tenant.tax_id)
     inv = InvoiceCreate.model_validate(doc)
     sessions = issuer.app.state.sessions
@@ -78,9 +81,9 @@ async def test_ledger_row_and_outbox_row_commit_or_roll_back_together(issuer, te
 
     with pytest.raises(Boom):
         async with transaction(sessions) as session:
-            [res] = await service.create_invoices(session=session, tenant=tenant_obj, items=[inv], source="api",
-                                                  topic=issuer.topic)
-            assert res.status == 201
+            [res] = await create_invoices(session=session, tenant=tenant_obj, items=[inv], source="api",
+                                          topic=issuer.topic)
+            assert isinstance(res, Created)
             raise Boom  # the request fails after the insert: nothing may remain
     async with transaction(sessions) as session:
         n_inv = (await session.execute(select(func.count()).select_from(m.invoices)
@@ -174,8 +177,8 @@ async def test_idempotency_key_with_another_body_is_422_and_in_flight_is_409(iss
     # A request holding a key for longer than the wait makes a repeat answer 409, not wait forever.
     busy_key = f"erp-{uuid.uuid4()}"
     async with transaction(issuer.app.state.sessions) as session:
-        await service.claim_idempotency_key(session=session, tenant_id=uuid.UUID(tenant.id), key=busy_key,
-                                            endpoint="POST /v1/invoices", req_hash="x", wait_seconds=1)
+        await idempotency.claim(session=session, tenant_id=uuid.UUID(tenant.id), key=busy_key,
+                                endpoint="POST /v1/invoices", req_hash="x", wait_seconds=1)
         r = await issuer.client.post("/v1/invoices", json=factories.invoice(tenant.tax_id),
                                      headers={**tenant.headers, "Idempotency-Key": busy_key})
         assert r.status_code == 409, r.text

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from services.issuer import service
+from services.issuer import tenants
+from services.issuer.invoices.cases import record_case
 from shared.db import transaction
 from shared.envelope import Envelope, encode, new_envelope
 from shared.events import (
@@ -265,7 +266,7 @@ async def test_a_voided_invoice_keeps_its_status(issuer, tenant, producer):
 
 async def test_a_case_opening_is_on_the_timeline_once_whichever_door_comes_first(issuer, tenant, producer):
     sessions = issuer.app.state.sessions  # type: ignore[attr-defined]
-    me = service.Tenant(uuid.UUID(tenant.id), "t", tenant.tax_id)
+    me = tenants.Tenant(uuid.UUID(tenant.id), "t", tenant.tax_id)
 
     # The reconciler's announcement first, then the HTTP request's bookkeeping.
     first = await _issue(issuer, tenant)
@@ -275,8 +276,8 @@ async def test_a_case_opening_is_on_the_timeline_once_whichever_door_comes_first
     view = await _until(issuer, tenant, first, lambda v: "case_opened" in _kinds(v))
     assert view["case_no"] == case_a and view["status"] == "published", "a case alone moves nothing"
     async with transaction(sessions) as session:
-        shown = await service.record_case(session=session, tenant=me, invoice_id=first, case_no=case_a, opened=True)
-    assert shown["case_no"] == case_a
+        shown = await record_case(session=session, tenant=me, invoice_id=first, case_no=case_a, opened=True)
+    assert shown.case_no == case_a
     assert _kinds(await _view(issuer, tenant, first)).count("case_opened") == 1
 
     # The HTTP request first, then the announcement (and something after it, to know it was applied).
@@ -284,8 +285,8 @@ async def test_a_case_opening_is_on_the_timeline_once_whichever_door_comes_first
     feed = Feed(issuer, producer, tenant, second)
     case_b = _case_no()
     async with transaction(sessions) as session:
-        await service.record_case(session=session, tenant=me, invoice_id=second, case_no=case_b, opened=True,
-                                  note="buyer cannot see it")
+        await record_case(session=session, tenant=me, invoice_id=second, case_no=case_b, opened=True,
+                          note="buyer cannot see it")
     await feed.finding(CASE_UPDATED, case_no=case_b, status="open", opened_by="tenant", at=_iso(0), resolution=None)
     await feed.finding(CASE_UPDATED, case_no=case_b, status="closed", opened_by="tenant", at=_iso(0),
                        resolution="closed by the seller")

@@ -15,8 +15,13 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
-from services.issuer import service
+from services.issuer.feeds.reconciliation import apply_reconciliation
+from services.issuer.feeds.sync_results import apply_sync_results
+from services.issuer.invoices.issuing import create_invoices, validate_item
+from services.issuer.invoices.outcomes import Created
+from services.issuer.lifecycle import Status
 from services.issuer.selfcheck import disagrees
+from services.issuer.tenants import TenantCreated, create_tenant
 from shared.db import transaction
 from shared.envelope import Received, new_envelope
 from shared.events import (
@@ -142,8 +147,8 @@ def test_disagreement_is_judged_per_ledger_state() -> None:
 # --- random interleavings through the issuer's real handlers and database ---------------------------
 
 async def test_random_interleavings_of_real_events_end_on_the_last_authoritative_fact(infra: Infra) -> None:
-    """The property of tests/unit/test_lifecycle.py, end to end through service.apply_sync_results and
-    service.apply_reconciliation on PostgreSQL: many invoices, each with its own random history, delivered
+    """The property of tests/unit/test_lifecycle.py, end to end through apply_sync_results and
+    apply_reconciliation on PostgreSQL: many invoices, each with its own random history, delivered
     with the two topics interleaved at random and redeliveries."""
     from tests.unit.test_lifecycle import Finding, SyncResult, truth
 
@@ -152,15 +157,17 @@ async def test_random_interleavings_of_real_events_end_on_the_last_authoritative
     try:
         sessions = app.state.sessions  # type: ignore[attr-defined]
         async with transaction(sessions) as session:
-            tenant, _ = await service.create_tenant(session=session, name="Truth Co.", tax_id=factories.uscc())
+            registered = await create_tenant(session=session, name="Truth Co.", tax_id=factories.uscc())
+        assert isinstance(registered, TenantCreated)
+        tenant = registered.tenant
         rng = random.Random(20261202)
         histories: dict[str, list] = {}
         async with transaction(sessions) as session:
-            items = [service.validate_item(factories.invoice(tenant.tax_id), tenant=tenant, today=factories.today(),
-                                           window_days=365) for _ in range(200)]
-            created = await service.create_invoices(session=session, tenant=tenant, items=items, source="api",
-                                                    topic="t")
-        ids = [r.invoice["id"] for r in created]  # type: ignore[index]
+            items = [validate_item(factories.invoice(tenant.tax_id), tenant=tenant, today=factories.today(),
+                                   window_days=365) for _ in range(200)]
+            created = await create_invoices(session=session, tenant=tenant, items=items, source="api", topic="t")
+        ids = [str(r.invoice.id) for r in created if isinstance(r, Created)]
+        assert len(ids) == len(items)
         envelopes = []
         for iid in ids:
             history, n_sync, n_find, last, rejected = [], 0, 0, None, False
@@ -169,14 +176,14 @@ async def test_random_interleavings_of_real_events_end_on_the_last_authoritative
                     n_sync += 1
                     kind = rng.choice(["submitted", "retrying", "rejected"])
                     rejected = kind == "rejected"
-                    history.append(SyncResult(n_sync, service.Status(kind)))
+                    history.append(SyncResult(n_sync, Status(kind)))
                 else:
                     last = rng.choice({None: ["submitted", "retrying", "confirmed", "stuck"],
                                        "submitted": ["retrying", "confirmed", "stuck"],
                                        "retrying": ["retrying", "confirmed", "stuck"], "stuck": ["stuck", "confirmed"],
                                        "confirmed": ["retrying", "stuck", "confirmed"]}[last])
                     n_find += 1
-                    history.append(Finding(n_find, service.Status(last), n_sync))
+                    history.append(Finding(n_find, Status(last), n_sync))
             histories[iid] = history
             syncs = [_sync_event(iid, tenant.id, f) for f in history if isinstance(f, SyncResult)]
             finds = [_finding_event(iid, tenant.id, f) for f in history if isinstance(f, Finding)]
@@ -193,13 +200,13 @@ async def test_random_interleavings_of_real_events_end_on_the_last_authoritative
             async with transaction(sessions) as session:
                 syncs = [e for e in batch if e.source == SYNC_SOURCE]
                 finds = [e for e in batch if e.source == RECONCILER_SOURCE]
-                await service.apply_sync_results(session=session, events=[Received.of(e) for e in syncs])
-                await service.apply_reconciliation(session=session, events=[Received.of(e) for e in finds])
+                await apply_sync_results(session=session, events=[Received.of(e) for e in syncs])
+                await apply_reconciliation(session=session, events=[Received.of(e) for e in finds])
         got = dict(await _rows(app, "select id::text, status from issuer.invoices where tenant_id = :t", t=tenant.id))
         wrong = {iid: (got[iid], truth(h).value) for iid, h in histories.items() if got[iid] != truth(h).value}
         assert not wrong, f"{len(wrong)} of {len(ids)} invoices end on the wrong status: {list(wrong.items())[:5]}"
-        assert {truth(h) for h in histories.values()} >= {service.Status.CONFIRMED, service.Status.STUCK,
-                                                         service.Status.SUBMITTED}  # the histories were varied
+        assert {truth(h) for h in histories.values()} >= {Status.CONFIRMED, Status.STUCK,
+                                                         Status.SUBMITTED}  # the histories were varied
     finally:
         await client.aclose()
         await lifespan.__aexit__(None, None, None)  # type: ignore[attr-defined]

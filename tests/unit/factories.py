@@ -8,8 +8,9 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from services.issuer.invoices.issuing import validate_item
 from services.issuer.schemas import InvoiceCreate
-from services.issuer.service import Tenant, validate_item
+from services.issuer.tenants import Tenant
 from shared.errors import FieldError
 
 TZ = ZoneInfo("Asia/Shanghai")

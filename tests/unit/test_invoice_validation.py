@@ -11,8 +11,9 @@ from decimal import Decimal
 
 import pytest
 
+from services.issuer.invoices.issuing import validate_item
 from services.issuer.schemas import InvoiceCreate
-from services.issuer.service import Tenant, validate_item
+from services.issuer.tenants import Tenant
 from shared.money import TAX_RATES, fmt, round_cents
 
 from .factories import (

@@ -205,7 +205,7 @@ def deliveries(draw: st.DrawFn, history: list[SyncResult | Finding]) -> list[Syn
 
 
 def apply(delivered: list[SyncResult | Finding]) -> Status:
-    """What the issuer's two handlers do with the registers (service.apply_sync_results/apply_reconciliation)."""
+    """What the issuer's two handlers do with the registers (feeds/sync_results.py, feeds/reconciliation.py)."""
     facts, recon_seq = Facts(own=S.PUBLISHED), 0
     for fact in delivered:
         if isinstance(fact, SyncResult):

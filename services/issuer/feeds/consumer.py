@@ -15,7 +15,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.issuer import service
+from services.issuer.feeds.notifications import apply_notifications
+from services.issuer.feeds.reconciliation import apply_reconciliation
+from services.issuer.feeds.sync_results import apply_sync_results
 from services.issuer.settings import IssuerSettings
 from shared.consumers import ISSUER_STATUS_FEED
 from shared.db import transaction
@@ -46,13 +48,13 @@ async def run_status_feed_consumer(settings: IssuerSettings, sessions: async_ses
     group = ISSUER_STATUS_FEED.qualified(settings.topic_prefix)
 
     async def sync_results(session: AsyncSession, items: list[Received[Any]]) -> None:
-        await service.apply_sync_results(session=session, events=items)
+        await apply_sync_results(session=session, events=items)
 
     async def findings(session: AsyncSession, items: list[Received[Any]]) -> None:
-        await service.apply_reconciliation(session=session, events=items)
+        await apply_reconciliation(session=session, events=items)
 
     async def notices(session: AsyncSession, items: list[Received[Any]]) -> None:
-        await service.apply_notifications(session=session, events=items, group=group)
+        await apply_notifications(session=session, events=items, group=group)
 
     handlers: HandlerTable[AsyncSession] = HandlerTable({
         InvoiceSubmitted: sync_results, InvoiceSubmissionFailed: sync_results, InvoiceRejected: sync_results,

@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,7 +29,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.issuer import service
+from services.issuer.ops.figures import ops_figures
 from services.issuer.settings import IssuerSettings
 from shared.consumers import ALL_GROUPS
 from shared.db import transaction
@@ -49,7 +50,7 @@ INVOICES = Gauge("fapiao_issuer_invoices", "Invoices in the issuer's ledger, by 
 GROUP_LAG = Gauge("fapiao_consumer_group_lag_records",
                   "Records a consumer group has not committed yet, as the broker sees it", ["group"])
 
-PAGE = Path(__file__).parent / "static" / "ops.html"
+PAGE = Path(__file__).parents[1] / "static" / "ops.html"
 
 
 def consumer_groups(prefix: str) -> dict[str, tuple[str, list[str]]]:
@@ -122,10 +123,10 @@ class OpsSampler:
         """One reading: lag, dead letters, reconciler figures, counts; appended to the series."""
         (lags, dlq, kafka_error), (recon, recon_error) = await asyncio.gather(self._kafka(), self._reconciler())
         async with transaction(self.sessions) as session:
-            figures = await service.ops_figures(session=session, tenant_id=None, stuck_limit=0, with_tenants=False)
+            figures = await ops_figures(session=session, tenant_id=None, stuck_limit=0, with_tenants=False)
         # Whole snapshots: a status that dropped to no invoices, or a lag that cannot be read, must not linger.
         INVOICES.clear()
-        for status, n in figures["counts"].items():
+        for status, n in figures.counts.items():
             INVOICES.labels(status).set(n)
         if dlq is not None:
             DLQ_RECORDS.clear()
@@ -141,7 +142,7 @@ class OpsSampler:
                 GROUP_LAG.labels(self.groups[name][0]).set(n)
         latency = (recon or {}).get("confirmation_latency") or {}
         point = {
-            "t": round(time.time(), 3), "lag": lags, "counts": figures["counts"],
+            "t": round(time.time(), 3), "lag": lags, "counts": figures.counts,
             # per topic: original records; and for each consumer group, the records it set aside
             "dlq": None if dlq is None else {t: c.records for t, c in dlq.items()},
             "dlq_groups": None if dlq is None else {
@@ -202,14 +203,15 @@ async def overview(request: Request, tenant_id: uuid.UUID | None = None,
             _admin_get(client, f"{s.notifier_url}/admin/alerts", limit=20, tenant_id=tenant_id),
             _admin_get(client, f"{s.taxstore_url}/admin/faults"))
     async with transaction(st.sessions) as session:
-        figures = await service.ops_figures(session=session, tenant_id=tenant_id, stuck_limit=stuck_limit)
+        figures = await ops_figures(session=session, tenant_id=tenant_id, stuck_limit=stuck_limit)
     latest = sampler.latest if sampler else {}
     recon = latest.get("reconciler") or {}
     return {
         "generated_at": time.time(), "tenant_id": str(tenant_id) if tenant_id else None,
         "services": [{"name": "issuer", "url": s.public_url, "ready": True, "checks": None}, *health],
-        "counts": figures["counts"], "total": figures["total"], "stuck_total": figures["stuck_total"],
-        "stuck": figures["stuck"], "tenants": figures["tenants"],
+        "counts": figures.counts, "total": figures.total, "stuck_total": figures.stuck_total,
+        "stuck": [{**asdict(x), "id": str(x.id)} for x in figures.stuck],
+        "tenants": [{"id": str(t.id), "name": t.name, "tax_id": t.tax_id} for t in figures.tenants],
         "pipeline": latest.get("point"), "errors": latest.get("errors"),
         "series": list(sampler.series) if sampler else [],
         "sample_interval_seconds": s.ops_sample_interval,

@@ -11,9 +11,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from services.issuer import service
-from services.issuer.api import ReconcilerDep, TenantDep, tenants_case
+from services.issuer.api.deps import ReconcilerDep, TenantDep
 from services.issuer.backends import NotifierClient
+from services.issuer.invoices.cases import tenants_case
+from services.issuer.invoices.reading import get_invoice_view
+from services.issuer.tenants import Tenant
 from shared.contracts.notifier import HistoryFilters, RotateSecret, SubscriptionCreate, SubscriptionPatch
 from shared.db import transaction
 
@@ -37,11 +39,12 @@ def _answer(status: int, body: dict[str, Any] | None) -> Response:
     return Response(status_code=204) if body is None else JSONResponse(body, status_code=status)
 
 
-async def _own_invoice(request: Request, tenant: service.Tenant, invoice_id: str) -> str:
-    """The invoice's id when it is the tenant's; 404 otherwise (before anything is asked of the notifier)."""
+async def _own_invoice(request: Request, tenant: Tenant, invoice_id: str) -> str:
+    """The invoice's id when it is the tenant's; 404 otherwise (before anything is asked of the notifier).
+    Its own short transaction: none is held while the notifier is asked."""
     async with transaction(request.app.state.sessions) as session:
-        view = await service.get_invoice_view(session=session, tenant=tenant, invoice_id=invoice_id)
-    return str(view["id"])
+        view = await get_invoice_view(session=session, tenant=tenant, invoice_id=invoice_id)
+    return str(view.id)
 
 
 # --- subscriptions -----------------------------------------------------------------------------------

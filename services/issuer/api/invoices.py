@@ -1,0 +1,115 @@
+"""The ERP's door to its invoices: issue (one, a batch, a CSV file), list, read, void. Each route parses the
+request, makes one service call and answers its outcome (answers.py)."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.issuer.api.answers import respond
+from services.issuer.api.deps import IdempotencyKey, IssuingDep, ScheduleDep, SessionDep, TenantDep, once
+from services.issuer.invoices import importing, issuing, reading, voiding
+from services.issuer.lifecycle import Status
+from services.issuer.schemas import BatchRequest, InvoiceCreate, InvoiceList, InvoiceRead, VoidRequest
+from shared.errors import FieldError, ValidationFailed
+from shared.money import parse_amount
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["invoices"])
+
+
+@router.post("/invoices", status_code=201, response_model=InvoiceRead,
+             responses={200: {"description": "Same number, same content: the existing invoice"},
+                        409: {"description": "Number already used with different content"},
+                        413: {"description": "Body too large"}, 422: {"description": "Validation failed"}})
+async def create_invoice(request: Request, invoice: InvoiceCreate, tenant: TenantDep, session: SessionDep,
+                         rules: IssuingDep, idempotency_key: IdempotencyKey = None) -> Response:
+    """Issue one invoice. It is stored with its event in one transaction; the event then reaches Kafka."""
+    endpoint = "POST /v1/invoices"
+    return respond(await issuing.issue_invoice(
+        session=session, tenant=tenant, invoice=invoice, issuing=rules,
+        once=once(request, idempotency_key, endpoint, invoice.model_dump(mode="json"))))
+
+
+@router.post("/invoices/batch")
+async def create_batch(request: Request, batch: BatchRequest, tenant: TenantDep, session: SessionDep,
+                       rules: IssuingDep, idempotency_key: IdempotencyKey = None) -> Response:
+    """Up to `FAPIAO_BATCH_MAX` invoices in one transaction; a result per item, in order."""
+    endpoint = "POST /v1/invoices/batch"
+    return respond(await issuing.issue_batch(session=session, tenant=tenant, invoices=batch.invoices, issuing=rules,
+                                             once=once(request, idempotency_key, endpoint, batch.invoices)))
+
+
+@router.post("/invoices/import", openapi_extra={
+    "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}},
+    responses={400: {"description": "Not UTF-8, or NUL bytes"}, 413: {"description": "Too many invoices or rows"},
+               422: {"description": "The file cannot be read (errors name the row and column); nothing written"}})
+async def import_csv(request: Request, tenant: TenantDep, session: SessionDep, rules: IssuingDep,
+                     idempotency_key: IdempotencyKey = None) -> Response:
+    """CSV of historical invoices, one row per line; per-row errors, every good invoice kept.
+
+    A file that cannot be read as a whole (an unclosed quote, a cell over 2,000 characters, a row with more
+    cells than the header) is refused with 422 naming the row, and nothing is written. With an
+    Idempotency-Key, a repeat of the same file gets the first answer back, as for POST /v1/invoices.
+    """
+    raw = await request.body()
+    # The request hash covers the file's bytes: the same file again is the same request.
+    endpoint = "POST /v1/invoices/import"
+    return respond(await importing.import_csv(session=session, tenant=tenant, raw=raw, issuing=rules,
+                                              once=once(request, idempotency_key, endpoint,
+                                                        importing.file_hash(raw))))
+
+
+class _Filters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: Status | None = None
+    number: str | None = Field(default=None, pattern=r"^[0-9]{20}$")
+    buyer_tax_id: str | None = Field(default=None, max_length=18)
+    issued_from: date | None = None
+    issued_to: date | None = None
+    min_total: str | None = None
+    max_total: str | None = None
+    cursor: str | None = Field(default=None, max_length=100)
+    limit: int = Field(default=50, ge=1, le=200)
+
+
+def _amount_filter(name: str, value: str | None) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        return parse_amount(value if "." in value else f"{value}.00")
+    except ValueError as exc:
+        raise ValidationFailed([FieldError(name, str(exc))]) from None
+
+
+@router.get("/invoices", response_model=InvoiceList)
+async def list_invoices(tenant: TenantDep, q: Annotated[_Filters, Query()], schedule: ScheduleDep,
+                        session: SessionDep) -> InvoiceList:
+    """This tenant's invoices, newest first, filtered; follow `next_cursor` for the next page."""
+    filters = reading.ListFilters(
+        status=q.status, number=q.number, buyer_tax_id=q.buyer_tax_id, issued_from=q.issued_from,
+        issued_to=q.issued_to, min_total=_amount_filter("min_total", q.min_total),
+        max_total=_amount_filter("max_total", q.max_total), cursor=q.cursor, limit=q.limit,
+    )
+    return await reading.list_invoices(session=session, tenant=tenant, filters=filters, schedule=schedule)
+
+
+@router.get("/invoices/{invoice_id}", response_model=InvoiceRead)
+async def get_invoice(invoice_id: str, tenant: TenantDep, schedule: ScheduleDep, session: SessionDep) -> InvoiceRead:
+    """Where the invoice stands, why, what happens next, and every step so far."""
+    return await reading.get_invoice(session=session, tenant=tenant, invoice_id=invoice_id, schedule=schedule)
+
+
+@router.post("/invoices/{invoice_id}/void", response_model=InvoiceRead)
+async def void_invoice(invoice_id: str, body: VoidRequest, tenant: TenantDep, session: SessionDep,
+                       rules: IssuingDep) -> Response:
+    """废弃异常发票: discard an invoice the authority has not accepted (rejected or stuck)."""
+    return respond(await voiding.void_invoice(session=session, tenant=tenant, invoice_id=invoice_id,
+                                              reason=body.reason, topic=rules.topic))
+

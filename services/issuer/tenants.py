@@ -1,0 +1,83 @@
+"""Tenants (seller enterprises) and their API keys. A key is shown once, when it is issued, and stored as a hash."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from services.issuer import models as m
+from shared.errors import FieldError
+from shared.uscc import uscc_error
+
+__all__ = ["API_KEY_PREFIX", "Tenant", "TenantCreated", "TenantInvalid", "TaxIdTaken", "authenticate",
+           "create_tenant", "issue_api_key"]
+
+API_KEY_PREFIX = "fsk_"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: uuid.UUID
+    name: str
+    tax_id: str
+
+
+@dataclass(frozen=True)
+class TenantCreated:
+    tenant: Tenant
+    api_key: str  # in this answer only
+
+
+@dataclass(frozen=True)
+class TenantInvalid:
+    errors: tuple[FieldError, ...]
+
+
+@dataclass(frozen=True)
+class TaxIdTaken:
+    tax_id: str
+    tenant_id: uuid.UUID
+
+
+def hash_key(api_key: str) -> str:
+    # Keys are 256-bit random: a plain SHA-256 is as strong as a slow KDF here and keeps auth cheap.
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+async def create_tenant(*, session: AsyncSession, name: str, tax_id: str,
+                        label: str = "default") -> TenantCreated | TenantInvalid | TaxIdTaken:
+    """Register a seller enterprise and issue its first API key."""
+    tax_id = tax_id.strip().upper()
+    if (why := uscc_error(tax_id)) is not None:
+        return TenantInvalid((FieldError("tax_id", why),))
+    if not name.strip():
+        return TenantInvalid((FieldError("name", "must not be empty"),))
+    existing = (await session.execute(select(m.tenants.c.id).where(m.tenants.c.tax_id == tax_id))).first()
+    if existing is not None:
+        return TaxIdTaken(tax_id, existing.id)
+    tenant = Tenant(uuid.uuid4(), name.strip(), tax_id)
+    await session.execute(m.tenants.insert().values(id=tenant.id, name=tenant.name, tax_id=tenant.tax_id))
+    return TenantCreated(tenant, await issue_api_key(session=session, tenant_id=tenant.id, label=label))
+
+
+async def issue_api_key(*, session: AsyncSession, tenant_id: uuid.UUID, label: str = "default") -> str:
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    await session.execute(m.api_keys.insert().values(
+        id=uuid.uuid4(), tenant_id=tenant_id, prefix=key[:12], key_hash=hash_key(key), label=label))
+    return key
+
+
+async def authenticate(*, session: AsyncSession | AsyncConnection, api_key: str) -> Tenant | None:
+    if not api_key.startswith(API_KEY_PREFIX) or len(api_key) > 200:
+        return None
+    row = (await session.execute(
+        select(m.tenants.c.id, m.tenants.c.name, m.tenants.c.tax_id)
+        .join(m.api_keys, m.api_keys.c.tenant_id == m.tenants.c.id)
+        .where(m.api_keys.c.key_hash == hash_key(api_key), m.api_keys.c.revoked_at.is_(None))
+    )).first()
+    return Tenant(row.id, row.name, row.tax_id) if row else None
