@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from shared.backoff import backoff
 from shared.consumers import ConsumerGroup
 from shared.kafka import BatchHandler, ConsumeLoop, HandlerTable, make_consumer, make_producer
 from shared.metrics import DEAD_LETTERS
+from shared.recovery import Address, database_addresses, kafka_addresses, sleep_until_back
 from shared.topics import dlq_name
 
 __all__ = ["consume_forever", "run_rounds", "sleep_unless"]
@@ -32,9 +33,11 @@ async def sleep_unless(event: asyncio.Event, seconds: float) -> None:
 
 
 async def run_rounds(name: str, round_: Callable[[], Awaitable[bool]], *, stopping: asyncio.Event,
-                     wake: asyncio.Event | None = None, idle: Callable[[], float]) -> None:
+                     wake: asyncio.Event | None = None, idle: Callable[[], float],
+                     needs: Sequence[Sequence[Address]] = ()) -> None:
     """Run `round_` until `stopping`: again at once after a busy round (it returned True), otherwise after
-    `idle()` seconds or as soon as `wake` is set."""
+    `idle()` seconds or as soon as `wake` is set. A failed round backs off, cut short when the servers it `needs`
+    (shared.recovery) come back."""
     wake = wake or asyncio.Event()
     failures = 0
     while not stopping.is_set():
@@ -46,7 +49,7 @@ async def run_rounds(name: str, round_: Callable[[], Awaitable[bool]], *, stoppi
         except Exception as exc:  # noqa: BLE001 - the database may be away; keep going
             failures += 1
             log.warning("%s round failed (%s: %s)", name, type(exc).__name__, exc)
-            await sleep_unless(stopping, backoff(failures, base=0.5, cap=15))
+            await sleep_until_back(backoff(failures, base=0.5, cap=15), needs=needs, stopping=stopping)
             continue
         if busy:
             await asyncio.sleep(0)
@@ -64,10 +67,12 @@ async def run_rounds(name: str, round_: Callable[[], Awaitable[bool]], *, stoppi
 async def consume_forever(*, group: ConsumerGroup, prefix: str, bootstrap: str, table: HandlerTable[Any],
                           batch_handler: BatchHandler, stopping: asyncio.Event, request_timeout_ms: int,
                           max_poll_records: int = 1000, per_poll: bool = False,
-                          pause: Callable[[], float] | None = None) -> None:
+                          pause: Callable[[], float] | None = None, database_url: str | None = None) -> None:
     """Consume `group`'s topics in batch mode until `stopping`, the handlers getting typed events (`table`,
-    which must cover every type the topics carry); after any failure start again from committed offsets.
+    which must cover every type the topics carry); after any failure start again from committed offsets, after a
+    backoff cut short when Kafka (and the database at `database_url`) come back (shared.recovery).
     Poison goes to each topic's dead-letter twin and counts in fapiao_dead_letters_total."""
+    needs = [kafka_addresses(bootstrap), database_addresses(database_url) if database_url else []]
     table.check_covers(group.types, group=group.name)
     topics, group_id = group.topic_names(prefix), group.qualified(prefix)
     attempt = 0
@@ -95,7 +100,7 @@ async def consume_forever(*, group: ConsumerGroup, prefix: str, bootstrap: str, 
             delay = backoff(attempt, base=0.5, cap=15)
             attempt += 1
             log.warning("%s consumer failed (%s: %s); restarting in %.1fs", group_id, type(exc).__name__, exc, delay)
-            await sleep_unless(stopping, delay)
+            await sleep_until_back(delay, needs=needs, stopping=stopping)
         finally:
             watch.cancel()
             for client in (consumer, producer):

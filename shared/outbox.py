@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shared.backoff import backoff
 from shared.kafka import make_producer
 from shared.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED
+from shared.recovery import database_addresses, kafka_addresses, sleep_until_back
 
 __all__ = ["BrokerUnavailable", "OutboxRelay", "PublishedRow", "notify_outbox", "service_relay"]
 
@@ -101,7 +102,7 @@ class OutboxRelay:
                 delay = backoff(attempt, base=0.5, cap=10)
                 log.warning("outbox relay error (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
                 attempt += 1
-                await self._sleep(delay)
+                await sleep_until_back(delay, needs=[database_addresses(self.engine.url)], stopping=self._stopping)
             finally:
                 await self._close_producer()
 
@@ -140,9 +141,9 @@ class OutboxRelay:
                 await self._close_producer()
                 delay = backoff(failures, base=0.5, cap=15)
                 failures += 1
-                log.warning("outbox: Kafka unavailable (%s); %d rows wait, retry in %.1fs",
+                log.warning("outbox: Kafka unavailable (%s); %d rows wait, retry in %.1fs (sooner if it is back)",
                             exc, await self.backlog(), delay)
-                await self._sleep(delay)
+                await sleep_until_back(delay, needs=[kafka_addresses(self.bootstrap)], stopping=self._stopping)
                 continue
             if full:
                 continue  # more waiting: go again at once

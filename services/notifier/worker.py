@@ -43,6 +43,7 @@ from shared.events import (
 )
 from shared.kafka import HandlerTable
 from shared.loops import consume_forever, run_rounds
+from shared.recovery import database_addresses
 from shared.topics import NOTIFICATIONS
 
 __all__ = ["Notifier"]
@@ -81,11 +82,11 @@ class Notifier:
         await asyncio.gather(
             consume_forever(group=NOTIFIER_ALERTS, prefix=s.topic_prefix, bootstrap=s.kafka_bootstrap,
                             table=self.handlers, batch_handler=self.take_in, stopping=self.stopping,
-                            request_timeout_ms=s.kafka_request_timeout_ms),
+                            request_timeout_ms=s.kafka_request_timeout_ms, database_url=s.database_url),
             run_rounds("batch", self.batch_round, stopping=self.stopping, wake=self._wake_batcher,
-                       idle=self._batch_idle),
+                       idle=self._batch_idle, needs=[database_addresses(s.database_url)]),
             run_rounds("send", self.send_round, stopping=self.stopping, wake=self._wake_sender,
-                       idle=lambda: s.poll_interval),
+                       idle=lambda: s.poll_interval, needs=[database_addresses(s.database_url)]),
             run_rounds("remind", self.remind_round, stopping=self.stopping, idle=lambda: max(s.poll_interval, 5.0)),
             run_rounds("metrics", self.refresh_metrics, stopping=self.stopping, idle=lambda: s.metrics_interval),
         )

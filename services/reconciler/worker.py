@@ -40,6 +40,7 @@ from shared.db import transaction
 from shared.events import InvoiceIssued, InvoiceRejected, InvoiceSubmissionFailed, InvoiceSubmitted, InvoiceVoided
 from shared.kafka import HandlerTable, Received
 from shared.loops import consume_forever, run_rounds
+from shared.recovery import database_addresses
 
 __all__ = ["Reconciler"]
 
@@ -113,7 +114,8 @@ class Reconciler:
         s = self.settings
         await consume_forever(group=RECONCILER_LEDGER, prefix=s.topic_prefix, bootstrap=s.kafka_bootstrap,
                               table=self.handlers, batch_handler=self._apply, stopping=self._stopping,
-                              request_timeout_ms=s.kafka_request_timeout_ms, max_poll_records=2000)
+                              request_timeout_ms=s.kafka_request_timeout_ms, max_poll_records=2000,
+                              database_url=s.database_url)
 
     # --- the check round --------------------------------------------------------------------------
 
@@ -194,7 +196,8 @@ class Reconciler:
 
     async def run_checker(self) -> None:
         await run_rounds("check", self.check_round, stopping=self._stopping, wake=self._wake_checker,
-                         idle=lambda: self.settings.check_interval)
+                         idle=lambda: self.settings.check_interval,
+                         needs=[database_addresses(self.settings.database_url)])
 
     def confirmation_latency(self, window: float = 300.0) -> dict[str, float | int | None]:
         """Acceptance-to-confirmation times of the invoices confirmed in the last `window` seconds."""
@@ -249,7 +252,8 @@ class Reconciler:
 
     async def run_sweeper(self) -> None:
         await run_rounds("sweep", self.sweep_round, stopping=self._stopping, wake=self._wake_sweeper,
-                         idle=lambda: min(self.settings.sweep_interval, 5.0))
+                         idle=lambda: min(self.settings.sweep_interval, 5.0),
+                         needs=[database_addresses(self.settings.database_url)])
 
     # --- metrics ----------------------------------------------------------------------------------
 

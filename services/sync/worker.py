@@ -32,6 +32,7 @@ from shared.errors import RetriableError
 from shared.events import InvoiceIssued, InvoiceVoided, ResyncRequested
 from shared.kafka import HandlerTable, Received
 from shared.loops import consume_forever
+from shared.recovery import database_addresses, sleep_until_back
 from shared.topics import SYNC_RESULTS
 
 __all__ = ["Syncer"]
@@ -188,7 +189,7 @@ class Syncer:
         await consume_forever(group=SYNC_SUBMIT, prefix=s.topic_prefix, bootstrap=s.kafka_bootstrap,
                               table=self.handlers, batch_handler=self._handle, stopping=self._stopping,
                               request_timeout_ms=s.kafka_request_timeout_ms, max_poll_records=s.max_poll_records,
-                              per_poll=True, pause=self._hold_off)
+                              per_poll=True, pause=self._hold_off, database_url=s.database_url)
 
     async def _handle(self, items: list[Received[Any]]) -> None:
         """A whole poll: into the ledger in one transaction, then one attempt for each new invoice."""
@@ -247,7 +248,8 @@ class Syncer:
                 failures += 1
                 log.warning("retry round failed (%s: %s)", type(exc).__name__, exc)
                 worked = False
-                await asyncio.sleep(backoff(failures, base=0.5, cap=10))
+                await sleep_until_back(backoff(failures, base=0.5, cap=10),
+                                       needs=[database_addresses(self.settings.database_url)], stopping=self._stopping)
             if worked:
                 continue
             self._wake_scheduler.clear()

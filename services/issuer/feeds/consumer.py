@@ -69,4 +69,5 @@ async def run_status_feed_consumer(settings: IssuerSettings, sessions: async_ses
 
     await consume_forever(group=ISSUER_STATUS_FEED, prefix=settings.topic_prefix, bootstrap=settings.kafka_bootstrap,
                           table=handlers, batch_handler=apply, stopping=stopping,
-                          request_timeout_ms=settings.kafka_request_timeout_ms, max_poll_records=2000)
+                          request_timeout_ms=settings.kafka_request_timeout_ms, max_poll_records=2000,
+                          database_url=settings.database_url)
