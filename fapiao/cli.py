@@ -39,6 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from shared.backoff import backoff
+from shared.settings import format_duration
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fapiao Sync operator CLI.")
 tenants_app = typer.Typer(no_args_is_help=True, help="Seller enterprises and their API keys.")
@@ -416,14 +417,7 @@ def _emit(data: Any) -> None:
 
 
 def _ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    s = int(seconds)
-    if s < 60:
-        return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60} s"
-    return f"{s // 3600} h {(s % 3600) // 60} min"
+    return "–" if seconds is None else format_duration(seconds)
 
 
 @app.command("summary")
@@ -506,15 +500,17 @@ AS_JSON = typer.Option(False, "--json", help="machine-readable output")
 @app.command("status")
 def status(tenant: str = typer.Option(None, "--tenant", help="a tenant id: counts for it only"),
            as_json: bool = AS_JSON) -> None:
-    """Stack health and how far behind things are: services, invoices by status, consumer lag, gaps, stuck,
-    end-to-end latency. Exit status 1 when a service is not ready."""
+    """Stack health and how far behind things are: the invoices not yet at the authority by the stage they wait in,
+    services, invoices by status, consumer lag, gaps, stuck, end-to-end latency. Exit status 1 when a service is
+    not ready."""
     _load_stack_env()
     body = _call("GET", _url("issuer", 8000), "/ops/api/overview", token=_admin_token(),
                  params={"tenant_id": tenant, "stuck_limit": 0} if tenant else {"stuck_limit": 0})
     point = body.get("pipeline") or {}
     down = [svc["name"] for svc in body["services"] if not svc["ready"]]
     if as_json:
-        _emit({"services": body["services"], "counts": body["counts"], "total": body["total"],
+        _emit({"waiting": body.get("waiting"), "services": body["services"], "counts": body["counts"],
+               "total": body["total"],
                "stuck": body["stuck_total"], "lag": point.get("lag"), "dlq": point.get("dlq"),
                "dlq_groups": point.get("dlq_groups"),
                "unconfirmed": point.get("unconfirmed"),
@@ -523,6 +519,13 @@ def status(tenant: str = typer.Option(None, "--tenant", help="a tenant id: count
                "gaps": body.get("gaps"), "errors": body.get("errors"), "sampled_at": point.get("t")})
     else:
         console = Console()
+        queue = body.get("waiting") or {}
+        if queue:
+            console.print(f"[bold]{queue['headline']}[/bold]")
+            stages = Table("waiting in", "invoices", "oldest", title="Not yet at the authority, by stage")
+            for s in queue["stages"]:
+                stages.add_row(s["label"], str(s["count"]), _ago(s["oldest_seconds"]) if s["count"] else "–")
+            console.print(stages)
         services = Table("service", "url", "ready", title="Services")
         for svc in body["services"]:
             services.add_row(svc["name"], svc["url"], "[green]yes[/green]" if svc["ready"] else "[red]NO[/red]")

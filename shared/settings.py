@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["PLACEHOLDER_SECRETS", "CoreSettings", "Seconds", "SharedSettings", "normalise_database_url",
-           "parse_duration"]
+__all__ = ["PLACEHOLDER_SECRETS", "CoreSettings", "Seconds", "SharedSettings", "format_duration",
+           "normalise_database_url", "parse_duration"]
 
 PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "admin", "dev-admin-token", "password"})
 
@@ -26,6 +26,16 @@ def parse_duration(value: Any) -> Any:
             raise ValueError("a duration such as 30, 30s, 10m, 2h or 500ms")
         return float(match[1]) * _UNIT[match[2]]
     return value
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as people read them: 4.2 s, 38 s, 4 min 12 s, 2 h 5 min."""
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {(s % 3600) // 60} min"
 
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]

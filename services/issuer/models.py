@@ -83,6 +83,8 @@ invoices = Table(
     Column("finding_sync_seq", Integer, nullable=False, server_default="0"),
     Column("accepted_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # When the invoice entered its current status: the age of every stage it can wait in (ops/waiting.py).
+    Column("status_since", DateTime(timezone=True), nullable=False, server_default=func.now()),
     UniqueConstraint("seller_tax_id", "number"),
     Index("ix_invoices_tenant_seq", "tenant_id", "seq"),
     Index("ix_invoices_tenant_status_seq", "tenant_id", "status", "seq"),
@@ -91,6 +93,8 @@ invoices = Table(
     # What the status self-check pages through: the invoices still waiting for something.
     Index("ix_invoices_unsettled", "id", postgresql_where=text(
         "status IN ('accepted', 'published', 'submitted', 'retrying', 'stuck')")),
+    # The rejected ones, which wait for the seller (ops/waiting.py).
+    Index("ix_invoices_rejected", "status_since", postgresql_where=text("status = 'rejected'")),
 )
 
 timeline = Table(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -109,6 +110,15 @@ async def test_a_drill_on_the_dashboard_and_the_cli(recon_pipeline: ReconPipelin
                 view = await shown(page)
                 raise AssertionError(f"sync lag never grew: {view['pipeline']} {view['errors']} "
                                      f"{p.sync.log_text()[-2000:]}") from None
+            # The headline counts from the ledger: what waits in Kafka and in sync's retry queue alike.
+            await page.wait_for_function(
+                "Number(document.querySelector('[data-testid=waiting]').textContent) > 0", timeout=15_000)
+            headline = await text(page, "waiting-headline")
+            assert "not yet at the authority, oldest" in headline and "most in:" in headline, headline
+            during = (await shown(page))["waiting"]
+            assert during["total"] == sum(s["count"] for s in during["stages"]) > 0
+            busy = {s["stage"] for s in during["stages"] if s["count"]}  # stuck after 4 s here (FAPIAO_STUCK_AFTER)
+            assert busy & {"kafka", "sync_retries"} and busy <= {"kafka", "sync_retries", "outbox", "stuck"}, during
 
 
             async def cli_sees_lag() -> dict | None:  # the CLI too, while the backlog waits (it comes and goes)
@@ -136,6 +146,11 @@ async def test_a_drill_on_the_dashboard_and_the_cli(recon_pipeline: ReconPipelin
             mine = await cli_json(p, recon_issuer_http, "status", "--tenant", tenant.id)
             assert mine["stuck"] == n and mine["counts"] == {"confirmed": 60, "stuck": n}
             assert any(g["kind"] == "stuck" for g in view["gaps"])
+            stages = {s["stage"]: s for s in view["waiting"]["stages"]}
+            assert view["waiting"]["total"] == n and stages["stuck"]["count"] == n, view["waiting"]
+            assert view["waiting"]["most_in"] == "stuck" and stages["stuck"]["oldest_seconds"] > 0
+            assert await text(page, "waiting") == str(n) and await text(page, "waiting-stuck") == str(n)
+            assert mine["waiting"]["total"] == n
 
             async def alerts_listed() -> bool:
                 shown_alerts = (await shown(page))["alerts"]
@@ -163,7 +178,14 @@ async def test_a_drill_on_the_dashboard_and_the_cli(recon_pipeline: ReconPipelin
             await until_all(p, tenant, "confirmed", total, timeout=120)
             await page.wait_for_function(
                 "document.querySelector('[data-testid=stuck-count]').textContent === '0'"
-                " && document.querySelector('[data-testid=sync-lag]').textContent === '0'", timeout=30_000)
+                " && document.querySelector('[data-testid=sync-lag]').textContent === '0'"
+                " && document.querySelector('[data-testid=waiting]').textContent === '0'", timeout=30_000)
+            assert (await text(page, "waiting-headline")).startswith("0 invoices waiting")
+            waiting_chart = page.locator("#waiting-chart")
+            assert ((await waiting_chart.locator("[data-testid=chart-max]").text_content()) or "").endswith("invoices")
+            end = await waiting_chart.locator("[data-testid=chart-end]").text_content() or ""
+            assert re.fullmatch(r"\d{2}:\d{2}:\d{2}( [AP]M)?", end), f"clock times on the axis, not {end!r}"
+            assert ((await page.locator("#latency-chart [data-testid=chart-max]").text_content()) or "").endswith(" s")
             view = await shown(page)
             lags = [pt["lag"]["sync"] for pt in view["series"] if pt["lag"]]
             assert max(lags) > 0 and lags[-1] == 0, "the chart shows the lag growing and recovering"

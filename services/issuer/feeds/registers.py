@@ -23,7 +23,7 @@ State = dict[str, Any]
 
 _STATE_COLUMNS = ("id", "status", "sync_seq", "recon_seq", "sync_status", "sync_note", "finding_status",
                   "finding_sync_seq", "recon", "receipt_no", "case_no", "reason", "next_action", "next_action_at",
-                  "reason_source")
+                  "reason_source", "status_since")
 _OWN_WORDS = frozenset({Status.ACCEPTED, Status.PUBLISHED, *FINAL})
 
 
@@ -38,6 +38,8 @@ def _facts(st: State) -> Facts:
 def settle(st: State, now: datetime) -> Source:
     """Derive the status from the registers and let the deciding register explain it (in place)."""
     status, source = derive(_facts(st))
+    if status.value != st["status"] or (status is Status.RETRYING and source != st["reason_source"]):
+        st["status_since"] = now  # a new stage (a resync after a gap is not the sync retries before it)
     st["status"] = status.value
     if source == "sync":
         note = st["sync_note"] or {}

@@ -162,7 +162,7 @@ async def _insert(session: AsyncSession, tenant: Tenant, invoices: dict[str, Inv
         "buyer_name": inv.buyer.name, "total_amount": Decimal(inv.total_amount),
         "total_tax": Decimal(inv.total_tax), "total": Decimal(inv.total), "currency": inv.currency,
         "content": docs[number], "content_hash": digests[number], "source": source,
-        "status": Status.ACCEPTED.value, "event_seq": 1, "accepted_at": now, "updated_at": now,
+        "status": Status.ACCEPTED.value, "event_seq": 1, "accepted_at": now, "updated_at": now, "status_since": now,
     } for number, inv in invoices.items()]
     inserted = (await session.execute(
         pg_insert(m.invoices).on_conflict_do_nothing(index_elements=["seller_tax_id", "number"])
@@ -198,7 +198,7 @@ async def mark_published(conn: AsyncConnection, rows: Sequence[PublishedRow]) ->
     now = datetime.now(UTC)
     moved = {row.id for row in (await conn.execute(
         update(m.invoices).where(m.invoices.c.id.in_(ids), m.invoices.c.status == Status.ACCEPTED.value)
-        .values(status=Status.PUBLISHED.value, updated_at=now).returning(m.invoices.c.id)
+        .values(status=Status.PUBLISHED.value, updated_at=now, status_since=now).returning(m.invoices.c.id)
     )).all()}
     entries = [
         {"invoice_id": uuid.UUID(r.key), "kind": "published", "at": now,

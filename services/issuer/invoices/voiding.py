@@ -35,7 +35,7 @@ async def void_invoice(*, session: AsyncSession, tenant: Tenant, invoice_id: str
     await session.execute(
         update(m.invoices).where(m.invoices.c.id == row.id)
         .values(status=Status.VOIDED.value, reason=f"Voided by the seller: {reason}", next_action=None,
-                next_action_at=None, reason_source=None, event_seq=seq, updated_at=now)
+                next_action_at=None, reason_source=None, event_seq=seq, updated_at=now, status_since=now)
     )
     await session.execute(m.timeline.insert().values(
         invoice_id=row.id, kind="voided", at=now, message=f"Voided by the seller: {reason}",

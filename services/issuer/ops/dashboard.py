@@ -30,6 +30,7 @@ from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.issuer.ops.figures import ops_figures
+from services.issuer.ops.waiting import waiting
 from services.issuer.settings import IssuerSettings
 from shared.consumers import ALL_GROUPS
 from shared.db import transaction
@@ -49,6 +50,10 @@ DLQ_GROUP_RECORDS = Gauge("fapiao_dlq_group_records", "Original records a consum
 INVOICES = Gauge("fapiao_issuer_invoices", "Invoices in the issuer's ledger, by status", ["status"])
 GROUP_LAG = Gauge("fapiao_consumer_group_lag_records",
                   "Records a consumer group has not committed yet, as the broker sees it", ["group"])
+WAITING = Gauge("fapiao_pipeline_waiting_invoices",
+                "Invoices not yet confirmed at the authority, by the stage they wait in (ops/waiting.py)", ["stage"])
+OLDEST_WAITING = Gauge("fapiao_pipeline_oldest_waiting_seconds",
+                       "Seconds the oldest invoice of a stage has waited in it (0 when the stage is empty)", ["stage"])
 
 PAGE = Path(__file__).parents[1] / "static" / "ops.html"
 
@@ -124,6 +129,10 @@ class OpsSampler:
         (lags, dlq, kafka_error), (recon, recon_error) = await asyncio.gather(self._kafka(), self._reconciler())
         async with transaction(self.sessions) as session:
             figures = await ops_figures(session=session, tenant_id=None, stuck_limit=0, with_tenants=False)
+            queue = await waiting(session=session)
+        for stage in queue.stages:
+            WAITING.labels(stage.stage).set(stage.count)
+            OLDEST_WAITING.labels(stage.stage).set(stage.oldest_seconds or 0)
         # Whole snapshots: a status that dropped to no invoices, or a lag that cannot be read, must not linger.
         INVOICES.clear()
         for status, n in figures.counts.items():
@@ -143,6 +152,8 @@ class OpsSampler:
         latency = (recon or {}).get("confirmation_latency") or {}
         point = {
             "t": round(time.time(), 3), "lag": lags, "counts": figures.counts,
+            "waiting": queue.total, "oldest_waiting_seconds": queue.oldest_seconds,
+            "waiting_stages": {s.stage: s.count for s in queue.stages},
             # per topic: original records; and for each consumer group, the records it set aside
             "dlq": None if dlq is None else {t: c.records for t, c in dlq.items()},
             "dlq_groups": None if dlq is None else {
@@ -204,12 +215,14 @@ async def overview(request: Request, tenant_id: uuid.UUID | None = None,
             _admin_get(client, f"{s.taxstore_url}/admin/faults"))
     async with transaction(st.sessions) as session:
         figures = await ops_figures(session=session, tenant_id=tenant_id, stuck_limit=stuck_limit)
+        queue = await waiting(session=session, tenant_id=tenant_id)
     latest = sampler.latest if sampler else {}
     recon = latest.get("reconciler") or {}
     return {
         "generated_at": time.time(), "tenant_id": str(tenant_id) if tenant_id else None,
         "services": [{"name": "issuer", "url": s.public_url, "ready": True, "checks": None}, *health],
         "counts": figures.counts, "total": figures.total, "stuck_total": figures.stuck_total,
+        "waiting": queue.as_dict(),
         "stuck": [{**asdict(x), "id": str(x.id)} for x in figures.stuck],
         "tenants": [{"id": str(t.id), "name": t.name, "tax_id": t.tax_id} for t in figures.tenants],
         "pipeline": latest.get("point"), "errors": latest.get("errors"),
