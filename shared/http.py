@@ -12,11 +12,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import solve_dependencies
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -60,11 +61,16 @@ def auth_dependency(fn: F) -> F:
     return fn
 
 
+ADMIN_BEARER = HTTPBearer(scheme_name="AdminToken", auto_error=False,
+                          description="FAPIAO_ADMIN_TOKEN, for operators (`make up` keeps it in .run/admin-token)")
+
+
 @auth_dependency
-def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+def require_admin(request: Request,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(ADMIN_BEARER)] = None) -> None:
     """Dependency for /admin routes: the bearer token must be FAPIAO_ADMIN_TOKEN (compared in constant time)."""
     expected = request.app.state.settings.admin_token.get_secret_value()
-    given = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else ""
+    given = credentials.credentials.strip() if credentials else ""
     if not given or not hmac.compare_digest(given.encode(), expected.encode()):
         raise Unauthorized("admin endpoints need 'Authorization: Bearer <FAPIAO_ADMIN_TOKEN>'")
 

@@ -22,6 +22,7 @@ from services.issuer.ops.dashboard import page_router as ops_page_router
 from services.issuer.ops.dashboard import router as ops_router
 from services.issuer.selfcheck import LedgerClient, SelfCheck
 from services.issuer.settings import IssuerSettings
+from shared.apidocs import service_app
 from shared.db import transaction
 from shared.http import (
     BodyLimitMiddleware,
@@ -96,7 +97,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
                 await app.state.reconciler_http.aclose()
                 await app.state.notifier_http.aclose()
 
-    app = FastAPI(
+    app = service_app(
         title="Fapiao Sync — issuer",
         version="1",
         description="Issue invoices from your ERP and follow each one until the tax authority shows it.",

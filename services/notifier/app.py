@@ -18,6 +18,7 @@ from services.notifier.guard import TargetPolicy, parse_networks
 from services.notifier.settings import NotifierSettings
 from services.notifier.signing import SecretBox
 from services.notifier.worker import Notifier
+from shared.apidocs import service_app
 from shared.http import RequestContextMiddleware, health_router, install_problem_handlers
 from shared.kafka import ensure_topics_forever
 from shared.logging import configure_logging
@@ -77,7 +78,7 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
                 await asyncio.gather(task, return_exceptions=True)
                 await webhooks.close()
 
-    app = FastAPI(title="Fapiao Sync — notifier", version="1", lifespan=lifespan,
+    app = service_app(title="Fapiao Sync — notifier", version="1", lifespan=lifespan,
                   description="Delivers alerts about invoices by signed webhook and e-mail. Admin endpoints only; "
                               "tenants use the issuer's /v1/subscriptions and /v1/notifications.")
     app.state.settings = settings

@@ -18,6 +18,7 @@ from services.reconciler.service import Topics
 from services.reconciler.settings import ReconcilerSettings
 from services.reconciler.store import TaxstoreReader
 from services.reconciler.worker import Reconciler
+from shared.apidocs import service_app
 from shared.http import RequestContextMiddleware, health_router, install_problem_handlers
 from shared.kafka import ensure_topics_forever
 from shared.logging import configure_logging
@@ -67,7 +68,7 @@ def create_app(settings: ReconcilerSettings | None = None) -> FastAPI:
                 await asyncio.gather(task, return_exceptions=True)
                 await reader.close()
 
-    app = FastAPI(title="Fapiao Sync — reconciler", version="1", lifespan=lifespan,
+    app = service_app(title="Fapiao Sync — reconciler", version="1", lifespan=lifespan,
                   description="Finds every gap between what was issued and what the tax store shows, resyncs it, "
                               "and opens a case when it is stuck. Operator endpoints only.")
     app.state.settings = settings

@@ -17,6 +17,7 @@ from services.sync.api import router
 from services.sync.client import TaxstoreClient
 from services.sync.settings import SyncSettings
 from services.sync.worker import Syncer
+from shared.apidocs import service_app
 from shared.http import RequestContextMiddleware, health_router, install_problem_handlers
 from shared.kafka import ensure_topics_forever
 from shared.logging import configure_logging
@@ -77,7 +78,7 @@ def create_app(settings: SyncSettings | None = None) -> FastAPI:
                     await asyncio.wait({task}, timeout=5)
                 await client.close()
 
-    app = FastAPI(title="Fapiao Sync — sync", version="1", lifespan=lifespan,
+    app = service_app(title="Fapiao Sync — sync", version="1", lifespan=lifespan,
                   description="Mirrors issued invoices into the tax store. Operator endpoints only.")
     app.state.settings = settings
     app.state.checks = {}

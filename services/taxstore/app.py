@@ -15,6 +15,7 @@ from services.taxstore.api import admin_router, router
 from services.taxstore.faults import FaultInjector, Faults
 from services.taxstore.settings import TaxstoreSettings
 from services.taxstore.stats import Stats
+from shared.apidocs import service_app
 from shared.db import engine_for, ping, session_factory
 from shared.http import (
     BodyLimitMiddleware,
@@ -52,7 +53,7 @@ def create_app(settings: TaxstoreSettings | None = None) -> FastAPI:
         finally:
             await engine.dispose()
 
-    app = FastAPI(
+    app = service_app(
         title="Fapiao Sync — simulated tax store",
         version="1",
         description="A stand-in for the central tax authority's invoice store, with fault injection.",

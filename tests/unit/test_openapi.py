@@ -53,3 +53,58 @@ def test_the_openapi_document_is_the_committed_one(documents: dict[str, dict], s
     assert now == path.read_text(encoding="utf-8"), (
         f"{service}'s OpenAPI document changed (diff it against {path}); if on purpose, rewrite it with "
         "FAPIAO_WRITE_OPENAPI=1 and say why in the commit")
+
+
+_DOCS = """
+import json, sys
+from importlib import import_module
+from fastapi.testclient import TestClient
+out = {}
+for name in sys.argv[1:]:
+    client = TestClient(import_module(f"services.{name}.app").create_app())  # no lifespan: no database needed
+    pages = {path: client.get(path) for path in ("/docs", "/redoc")}
+    assets = {}
+    for path, r in pages.items():
+        for ref in __import__("re").findall(r'(?:src|href)="([^"]+)"', r.text):
+            if ref.startswith("/"):
+                got = client.get(ref)
+                assets[ref] = [got.status_code, len(got.content)]
+            else:
+                assets[ref] = None
+    out[name] = {"pages": {p: [r.status_code, r.text] for p, r in pages.items()}, "assets": assets}
+sys.stdout.write(json.dumps(out))
+"""
+
+
+def test_swagger_ui_and_redoc_load_everything_from_the_service_itself(tmp_path: Path) -> None:
+    """On a machine without internet /docs and /redoc still work: no CDN, every script and style served here."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")} | {
+        "FAPIAO_ENV": "development", "FAPIAO_DATABASE_URL": "postgresql://u:p@127.0.0.1:9/openapi",
+        "FAPIAO_ADMIN_TOKEN": "openapi-" + "x" * 24, "FAPIAO_KAFKA_BOOTSTRAP": "127.0.0.1:9",
+        "FAPIAO_LOG_JSON": "false", "FAPIAO_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", _DOCS, *SERVICES], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stderr
+    for service, seen in json.loads(done.stdout).items():
+        for path, (status, html) in seen["pages"].items():
+            assert status == 200 and "cdn" not in html.lower() and "googleapis" not in html, (service, path)
+        external = [ref for ref, got in seen["assets"].items() if got is None and not ref.startswith("data:")]
+        assert external == [], (service, external)
+        scripts = {ref: got for ref, got in seen["assets"].items() if ref.endswith(".js")}
+        assert len(scripts) == 2 and all(got[0] == 200 and got[1] > 100_000 for got in scripts.values()), scripts
+
+
+def test_errors_are_documented_as_problem_json_with_the_bearer_schemes(documents: dict[str, dict]) -> None:
+    issuer = documents["issuer"]
+    assert set(issuer["components"]["securitySchemes"]) == {"AdminToken", "ApiKey"}
+    create = issuer["paths"]["/v1/invoices"]["post"]
+    assert create["security"] == [{"ApiKey": []}]
+    assert not any(p["name"].lower() == "authorization" for p in create.get("parameters", []))
+    for service, doc in documents.items():
+        for path, item in doc["paths"].items():
+            for method, op in item.items():
+                for status, answer in op["responses"].items():
+                    if status[0] in "45" and path not in ("/readyz", "/healthz"):
+                        assert list(answer.get("content", {})) == ["application/problem+json"], (service, path, status)
+                if op.get("security"):
+                    assert "401" in op["responses"], (service, method, path)

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.issuer.api.answers import kept
@@ -32,11 +33,17 @@ def settings(request: Request) -> IssuerSettings:
     return s
 
 
+API_KEY = HTTPBearer(scheme_name="ApiKey", auto_error=False,
+                     description="the tenant's API key (shown once when the tenant is created)")
+
+
 @auth_dependency
-async def current_tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> Tenant:
-    if not authorization or not authorization.lower().startswith("bearer "):
+async def current_tenant(request: Request,
+                         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(API_KEY)] = None,
+                         ) -> Tenant:
+    if credentials is None or not credentials.credentials.strip():
         raise Unauthorized("send the API key as 'Authorization: Bearer <key>'")
-    key = authorization[7:].strip()
+    key = credentials.credentials.strip()
     async with request.app.state.engine.connect() as conn:
         tenant = await authenticate(session=conn, api_key=key)
     if tenant is None:
