@@ -70,6 +70,16 @@ async def issuer(infra: Infra) -> AsyncIterator[RunningIssuer]:
 
 
 @pytest.fixture
+def stack_home() -> Path:
+    """A directory for a test's own `make up` stack: under .test-artifacts/, not the system temp dir. A second
+    pytest session starting on this machine resets /tmp/pytest-of-<user> to mode 0700, and the stack's
+    PostgreSQL (an unprivileged user when the tests run as root) could then no longer reach its files."""
+    home = ARTIFACTS / "stacks" / uuid.uuid4().hex[:10]
+    home.mkdir(parents=True)
+    return home
+
+
+@pytest.fixture
 async def tenant(issuer: RunningIssuer) -> Tenant:
     return await issuer.new_tenant()
 

@@ -123,3 +123,11 @@ idempotency_keys = Table(
 outbox = outbox_table(metadata)
 Index("ix_outbox_unpublished", outbox.c.id, postgresql_where=outbox.c.published_at.is_(None))
 processed_events = processed_events_table(metadata)
+
+# The dashboard's readings (ops/dashboard.py), one row per sample across all issuer replicas, kept for
+# FAPIAO_OPS_HISTORY: the charts survive a restart and every replica shows the same history.
+ops_samples = Table(
+    "ops_samples", metadata,
+    Column("t", DateTime(timezone=True), primary_key=True),
+    Column("point", JSONB, nullable=False),
+)

@@ -173,7 +173,7 @@ class Reconciler:
         async with transaction(self.sessions) as session:
             stats = await service.apply_checks(session=session, seen=seen, policy=self.policy, topics=self.topics,
                                                timezone=s.timezone,
-                                               hot_sweep=((s.sweep_after_confirm, s.sweep_hot_for)
+                                               hot_sweep=((self.hot_interval, s.sweep_hot_for)
                                                           if s.sweep_hot_for else None))
         for kind, n in stats.results.items():
             CHECKS.labels(kind).inc(n)
@@ -219,7 +219,7 @@ class Reconciler:
         async with transaction(self.sessions) as session:
             windows = await service.claim_sweep_windows(session=session, limit=s.sweep_windows_per_round,
                                                         interval=s.sweep_interval,
-                                                        hot_interval=s.sweep_after_confirm)
+                                                        hot_interval=self.hot_interval)
         rechecks = 0
         for w in windows:
             result = await self.sweep_window(w.seller_tax_id, w.issue_date, w.tenant_id)
@@ -249,6 +249,11 @@ class Reconciler:
             log.warning("sweep of %s %s: %d confirmed invoices vanished, %d changed at the tax store",
                         seller, issue_date, result["vanished"], result["changed"])
         return result
+
+    @property
+    def hot_interval(self) -> float:
+        """How often a hot window is swept: never less often than any other window."""
+        return min(self.settings.sweep_after_confirm, self.settings.sweep_interval)
 
     async def run_sweeper(self) -> None:
         await run_rounds("sweep", self.sweep_round, stopping=self._stopping, wake=self._wake_sweeper,

@@ -77,7 +77,7 @@ target = "postgres"
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_make_up_restarts_what_dies_restart_leaves_the_rest_and_a_drill_runs_against_it(tmp_path: Path) -> None:
+def test_make_up_restarts_what_dies_restart_leaves_the_rest_and_a_drill_runs_against_it(stack_home: Path) -> None:
     """`make up` on free ports in a state dir of its own: a kill -9'd service and a kill -9'd broker come back (the
     supervisor, with the restart counted in `status`); `fapiao stack restart` restarts one service while Kafka keeps
     its pid; `fapiao drill run --stack` kills the stack's PostgreSQL, which the supervisor leaves down (held) until
@@ -92,11 +92,11 @@ def test_make_up_restarts_what_dies_restart_leaves_the_rest_and_a_drill_runs_aga
 
     names = ("ISSUER", "SYNC", "RECONCILER", "NOTIFIER", "TAXSTORE", "KAFKA", "KAFKA_CONTROLLER", "PG", "SMTP")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")}
-    env.update({f"FAPIAO_{n}_PORT": str(free_port()) for n in names}, FAPIAO_STACK_DIR=str(tmp_path / "run"))
+    env.update({f"FAPIAO_{n}_PORT": str(free_port()) for n in names}, FAPIAO_STACK_DIR=str(stack_home / "run"))
     stack = [sys.executable, "-m", "fapiao.stack"]
 
     def state() -> dict:
-        return json.loads((tmp_path / "run" / "stack.json").read_text())
+        return json.loads((stack_home / "run" / "stack.json").read_text())
 
     def status() -> str:
         return subprocess.run([*stack, "status"], env=env, capture_output=True, text=True, timeout=60).stdout
@@ -105,7 +105,7 @@ def test_make_up_restarts_what_dies_restart_leaves_the_rest_and_a_drill_runs_aga
         up = subprocess.run([*stack, "up"], env=env, capture_output=True, text=True, timeout=180)
         assert up.returncode == 0, up.stdout + up.stderr
         time.sleep(3)  # the consumers join their groups after readiness
-        for log in sorted((tmp_path / "run" / "logs").glob("*.log")):  # a quiet first start: nothing alarming
+        for log in sorted((stack_home / "run" / "logs").glob("*.log")):  # a quiet first start: nothing alarming
             text = log.read_text(errors="replace")
             assert "ERROR" not in text and "Traceback" not in text, f"{log.name}:\n{text[-3000:]}"
         kafka_pid = state()["processes"]["kafka"]["pid"]
@@ -117,7 +117,8 @@ def test_make_up_restarts_what_dies_restart_leaves_the_rest_and_a_drill_runs_aga
             if now["pid"] != sync["pid"] and http_ready(f"http://127.0.0.1:{now['ports'][0]}"):
                 break
             time.sleep(0.5)
-        assert state()["processes"]["sync"]["restarts"] == 1, (tmp_path / "run" / "logs" / "supervisor.log").read_text()
+        supervisor_log = stack_home / "run" / "logs" / "supervisor.log"
+        assert state()["processes"]["sync"]["restarts"] == 1, supervisor_log.read_text()
         assert "restarts 1" in next(line for line in status().splitlines() if line.startswith("sync"))
         r = subprocess.run([*stack, "restart", "notifier"], env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 and "notifier is ready" in r.stdout, r.stdout + r.stderr
@@ -130,14 +131,14 @@ def test_make_up_restarts_what_dies_restart_leaves_the_rest_and_a_drill_runs_aga
         while time.monotonic() < deadline and (state()["processes"]["kafka"]["pid"] == kafka_pid
                                                or not port_is_open(state()["processes"]["kafka"]["ports"][0])):
             time.sleep(0.5)
-        supervisor_log = (tmp_path / "run" / "logs" / "supervisor.log").read_text()
+        supervisor_log = (stack_home / "run" / "logs" / "supervisor.log").read_text()
         assert state()["processes"]["kafka"]["restarts"] == 1, supervisor_log
         assert "kafka started again" in supervisor_log
 
-        scenario = tmp_path / "pg-on-stack.toml"
+        scenario = stack_home / "pg-on-stack.toml"
         scenario.write_text(STACK_DRILL)
         drill = subprocess.run([sys.executable, "-m", "fapiao.drill.main", "run", "--stack", str(scenario),
-                                "--report-dir", str(tmp_path / "reports"), "--json"],
+                                "--report-dir", str(stack_home / "reports"), "--json"],
                                env=env, capture_output=True, text=True, timeout=240)
         out = drill.stdout + drill.stderr
         assert drill.returncode == 0, out[-4000:]
@@ -147,7 +148,7 @@ def test_make_up_restarts_what_dies_restart_leaves_the_rest_and_a_drill_runs_aga
         assert result["verdict"]["statuses"] == {"confirmed": result["verdict"]["acknowledged"]}
         assert [f["ok"] for f in result["faults"]] == [True, True], result["faults"]
         assert run["where"].startswith("make up stack")
-        supervisor_log = (tmp_path / "run" / "logs" / "supervisor.log").read_text()
+        supervisor_log = (stack_home / "run" / "logs" / "supervisor.log").read_text()
         assert "postgres" not in supervisor_log, supervisor_log  # held down: the drill's start, not the supervisor's
         assert state()["processes"]["postgres"]["restarts"] == 1 and "held" not in state()["processes"]["postgres"]
         assert subprocess.run([*stack, "status"], env=env, capture_output=True, timeout=60).returncode == 0

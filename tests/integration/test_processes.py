@@ -132,14 +132,14 @@ def test_cli_creates_tenants_and_imports_csv_with_row_errors(infra, issuer_url, 
     assert len(listed["items"]) == 1
 
 
-def test_stack_up_is_idempotent_and_down_leaves_nothing(tmp_path):
+def test_stack_up_is_idempotent_and_down_leaves_nothing(stack_home):
     """`make up` / `make down`, on private ports and a private state dir so a real stack is untouched."""
     ports = {"FAPIAO_KAFKA_PORT": free_port(), "FAPIAO_KAFKA_CONTROLLER_PORT": free_port(),
              "FAPIAO_PG_PORT": free_port(), "FAPIAO_ISSUER_PORT": free_port(), "FAPIAO_TAXSTORE_PORT": free_port(),
              "FAPIAO_SYNC_PORT": free_port(), "FAPIAO_RECONCILER_PORT": free_port(),
              "FAPIAO_NOTIFIER_PORT": free_port(), "FAPIAO_SMTP_PORT": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")}
-    env.update({k: str(v) for k, v in ports.items()}, FAPIAO_STACK_DIR=str(tmp_path / "run"))
+    env.update({k: str(v) for k, v in ports.items()}, FAPIAO_STACK_DIR=str(stack_home / "run"))
 
     def stack(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "fapiao.stack", *args], env=env, capture_output=True,
@@ -151,7 +151,7 @@ def test_stack_up_is_idempotent_and_down_leaves_nothing(tmp_path):
         url = f"http://127.0.0.1:{ports['FAPIAO_ISSUER_PORT']}"
         assert url in up.stdout and "API key: fsk_" in up.stdout
         assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
-        key = (tmp_path / "run" / "demo-api-key").read_text().strip()
+        key = (stack_home / "run" / "demo-api-key").read_text().strip()
         doc = factories.invoice("91310115MA1K4DEM05")
         r = httpx.post(f"{url}/v1/invoices", json=doc, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 201, r.text
@@ -171,7 +171,7 @@ def test_stack_up_is_idempotent_and_down_leaves_nothing(tmp_path):
         assert f"http://127.0.0.1:{ports['FAPIAO_NOTIFIER_PORT']}" in up.stdout
         # The operators' dashboard, and the figures behind it for the stack's own admin token.
         assert f"{url}/ops" in up.stdout and httpx.get(f"{url}/ops", timeout=5).status_code == 200
-        admin = {"Authorization": f"Bearer {(tmp_path / 'run' / 'admin-token').read_text().strip()}"}
+        admin = {"Authorization": f"Bearer {(stack_home / 'run' / 'admin-token').read_text().strip()}"}
         overview = httpx.get(f"{url}/ops/api/overview", headers=admin, timeout=10).json()
         assert all(svc["ready"] for svc in overview["services"]), overview["services"]
         assert overview["faults"]["outage"] is False and overview["counts"]["confirmed"] >= 1
@@ -182,7 +182,7 @@ def test_stack_up_is_idempotent_and_down_leaves_nothing(tmp_path):
         ping = httpx.post(f"{url}/v1/subscriptions/{sub.json()['id']}/ping",
                           headers={"Authorization": f"Bearer {key}"}, timeout=10)
         assert ping.status_code == 202, ping.text
-        mail_dir = tmp_path / "run" / "mail"
+        mail_dir = stack_home / "run" / "mail"
         assert str(mail_dir) in up.stdout
         deadline = time.monotonic() + 20
         while not list(mail_dir.glob("*.eml")) and time.monotonic() < deadline:
@@ -192,7 +192,7 @@ def test_stack_up_is_idempotent_and_down_leaves_nothing(tmp_path):
         again = stack("up")
         assert again.returncode == 0 and "already running" in again.stdout and key in again.stdout
         assert stack("status").returncode == 0
-        state = json.loads((tmp_path / "run" / "stack.json").read_text())
+        state = json.loads((stack_home / "run" / "stack.json").read_text())
         pids = [p["pid"] for p in state["processes"].values()]
         assert set(state["processes"]) == {"kafka", "postgres", "mailsink", "issuer", "taxstore", "sync",
                                              "reconciler", "notifier", "supervisor"}
@@ -207,14 +207,14 @@ def test_stack_up_is_idempotent_and_down_leaves_nothing(tmp_path):
     assert stack("status").returncode == 3
 
 
-def test_stack_up_puts_exported_secrets_in_force_and_rewrites_the_files(tmp_path):
+def test_stack_up_puts_exported_secrets_in_force_and_rewrites_the_files(stack_home):
     """FAPIAO_ADMIN_TOKEN and FAPIAO_SECRETS_KEY exported before `make up` win over what an earlier run left in
     .run/ (and over generating new ones): the services run with them, and the files are rewritten to match."""
     ports = {name: free_port() for name in (
         "FAPIAO_KAFKA_PORT", "FAPIAO_KAFKA_CONTROLLER_PORT", "FAPIAO_PG_PORT", "FAPIAO_ISSUER_PORT",
         "FAPIAO_TAXSTORE_PORT", "FAPIAO_SYNC_PORT", "FAPIAO_RECONCILER_PORT", "FAPIAO_NOTIFIER_PORT",
         "FAPIAO_SMTP_PORT")}
-    run = tmp_path / "run"
+    run = stack_home / "run"
     run.mkdir()
     (run / "admin-token").write_text("token-of-an-earlier-run-" + "0" * 20 + "\n")
     (run / "secrets-key").write_text("key-of-an-earlier-run-" + "0" * 32 + "\n")

@@ -8,7 +8,8 @@ outage's end can only come from the health read noticing the store is back (serv
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from tests.harness import (
     RunningIssuer,
     ServiceProcess,
     eventually,
+    fresh_database,
     issuer_settings,
     process_env,
     running_issuer,
@@ -37,11 +39,16 @@ async def issuer(infra) -> AsyncIterator[RunningIssuer]:  # type: ignore[no-unty
 
 
 @pytest.fixture(scope="module")
-def slow_breaker_processes(infra, issuer: RunningIssuer,  # type: ignore[no-untyped-def]
-                           ) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
-    taxstore = service_process("taxstore", infra, env=process_env(infra, FAPIAO_REQUIRE_REGISTRATION="true"))
+async def slow_breaker_processes(infra, issuer: RunningIssuer,  # type: ignore[no-untyped-def]
+                                 ) -> AsyncIterator[tuple[ServiceProcess, ServiceProcess]]:
+    # A database of their own: two sync services on one `sync` schema take each other's due rows (the session's
+    # would submit these invoices to its own store, with its closed circuit).
+    database = await fresh_database(infra, f"outage_end_{uuid.uuid4().hex[:8]}")
+    taxstore = service_process("taxstore", infra, env=process_env(
+        infra, FAPIAO_DATABASE_URL=database, FAPIAO_REQUIRE_REGISTRATION="true"))
     sync = service_process("sync", infra, env=process_env(
-        infra, FAPIAO_TOPIC_PREFIX=issuer.settings.topic_prefix, FAPIAO_TAXSTORE_URL=taxstore.url,
+        infra, FAPIAO_DATABASE_URL=database, FAPIAO_TOPIC_PREFIX=issuer.settings.topic_prefix,
+        FAPIAO_TAXSTORE_URL=taxstore.url,
         **{**SYNC_ENV, "FAPIAO_BREAKER_BASE": "60", "FAPIAO_BREAKER_CAP": "60", "FAPIAO_BREAKER_THRESHOLD": "2",
            "FAPIAO_BREAKER_HEALTH_INTERVAL": "0.3"}))
     procs = (taxstore, sync)

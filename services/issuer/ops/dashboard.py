@@ -2,10 +2,11 @@
 it reads at /ops/api (admin token).
 
 A sampler takes a reading every FAPIAO_OPS_SAMPLE_INTERVAL seconds and keeps the last FAPIAO_OPS_HISTORY
-seconds of them in memory, so that the page's charts (sync lag, end-to-end latency, unconfirmed and stuck
-invoices) have a history as soon as the page opens: consumer-group lag and dead-letter counts from the broker,
-gaps, stuck invoices and confirmation latency from the reconciler, counts from the issuer's own ledger. Each
-issuer replica keeps its own history.
+seconds of them in table `issuer.ops_samples`, so that the page's charts (invoices waiting, consumer lag,
+end-to-end latency, unconfirmed and stuck invoices) have a history as soon as the page opens, after a restart too:
+consumer-group lag and dead-letter counts from the broker, gaps, stuck invoices and confirmation latency from the
+reconciler, counts and the invoices waiting by stage from the issuer's own ledger. Issuer replicas share the table:
+a replica skips its reading when another one has just taken one, so there is one history.
 
 Dead letters are counted per original record, not per copy: every consumer group that gives up on a record
 writes its own copy (20 bad events on invoice.events.v1 are 40 copies, one per group), so the figure is the
@@ -20,6 +21,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,13 +29,17 @@ import httpx
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import Gauge
+from sqlalchemy import delete, literal, select
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.issuer import models as m
 from services.issuer.ops.figures import ops_figures
 from services.issuer.ops.waiting import waiting
 from services.issuer.settings import IssuerSettings
 from shared.consumers import ALL_GROUPS
-from shared.db import transaction
+from shared.db import database_unavailable, transaction
 from shared.http import require_admin
 from shared.kafka import DeadLetterCount, OffsetReader
 from shared.loops import run_rounds
@@ -165,7 +171,32 @@ class OpsSampler:
         self.series.append(point)
         self.latest = {"point": point, "reconciler": recon, "errors": {"kafka": kafka_error,
                                                                        "reconciler": recon_error}}
+        await self._keep(point)
         return False
+
+    async def _keep(self, point: dict[str, Any]) -> None:
+        """Into the shared history, unless another replica took a reading within half an interval; old ones out."""
+        s = m.ops_samples
+        half = timedelta(seconds=self.settings.ops_sample_interval / 2)
+        now = datetime.fromtimestamp(point["t"], UTC)
+        async with transaction(self.sessions) as session:
+            recent = select(s.c.t).where(s.c.t > now - half, s.c.t < now + half).exists()
+            await session.execute(pg_insert(s).from_select(
+                ["t", "point"], select(literal(now), literal(point, JSONB)).where(~recent)).on_conflict_do_nothing())
+            await session.execute(delete(s).where(s.c.t < now - timedelta(seconds=self.settings.ops_history)))
+
+    async def history(self) -> list[dict[str, Any]]:
+        """The shared history, oldest first; this replica's own readings when the database cannot be read."""
+        s = m.ops_samples
+        since = datetime.now(UTC) - timedelta(seconds=self.settings.ops_history)
+        try:
+            async with transaction(self.sessions) as session:
+                return list((await session.execute(select(s.c.point).where(s.c.t >= since).order_by(s.c.t)
+                                                   .limit(self.series.maxlen or 10_000))).scalars())
+        except Exception as exc:
+            if database_unavailable(exc) is None:
+                raise
+            return list(self.series)
 
 
 # --- HTTP --------------------------------------------------------------------------------------------------
@@ -226,7 +257,7 @@ async def overview(request: Request, tenant_id: uuid.UUID | None = None,
         "stuck": [{**asdict(x), "id": str(x.id)} for x in figures.stuck],
         "tenants": [{"id": str(t.id), "name": t.name, "tax_id": t.tax_id} for t in figures.tenants],
         "pipeline": latest.get("point"), "errors": latest.get("errors"),
-        "series": list(sampler.series) if sampler else [],
+        "series": await sampler.history() if sampler else [],
         "sample_interval_seconds": s.ops_sample_interval,
         "gaps": recon.get("gaps", []), "reconciler": {k: recon.get(k) for k in (
             "unconfirmed", "stuck", "oldest_unconfirmed_seconds", "confirmation_latency", "policy", "last_round")},
