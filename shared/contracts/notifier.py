@@ -56,6 +56,15 @@ Kinds = Annotated[list[Kind], Field(max_length=len(KINDS)), AfterValidator(_uniq
 class SubscriptionCreate(_Strict):
     """A webhook (`url`) or an e-mail (`emails`) subscription; `missing_fields` says what the channel lacks."""
 
+    # What field_problems() checks, said in the schema too, so the document is as strict as the validator: a
+    # webhook has a url and no emails, an e-mail subscription has emails and no url.
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"properties": {"channel": {"const": "webhook"}, "url": {"type": "string"}, "emails": {"type": "null"}},
+         "required": ["url"]},
+        {"properties": {"channel": {"const": "email"}, "emails": {"type": "array"}, "url": {"type": "null"}},
+         "required": ["emails"]},
+    ]})
+
     channel: Literal["webhook", "email"]
     url: Annotated[str, StringConstraints(min_length=8, max_length=2000)] | None = None
     emails: Annotated[list[Email], Field(min_length=1, max_length=20)] | None = None

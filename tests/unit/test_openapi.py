@@ -108,3 +108,26 @@ def test_errors_are_documented_as_problem_json_with_the_bearer_schemes(documents
                         assert list(answer.get("content", {})) == ["application/problem+json"], (service, path, status)
                 if op.get("security"):
                     assert "401" in op["responses"], (service, method, path)
+
+
+@pytest.mark.parametrize(("body", "valid"), [
+    ({"channel": "webhook", "url": "https://erp.example.com/hooks/fapiao"}, True),
+    ({"channel": "email", "emails": ["finance@example.com"]}, True),
+    ({"channel": "email", "emails": ["finance@example.com"], "url": None}, True),
+    ({"channel": "email"}, False),
+    ({"channel": "webhook"}, False),
+    ({"channel": "webhook", "url": "https://erp.example.com/h", "emails": ["finance@example.com"]}, False),
+    ({"channel": "email", "emails": ["finance@example.com"], "url": "https://erp.example.com/h"}, False),
+])
+def test_the_subscription_schema_refuses_what_the_validator_refuses(documents: dict[str, dict], body: dict,
+                                                                    valid: bool) -> None:
+    """Schemathesis found the schema accepting {"channel": "email"}, which the service then refused."""
+    import jsonschema
+
+    from shared.contracts.notifier import SubscriptionCreate
+
+    doc = documents["issuer"]
+    schema = {"$ref": "#/components/schemas/SubscriptionCreate", "components": doc["components"]}
+    by_schema = jsonschema.Draft202012Validator(schema).is_valid(body)
+    by_validator = not SubscriptionCreate.model_validate(body).field_problems()
+    assert by_schema is valid and by_validator is valid, (body, by_schema, by_validator)
