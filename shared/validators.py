@@ -11,8 +11,8 @@ from shared.errors import FieldError, ValidationFailed
 from shared.money import parse_amount, parse_decimal
 
 __all__ = [
-    "FIRST_MONTH", "LAST_MONTH", "MONTH_RULE", "amount_text", "clean_text", "decimal_text", "must_be_string",
-    "parse_month",
+    "FIRST_MONTH", "LAST_MONTH", "MONTH_PATTERN", "MONTH_RULE", "amount_text", "clean_text", "decimal_text",
+    "must_be_string", "parse_month",
 ]
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -50,6 +50,8 @@ def decimal_text(value: str) -> str:
 FIRST_MONTH = date(2000, 1, 1)
 LAST_MONTH = date(2099, 12, 1)
 _MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")  # ASCII digits only (\d would take full-width ones)
+MONTH_PATTERN = r"^20[0-9]{2}-(0[1-9]|1[0-2])$"
+"""What parse_month accepts, as a JSON-schema pattern for the OpenAPI documents."""
 MONTH_RULE = f"must be a calendar month as YYYY-MM from {FIRST_MONTH:%Y-%m} to {LAST_MONTH:%Y-%m}, e.g. 2026-11"
 
 

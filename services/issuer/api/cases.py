@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,7 +13,7 @@ from services.issuer.api.deps import ReconcilerDep, ScheduleDep, SessionDep, Ten
 from services.issuer.invoices import cases
 from services.issuer.schemas import CaseRequest
 from shared.contracts.cases import CaseStatus
-from shared.validators import parse_month
+from shared.validators import MONTH_PATTERN, parse_month
 
 __all__ = ["router"]
 
@@ -61,7 +61,8 @@ async def list_cases(tenant: TenantDep, rec: ReconcilerDep, q: Annotated[_CaseFi
 
 @router.get("/summaries/{month}",
             responses={422: {"description": "Not a month from 2000-01 to 2099-12 (YYYY-MM)"}, **_RECONCILER_DOWN})
-async def get_summary(month: str, tenant: TenantDep, rec: ReconcilerDep) -> dict[str, Any]:
+async def get_summary(month: Annotated[str, Path(json_schema_extra={"pattern": MONTH_PATTERN})], tenant: TenantDep,
+                      rec: ReconcilerDep) -> dict[str, Any]:
     """The month's reconciliation for this seller: issued, confirmed, gaps, stuck, cases."""
     parse_month(month)  # the reconciler and the CLI check months with the same function
     return await rec.summary(seller_tax_id=tenant.tax_id, month=month)

@@ -66,6 +66,9 @@ async def import_csv(request: Request, tenant: TenantDep, session: SessionDep, r
                                                         importing.file_hash(raw))))
 
 
+AMOUNT_FILTER = r"^-?[0-9]{1,12}(\.[0-9]{2})?$"
+
+
 class _Filters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status: Status | None = None
@@ -73,8 +76,9 @@ class _Filters(BaseModel):
     buyer_tax_id: str | None = Field(default=None, max_length=18)
     issued_from: date | None = None
     issued_to: date | None = None
-    min_total: str | None = None
-    max_total: str | None = None
+    # The schema says what _amount_filter takes (its own words on a mismatch stay the 422's reason).
+    min_total: str | None = Field(default=None, json_schema_extra={"pattern": AMOUNT_FILTER})
+    max_total: str | None = Field(default=None, json_schema_extra={"pattern": AMOUNT_FILTER})
     cursor: str | None = Field(default=None, max_length=100)
     limit: int = Field(default=50, ge=1, le=200)
 
