@@ -9,7 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from services.notifier import service
+from services.notifier import deliveries, history, mutes, subscriptions
+from services.notifier.mutes import Muted
 from shared.contracts.cases import is_case_no
 from shared.contracts.notifier import HistoryFilters, RotateSecret, SubscriptionCreate, SubscriptionPatch
 from shared.db import transaction
@@ -43,20 +44,20 @@ async def create_subscription(request: Request, tenant_id: str, body: Subscripti
     """A webhook (URL; the signing secret is in this answer only) or e-mail (addresses) subscription."""
     st = _st(request)
     async with transaction(st.sessions) as session:
-        return await service.create_subscription(session=session, tenant_id=_tenant(tenant_id), body=body,
+        return await subscriptions.create_subscription(session=session, tenant_id=_tenant(tenant_id), body=body,
                                                  policy=st.policy, box=st.box)
 
 
 @router.get("/tenants/{tenant_id}/subscriptions")
 async def list_subscriptions(request: Request, tenant_id: str) -> dict[str, Any]:
     async with transaction(_st(request).sessions) as session:
-        return {"items": await service.list_subscriptions(session=session, tenant_id=_tenant(tenant_id))}
+        return {"items": await subscriptions.list_subscriptions(session=session, tenant_id=_tenant(tenant_id))}
 
 
 @router.get("/tenants/{tenant_id}/subscriptions/{subscription_id}")
 async def get_subscription(request: Request, tenant_id: str, subscription_id: str) -> dict[str, Any]:
     async with transaction(_st(request).sessions) as session:
-        return await service.get_subscription(session=session, tenant_id=_tenant(tenant_id),
+        return await subscriptions.get_subscription(session=session, tenant_id=_tenant(tenant_id),
                                               subscription_id=subscription_id)
 
 
@@ -65,14 +66,14 @@ async def update_subscription(request: Request, tenant_id: str, subscription_id:
                               body: SubscriptionPatch) -> dict[str, Any]:
     st = _st(request)
     async with transaction(st.sessions) as session:
-        return await service.update_subscription(session=session, tenant_id=_tenant(tenant_id),
+        return await subscriptions.update_subscription(session=session, tenant_id=_tenant(tenant_id),
                                                  subscription_id=subscription_id, patch=body, policy=st.policy)
 
 
 @router.delete("/tenants/{tenant_id}/subscriptions/{subscription_id}", status_code=204)
 async def delete_subscription(request: Request, tenant_id: str, subscription_id: str) -> Response:
     async with transaction(_st(request).sessions) as session:
-        await service.delete_subscription(session=session, tenant_id=_tenant(tenant_id),
+        await subscriptions.delete_subscription(session=session, tenant_id=_tenant(tenant_id),
                                           subscription_id=subscription_id)
     return Response(status_code=204)
 
@@ -83,7 +84,7 @@ async def rotate_secret(request: Request, tenant_id: str, subscription_id: str,
     """A new signing secret (shown once); the old one also signs until the overlap ends."""
     st = _st(request)
     async with transaction(st.sessions) as session:
-        return await service.rotate_secret(session=session, tenant_id=_tenant(tenant_id),
+        return await subscriptions.rotate_secret(session=session, tenant_id=_tenant(tenant_id),
                                            subscription_id=subscription_id,
                                            overlap_seconds=(body or RotateSecret()).overlap_seconds, box=st.box)
 
@@ -92,7 +93,7 @@ async def rotate_secret(request: Request, tenant_id: str, subscription_id: str,
 async def ping(request: Request, tenant_id: str, subscription_id: str) -> dict[str, Any]:
     """Send a signed test message to this subscription now."""
     async with transaction(_st(request).sessions) as session:
-        out = await service.send_ping(session=session, tenant_id=_tenant(tenant_id), subscription_id=subscription_id)
+        out = await deliveries.send_ping(session=session, tenant_id=_tenant(tenant_id), subscription_id=subscription_id)
     _wake(request)
     return out
 
@@ -104,7 +105,7 @@ async def list_notifications(request: Request, tenant_id: str,
                              q: Annotated[HistoryFilters, Query()]) -> dict[str, Any]:
     """Newest first; pass `next_cursor` back as `cursor` for the next page."""
     async with transaction(_st(request).sessions) as session:
-        items, next_cursor = await service.list_deliveries(
+        items, next_cursor = await history.list_deliveries(
             session=session, tenant_id=_tenant(tenant_id), invoice_id=q.invoice_id, status=q.status, limit=q.limit,
             cursor=q.cursor)
     return {"items": items, "next_cursor": next_cursor}
@@ -113,14 +114,14 @@ async def list_notifications(request: Request, tenant_id: str,
 @router.get("/tenants/{tenant_id}/notifications/{delivery_id}")
 async def get_notification(request: Request, tenant_id: str, delivery_id: str) -> dict[str, Any]:
     async with transaction(_st(request).sessions) as session:
-        return await service.get_delivery(session=session, tenant_id=_tenant(tenant_id), delivery_id=delivery_id)
+        return await history.get_delivery(session=session, tenant_id=_tenant(tenant_id), delivery_id=delivery_id)
 
 
 @router.post("/tenants/{tenant_id}/notifications/{delivery_id}/retry")
 async def retry_notification(request: Request, tenant_id: str, delivery_id: str) -> dict[str, Any]:
     """Start an exhausted notification's attempts again."""
     async with transaction(_st(request).sessions) as session:
-        out = await service.requeue_delivery(session=session, tenant_id=_tenant(tenant_id), delivery_id=delivery_id)
+        out = await history.requeue_delivery(session=session, tenant_id=_tenant(tenant_id), delivery_id=delivery_id)
     _wake(request)
     return out
 
@@ -141,18 +142,23 @@ def _mute_target(invoice_id: str | None, case_no: str | None) -> dict[str, Any]:
 @router.get("/tenants/{tenant_id}/mutes")
 async def list_mutes(request: Request, tenant_id: str) -> dict[str, Any]:
     async with transaction(_st(request).sessions) as session:
-        return {"items": await service.list_mutes(session=session, tenant_id=_tenant(tenant_id))}
+        return {"items": await mutes.list_mutes(session=session, tenant_id=_tenant(tenant_id))}
 
 
 async def _mute(request: Request, tenant_id: str, target: dict[str, Any]) -> JSONResponse:
     async with transaction(_st(request).sessions) as session:
-        view, created = await service.mute(session=session, tenant_id=_tenant(tenant_id), **target)
-    return JSONResponse(view, status_code=201 if created else 200)
+        muted = await mutes.mute(session=session, tenant_id=_tenant(tenant_id), **target)
+    return _muted(muted)
+
+
+def _muted(outcome: Muted) -> JSONResponse:
+    """Muting, in HTTP: 201 muted now, 200 muted already."""
+    return JSONResponse(outcome.mute, status_code=201 if outcome.created else 200)
 
 
 async def _unmute(request: Request, tenant_id: str, target: dict[str, Any]) -> Response:
     async with transaction(_st(request).sessions) as session:
-        await service.unmute(session=session, tenant_id=_tenant(tenant_id), **target)
+        await mutes.unmute(session=session, tenant_id=_tenant(tenant_id), **target)
     return Response(status_code=204)
 
 
@@ -184,7 +190,7 @@ async def status(request: Request) -> dict[str, Any]:
     """Queues (pending, retrying, oldest), waiting digest items, and the delivery settings."""
     st = _st(request)
     async with transaction(st.sessions) as session:
-        report = await service.queue_report(session=session)
+        report = await deliveries.queue_report(session=session)
     s = st.settings
     return {**report, "settings": {
         "digest_window_seconds": s.digest_window, "remind_after_seconds": s.remind_after,
@@ -198,18 +204,18 @@ async def alerts(request: Request, tenant_id: uuid.UUID | None = None,
                  limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
     """The latest alerts (all tenants, or one) and, per subscription, whether they went out."""
     async with transaction(_st(request).sessions) as session:
-        return {"items": await service.recent_alerts(session=session, tenant_id=tenant_id, limit=limit)}
+        return {"items": await history.recent_alerts(session=session, tenant_id=tenant_id, limit=limit)}
 
 
 @router.get("/notifications/{delivery_id}")
 async def any_notification(request: Request, delivery_id: str) -> dict[str, Any]:
     async with transaction(_st(request).sessions) as session:
-        return await service.get_delivery(session=session, tenant_id=None, delivery_id=delivery_id)
+        return await history.get_delivery(session=session, tenant_id=None, delivery_id=delivery_id)
 
 
 @router.post("/notifications/{delivery_id}/retry")
 async def any_retry(request: Request, delivery_id: str) -> dict[str, Any]:
     async with transaction(_st(request).sessions) as session:
-        out = await service.requeue_delivery(session=session, tenant_id=None, delivery_id=delivery_id)
+        out = await history.requeue_delivery(session=session, tenant_id=None, delivery_id=delivery_id)
     _wake(request)
     return out

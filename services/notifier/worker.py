@@ -14,8 +14,9 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.notifier import service
+from services.notifier import deliveries, digests, intake, reminders
 from services.notifier.channels import Mailer, Outcome, WebhookSender
+from services.notifier.deliveries import Claimed, msg_id
 from services.notifier.messages import build_email, webhook_payload
 from services.notifier.metrics import (
     ALERTS,
@@ -100,7 +101,7 @@ class Notifier:
     async def take_in(self, items: list[Received[Any]]) -> None:
         async with transaction(self.sessions) as session:
             done = await self.handlers.dispatch(session, items)
-        stats: service.Intake | None = done.get(self._intake)
+        stats: intake.Intake | None = done.get(self._intake)
         if stats is None:
             return
         for kind, n in stats.new.items():
@@ -110,22 +111,22 @@ class Notifier:
         if stats.items:
             self._wake_batcher.set()
 
-    async def _intake(self, session: AsyncSession, items: list[Received[AlertRaised]]) -> service.Intake:
-        return await service.intake_alerts(session=session, alerts=[(i.envelope.type, i.event) for i in items],
-                                           remind_after=self.settings.remind_after)
+    async def _intake(self, session: AsyncSession, items: list[Received[AlertRaised]]) -> intake.Intake:
+        return await intake.intake_alerts(session=session, alerts=[(i.envelope.type, i.event) for i in items],
+                                          remind_after=self.settings.remind_after)
 
     # --- grouping ------------------------------------------------------------------------------------
 
     async def batch_round(self) -> bool:
         async with transaction(self.sessions) as session:
-            created = await service.batch_due(session=session, window=self.settings.digest_window)
+            created = await digests.batch_due(session=session, window=self.settings.digest_window)
         if created:
             self._wake_sender.set()
         return created >= 100
 
     async def remind_round(self) -> bool:
         async with transaction(self.sessions) as session:
-            stats = await service.due_reminders(session=session, remind_after=self.settings.remind_after, limit=200)
+            stats = await reminders.due_reminders(session=session, remind_after=self.settings.remind_after, limit=200)
         for kind, n in stats.new.items():
             ALERTS.labels(kind, "new").inc(n)
         if stats.items:
@@ -137,18 +138,18 @@ class Notifier:
     async def send_round(self) -> bool:
         s = self.settings
         async with transaction(self.sessions) as session:
-            claimed = await service.claim_deliveries(session=session, limit=s.deliver_concurrency * 4,
-                                                     lease_seconds=s.delivery_lease, box=self.box)
+            claimed = await deliveries.claim_deliveries(session=session, limit=s.deliver_concurrency * 4,
+                                                        lease_seconds=s.delivery_lease, box=self.box)
         if not claimed:
             return False
         await asyncio.gather(*(self._deliver(d) for d in claimed))
         return len(claimed) >= s.deliver_concurrency * 4
 
-    async def _deliver(self, d: service.Claimed) -> None:
+    async def _deliver(self, d: Claimed) -> None:
         s = self.settings
         if not d.usable:
             async with transaction(self.sessions) as session:
-                await service.cancel(session=session, delivery=d, reason="the subscription is inactive or deleted")
+                await deliveries.cancel(session=session, delivery=d, reason="the subscription is inactive or deleted")
             DELIVERIES.labels(d.channel, "cancelled").inc()
             return
         async with self._slots:
@@ -156,7 +157,7 @@ class Notifier:
             outcome = await self._send(d)
             ATTEMPT_DURATION.labels(d.channel).observe(time.perf_counter() - started)
         async with transaction(self.sessions) as session:
-            result = await service.record_attempt(
+            result = await deliveries.record_attempt(
                 session=session, delivery=d, ok=outcome.ok, status_code=outcome.status_code,
                 latency_ms=outcome.latency_ms, error=outcome.error, permanent=outcome.permanent,
                 max_attempts=s.max_attempts, retry_base=s.retry_base, retry_cap=s.retry_cap,
@@ -170,7 +171,7 @@ class Notifier:
             log.warning("delivery %s (%s) exhausted after %d attempts: %s", d.id, d.channel, d.attempts + 1,
                         outcome.error)
 
-    async def _send(self, d: service.Claimed) -> Outcome:
+    async def _send(self, d: Claimed) -> Outcome:
         s = self.settings
         created = d.created_at.isoformat()
         if d.channel == "webhook":
@@ -180,17 +181,17 @@ class Notifier:
             payload = webhook_payload(kind=d.kind, alerts=d.alerts, created_at=created,
                                       issuer_url=s.issuer_public_url)
             body = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)  # the same bytes on every retry
-            return await self.webhooks.send(url=d.url or "", msg_id=service.msg_id(d.id), body=body,
+            return await self.webhooks.send(url=d.url or "", msg_id=msg_id(d.id), body=body,
                                             secrets=d.secrets)
         message = build_email(kind=d.kind, alerts=d.alerts, sender=s.smtp_from, recipients=d.emails,
-                              message_id=service.msg_id(d.id), issuer_url=s.issuer_public_url)
+                              message_id=msg_id(d.id), issuer_url=s.issuer_public_url)
         return await self.mailer.send(message, d.emails)
 
     # --- metrics -------------------------------------------------------------------------------------
 
     async def refresh_metrics(self) -> bool:
         async with transaction(self.sessions) as session:
-            report = await service.queue_report(session=session)
+            report = await deliveries.queue_report(session=session)
         for channel in ("webhook", "email"):
             PENDING.labels(channel).set(report["pending"].get(channel, 0))
             RETRY_QUEUE.labels(channel).set(report["retrying"].get(channel, 0))

@@ -4,13 +4,13 @@ and summary endpoints with its admin token). Everything here sits behind the adm
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from services.reconciler import service
+from services.reconciler import cases, invoices, reports, selfcheck, sweeps
+from services.reconciler.cases import CaseOpened, CaseRefused
 from services.reconciler.metrics import RESTATEMENTS
 from services.reconciler.rules import Policy
 from services.reconciler.store import StoreUnavailable, StoreView
@@ -25,7 +25,7 @@ from shared.contracts.reconciler import (
     Restated,
 )
 from shared.db import transaction
-from shared.errors import NotFound, ServiceUnavailable
+from shared.errors import Conflict, NotFound, ServiceUnavailable
 from shared.http import require_admin
 from shared.validators import parse_month
 
@@ -48,14 +48,14 @@ async def status(request: Request) -> dict[str, Any]:
     """The ledger by state, cases by status, the gaps by kind and age, and the last check round."""
     st = _state(request)
     async with transaction(st.sessions) as session:
-        counts = await service.status_counts(session=session)
-        gaps = await service.gap_report(session=session)
+        counts = await reports.status_counts(session=session)
+        gaps = await reports.gap_report(session=session)
     rec = st.reconciler
     return {
         **counts,
-        "gaps": [{"kind": k, "age": a, "count": n} for (k, a), n in sorted(gaps["by_kind_age"].items())],
-        "unconfirmed": gaps["unconfirmed"], "stuck": gaps["stuck"],
-        "oldest_unconfirmed_seconds": round(gaps["oldest_unconfirmed_seconds"], 3),
+        "gaps": [{"kind": k, "age": a, "count": n} for (k, a), n in sorted(gaps.by_kind_age.items())],
+        "unconfirmed": gaps.unconfirmed, "stuck": gaps.stuck,
+        "oldest_unconfirmed_seconds": round(gaps.oldest_unconfirmed_seconds, 3),
         "last_round": rec.last_round if rec else None,
         "confirmation_latency": rec.confirmation_latency() if rec else None,
         "taxstore": {"url": st.settings.taxstore_url, "last_error": rec.last_store_error if rec else None},
@@ -68,13 +68,13 @@ async def status(request: Request) -> dict[str, Any]:
 async def gaps(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     """The oldest unconfirmed invoices: state, gap kind, resyncs, case, last error, next check."""
     async with transaction(_state(request).sessions) as session:
-        return {"items": await service.list_unconfirmed(session=session, limit=limit)}
+        return {"items": await reports.list_unconfirmed(session=session, limit=limit)}
 
 
 @router.get("/invoices/{invoice_id}")
 async def invoice(request: Request, invoice_id: str) -> dict[str, Any]:
     async with transaction(_state(request).sessions) as session:
-        return await service.get_invoice(session=session, invoice_id=_uuid(invoice_id, "invoice"))
+        return await invoices.get_invoice(session=session, invoice_id=_uuid(invoice_id, "invoice"))
 
 
 @router.post("/invoices/{invoice_id}/check", status_code=202)
@@ -82,7 +82,7 @@ async def check(request: Request, invoice_id: str) -> dict[str, Any]:
     """Check this invoice at the tax store now."""
     st = _state(request)
     async with transaction(st.sessions) as session:
-        out = await service.request_check(session=session, invoice_id=_uuid(invoice_id, "invoice"), by="admin")
+        out = await invoices.request_check(session=session, invoice_id=_uuid(invoice_id, "invoice"), by="admin")
     if st.reconciler:
         st.reconciler.wake_checker()
     return out
@@ -94,9 +94,8 @@ async def resync(request: Request, invoice_id: str) -> dict[str, Any]:
     """Have the sync service resubmit this invoice now (reading back first), then check it again."""
     st = _state(request)
     async with transaction(st.sessions) as session:
-        out = await service.request_resync(session=session, invoice_id=_uuid(invoice_id, "invoice"),
-                                           policy=Policy.of(st.settings),
-                                           topics=st.reconciler_topics)
+        out = await invoices.request_resync(session=session, invoice_id=_uuid(invoice_id, "invoice"),
+                                            policy=Policy.of(st.settings), topics=st.reconciler_topics)
     if st.reconciler:
         st.reconciler.wake_checker()
     return out
@@ -109,12 +108,23 @@ async def open_case(request: Request, body: CaseOpen) -> JSONResponse:
     """Open a case for an invoice (or return its open case) and check the tax store now."""
     st = _state(request)
     async with transaction(st.sessions) as session:
-        case, created = await service.open_case(
+        outcome = await cases.open_case(
             session=session, invoice_id=body.invoice_id, tenant_id=body.tenant_id, seller_tax_id=body.seller_tax_id,
             number=body.number, note=body.note, topics=st.reconciler_topics, timezone=st.settings.timezone)
-    if st.reconciler:
+    if isinstance(outcome, CaseOpened) and st.reconciler:
         st.reconciler.wake_checker()
-    return JSONResponse(CaseDetail.model_validate(case).model_dump(mode="json"), status_code=201 if created else 200)
+    return _opened(outcome)
+
+
+def _opened(outcome: CaseOpened | CaseRefused) -> JSONResponse:
+    """Opening a case, in HTTP: 201 opened now, 200 open already, 409 nothing to look for."""
+    match outcome:
+        case CaseOpened(case, opened):
+            return JSONResponse(CaseDetail.model_validate(case).model_dump(mode="json"),
+                                status_code=201 if opened else 200)
+        case CaseRefused(state, last_error):
+            raise Conflict(f"the invoice is {state}" + (f": {last_error}" if state == "rejected" else "")
+                           + "; there is nothing to look for at the authority", extra={"invoice_state": state})
 
 
 @router.get("/cases/{case_no}", response_model=CaseDetail)
@@ -122,14 +132,14 @@ async def get_case(request: Request, case_no: str) -> dict[str, Any]:
     if not is_case_no(case_no):
         raise NotFound(f"no case {case_no}")
     async with transaction(_state(request).sessions) as session:
-        return await service.get_case(session=session, case_no=case_no)
+        return await cases.get_case(session=session, case_no=case_no)
 
 
 @router.get("/cases", response_model=CaseList)
 async def list_cases(request: Request, tenant_id: uuid.UUID | None = None, status: CaseStatus | None = None,
                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     async with transaction(_state(request).sessions) as session:
-        return {"items": await service.list_cases(session=session, tenant_id=tenant_id, status=status, limit=limit)}
+        return {"items": await cases.list_cases(session=session, tenant_id=tenant_id, status=status, limit=limit)}
 
 
 @router.get("/summary")
@@ -138,7 +148,7 @@ async def summary(request: Request, seller_tax_id: Annotated[str, Query(min_leng
     """发票汇总确认: one seller's month here vs. at the tax store, with every difference."""
     first = parse_month(month)  # the issuer and the CLI check months with the same function
     st = _state(request)
-    last = (first.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+    last = reports.month_end(first)
     store: list[StoreView] = []
     try:
         async for page in st.reader.listing(seller_tax_id.upper(), first, last):
@@ -146,7 +156,7 @@ async def summary(request: Request, seller_tax_id: Annotated[str, Query(min_leng
     except StoreUnavailable as exc:
         raise ServiceUnavailable(f"the tax store cannot be read right now ({exc}); retry shortly") from None
     async with transaction(st.sessions) as session:
-        return await service.month_summary(session=session, seller_tax_id=seller_tax_id.upper(), month=first,
+        return await reports.month_summary(session=session, seller_tax_id=seller_tax_id.upper(), month=first,
                                            store=store)
 
 
@@ -155,7 +165,7 @@ async def sweep(request: Request, seller_tax_id: Annotated[str | None, Query(max
     """Sweep every window (of one seller) now instead of at its turn."""
     st = _state(request)
     async with transaction(st.sessions) as session:
-        n = await service.sweep_now(session=session, seller_tax_id=seller_tax_id)
+        n = await sweeps.sweep_now(session=session, seller_tax_id=seller_tax_id)
     if st.reconciler:
         st.reconciler.wake_sweeper()
     return {"windows": n}
@@ -167,7 +177,7 @@ async def sweep(request: Request, seller_tax_id: Annotated[str | None, Query(max
 async def ledger_lookup(request: Request, body: LedgerIds) -> dict[str, Any]:
     """The ledger's state, last event sequence and live schedule (next check, last resync) of each invoice."""
     async with transaction(_state(request).sessions) as session:
-        return {"items": await service.ledger_lookup(session=session, invoice_ids=body.invoice_ids)}
+        return {"items": await selfcheck.ledger_lookup(session=session, invoice_ids=body.invoice_ids)}
 
 
 @router.get("/ledger/open", response_model=LedgerPage)
@@ -175,7 +185,7 @@ async def ledger_open(request: Request, after: uuid.UUID | None = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 500) -> dict[str, Any]:
     """A page (in id order, after `after`) of the invoices not confirmed yet."""
     async with transaction(_state(request).sessions) as session:
-        items = await service.open_rows(session=session, after=after, limit=limit)
+        items = await selfcheck.open_rows(session=session, after=after, limit=limit)
     return {"items": items, "next_after": items[-1]["invoice_id"] if len(items) == limit else None}
 
 
@@ -184,8 +194,8 @@ async def ledger_restate(request: Request, body: LedgerIds) -> dict[str, Any]:
     """Send the issuer the ledger's current finding about these invoices again (the self-check's repair)."""
     st = _state(request)
     async with transaction(st.sessions) as session:
-        counts = await service.restate(session=session, invoice_ids=body.invoice_ids, policy=Policy.of(st.settings),
-                                       topics=st.reconciler_topics)
+        counts = await selfcheck.restate(session=session, invoice_ids=body.invoice_ids,
+                                         policy=Policy.of(st.settings), topics=st.reconciler_topics)
     for state, n in counts.items():
         RESTATEMENTS.labels(state=state).inc(n)
     return {"restated": counts}

@@ -14,10 +14,10 @@ from fastapi import FastAPI
 
 from services.reconciler import models
 from services.reconciler.api import router
-from services.reconciler.service import Topics
 from services.reconciler.settings import ReconcilerSettings
 from services.reconciler.store import TaxstoreReader
 from services.reconciler.worker import Reconciler
+from services.reconciler.writes import Topics
 from shared.apidocs import service_app
 from shared.http import RequestContextMiddleware, health_router, install_problem_handlers
 from shared.kafka import ensure_topics_forever

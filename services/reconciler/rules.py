@@ -1,5 +1,5 @@
 """What the reconciler decides about one invoice, as pure functions of its ledger row, what the tax store
-showed and the clock. No I/O here: service.py applies the decisions, the tests pin them down.
+showed and the clock. No I/O here: ledger.py applies the decisions, the tests pin them down.
 
 The episode clock: an invoice has `stuck_after` from its issue (or from the moment a confirmed invoice was
 found missing again) to become visible and identical at the authority. Within that time the reconciler

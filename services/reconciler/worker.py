@@ -1,7 +1,7 @@
 """The reconciler's loops: the Kafka door (issued invoices and sync results into the ledger), the check
 round (due invoices against the tax store), the sweeper (confirmed invoices, one window at a time) and a
 metrics refresher. Each loop survives a database or broker outage by backing off and starting again;
-nothing they decide is lost, because every decision commits with its events (service.py).
+nothing they decide is lost, because every decision commits with its events (writes.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.reconciler import service
+from services.reconciler import ledger, reports, sweeps
 from services.reconciler.metrics import (
     CHECK_ROUND,
     CHECKS,
@@ -31,9 +31,10 @@ from services.reconciler.metrics import (
     TRANSITIONS,
 )
 from services.reconciler.rules import Policy, Seen
-from services.reconciler.service import Topics
 from services.reconciler.settings import ReconcilerSettings
 from services.reconciler.store import StoreUnavailable, StoreView, TaxstoreReader
+from services.reconciler.sweeps import Swept
+from services.reconciler.writes import Topics
 from shared.backoff import backoff
 from shared.consumers import RECONCILER_LEDGER
 from shared.db import transaction
@@ -94,12 +95,12 @@ class Reconciler:
             self._wake_checker.set()
 
     async def _take_issued(self, session: AsyncSession, items: list[Received[InvoiceIssued]]) -> None:
-        await service.intake_issued(session=session, issued=[i.event for i in items], policy=self.policy,
-                                    sweep_interval=self.settings.sweep_interval)
+        await ledger.intake_issued(session=session, issued=[i.event for i in items], policy=self.policy,
+                                   sweep_interval=self.settings.sweep_interval)
 
     async def _take_voided(self, session: AsyncSession, items: list[Received[InvoiceVoided]]) -> None:
-        await service.apply_voided(session=session, invoice_ids=[uuid.UUID(i.envelope.subject) for i in items],
-                                   topics=self.topics)
+        await ledger.apply_voided(session=session, invoice_ids=[uuid.UUID(i.envelope.subject) for i in items],
+                                  topics=self.topics)
 
     async def _take_results(self, session: AsyncSession, items: list[Received[Any]]) -> Counter[str]:
         for i in items:
@@ -107,8 +108,8 @@ class Reconciler:
             uuid.UUID(i.envelope.subject), uuid.UUID(i.envelope.tenant)
             if i.event.seller_tax_id is None or i.event.number is None:
                 raise ValueError("a sync result needs data.seller_tax_id and data.number")
-        return await service.apply_sync_results(session=session, results=items, policy=self.policy,
-                                                topics=self.topics)
+        return await ledger.apply_sync_results(session=session, results=items, policy=self.policy,
+                                               topics=self.topics)
 
     async def run_consumer(self) -> None:
         s = self.settings
@@ -149,7 +150,7 @@ class Reconciler:
         s = self.settings
         started = time.perf_counter()
         async with transaction(self.sessions) as session:
-            due = await service.claim_due(session=session, limit=s.check_batch_size, lease_seconds=s.check_lease)
+            due = await ledger.claim_due(session=session, limit=s.check_batch_size, lease_seconds=s.check_lease)
         if not due:
             return False
         groups: dict[str, list[str]] = {}
@@ -171,10 +172,10 @@ class Reconciler:
             else:
                 seen[r.invoice_id] = Seen("absent")
         async with transaction(self.sessions) as session:
-            stats = await service.apply_checks(session=session, seen=seen, policy=self.policy, topics=self.topics,
-                                               timezone=s.timezone,
-                                               hot_sweep=((self.hot_interval, s.sweep_hot_for)
-                                                          if s.sweep_hot_for else None))
+            stats = await ledger.apply_checks(session=session, seen=seen, policy=self.policy, topics=self.topics,
+                                              timezone=s.timezone,
+                                              hot_sweep=((self.hot_interval, s.sweep_hot_for)
+                                                         if s.sweep_hot_for else None))
         for kind, n in stats.results.items():
             CHECKS.labels(kind).inc(n)
         for kind, n in stats.resyncs.items():
@@ -217,19 +218,18 @@ class Reconciler:
     async def sweep_round(self) -> bool:
         s = self.settings
         async with transaction(self.sessions) as session:
-            windows = await service.claim_sweep_windows(session=session, limit=s.sweep_windows_per_round,
-                                                        interval=s.sweep_interval,
-                                                        hot_interval=self.hot_interval)
+            windows = await sweeps.claim_sweep_windows(session=session, limit=s.sweep_windows_per_round,
+                                                       interval=s.sweep_interval, hot_interval=self.hot_interval)
         rechecks = 0
         for w in windows:
             result = await self.sweep_window(w.seller_tax_id, w.issue_date, w.tenant_id)
             if result is not None:
-                rechecks += result["vanished"] + result["changed"] + result["seen_unconfirmed"]
+                rechecks += result.rechecks
         if rechecks:
             self._wake_checker.set()
         return len(windows) >= s.sweep_windows_per_round
 
-    async def sweep_window(self, seller: str, issue_date: date, tenant_id: uuid.UUID) -> dict[str, int] | None:
+    async def sweep_window(self, seller: str, issue_date: date, tenant_id: uuid.UUID) -> Swept | None:
         store: dict[str, StoreView] = {}
         try:
             async with self._in_flight:
@@ -240,14 +240,14 @@ class Reconciler:
             log.info("sweep of %s %s postponed: %s", seller, issue_date, exc)
             return None
         async with transaction(self.sessions) as session:
-            result = await service.apply_sweep(session=session, seller_tax_id=seller, issue_date=issue_date,
-                                               tenant_id=tenant_id, store=store,
-                                               orphan_grace=self.settings.orphan_grace, topics=self.topics)
+            result = await sweeps.apply_sweep(session=session, seller_tax_id=seller, issue_date=issue_date,
+                                              tenant_id=tenant_id, store=store,
+                                              orphan_grace=self.settings.orphan_grace, topics=self.topics)
         SWEEPS.labels("done").inc()
-        ORPHANS.inc(result["orphans"])
-        if result["vanished"] or result["changed"]:
+        ORPHANS.inc(result.orphans)
+        if result.vanished or result.changed:
             log.warning("sweep of %s %s: %d confirmed invoices vanished, %d changed at the tax store",
-                        seller, issue_date, result["vanished"], result["changed"])
+                        seller, issue_date, result.vanished, result.changed)
         return result
 
     @property
@@ -264,12 +264,12 @@ class Reconciler:
 
     async def refresh_metrics(self) -> bool:
         async with transaction(self.sessions) as session:
-            report = await service.gap_report(session=session)
+            report = await reports.gap_report(session=session)
         GAPS.clear()
-        for (kind, age), n in report["by_kind_age"].items():
+        for (kind, age), n in report.by_kind_age.items():
             GAPS.labels(kind, age).set(n)
-        STUCK.set(report["stuck"])
-        OLDEST_UNCONFIRMED.set(report["oldest_unconfirmed_seconds"])
+        STUCK.set(report.stuck)
+        OLDEST_UNCONFIRMED.set(report.oldest_unconfirmed_seconds)
         return False
 
     async def run_metrics(self) -> None:

@@ -9,9 +9,10 @@ import uuid
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.reconciler import service
+from services.reconciler import ledger, reports
 from services.reconciler.app import MIGRATIONS
 from services.reconciler.rules import Policy, Seen
+from services.reconciler.writes import Topics
 from shared.db import session_factory, transaction
 from shared.migrate import upgrade_async
 from tests.harness import Infra, fresh_database
@@ -71,17 +72,17 @@ async def test_a_check_round_over_a_million_confirmed_rows_reads_only_the_due_on
         before = await _counters(engine)
 
         async with transaction(sessions) as session:
-            due = await service.claim_due(session=session, limit=1000, lease_seconds=60)
+            due = await ledger.claim_due(session=session, limit=1000, lease_seconds=60)
         assert len(due) == DUE  # exactly the unconfirmed ones, none of the million confirmed
         seen = {r.invoice_id: Seen("visible", content_hash="b" * 64, receipt_no="R") for r in due}
-        topics = service.Topics.of("scale.")
+        topics = Topics.of("scale.")
         async with transaction(sessions) as session:
-            stats = await service.apply_checks(session=session, seen=seen, policy=POLICY, topics=topics)
-            report = await service.gap_report(session=session)
-            oldest = await service.list_unconfirmed(session=session, limit=50)
-        assert stats.confirmed == DUE and report["unconfirmed"] == 0 and oldest == []
+            stats = await ledger.apply_checks(session=session, seen=seen, policy=POLICY, topics=topics)
+            report = await reports.gap_report(session=session)
+            oldest = await reports.list_unconfirmed(session=session, limit=50)
+        assert stats.confirmed == DUE and report.unconfirmed == 0 and oldest == []
         async with transaction(sessions) as session:
-            assert await service.claim_due(session=session, limit=1000, lease_seconds=60) == []
+            assert await ledger.claim_due(session=session, limit=1000, lease_seconds=60) == []
 
         after = await _counters(engine)
         assert after["pages"] > 10_000, after  # the ledger really is large

@@ -11,9 +11,9 @@ import pytest
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook
 
+from services.notifier.deliveries import mask_email
 from services.notifier.guard import Refused, TargetPolicy, describe, parse_networks
 from services.notifier.messages import build_email, webhook_payload
-from services.notifier.service import mask_email
 from services.notifier.settings import NotifierSettings
 from services.notifier.signing import SecretBox, Unverified, headers, new_secret, sign, verify
 from shared.backoff import backoff
