@@ -122,9 +122,12 @@ async def recent_alerts(*, session: AsyncSession, tenant_id: uuid.UUID | None, l
     fates: dict[str, list[dict[str, Any]]] = {}
     if rows:
         for r in (await session.execute(
-            select(m.items.c.alert_id, m.items.c.status.label("item_status"), m.deliveries.c.channel,
+            # An item still waiting for its digest has no delivery yet: its channel is its subscription's.
+            select(m.items.c.alert_id, m.items.c.status.label("item_status"),
+                   func.coalesce(m.deliveries.c.channel, m.subscriptions.c.channel).label("channel"),
                    m.deliveries.c.status, m.deliveries.c.attempts)
-            .select_from(m.items.outerjoin(m.deliveries, m.deliveries.c.id == m.items.c.delivery_id))
+            .select_from(m.items.outerjoin(m.deliveries, m.deliveries.c.id == m.items.c.delivery_id)
+                         .join(m.subscriptions, m.subscriptions.c.id == m.items.c.subscription_id))
             .where(m.items.c.alert_id.in_([r.alert_id for r in rows]))
         )).all():
             fates.setdefault(r.alert_id, []).append(

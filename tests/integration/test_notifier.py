@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
@@ -193,6 +194,12 @@ async def test_an_outage_that_sticks_200_invoices_sends_one_digest_per_channel(r
     await p.faults(outage=True)
     ids = await issue(p, tenant, 200)
     await until_all(p, tenant, "stuck", 200, timeout=90)
+    # While the alerts wait for their digest (10 s), the operators' list names each one's channel.
+    async with httpx.AsyncClient(timeout=10) as c:
+        r = await c.get(f"{p.notifier.url}/admin/alerts", headers=p.admin,
+                        params={"tenant_id": tenant.id, "limit": 100})
+    fates = [d for a in r.json()["items"] for d in a["deliveries"]]
+    assert fates and {d["channel"] for d in fates} == {"webhook", "email"}, fates[:4]
     await eventually(lambda: _count(receiver.at(path), 1) and _count(p.mails(to=address), 1), timeout=30)
     await asyncio.sleep(2)
     assert len(receiver.at(path)) == 1 and len(p.mails(to=address)) == 1, "one digest per channel, not 200 messages"

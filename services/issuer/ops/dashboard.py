@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 import uuid
+import zlib
 from collections import deque
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -29,7 +30,7 @@ import httpx
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import Gauge
-from sqlalchemy import delete, literal, select
+from sqlalchemy import delete, func, literal, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -62,6 +63,7 @@ OLDEST_WAITING = Gauge("fapiao_pipeline_oldest_waiting_seconds",
                        "Seconds the oldest invoice of a stage has waited in it (0 when the stage is empty)", ["stage"])
 
 PAGE = Path(__file__).parents[1] / "static" / "ops.html"
+_SAMPLES_LOCK = zlib.crc32(b"issuer.ops_samples")
 
 
 def consumer_groups(prefix: str) -> dict[str, tuple[str, list[str]]]:
@@ -180,6 +182,8 @@ class OpsSampler:
         half = timedelta(seconds=self.settings.ops_sample_interval / 2)
         now = datetime.fromtimestamp(point["t"], UTC)
         async with transaction(self.sessions) as session:
+            # One writer at a time, so two replicas sampling at the same moment cannot both see no recent reading.
+            await session.execute(select(func.pg_advisory_xact_lock(_SAMPLES_LOCK)))
             recent = select(s.c.t).where(s.c.t > now - half, s.c.t < now + half).exists()
             await session.execute(pg_insert(s).from_select(
                 ["t", "point"], select(literal(now), literal(point, JSONB)).where(~recent)).on_conflict_do_nothing())
