@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from fapiao.drill.stack import CLEAR_FAULTS
+from fapiao.drill.stack import put_back
 from fapiao.infra.toxiproxy import Toxiproxy
 
 __all__ = ["ComposeStack", "DockerAPI", "DockerError"]
@@ -194,21 +194,4 @@ class ComposeStack:
 
     def stop(self) -> list[str]:
         """Put back what a drill left: paused containers resumed, killed ones started, store faults cleared."""
-        problems = []
-        for target in sorted(self.paused):
-            try:
-                self.resume(target)
-            except Exception as exc:  # noqa: BLE001 - keep putting the rest back
-                problems.append(f"resuming {target}: {exc}")
-        for target in sorted(self.killed, key=lambda t: t not in ("postgres", "kafka")):
-            try:
-                self.start(target)
-            except Exception as exc:  # noqa: BLE001 - keep putting the rest back
-                problems.append(f"starting {target} again: {exc}")
-        try:
-            httpx.put(f"{self.url('taxstore')}/admin/faults", headers=self.admin, json=CLEAR_FAULTS,
-                      timeout=10).raise_for_status()
-        except httpx.HTTPError as exc:
-            problems.append(f"clearing the store's faults: {exc}")
-        self.spawner.shutdown(wait=False)
-        return problems
+        return put_back(self)

@@ -15,7 +15,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from fapiao.infra.kafka import KafkaBroker, ensure_kafka_jars
 from fapiao.infra.postgres import PostgresServer
@@ -134,16 +134,9 @@ class DrillInfra:
         return all(srv is not None and srv.pid is not None and pid_alive(srv.pid) for srv in (self.pg, self.kafka))
 
     def stop(self) -> list[str]:
-        problems = []
         if self.toxi is not None:
             self.toxi.close()
-        for label, thing in (("toxiproxy", self.toxiproxy), ("kafka", self.kafka), ("postgres", self.pg)):
-            if thing is None:
-                continue
-            try:
-                thing.stop()
-            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
-                problems.append(f"{label}: {exc}")
+        problems = stop_each([("toxiproxy", self.toxiproxy), ("kafka", self.kafka), ("postgres", self.pg)])
         self.spawner.shutdown(wait=False)
         return problems
 
@@ -247,15 +240,8 @@ class ScenarioStack:
             proc.start(120)
 
     def stop(self) -> list[str]:
-        problems = []
-        for name in ("sync", "reconciler", "notifier", "issuer", "taxstore", "mailsink"):
-            proc = self.procs.get(name)
-            if proc is None:
-                continue
-            try:
-                proc.stop()
-            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
-                problems.append(f"{name}: {exc}")
+        problems = stop_each([(name, self.procs.get(name))
+                              for name in ("sync", "reconciler", "notifier", "issuer", "taxstore", "mailsink")])
         if self.infra.toxi is not None:
             for proxy in self.proxies.values():
                 with contextlib.suppress(Exception):
@@ -328,21 +314,56 @@ class RunningStack:
         self.paused.discard(target)
 
     def stop(self) -> list[str]:
-        import httpx
+        return put_back(self)
 
-        problems = []
-        for target in sorted(self.paused):
-            with contextlib.suppress(Exception):
-                self.resume(target)
-        for target in sorted(self.killed, key=lambda t: t not in ("postgres", "kafka")):
-            try:
-                self.start(target)
-            except Exception as exc:  # noqa: BLE001 - keep putting the rest back
-                problems.append(f"starting {target} again: {exc}")
+
+class _Shared(Protocol):
+    """A stack the drill does not own (make up's, compose's): what it must put back when a scenario ends."""
+
+    paused: set[str]
+    killed: set[str]
+    spawner: ThreadPoolExecutor
+
+    @property
+    def admin(self) -> dict[str, str]: ...
+    def url(self, service: str) -> str: ...
+    def start(self, target: str) -> None: ...
+    def resume(self, target: str) -> None: ...
+
+
+def put_back(st: _Shared) -> list[str]:
+    """After a scenario on a shared stack: paused components resumed, killed ones started (the broker and the
+    database first), the store's faults cleared. Returns what could not be put back."""
+    import httpx
+
+    problems = []
+    for target in sorted(st.paused):
         try:
-            httpx.put(f"{self.url('taxstore')}/admin/faults", headers=self.admin, timeout=10,
-                      json=CLEAR_FAULTS).raise_for_status()
-        except Exception as exc:  # noqa: BLE001 - reported
-            problems.append(f"clearing the store's faults: {exc}")
-        self.spawner.shutdown(wait=False)
-        return problems
+            st.resume(target)
+        except Exception as exc:  # noqa: BLE001 - keep putting the rest back
+            problems.append(f"resuming {target}: {exc}")
+    for target in sorted(st.killed, key=lambda t: t not in ("postgres", "kafka")):
+        try:
+            st.start(target)
+        except Exception as exc:  # noqa: BLE001 - keep putting the rest back
+            problems.append(f"starting {target} again: {exc}")
+    try:
+        httpx.put(f"{st.url('taxstore')}/admin/faults", headers=st.admin, timeout=10,
+                  json=CLEAR_FAULTS).raise_for_status()
+    except httpx.HTTPError as exc:
+        problems.append(f"clearing the store's faults: {exc}")
+    st.spawner.shutdown(wait=False)
+    return problems
+
+
+def stop_each(things: list[tuple[str, Any]]) -> list[str]:
+    """Stop each (name, thing with stop()) that is there, whatever the others do; what failed, by name."""
+    problems = []
+    for name, thing in things:
+        if thing is None:
+            continue
+        try:
+            thing.stop()
+        except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+            problems.append(f"{name}: {exc}")
+    return problems

@@ -26,15 +26,9 @@ def own_broker(infra):  # type: ignore[no-untyped-def]
 
 
 async def test_relay_survives_kafka_outage_without_loss_or_reordering(infra, own_broker):
-    database_url = await fresh_database(infra, f"outage_{uuid.uuid4().hex[:8]}")
-    settings = issuer_settings(infra, database_url=database_url, kafka_bootstrap=own_broker.bootstrap,
-                               relay_poll_interval=0.2, kafka_request_timeout_ms=3000)
-    app, client, lifespan = await start_issuer(settings)
+    app, client, lifespan, settings = await _issuer_on(infra, own_broker)
     try:
-        r = await client.post("/admin/tenants", json={"name": "outage", "tax_id": factories.uscc()},
-                              headers={"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"})
-        tenant = r.json()
-        headers = {"Authorization": f"Bearer {tenant['api_key']}"}
+        tenant, headers = await _tenant(client, settings)
         ids: list[str] = []
 
         async def issue(n: int) -> None:
@@ -90,6 +84,23 @@ async def test_relay_survives_kafka_outage_without_loss_or_reordering(infra, own
         await lifespan.__aexit__(None, None, None)
 
 
+async def _issuer_on(infra, broker):  # type: ignore[no-untyped-def]
+    """An in-process issuer on a database of its own, publishing to `broker`; (app, client, lifespan, settings)."""
+    database_url = await fresh_database(infra, f"outage_{uuid.uuid4().hex[:8]}")
+    settings = issuer_settings(infra, database_url=database_url, kafka_bootstrap=broker.bootstrap,
+                               relay_poll_interval=0.2, kafka_request_timeout_ms=3000)
+    app, client, lifespan = await start_issuer(settings)
+    return app, client, lifespan, settings
+
+
+async def _tenant(client, settings) -> tuple[dict, dict[str, str]]:  # type: ignore[no-untyped-def]
+    r = await client.post("/admin/tenants", json={"name": "outage", "tax_id": factories.uscc()},
+                          headers={"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"})
+    assert r.status_code == 201, r.text
+    tenant = r.json()
+    return tenant, {"Authorization": f"Bearer {tenant['api_key']}"}
+
+
 async def _eq(fn, value) -> bool:  # type: ignore[no-untyped-def]
     return await fn() == value
 
@@ -102,15 +113,9 @@ async def test_the_relay_publishes_as_soon_as_the_broker_is_back_not_after_its_b
     import shared.outbox
 
     monkeypatch.setattr(shared.outbox, "backoff", lambda *a, **k: 60.0)
-    database_url = await fresh_database(infra, f"outage_{uuid.uuid4().hex[:8]}")
-    settings = issuer_settings(infra, database_url=database_url, kafka_bootstrap=own_broker.bootstrap,
-                               relay_poll_interval=0.2, kafka_request_timeout_ms=3000)
-    app, client, lifespan = await start_issuer(settings)
+    app, client, lifespan, settings = await _issuer_on(infra, own_broker)
     try:
-        r = await client.post("/admin/tenants", json={"name": "outage", "tax_id": factories.uscc()},
-                              headers={"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"})
-        tenant = r.json()
-        headers = {"Authorization": f"Bearer {tenant['api_key']}"}
+        tenant, headers = await _tenant(client, settings)
 
         async def unpublished() -> int:
             async with app.state.engine.connect() as conn:
