@@ -193,6 +193,25 @@ async def test_a_drill_on_the_dashboard_and_the_cli(recon_pipeline: ReconPipelin
             assert await text(page, "count-confirmed") == str(total)
             await page.screenshot(path=str(shots / "dashboard-recovered.png"), full_page=True)
             assert (shots / "dashboard-stuck.png").stat().st_size > 10_000
+
+            # Phase 3: a month-end batch of 20,000. The headline counts it while any of it waits (wherever: the
+            # outbox, Kafka, sync, the store's visibility), and reads 0 once all of it is confirmed.
+            batch = asyncio.create_task(issue(p, tenant, 20_000, chunk=1000))
+            await page.wait_for_function(
+                "Number(document.querySelector('[data-testid=waiting]').textContent) > 0", timeout=60_000)
+            seen = (await shown(page))["waiting"]
+            assert seen["total"] > 0 and "not yet at the authority" in seen["headline"], seen
+            total += len(await batch)
+            await until_all(p, tenant, "confirmed", total, timeout=300)
+            await page.wait_for_function(
+                "document.querySelector('[data-testid=waiting]').textContent === '0'", timeout=30_000)
+
+            async def sampled_empty() -> list | None:  # the sampler's next reading, a few seconds later
+                w = [pt["waiting"] for pt in (await shown(page))["series"] if pt.get("waiting") is not None]
+                return w if w and w[-1] == 0 else None
+
+            waited = await eventually(sampled_empty, timeout=30, interval=0.5)
+            assert max(waited) >= 1000, "the chart shows the batch waiting, then gone"
         finally:
             await browser.close()
 
