@@ -195,8 +195,9 @@ class OpsSampler:
         since = datetime.now(UTC) - timedelta(seconds=self.settings.ops_history)
         try:
             async with transaction(self.sessions) as session:
-                return list((await session.execute(select(s.c.point).where(s.c.t >= since).order_by(s.c.t)
-                                                   .limit(self.series.maxlen or 10_000))).scalars())
+                newest = (await session.execute(select(s.c.point).where(s.c.t >= since).order_by(s.c.t.desc())
+                                                .limit(self.series.maxlen or 10_000))).scalars()
+                return list(reversed(list(newest)))
         except Exception as exc:
             if database_unavailable(exc) is None:
                 raise
