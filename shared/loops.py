@@ -21,15 +21,9 @@ from shared.metrics import DEAD_LETTERS
 from shared.recovery import Address, database_addresses, kafka_addresses, sleep_until_back
 from shared.topics import dlq_name
 
-__all__ = ["consume_forever", "run_rounds", "sleep_unless"]
+__all__ = ["consume_forever", "run_rounds"]
 
 log = logging.getLogger(__name__)
-
-
-async def sleep_unless(event: asyncio.Event, seconds: float) -> None:
-    """Sleep up to `seconds`, returning early when `event` is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), max(seconds, 0))
 
 
 async def run_rounds(name: str, round_: Callable[[], Awaitable[bool]], *, stopping: asyncio.Event,
