@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel
 
 __all__ = ["PROBLEM_SCHEMA", "service_app"]
 
@@ -50,14 +51,21 @@ _GENERIC = {
 _PROBES = {"/healthz", "/readyz", "/metrics"}
 
 
-def service_app(**kwargs: Any) -> FastAPI:
-    """FastAPI(**kwargs) with offline /docs and /redoc and an OpenAPI document that documents the errors."""
+def service_app(*, documented: tuple[type[BaseModel], ...] = (), **kwargs: Any) -> FastAPI:
+    """FastAPI(**kwargs) with offline /docs and /redoc and an OpenAPI document that documents the errors.
+    `documented`: models a route names by `$ref` (#/components/schemas/<Model>) without taking them as a
+    parameter (a handler that reads raw JSON and validates it its own way)."""
     app = FastAPIOffline(**kwargs)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, description=app.description,
                               routes=app.routes, servers=app.servers)
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            for model in documented:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
             app.openapi_schema = document_errors(doc)
         return app.openapi_schema
 

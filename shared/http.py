@@ -16,9 +16,10 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import solve_dependencies
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.db import DatabaseTrouble, database_unavailable
@@ -185,7 +186,21 @@ def install_problem_handlers(app: FastAPI) -> None:
             return refused  # a body that could not even be read ("error parsing the body"): auth first too
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         code = codes.get(exc.status_code, "http_error")
-        return problem(exc.status_code, _TITLES.get(exc.status_code, "Error"), str(exc.detail), code=code)
+        response = problem(exc.status_code, _TITLES.get(exc.status_code, "Error"), str(exc.detail), code=code)
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # RFC 9110: Allow lists every method of the resource, not of one route
+            response.headers["Allow"] = ", ".join(allowed_methods(request))
+        return response
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of this app answers at the request's path (several routes may share a path)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 class BodyLimitMiddleware:
@@ -324,6 +339,9 @@ class RequestContextMiddleware:
 
 
 ReadyCheck = Callable[[], Awaitable[None]]
+_READY: dict[str, Any] = {"type": "object", "required": ["status", "checks"], "properties": {
+    "status": {"type": "string", "enum": ["ready", "not ready"]},
+    "checks": {"type": "object", "additionalProperties": {"type": "string"}}}}
 
 
 def health_router(*names: str) -> APIRouter:
@@ -341,7 +359,8 @@ def health_router(*names: str) -> APIRouter:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.get("/readyz", responses={503: {"description": "Not ready: `checks` says which dependency is not",
+                                             "content": {"application/json": {"schema": _READY}}}})
     async def readyz(request: Request) -> JSONResponse:
         results: dict[str, str] = {}
         ok = True
@@ -356,7 +375,9 @@ def health_router(*names: str) -> APIRouter:
         return JSONResponse({"status": "ready" if ok else "not ready", "checks": results},
                             status_code=200 if ok else 503)
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PlainTextResponse, responses={200: {
+        "description": "Prometheus text exposition format",
+        "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def metrics() -> Response:
         return Response(render(), media_type=CONTENT_TYPE_LATEST)
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
-__all__ = ["CENT", "TOLERANCE", "TAX_RATES", "fmt", "parse_amount", "parse_decimal", "round_cents"]
+__all__ = [
+    "AMOUNT_PATTERN", "CENT", "DECIMAL_PATTERN", "TOLERANCE", "TAX_RATES", "fmt", "parse_amount", "parse_decimal",
+    "round_cents",
+]
 
 CENT = Decimal("0.01")
 TOLERANCE = Decimal("0.01")
@@ -13,8 +16,10 @@ TAX_RATES = frozenset(Decimal(r) for r in ("0", "0.01", "0.03", "0.05", "0.06", 
 
 # Bounded on purpose: a 12-digit integer part covers any real invoice and keeps arithmetic cheap.
 # ASCII digits only (\d would admit full-width and Arabic-Indic digits); fullmatch, so no trailing newline.
-_AMOUNT = re.compile(r"-?[0-9]{1,12}\.[0-9]{2}", re.ASCII)
-_DECIMAL = re.compile(r"-?[0-9]{1,12}(\.[0-9]{1,8})?", re.ASCII)
+AMOUNT_PATTERN = r"^-?[0-9]{1,12}\.[0-9]{2}$"
+DECIMAL_PATTERN = r"^-?[0-9]{1,12}(\.[0-9]{1,8})?$"
+_AMOUNT = re.compile(AMOUNT_PATTERN, re.ASCII)
+_DECIMAL = re.compile(DECIMAL_PATTERN, re.ASCII)
 
 
 def parse_amount(text: str) -> Decimal:

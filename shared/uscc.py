@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["ALPHABET", "check_char", "is_valid_uscc", "uscc_error"]
+__all__ = ["ALPHABET", "USCC_PATTERN", "check_char", "is_valid_uscc", "uscc_error"]
 
 ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"  # 31 characters: no I, O, S, V, Z
+USCC_PATTERN = "^[0-9A-HJ-NPQRTUWXY]{18}$"
+"""The characters of a USCC (its check character is beyond a pattern: uscc_error says when it is wrong)."""
 _INDEX = {c: i for i, c in enumerate(ALPHABET)}
 _WEIGHTS = [pow(3, i, 31) for i in range(17)]  # 1, 3, 9, 27, 19, 26, 16, ...
 

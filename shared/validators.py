@@ -5,17 +5,81 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic_core import core_schema
 
 from shared.errors import FieldError, ValidationFailed
-from shared.money import parse_amount, parse_decimal
+from shared.money import AMOUNT_PATTERN, DECIMAL_PATTERN, parse_amount, parse_decimal
 
 __all__ = [
-    "FIRST_MONTH", "LAST_MONTH", "MONTH_PATTERN", "MONTH_RULE", "amount_text", "clean_text", "decimal_text",
-    "must_be_string", "parse_month",
+    "AMOUNT_PATTERN", "AMOUNT_SCHEMA", "CLEAN_NAME", "CLEAN_TEXT", "DECIMAL_PATTERN", "DECIMAL_SCHEMA", "FIRST_MONTH",
+    "IsoDate", "LAST_MONTH", "MONTH_PATTERN", "MONTH_RULE", "NAME_PATTERN", "TEXT_PATTERN", "JsonPattern",
+    "amount_text", "clean_text", "decimal_text", "must_be_string", "parse_month",
 ]
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
+# Lone surrogates are refused too, but are not Unicode text at all: a pattern cannot (and need not) name them.
+_NOT_TEXT = "\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f"
+TEXT_PATTERN = f"^[^{_NOT_TEXT}]*$"
+"""What clean_text lets through, as a JSON-schema pattern (the OpenAPI documents say it on every text field)."""
+NAME_PATTERN = f"^[^{_NOT_TEXT}]*[^\\s{_NOT_TEXT}][^{_NOT_TEXT}]*$"
+"""Text with at least one character that is not white space (what a required name is once stripped)."""
+
+
+class _CleanText:
+    """`Annotated[str, CLEAN_TEXT]`: clean_text after the string checks, and its pattern in the JSON schema."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(clean_text, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        out = handler(schema)
+        out.setdefault("pattern", self.pattern)
+        return out
+
+
+CLEAN_TEXT = _CleanText(TEXT_PATTERN)
+CLEAN_NAME = _CleanText(NAME_PATTERN)
+
+
+class JsonPattern:
+    """`Annotated[str, …, JsonPattern(p)]`: says in the JSON schema what a validator of the field checks in code,
+    so the OpenAPI document is as strict as the validator (it validates nothing itself)."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        out = handler(schema)
+        out["pattern"] = self.pattern
+        return out
+
+
+AMOUNT_SCHEMA = JsonPattern(AMOUNT_PATTERN)
+DECIMAL_SCHEMA = JsonPattern(DECIMAL_PATTERN)
+
+
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
+
+
+def _iso_date(value: Any) -> Any:
+    """Only YYYY-MM-DD: pydantic's lax date would also take 1700000000 or "0.0" as a time stamp."""
+    if isinstance(value, str) and not _ISO_DATE.fullmatch(value):
+        raise ValueError("must be a date as YYYY-MM-DD, e.g. 2026-11-30")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("must be a date as YYYY-MM-DD (a string), not a number")
+    return value
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
+"""A calendar date written YYYY-MM-DD (JSON schema: format date), and nothing else."""
 
 
 def clean_text(value: str) -> str:

@@ -8,6 +8,7 @@ repeat gets it back verbatim (`Replayed`).
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,7 +29,13 @@ OutcomeT = TypeVar("OutcomeT")
 
 
 def request_hash(endpoint: str, body: Any) -> str:
-    return hashlib.sha256(endpoint.encode() + b"\n" + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    try:
+        text = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        # JSON orjson cannot write back (an integer past 64 bits, a lone surrogate in a batch item's key):
+        # the standard library can, escaped. Such a body is refused item by item anyway; it must not be a 500.
+        text = json.dumps(body, sort_keys=True, ensure_ascii=True, separators=(",", ":")).encode()
+    return hashlib.sha256(endpoint.encode() + b"\n" + text).hexdigest()
 
 
 @dataclass(frozen=True)

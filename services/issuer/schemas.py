@@ -16,19 +16,31 @@ from pydantic import (
     StringConstraints,
 )
 
-from shared.validators import amount_text, clean_text, decimal_text, must_be_string
+from shared.uscc import USCC_PATTERN
+from shared.validators import (
+    AMOUNT_SCHEMA,
+    CLEAN_NAME,
+    CLEAN_TEXT,
+    DECIMAL_SCHEMA,
+    IsoDate,
+    JsonPattern,
+    amount_text,
+    decimal_text,
+    must_be_string,
+)
 
 __all__ = [
     "BatchRequest", "CaseRequest", "InvoiceCreate", "InvoiceList", "InvoiceRead", "InvoiceView", "Line", "Party",
     "TimelineEntry", "VoidRequest",
 ]
 
-Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True), AfterValidator(clean_text)]
-Name = Annotated[Text, StringConstraints(min_length=1, max_length=200)]
-Amount = Annotated[str, BeforeValidator(must_be_string), AfterValidator(amount_text)]
-DecimalText = Annotated[str, BeforeValidator(must_be_string), AfterValidator(decimal_text)]
+Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True), CLEAN_TEXT]
+Name = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=200), CLEAN_NAME]
+Amount = Annotated[str, BeforeValidator(must_be_string), AfterValidator(amount_text), AMOUNT_SCHEMA]
+DecimalText = Annotated[str, BeforeValidator(must_be_string), AfterValidator(decimal_text), DECIMAL_SCHEMA]
+# Empty: no buyer tax id (an ordinary invoice to a person). The check character is a rule (rules.py).
 TaxId = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, to_upper=True, max_length=18),
-                  AfterValidator(clean_text)]
+                  CLEAN_TEXT, JsonPattern(f"^({USCC_PATTERN[1:-1]})?$")]
 
 
 class _Strict(BaseModel):
@@ -55,7 +67,7 @@ class InvoiceCreate(_Strict):
     number: Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9]{20}$")] = Field(
         description="20-digit fully digital invoice number (数电票号码)")
     kind: Literal["special", "ordinary"]
-    issue_date: date
+    issue_date: IsoDate
     seller: Party
     buyer: Party
     lines: list[Line] = Field(min_length=1, max_length=100)
@@ -69,11 +81,14 @@ class InvoiceCreate(_Strict):
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # Items are validated one by one (rules.py) so a bad item does not sink the whole batch.
-    invoices: list[dict[str, Any]] = Field(min_length=1)
+    invoices: list[dict[str, Any]] = Field(min_length=1, description=(
+        "invoices as POST /v1/invoices takes them (InvoiceCreate); each is checked on its own and answered in "
+        "`results` (201, 200, 409 or 422 with its errors), so one bad invoice does not refuse the others"))
 
 
 class VoidRequest(_Strict):
-    reason: Annotated[Text, StringConstraints(min_length=1, max_length=500)]
+    reason: Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=500),
+                      CLEAN_NAME]
 
 
 class CaseRequest(_Strict):

@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifier import models as m
 from shared.contracts.notifier import ENDINGS
-from shared.errors import NotFound
 
 __all__ = ["Muted", "is_muted", "list_mutes", "mute", "unmute"]
 
@@ -72,13 +71,13 @@ async def mute(*, session: AsyncSession, tenant_id: uuid.UUID, invoice_id: uuid.
 
 
 async def unmute(*, session: AsyncSession, tenant_id: uuid.UUID, invoice_id: uuid.UUID | None = None,
-                 case_no: str | None = None) -> None:
+                 case_no: str | None = None) -> bool:
+    """Lift the mute; idempotent, as DELETE is: nothing muted afterwards either way. True when one was lifted."""
     mu = m.mutes
     done = (await session.execute(
         update(mu).where(mu.c.tenant_id == tenant_id, mu.c.lifted_at.is_(None), _target(invoice_id, case_no))
         .values(lifted_at=func.now(), lifted_by="tenant").returning(mu.c.id))).first()
-    if done is None:
-        raise NotFound("nothing is muted here")
+    return done is not None
 
 
 def _mute_view(row: Any) -> dict[str, Any]:

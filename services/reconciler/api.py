@@ -27,7 +27,8 @@ from shared.contracts.reconciler import (
 from shared.db import transaction
 from shared.errors import Conflict, NotFound, ServiceUnavailable
 from shared.http import require_admin
-from shared.validators import parse_month
+from shared.uscc import USCC_PATTERN
+from shared.validators import MONTH_PATTERN, parse_month
 
 router = APIRouter(prefix="/admin", tags=["operations"], dependencies=[Depends(require_admin)])
 
@@ -103,7 +104,9 @@ async def resync(request: Request, invoice_id: str) -> dict[str, Any]:
 
 @router.post("/cases", response_model=CaseDetail,
              responses={200: {"description": "The invoice's open case already existed"},
-                        201: {"description": "Case opened"}})
+                        201: {"description": "Case opened"},
+                        404: {"description": "The ledger holds no such invoice of this tenant"},
+                        409: {"description": "Nothing to look for at the authority (e.g. the invoice was rejected)"}})
 async def open_case(request: Request, body: CaseOpen) -> JSONResponse:
     """Open a case for an invoice (or return its open case) and check the tax store now."""
     st = _state(request)
@@ -143,8 +146,9 @@ async def list_cases(request: Request, tenant_id: uuid.UUID | None = None, statu
 
 
 @router.get("/summary")
-async def summary(request: Request, seller_tax_id: Annotated[str, Query(min_length=18, max_length=18)],
-                  month: Annotated[str, Query(description="YYYY-MM, 2000-01 to 2099-12")]) -> dict[str, Any]:
+async def summary(request: Request, seller_tax_id: Annotated[str, Query(pattern=USCC_PATTERN)],
+                  month: Annotated[str, Query(description="YYYY-MM, 2000-01 to 2099-12",
+                                              json_schema_extra={"pattern": MONTH_PATTERN})]) -> dict[str, Any]:
     """发票汇总确认: one seller's month here vs. at the tax store, with every difference."""
     first = parse_month(month)  # the issuer and the CLI check months with the same function
     st = _state(request)
@@ -161,7 +165,8 @@ async def summary(request: Request, seller_tax_id: Annotated[str, Query(min_leng
 
 
 @router.post("/sweep", status_code=202)
-async def sweep(request: Request, seller_tax_id: Annotated[str | None, Query(max_length=18)] = None) -> dict[str, Any]:
+async def sweep(request: Request, seller_tax_id: Annotated[str | None, Query(pattern=USCC_PATTERN)] = None,
+                ) -> dict[str, Any]:
     """Sweep every window (of one seller) now instead of at its turn."""
     st = _state(request)
     async with transaction(st.sessions) as session:

@@ -81,8 +81,9 @@ async def open_case(*, session: AsyncSession, invoice_id: uuid.UUID, tenant_id: 
     await session.execute(pg_insert(m.ledger).values(
         invoice_id=invoice_id, tenant_id=tenant_id, seller_tax_id=seller_tax_id, number=number, state="pending",
     ).on_conflict_do_nothing())
-    s = (await lock(session, [invoice_id]))[invoice_id]
-    if s["tenant_id"] != tenant_id or s["seller_tax_id"] != seller_tax_id or s["number"] != number:
+    # None: the seller's number belongs to another invoice id (the insert met the (seller, number) key).
+    s = (await lock(session, [invoice_id])).get(invoice_id)
+    if s is None or s["tenant_id"] != tenant_id or s["seller_tax_id"] != seller_tax_id or s["number"] != number:
         raise NotFound(f"no invoice {invoice_id}")
     if s["state"] in ("voided", "rejected"):
         return CaseRefused(s["state"], s["last_error"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import date
 from typing import Annotated, Any
 
 import orjson
@@ -20,12 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.taxstore import service
 from services.taxstore.faults import RequestPlan
-from services.taxstore.schemas import BatchRequest, FaultsUpdate, LoseRequest, SellerPut
+from services.taxstore.schemas import BatchRequest, LoseRequest, SellerPut
 from services.taxstore.service import Incoming, ItemResult
 from services.taxstore.settings import TaxstoreSettings
+from shared.contracts.taxstore import FaultsUpdate
 from shared.db import transaction
 from shared.errors import PayloadTooLarge
 from shared.http import problem, require_admin
+from shared.uscc import USCC_PATTERN
+from shared.validators import IsoDate
 
 router = APIRouter(prefix="/v1", tags=["invoices"])
 log = logging.getLogger(__name__)
@@ -37,8 +39,11 @@ def _state(request: Request) -> Any:
 
 admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
-TaxId = Annotated[str, Path(min_length=1, max_length=18)]
-InvoiceNumber = Annotated[str, Path(min_length=1, max_length=20)]
+# What a stored key can be (anything else is not stored: 422, not a database error over a NUL byte).
+TaxId = Annotated[str, Path(pattern=r"^[0-9A-Za-z]{1,18}$")]
+# A seller registers under a USCC (service.register_seller checks its check character too).
+SellerTaxId = Annotated[str, Path(pattern=USCC_PATTERN)]
+InvoiceNumber = Annotated[str, Path(pattern=r"^[0-9A-Za-z]{1,20}$")]
 
 
 # --- faults -----------------------------------------------------------------------------------
@@ -113,7 +118,13 @@ async def _store(request: Request, plan: RequestPlan, items: list[Incoming]) -> 
 _SUBMISSION_DOC = "`{\"invoice\": <canonical invoice document>, \"red_letter_of\": \"<original number>\" | null}`"
 
 
-@router.post("/invoices", status_code=201, responses={
+# The handlers take raw JSON (a malformed document is the authority's reject MALFORMED, not a 422 of FastAPI's);
+# the document still says what a well-formed submission is.
+_SUBMISSION = {"$ref": "#/components/schemas/SubmissionDoc"}
+
+
+@router.post("/invoices", status_code=201, openapi_extra={"requestBody": {"required": True, "content": {
+    "application/json": {"schema": _SUBMISSION}}}}, responses={
     200: {"description": "Same seller, number and content as before: the original receipt (repaired if need be)"},
     409: {"description": "The number is stored with other content (problem code number_conflict)"},
     422: {"description": "Rejected by the authority's checks (problem code rejected, with reason codes)"},
@@ -167,9 +178,9 @@ async def get_invoice(request: Request, seller_tax_id: TaxId, number: InvoiceNum
 
 class _ListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    seller_tax_id: str = Field(min_length=1, max_length=18)
-    issued_from: date | None = None
-    issued_to: date | None = None
+    seller_tax_id: str = Field(pattern=r"^[0-9A-Za-z]{1,18}$")
+    issued_from: IsoDate | None = None
+    issued_to: IsoDate | None = None
     cursor: str | None = Field(default=None, max_length=200)
     limit: int = Field(default=100, ge=1, le=1000)
     include_content: bool = False
@@ -238,7 +249,7 @@ async def lose(request: Request, body: LoseRequest) -> dict[str, Any]:
 
 @admin_router.put("/sellers/{tax_id}", responses={200: {"description": "Already registered (name updated)"},
                                                    201: {"description": "Registered"}})
-async def put_seller(request: Request, tax_id: TaxId, body: SellerPut) -> JSONResponse:
+async def put_seller(request: Request, tax_id: SellerTaxId, body: SellerPut) -> JSONResponse:
     """Register a seller with the authority (needed when FAPIAO_REQUIRE_REGISTRATION is on)."""
     async with transaction(_state(request).sessions) as session:
         created, seller = await service.register_seller(session=session, tax_id=tax_id, name=body.name)

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from services.taxstore import models
 from services.taxstore.api import admin_router, router
 from services.taxstore.faults import FaultInjector, Faults
+from services.taxstore.schemas import SubmissionDoc
 from services.taxstore.settings import TaxstoreSettings
 from services.taxstore.stats import Stats
 from shared.apidocs import service_app
@@ -58,6 +59,7 @@ def create_app(settings: TaxstoreSettings | None = None) -> FastAPI:
         version="1",
         description="A stand-in for the central tax authority's invoice store, with fault injection.",
         lifespan=lifespan,
+        documented=(SubmissionDoc,),
     )
     app.state.settings = settings
     app.state.checks = {}

@@ -11,12 +11,20 @@ import re
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    model_validator,
+)
 
-from shared.validators import amount_text, clean_text, decimal_text
+from shared.validators import AMOUNT_SCHEMA, CLEAN_TEXT, DECIMAL_SCHEMA, JsonPattern, amount_text, decimal_text
 
 __all__ = [
-    "BatchRequest", "FaultsUpdate", "InvoiceDoc", "InvoiceKey", "LoseRequest", "SellerPut", "SubmissionDoc",
+    "BatchRequest", "InvoiceDoc", "InvoiceKey", "LoseRequest", "SellerPut", "SubmissionDoc",
 ]
 
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
@@ -29,11 +37,11 @@ def _iso_date(value: str) -> str:
     return value
 
 
-Text = Annotated[str, Strict(), AfterValidator(clean_text)]
-Name = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=200), AfterValidator(clean_text)]
-Amount = Annotated[str, Strict(), AfterValidator(amount_text)]
-DecimalText = Annotated[str, Strict(), AfterValidator(decimal_text)]
-IsoDate = Annotated[str, Strict(), AfterValidator(_iso_date)]
+Text = Annotated[str, Strict(), CLEAN_TEXT]
+Name = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=200), CLEAN_TEXT]
+Amount = Annotated[str, Strict(), AfterValidator(amount_text), AMOUNT_SCHEMA]
+DecimalText = Annotated[str, Strict(), AfterValidator(decimal_text), DECIMAL_SCHEMA]
+IsoDate = Annotated[str, Strict(), AfterValidator(_iso_date), JsonPattern("^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
 Number = Annotated[str, Strict(), StringConstraints(pattern=r"^[0-9]{20}$")]
 
 
@@ -74,7 +82,7 @@ class InvoiceDoc(_Doc):
     total_tax: Amount
     total: Amount
     currency: Literal["CNY"]
-    remarks: Annotated[str, Strict(), StringConstraints(max_length=500), AfterValidator(clean_text)] | None = None
+    remarks: Annotated[str, Strict(), StringConstraints(max_length=500), CLEAN_TEXT] | None = None
 
 
 class SubmissionDoc(_Doc):
@@ -85,37 +93,27 @@ class SubmissionDoc(_Doc):
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # Items stay untyped here so one malformed submission is rejected on its own, not the whole batch.
-    submissions: list[Any] = Field(min_length=1, description="submissions, each {invoice, red_letter_of}")
-
-
-class FaultsUpdate(BaseModel):
-    """Any subset of the knobs; the rest keep their values."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    latency_ms: int = Field(default=0, ge=0, le=600_000)
-    latency_jitter_ms: int = Field(default=0, ge=0, le=600_000)
-    error_rate: float = Field(default=0.0, ge=0, le=1)
-    timeout_rate: float = Field(default=0.0, ge=0, le=1)
-    drop_rate: float = Field(default=0.0, ge=0, le=1)
-    visibility_delay_ms: int = Field(default=0, ge=0, le=86_400_000)
-    corrupt_rate: float = Field(default=0.0, ge=0, le=1)
-    outage: bool = False
-    seed: int | None = Field(default=None, description="re-seeds the generator when present; null = not reproducible")
-    timeout_hang_ms: int = Field(default=30_000, ge=0, le=600_000)
+    submissions: list[Any] = Field(min_length=1, description=(
+        "submissions, each a SubmissionDoc; any item is taken, and one that is not well formed gets its own "
+        "result (rejected, reason MALFORMED) while the others are stored"))
 
 
 class InvoiceKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    seller_tax_id: str = Field(min_length=1, max_length=18)
-    number: str = Field(min_length=1, max_length=20)
+    seller_tax_id: str = Field(pattern=r"^[0-9A-Za-z]{1,18}$")
+    number: str = Field(pattern=r"^[0-9A-Za-z]{1,20}$")
 
 
 class LoseRequest(BaseModel):
     """Either `count` random invoices (optionally of one seller) or the listed `invoices`."""
 
-    model_config = ConfigDict(extra="forbid")
+    # What _one_way checks, in the schema too.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+        {"required": ["count"], "properties": {"count": {"type": "integer"}, "invoices": {"type": "null"}}},
+        {"required": ["invoices"], "properties": {"invoices": {"type": "array"}, "count": {"type": "null"},
+                                                  "seller_tax_id": {"type": "null"}}}]})
     count: int | None = Field(default=None, ge=1, le=100_000)
-    seller_tax_id: str | None = Field(default=None, min_length=1, max_length=18)
+    seller_tax_id: str | None = Field(default=None, pattern=r"^[0-9A-Za-z]{1,18}$")
     invoices: list[InvoiceKey] | None = Field(default=None, min_length=1, max_length=10_000)
 
     @model_validator(mode="after")
@@ -129,4 +127,4 @@ class LoseRequest(BaseModel):
 
 class SellerPut(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
+    name: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=200), CLEAN_TEXT]

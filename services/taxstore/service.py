@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, func, literal_column, select, tuple_, update
+from sqlalchemy import ARRAY, Text, bindparam, func, literal, literal_column, select, tuple_, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -441,7 +441,10 @@ async def lose_invoices(*, session: AsyncSession, count: int | None = None, sell
     else:
         if not keys:
             return []
-        where = pk.in_(list(keys))
+        # Two arrays, not a list of 10,000 (seller, number) pairs: PostgreSQL's parser recurses per pair.
+        pairs = select(func.unnest(literal([k[0] for k in keys], ARRAY(Text))).label("s"),
+                       func.unnest(literal([k[1] for k in keys], ARRAY(Text))).label("n")).subquery()
+        where = pk.in_(select(pairs.c.s, pairs.c.n))
     rows = (await session.execute(
         inv.delete().where(where).returning(inv.c.seller_tax_id, inv.c.number, inv.c.receipt_no)
     )).all()

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from shared.errors import FieldError
-from shared.validators import clean_text
+from shared.validators import CLEAN_TEXT, JsonPattern
 
 __all__ = ["ENDINGS", "KINDS", "DeliveryStatus", "HistoryFilters", "Kind", "RotateSecret", "SubscriptionCreate",
            "SubscriptionPatch", "Text"]
@@ -36,8 +36,11 @@ def _email(value: str) -> str:
     return f"{local}@{domain.lower()}"
 
 
-Email = Annotated[str, AfterValidator(_email)]
-Text = Annotated[str, AfterValidator(clean_text)]
+Email = Annotated[str, AfterValidator(_email), JsonPattern(f"^\\s*{_EMAIL.pattern}\\s*$")]
+Text = Annotated[str, CLEAN_TEXT]
+# What the notifier's target policy (guard.py) parses; whether the host resolves, and to an address webhooks
+# may go to, is for the policy to say (422 naming url).
+Url = Annotated[str, StringConstraints(min_length=8, max_length=2000), JsonPattern(r"^\s*https?://[^\s/?#@]+([/?][^\s#]*)?\s*$")]
 
 
 class _Strict(BaseModel):
@@ -50,7 +53,8 @@ def _unique_kinds(kinds: list[str]) -> list[str]:
     return sorted(set(kinds), key=KINDS.index)
 
 
-Kinds = Annotated[list[Kind], Field(max_length=len(KINDS)), AfterValidator(_unique_kinds)]
+Kinds = Annotated[list[Kind], Field(max_length=len(KINDS), json_schema_extra={"minItems": 1}),
+                  AfterValidator(_unique_kinds)]
 
 
 class SubscriptionCreate(_Strict):
@@ -66,7 +70,7 @@ class SubscriptionCreate(_Strict):
     ]})
 
     channel: Literal["webhook", "email"]
-    url: Annotated[str, StringConstraints(min_length=8, max_length=2000)] | None = None
+    url: Url | None = None
     emails: Annotated[list[Email], Field(min_length=1, max_length=20)] | None = None
     kinds: Kinds = Field(default_factory=lambda: list(KINDS))
     description: Annotated[Text, StringConstraints(max_length=200)] | None = None
@@ -86,7 +90,7 @@ class SubscriptionCreate(_Strict):
 
 
 class SubscriptionPatch(_Strict):
-    url: Annotated[str, StringConstraints(min_length=8, max_length=2000)] | None = None
+    url: Url | None = None
     emails: Annotated[list[Email], Field(min_length=1, max_length=20)] | None = None
     kinds: Kinds | None = None
     description: Annotated[Text, StringConstraints(max_length=200)] | None = None

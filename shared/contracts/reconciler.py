@@ -5,12 +5,13 @@ reads the answers with them, so an answer that is not the contract is seen as su
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.contracts.cases import CaseNo, CaseStatus
-from shared.validators import clean_text
+from shared.uscc import USCC_PATTERN
+from shared.validators import CLEAN_TEXT
 
 __all__ = ["LEDGER_BATCH_MAX", "CaseDetail", "CaseEntry", "CaseList", "CaseOpen", "CaseView", "LedgerEntries",
            "LedgerEntry", "LedgerIds", "LedgerPage", "Restated"]
@@ -24,14 +25,9 @@ class CaseOpen(BaseModel):
     model_config = ConfigDict(extra="forbid")
     invoice_id: uuid.UUID
     tenant_id: uuid.UUID
-    seller_tax_id: str = Field(min_length=18, max_length=18)
+    seller_tax_id: str = Field(pattern=USCC_PATTERN)
     number: str = Field(pattern=r"^[0-9]{20}$")
-    note: str | None = Field(default=None, max_length=500)
-
-    @field_validator("note")
-    @classmethod
-    def _note(cls, v: str | None) -> str | None:
-        return clean_text(v) if v is not None else None
+    note: Annotated[str, StringConstraints(max_length=500), CLEAN_TEXT] | None = None
 
 
 class _Answer(BaseModel):

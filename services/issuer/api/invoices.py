@@ -3,7 +3,6 @@ request, makes one service call and answers its outcome (answers.py)."""
 
 from __future__ import annotations
 
-from datetime import date
 from decimal import Decimal
 from typing import Annotated
 
@@ -15,16 +14,17 @@ from services.issuer.api.answers import respond
 from services.issuer.api.deps import IdempotencyKey, IssuingDep, ScheduleDep, SessionDep, TenantDep, once
 from services.issuer.invoices import importing, issuing, reading, voiding
 from services.issuer.lifecycle import Status
-from services.issuer.schemas import BatchRequest, InvoiceCreate, InvoiceList, InvoiceRead, VoidRequest
+from services.issuer.schemas import BatchRequest, InvoiceCreate, InvoiceList, InvoiceRead, InvoiceView, VoidRequest
 from shared.errors import FieldError, ValidationFailed
 from shared.money import parse_amount
+from shared.validators import IsoDate
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["invoices"])
 
 
-@router.post("/invoices", status_code=201, response_model=InvoiceRead,
+@router.post("/invoices", status_code=201, response_model=InvoiceView,
              responses={200: {"description": "Same number, same content: the existing invoice"},
                         409: {"description": "Number already used with different content"},
                         413: {"description": "Body too large"}, 422: {"description": "Validation failed"}})
@@ -73,9 +73,9 @@ class _Filters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status: Status | None = None
     number: str | None = Field(default=None, pattern=r"^[0-9]{20}$")
-    buyer_tax_id: str | None = Field(default=None, max_length=18)
-    issued_from: date | None = None
-    issued_to: date | None = None
+    buyer_tax_id: str | None = Field(default=None, pattern=r"^[0-9A-Za-z]{0,18}$")
+    issued_from: IsoDate | None = None
+    issued_to: IsoDate | None = None
     # The schema says what _amount_filter takes (its own words on a mismatch stay the 422's reason).
     min_total: str | None = Field(default=None, json_schema_extra={"pattern": AMOUNT_FILTER})
     max_total: str | None = Field(default=None, json_schema_extra={"pattern": AMOUNT_FILTER})
@@ -110,7 +110,8 @@ async def get_invoice(invoice_id: str, tenant: TenantDep, schedule: ScheduleDep,
     return await reading.get_invoice(session=session, tenant=tenant, invoice_id=invoice_id, schedule=schedule)
 
 
-@router.post("/invoices/{invoice_id}/void", response_model=InvoiceRead)
+@router.post("/invoices/{invoice_id}/void", response_model=InvoiceRead, responses={
+    409: {"description": "Only a rejected or stuck invoice can be voided (the answer says its status)"}})
 async def void_invoice(invoice_id: str, body: VoidRequest, tenant: TenantDep, session: SessionDep,
                        rules: IssuingDep) -> Response:
     """废弃异常发票: discard an invoice the authority has not accepted (rejected or stuck)."""

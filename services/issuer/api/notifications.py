@@ -100,7 +100,7 @@ async def ping(subscription_id: uuid.UUID, tenant: TenantDep, notes: NotifierDep
 
 # --- history -----------------------------------------------------------------------------------------
 
-@router.get("/notifications", responses=_DOWN)
+@router.get("/notifications", responses={404: {"description": "invoice_id names no invoice of this tenant"}, **_DOWN})
 async def list_notifications(request: Request, tenant: TenantDep, notes: NotifierDep,
                              q: Annotated[HistoryFilters, Query()]) -> Response:
     """What was sent (or is being retried), newest first: channel, status, attempts, last error."""

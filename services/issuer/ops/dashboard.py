@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import Gauge
 from sqlalchemy import delete, func, literal, select
@@ -40,6 +40,7 @@ from services.issuer.ops.figures import ops_figures
 from services.issuer.ops.waiting import waiting
 from services.issuer.settings import IssuerSettings
 from shared.consumers import ALL_GROUPS
+from shared.contracts.taxstore import FaultsUpdate
 from shared.db import database_unavailable, transaction
 from shared.http import require_admin
 from shared.kafka import DeadLetterCount, OffsetReader
@@ -278,9 +279,9 @@ async def get_faults(request: Request) -> JSONResponse:
 
 
 @router.put("/faults")
-async def put_faults(request: Request, body: Annotated[dict[str, Any], Body()]) -> JSONResponse:
-    """Change the simulated tax store's faults (a drill); the store checks the values (422 names the field)."""
-    return await _faults(request, "PUT", body)
+async def put_faults(request: Request, body: FaultsUpdate) -> JSONResponse:
+    """Change the simulated tax store's faults (a drill); any subset of the knobs, the rest keep their values."""
+    return await _faults(request, "PUT", body.model_dump(exclude_unset=True))
 
 
 async def _faults(request: Request, method: str, body: dict[str, Any] | None) -> JSONResponse:
@@ -289,7 +290,9 @@ async def _faults(request: Request, method: str, body: dict[str, Any] | None) ->
         async with httpx.AsyncClient(timeout=5) as client:
             r = await client.request(method, f"{s.taxstore_url}/admin/faults", json=body,
                                      headers={"Authorization": f"Bearer {s.admin_token.get_secret_value()}"})
-        return JSONResponse(r.json(), status_code=r.status_code if r.status_code < 500 else 503)
+        status = r.status_code if r.status_code < 500 else 503
+        return JSONResponse(r.json(), status_code=status,
+                            media_type="application/problem+json" if status >= 400 else "application/json")
     except (httpx.HTTPError, ValueError):
         return JSONResponse({"status": 503, "title": "Service unavailable", "code": "dependency_unavailable",
                              "detail": "the tax store is not reachable right now"}, status_code=503,
