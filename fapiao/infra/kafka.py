@@ -242,14 +242,27 @@ class KafkaCluster:
     def node(self, node_id: int) -> KafkaBroker:
         return self.nodes[node_id - 1]
 
+    def cluster_id(self) -> str | None:
+        """The id the nodes' storage was formatted with (None before the first start)."""
+        ids = {node.cluster_id for node in self.nodes} - {None}
+        if len(ids) > 1:
+            raise RuntimeError(f"the Kafka nodes' data dirs belong to different clusters: {sorted(map(str, ids))}")
+        return ids.pop() if ids else None
+
+    def spawn_node(self, node_id: int) -> KafkaBroker:
+        """Run one node again (its data dir kept; formatted with the cluster's id if it was lost), not waiting:
+        with a quorum up it rejoins by itself; the caller may `wait_ready()` on what this returns."""
+        libs = ensure_kafka_jars()
+        node = self.node(node_id)
+        node.prepare(libs, cluster_id=self.cluster_id())
+        node.spawn(libs)
+        return node
+
     def start(self, *, timeout: float = 120.0) -> None:
         """Format what is not formatted yet (in parallel, with the id the others have), run every node, wait until
         each is a live broker. Spawned from the calling thread (see procs._die_with_parent)."""
         libs = ensure_kafka_jars()
-        ids = {node.cluster_id for node in self.nodes} - {None}
-        if len(ids) > 1:
-            raise RuntimeError(f"the Kafka nodes' data dirs belong to different clusters: {sorted(ids)}")  # type: ignore[type-var]
-        cluster_id = ids.pop() if ids else _cluster_id()
+        cluster_id = self.cluster_id() or _cluster_id()
         with ThreadPoolExecutor(max_workers=self.size) as pool:
             for done in [pool.submit(node.prepare, libs, cluster_id=cluster_id) for node in self.nodes]:
                 done.result()
@@ -280,6 +293,27 @@ def _cluster_id() -> str:
     import base64
 
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def replicas_in_sync(bootstrap: str, timeout: float = 5.0) -> bool:
+    """True when every partition of every topic has all its replicas in sync (nothing left to catch up)."""
+
+    async def probe() -> bool:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+        try:
+            await asyncio.wait_for(admin.start(), timeout)
+            topics = await asyncio.wait_for(admin.describe_topics(), timeout)
+            return all(not t.get("error_code") and all(set(p["isr"]) == set(p["replicas"]) for p in t["partitions"])
+                       for t in topics)
+        except Exception:  # noqa: BLE001 - any failure means "not yet"
+            return False
+        finally:
+            await admin.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, probe()).result()
 
 
 def metadata_ready(bootstrap: str, timeout: float = 5.0, *, node_id: int | None = None) -> bool:
