@@ -144,13 +144,17 @@ class KafkaBroker:
             "-cp", f"{libs}/*", *args,
         ]
 
+    def properties(self) -> str:
+        """server.properties of this node."""
+        rf, min_isr = replication_for(self.cluster_size)
+        return _SERVER_PROPERTIES.format(
+            node_id=self.node_id, voters=self.voters or f"{self.node_id}@127.0.0.1:{self.controller_port}",
+            port=self.port, cport=self.controller_port, log_dir=self.data_dir / "data", rf=rf, min_isr=min_isr)
+
     def prepare(self, libs: Path, *, cluster_id: str | None = None) -> None:
         """Write server.properties; format the storage with `cluster_id` (a new one if None) unless it is."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        rf, min_isr = replication_for(self.cluster_size)
-        self.properties_path.write_text(_SERVER_PROPERTIES.format(
-            node_id=self.node_id, voters=self.voters or f"{self.node_id}@127.0.0.1:{self.controller_port}",
-            port=self.port, cport=self.controller_port, log_dir=self.data_dir / "data", rf=rf, min_isr=min_isr))
+        self.properties_path.write_text(self.properties())
         if self.cluster_id is not None:
             return
         fmt = subprocess.run(
