@@ -95,6 +95,13 @@ log.cleaner.dedupe.buffer.size=8388608
 log.retention.hours=168
 """
 
+# A node that stops heartbeating (kill -9, a lost host) is fenced after this, and its partitions move to their
+# in-sync copies: 6 s rather than Kafka's 9 s, so producers wait well within their 10 s request timeout.
+_CLUSTER_PROPERTIES = """\
+broker.session.timeout.ms=6000
+broker.heartbeat.interval.ms=1000
+"""
+
 
 @dataclass
 class KafkaBroker:
@@ -147,9 +154,12 @@ class KafkaBroker:
     def properties(self) -> str:
         """server.properties of this node."""
         rf, min_isr = replication_for(self.cluster_size)
-        return _SERVER_PROPERTIES.format(
+        props = _SERVER_PROPERTIES.format(
             node_id=self.node_id, voters=self.voters or f"{self.node_id}@127.0.0.1:{self.controller_port}",
             port=self.port, cport=self.controller_port, log_dir=self.data_dir / "data", rf=rf, min_isr=min_isr)
+        if self.cluster_size > 1:
+            props += _CLUSTER_PROPERTIES
+        return props
 
     def prepare(self, libs: Path, *, cluster_id: str | None = None) -> None:
         """Write server.properties; format the storage with `cluster_id` (a new one if None) unless it is."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fapiao.infra import KafkaBroker, KafkaCluster, PostgresServer, free_port
+from fapiao.infra.procs import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / ".test-artifacts"
@@ -74,9 +75,10 @@ def running_kafka_cluster(workdir: Path, *, brokers: int = 3, heap: str = "320m"
     running). Its brokers are the test's to kill and restart (`cluster.node(i).kill()`, `.start()`). Call from the
     main thread, as running_infra."""
     root = workdir / f"kafka-cluster-{uuid.uuid4().hex[:6]}"
-    cluster = KafkaCluster.plan(root, ports=[(free_port(), free_port()) for _ in range(brokers)], heap=heap,
-                                die_with_parent=True)
+    ports = free_ports(2 * brokers)
     try:
+        cluster = KafkaCluster.plan(root, ports=list(zip(ports[::2], ports[1::2], strict=True)), heap=heap,
+                                    die_with_parent=True)
         cluster.start(timeout=180)
     except Exception as exc:
         raise InfraError(f"could not start a {brokers}-broker Kafka cluster in {root}: {exc}") from exc

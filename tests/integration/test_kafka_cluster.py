@@ -67,7 +67,13 @@ async def test_topics_on_three_brokers_get_three_replicas_and_min_isr_two(kafka_
                                   replication_factor=defaults["kafka_replication_factor"].default)
     names = [t.qualified(prefix) for t in ALL_TOPICS]
     assert sorted(created) == sorted(names)
-    topics, configs = await _describe(kafka_cluster.bootstrap, names)
+
+    async def described() -> tuple[dict[str, Any], dict[str, dict[str, str]]] | None:
+        """Once every broker's metadata has the new topics' partitions (created is not yet propagated)."""
+        got = await _describe(kafka_cluster.bootstrap, names)
+        return got if all(got[0].get(name, {}).get("partitions") for name in names) else None
+
+    topics, configs = await eventually(described, timeout=30, interval=0.5)
     for name in names:
         partitions = topics[name]["partitions"]
         assert partitions and all(sorted(p["replicas"]) == [1, 2, 3] for p in partitions), (name, partitions)
@@ -99,7 +105,10 @@ async def test_a_broker_killed_mid_stream_loses_no_acknowledged_record_and_write
     acks_per_event: Counter[str] = Counter()
     ids_by_row: dict[int, str] = {}
 
+    ack_times: list[float] = []
+
     async def on_published(conn: AsyncConnection, rows: Sequence[PublishedRow]) -> None:
+        ack_times.append(time.monotonic())
         for row in rows:
             event_id = ids_by_row[row.id]
             acks_per_event[event_id] += 1
@@ -156,7 +165,8 @@ async def test_a_broker_killed_mid_stream_loses_no_acknowledged_record_and_write
 
     async def in_sync_everywhere() -> bool:
         topics, _ = await _describe(kafka_cluster.bootstrap, [topic.name])
-        return all(sorted(p["isr"]) == [1, 2, 3] for p in topics[topic.name]["partitions"])
+        partitions = topics[topic.name]["partitions"]
+        return len(partitions) == 6 and all(sorted(p["isr"]) == [1, 2, 3] for p in partitions)
 
     await eventually(in_sync_everywhere, timeout=90, interval=0.5)
 
@@ -168,5 +178,8 @@ async def test_a_broker_killed_mid_stream_loses_no_acknowledged_record_and_write
         f"{len(records)} records for {len(on_topic)} events; twice: {[e for e, n in on_topic.items() if n > 1][:5]}")
     assert {r.value.decode(): (r.partition, r.offset) for r in records} == acked, (
         "every event sits where its acknowledgement said")
-    print(f"kill -9 of node {victim.node_id}: all {total} published {drained:.1f}s after the kill; "
+    after = [t for t in ack_times if t >= killed_at]
+    stall = max(b - a for a, b in zip([killed_at, *after], after, strict=False)) if after else float("nan")
+    print(f"kill -9 of node {victim.node_id}: all {total} published {drained:.1f}s after the kill, the longest "
+          f"wait between acknowledgements {stall:.1f}s; "
           f"back in every ISR {time.monotonic() - rejoined_at:.1f}s after its restart")
