@@ -116,10 +116,6 @@ def _kafka_cluster(state: dict) -> KafkaCluster:
     return KafkaCluster.plan(Path(info["dir"]), ports=[(p, c) for p, c in info["ports"]])
 
 
-def _kafka_node(state: dict, name: str) -> KafkaBroker:
-    return _kafka_cluster(state).node(1 if name == "kafka" else int(name.split("-")[1]))
-
-
 def _state_file() -> Path:
     return state_dir() / "stack.json"
 

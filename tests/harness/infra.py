@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fapiao.infra import KafkaBroker, KafkaCluster, PostgresServer, free_port
-from fapiao.infra.procs import free_ports
+from fapiao.infra.procs import free_ports, pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / ".test-artifacts"
@@ -85,7 +85,11 @@ def running_kafka_cluster(workdir: Path, *, brokers: int = 3, heap: str = "320m"
     try:
         yield cluster
     finally:
+        pids = [node.pid for node in cluster.nodes if node.pid is not None]
         cluster.stop()
+        left = [pid for pid in pids if pid_alive(pid)]
+        if left:
+            raise InfraError(f"Kafka nodes still running after stop: pids {left}")
 
 
 async def fresh_database(infra: Infra, name: str) -> str:
