@@ -4,6 +4,11 @@ Everything runs as background processes recorded in `<state dir>/stack.json`; no
 Kafka and PostgreSQL are started here unless FAPIAO_KAFKA_BOOTSTRAP / FAPIAO_DATABASE_URL point
 elsewhere. The state dir (default `.run/`, override FAPIAO_STACK_DIR) is git-ignored.
 
+Kafka is one broker (`kafka`, ports FAPIAO_KAFKA_PORT / FAPIAO_KAFKA_CONTROLLER_PORT) unless FAPIAO_KAFKA_BROKERS
+asks for a KRaft cluster: node i (`kafka-1`, `kafka-2`, …) listens on those ports plus 2·(i-1) and keeps its data in
+`<state dir>/kafka/node-<i>`; the services create topics replicated min(3, brokers) times. `kafka` in `restart`
+and the drills' kill/start stands for every node (one by one on restart); `kafka-2` for one.
+
 Secrets (FAPIAO_ADMIN_TOKEN, FAPIAO_SECRETS_KEY): a value exported in the environment wins, and its file in the
 state dir is rewritten to hold it; without one, the file of an earlier run is kept; without that, a random
 value is generated into the file. The summary says which it was.
@@ -23,19 +28,29 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import typer
 
-from fapiao.infra.kafka import REPO_ROOT, KafkaBroker, ensure_kafka_jars
+from fapiao.infra.kafka import (
+    REPO_ROOT,
+    KafkaBroker,
+    KafkaCluster,
+    ensure_kafka_jars,
+    metadata_ready,
+    replicas_in_sync,
+    replication_for,
+)
 from fapiao.infra.postgres import PostgresServer
 from fapiao.infra.procs import ServiceProcess, http_ready, pid_alive, port_is_open, spawn, stop_group
 
@@ -68,6 +83,37 @@ def state_dir() -> Path:
 
 def _port(env: str, default: int) -> int:
     return int(os.environ.get(env, default))
+
+
+def _kafka_brokers() -> int:
+    raw = os.environ.get("FAPIAO_KAFKA_BROKERS", "1").strip()
+    if not raw.isdigit() or not 1 <= int(raw) <= 9:
+        raise RuntimeError(f"FAPIAO_KAFKA_BROKERS={raw!r}: a number of brokers from 1 to 9 (3 survives losing one)")
+    return int(raw)
+
+
+def _kafka_ports(brokers: int) -> list[tuple[int, int]]:
+    """(broker, controller) port of each node: the two FAPIAO_KAFKA_*PORT settings, plus 2 for each next node."""
+    port, cport = _port("FAPIAO_KAFKA_PORT", 9092), _port("FAPIAO_KAFKA_CONTROLLER_PORT", 9093)
+    return [(port + 2 * i, cport + 2 * i) for i in range(brokers)]
+
+
+def _is_kafka(name: str) -> bool:
+    return name == "kafka" or re.fullmatch(r"kafka-\d+", name) is not None
+
+
+def _kafka_names(state: dict) -> list[str]:
+    """The recorded Kafka nodes: ["kafka"] for the single broker, ["kafka-1", "kafka-2", …] for a cluster."""
+    return [name for name in state.get("processes", {}) if _is_kafka(name)]
+
+
+def _kafka_cluster(state: dict) -> KafkaCluster:
+    """The cluster `up` started, planned again from stack.json (not started)."""
+    info = state.get("kafka_cluster")
+    if info is None:  # a stack from before clusters: the one broker in <state dir>/kafka
+        ports = state["processes"]["kafka"]["ports"]
+        return KafkaCluster.plan(state_dir() / "kafka", ports=[(ports[0], ports[1])])
+    return KafkaCluster.plan(Path(info["dir"]), ports=[(p, c) for p, c in info["ports"]])
 
 
 def _state_file() -> Path:
@@ -157,7 +203,10 @@ def _print_summary(state: dict) -> None:
         typer.echo(f"  {name:<10} {url}   (OpenAPI: {url}/docs)" if name == "issuer" else f"  {name:<10} {url}")
     if "issuer" in state["urls"]:
         typer.echo(f"  dashboard  {state['urls']['issuer']}/ops   (operators: sign in with the admin token)")
-    typer.echo(f"  kafka      {state['kafka_bootstrap']}")
+    cluster = state.get("kafka_cluster")
+    brokers = f"   ({len(cluster['ports'])} brokers, replication factor {cluster['replication_factor']}, " \
+              f"min ISR {cluster['min_insync_replicas']})" if cluster and len(cluster["ports"]) > 1 else ""
+    typer.echo(f"  kafka      {state['kafka_bootstrap']}{brokers}")
     typer.echo(f"  postgres   {state['database_url'].replace(':fapiao@', ':***@')}")
     if state.get("mail_dir"):
         port = state["processes"]["mailsink"]["ports"][0]
@@ -208,14 +257,27 @@ def up() -> None:
     state = {"processes": processes, "urls": {}, "secret_sources": sources}
     try:
         kafka_bootstrap = os.environ.get("FAPIAO_KAFKA_BOOTSTRAP")
+        replication: dict[str, str] = {}
         if not kafka_bootstrap:
-            typer.echo("• Kafka: fetching jars (first run only) and starting the broker…")
-            broker = KafkaBroker(d / "kafka", port=_port("FAPIAO_KAFKA_PORT", 9092),
-                                 controller_port=_port("FAPIAO_KAFKA_CONTROLLER_PORT", 9093))
-            broker.start()
-            processes["kafka"] = {"pid": broker.pid, "marker": "kafka.Kafka", "restarts": 0,
-                                  "ports": [broker.port, broker.controller_port], "log": str(broker.log_path)}
-            kafka_bootstrap = broker.bootstrap
+            brokers = _kafka_brokers()
+            what = "the broker" if brokers == 1 else f"a {brokers}-node KRaft cluster"
+            typer.echo(f"• Kafka: fetching jars (first run only) and starting {what}…")
+            cluster = KafkaCluster.plan(d / "kafka", ports=_kafka_ports(brokers))
+            factor, min_isr = replication_for(brokers)
+            state["kafka_cluster"] = {"dir": str(d / "kafka"), "ports": [[n.port, n.controller_port]
+                                                                      for n in cluster.nodes],
+                                      "replication_factor": factor, "min_insync_replicas": min_isr}
+            cluster.start()
+            for node in cluster.nodes:
+                name = "kafka" if brokers == 1 else f"kafka-{node.node_id}"
+                processes[name] = {"pid": node.pid, "restarts": 0, "node": node.node_id,
+                                   # the cmdline tells the nodes apart by their server.properties
+                                   "marker": "kafka.Kafka" if brokers == 1 else str(node.properties_path),
+                                   "ports": [node.port, node.controller_port], "log": str(node.log_path)}
+            kafka_bootstrap = cluster.bootstrap
+            # Topics get as many copies as the cluster was started with, even if a broker is down at the time.
+            replication["FAPIAO_KAFKA_REPLICATION_FACTOR"] = os.environ.get("FAPIAO_KAFKA_REPLICATION_FACTOR",
+                                                                            str(factor))
             _save(state)
         database_url = os.environ.get("FAPIAO_DATABASE_URL")
         if not database_url:
@@ -254,7 +316,7 @@ def up() -> None:
             "FAPIAO_SMTP_HOST": os.environ.get("FAPIAO_SMTP_HOST", "127.0.0.1"), "FAPIAO_SMTP_PORT": str(smtp_port),
             # Local development: webhooks may go to receivers on this machine (never to other private ranges).
             "FAPIAO_WEBHOOK_ALLOW_PRIVATE": os.environ.get("FAPIAO_WEBHOOK_ALLOW_PRIVATE", "127.0.0.0/8,::1/128"),
-            "FAPIAO_SECRETS_KEY": values["FAPIAO_SECRETS_KEY"],
+            "FAPIAO_SECRETS_KEY": values["FAPIAO_SECRETS_KEY"], **replication,
         }
         for spec in SERVICES:
             port = _port(spec.port_env, spec.default_port)
@@ -312,14 +374,23 @@ def _demo_tenant(issuer_url: str, admin_token: str) -> None:
 
 
 def _stop_all(state: dict) -> list[str]:
-    stopped = []
+    stopped: list[str] = []
     order = [s.name for s in reversed(SERVICES)] + ["mailsink", "kafka", "postgres"]
+
+    def step(name: str) -> int:  # the supervisor first, then the services, the mail sink, Kafka, PostgreSQL
+        name = "kafka" if _is_kafka(name) else name
+        return order.index(name) if name in order else -1
+
     procs = state.get("processes", {})
-    for name in sorted(procs, key=lambda n: order.index(n) if n in order else -1):
-        p = procs[name]
-        if _ours(p["pid"], p["marker"]):
-            stop_group(p["pid"], timeout=30, sig=signal.SIGINT if name == "postgres" else signal.SIGTERM)
-            stopped.append(name)
+    alive = [name for name in procs if _ours(procs[name]["pid"], procs[name]["marker"])]
+    for now in sorted({step(n) for n in alive}):
+        names = [n for n in alive if step(n) == now]
+        # A cluster's nodes stop together: stopped one by one, the last would wait for a quorum that is gone.
+        with ThreadPoolExecutor(max_workers=max(len(names), 1)) as pool:
+            for done in [pool.submit(stop_group, procs[n]["pid"], timeout=30,
+                                     sig=signal.SIGINT if n == "postgres" else signal.SIGTERM) for n in names]:
+                done.result()
+        stopped += names
     f = _state_file()
     if f.exists():
         f.unlink()
@@ -357,6 +428,9 @@ def status() -> None:
         ready = ""
         if name in state["urls"]:
             ready = " ready" if http_ready(state["urls"][name]) else " NOT READY"
+        elif _is_kafka(name) and alive:  # a live broker of the cluster, as the cluster's metadata says
+            ready = " ready" if metadata_ready(f"127.0.0.1:{p['ports'][0]}", timeout=3,
+                                               node_id=p.get("node", 1)) else " NOT READY"
         restarts = f"  restarts {p['restarts']}" if "restarts" in p else ""
         if p.get("held"):
             restarts += "  (held down by a drill)"
@@ -381,24 +455,26 @@ def _locked() -> Iterator[None]:
         yield
 
 
-INFRA = ("kafka", "postgres")
+def _is_infra(name: str) -> bool:
+    return name == "postgres" or _is_kafka(name)
 
 
 def _respawn(state: dict, name: str) -> tuple[str, object]:
     """Start a recorded component again on its ports with the settings `up` gave it; counts a restart. Returns
-    (url or address, a waiter): services are spawned and waited for outside the lock, Kafka and PostgreSQL are
-    started (and waited for) here, as their classes do."""
+    (url or address, a waiter): services and Kafka nodes are spawned here and waited for outside the lock (a
+    cluster's nodes answer only once a quorum of them runs), PostgreSQL is started (and waited for) here."""
     rec = state["processes"][name]
-    if name in INFRA:
-        d = state_dir()
-        if name == "kafka":
-            server: KafkaBroker | PostgresServer = KafkaBroker(d / "kafka", port=rec["ports"][0],
-                                                               controller_port=rec["ports"][1])
-        else:
-            server = PostgresServer(d / "postgres", port=rec["ports"][0])
-            # kill -9 leaves postmaster.pid behind with a pid that is gone: stale, and it would refuse to start
-            with contextlib.suppress(FileNotFoundError):
-                (server.pgdata / "postmaster.pid").unlink()
+    if _is_kafka(name):
+        node = _kafka_cluster(state).spawn_node(rec.get("node", 1))
+        state["processes"][name] = {**rec, "pid": node.pid, "restarts": rec.get("restarts", 0) + 1,
+                                    "restarted_at": time.time()}
+        _save(state)
+        return node.bootstrap, node
+    if name == "postgres":
+        server = PostgresServer(state_dir() / "postgres", port=rec["ports"][0])
+        # kill -9 leaves postmaster.pid behind with a pid that is gone: stale, and it would refuse to start
+        with contextlib.suppress(FileNotFoundError):
+            (server.pgdata / "postmaster.pid").unlink()
         server.start(timeout=120)
         assert server.pid is not None
         state["processes"][name] = {**rec, "pid": server.pid, "restarts": rec.get("restarts", 0) + 1,
@@ -415,16 +491,18 @@ def _respawn(state: dict, name: str) -> tuple[str, object]:
     return svc.url, svc
 
 
-def _restartable(state: dict | None, name: str) -> dict:
-    names = [spec.name for spec in SERVICES] + list(INFRA)
+def _components(state: dict | None, name: str) -> list[str]:
+    """The recorded processes `name` stands for: itself; `kafka` with a cluster: every node."""
+    nodes = _kafka_names(state) if state is not None else []
+    names = [spec.name for spec in SERVICES] + ["kafka", "postgres"] + [n for n in nodes if n != "kafka"]
     if name not in names:
         raise StackError(f"no component {name!r}; one of {', '.join(names)}", 2)
-    if state is None or name not in state.get("processes", {}):
+    targets = nodes if name == "kafka" else [name]
+    if state is None or not targets or any(t not in state.get("processes", {}) for t in targets):
         raise StackError(f"{name} is not part of a running stack (start it with: make up)", 3)
-    rec = state["processes"][name]
-    if name not in INFRA and "module" not in rec:
+    if any(not _is_infra(t) and "module" not in state["processes"][t] for t in targets):
         raise StackError("This stack was started by an older `make up`; run `make down` and `make up` once.", 2)
-    return rec
+    return targets
 
 
 class StackError(Exception):
@@ -434,54 +512,84 @@ class StackError(Exception):
 
 
 def kill_component(name: str, *, hold: bool = True) -> None:
-    """kill -9 one component of the running stack (a drill's fault). With `hold` the supervisor leaves it dead
-    until `start_component` (or `restart`) brings it back."""
+    """kill -9 one component of the running stack (a drill's fault; `kafka`: every node of a cluster at once).
+    With `hold` the supervisor leaves it dead until `start_component` (or `restart`) brings it back."""
     with _locked():
         state = _load()
-        rec = _restartable(state, name)
+        targets = _components(state, name)
         assert state is not None
+        recs = [state["processes"][t] for t in targets]
         if hold:
-            rec["held"] = True
+            for rec in recs:
+                rec["held"] = True
             _save(state)
-        if _ours(rec["pid"], rec["marker"]):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(rec["pid"], signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while _ours(rec["pid"], rec["marker"]) and time.monotonic() < deadline:  # a zombie has no cmdline
-                time.sleep(0.05)
+        for rec in recs:
+            if _ours(rec["pid"], rec["marker"]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(rec["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(_ours(r["pid"], r["marker"]) for r in recs) and time.monotonic() < deadline:  # zombies: no cmdline
+            time.sleep(0.05)
 
 
 def signal_component(name: str, sig: int) -> None:
     """SIGSTOP / SIGCONT one component (a hung process, and its recovery)."""
     with _locked():
-        rec = _restartable(_load(), name)
-        if _ours(rec["pid"], rec["marker"]):
-            os.killpg(rec["pid"], sig)
+        state = _load()
+        targets = _components(state, name)
+        assert state is not None
+        for target in targets:
+            rec = state["processes"][target]
+            if _ours(rec["pid"], rec["marker"]):
+                os.killpg(rec["pid"], sig)
 
 
 def start_component(name: str, *, stop_first: bool = False, timeout: float = 90) -> str:
     """Start one component again if it is not running (stopping it first with `stop_first`), release a drill's
-    hold, and wait until it is ready. Returns where it listens."""
+    hold, and wait until it is ready. Returns where it listens. `kafka` with a cluster: every node; restarted one
+    at a time, each back and caught up before the next stops, so the cluster keeps serving."""
     with _locked():
-        state = _load()
-        rec = _restartable(state, name)
-        assert state is not None
-        rec.pop("held", None)
-        alive = _ours(rec["pid"], rec["marker"])
-        if alive and stop_first:
-            stop_group(rec["pid"], timeout=20, sig=signal.SIGINT if name == "postgres" else signal.SIGTERM)
-            alive = False
-        if alive:
-            _save(state)
-            return state["urls"].get(name, f"127.0.0.1:{rec['ports'][0]}")
-        where, waiter = _respawn(state, name)
+        targets = _components(_load(), name)
+    where, waiting = [], []
+    for target in targets:
+        with _locked():
+            state = _load()
+            _components(state, target)
+            assert state is not None
+            rec = state["processes"][target]
+            rec.pop("held", None)
+            alive = _ours(rec["pid"], rec["marker"])
+            if alive and stop_first:
+                stop_group(rec["pid"], timeout=20, sig=signal.SIGINT if target == "postgres" else signal.SIGTERM)
+                alive = False
+            if alive:
+                _save(state)
+                where.append(state["urls"].get(target, f"127.0.0.1:{rec['ports'][0]}"))
+                continue
+            address, waiter = _respawn(state, target)
+        where.append(address)
+        waiting.append(waiter)
+        if stop_first and len(targets) > 1:
+            _wait_ready(waiter, timeout, in_sync=True)
+    for waiter in waiting:  # a whole cluster started again: its nodes answer once enough of them run
+        _wait_ready(waiter, timeout)
+    return ",".join(where)
+
+
+def _wait_ready(waiter: object, timeout: float, *, in_sync: bool = False) -> None:
     if isinstance(waiter, ServiceProcess):
         waiter.wait_ready(timeout, interval=0.25)
-    return where
+    elif isinstance(waiter, KafkaBroker):
+        waiter.wait_ready(timeout=timeout)
+        if in_sync:  # before the next node of a rolling restart stops: no partition may still lack this one
+            deadline = time.monotonic() + timeout
+            while not replicas_in_sync(waiter.bootstrap) and time.monotonic() < deadline:
+                time.sleep(0.5)
 
 
 @app.command()
-def restart(service: str = typer.Argument(..., help="issuer, taxstore, sync, reconciler, notifier, kafka or postgres"),
+def restart(service: str = typer.Argument(..., help="issuer, taxstore, sync, reconciler, notifier, kafka (every "
+                                                   "node, one by one), kafka-2 (one node) or postgres"),
             ) -> None:
     """Stop one component and start it again; the others keep running (Kafka's and PostgreSQL's data are kept)."""
     typer.echo(f"• {service}: restarting…")
@@ -491,7 +599,8 @@ def restart(service: str = typer.Argument(..., help="issuer, taxstore, sync, rec
         typer.echo(str(exc), err=True)
         raise typer.Exit(exc.code) from None
     state = _load() or {"processes": {}}
-    typer.echo(f"{service} is ready at {where} (pid {state['processes'][service]['pid']}).")
+    pids = ", ".join(str(state["processes"][t]["pid"]) for t in _components(state, service))
+    typer.echo(f"{service} is ready at {where} (pid {pids}).")
 
 
 @app.command(hidden=True)
@@ -506,9 +615,9 @@ def supervise(interval: float = 1.0) -> None:
             state = _load()
             if state is None:
                 return
-            for name in [*INFRA, *(spec.name for spec in SERVICES)]:
+            for name in [*_kafka_names(state), "postgres", *(spec.name for spec in SERVICES)]:
                 rec = state["processes"].get(name)
-                if rec is None or (name not in INFRA and "module" not in rec) or rec.get("held"):
+                if rec is None or (not _is_infra(name) and "module" not in rec) or rec.get("held"):
                     due.pop(name, None)
                     continue
                 if _ours(rec["pid"], rec["marker"]):

@@ -1,7 +1,9 @@
 """Kafka with safe defaults, and the consume loop every consumer in the system runs.
 
 aiokafka's defaults are wrong for us (acks=1, no idempotence, auto-commit on a timer, offset reset
-to "latest"): every producer and consumer is built here so none of them can be forgotten.
+to "latest"): every producer and consumer is built here so none of them can be forgotten. Every client
+(producer, consumer, admin, probe) starts from client_config, which adds the cluster's TLS/SASL settings
+(shared.settings.KafkaSecurity); topics are created replicated as replication_for says.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from shared.errors import RetriableError
 from shared.events import Event
 from shared.logging import bind
 from shared.metrics import CONSUMER_LAG
+from shared.settings import KafkaSecurity
 from shared.topics import Topic
 
 __all__ = [
     "BatchHandler", "CommitOnRevoke", "ConsumeLoop", "DeadLetterCount", "Handler", "HandlerTable", "KafkaProbe",
     "OffsetReader", "Received", "dead_letter_origin",
-    "consumer_config", "consumer_lag", "dead_letter", "ensure_topics", "ensure_topics_forever", "make_consumer",
-    "make_producer", "producer_config",
+    "client_config", "consumer_config", "consumer_lag", "dead_letter", "ensure_topics", "ensure_topics_forever",
+    "make_admin", "make_consumer", "make_producer", "producer_config", "replication_for", "topic_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,9 +86,50 @@ class HandlerTable(Generic[C]):
         return {h: await h(context, group) for h, group in by_handler.items() if group}
 
 
-def producer_config(bootstrap: str, *, request_timeout_ms: int = 10_000, **overrides: Any) -> dict[str, Any]:
+def client_config(bootstrap: str, *, security: KafkaSecurity | None = None) -> dict[str, Any]:
+    """What every aiokafka client gets: the bootstrap servers, and TLS/SASL from `security` (default: the
+    FAPIAO_KAFKA_SECURITY_PROTOCOL, FAPIAO_KAFKA_SASL_*, FAPIAO_KAFKA_SSL_* of this process's environment)."""
+    security = security if security is not None else KafkaSecurity()
+    config: dict[str, Any] = {"bootstrap_servers": bootstrap}
+    if security.security_protocol == "PLAINTEXT":
+        return config
+    config["security_protocol"] = security.security_protocol
+    if security.uses_sasl:
+        assert security.sasl_password is not None  # KafkaSecurity checks SASL_* comes with all three
+        config.update(sasl_mechanism=security.sasl_mechanism, sasl_plain_username=security.sasl_username,
+                      sasl_plain_password=security.sasl_password.get_secret_value())
+    if security.uses_tls:
+        from aiokafka.helpers import create_ssl_context
+
+        password = security.ssl_key_password.get_secret_value() if security.ssl_key_password else None
+        context = create_ssl_context(cafile=security.ssl_cafile, certfile=security.ssl_certfile,
+                                     keyfile=security.ssl_keyfile, password=password)
+        context.check_hostname = security.ssl_check_hostname
+        config["ssl_context"] = context
+    return config
+
+
+def replication_for(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) on a cluster of `brokers`: up to 3 copies of every partition,
+    and with 3 a write counts only once 2 of them have it (one broker may die without losing it; with fewer
+    copies, 1)."""
+    factor = max(1, min(3, brokers))
+    return factor, 2 if factor >= 3 else 1
+
+
+def topic_settings(replication_factor: int) -> dict[str, str]:
+    """The per-topic configs every created topic gets (see replication_for)."""
+    return {
+        "min.insync.replicas": str(2 if replication_factor >= 3 else 1),
+        # A replica that missed writes never becomes leader: its gap would silently lose acknowledged records.
+        "unclean.leader.election.enable": "false",
+    }
+
+
+def producer_config(bootstrap: str, *, request_timeout_ms: int = 10_000, security: KafkaSecurity | None = None,
+                    **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
+        **client_config(bootstrap, security=security),
         "acks": "all",
         "enable_idempotence": True,
         "request_timeout_ms": request_timeout_ms,
@@ -97,9 +141,10 @@ def producer_config(bootstrap: str, *, request_timeout_ms: int = 10_000, **overr
     return config
 
 
-def consumer_config(bootstrap: str, *, group_id: str, **overrides: Any) -> dict[str, Any]:
+def consumer_config(bootstrap: str, *, group_id: str, security: KafkaSecurity | None = None,
+                    **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
+        **client_config(bootstrap, security=security),
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
@@ -123,19 +168,28 @@ def make_consumer(bootstrap: str, *topics: str, group_id: str, **overrides: Any)
     return AIOKafkaConsumer(*topics, **consumer_config(bootstrap, group_id=group_id, **overrides))
 
 
+def make_admin(bootstrap: str, *, timeout: float = 15.0, security: KafkaSecurity | None = None) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**client_config(bootstrap, security=security), request_timeout_ms=int(timeout * 1000))
+
+
 async def ensure_topics(bootstrap: str, topics: Iterable[Topic], *, prefix: str = "", partitions: int = 6,
-                        replication_factor: int = 1, timeout: float = 15.0) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created. Never relies on auto-create."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+                        replication_factor: int | None = None, timeout: float = 15.0) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created. Never relies on auto-create.
+    `replication_factor` None: as replication_for says for the brokers the cluster has now (set it when a broker
+    may be down while topics are created); min.insync.replicas and unclean election as topic_settings says."""
+    admin = make_admin(bootstrap, timeout=timeout)
     await asyncio.wait_for(admin.start(), timeout)
     try:
         existing = set(await admin.list_topics())
-        wanted = [
-            NewTopic(t.qualified(prefix), partitions if t.partitioned else 1, replication_factor)
-            for t in topics if t.qualified(prefix) not in existing
-        ]
-        if not wanted:
+        missing = [t for t in topics if t.qualified(prefix) not in existing]
+        if not missing:
             return []
+        if replication_factor is None:
+            cluster = await asyncio.wait_for(admin.describe_cluster(), timeout)
+            replication_factor, _ = replication_for(len(cluster.get("brokers") or ()))
+        configs = topic_settings(replication_factor)
+        wanted = [NewTopic(t.qualified(prefix), partitions if t.partitioned else 1, replication_factor,
+                           topic_configs=configs) for t in missing]
         with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
             await asyncio.wait_for(admin.create_topics(wanted), timeout)
         return [t.name for t in wanted]
@@ -144,7 +198,7 @@ async def ensure_topics(bootstrap: str, topics: Iterable[Topic], *, prefix: str 
 
 
 async def ensure_topics_forever(bootstrap: str, topics: Iterable[Topic], *, prefix: str = "", partitions: int = 6,
-                                replication_factor: int = 1) -> None:
+                                replication_factor: int | None = None) -> None:
     """ensure_topics, retried with backoff until it succeeds: Kafka may be down when a service starts, and
     the service works regardless (the outbox holds events meanwhile)."""
     topics = list(topics)
@@ -469,6 +523,7 @@ class OffsetReader:
     def __init__(self, bootstrap: str, *, timeout: float = 5.0) -> None:
         self.bootstrap = bootstrap
         self.timeout = timeout
+        self.security = KafkaSecurity()
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._dead_letters = _DeadLetterTally()
@@ -477,9 +532,9 @@ class OffsetReader:
         if self._admin is None or self._consumer is None:
             await self.close()
             ms = int(self.timeout * 1000)
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=ms)
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                        request_timeout_ms=ms)
+            admin = make_admin(self.bootstrap, timeout=self.timeout, security=self.security)
+            consumer = AIOKafkaConsumer(**client_config(self.bootstrap, security=self.security), group_id=None,
+                                        enable_auto_commit=False, request_timeout_ms=ms)
             try:
                 await asyncio.wait_for(admin.start(), self.timeout)
                 await asyncio.wait_for(consumer.start(), self.timeout)
@@ -595,7 +650,7 @@ class KafkaProbe:
         from aiokafka.client import AIOKafkaClient
 
         if self._client is None:
-            client = AIOKafkaClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.timeout * 1000))
+            client = AIOKafkaClient(**client_config(self.bootstrap), request_timeout_ms=int(self.timeout * 1000))
             try:
                 await asyncio.wait_for(client.bootstrap(), self.timeout)
             except BaseException:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["PLACEHOLDER_SECRETS", "CoreSettings", "Seconds", "SharedSettings", "format_duration",
+__all__ = ["PLACEHOLDER_SECRETS", "CoreSettings", "KafkaSecurity", "Seconds", "SharedSettings", "format_duration",
            "normalise_database_url", "parse_duration"]
 
 PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "admin", "dev-admin-token", "password"})
@@ -93,5 +93,65 @@ class SharedSettings(CoreSettings):
     kafka_bootstrap: str = Field(description="comma-separated host:port list")
     topic_prefix: str = Field(default="", description="prefix for every topic and consumer group name (test isolation)")
     kafka_partitions: int = Field(default=6, ge=1, le=256)
-    kafka_replication_factor: int = Field(default=1, ge=1, le=5, description="replication factor of created topics")
+    kafka_replication_factor: int | None = Field(
+        default=None, ge=1, le=5,
+        description="replication factor of created topics; unset: min(3, the brokers the cluster has)")
     kafka_request_timeout_ms: int = Field(default=10_000, ge=1_000)
+
+    @model_validator(mode="after")
+    def _kafka_security_is_valid(self) -> SharedSettings:
+        # The clients read KafkaSecurity when they are built (shared.kafka.client_config); check it at start-up
+        # so a wrong FAPIAO_KAFKA_SECURITY_PROTOCOL fails the service at once, not its first reconnect.
+        try:
+            KafkaSecurity()
+        except ValidationError as exc:
+            raise ValueError(f"Kafka TLS/SASL settings: {exc}") from None
+        return self
+
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class KafkaSecurity(BaseSettings):
+    """How to reach a cluster that wants TLS and/or SASL (a managed one, say): FAPIAO_KAFKA_SECURITY_PROTOCOL,
+    FAPIAO_KAFKA_SASL_*, FAPIAO_KAFKA_SSL_*. Every Kafka client the services build gets these
+    (shared.kafka.client_config); the default, PLAINTEXT, adds nothing."""
+
+    model_config = SettingsConfigDict(env_prefix="FAPIAO_KAFKA_", extra="ignore", frozen=True)
+
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = Field(default=None, description="required with SASL_*")
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = Field(default=None, description="CA bundle (PEM); unset: the system's trusted CAs")
+    ssl_certfile: str | None = Field(default=None, description="client certificate (PEM), for mutual TLS")
+    ssl_keyfile: str | None = Field(default=None, description="the client certificate's private key (PEM)")
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSecurity:
+        sasl = [n for n in ("sasl_mechanism", "sasl_username", "sasl_password") if getattr(self, n) is not None]
+        if self.uses_sasl and len(sasl) < 3:
+            raise ValueError(f"FAPIAO_KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs "
+                             "FAPIAO_KAFKA_SASL_MECHANISM, FAPIAO_KAFKA_SASL_USERNAME and FAPIAO_KAFKA_SASL_PASSWORD")
+        if sasl and not self.uses_sasl:
+            raise ValueError(f"FAPIAO_KAFKA_{sasl[0].upper()} is set but FAPIAO_KAFKA_SECURITY_PROTOCOL is "
+                             f"{self.security_protocol}: choose SASL_SSL (or SASL_PLAINTEXT)")
+        tls = [n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password")
+               if getattr(self, n) is not None]
+        if tls and not self.uses_tls:
+            raise ValueError(f"FAPIAO_KAFKA_{tls[0].upper()} is set but FAPIAO_KAFKA_SECURITY_PROTOCOL is "
+                             f"{self.security_protocol}: choose SSL (or SASL_SSL)")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("FAPIAO_KAFKA_SSL_CERTFILE and FAPIAO_KAFKA_SSL_KEYFILE go together")
+        return self

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fapiao.infra import free_port
+from fapiao.infra import KafkaCluster, free_port
 from tests.harness import (  # noqa: F401 - the old names, re-exported while tests still import them from here
     ADMIN_TOKEN,
     ARTIFACTS,
@@ -44,6 +44,7 @@ from tests.harness import (  # noqa: F401 - the old names, re-exported while tes
     read_topic,
     running_infra,
     running_issuer,
+    running_kafka_cluster,
     serve_app,
     start_all,
     start_issuer,
@@ -58,6 +59,17 @@ def infra(request: pytest.FixtureRequest) -> Iterator[Infra]:
     try:
         with running_infra(keep=lambda: bool(request.session.testsfailed)) as infra:
             yield infra
+    except InfraError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster(infra: Infra) -> Iterator[KafkaCluster]:
+    """A private 3-broker KRaft cluster for one test module (replication, a broker lost): the rest of the suite
+    stays on the one broker of `infra`, and the three JVMs are gone once the module is done."""
+    try:
+        with running_kafka_cluster(infra.workdir) as cluster:
+            yield cluster
     except InfraError as exc:
         pytest.fail(str(exc), pytrace=False)
 

@@ -1,5 +1,6 @@
 """The suite's own PostgreSQL and Kafka, on free ports in a private directory (never the `make up` stack).
-FAPIAO_TEST_DATABASE_URL / FAPIAO_TEST_KAFKA_BOOTSTRAP: use servers of your own instead."""
+FAPIAO_TEST_DATABASE_URL / FAPIAO_TEST_KAFKA_BOOTSTRAP: use servers of your own instead. The suite runs on one
+broker; `running_kafka_cluster` starts a private 3-broker cluster for the tests that are about replication."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fapiao.infra import KafkaBroker, PostgresServer, free_port
+from fapiao.infra import KafkaBroker, KafkaCluster, PostgresServer, free_port
+from fapiao.infra.procs import free_ports, pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / ".test-artifacts"
@@ -65,6 +67,29 @@ def running_infra(*, keep: Callable[[], bool] | None = None) -> Iterator[Infra]:
         server.stop()
     if keep is None or not keep():
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def running_kafka_cluster(workdir: Path, *, brokers: int = 3, heap: str = "320m") -> Iterator[KafkaCluster]:
+    """A KRaft cluster of `brokers` combined nodes on free ports under `workdir`, stopped afterwards (no node left
+    running). Its brokers are the test's to kill and restart (`cluster.node(i).kill()`, `.start()`). Call from the
+    main thread, as running_infra."""
+    root = workdir / f"kafka-cluster-{uuid.uuid4().hex[:6]}"
+    ports = free_ports(2 * brokers)
+    try:
+        cluster = KafkaCluster.plan(root, ports=list(zip(ports[::2], ports[1::2], strict=True)), heap=heap,
+                                    die_with_parent=True)
+        cluster.start(timeout=180)
+    except Exception as exc:
+        raise InfraError(f"could not start a {brokers}-broker Kafka cluster in {root}: {exc}") from exc
+    try:
+        yield cluster
+    finally:
+        pids = [node.pid for node in cluster.nodes if node.pid is not None]
+        cluster.stop()
+        left = [pid for pid in pids if pid_alive(pid)]
+        if left:
+            raise InfraError(f"Kafka nodes still running after stop: pids {left}")
 
 
 async def fresh_database(infra: Infra, name: str) -> str:
