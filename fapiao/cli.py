@@ -522,9 +522,11 @@ def status(tenant: str = typer.Option(None, "--tenant", help="a tenant id: count
         queue = body.get("waiting") or {}
         if queue:
             console.print(f"[bold]{queue['headline']}[/bold]")
-            stages = Table("waiting in", "invoices", "oldest", title="Not yet at the authority, by stage")
+            stages = Table("waiting in", "invoices", "oldest", "in stage", title="Not yet at the authority, by stage",
+                           caption="oldest: since accepted; in stage: the longest in its present stage")
             for s in queue["stages"]:
-                stages.add_row(s["label"], str(s["count"]), _ago(s["oldest_seconds"]) if s["count"] else "–")
+                stages.add_row(s["label"], str(s["count"]), _ago(s["oldest_seconds"]) if s["count"] else "–",
+                               _ago(s.get("in_stage_seconds")) if s["count"] else "–")
             console.print(stages)
         services = Table("service", "url", "ready", title="Services")
         for svc in body["services"]:

@@ -42,3 +42,35 @@ async def test_the_history_survives_a_restart_and_two_replicas_share_it(infra: I
 
 async def _at_least(issuer, n: int) -> bool:  # type: ignore[no-untyped-def]
     return len(await _series(issuer)) >= n
+
+
+async def test_an_invoice_keeps_its_age_when_it_changes_stage(infra: Infra) -> None:
+    """"Oldest" is how long an invoice has not been at the authority: an invoice that moves on (a resync, a
+    resubmission, stuck) keeps its age; the time in its new stage is shown beside it, not instead."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from services.issuer.ops.waiting import waiting
+    from tests import factories
+
+    database = await fresh_database(infra, f"ops_age_{uuid.uuid4().hex[:8]}")
+    async with running_issuer(issuer_settings(infra, database_url=database)) as issuer:
+        tenant = await issuer.new_tenant()
+        r = await issuer.client.post("/v1/invoices", headers=tenant.headers, json=factories.invoice(tenant.tax_id))
+        assert r.status_code == 201, r.text
+        now = datetime.now(UTC)
+        # As the reconciler's resync leaves it: issued 10 minutes ago, in "resync after a gap" for 5 seconds.
+        async with issuer.app.state.engine.begin() as conn:
+            await conn.execute(update(m.invoices).where(m.invoices.c.id == uuid.UUID(r.json()["id"])).values(
+                status="retrying", reason_source="reconciler", accepted_at=now - timedelta(minutes=10),
+                status_since=now - timedelta(seconds=5)))
+        async with issuer.app.state.sessions() as session:
+            w = await waiting(session=session, tenant_id=uuid.UUID(tenant.id), now=now)
+        resync = next(s for s in w.stages if s.stage == "resync")
+        assert resync.count == 1 and resync.oldest_seconds == 600.0 and resync.in_stage_seconds == 5.0
+        assert w.oldest_seconds == 600.0 and "oldest 10 min 0 s" in w.headline(), w.headline()
+        shown = (await issuer.client.get("/ops/api/overview", headers=ADMIN, params={"tenant_id": tenant.id}))
+        assert shown.status_code == 200, shown.text
+        stage = {s["stage"]: s for s in shown.json()["waiting"]["stages"]}["resync"]
+        assert stage["oldest_seconds"] >= 600 and 5 <= stage["in_stage_seconds"] < 600, stage

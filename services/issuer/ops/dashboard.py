@@ -61,7 +61,8 @@ GROUP_LAG = Gauge("fapiao_consumer_group_lag_records",
 WAITING = Gauge("fapiao_pipeline_waiting_invoices",
                 "Invoices not yet confirmed at the authority, by the stage they wait in (ops/waiting.py)", ["stage"])
 OLDEST_WAITING = Gauge("fapiao_pipeline_oldest_waiting_seconds",
-                       "Seconds the oldest invoice of a stage has waited in it (0 when the stage is empty)", ["stage"])
+                       "Seconds since the oldest invoice now in a stage was accepted (0 when the stage is empty)",
+                       ["stage"])
 
 PAGE = Path(__file__).parents[1] / "static" / "ops.html"
 _SAMPLES_LOCK = zlib.crc32(b"issuer.ops_samples")

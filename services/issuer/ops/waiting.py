@@ -1,7 +1,9 @@
 """One definition of lag, end to end: every invoice not yet confirmed, by the stage it waits in and since when.
 
-The stage follows from the issuer's status and who decided it (lifecycle.derive), and its age from
-`invoices.status_since`, the moment the invoice entered that status:
+The stage follows from the issuer's status and who decided it (lifecycle.derive). An age is counted from the
+moment the ERP's invoice was accepted (`accepted_at`): how long it has not been at the authority, whichever stage
+it is in now. Time in the stage (`status_since`) is given beside it: an invoice that bounces between a resync
+and awaiting visibility keeps its age, so "oldest" and the alert on it never reset while an invoice waits.
 
 | stage | status | waits for |
 |---|---|---|
@@ -78,7 +80,8 @@ class StageFigure:
     stage: str
     label: str
     count: int
-    oldest_seconds: float | None
+    oldest_seconds: float | None  # the longest any of them has waited since it was accepted
+    in_stage_seconds: float | None = None  # the longest any of them has been in this stage
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,8 @@ class Waiting:
         most = self.most_in
         return {"total": self.total, "oldest_seconds": self.oldest_seconds,
                 "most_in": most.stage if most else None, "headline": self.headline(),
-                "stages": [{"stage": s.stage, "label": s.label, "count": s.count, "oldest_seconds": s.oldest_seconds}
-                           for s in self.stages]}
+                "stages": [{"stage": s.stage, "label": s.label, "count": s.count, "oldest_seconds": s.oldest_seconds,
+                            "in_stage_seconds": s.in_stage_seconds} for s in self.stages]}
 
 
 async def waiting(*, session: AsyncSession, tenant_id: uuid.UUID | None = None,
@@ -127,19 +130,25 @@ async def waiting(*, session: AsyncSession, tenant_id: uuid.UUID | None = None,
     # (ix_invoices_rejected); a rejected invoice stays until the seller voids it, and rejects pile up.
     for statuses in (UNSETTLED, [Status.REJECTED]):
         rows += (await session.execute(
-            select(inv.c.status, inv.c.reason_source, func.count(), func.min(inv.c.status_since))
+            select(inv.c.status, inv.c.reason_source, func.count(), func.min(inv.c.accepted_at),
+                   func.min(inv.c.status_since))
             .where(inv.c.status.in_(statuses), *mine).group_by(inv.c.status, inv.c.reason_source)
         )).all()
     now = now or datetime.now(UTC)
     counts: dict[str, int] = {}
-    since: dict[str, datetime] = {}
-    for status, source, n, first in rows:
+    accepted: dict[str, datetime] = {}
+    entered: dict[str, datetime] = {}
+    for status, source, n, first_accepted, first_entered in rows:
         stage = stage_of(status, source)
         if stage is None:
             continue
         counts[stage] = counts.get(stage, 0) + int(n)
-        if first is not None and (stage not in since or first < since[stage]):
-            since[stage] = first
-    return Waiting([StageFigure(s.name, s.label, counts.get(s.name, 0),
-                                round(max(0.0, (now - since[s.name]).total_seconds()), 1) if s.name in since else None)
+        for earliest, at in ((accepted, first_accepted), (entered, first_entered)):
+            if at is not None and (stage not in earliest or at < earliest[stage]):
+                earliest[stage] = at
+
+    def age(earliest: dict[str, datetime], stage: str) -> float | None:
+        return round(max(0.0, (now - earliest[stage]).total_seconds()), 1) if stage in earliest else None
+
+    return Waiting([StageFigure(s.name, s.label, counts.get(s.name, 0), age(accepted, s.name), age(entered, s.name))
                     for s in STAGES])
