@@ -753,5 +753,83 @@ def main() -> None:
         sys.exit(2)
 
 
+# --- backups ---------------------------------------------------------------------------------------------------
+
+backup_app = typer.Typer(no_args_is_help=True, help="Backups of the services' databases, and restoring one.")
+app.add_typer(backup_app, name="backup")
+
+
+@backup_app.command("create")
+def backup_create(
+    out: Path = typer.Option(Path("."), "--out", help="a directory (the file is named after the time) or a file"),
+    as_json: bool = AS_JSON,
+) -> None:
+    """Dump the issuer's, sync's, the reconciler's and the notifier's schemas into one file, with a manifest: the
+    time, the dump's SHA-256, and where each Kafka topic ended and each consumer group had committed."""
+    _load_stack_env()
+    from fapiao.backup import BackupError, create_backup
+
+    database_url = os.environ.get("FAPIAO_DATABASE_URL")
+    if not database_url:
+        err.print("no database: set FAPIAO_DATABASE_URL (or run `make up`)")
+        raise typer.Exit(2)
+    try:
+        path, manifest = create_backup(database_url=database_url, out=out,
+                                       kafka_bootstrap=os.environ.get("FAPIAO_KAFKA_BOOTSTRAP"),
+                                       topic_prefix=os.environ.get("FAPIAO_TOPIC_PREFIX", ""))
+    except BackupError as exc:
+        err.print(f"backup failed: {exc}")
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps({"file": str(path), **manifest}, ensure_ascii=False))
+        return
+    kafka = manifest["kafka"]
+    topics = kafka.get("topics") or {}
+    console = Console()
+    console.print(f"Backup written to {path} ({manifest['dump']['bytes']:,} bytes of dump, schemas "
+                  f"{', '.join(manifest['schemas'])}), taken at {manifest['taken_at']}.")
+    if "error" in kafka:
+        console.print(f"Kafka positions not recorded: {kafka['error']}")
+    else:
+        console.print(f"Kafka positions recorded for {len(topics)} topics and {len(kafka.get('groups') or {})} "
+                      "consumer groups.")
+
+
+@backup_app.command("restore")
+def backup_restore(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="a file `fapiao backup create` wrote"),
+    yes: bool = typer.Option(False, "--yes", help="yes, replace the services' data with the backup's"),
+    as_json: bool = AS_JSON,
+) -> None:
+    """Replace the services' schemas with the backup's (one transaction), then let the reconciler heal: every
+    invoice the authority holds from after the backup is found and reported, with what to do about it."""
+    _load_stack_env()
+    from fapiao.backup import BackupError, read_manifest, restore_backup
+
+    database_url = os.environ.get("FAPIAO_DATABASE_URL")
+    if not database_url:
+        err.print("no database: set FAPIAO_DATABASE_URL (or run `make up`)")
+        raise typer.Exit(2)
+    try:
+        manifest = read_manifest(file)
+        if not yes:
+            err.print(f"this replaces the data of {', '.join(manifest['schemas'])} with the backup taken at "
+                      f"{manifest['taken_at']}; everything since is lost here (the authority keeps it). "
+                      "Run again with --yes to go ahead.")
+            raise typer.Exit(2)
+        restored = restore_backup(database_url=database_url, path=file)
+    except BackupError as exc:
+        err.print(f"restore failed: {exc}")
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps({"file": str(file), "taken_at": manifest["taken_at"],
+                               "restored_at": restored.restored_at.isoformat(),
+                               "sweep_windows": restored.sweep_windows}))
+        return
+    Console().print(f"Restored the backup taken at {manifest['taken_at']}. The reconciler sweeps "
+                    f"{restored.sweep_windows} (seller, day) windows now: what the authority holds from after the "
+                    "backup shows as orphans lost by the restore, each with what to do.")
+
+
 if __name__ == "__main__":
     main()

@@ -573,6 +573,32 @@ class OffsetReader:
             out[tp.topic] = out.get(tp.topic, 0) + max(0, end[tp] - begin[tp])
         return out
 
+    async def positions(self, topics: Iterable[str], groups: Iterable[str]) -> dict[str, Any]:
+        """Where each topic's partitions end, and where each consumer group has committed on them:
+        {"topics": {topic: {partition: end}}, "groups": {group: {topic: {partition: offset}}}} (for a backup's
+        manifest: what had happened on Kafka when the database was dumped)."""
+        try:
+            admin, consumer = await self._clients()
+            tps = await self._partitions(topics)
+            end = await asyncio.wait_for(consumer.end_offsets(tps), self.timeout) if tps else {}
+            out: dict[str, Any] = {"topics": {}, "groups": {}}
+            for tp in tps:
+                out["topics"].setdefault(tp.topic, {})[str(tp.partition)] = end[tp]
+            for group in groups:
+                try:
+                    committed = await asyncio.wait_for(admin.list_consumer_group_offsets(group), self.timeout)
+                except GroupCoordinatorNotAvailableError:
+                    committed = {}
+                mine: dict[str, dict[str, int]] = {}
+                for tp, meta in committed.items():
+                    if tp in end:
+                        mine.setdefault(tp.topic, {})[str(tp.partition)] = meta.offset
+                out["groups"][group] = mine
+        except BaseException:
+            await self.close()
+            raise
+        return out
+
     async def lags(self, groups: dict[str, list[str]]) -> dict[str, int | None]:
         """Records each group has not committed yet, over the partitions of its topics (None: not known yet)."""
         try:

@@ -129,19 +129,36 @@ async def _record_orphans(session: AsyncSession, seller_tax_id: str, tenant_id: 
                         o.c.alerted_at.is_(None), o.c.first_seen_at <= now - timedelta(seconds=grace))
         .values(alerted_at=now).returning(o)
     )).all()
+    restore = (await session.execute(
+        select(m.restores.c.backup_taken_at, m.restores.c.restored_at).order_by(m.restores.c.id.desc()).limit(1)
+    )).first()
     w = Writes(topics)
     for r in due:
         subject = f"orphan:{r.seller_tax_id}:{r.number}"
+        reason, next_action = _orphan_words(r, restore)
         w.raw_alert(OrphanAlertRaised, str(uuid.uuid5(ALERT_NS, subject)), subject=subject, tenant=str(r.tenant_id),
                     data={"kind": "orphan", "tenant_id": str(r.tenant_id), "seller_tax_id": r.seller_tax_id,
                           "invoice_id": None, "number": r.number, "issue_date": r.issue_date, "total": r.total,
                           "buyer_name": None, "buyer_tax_id": None, "receipt_no": r.receipt_no,
-                          "reason": f"The tax authority holds invoice {r.number} under your tax id "
-                                    f"(receipt {r.receipt_no}), but it was never issued through Fapiao Sync.",
-                          "next_action": "Check whether it was issued outside this system; red-letter it if it is "
-                                         "not yours.",
+                          "reason": reason, "next_action": next_action,
                           "case_no": None, "at": now})
     await w.flush(session)
+
+
+def _orphan_words(r: Any, restore: Any) -> tuple[str, str]:
+    """Why the authority holds an invoice this system does not know, and what to do. After a restore, one issued
+    from the day before the backup on is most likely one the restore took away (the backup's time is to the
+    second, an issue date to the day: the day before counts too, for time zones)."""
+    if restore is not None and r.issue_date is not None and \
+            r.issue_date >= restore.backup_taken_at.date() - timedelta(days=1):
+        return (f"The tax authority holds invoice {r.number} under your tax id (receipt {r.receipt_no}), issued "
+                f"{r.issue_date}; this system's database was restored at {restore.restored_at:%Y-%m-%d %H:%M} UTC "
+                f"from a backup taken at {restore.backup_taken_at:%Y-%m-%d %H:%M} UTC, and no longer has it.",
+                "Re-issue it from the ERP with the same number and content: Fapiao Sync records it again and the "
+                "authority answers with its original receipt.")
+    return (f"The tax authority holds invoice {r.number} under your tax id (receipt {r.receipt_no}), but it was "
+            "never issued through Fapiao Sync.",
+            "Check whether it was issued outside this system; red-letter it if it is not yours.")
 
 
 async def sweep_now(*, session: AsyncSession, seller_tax_id: str | None) -> int:
