@@ -753,6 +753,112 @@ def main() -> None:
         sys.exit(2)
 
 
+# --- a tenant's API keys ----------------------------------------------------------------------------------------
+
+keys_app = typer.Typer(no_args_is_help=True, help="A tenant's API keys: several at once, rotated with an overlap, "
+                                                  "revoked at once (admin API of the issuer).")
+app.add_typer(keys_app, name="keys")
+TENANT = typer.Argument(..., help="the tenant: its id or its tax id (USCC)")
+
+
+def _tenant_id(issuer: str, token: str, tenant: str) -> str:
+    try:
+        return str(uuid.UUID(tenant))
+    except ValueError:
+        found = _call("GET", issuer, "/admin/tenants", token=token, params={"tax_id": tenant})["items"]
+        if not found:
+            err.print(f"[red]no tenant with tax id {tenant}[/red]", highlight=False)
+            raise typer.Exit(1) from None
+        return str(found[0]["id"])
+
+
+def _seconds(text: str | None, what: str) -> int | None:
+    if text is None:
+        return None
+    from shared.settings import parse_duration
+
+    try:
+        return int(float(parse_duration(text)))
+    except (TypeError, ValueError):
+        err.print(f"[red]{what}:[/red] not a duration such as 90d, 24h, 30m or 3600", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _keys_table(items: list[dict[str, Any]]) -> Table:
+    table = Table("id", "label", "key starts", "state", "created", "expires", "last used", title="API keys")
+    for k in items:
+        table.add_row(k["id"], k["label"], k["prefix"] + "…", k["state"], (k["created_at"] or "")[:16],
+                      (k["expires_at"] or "–")[:16], (k["last_used_at"] or "never")[:16])
+    return table
+
+
+def _show_new_key(answer: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _emit(answer)
+        return
+    console = Console()
+    console.print(f"New key {answer['id']} ({answer['label']}), shown this once, keep it safe:")
+    console.print(answer["key"], highlight=False, soft_wrap=True)
+    if answer.get("expires_at"):
+        console.print(f"It expires at {answer['expires_at']}.")
+    if old := answer.get("replaces"):
+        console.print(f"The key it replaces ({old['id']}) works until {old['expires_at']}.")
+
+
+@keys_app.command("list")
+def keys_list(tenant: str = TENANT, as_json: bool = AS_JSON) -> None:
+    """The tenant's keys: label, first characters, state, created, expires, last used. Never a key itself."""
+    _load_stack_env()
+    issuer, token = _url("issuer", 8000), _admin_token()
+    items = _call("GET", issuer, f"/admin/tenants/{_tenant_id(issuer, token, tenant)}/keys", token=token)["items"]
+    if as_json:
+        _emit({"items": items})
+    else:
+        Console().print(_keys_table(items))
+
+
+@keys_app.command("create")
+def keys_create(tenant: str = TENANT,
+                label: str = typer.Option("default", help="a name to tell the key by, e.g. erp-production"),
+                expires_in: str | None = typer.Option(None, "--expires-in", help="e.g. 90d; none: until revoked"),
+                as_json: bool = AS_JSON) -> None:
+    """Another key for the tenant (the others keep working); printed this once."""
+    _load_stack_env()
+    issuer, token = _url("issuer", 8000), _admin_token()
+    body: dict[str, Any] = {"label": label}
+    if (seconds := _seconds(expires_in, "--expires-in")) is not None:
+        body["expires_in_seconds"] = seconds
+    answer = _call("POST", issuer, f"/admin/tenants/{_tenant_id(issuer, token, tenant)}/keys", token=token,
+                   body=body, ok=(201,))
+    _show_new_key(answer, as_json)
+
+
+@keys_app.command("revoke")
+def keys_revoke(tenant: str = TENANT, key_id: str = typer.Argument(..., help="the key's id (fapiao keys list)"),
+                as_json: bool = AS_JSON) -> None:
+    """The key stops working now, on every issuer replica."""
+    _load_stack_env()
+    issuer, token = _url("issuer", 8000), _admin_token()
+    answer = _call("POST", issuer, f"/admin/tenants/{_tenant_id(issuer, token, tenant)}/keys/{key_id}/revoke",
+                   token=token)
+    if as_json:
+        _emit(answer)
+    else:
+        Console().print(f"Key {answer['id']} ({answer['label']}) is {answer['state']} since {answer['revoked_at']}.")
+
+
+@keys_app.command("rotate")
+def keys_rotate(tenant: str = TENANT, key_id: str = typer.Argument(..., help="the key's id (fapiao keys list)"),
+                overlap: str = typer.Option("1d", help="how long the old key keeps working, e.g. 1d, 2h, 0"),
+                as_json: bool = AS_JSON) -> None:
+    """A new key under the same label; the old one works on for --overlap, then expires."""
+    _load_stack_env()
+    issuer, token = _url("issuer", 8000), _admin_token()
+    answer = _call("POST", issuer, f"/admin/tenants/{_tenant_id(issuer, token, tenant)}/keys/{key_id}/rotate",
+                   token=token, body={"overlap_seconds": _seconds(overlap, "--overlap")}, ok=(201,))
+    _show_new_key(answer, as_json)
+
+
 # --- backups ---------------------------------------------------------------------------------------------------
 
 backup_app = typer.Typer(no_args_is_help=True, help="Backups of the services' databases, and restoring one.")

@@ -44,6 +44,8 @@ api_keys = Table(
     Column("label", String(100), nullable=False, server_default="default"),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("revoked_at", DateTime(timezone=True)),
+    Column("expires_at", DateTime(timezone=True)),  # none: until revoked; a rotated key keeps working until then
+    Column("last_used_at", DateTime(timezone=True)),  # to the minute (written at most once a minute per key)
 )
 
 invoices = Table(

@@ -6,8 +6,9 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.issuer import models as m
@@ -18,6 +19,7 @@ __all__ = ["API_KEY_PREFIX", "Tenant", "TenantCreated", "TenantInvalid", "TaxIdT
            "create_tenant", "issue_api_key"]
 
 API_KEY_PREFIX = "fsk_"
+LAST_USED_EVERY = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -72,12 +74,24 @@ async def issue_api_key(*, session: AsyncSession, tenant_id: uuid.UUID, label: s
     return key
 
 
-async def authenticate(*, session: AsyncSession | AsyncConnection, api_key: str) -> Tenant | None:
+async def authenticate(*, session: AsyncConnection, api_key: str) -> Tenant | None:
+    """The tenant whose key this is, when the key is neither revoked nor expired. Read from the database on every
+    request, so a revocation holds at once on every issuer replica. Notes the key's use, at most once a minute,
+    and commits `session` when it does (the connection the request authenticates on holds nothing else)."""
     if not api_key.startswith(API_KEY_PREFIX) or len(api_key) > 200:
         return None
+    k = m.api_keys
     row = (await session.execute(
-        select(m.tenants.c.id, m.tenants.c.name, m.tenants.c.tax_id)
-        .join(m.api_keys, m.api_keys.c.tenant_id == m.tenants.c.id)
-        .where(m.api_keys.c.key_hash == hash_key(api_key), m.api_keys.c.revoked_at.is_(None))
+        select(m.tenants.c.id, m.tenants.c.name, m.tenants.c.tax_id, k.c.id.label("key_id"), k.c.last_used_at,
+               func.now().label("now"))
+        .join(k, k.c.tenant_id == m.tenants.c.id)
+        .where(k.c.key_hash == hash_key(api_key), k.c.revoked_at.is_(None),
+               or_(k.c.expires_at.is_(None), k.c.expires_at > func.now()))
     )).first()
-    return Tenant(row.id, row.name, row.tax_id) if row else None
+    if row is None:
+        return None
+    if row.last_used_at is None or row.now - row.last_used_at >= LAST_USED_EVERY:
+        stale = or_(k.c.last_used_at.is_(None), k.c.last_used_at < func.now() - LAST_USED_EVERY)
+        await session.execute(update(k).where(k.c.id == row.key_id, stale).values(last_used_at=func.now()))
+        await session.commit()
+    return Tenant(row.id, row.name, row.tax_id)

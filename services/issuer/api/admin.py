@@ -1,13 +1,18 @@
-"""Operators' routes (admin token): register tenants, find invoices whichever tenant issued them."""
+"""Operators' routes (admin token): register tenants and manage their API keys, find invoices whichever tenant
+issued them."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import select
 
+from services.issuer import keys
+from services.issuer import models as m
 from services.issuer.api.answers import found, respond
 from services.issuer.api.deps import ScheduleDep, SessionDep
 from services.issuer.ops import lookups
@@ -35,6 +40,19 @@ async def create_tenant(body: TenantCreate, session: SessionDep) -> Response:
     return respond(await register_tenant(session=session, name=body.name, tax_id=body.tax_id))
 
 
+@router.get("/tenants", dependencies=[Depends(require_admin)])
+async def list_tenants(session: SessionDep, tax_id: Annotated[str | None, Query(pattern=r"^[0-9A-Za-z]{1,18}$")] = None,
+                       ) -> dict[str, Any]:
+    """The tenants, oldest first (one with `tax_id`, or none)."""
+    t = m.tenants
+    query = select(t).order_by(t.c.created_at, t.c.id)
+    if tax_id is not None:
+        query = query.where(t.c.tax_id == tax_id.upper())
+    rows = (await session.execute(query)).all()
+    return {"items": [{"id": str(r.id), "name": r.name, "tax_id": r.tax_id, "created_at": r.created_at.isoformat()}
+                      for r in rows]}
+
+
 @router.get("/invoices", dependencies=[Depends(require_admin)])
 async def find_invoices(number: Annotated[str, Query(pattern=r"^[0-9]{20}$")], session: SessionDep,
                         seller_tax_id: Annotated[str | None, Query(pattern=r"^[0-9A-Za-z]{1,18}$")] = None,
@@ -49,3 +67,59 @@ async def find_invoices(number: Annotated[str, Query(pattern=r"^[0-9]{20}$")], s
 async def any_invoice(invoice_id: str, schedule: ScheduleDep, session: SessionDep) -> Response:
     """One invoice as its tenant sees it (status, reason, next action, timeline), plus the tenant."""
     return respond(await lookups.get_invoice_any_tenant(session=session, invoice_id=invoice_id, schedule=schedule))
+
+
+# --- a tenant's API keys ------------------------------------------------------------------------------------------
+
+_KEYS: dict[int | str, dict[str, Any]] = {404: {"description": "No such tenant (or no such key of it)"}}
+_TWO_YEARS = 2 * 366 * 86_400
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), CLEAN_NAME] = Field(
+        default="default", description="a name to tell the key by, e.g. 'erp-production'")
+    expires_in_seconds: int | None = Field(default=None, ge=60, le=_TWO_YEARS,
+                                           description="the key stops working this long from now; none: until revoked")
+
+
+class KeyRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    overlap_seconds: int = Field(default=86_400, ge=0, le=30 * 86_400,
+                                 description="how long the old key keeps working beside the new one")
+
+
+def _issued(issued: keys.IssuedKey) -> dict[str, Any]:
+    return {**issued.view, "key": issued.key, "key_shown_once": True}
+
+
+@router.get("/tenants/{tenant_id}/keys", dependencies=[Depends(require_admin)], responses=_KEYS)
+async def list_keys(tenant_id: uuid.UUID, session: SessionDep) -> dict[str, Any]:
+    """The tenant's keys, oldest first: label, first characters, state (active, expired, revoked), created,
+    expires, revoked and last used (to the minute). Never the key itself."""
+    return {"items": await keys.list_keys(session=session, tenant_id=tenant_id)}
+
+
+@router.post("/tenants/{tenant_id}/keys", status_code=201, dependencies=[Depends(require_admin)], responses=_KEYS)
+async def create_key(tenant_id: uuid.UUID, body: KeyCreate, session: SessionDep) -> JSONResponse:
+    """Another key for the tenant (several can be active at once); the key is in this answer only."""
+    issued = await keys.create_key(session=session, tenant_id=tenant_id, label=body.label,
+                                   expires_in_seconds=body.expires_in_seconds)
+    return JSONResponse(_issued(issued), status_code=201)
+
+
+@router.post("/tenants/{tenant_id}/keys/{key_id}/revoke", dependencies=[Depends(require_admin)], responses=_KEYS)
+async def revoke_key(tenant_id: uuid.UUID, key_id: uuid.UUID, session: SessionDep) -> dict[str, Any]:
+    """The key stops working now, on every issuer replica (each request reads it). Revoking again is no error."""
+    return await keys.revoke_key(session=session, tenant_id=tenant_id, key_id=key_id)
+
+
+@router.post("/tenants/{tenant_id}/keys/{key_id}/rotate", status_code=201, dependencies=[Depends(require_admin)],
+             responses={**_KEYS, 409: {"description": "The key is revoked or expired: create a new one"}})
+async def rotate_key(tenant_id: uuid.UUID, key_id: uuid.UUID, session: SessionDep,
+                     body: KeyRotate | None = None) -> JSONResponse:
+    """A new key under the same label; the old one works on for `overlap_seconds` (a day by default), then
+    expires. `key` is the new key, shown this once."""
+    issued, old = await keys.rotate_key(session=session, tenant_id=tenant_id, key_id=key_id,
+                                        overlap_seconds=(body or KeyRotate()).overlap_seconds)
+    return JSONResponse({**_issued(issued), "replaces": old}, status_code=201)
