@@ -859,6 +859,74 @@ def keys_rotate(tenant: str = TENANT, key_id: str = typer.Argument(..., help="th
     _show_new_key(answer, as_json)
 
 
+# --- operators and the audit log -------------------------------------------------------------------------------
+
+operators_app = typer.Typer(no_args_is_help=True, help="Named operators (FAPIAO_OPERATOR_TOKENS).")
+app.add_typer(operators_app, name="operators")
+SERVICES = {"issuer": 8000, "sync": 8001, "reconciler": 8002, "notifier": 8003, "taxstore": 8100}
+
+
+@operators_app.command("token")
+def operators_token(name: str = typer.Argument(..., help="the operator's name, e.g. alice")) -> None:
+    """A new token for an operator: the token (give it to them, once) and the FAPIAO_OPERATOR_TOKENS entry (no
+    secret: a hash) that every service needs to know them by."""
+    import hashlib
+    import secrets
+
+    from shared.audit import parse_operator_tokens
+
+    token = "fop_" + secrets.token_urlsafe(32)
+    entry = f"{name}:{hashlib.sha256(token.encode()).hexdigest()}"
+    try:
+        parse_operator_tokens(entry)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    console = Console()
+    console.print(f"Token for {name} (shown this once):")
+    console.print(token, highlight=False, soft_wrap=True)
+    console.print("Add this entry to FAPIAO_OPERATOR_TOKENS (comma-separated) for every service, then restart them:")
+    console.print(entry, highlight=False, soft_wrap=True)
+
+
+@app.command("audit")
+def audit(limit: int = typer.Option(50, min=1, max=1000, help="the newest N of each service"),
+          actor: str | None = typer.Option(None, help="one operator's changes only"),
+          as_json: bool = AS_JSON) -> None:
+    """What operators changed, newest first, across the five services: who (and for whom), what, when, from
+    where, and the answer's status."""
+    _load_stack_env()
+    token = _admin_token()
+    items: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for service, port in SERVICES.items():
+        params: dict[str, str | int] = {"limit": limit, **({"actor": actor} if actor else {})}
+        try:
+            with httpx.Client(timeout=httpx.Timeout(10, connect=3)) as client:
+                r = client.get(f"{_url(service, port)}/admin/audit", params=params,
+                               headers={"Authorization": f"Bearer {token}"})
+        except httpx.HTTPError as exc:
+            missing.append(f"{service} ({type(exc).__name__})")
+            continue
+        if r.status_code != 200:
+            missing.append(f"{service} ({r.status_code})")
+            continue
+        items += r.json()["items"]
+    items.sort(key=lambda i: i["at"], reverse=True)
+    if as_json:
+        _emit({"items": items, "unavailable": missing})
+    else:
+        table = Table("at", "service", "operator", "for", "request", "status", "from", title="Operator actions")
+        for i in items:
+            table.add_row(i["at"][:19], i["service"], i["actor"], i["on_behalf_of"] or "", f"{i['method']} {i['path']}",
+                          str(i["status"]), i["client"] or "")
+        Console().print(table)
+        if missing:
+            err.print(f"not read: {', '.join(missing)}")
+    if missing:
+        raise typer.Exit(2)
+
+
 # --- backups ---------------------------------------------------------------------------------------------------
 
 backup_app = typer.Typer(no_args_is_help=True, help="Backups of the services' databases, and restoring one.")

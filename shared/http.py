@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.message
-import hmac
 import inspect
 import logging
 import time
@@ -22,6 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.audit import Operators, on_behalf
+from shared.audit import record as audit_record
 from shared.db import DatabaseTrouble, database_unavailable
 from shared.errors import (
     FapiaoError,
@@ -63,17 +64,25 @@ def auth_dependency(fn: F) -> F:
 
 
 ADMIN_BEARER = HTTPBearer(scheme_name="AdminToken", auto_error=False,
-                          description="FAPIAO_ADMIN_TOKEN, for operators (`make up` keeps it in .run/admin-token)")
+                          description="FAPIAO_ADMIN_TOKEN (`make up` keeps it in .run/admin-token) or a named "
+                                      "operator's token (FAPIAO_OPERATOR_TOKENS)")
 
 
 @auth_dependency
 def require_admin(request: Request,
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(ADMIN_BEARER)] = None) -> None:
-    """Dependency for /admin routes: the bearer token must be FAPIAO_ADMIN_TOKEN (compared in constant time)."""
-    expected = request.app.state.settings.admin_token.get_secret_value()
+    """Dependency for /admin routes: FAPIAO_ADMIN_TOKEN or a named operator's token (compared in constant time).
+    Notes who it is, for the audit log (shared.audit)."""
+    operators = getattr(request.app.state, "operators", None)
+    if operators is None:
+        operators = request.app.state.operators = Operators.from_settings(request.app.state.settings)
     given = credentials.credentials.strip() if credentials else ""
-    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise Unauthorized("admin endpoints need 'Authorization: Bearer <FAPIAO_ADMIN_TOKEN>'")
+    operator = operators.identify(given) if given else None
+    if operator is None:
+        raise Unauthorized("admin endpoints need 'Authorization: Bearer <FAPIAO_ADMIN_TOKEN or an operator's token>'")
+    request.state.operator = operator
+    request.state.on_behalf_of = on_behalf(request, operator)
+    request.state.correlation_id = correlation_id.get()
 
 
 def domain_problem(exc: FapiaoError) -> JSONResponse:
@@ -305,6 +314,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 responded = True
+                await audit_record(scope, status, schema=self.service)  # before the answer leaves
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-correlation-id", cid.encode())]
             await send(message)

@@ -58,6 +58,9 @@ class CoreSettings(BaseSettings):
     env: Literal["development", "test", "production"] = "development"
     database_url: str = Field(description="PostgreSQL DSN; the local stack fills it in")
     admin_token: SecretStr = Field(description="bearer token for /admin endpoints")
+    operator_tokens: str = Field(default="", description=(
+        "named operators: name:<sha256 hex of the token>, comma-separated (fapiao operators token NAME makes one); "
+        "their changes are audited under their names"))
     log_level: str = "INFO"
     log_json: bool = True
     db_pool_size: int = Field(default=10, ge=1, le=200,
@@ -74,6 +77,14 @@ class CoreSettings(BaseSettings):
         v = normalise_database_url(v.strip())
         if not v.startswith("postgresql+asyncpg://"):
             raise ValueError("must be a PostgreSQL URL (postgresql://user:pass@host:port/db)")
+        return v
+
+    @field_validator("operator_tokens")
+    @classmethod
+    def _operators(cls, v: str) -> str:
+        from shared.audit import parse_operator_tokens
+
+        parse_operator_tokens(v)  # ValueError names the entry at fault
         return v
 
     @model_validator(mode="after")

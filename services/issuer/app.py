@@ -23,6 +23,7 @@ from services.issuer.ops.dashboard import router as ops_router
 from services.issuer.selfcheck import LedgerClient, SelfCheck
 from services.issuer.settings import IssuerSettings
 from shared.apidocs import service_app
+from shared.audit import audit_router
 from shared.db import transaction
 from shared.http import (
     BodyLimitMiddleware,
@@ -108,6 +109,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
     app.state.ops_sampler = None
     app.state.schedule = None
     install_problem_handlers(app)
+    app.include_router(audit_router(SERVICE))
     app.include_router(invoices.router)
     app.include_router(cases.router)
     app.include_router(notifications.router)

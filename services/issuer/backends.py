@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from shared.audit import ON_BEHALF
 from shared.contracts.cases import CaseStatus
 from shared.contracts.reconciler import CaseDetail, CaseList, CaseOpen
 from shared.errors import FapiaoError, ServiceUnavailable
@@ -151,7 +152,8 @@ class ReconcilerClient(BackendClient):
         # Not validated here: the reconciler does, and its 422 (e.g. a tenant's short tax id) reaches the tenant.
         body = CaseOpen.model_construct(invoice_id=invoice_id, tenant_id=tenant_id, seller_tax_id=seller_tax_id,
                                         number=number, note=note)
-        r = await self._call("POST", "/admin/cases", json=body.model_dump(mode="json"))
+        r = await self._call("POST", "/admin/cases", json=body.model_dump(mode="json"),
+                             headers={ON_BEHALF: f"tenant:{tenant_id}"})
         return r.status_code == 201, self._model(r, CaseDetail, expect=(200, 201))
 
     async def get_case(self, case_no: str) -> CaseDetail | None:
@@ -182,7 +184,8 @@ class NotifierClient(BackendClient):
     async def forward(self, method: str, tenant_id: str, path: str, *, json: Any = None,
                       params: dict[str, Any] | None = None) -> tuple[int, dict[str, Any] | None]:
         r = await self._call(method, f"/admin/tenants/{tenant_id}{path}", json=json,
-                             params={k: v for k, v in (params or {}).items() if v is not None})
+                             params={k: v for k, v in (params or {}).items() if v is not None},
+                             headers={ON_BEHALF: f"tenant:{tenant_id}"})  # the notifier's audit log says so
         if r.status_code == 204:
             return 204, None
         return r.status_code, self._json(r, expect=(200, 201, 202))

@@ -22,6 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
+from shared.audit import audit_table
 from shared.db import make_metadata, outbox_table, processed_events_table
 
 SCHEMA = "issuer"
@@ -133,3 +134,5 @@ ops_samples = Table(
     Column("t", DateTime(timezone=True), primary_key=True),
     Column("point", JSONB, nullable=False),
 )
+
+audit_log = audit_table(metadata)  # what operators changed through this service (shared.audit)

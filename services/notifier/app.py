@@ -19,6 +19,7 @@ from services.notifier.settings import NotifierSettings
 from services.notifier.signing import SecretBox
 from services.notifier.worker import Notifier
 from shared.apidocs import service_app
+from shared.audit import audit_router
 from shared.http import RequestContextMiddleware, health_router, install_problem_handlers
 from shared.kafka import ensure_topics_forever
 from shared.logging import configure_logging
@@ -87,6 +88,7 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
     app.state.policy = policy
     app.state.box = box
     install_problem_handlers(app)
+    app.include_router(audit_router(SERVICE))
     app.include_router(router)
     app.include_router(health_router("database", "kafka"))
     app.add_middleware(RequestContextMiddleware, service=SERVICE)

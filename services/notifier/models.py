@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
+from shared.audit import audit_table
 from shared.db import make_metadata, outbox_table
 
 SCHEMA = "notifier"
@@ -151,3 +152,5 @@ open_cases = Table(
 
 outbox = outbox_table(metadata)
 Index("ix_outbox_unpublished", outbox.c.id, postgresql_where=outbox.c.published_at.is_(None))
+
+audit_log = audit_table(metadata)  # what operators changed through this service (shared.audit)

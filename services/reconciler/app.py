@@ -19,6 +19,7 @@ from services.reconciler.store import TaxstoreReader
 from services.reconciler.worker import Reconciler
 from services.reconciler.writes import Topics
 from shared.apidocs import service_app
+from shared.audit import audit_router
 from shared.http import RequestContextMiddleware, health_router, install_problem_handlers
 from shared.kafka import ensure_topics_forever
 from shared.logging import configure_logging
@@ -76,6 +77,7 @@ def create_app(settings: ReconcilerSettings | None = None) -> FastAPI:
     app.state.reconciler = None
     app.state.reconciler_topics = Topics.of(settings.topic_prefix)
     install_problem_handlers(app)
+    app.include_router(audit_router(SERVICE))
     app.include_router(router)
     app.include_router(health_router("database", "kafka"))
     app.add_middleware(RequestContextMiddleware, service=SERVICE)

@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
+from shared.audit import audit_table
 from shared.db import make_metadata, outbox_table
 
 SCHEMA = "reconciler"
@@ -155,3 +156,5 @@ restores = Table(
 
 outbox = outbox_table(metadata)
 Index("ix_outbox_unpublished", outbox.c.id, postgresql_where=outbox.c.published_at.is_(None))
+
+audit_log = audit_table(metadata)  # what operators changed through this service (shared.audit)

@@ -18,6 +18,7 @@ from services.sync.client import TaxstoreClient
 from services.sync.settings import SyncSettings
 from services.sync.worker import Syncer
 from shared.apidocs import service_app
+from shared.audit import audit_router
 from shared.http import RequestContextMiddleware, health_router, install_problem_handlers
 from shared.kafka import ensure_topics_forever
 from shared.logging import configure_logging
@@ -83,6 +84,7 @@ def create_app(settings: SyncSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.checks = {}
     install_problem_handlers(app)
+    app.include_router(audit_router(SERVICE))
     app.include_router(router)
 
     app.include_router(health_router("database", "kafka"))

@@ -17,6 +17,7 @@ from services.taxstore.schemas import SubmissionDoc
 from services.taxstore.settings import TaxstoreSettings
 from services.taxstore.stats import Stats
 from shared.apidocs import service_app
+from shared.audit import audit_router
 from shared.db import engine_for, ping, session_factory
 from shared.http import (
     BodyLimitMiddleware,
@@ -66,6 +67,7 @@ def create_app(settings: TaxstoreSettings | None = None) -> FastAPI:
     app.state.faults = FaultInjector(Faults.from_settings(settings))
     app.state.stats = Stats()
     install_problem_handlers(app)
+    app.include_router(audit_router(SERVICE))
     app.include_router(router)
     app.include_router(admin_router)
 

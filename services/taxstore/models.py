@@ -17,6 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
+from shared.audit import audit_table
 from shared.db import make_metadata
 
 SCHEMA = "taxstore"
@@ -53,3 +54,5 @@ sellers = Table(
     Column("name", String(200), nullable=False),
     Column("registered_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+audit_log = audit_table(metadata)  # what operators changed through this service (shared.audit)

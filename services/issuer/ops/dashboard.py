@@ -39,6 +39,7 @@ from services.issuer import models as m
 from services.issuer.ops.figures import ops_figures
 from services.issuer.ops.waiting import waiting
 from services.issuer.settings import IssuerSettings
+from shared.audit import ON_BEHALF
 from shared.consumers import ALL_GROUPS
 from shared.contracts.taxstore import FaultsUpdate
 from shared.db import database_unavailable, transaction
@@ -289,8 +290,9 @@ async def _faults(request: Request, method: str, body: dict[str, Any] | None) ->
     s: IssuerSettings = request.app.state.settings
     try:
         async with httpx.AsyncClient(timeout=5) as client:
-            r = await client.request(method, f"{s.taxstore_url}/admin/faults", json=body,
-                                     headers={"Authorization": f"Bearer {s.admin_token.get_secret_value()}"})
+            r = await client.request(method, f"{s.taxstore_url}/admin/faults", json=body, headers={
+                "Authorization": f"Bearer {s.admin_token.get_secret_value()}",
+                ON_BEHALF: f"operator:{getattr(request.state, 'operator', 'admin')}"})  # the store's audit log
         status = r.status_code if r.status_code < 500 else 503
         return JSONResponse(r.json(), status_code=status,
                             media_type="application/problem+json" if status >= 400 else "application/json")

@@ -1,0 +1,163 @@
+"""Operators by name, and the record of what each of them changed.
+
+**Named tokens.** Besides FAPIAO_ADMIN_TOKEN (the operator `admin`, and the token the services call each other
+with), FAPIAO_OPERATOR_TOKENS names operators: `alice:<sha256 hex of her token>,bob:<…>`. The setting holds
+hashes only, so it is no secret; `fapiao operators token NAME` makes a token and prints the entry to add. An
+operator is revoked by taking the entry out (and restarting the service). The tokens are 256-bit random, so a
+plain SHA-256 is as good as a slow KDF here.
+
+**The audit log.** Every change made with an operator's token (any method but GET, HEAD and OPTIONS, on any
+route that asked for the admin token) is written to the service's own `audit_log` table before the answer leaves:
+who (the operator; for a call one service makes for another, the operator or tenant it acted for, from the
+`X-Fapiao-On-Behalf-Of` header, trusted only with the services' own token), what (method, path and query, the
+status of the answer), when, and from where (the client address, its user agent, the correlation id). Every
+service answers `GET /admin/audit`; `fapiao audit` merges the five.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text, func, select
+
+from shared.db import make_metadata
+
+__all__ = ["ON_BEHALF", "Operators", "audit_router", "audit_table", "parse_operator_tokens", "record"]
+
+log = logging.getLogger(__name__)
+ON_BEHALF = "X-Fapiao-On-Behalf-Of"
+SERVICE_OPERATOR = "admin"  # FAPIAO_ADMIN_TOKEN's holder: people with it, and the services themselves
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_HEX = re.compile(r"[0-9a-f]{64}")
+_BEHALF = re.compile(r"(tenant|operator):[0-9A-Za-z._-]{1,64}")
+QUIET = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def audit_table(metadata: MetaData) -> Table:
+    return Table(
+        "audit_log", metadata,
+        Column("id", BigInteger, primary_key=True, autoincrement=True),
+        Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("actor", String(64), nullable=False),
+        Column("on_behalf_of", String(80)),
+        Column("method", String(10), nullable=False),
+        Column("path", Text, nullable=False),
+        Column("status", Integer, nullable=False),
+        Column("client", String(80)),
+        Column("user_agent", String(200)),
+        Column("correlation_id", String(64)),
+        Index("ix_audit_log_at", "at"),
+    )
+
+
+_TABLES: dict[str, Table] = {}
+
+
+def _table(schema: str) -> Table:
+    """The audit_log of one service's schema (as its models declare it)."""
+    if schema not in _TABLES:
+        _TABLES[schema] = audit_table(make_metadata(schema))
+    return _TABLES[schema]
+
+
+def parse_operator_tokens(value: str) -> dict[str, str]:
+    """'alice:<hex>,bob:<hex>' -> {hex: name}; ValueError naming the bad entry."""
+    out: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, _, digest = item.partition(":")
+        name, digest = name.strip(), digest.strip().lower()
+        if not _NAME.fullmatch(name) or name == SERVICE_OPERATOR:
+            raise ValueError(f"operator name {name!r}: lower-case letters, digits, '.', '_' or '-' (not 'admin')")
+        if not _HEX.fullmatch(digest):
+            raise ValueError(f"operator {name}: the token's SHA-256 as 64 hex digits (fapiao operators token {name})")
+        if name in out.values():
+            raise ValueError(f"operator {name} is named twice")
+        out[digest] = name
+    return out
+
+
+@dataclass(frozen=True)
+class Operators:
+    admin_token: str
+    named: dict[str, str]  # sha256 hex -> name
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Operators:
+        return cls(settings.admin_token.get_secret_value(), parse_operator_tokens(settings.operator_tokens))
+
+    def identify(self, token: str) -> str | None:
+        """The operator this token belongs to, or None (compared in constant time)."""
+        if token and hmac.compare_digest(token.encode(), self.admin_token.encode()):
+            return SERVICE_OPERATOR
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        found = None
+        for known, name in self.named.items():
+            if hmac.compare_digest(digest, known):
+                found = name
+        return found
+
+
+def on_behalf(request: Request, operator: str) -> str | None:
+    """Whom a service's call was made for: only the services' own token may say so."""
+    value = request.headers.get(ON_BEHALF)
+    if operator != SERVICE_OPERATOR or value is None or not _BEHALF.fullmatch(value):
+        return None
+    return value
+
+
+async def record(scope: MutableMapping[str, Any], status: int, *, schema: str) -> None:
+    """Write the audit row of a change an operator made (see the module's doc); never raises (it logs)."""
+    state = scope.get("state") or {}
+    operator = state.get("operator")
+    if operator is None or scope.get("method") in QUIET:
+        return
+    app = scope.get("app")
+    engine = getattr(getattr(app, "state", None), "engine", None)
+    if engine is None:
+        return
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+    query = scope.get("query_string", b"").decode("latin-1")
+    client = scope.get("client")
+    row = {"actor": operator, "behalf": state.get("on_behalf_of"), "method": scope["method"],
+           "path": (scope.get("path", "") + (f"?{query}" if query else ""))[:2000], "status": status,
+           "client": f"{client[0]}:{client[1]}"[:80] if client else None,
+           "agent": headers.get("user-agent", "")[:200] or None, "cid": state.get("correlation_id")}
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(_table(schema).insert().values(
+                actor=row["actor"], on_behalf_of=row["behalf"], method=row["method"], path=row["path"],
+                status=row["status"], client=row["client"], user_agent=row["agent"], correlation_id=row["cid"]))
+    except Exception as exc:  # noqa: BLE001 - the change is made; say loudly that its record is missing
+        log.error("audit record not written for %s %s by %s: %s", row["method"], row["path"], operator,
+                  type(exc).__name__)
+
+
+def audit_router(schema: str) -> APIRouter:
+    """GET /admin/audit for one service (its schema's audit_log)."""
+    from shared.http import require_admin  # shared.http records with this module: imported late, not in a cycle
+
+    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+    @router.get("/audit")
+    async def audit(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                    actor: Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")] = None,
+                    ) -> dict[str, Any]:
+        """The changes operators made through this service, newest first: who (and for whom), what, when, from
+        where, and the status answered."""
+        t = _table(schema)
+        query = select(t.c.at, t.c.actor, t.c.on_behalf_of, t.c.method, t.c.path, t.c.status, t.c.client,
+                       t.c.user_agent, t.c.correlation_id).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
+        if actor is not None:
+            query = query.where(t.c.actor == actor)
+        async with request.app.state.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return {"items": [{**r, "at": r["at"].isoformat(), "service": schema} for r in rows]}
+
+    return router
