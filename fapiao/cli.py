@@ -753,6 +753,50 @@ def main() -> None:
         sys.exit(2)
 
 
+# --- exports --------------------------------------------------------------------------------------------------
+
+@app.command("export")
+def export(
+    out: Path = typer.Option(..., "--out", help="the file to write (its name's ending need not match --format)"),
+    fmt: str = typer.Option("csv", "--format", help="csv (UTF-8 with a BOM) or xlsx"),
+    status: str | None = typer.Option(None, help="only invoices of this status"),
+    issued_from: str | None = typer.Option(None, "--issued-from", help="YYYY-MM-DD"),
+    issued_to: str | None = typer.Option(None, "--issued-to", help="YYYY-MM-DD"),
+    buyer_tax_id: str | None = typer.Option(None, "--buyer-tax-id"),
+    min_total: str | None = typer.Option(None, "--min-total"),
+    max_total: str | None = typer.Option(None, "--max-total"),
+    api_key: str = typer.Option(None, "--api-key", envvar="FAPIAO_API_KEY", help="the tenant's API key"),
+    url: str = typer.Option(None, "--url", envvar="FAPIAO_ISSUER_URL", help="issuer base URL"),
+) -> None:
+    """The tenant's invoices (GET /v1/invoices/export, the list's filters) to a CSV or XLSX file, streamed."""
+    _load_stack_env()
+    url = url or os.environ.get("FAPIAO_ISSUER_URL") or "http://127.0.0.1:8000"
+    key = _api_key(api_key)
+    params = {k: v for k, v in {"format": fmt, "status": status, "issued_from": issued_from, "issued_to": issued_to,
+                                "buyer_tax_id": buyer_tax_id, "min_total": min_total, "max_total": max_total}.items()
+              if v is not None}
+    partial = out.with_name(out.name + ".partial")
+    try:
+        with httpx.Client(timeout=httpx.Timeout(300, connect=5)) as client, client.stream(
+                "GET", f"{url.rstrip('/')}/v1/invoices/export", params=params,
+                headers={"Authorization": f"Bearer {key}"}) as r:
+            if r.status_code != 200:
+                r.read()
+                err.print(f"[red]{r.status_code}:[/red] {_reasons(r)}", highlight=False)
+                raise typer.Exit(2)
+            written = 0
+            with partial.open("wb") as f:
+                for chunk in r.iter_bytes():
+                    f.write(chunk)
+                    written += len(chunk)
+    except httpx.HTTPError as exc:
+        partial.unlink(missing_ok=True)
+        err.print(f"[red]cannot reach {url}:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    partial.replace(out)  # whole or not at all
+    Console().print(f"Wrote {out} ({written:,} bytes, {fmt}).")
+
+
 # --- a tenant's API keys ----------------------------------------------------------------------------------------
 
 keys_app = typer.Typer(no_args_is_help=True, help="A tenant's API keys: several at once, rotated with an overlap, "

@@ -3,16 +3,17 @@ request, makes one service call and answers its outcome (answers.py)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.issuer.api.answers import respond
 from services.issuer.api.deps import IdempotencyKey, IssuingDep, ScheduleDep, SessionDep, TenantDep, once
-from services.issuer.invoices import importing, issuing, reading, voiding
+from services.issuer.invoices import exports, importing, issuing, reading, voiding
 from services.issuer.lifecycle import Status
 from services.issuer.schemas import BatchRequest, InvoiceCreate, InvoiceList, InvoiceRead, InvoiceView, VoidRequest
 from shared.errors import FieldError, ValidationFailed
@@ -69,7 +70,9 @@ async def import_csv(request: Request, tenant: TenantDep, session: SessionDep, r
 AMOUNT_FILTER = r"^-?[0-9]{1,12}(\.[0-9]{2})?$"
 
 
-class _Filters(BaseModel):
+class _Match(BaseModel):
+    """What the list and the exports filter by."""
+
     model_config = ConfigDict(extra="forbid")
     status: Status | None = None
     number: str | None = Field(default=None, pattern=r"^[0-9]{20}$")
@@ -79,8 +82,21 @@ class _Filters(BaseModel):
     # The schema says what _amount_filter takes (its own words on a mismatch stay the 422's reason).
     min_total: str | None = Field(default=None, json_schema_extra={"pattern": AMOUNT_FILTER})
     max_total: str | None = Field(default=None, json_schema_extra={"pattern": AMOUNT_FILTER})
+
+    def filters(self, **paging: Any) -> reading.ListFilters:
+        return reading.ListFilters(
+            status=self.status, number=self.number, buyer_tax_id=self.buyer_tax_id, issued_from=self.issued_from,
+            issued_to=self.issued_to, min_total=_amount_filter("min_total", self.min_total),
+            max_total=_amount_filter("max_total", self.max_total), **paging)
+
+
+class _Filters(_Match):
     cursor: str | None = Field(default=None, max_length=100)
     limit: int = Field(default=50, ge=1, le=200)
+
+
+class _Export(_Match):
+    format: Literal["csv", "xlsx"] = "csv"
 
 
 def _amount_filter(name: str, value: str | None) -> Decimal | None:
@@ -96,12 +112,26 @@ def _amount_filter(name: str, value: str | None) -> Decimal | None:
 async def list_invoices(tenant: TenantDep, q: Annotated[_Filters, Query()], schedule: ScheduleDep,
                         session: SessionDep) -> InvoiceList:
     """This tenant's invoices, newest first, filtered; follow `next_cursor` for the next page."""
-    filters = reading.ListFilters(
-        status=q.status, number=q.number, buyer_tax_id=q.buyer_tax_id, issued_from=q.issued_from,
-        issued_to=q.issued_to, min_total=_amount_filter("min_total", q.min_total),
-        max_total=_amount_filter("max_total", q.max_total), cursor=q.cursor, limit=q.limit,
-    )
+    filters = q.filters(cursor=q.cursor, limit=q.limit)
     return await reading.list_invoices(session=session, tenant=tenant, filters=filters, schedule=schedule)
+
+
+_XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+@router.get("/invoices/export", response_class=StreamingResponse, responses={200: {
+    "description": "Every invoice that passes the filters, newest first (CSV in UTF-8 with a BOM, or XLSX); "
+                   "cells a spreadsheet would run as a formula are written as text",
+    "content": {"text/csv": {"schema": {"type": "string"}}, _XLSX: {"schema": {"type": "string",
+                                                                                "format": "binary"}}}}})
+async def export_invoices(request: Request, tenant: TenantDep, q: Annotated[_Export, Query()]) -> StreamingResponse:
+    """The invoice list for the accountants, with the list's filters, as CSV or XLSX; streamed (any size)."""
+    filters = q.filters()
+    sessions = request.app.state.sessions
+    name = f"invoices-{tenant.tax_id}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.{q.format}"
+    chunks = (exports.csv_chunks if q.format == "csv" else exports.xlsx_chunks)(sessions, tenant, filters)
+    return StreamingResponse(chunks, media_type="text/csv; charset=utf-8" if q.format == "csv" else _XLSX,
+                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 @router.get("/invoices/{invoice_id}", response_model=InvoiceRead)

@@ -118,12 +118,10 @@ def decode_cursor(cursor: str) -> int:
         raise ValidationFailed([FieldError("cursor", "is not a cursor this API returned")]) from None
 
 
-async def list_invoices(*, session: AsyncSession, tenant: Tenant, filters: ListFilters,
-                        schedule: Schedule | None = None) -> InvoiceList:
-    """Newest first; `next_cursor` continues where this page ended, stable under concurrent inserts."""
+def list_conditions(tenant: Tenant, f: ListFilters) -> list[Any]:
+    """The tenant's invoices that pass the list's filters (its cursor aside): the list and the exports share them."""
     inv = m.invoices
-    conds = [inv.c.tenant_id == tenant.id]
-    f = filters
+    conds: list[Any] = [inv.c.tenant_id == tenant.id]
     if f.status is not None:
         conds.append(inv.c.status == f.status.value)
     if f.number:
@@ -138,6 +136,15 @@ async def list_invoices(*, session: AsyncSession, tenant: Tenant, filters: ListF
         conds.append(inv.c.total >= f.min_total)
     if f.max_total is not None:
         conds.append(inv.c.total <= f.max_total)
+    return conds
+
+
+async def list_invoices(*, session: AsyncSession, tenant: Tenant, filters: ListFilters,
+                        schedule: Schedule | None = None) -> InvoiceList:
+    """Newest first; `next_cursor` continues where this page ended, stable under concurrent inserts."""
+    inv = m.invoices
+    f = filters
+    conds = list_conditions(tenant, f)
     if f.cursor:
         conds.append(inv.c.seq < decode_cursor(f.cursor))
     rows = (await session.execute(
