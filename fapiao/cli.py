@@ -557,6 +557,46 @@ def status(tenant: str = typer.Option(None, "--tenant", help="a tenant id: count
         raise typer.Exit(1)
 
 
+def _invoice_id(issuer: str, token: str, ref: str, tax_id: str | None) -> str:
+    """An invoice id, or a 20-digit number looked up (the seller picked by tax id when several used it)."""
+    if not ref.isdigit():
+        return ref
+    found = _call("GET", issuer, "/admin/invoices", token=token,
+                  params={"number": ref, **({"seller_tax_id": tax_id} if tax_id else {})})["items"]
+    if not found:
+        err.print(f"[red]no invoice numbered {ref}[/red]")
+        raise typer.Exit(1)
+    if len(found) > 1:
+        err.print(f"[yellow]{len(found)} sellers used number {ref}; pass --tax-id:[/yellow] "
+                  + ", ".join(f"{f['seller_tax_id']} ({f['tenant']})" for f in found))
+        raise typer.Exit(2)
+    return str(found[0]["id"])
+
+
+@invoice_app.command("pdf")
+def invoice_pdf(ref: str = typer.Argument(..., help="the invoice id, or its 20-digit number"),
+                out: Path = typer.Option(..., "--out", help="the PDF file to write"),
+                tax_id: str = typer.Option(None, "--tax-id", help="the seller, when several used this number")) -> None:
+    """The invoice's printable page (版式文件, with its QR code), any tenant's, to a file."""
+    _load_stack_env()
+    issuer, token = _url("issuer", 8000), _admin_token()
+    invoice_id = _invoice_id(issuer, token, ref, tax_id)
+    try:
+        with httpx.Client(timeout=httpx.Timeout(60, connect=5)) as client:
+            r = client.get(f"{issuer}/admin/invoices/{invoice_id}/pdf", headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        err.print(f"[red]cannot reach {issuer}:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if r.status_code == 404:
+        err.print(f"[red]no invoice {ref}[/red]")
+        raise typer.Exit(1)
+    if r.status_code != 200:
+        err.print(f"[red]{r.status_code}:[/red] {_reasons(r)}", highlight=False)
+        raise typer.Exit(2)
+    out.write_bytes(r.content)
+    Console().print(f"Wrote {out} ({len(r.content):,} bytes).")
+
+
 @invoice_app.command("show")
 def invoice_show(ref: str = typer.Argument(..., help="the invoice id, or its 20-digit number"),
                  tax_id: str = typer.Option(None, "--tax-id", help="the seller, when several used this number"),
@@ -564,18 +604,7 @@ def invoice_show(ref: str = typer.Argument(..., help="the invoice id, or its 20-
     """Status, reason, next action, case and timeline of one invoice."""
     _load_stack_env()
     issuer, token = _url("issuer", 8000), _admin_token()
-    invoice_id = ref
-    if ref.isdigit():
-        found = _call("GET", issuer, "/admin/invoices", token=token,
-                      params={"number": ref, **({"seller_tax_id": tax_id} if tax_id else {})})["items"]
-        if not found:
-            err.print(f"[red]no invoice numbered {ref}[/red]")
-            raise typer.Exit(1)
-        if len(found) > 1:
-            err.print(f"[yellow]{len(found)} sellers used number {ref}; pass --tax-id:[/yellow] "
-                      + ", ".join(f"{f['seller_tax_id']} ({f['tenant']})" for f in found))
-            raise typer.Exit(2)
-        invoice_id = found[0]["id"]
+    invoice_id = _invoice_id(issuer, token, ref, tax_id)
     inv = _call("GET", issuer, f"/admin/invoices/{invoice_id}", token=token, ok=(200, 404))
     if "id" not in inv:  # 404: an answer, not a failure (like an unknown number)
         err.print(f"[red]no invoice {ref}[/red]")

@@ -5,6 +5,8 @@
   is a static binary.
 - Chromium (Debian package `chromium`) for the dashboard's browser test: it has many shared libraries, so it
   is installed with apt-get (as root, or through passwordless sudo).
+- pdftoppm (Debian package `poppler-utils`) renders the invoice PDF to PNG for the document tests; installed the
+  same way.
 
 Each function returns the binary's path or raises RuntimeError saying what is missing and how to get it.
 """
@@ -82,4 +84,22 @@ def ensure_chromium() -> Path:
     found = shutil.which("chromium")
     if done.returncode != 0 or not found:
         raise RuntimeError(f"could not install Debian's chromium: {done.stderr[-800:]}")
+    return Path(found)
+
+
+def ensure_pdftoppm() -> Path:
+    """poppler's pdftoppm (Debian package poppler-utils), which renders a PDF page to PNG for the document tests."""
+    found = shutil.which("pdftoppm")
+    if found:
+        return Path(found)
+    if not shutil.which("apt-get"):
+        raise RuntimeError("pdftoppm is missing and there is no apt-get to install Debian's `poppler-utils`")
+    cmd = _apt("install", "-y", "--no-install-recommends", "poppler-utils")
+    done = _run(cmd)
+    if done.returncode != 0:
+        _run(_apt("update"), timeout=600)
+        done = _run(cmd)
+    found = shutil.which("pdftoppm")
+    if done.returncode != 0 or not found:
+        raise RuntimeError(f"could not install Debian's poppler-utils: {done.stderr[-800:]}")
     return Path(found)

@@ -42,6 +42,14 @@ def _positive(case: Any, location: ParameterLocation) -> bool:
     return info is not None and info.mode.is_positive
 
 
+def _not_negative(case: Any, location: ParameterLocation) -> bool:
+    """Meant to be valid there: generated positive, or filled in by the stateful phase from an earlier answer
+    (an inferred link may carry a value that is no USCC at all)."""
+    meta = getattr(case, "meta", None)
+    info = meta.components.get(location) if meta is not None else None
+    return info is None or info.mode.is_positive
+
+
 def _uscc(value: Any) -> str:
     """A valid USCC from a generated one (its first 17 characters kept), or BUYER."""
     if isinstance(value, str) and len(value) == 18 and all(c in ALPHABET for c in value.upper()):
@@ -128,7 +136,7 @@ def map_case(context: Any, case: Any) -> Any:
     method, path = op.method.upper(), op.path
     if _positive(case, ParameterLocation.QUERY) and isinstance(case.query, dict) and "cursor" in case.query:
         del case.query["cursor"]  # only the API can mint one; paging is tested with real cursors elsewhere
-    if _positive(case, ParameterLocation.PATH) and isinstance(case.path_parameters, dict) and \
+    if _not_negative(case, ParameterLocation.PATH) and isinstance(case.path_parameters, dict) and \
             method == "PUT" and path == "/admin/sellers/{tax_id}":
         case.path_parameters["tax_id"] = _uscc(case.path_parameters.get("tax_id"))
     if not _positive(case, ParameterLocation.BODY):

@@ -15,6 +15,7 @@ from services.issuer import keys
 from services.issuer import models as m
 from services.issuer.api.answers import found, respond
 from services.issuer.api.deps import ScheduleDep, SessionDep
+from services.issuer.api.invoices import PDF_ANSWER, pdf_response
 from services.issuer.ops import lookups
 from services.issuer.tenants import create_tenant as register_tenant
 from shared.http import require_admin
@@ -67,6 +68,14 @@ async def find_invoices(number: Annotated[str, Query(pattern=r"^[0-9]{20}$")], s
 async def any_invoice(invoice_id: str, schedule: ScheduleDep, session: SessionDep) -> Response:
     """One invoice as its tenant sees it (status, reason, next action, timeline), plus the tenant."""
     return respond(await lookups.get_invoice_any_tenant(session=session, invoice_id=invoice_id, schedule=schedule))
+
+
+@router.get("/invoices/{invoice_id}/pdf", dependencies=[Depends(require_admin)], response_class=Response,
+            responses=PDF_ANSWER)
+async def any_invoice_pdf(invoice_id: str, session: SessionDep) -> Response:
+    """One invoice of any tenant as its printable page (as its tenant gets it from GET /v1/invoices/{id}/pdf)."""
+    owned = await lookups.get_invoice_any_tenant(session=session, invoice_id=invoice_id)
+    return pdf_response(owned.invoice)
 
 
 # --- a tenant's API keys ------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.issuer.api.answers import respond
 from services.issuer.api.deps import IdempotencyKey, IssuingDep, ScheduleDep, SessionDep, TenantDep, once
-from services.issuer.invoices import exports, importing, issuing, reading, voiding
+from services.issuer.invoices import document, exports, importing, issuing, reading, voiding
 from services.issuer.lifecycle import Status
 from services.issuer.schemas import BatchRequest, InvoiceCreate, InvoiceList, InvoiceRead, InvoiceView, VoidRequest
 from shared.errors import FieldError, ValidationFailed
@@ -138,6 +138,24 @@ async def export_invoices(request: Request, tenant: TenantDep, q: Annotated[_Exp
 async def get_invoice(invoice_id: str, tenant: TenantDep, schedule: ScheduleDep, session: SessionDep) -> InvoiceRead:
     """Where the invoice stands, why, what happens next, and every step so far."""
     return await reading.get_invoice(session=session, tenant=tenant, invoice_id=invoice_id, schedule=schedule)
+
+
+PDF_ANSWER: dict[int | str, dict[str, Any]] = {200: {
+    "description": "The invoice as a printable A5 page with its QR code (a CJK font embedded)",
+    "content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+def pdf_response(shown: InvoiceRead) -> Response:
+    body = document.invoice_pdf(shown.model_dump(mode="json"))
+    return Response(body, media_type="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="fapiao-{shown.number}.pdf"'})
+
+
+@router.get("/invoices/{invoice_id}/pdf", response_class=Response, responses=PDF_ANSWER)
+async def invoice_pdf(invoice_id: str, tenant: TenantDep, session: SessionDep) -> Response:
+    """版式文件: the invoice to print and keep. The QR code holds kind, number, date, total and a check value of the
+    content hash; a voided invoice carries a watermark."""
+    return pdf_response(await reading.get_invoice(session=session, tenant=tenant, invoice_id=invoice_id))
 
 
 @router.post("/invoices/{invoice_id}/void", response_model=InvoiceRead, responses={

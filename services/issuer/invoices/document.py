@@ -1,0 +1,160 @@
+"""The invoice as a page people print and keep (版式文件): A5 landscape in the manner of a 数电票 — title by kind,
+number and date, a QR code, buyer and seller, the lines, totals in figures and in capitals (大写), remarks —
+with a CJK font embedded (subset), so it reads the same on any machine.
+
+The QR code carries the fields a verifier needs, comma-separated: `01,<kind code>,<number>,<issue date YYYYMMDD>,
+<total>,<check>`, with kind code 31 for a special VAT invoice (专票) and 32 for an ordinary one (普票), and
+`check` the first 16 hex digits of the invoice's content hash, so a scan can be held against the stored content.
+A voided invoice carries a watermark; one whose status is red-lettered says so.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from decimal import Decimal
+from functools import cache
+from typing import Any
+
+from fpdf import FPDF
+
+from shared.capitals import in_capitals
+
+__all__ = ["KIND_CODES", "invoice_pdf", "qr_payload"]
+
+logging.getLogger("fontTools").setLevel(logging.WARNING)  # it narrates every subset it makes at INFO
+
+KIND_CODES = {"special": "31", "ordinary": "32"}
+TITLES = {"special": "电子发票（增值税专用发票）", "ordinary": "电子发票（普通发票）"}
+STATUS_WORDS = {"confirmed": "已在税务机关可见 visible at the tax authority", "voided": "已作废 voided",
+                "red_lettered": "已红冲 red-lettered", "stuck": "未在税务机关可见 not yet at the tax authority",
+                "rejected": "税务机关已拒绝 rejected by the tax authority"}
+INK = (150, 40, 30)  # the brown-red of a 数电票's frame and labels
+
+
+@cache
+def _font_path() -> str:
+    import cvttf_NotoSansCJK_Regular as noto  # type: ignore[import-untyped]
+
+    return os.path.join(os.path.dirname(noto.__file__), "NotoSansCJKtc-Regular.otf")
+
+
+def qr_payload(invoice: dict[str, Any], content_hash: str) -> str:
+    date = str(invoice["issue_date"]).replace("-", "")
+    return ",".join(["01", KIND_CODES[invoice["kind"]], invoice["number"], date, str(invoice["total"]),
+                     content_hash[:16].upper()])
+
+
+def _qr_png(payload: str) -> io.BytesIO:
+    import segno
+
+    out = io.BytesIO()
+    segno.make(payload, error="m", micro=False).save(out, kind="png", scale=8, border=2)
+    out.seek(0)
+    return out
+
+
+def invoice_pdf(shown: dict[str, Any]) -> bytes:
+    """The PDF of an invoice as GET /v1/invoices/{id} shows it (its `invoice` content, status and receipt)."""
+    inv = shown["invoice"]
+    content_hash = next((t["detail"]["content_hash"] for t in shown.get("timeline", [])
+                         if (t.get("detail") or {}).get("content_hash")), "")
+    pdf = FPDF(orientation="L", unit="mm", format=(148, 210))
+    pdf.set_auto_page_break(auto=False)  # one fixed page; long line lists are cut (the JSON has them all)
+    pdf.add_font("cjk", fname=_font_path())
+    pdf.set_title(f"{TITLES[inv['kind']]} {inv['number']}")
+    pdf.set_creator("Fapiao Sync")
+    pdf.add_page()
+    ink = INK
+
+    def text(x: float, y: float, s: str, size: float = 8, color: tuple[int, int, int] = (0, 0, 0),
+             width: float | None = None) -> None:
+        if not s:
+            return  # fpdf2 cannot size a cell of no text
+        pdf.set_font("cjk", size=size)
+        pdf.set_text_color(*color)
+        pdf.set_xy(x, y)
+        pdf.cell(text=fit(s, width) if width else s)
+
+    def fit(s: str, width: float) -> str:
+        """One line of at most `width` mm (the font in force): cut with an ellipsis."""
+        s = " ".join(s.split())  # a line break or tab in a remark is a space on the page
+        if pdf.get_string_width(s) <= width:
+            return s
+        while s and pdf.get_string_width(s + "…") > width:
+            s = s[: max(1, len(s) * 9 // 10) - 1] if len(s) > 40 else s[:-1]
+        return s + "…"
+
+    # Title, number, date, and the QR code at the top left.
+    pdf.image(_qr_png(qr_payload(inv, content_hash)), x=10, y=8, w=24, h=24)
+    text(62, 10, TITLES[inv["kind"]], size=16, color=ink)
+    pdf.set_draw_color(*ink)
+    pdf.line(70, 19, 150, 19)
+    text(150, 10, f"发票号码：{inv['number']}", size=8)
+    text(150, 15, f"开票日期：{inv['issue_date']}", size=8)
+    if shown.get("receipt_no"):
+        text(150, 20, f"税务机关回执：{shown['receipt_no']}", size=7)
+
+    # Buyer and seller side by side in a frame.
+    top = 34
+    pdf.set_line_width(0.3)
+    pdf.rect(10, top, 190, 24)
+    pdf.line(105, top, 105, top + 24)
+    for x, label, party in ((12, "购买方信息", inv["buyer"]), (107, "销售方信息", inv["seller"])):
+        text(x, top + 2, label, size=8, color=ink)
+        text(x, top + 8, f"名称：{party['name']}", size=8, width=90)
+        text(x, top + 14, f"统一社会信用代码/纳税人识别号：{party.get('tax_id') or '—'}", size=7, width=90)
+
+    # The lines.
+    cols = ((10, 58, "项目名称"), (68, 20, "数量"), (88, 24, "单价"), (112, 30, "金额"), (142, 18, "税率"),
+            (160, 40, "税额"))
+    y = top + 26
+    pdf.set_font("cjk", size=7)
+    pdf.set_text_color(*ink)
+    for x, w, label in cols:
+        pdf.set_xy(x, y)
+        pdf.cell(w, 5, label, border="B", align="C")
+    pdf.set_text_color(0, 0, 0)
+    y += 6
+    for line in inv["lines"]:
+        rate = f"{Decimal(str(line['tax_rate'])) * 100:.0f}%"
+        values = (line["description"], str(line["quantity"]), str(line["unit_price"]), str(line["amount"]), rate,
+                  str(line["tax_amount"]))
+        for (x, w, _), value in zip(cols, values, strict=True):
+            pdf.set_xy(x, y)
+            pdf.cell(w, 5, fit(value, w - 1), align="L" if x == 10 else "R")
+        y += 5
+        if y > 118:
+            pdf.set_xy(10, y)
+            pdf.cell(text=f"… {len(inv['lines'])} lines in all (the rest in the JSON)")
+            y += 5
+            break
+
+    # Totals, in figures and in capitals.
+    y = max(y + 2, 100)
+    pdf.line(10, y, 200, y)
+    text(12, y + 1, "合计", size=8, color=ink)
+    pdf.set_font("cjk", size=8)
+    for (x, w, _), value in ((cols[3], inv["total_amount"]), (cols[5], inv["total_tax"])):
+        pdf.set_xy(x, y + 1)
+        pdf.cell(w, 5, f"¥{value}", align="R")
+    total = Decimal(str(inv["total"]))
+    text(12, y + 7, "价税合计（大写）", size=8, color=ink)
+    text(45, y + 7, in_capitals(total), size=9)
+    text(140, y + 7, f"（小写）¥{inv['total']}", size=9)
+    pdf.line(10, y + 13, 200, y + 13)
+    text(12, y + 15, "备注", size=8, color=ink)
+    text(24, y + 15, inv.get("remarks") or "", size=7, width=174)
+    status = shown.get("status", "")
+    text(12, 136, f"Fapiao Sync · {STATUS_WORDS.get(status, status)} · {shown.get('id', '')}", size=6,
+         color=(110, 110, 110))
+
+    if status in ("voided", "red_lettered"):
+        mark = "作废 VOID" if status == "voided" else "已红冲 RED-LETTERED"
+        with pdf.local_context(fill_opacity=0.18, text_color=(200, 0, 0)):
+            pdf.set_font("cjk", size=54)
+            with pdf.rotation(25, x=105, y=80):
+                pdf.set_xy(35, 70)
+                pdf.cell(140, 20, mark, align="C")
+    return bytes(pdf.output())
