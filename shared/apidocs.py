@@ -6,8 +6,8 @@
   routes; shared.http and the issuer's deps.py declare them), so Swagger UI has an Authorize button.
 - Errors are documented as they are answered: `application/problem+json` with the `Problem` schema, and each
   operation lists the statuses it can answer besides its own: 401 when it needs a credential, 404 when its path
-  names something, 400/413/415 when it takes a body, 422 when it takes input, 429 under /v1 (the per-tenant
-  limits, with Retry-After and the RateLimit header fields), 503 (database or a service it relies on unavailable)
+  names something, 400/413/415 when it takes a body, 422 when it takes input, 429 under the paths a service limits
+  (`limited`: the issuer's /v1, with Retry-After and the RateLimit header fields on 429 and 2xx), 503 (database or a service it relies on unavailable)
   for every route but the health probes.
 """
 
@@ -64,10 +64,12 @@ RATE_LIMIT_HEADERS: dict[str, Any] = {
 _RETRY_AFTER = {"description": "seconds after which the same request may pass", "required": True, "schema": _INT}
 
 
-def service_app(*, documented: tuple[type[BaseModel], ...] = (), **kwargs: Any) -> FastAPI:
+def service_app(*, documented: tuple[type[BaseModel], ...] = (), limited: tuple[str, ...] = (),
+                **kwargs: Any) -> FastAPI:
     """FastAPI(**kwargs) with offline /docs and /redoc and an OpenAPI document that documents the errors.
     `documented`: models a route names by `$ref` (#/components/schemas/<Model>) without taking them as a
-    parameter (a handler that reads raw JSON and validates it its own way)."""
+    parameter (a handler that reads raw JSON and validates it its own way). `limited`: path prefixes under rate
+    limits (429 and the RateLimit header fields documented)."""
     app = FastAPIOffline(**kwargs)
 
     def openapi() -> dict[str, Any]:
@@ -79,14 +81,14 @@ def service_app(*, documented: tuple[type[BaseModel], ...] = (), **kwargs: Any) 
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(schema.pop("$defs", {}))
                 schemas[model.__name__] = schema
-            app.openapi_schema = document_errors(doc)
+            app.openapi_schema = document_errors(doc, limited=limited)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
-def document_errors(doc: dict[str, Any]) -> dict[str, Any]:
+def document_errors(doc: dict[str, Any], *, limited: tuple[str, ...] = ()) -> dict[str, Any]:
     """Add the Problem schema and, per operation, the error statuses it can answer, all as problem+json."""
     components = doc.setdefault("components", {})
     components.setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
@@ -107,18 +109,19 @@ def document_errors(doc: dict[str, Any]) -> dict[str, Any]:
                 wanted |= {400, 413, 415, 422}
             if op.get("parameters"):
                 wanted.add(422)
-            if path.startswith("/v1/"):
+            is_limited = path.startswith(limited) if limited else False
+            if is_limited:
                 wanted.add(429)
             for status in sorted(wanted):
                 responses.setdefault(str(status), {"description": _GENERIC[status]})
             for status, answer in responses.items():
                 if status[0] in "45":
                     answer["content"] = problem
-                if status[0] == "2" and path.startswith("/v1/"):
+                if status[0] == "2" and is_limited:
                     answer["headers"] = {**answer.get("headers", {}), **RATE_LIMIT_HEADERS}
                 if status == "429":
-                    limited = {"Retry-After": _RETRY_AFTER}
-                    answer["headers"] = {**limited, **RATE_LIMIT_HEADERS} if path.startswith("/v1/") else limited
+                    retry = {"Retry-After": _RETRY_AFTER}
+                    answer["headers"] = {**retry, **RATE_LIMIT_HEADERS} if is_limited else retry
     components.get("schemas", {}).pop("HTTPValidationError", None)
     components.get("schemas", {}).pop("ValidationError", None)
     return doc

@@ -116,6 +116,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
         version="1",
         description="Issue invoices from your ERP and follow each one until the tax authority shows it.",
         lifespan=lifespan,
+        limited=("/v1/",),
     )
     app.state.settings = settings
     app.state.checks = {}
