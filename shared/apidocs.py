@@ -7,8 +7,8 @@
 - Errors are documented as they are answered: `application/problem+json` with the `Problem` schema, and each
   operation lists the statuses it can answer besides its own: 401 when it needs a credential, 404 when its path
   names something, 400/413/415 when it takes a body, 422 when it takes input, 429 under the paths a service limits
-  (`limited`: the issuer's /v1, with Retry-After and the RateLimit header fields on 429 and 2xx), 503 (database or a service it relies on unavailable)
-  for every route but the health probes.
+  (`limited`: the issuer's /v1, with Retry-After and the RateLimit header fields on 429 and 2xx), 503 (database
+  or a service it relies on unavailable) for every route but the health probes.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from services.issuer.ops.dashboard import page_router as ops_page_router
 from services.issuer.ops.dashboard import router as ops_router
 from services.issuer.selfcheck import LedgerClient, SelfCheck
 from services.issuer.settings import IssuerSettings
+from services.issuer.tenants import KeyCache
 from shared.apidocs import service_app
 from shared.db import transaction
 from shared.http import (
@@ -123,6 +124,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
     app.state.ops_sampler = None
     app.state.schedule = None
     app.state.limits = tenant_limits(settings)
+    app.state.keys = KeyCache(settings.api_key_cache_seconds)
     install_problem_handlers(app)
     app.include_router(invoices.router)
     app.include_router(cases.router)

@@ -82,3 +82,16 @@ def test_idle_tenants_are_forgotten_once_their_buckets_are_full() -> None:
     assert lim.forget_idle(now=0.5) == 0
     assert lim.forget_idle(now=2.0) == 1
     assert lim.in_flight(B) == 1
+
+
+def test_a_checked_key_is_trusted_for_the_cache_time_only() -> None:
+    from services.issuer.tenants import KeyCache, Tenant
+
+    tenant = Tenant(A, "T", "91110000000000000X")
+    keys = KeyCache(1.0, size=2)
+    keys.put("fsk_a", tenant, now=0.0)
+    assert keys.get("fsk_a", now=0.9) == tenant and keys.get("fsk_b", now=0.0) is None
+    assert keys.get("fsk_a", now=1.0) is None, "past the time the database is asked again"
+    off = KeyCache(0.0)
+    off.put("fsk_a", tenant, now=0.0)
+    assert off.get("fsk_a", now=0.0) is None

@@ -21,7 +21,7 @@ from services.issuer.invoices.issuing import Issuing
 from services.issuer.invoices.reading import Schedule
 from services.issuer.limits import STATE_KEY, Admission, Decision, TenantLimits, budget_of
 from services.issuer.settings import IssuerSettings
-from services.issuer.tenants import Tenant, authenticate
+from services.issuer.tenants import KeyCache, Tenant, authenticate
 from shared.db import transaction
 from shared.errors import TooManyRequests, Unauthorized
 from shared.http import auth_dependency
@@ -48,10 +48,14 @@ async def current_tenant(request: Request,
     if credentials is None or not credentials.credentials.strip():
         raise Unauthorized("send the API key as 'Authorization: Bearer <key>'")
     key = credentials.credentials.strip()
+    keys: KeyCache = request.app.state.keys
+    if (tenant := keys.get(key, now=time.monotonic())) is not None:
+        return tenant
     async with request.app.state.engine.connect() as conn:
         tenant = await authenticate(session=conn, api_key=key)
     if tenant is None:
         raise Unauthorized("unknown or revoked API key")
+    keys.put(key, tenant, now=time.monotonic())
     return tenant
 
 
