@@ -78,7 +78,7 @@ async def _weight(request: Request, budget: str, route: str) -> int:
 def _refusal(d: Decision) -> TooManyRequests:
     if d.refused == "concurrency":
         return TooManyRequests(
-            f"this API key has {d.concurrency} requests in flight, the most it may have at once; retry when one "
+            f"this tenant has {d.concurrency} requests in flight, the most it may have at once; retry when one "
             "has been answered", retry_after=d.retry_after, code="too_many_concurrent",
             extra={"budget": d.budget, "limit": d.concurrency, "retry_after_seconds": d.retry_after})
     return TooManyRequests(
