@@ -49,8 +49,8 @@ class IssuerSettings(SharedSettings):
                                               "database every time); a revoked key works here for at most this long")
     # Per-tenant limits on /v1 (services/issuer/limits.py). Per process: N replicas allow up to N times each.
     rate_limits: bool = Field(default=True, description="per-tenant rate limits and in-flight cap on /v1 (false: off)")
-    read_rate: float = Field(default=25.0, gt=0, le=1_000_000, description="GET requests per second per tenant")
-    read_burst: int = Field(default=100, ge=1, le=10_000_000, description="GET requests a tenant may send at once")
+    read_rate: float = Field(default=10.0, gt=0, le=1_000_000, description="GET requests per second per tenant")
+    read_burst: int = Field(default=50, ge=1, le=10_000_000, description="GET requests a tenant may send at once")
     write_rate: float = Field(default=25.0, gt=0, le=1_000_000,
                               description="POST/PUT/PATCH/DELETE of one resource per second per tenant")
     write_burst: int = Field(default=100, ge=1, le=10_000_000, description="writes a tenant may send at once")
