@@ -829,7 +829,7 @@ def export(
 # --- a tenant's API keys ----------------------------------------------------------------------------------------
 
 keys_app = typer.Typer(no_args_is_help=True, help="A tenant's API keys: several at once, rotated with an overlap, "
-                                                  "revoked at once (admin API of the issuer).")
+                                                  "revoked within a second (admin API of the issuer).")
 app.add_typer(keys_app, name="keys")
 TENANT = typer.Argument(..., help="the tenant: its id or its tax id (USCC)")
 
@@ -909,7 +909,7 @@ def keys_create(tenant: str = TENANT,
 @keys_app.command("revoke")
 def keys_revoke(tenant: str = TENANT, key_id: str = typer.Argument(..., help="the key's id (fapiao keys list)"),
                 as_json: bool = AS_JSON) -> None:
-    """The key stops working now, on every issuer replica."""
+    """The key stops working within a second, on every issuer replica."""
     _load_stack_env()
     issuer, token = _url("issuer", 8000), _admin_token()
     answer = _call("POST", issuer, f"/admin/tenants/{_tenant_id(issuer, token, tenant)}/keys/{key_id}/revoke",

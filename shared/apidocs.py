@@ -6,8 +6,9 @@
   routes; shared.http and the issuer's deps.py declare them), so Swagger UI has an Authorize button.
 - Errors are documented as they are answered: `application/problem+json` with the `Problem` schema, and each
   operation lists the statuses it can answer besides its own: 401 when it needs a credential, 404 when its path
-  names something, 400/413/415 when it takes a body, 422 when it takes input, 503 (database or a service it relies
-  on unavailable) for every route but the health probes.
+  names something, 400/413/415 when it takes a body, 422 when it takes input, 429 under the paths a service limits
+  (`limited`: the issuer's /v1, with Retry-After and the RateLimit header fields on 429 and 2xx), 503 (database
+  or a service it relies on unavailable) for every route but the health probes.
 """
 
 from __future__ import annotations
@@ -46,15 +47,29 @@ _GENERIC = {
     413: "The body is larger than this service accepts",
     415: "The body's Content-Type is not one this operation takes",
     422: "A field is missing or not valid; `errors` names each one by its path",
+    429: "Too many requests: a budget of this tenant is spent (`rate_limited`) or it has too many requests in flight "
+         "(`too_many_concurrent`); try again after Retry-After seconds",
     503: "The database, or a service this one relies on, is unavailable; try again after Retry-After seconds",
 }
 _PROBES = {"/healthz", "/readyz", "/metrics"}
+_INT = {"type": "integer", "minimum": 0}
+RATE_LIMIT_HEADERS: dict[str, Any] = {
+    "RateLimit-Limit": {"description": "the budget's size: requests (or invoices, for imports) at once",
+                        "schema": _INT},
+    "RateLimit-Remaining": {"description": "what is left of it after this request", "schema": _INT},
+    "RateLimit-Reset": {"description": "seconds until the budget is whole again", "schema": _INT},
+    "RateLimit-Policy": {"description": 'the budget as `<size>;w=<seconds to refill>;comment="<read|write|import>"`',
+                         "schema": {"type": "string"}},
+}
+_RETRY_AFTER = {"description": "seconds after which the same request may pass", "required": True, "schema": _INT}
 
 
-def service_app(*, documented: tuple[type[BaseModel], ...] = (), **kwargs: Any) -> FastAPI:
+def service_app(*, documented: tuple[type[BaseModel], ...] = (), limited: tuple[str, ...] = (),
+                **kwargs: Any) -> FastAPI:
     """FastAPI(**kwargs) with offline /docs and /redoc and an OpenAPI document that documents the errors.
     `documented`: models a route names by `$ref` (#/components/schemas/<Model>) without taking them as a
-    parameter (a handler that reads raw JSON and validates it its own way)."""
+    parameter (a handler that reads raw JSON and validates it its own way). `limited`: path prefixes under rate
+    limits (429 and the RateLimit header fields documented)."""
     app = FastAPIOffline(**kwargs)
 
     def openapi() -> dict[str, Any]:
@@ -66,14 +81,14 @@ def service_app(*, documented: tuple[type[BaseModel], ...] = (), **kwargs: Any) 
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(schema.pop("$defs", {}))
                 schemas[model.__name__] = schema
-            app.openapi_schema = document_errors(doc)
+            app.openapi_schema = document_errors(doc, limited=limited)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
-def document_errors(doc: dict[str, Any]) -> dict[str, Any]:
+def document_errors(doc: dict[str, Any], *, limited: tuple[str, ...] = ()) -> dict[str, Any]:
     """Add the Problem schema and, per operation, the error statuses it can answer, all as problem+json."""
     components = doc.setdefault("components", {})
     components.setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
@@ -94,11 +109,19 @@ def document_errors(doc: dict[str, Any]) -> dict[str, Any]:
                 wanted |= {400, 413, 415, 422}
             if op.get("parameters"):
                 wanted.add(422)
+            is_limited = path.startswith(limited) if limited else False
+            if is_limited:
+                wanted.add(429)
             for status in sorted(wanted):
                 responses.setdefault(str(status), {"description": _GENERIC[status]})
             for status, answer in responses.items():
                 if status[0] in "45":
                     answer["content"] = problem
+                if status[0] == "2" and is_limited:
+                    answer["headers"] = {**answer.get("headers", {}), **RATE_LIMIT_HEADERS}
+                if status == "429":
+                    retry = {"Retry-After": _RETRY_AFTER}
+                    answer["headers"] = {**retry, **RATE_LIMIT_HEADERS} if is_limited else retry
     components.get("schemas", {}).pop("HTTPValidationError", None)
     components.get("schemas", {}).pop("ValidationError", None)
     return doc

@@ -7,6 +7,7 @@
     ├── Conflict                409
     ├── PayloadTooLarge         413
     ├── ValidationFailed        422, with a list of {path, reason}
+    ├── TooManyRequests         429, with Retry-After (a limit of the caller's is reached; see issuer/limits.py)
     └── ServiceUnavailable      503, with Retry-After (a service this one depends on cannot answer now)
     RetriableError              a consumer may try again (DB or broker unavailable)
 """
@@ -18,7 +19,8 @@ from typing import Any
 
 __all__ = [
     "BadRequest", "Conflict", "FapiaoError", "FieldError", "NotFound", "PayloadTooLarge",
-    "RetriableError", "ServiceUnavailable", "Unauthorized", "ValidationFailed", "field_errors", "field_path",
+    "RetriableError", "ServiceUnavailable", "TooManyRequests", "Unauthorized", "ValidationFailed", "field_errors",
+    "field_path",
 ]
 
 
@@ -56,6 +58,7 @@ class FapiaoError(Exception):
     status: int = 500
     title: str = "Internal error"
     code: str = "internal"
+    retry_after: int | None = None  # seconds; answered as Retry-After (RFC 9110 §10.2.3) when set
 
     def __init__(self, detail: str, *, extra: dict[str, Any] | None = None) -> None:
         super().__init__(detail)
@@ -89,6 +92,18 @@ class ValidationFailed(FapiaoError):
     def __init__(self, errors: list[FieldError], detail: str | None = None) -> None:
         super().__init__(detail or f"{len(errors)} field(s) failed validation")
         self.errors = errors
+
+
+class TooManyRequests(FapiaoError):
+    """The caller has spent a budget (or has too many requests in flight); the same request later may pass."""
+
+    status, title, code = 429, "Too many requests", "rate_limited"
+
+    def __init__(self, detail: str, *, retry_after: int, code: str = "rate_limited",
+                 extra: dict[str, Any] | None = None) -> None:
+        super().__init__(detail, extra=extra)
+        self.retry_after = retry_after
+        self.code = code
 
 
 class ServiceUnavailable(FapiaoError):

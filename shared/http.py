@@ -26,7 +26,6 @@ from shared.audit import record as audit_record
 from shared.db import DatabaseTrouble, database_unavailable
 from shared.errors import (
     FapiaoError,
-    ServiceUnavailable,
     Unauthorized,
     ValidationFailed,
     field_errors,
@@ -90,7 +89,7 @@ def domain_problem(exc: FapiaoError) -> JSONResponse:
     if isinstance(exc, ValidationFailed):
         extra["errors"] = [e.as_dict() for e in exc.errors]
     response = problem(exc.status, exc.title, exc.detail, code=exc.code, **extra)
-    if isinstance(exc, ServiceUnavailable):
+    if exc.retry_after is not None:
         # RFC 9110 §10.2.3: tells well-behaved clients (and proxies) when trying again makes sense.
         response.headers["Retry-After"] = str(exc.retry_after)
     return response

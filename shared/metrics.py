@@ -6,7 +6,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 
 __all__ = [
     "CONSUMER_LAG", "CONTENT_TYPE_LATEST", "DB_UNAVAILABLE", "DEAD_LETTERS", "HTTP_LATENCY", "HTTP_REQUESTS",
-    "OUTBOX_BACKLOG", "OUTBOX_OLDEST_AGE", "OUTBOX_PUBLISHED", "render",
+    "OUTBOX_BACKLOG", "OUTBOX_OLDEST_AGE", "OUTBOX_PUBLISHED", "RATE_LIMITED", "render",
 ]
 
 HTTP_REQUESTS = Counter(
@@ -24,6 +24,12 @@ OUTBOX_PUBLISHED = Counter("fapiao_outbox_published_total", "Outbox rows publish
 DB_UNAVAILABLE = Counter(
     "fapiao_db_unavailable_total", "Requests answered 503 because the database could not take them, by reason",
     ["service", "reason"],
+)
+RATE_LIMITED = Counter(
+    "fapiao_rate_limited_total",
+    "Requests refused with 429, by budget (read | write | import | ping) and reason (rate | concurrency); "
+    "never by tenant or subscription",
+    ["service", "budget", "reason"],
 )
 DEAD_LETTERS = Counter("fapiao_dead_letters_total", "Messages sent to a dead-letter topic", ["service", "topic"])
 CONSUMER_LAG = Gauge(

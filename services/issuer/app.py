@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,11 +18,13 @@ from services.issuer.api import admin, cases, invoices, notifications
 from services.issuer.backends import make_http
 from services.issuer.feeds.consumer import run_status_feed_consumer
 from services.issuer.invoices.issuing import mark_published
+from services.issuer.limits import AdmissionMiddleware, Policy, TenantLimits
 from services.issuer.ops.dashboard import OpsSampler
 from services.issuer.ops.dashboard import page_router as ops_page_router
 from services.issuer.ops.dashboard import router as ops_router
 from services.issuer.selfcheck import LedgerClient, SelfCheck
 from services.issuer.settings import IssuerSettings
+from services.issuer.tenants import KeyCache
 from shared.apidocs import service_app
 from shared.audit import audit_router
 from shared.db import transaction
@@ -52,6 +55,18 @@ async def _housekeeping(app: FastAPI, settings: IssuerSettings) -> None:
         with contextlib.suppress(Exception):
             async with transaction(app.state.worker_sessions) as session:
                 await idempotency.purge(session=session, older_than_hours=settings.idempotency_ttl_hours)
+        if app.state.limits is not None:
+            app.state.limits.forget_idle(now=time.monotonic())
+
+
+def tenant_limits(settings: IssuerSettings) -> TenantLimits | None:
+    """The per-tenant budgets and in-flight cap of this process, or None when FAPIAO_RATE_LIMITS is off."""
+    if not settings.rate_limits:
+        return None
+    return TenantLimits({"read": Policy(settings.read_burst, settings.read_rate),
+                         "write": Policy(settings.write_burst, settings.write_rate),
+                         "import": Policy(settings.import_burst, settings.import_rate)},
+                        concurrency=settings.tenant_concurrency)
 
 
 def create_app(settings: IssuerSettings | None = None) -> FastAPI:
@@ -103,11 +118,14 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
         version="1",
         description="Issue invoices from your ERP and follow each one until the tax authority shows it.",
         lifespan=lifespan,
+        limited=("/v1/",),
     )
     app.state.settings = settings
     app.state.checks = {}
     app.state.ops_sampler = None
     app.state.schedule = None
+    app.state.limits = tenant_limits(settings)
+    app.state.keys = KeyCache(settings.api_key_cache_seconds)
     install_problem_handlers(app)
     app.include_router(audit_router(SERVICE))
     app.include_router(invoices.router)
@@ -119,5 +137,6 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
 
     app.include_router(health_router("database", "kafka"))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AdmissionMiddleware)
     app.add_middleware(RequestContextMiddleware, service=SERVICE)
     return app

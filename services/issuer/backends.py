@@ -5,8 +5,8 @@ Those services own that data; the issuer is the tenant's one public base URL, so
 behalf with the admin token, having checked what it can itself (the invoice is the tenant's).
 
 - A backend's 4xx problem about the request (the reconciler's every 4xx but 401/403; the notifier's 400, 404,
-  409 and 422) reaches the tenant as that same status and problem: detail, code, field paths (`errors`) and
-  any other members kept.
+  409, 422 and 429) reaches the tenant as that same status and problem: detail, code, field paths (`errors`),
+  any other members and Retry-After kept.
 - Everything else is one error for the tenant, 503 with Retry-After: refused or reset connections and
   timeouts ("not reachable"), 5xx, a 401/403 (this deployment's admin tokens differ: nothing the tenant can
   fix), an answer that is not the contract ("cannot answer").
@@ -46,9 +46,10 @@ class Passed(FapiaoError):
     """A backend's own 4xx answer to a request that was the tenant's to get right: passed on as is (the issuer's
     own correlation id replaces the backend's)."""
 
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
+    def __init__(self, status: int, body: dict[str, Any], *, retry_after: int | None = None) -> None:
         super().__init__(str(body.get("detail") or ""))
         self.status = status
+        self.retry_after = retry_after
         self.title = str(body.get("title") or _phrase(status))
         self.code = str(body.get("code") or "error")
         self.extra = {k: v for k, v in body.items()
@@ -93,7 +94,7 @@ class BackendClient:
             body = _body(r)
             if body is None:
                 raise self._unusable(r, f"status {r.status_code} without a problem body")
-            raise Passed(r.status_code, body)
+            raise Passed(r.status_code, body, retry_after=_retry_after(r))
         return r
 
     def _json(self, r: httpx.Response, *, expect: tuple[int, ...]) -> dict[str, Any]:
@@ -126,6 +127,12 @@ def _phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Error"
+
+
+def _retry_after(r: httpx.Response) -> int | None:
+    """A backend's Retry-After in seconds (the form the services send), passed on with its 429."""
+    value = r.headers.get("retry-after", "")
+    return int(value) if value.isdigit() else None
 
 
 def _body(r: httpx.Response) -> dict[str, Any] | None:
@@ -179,7 +186,7 @@ class NotifierClient(BackendClient):
     worded them."""
 
     name = "notifier"
-    PASS_THROUGH = (400, 404, 409, 422)
+    PASS_THROUGH = (400, 404, 409, 422, 429)
 
     async def forward(self, method: str, tenant_id: str, path: str, *, json: Any = None,
                       params: dict[str, Any] | None = None) -> tuple[int, dict[str, Any] | None]:

@@ -2,8 +2,9 @@
 (never the key, only its first characters), revoked, rotated with an overlap, and optionally expiring.
 
 Rotation issues a new key under the same label and lets the old one work on for `overlap_seconds` (a day by
-default), so an ERP can switch without a moment where neither key works. Every request reads the key's row
-(tenants.authenticate), so a revocation holds at once on every issuer replica.
+default), so an ERP can switch without a moment where neither key works. A replica keeps a key it has just
+checked for FAPIAO_API_KEY_CACHE_SECONDS (1 s) and reads the key's row again after (tenants.authenticate), so a
+revocation holds within a second on every issuer replica.
 """
 
 from __future__ import annotations

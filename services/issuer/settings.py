@@ -44,3 +44,19 @@ class IssuerSettings(SharedSettings):
     schedule_timeout: Seconds = Field(
         default=1.0, gt=0, le=10,
         description="how long a read waits for the reconciler's live schedule before showing the stored one")
+    api_key_cache_seconds: Seconds = Field(
+        default=1.0, ge=0, le=60, description="how long this process trusts an API key it has checked (0: ask the "
+                                              "database every time); a revoked key works here for at most this long")
+    # Per-tenant limits on /v1 (services/issuer/limits.py). Per process: N replicas allow up to N times each.
+    rate_limits: bool = Field(default=True, description="per-tenant rate limits and in-flight cap on /v1 (false: off)")
+    read_rate: float = Field(default=10.0, gt=0, le=1_000_000, description="GET requests per second per tenant")
+    read_burst: int = Field(default=50, ge=1, le=10_000_000, description="GET requests a tenant may send at once")
+    write_rate: float = Field(default=25.0, gt=0, le=1_000_000,
+                              description="POST/PUT/PATCH/DELETE of one resource per second per tenant")
+    write_burst: int = Field(default=100, ge=1, le=10_000_000, description="writes a tenant may send at once")
+    import_rate: float = Field(default=2000.0, gt=0, le=10_000_000,
+                               description="invoices per second per tenant through /v1/invoices/batch and /import")
+    import_burst: int = Field(default=20_000, ge=1, le=100_000_000,
+                              description="invoices a tenant may send at once through batches and imports")
+    tenant_concurrency: int = Field(default=4, ge=1, le=100_000,
+                                    description="requests of one tenant in flight at once; more are refused with 429")

@@ -15,7 +15,7 @@ from services.issuer import models as m
 from shared.errors import FieldError
 from shared.uscc import uscc_error
 
-__all__ = ["API_KEY_PREFIX", "Tenant", "TenantCreated", "TenantInvalid", "TaxIdTaken", "authenticate",
+__all__ = ["API_KEY_PREFIX", "KeyCache", "Tenant", "TenantCreated", "TenantInvalid", "TaxIdTaken", "authenticate",
            "create_tenant", "issue_api_key"]
 
 API_KEY_PREFIX = "fsk_"
@@ -75,8 +75,8 @@ async def issue_api_key(*, session: AsyncSession, tenant_id: uuid.UUID, label: s
 
 
 async def authenticate(*, session: AsyncConnection, api_key: str) -> Tenant | None:
-    """The tenant whose key this is, when the key is neither revoked nor expired. Read from the database on every
-    request, so a revocation holds at once on every issuer replica. Notes the key's use, at most once a minute,
+    """The tenant whose key this is, when the key is neither revoked nor expired (read from the database; the
+    caller may keep the answer for a second: KeyCache). Notes the key's use, at most once a minute,
     and commits `session` when it does (the connection the request authenticates on holds nothing else)."""
     if not api_key.startswith(API_KEY_PREFIX) or len(api_key) > 200:
         return None
@@ -95,3 +95,26 @@ async def authenticate(*, session: AsyncConnection, api_key: str) -> Tenant | No
         await session.execute(update(k).where(k.c.id == row.key_id, stale).values(last_used_at=func.now()))
         await session.commit()
     return Tenant(row.id, row.name, row.tax_id)
+
+
+class KeyCache:
+    """Tenants recently authenticated by this process, by key hash, for `ttl` seconds: a tenant's requests, and
+    above all the ones its limits refuse, then cost no database round trip (a flood of refused requests would
+    otherwise queue for the same connections as everyone else's). A revoked key keeps working here for at most
+    `ttl`. Only successes are kept; the table is emptied when it reaches `size` keys."""
+
+    def __init__(self, ttl: float, *, size: int = 10_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._known: dict[str, tuple[Tenant, float]] = {}
+
+    def get(self, api_key: str, *, now: float) -> Tenant | None:
+        hit = self._known.get(hash_key(api_key))
+        return hit[0] if hit is not None and hit[1] > now else None
+
+    def put(self, api_key: str, tenant: Tenant, *, now: float) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._known) >= self.size:
+            self._known.clear()
+        self._known[hash_key(api_key)] = (tenant, now + self.ttl)

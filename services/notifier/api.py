@@ -89,11 +89,14 @@ async def rotate_secret(request: Request, tenant_id: str, subscription_id: str,
                                            overlap_seconds=(body or RotateSecret()).overlap_seconds, box=st.box)
 
 
-@router.post("/tenants/{tenant_id}/subscriptions/{subscription_id}/ping", status_code=202)
+@router.post("/tenants/{tenant_id}/subscriptions/{subscription_id}/ping", status_code=202, responses={
+    429: {"description": "This subscription had FAPIAO_PING_LIMIT pings in the last minute; see Retry-After"}})
 async def ping(request: Request, tenant_id: str, subscription_id: str) -> dict[str, Any]:
-    """Send a signed test message to this subscription now."""
-    async with transaction(_st(request).sessions) as session:
-        out = await deliveries.send_ping(session=session, tenant_id=_tenant(tenant_id), subscription_id=subscription_id)
+    """Send a signed test message to this subscription now (at most FAPIAO_PING_LIMIT a minute)."""
+    st = _st(request)
+    async with transaction(st.sessions) as session:
+        out = await deliveries.send_ping(session=session, tenant_id=_tenant(tenant_id),
+                                         subscription_id=subscription_id, per_minute=st.settings.ping_limit)
     _wake(request)
     return out
 

@@ -5,6 +5,7 @@ Callers own the transaction; nothing here commits; the channels (channels.py) do
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,9 @@ from services.notifier.subscriptions import signing_secrets, subscription
 from shared.backoff import backoff
 from shared.contracts.notifier import KINDS
 from shared.envelope import encode, new_envelope
+from shared.errors import TooManyRequests
 from shared.events import NOTIFIER_SOURCE, NotificationFailed, NotificationSent
+from shared.metrics import RATE_LIMITED
 from shared.outbox import notify_outbox
 
 __all__ = ["Attempted", "Claimed", "cancel", "claim_deliveries", "mask_email", "msg_id", "queue_report",
@@ -41,9 +44,29 @@ def mask_email(address: str) -> str:
     return f"{local[:1]}{'*' * max(len(local) - 1, 1)}@{domain}"
 
 
-async def send_ping(*, session: AsyncSession, tenant_id: uuid.UUID, subscription_id: str) -> dict[str, Any]:
-    """A test delivery to this subscription now (signed like any other; no invoice involved)."""
-    row = await subscription(session, tenant_id, subscription_id)
+PING_WINDOW = timedelta(seconds=60)
+
+
+async def send_ping(*, session: AsyncSession, tenant_id: uuid.UUID, subscription_id: str,
+                    per_minute: int) -> dict[str, Any]:
+    """A test delivery to this subscription now (signed like any other; no invoice involved). At most
+    `per_minute` in any 60 seconds per subscription, counted in the database (so across notifier replicas and
+    restarts): pings must not become a way to aim traffic at someone else's URL. TooManyRequests beyond."""
+    row = await subscription(session, tenant_id, subscription_id, for_update=True)  # one ping at a time here
+    d = m.deliveries
+    # The per_minute-th most recent ping: while it is younger than the window, the window is full.
+    full_until = (await session.execute(
+        select(func.extract("epoch", d.c.created_at + PING_WINDOW - func.now()))
+        .where(d.c.tenant_id == tenant_id, d.c.subscription_id == row.id, d.c.kind == "ping",
+               d.c.created_at > func.now() - PING_WINDOW)
+        .order_by(d.c.created_at.desc()).offset(per_minute - 1).limit(1))).scalar()
+    if full_until is not None:
+        retry_after = max(1, math.ceil(float(full_until)))
+        RATE_LIMITED.labels("notifier", "ping", "rate").inc()
+        raise TooManyRequests(
+            f"this subscription was pinged {per_minute} times in the last minute, the most it may be; retry after "
+            f"{retry_after}s", retry_after=retry_after,
+            extra={"budget": "ping", "limit": per_minute, "window_seconds": 60, "retry_after_seconds": retry_after})
     did = uuid.uuid4()
     await session.execute(m.deliveries.insert().values(
         id=did, tenant_id=tenant_id, subscription_id=row.id, channel=row.channel, kind="ping", alert_count=0,

@@ -40,6 +40,8 @@ class NotifierSettings(SharedSettings):
     secrets_key: SecretStr | None = Field(
         default=None, description="key that encrypts webhook signing secrets at rest (any 32+ characters); "
                                   "required outside development")
+    ping_limit: int = Field(default=10, ge=1, le=10_000,
+                            description="test messages (pings) per subscription in any minute; more get 429")
     relay_batch_size: int = Field(default=1000, ge=1, le=10_000)
     relay_poll_interval: float = Field(default=1.0, gt=0)
     auto_migrate: bool = Field(default=True, description="run Alembic migrations at start-up")

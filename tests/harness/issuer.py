@@ -12,6 +12,11 @@ import httpx
 from fapiao.infra import free_port
 from tests.harness.infra import ADMIN, ADMIN_TOKEN, Infra
 
+UNTHROTTLED: dict[str, object] = {
+    "read_rate": 100_000.0, "read_burst": 1_000_000, "write_rate": 100_000.0, "write_burst": 1_000_000,
+    "import_rate": 10_000_000.0, "import_burst": 100_000_000, "tenant_concurrency": 100_000,
+}
+
 
 def issuer_settings(infra: Infra, **over: object):  # type: ignore[no-untyped-def]
     from services.issuer.settings import IssuerSettings
@@ -27,6 +32,9 @@ def issuer_settings(infra: Infra, **over: object):  # type: ignore[no-untyped-de
         "ops_sample_interval": 1.0,
         # The status self-check is proven where a reconciler runs (recon_issuer); elsewhere there is none to ask.
         "self_check_interval": 3600.0,
+        # The per-tenant limits stay on (every answer carries their headers) but out of the way; the tests of the
+        # limits themselves (test_limits.py) pass their own.
+        **UNTHROTTLED,
     }
     values.update(over)
     return IssuerSettings(**values)  # type: ignore[arg-type]

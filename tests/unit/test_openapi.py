@@ -131,3 +131,24 @@ def test_the_subscription_schema_refuses_what_the_validator_refuses(documents: d
     by_schema = jsonschema.Draft202012Validator(schema).is_valid(body)
     by_validator = not SubscriptionCreate.model_validate(body).field_problems()
     assert by_schema is valid and by_validator is valid, (body, by_schema, by_validator)
+
+
+def test_every_v1_operation_documents_the_limits(documents: dict[str, dict]) -> None:
+    """429 problem+json with Retry-After and the RateLimit header fields on every tenant operation of the issuer,
+    the RateLimit fields on its successes; no other service's /v1 (the tax store's) claims limits it lacks."""
+    operations = [(path, op) for path, item in documents["issuer"]["paths"].items() if path.startswith("/v1/")
+                  for op in item.values()]
+    assert len(operations) > 20
+    for path, op in operations:
+        limited = op["responses"]["429"]
+        assert list(limited["content"]) == ["application/problem+json"], path
+        assert limited["headers"]["Retry-After"]["required"] is True, path
+        assert {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "RateLimit-Policy"} <= set(
+            limited["headers"]), path
+        for status, answer in op["responses"].items():
+            if status.startswith("2"):
+                assert "RateLimit-Remaining" in answer.get("headers", {}), (path, status)
+    for path, item in documents["taxstore"]["paths"].items():
+        assert all("429" not in op["responses"] for op in item.values()), path
+    notifier_ping = documents["notifier"]["paths"]["/admin/tenants/{tenant_id}/subscriptions/{subscription_id}/ping"]
+    assert "Retry-After" in notifier_ping["post"]["responses"]["429"]["headers"]

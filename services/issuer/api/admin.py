@@ -119,7 +119,8 @@ async def create_key(tenant_id: uuid.UUID, body: KeyCreate, session: SessionDep)
 
 @router.post("/tenants/{tenant_id}/keys/{key_id}/revoke", dependencies=[Depends(require_admin)], responses=_KEYS)
 async def revoke_key(tenant_id: uuid.UUID, key_id: uuid.UUID, session: SessionDep) -> dict[str, Any]:
-    """The key stops working now, on every issuer replica (each request reads it). Revoking again is no error."""
+    """The key stops working within a second on every issuer replica (FAPIAO_API_KEY_CACHE_SECONDS). Revoking
+    again is no error."""
     return await keys.revoke_key(session=session, tenant_id=tenant_id, key_id=key_id)
 
 

@@ -1,8 +1,10 @@
-"""What the issuer's routes are handed: the tenant (by its API key), the transaction, the deployment's rules
-for issuing, the reconciler's client and its live schedule, and an Idempotency-Key as a service takes it."""
+"""What the issuer's routes are handed: the tenant (by its API key, admitted under its limits), the transaction,
+the deployment's rules for issuing, the reconciler's client and its live schedule, and an Idempotency-Key as a
+service takes it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
@@ -17,11 +19,13 @@ from services.issuer.backends import ReconcilerClient
 from services.issuer.idempotency import Once, request_hash
 from services.issuer.invoices.issuing import Issuing
 from services.issuer.invoices.reading import Schedule
+from services.issuer.limits import STATE_KEY, Admission, Decision, TenantLimits, budget_of
 from services.issuer.settings import IssuerSettings
-from services.issuer.tenants import Tenant, authenticate
+from services.issuer.tenants import KeyCache, Tenant, authenticate
 from shared.db import transaction
-from shared.errors import Unauthorized
+from shared.errors import TooManyRequests, Unauthorized
 from shared.http import auth_dependency
+from shared.metrics import RATE_LIMITED
 from shared.topics import INVOICE_EVENTS
 
 __all__ = ["IdempotencyKey", "IssuingDep", "ReconcilerDep", "ScheduleDep", "SessionDep", "TenantDep", "once",
@@ -44,14 +48,69 @@ async def current_tenant(request: Request,
     if credentials is None or not credentials.credentials.strip():
         raise Unauthorized("send the API key as 'Authorization: Bearer <key>'")
     key = credentials.credentials.strip()
+    keys: KeyCache = request.app.state.keys
+    if (tenant := keys.get(key, now=time.monotonic())) is not None:
+        return tenant
     async with request.app.state.engine.connect() as conn:
         tenant = await authenticate(session=conn, api_key=key)
     if tenant is None:
         raise Unauthorized("unknown or revoked API key")
+    keys.put(key, tenant, now=time.monotonic())
     return tenant
 
 
-TenantDep = Annotated[Tenant, Depends(current_tenant)]
+async def _weight(request: Request, budget: str, route: str) -> int:
+    """Tokens the request takes: one, or for an import its invoices (a batch's items, a CSV file's lines after
+    the header). The body is read already (FastAPI parses it before the dependencies run): this is no second
+    read, and a body that is not what the route takes weighs one (the route then refuses it)."""
+    if budget != "import":
+        return 1
+    if route == "/v1/invoices/import":
+        return max(1, (await request.body()).rstrip(b"\r\n").count(b"\n"))
+    try:
+        body = await request.json()
+    except ValueError:
+        return 1
+    items = body.get("invoices") if isinstance(body, dict) else None
+    return max(1, len(items)) if isinstance(items, list) else 1
+
+
+def _refusal(d: Decision) -> TooManyRequests:
+    if d.refused == "concurrency":
+        return TooManyRequests(
+            f"this tenant has {d.concurrency} requests in flight, the most it may have at once; retry when one "
+            "has been answered", retry_after=d.retry_after, code="too_many_concurrent",
+            extra={"budget": d.budget, "limit": d.concurrency, "retry_after_seconds": d.retry_after})
+    return TooManyRequests(
+        f"the {d.budget} budget of this tenant is spent ({d.policy.burst} at once, {d.policy.rate:g} per second); "
+        f"retry after {d.retry_after}s", retry_after=d.retry_after, code="rate_limited",
+        extra={"budget": d.budget, "limit": d.policy.burst, "rate_per_second": d.policy.rate,
+               "retry_after_seconds": d.retry_after})
+
+
+@auth_dependency
+async def admitted_tenant(request: Request, tenant: Annotated[Tenant, Depends(current_tenant)]) -> Tenant:
+    """The authenticated tenant once this request fits its limits (services/issuer/limits.py); 429 otherwise.
+    Asked once per request: the error handlers, which run the authentication again when the body is refused,
+    find the decision already taken and do not charge twice."""
+    limits: TenantLimits | None = request.app.state.limits
+    if limits is None:
+        return tenant
+    taken = getattr(request.state, STATE_KEY, None)
+    if not isinstance(taken, Admission):
+        route = getattr(request.scope.get("route"), "path", request.url.path)
+        budget = budget_of(request.method, route)
+        decision = limits.admit(tenant.id, budget, weight=await _weight(request, budget, route), now=time.monotonic())
+        taken = Admission(limits, tenant.id, decision)
+        setattr(request.state, STATE_KEY, taken)
+        if not decision.allowed:
+            RATE_LIMITED.labels("issuer", decision.budget, decision.refused).inc()
+    if not taken.decision.allowed:
+        raise _refusal(taken.decision)
+    return tenant
+
+
+TenantDep = Annotated[Tenant, Depends(admitted_tenant)]
 
 
 async def _transaction(request: Request) -> AsyncIterator[AsyncSession]:

@@ -92,9 +92,12 @@ async def rotate_secret(subscription_id: uuid.UUID, tenant: TenantDep, notes: No
                                         json=(body or RotateSecret()).model_dump()))
 
 
-@router.post("/subscriptions/{subscription_id}/ping", status_code=202, responses={**_NOT_FOUND, **_DOWN})
+@router.post("/subscriptions/{subscription_id}/ping", status_code=202, responses={**_NOT_FOUND, **_DOWN, 429: {
+    "description": "This subscription was pinged its most in the last minute (`budget: ping`), or a budget of "
+                   "this tenant is spent; see Retry-After"}})
 async def ping(subscription_id: uuid.UUID, tenant: TenantDep, notes: NotifierDep) -> Response:
-    """Send a signed test message now; follow it in GET /v1/notifications/{delivery_id}."""
+    """Send a signed test message now; follow it in GET /v1/notifications/{delivery_id}. A subscription takes at
+    most the notifier's FAPIAO_PING_LIMIT pings (10 by default) in any minute."""
     return _answer(*await notes.forward("POST", str(tenant.id), f"/subscriptions/{subscription_id}/ping"))
 
 

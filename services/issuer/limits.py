@@ -1,0 +1,193 @@
+"""Per-tenant limits on the public API, so that one tenant cannot take the issuer from the others.
+
+Each tenant has three token buckets, one per budget, and a cap on its requests in flight:
+
+- `read`: GET requests, one token each;
+- `write`: POST/PUT/PATCH/DELETE of one resource, one token each;
+- `import`: POST /v1/invoices/batch and /v1/invoices/import, one token per invoice (a batch's items; a CSV
+  file's lines after the header), because a batch of 1,000 costs the issuer about 1,000 single requests.
+
+A bucket holds at most `burst` tokens and gains `rate` per second. A request heavier than the burst (a batch
+larger than the whole bucket) is let through once the bucket is full, and empties it. Buckets live in this
+process: with N issuer replicas behind a balancer a tenant gets up to N times each limit.
+
+The bookkeeping here has no I/O and takes the clock as an argument (`now`, monotonic seconds); the issuer's
+admission dependency (api/deps.py) asks it once per request and AdmissionMiddleware puts the RateLimit header
+fields on the answer and frees the slot once the answer is sent.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["BUDGETS", "Admission", "AdmissionMiddleware", "Budget", "Decision", "Policy", "TenantLimits",
+           "budget_of"]
+
+Budget = Literal["read", "write", "import"]
+BUDGETS: tuple[Budget, ...] = ("read", "write", "import")
+IMPORT_ROUTES = frozenset({"/v1/invoices/batch", "/v1/invoices/import"})
+
+
+def budget_of(method: str, route: str) -> Budget:
+    """Which budget a request spends, by its method and route template."""
+    if method in ("GET", "HEAD"):
+        return "read"
+    if method == "POST" and route in IMPORT_ROUTES:
+        return "import"
+    return "write"
+
+
+@dataclass(frozen=True)
+class Policy:
+    burst: int  # the bucket's size: what a tenant may spend at once
+    rate: float  # tokens gained per second
+
+    @property
+    def window(self) -> int:
+        """Seconds an empty bucket takes to fill: the `w` of RateLimit-Policy."""
+        return max(1, math.ceil(self.burst / self.rate))
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+    def refill(self, policy: Policy, now: float) -> None:
+        self.tokens = min(float(policy.burst), self.tokens + max(0.0, now - self.at) * policy.rate)
+        self.at = now
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One request's admission: allowed or why not, and the bucket as the answer's headers show it."""
+
+    budget: Budget
+    refused: Literal["rate", "concurrency"] | None
+    policy: Policy
+    remaining: int  # whole tokens left after this request
+    reset: int  # seconds until the bucket is full again
+    retry_after: int  # seconds until this request would pass (0 when it did)
+    concurrency: int  # the cap on requests in flight
+
+    @property
+    def allowed(self) -> bool:
+        return self.refused is None
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """draft-ietf-httpapi-ratelimit-headers-06: RateLimit-Limit, -Remaining, -Reset and -Policy."""
+        p = self.policy
+        return [(b"ratelimit-limit", str(p.burst).encode()),
+                (b"ratelimit-remaining", str(self.remaining).encode()),
+                (b"ratelimit-reset", str(self.reset).encode()),
+                (b"ratelimit-policy", f'{p.burst};w={p.window};comment="{self.budget}"'.encode())]
+
+
+@dataclass
+class _Tenant:
+    buckets: dict[Budget, _Bucket] = field(default_factory=dict)
+    in_flight: int = 0
+
+
+class TenantLimits:
+    """The buckets and in-flight counts of every tenant that has called this process."""
+
+    def __init__(self, policies: dict[Budget, Policy], *, concurrency: int) -> None:
+        self.policies = policies
+        self.concurrency = concurrency
+        self._tenants: dict[uuid.UUID, _Tenant] = {}
+
+    def admit(self, tenant_id: uuid.UUID, budget: Budget, *, weight: int, now: float) -> Decision:
+        """Take `weight` tokens and a slot, or refuse (taking nothing): too many in flight first, then the
+        bucket. A refusal costs the tenant nothing, so a client that honours Retry-After is not punished."""
+        policy = self.policies[budget]
+        tenant = self._tenants.setdefault(tenant_id, _Tenant())
+        bucket = tenant.buckets.get(budget)
+        if bucket is None:
+            bucket = tenant.buckets[budget] = _Bucket(float(policy.burst), now)
+        bucket.refill(policy, now)
+        need = float(min(max(weight, 1), policy.burst))
+        refused: Literal["rate", "concurrency"] | None = None
+        retry_after = 0
+        if tenant.in_flight >= self.concurrency:
+            refused, retry_after = "concurrency", 1
+        elif bucket.tokens + 1e-9 < need:
+            refused, retry_after = "rate", max(1, math.ceil((need - bucket.tokens) / policy.rate))
+        else:
+            bucket.tokens -= need
+            tenant.in_flight += 1
+        return Decision(budget=budget, refused=refused, policy=policy, remaining=max(0, math.floor(bucket.tokens)),
+                        reset=math.ceil((policy.burst - bucket.tokens) / policy.rate), retry_after=retry_after,
+                        concurrency=self.concurrency)
+
+    def release(self, tenant_id: uuid.UUID) -> None:
+        """The request admitted for this tenant has been answered."""
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None:
+            return
+        tenant.in_flight = max(0, tenant.in_flight - 1)
+
+    def forget_idle(self, *, now: float) -> int:
+        """Drop tenants whose buckets are full again and who have nothing in flight (a fresh entry is the same
+        state), so the table holds recent callers only; how many were dropped."""
+        idle = []
+        for tenant_id, tenant in self._tenants.items():
+            if tenant.in_flight:
+                continue
+            for budget, bucket in tenant.buckets.items():
+                bucket.refill(self.policies[budget], now)
+            if all(b.tokens >= self.policies[k].burst for k, b in tenant.buckets.items()):
+                idle.append(tenant_id)
+        for tenant_id in idle:
+            del self._tenants[tenant_id]
+        return len(idle)
+
+    def in_flight(self, tenant_id: uuid.UUID) -> int:
+        tenant = self._tenants.get(tenant_id)
+        return tenant.in_flight if tenant is not None else 0
+
+
+@dataclass
+class Admission:
+    """What the admission dependency decided for this request, for AdmissionMiddleware to finish."""
+
+    limits: TenantLimits
+    tenant_id: uuid.UUID
+    decision: Decision
+
+
+STATE_KEY = "admission"
+
+
+class AdmissionMiddleware:
+    """Puts the admitted request's RateLimit header fields on its answer (a 429 too) and gives its slot back once
+    the answer has been sent, whatever happened in between. The decision itself is the dependency's: only it
+    knows the tenant."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})  # request.state is this dict: the dependency writes into it
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                admission = state.get(STATE_KEY)
+                if isinstance(admission, Admission):
+                    message["headers"] = [*message.get("headers", []), *admission.decision.headers()]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            admission = state.get(STATE_KEY)
+            if isinstance(admission, Admission) and admission.decision.allowed:
+                admission.limits.release(admission.tenant_id)

@@ -1,0 +1,97 @@
+"""The per-tenant bookkeeping (services/issuer/limits.py): token buckets, the in-flight cap and the header fields,
+with the clock passed in."""
+
+from __future__ import annotations
+
+import uuid
+
+from services.issuer.limits import Policy, TenantLimits, budget_of
+
+A, B = uuid.uuid4(), uuid.uuid4()
+
+
+def limits(concurrency: int = 100) -> TenantLimits:
+    return TenantLimits({"read": Policy(5, 1.0), "write": Policy(2, 0.5), "import": Policy(100, 50.0)},
+                        concurrency=concurrency)
+
+
+def test_requests_are_counted_in_the_budget_of_their_kind() -> None:
+    assert budget_of("GET", "/v1/invoices") == "read"
+    assert budget_of("POST", "/v1/invoices") == "write"
+    assert budget_of("DELETE", "/v1/subscriptions/{subscription_id}") == "write"
+    assert budget_of("POST", "/v1/invoices/batch") == "import"
+    assert budget_of("POST", "/v1/invoices/import") == "import"
+
+
+def test_a_spent_bucket_refuses_until_it_has_refilled_and_a_refusal_costs_nothing() -> None:
+    lim = limits()
+    for i in range(5):
+        d = lim.admit(A, "read", weight=1, now=0.0)
+        assert d.allowed and d.remaining == 4 - i
+        lim.release(A)
+    refused = lim.admit(A, "read", weight=1, now=0.0)
+    assert refused.refused == "rate" and refused.retry_after == 1 and refused.remaining == 0 and refused.reset == 5
+    assert lim.admit(A, "read", weight=1, now=0.5).refused == "rate"  # the refusal took nothing: half a token
+    assert lim.admit(A, "read", weight=1, now=1.0).allowed
+
+
+def test_budgets_and_tenants_are_independent() -> None:
+    lim = limits()
+    for _ in range(2):
+        assert lim.admit(A, "write", weight=1, now=0.0).allowed
+    assert lim.admit(A, "write", weight=1, now=0.0).refused == "rate"
+    assert lim.admit(A, "read", weight=1, now=0.0).allowed, "writes spent, reads are not"
+    assert lim.admit(B, "write", weight=1, now=0.0).allowed, "one tenant's writes are not another's"
+
+
+def test_an_import_weighs_its_invoices_and_one_larger_than_the_burst_waits_for_a_full_bucket() -> None:
+    lim = limits()
+    assert lim.admit(A, "import", weight=60, now=0.0).remaining == 40
+    refused = lim.admit(A, "import", weight=60, now=0.0)
+    assert refused.refused == "rate" and refused.retry_after == 1  # 20 more tokens at 50/s: 0.4 s, said as 1 s
+    assert lim.admit(A, "import", weight=5000, now=0.5).refused == "rate"  # 65 of 100
+    whole = lim.admit(A, "import", weight=5000, now=10.0)
+    assert whole.allowed and whole.remaining == 0
+
+
+def test_the_in_flight_cap_refuses_without_spending_and_frees_a_slot_per_answer() -> None:
+    lim = limits(concurrency=2)
+    assert lim.admit(A, "read", weight=1, now=0.0).allowed
+    assert lim.admit(A, "read", weight=1, now=0.0).allowed
+    busy = lim.admit(A, "read", weight=1, now=0.0)
+    assert busy.refused == "concurrency" and busy.retry_after == 1 and busy.remaining == 3
+    assert lim.admit(B, "read", weight=1, now=0.0).allowed, "another tenant's slots are its own"
+    lim.release(A)
+    assert lim.in_flight(A) == 1
+    assert lim.admit(A, "write", weight=1, now=0.0).allowed, "the cap is one for all of a tenant's budgets"
+    assert lim.admit(A, "read", weight=1, now=0.0).refused == "concurrency"
+
+
+def test_the_answer_carries_the_ratelimit_fields_of_draft_06() -> None:
+    lim = limits()
+    d = lim.admit(A, "write", weight=1, now=0.0)
+    assert dict(d.headers()) == {b"ratelimit-limit": b"2", b"ratelimit-remaining": b"1", b"ratelimit-reset": b"2",
+                                 b"ratelimit-policy": b'2;w=4;comment="write"'}
+
+
+def test_idle_tenants_are_forgotten_once_their_buckets_are_full() -> None:
+    lim = limits()
+    lim.admit(A, "read", weight=1, now=0.0)
+    lim.release(A)
+    lim.admit(B, "read", weight=1, now=0.0)  # still in flight
+    assert lim.forget_idle(now=0.5) == 0
+    assert lim.forget_idle(now=2.0) == 1
+    assert lim.in_flight(B) == 1
+
+
+def test_a_checked_key_is_trusted_for_the_cache_time_only() -> None:
+    from services.issuer.tenants import KeyCache, Tenant
+
+    tenant = Tenant(A, "T", "91110000000000000X")
+    keys = KeyCache(1.0, size=2)
+    keys.put("fsk_a", tenant, now=0.0)
+    assert keys.get("fsk_a", now=0.9) == tenant and keys.get("fsk_b", now=0.0) is None
+    assert keys.get("fsk_a", now=1.0) is None, "past the time the database is asked again"
+    off = KeyCache(0.0)
+    off.put("fsk_a", tenant, now=0.0)
+    assert off.get("fsk_a", now=0.0) is None
