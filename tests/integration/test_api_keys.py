@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import time
 import sys
+import time
 
 import httpx
 
