@@ -15,6 +15,10 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+# Imported now, at the top of the stack: hypothesis's pytest plugin imports it at the end of a session that did not,
+# and CPython 3.11.7's parser, asked to (assertion-)rewrite it that deep in the stack, fails with "SystemError: AST
+# constructor recursion depth mismatch" after every test has passed.
+import hypothesis  # noqa: F401
 import pytest
 
 from fapiao.infra import KafkaCluster, free_port
