@@ -91,9 +91,10 @@ class OutboxRelay:
 
     @is_leader.setter
     def is_leader(self, value: bool) -> None:
-        if value != self._leader:
-            self._leader = value
-            log.info("outbox relay of %s: %s", self.table.schema, "leading" if value else "standing by")
+        if value == self._leader:
+            return
+        self._leader = value
+        log.info("outbox relay of %s: %s", self.table.schema, "leading" if value else "standing by")
         if self.on_leadership is not None:
             self.on_leadership(value)
 
@@ -271,7 +272,13 @@ def service_relay(*, service: str, engine: AsyncEngine, table: Table, bootstrap:
 
     leader = OUTBOX_LEADER.labels(service)
     leader.set(0)
+
+    def on_leadership(leading: bool) -> None:
+        leader.set(1 if leading else 0)
+        if not leading:  # only the leader measures the backlog; a standby's last reading would go stale
+            on_round(0, None)
+
     return OutboxRelay(engine=engine, table=table, bootstrap=bootstrap, on_published=published_hook,
                        batch_size=batch_size, poll_interval=poll_interval, on_round=on_round,
-                       on_leadership=lambda leading: leader.set(1 if leading else 0),
+                       on_leadership=on_leadership,
                        producer_overrides={"request_timeout_ms": request_timeout_ms})
