@@ -11,7 +11,7 @@ help:
 	@echo "make up      start Kafka, PostgreSQL and the services in the background"
 	@echo "make down    stop everything 'make up' started"
 	@echo "make status  show what is running"
-	@echo "make restart SERVICE=sync   stop one service of the make up stack and start it again"
+	@echo "make restart SERVICE=sync   stop one service of the make up stack and start it again (with FAPIAO_REPLICAS: each replica in turn; SERVICE=sync-2 one)"
 	@echo "make logs    show recent logs (SERVICE=issuer to pick one, FOLLOW=1 to follow)"
 	@echo "make test    run the whole test suite on its own private infrastructure"
 	@echo "make lint    ruff and mypy (shared/, services/, fapiao/)"

@@ -20,6 +20,13 @@ a service, Kafka or PostgreSQL again when it dies, after 0.5 s, then 1, 2, 4 …
 `<state dir>/service-env.json`, mode 0600; Kafka and PostgreSQL keep their data dirs), leaving the rest running.
 A drill against this stack (`fapiao drill run --stack`) marks what it kills as held: the supervisor leaves it down
 until the drill's own start step.
+
+Replicas: FAPIAO_REPLICAS (`sync=2,reconciler=2,notifier=2,issuer=2`; issuer, sync, reconciler and notifier, 1 to 9
+each; default one of each) runs a service as several processes, `sync-1`, `sync-2`, …, each with its own port, log
+and pid, on the same database and topics. Replica i listens on the service's port plus 10·i, and a round-robin
+balancer (fapiao/balancer.py, `balancer` in `status`) keeps the service's own port, so the issuer's API, the
+dashboard and the services' calls to each other reach every replica. `restart sync` restarts each replica in turn
+(the others serve meanwhile), `restart sync-2` one; kill/start in a drill likewise.
 """
 
 from __future__ import annotations
@@ -75,6 +82,8 @@ SERVICES = (
     ServiceSpec("notifier", "services.notifier", "FAPIAO_NOTIFIER_PORT", 8003),
 )
 MAILSINK_MODULE = "fapiao.mailsink"
+BALANCER_MODULE = "fapiao.balancer"
+REPLICABLE = ("issuer", "sync", "reconciler", "notifier")  # the tax store simulates the one authority
 
 
 def state_dir() -> Path:
@@ -96,6 +105,35 @@ def _kafka_ports(brokers: int) -> list[tuple[int, int]]:
     """(broker, controller) port of each node: the two FAPIAO_KAFKA_*PORT settings, plus 2 for each next node."""
     port, cport = _port("FAPIAO_KAFKA_PORT", 9092), _port("FAPIAO_KAFKA_CONTROLLER_PORT", 9093)
     return [(port + 2 * i, cport + 2 * i) for i in range(brokers)]
+
+
+def _replicas() -> dict[str, int]:
+    """FAPIAO_REPLICAS, e.g. `sync=2,issuer=2`: how many processes of each service (1 when not named)."""
+    raw = os.environ.get("FAPIAO_REPLICAS", "").strip()
+    counts = dict.fromkeys(REPLICABLE, 1)
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, _, count = item.partition("=")
+        name = name.strip()
+        if name not in REPLICABLE or not count.strip().isdigit() or not 1 <= int(count) <= 9:
+            raise RuntimeError(f"FAPIAO_REPLICAS={raw!r}: SERVICE=N[,SERVICE=N…] with SERVICE one of "
+                               f"{', '.join(REPLICABLE)} and N from 1 to 9 (the tax store runs once)")
+        counts[name] = int(count)
+    return counts
+
+
+def _replica_names(name: str, count: int) -> list[str]:
+    return [name] if count == 1 else [f"{name}-{i}" for i in range(1, count + 1)]
+
+
+def _service_of(name: str) -> str:
+    """`sync-2` -> `sync`; any other name stays what it is."""
+    base = re.sub(r"-\d+$", "", name)
+    return base if base != name and base in REPLICABLE else name
+
+
+def _replicas_of(state: dict, service: str) -> list[str]:
+    """The recorded processes of one service: [service] or [service-1, service-2, …]."""
+    return [n for n, p in state.get("processes", {}).items() if "module" in p and _service_of(n) == service]
 
 
 def _is_kafka(name: str) -> bool:
@@ -201,6 +239,10 @@ def _print_summary(state: dict) -> None:
     typer.echo("Fapiao Sync is running.")
     for name, url in state["urls"].items():
         typer.echo(f"  {name:<10} {url}   (OpenAPI: {url}/docs)" if name == "issuer" else f"  {name:<10} {url}")
+        if replicas := state.get("replicas", {}).get(name):
+            ports = ", ".join(str(state["processes"][r]["ports"][0]) for r in replicas if r in state["processes"])
+            typer.echo(f"             {len(replicas)} replicas ({', '.join(replicas)}) on ports {ports}, "
+                       "round robin from the port above")
     if "issuer" in state["urls"]:
         typer.echo(f"  dashboard  {state['urls']['issuer']}/ops   (operators: sign in with the admin token)")
     cluster = state.get("kafka_cluster")
@@ -256,6 +298,7 @@ def up() -> None:
     processes: dict[str, dict] = {}
     state = {"processes": processes, "urls": {}, "secret_sources": sources}
     try:
+        counts = _replicas()
         kafka_bootstrap = os.environ.get("FAPIAO_KAFKA_BOOTSTRAP")
         replication: dict[str, str] = {}
         if not kafka_bootstrap:
@@ -318,19 +361,41 @@ def up() -> None:
             "FAPIAO_WEBHOOK_ALLOW_PRIVATE": os.environ.get("FAPIAO_WEBHOOK_ALLOW_PRIVATE", "127.0.0.0/8,::1/128"),
             "FAPIAO_SECRETS_KEY": values["FAPIAO_SECRETS_KEY"], **replication,
         }
+        _save_env(env)
+        routes: list[str] = []
         for spec in SERVICES:
             port = _port(spec.port_env, spec.default_port)
             url = f"http://127.0.0.1:{port}"
-            if port_is_open(port):
-                raise RuntimeError(f"port {port} for {spec.name} is already in use; set {spec.port_env}")
-            typer.echo(f"• {spec.name}: starting on {url}…")
-            svc = ServiceProcess.service(spec.name, module=spec.module, port=port, env=env, log_dir=d / "logs")
-            _save_env(env)
-            svc.spawn()
-            processes[spec.name] = {**svc.record(), "module": spec.module, "restarts": 0}
+            names = _replica_names(spec.name, counts.get(spec.name, 1))
+            ports = [port] if len(names) == 1 else [port + 10 * i for i in range(1, len(names) + 1)]
+            for p in [port, *ports]:
+                if port_is_open(p):
+                    raise RuntimeError(f"port {p} for {spec.name} is already in use; set {spec.port_env}")
+            if len(names) > 1:
+                routes.append(f"{port}={','.join(map(str, ports))}")
+                state.setdefault("replicas", {})[spec.name] = names
             state["urls"][spec.name] = url
+            started = []
+            for name, p in zip(names, ports, strict=True):
+                typer.echo(f"• {name}: starting on http://127.0.0.1:{p}…")
+                svc = ServiceProcess.service(name, module=spec.module, port=p, env=env, log_dir=d / "logs")
+                svc.spawn()
+                processes[name] = {**svc.record(), "module": spec.module, "restarts": 0}
+                started.append(svc)
             _save(state)
-            svc.wait_ready(90, interval=0.25)
+            for svc in started:  # replicas start side by side
+                svc.wait_ready(90, interval=0.25)
+        if routes:
+            typer.echo(f"• balancer: {'  '.join(routes)} (round robin over the replicas)…")
+            argv = [sys.executable, "-m", BALANCER_MODULE, *(a for r in routes for a in ("--route", r))]
+            balancer = ServiceProcess("balancer", argv, port=int(routes[0].split("=")[0]),
+                                      env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                      log_path=d / "logs" / "balancer.log", readiness="tcp")
+            balancer.spawn()
+            processes["balancer"] = {**balancer.record(), "argv": argv,
+                                     "ports": [int(r.split("=")[0]) for r in routes], "restarts": 0}
+            _save(state)
+            balancer.wait_ready(30)
         _write_env(state, admin_token)
         _demo_tenant(state["urls"]["issuer"], admin_token)
         sup = spawn([sys.executable, "-m", "fapiao.stack", "supervise"], log_path=d / "logs" / "supervisor.log",
@@ -375,10 +440,10 @@ def _demo_tenant(issuer_url: str, admin_token: str) -> None:
 
 def _stop_all(state: dict) -> list[str]:
     stopped: list[str] = []
-    order = [s.name for s in reversed(SERVICES)] + ["mailsink", "kafka", "postgres"]
+    order = ["balancer"] + [s.name for s in reversed(SERVICES)] + ["mailsink", "kafka", "postgres"]
 
-    def step(name: str) -> int:  # the supervisor first, then the services, the mail sink, Kafka, PostgreSQL
-        name = "kafka" if _is_kafka(name) else name
+    def step(name: str) -> int:  # the supervisor, the balancer, the services, the mail sink, Kafka, PostgreSQL
+        name = "kafka" if _is_kafka(name) else _service_of(name)
         return order.index(name) if name in order else -1
 
     procs = state.get("processes", {})
@@ -426,15 +491,15 @@ def status() -> None:
     for name, p in state["processes"].items():
         alive = _ours(p["pid"], p["marker"])
         ready = ""
-        if name in state["urls"]:
-            ready = " ready" if http_ready(state["urls"][name]) else " NOT READY"
+        if "module" in p:  # a service or one of its replicas, on its own port
+            ready = " ready" if http_ready(f"http://127.0.0.1:{p['ports'][0]}") else " NOT READY"
         elif _is_kafka(name) and alive:  # a live broker of the cluster, as the cluster's metadata says
             ready = " ready" if metadata_ready(f"127.0.0.1:{p['ports'][0]}", timeout=3,
                                                node_id=p.get("node", 1)) else " NOT READY"
         restarts = f"  restarts {p['restarts']}" if "restarts" in p else ""
         if p.get("held"):
             restarts += "  (held down by a drill)"
-        typer.echo(f"{name:<10} pid {p['pid']:<8} {'running' if alive else 'STOPPED'}{ready}  ports {p['ports']}"
+        typer.echo(f"{name:<12} pid {p['pid']:<8} {'running' if alive else 'STOPPED'}{ready}  ports {p['ports']}"
                    f"{restarts}")
     if _running(state) != list(state["processes"]):
         raise typer.Exit(1)
@@ -481,6 +546,14 @@ def _respawn(state: dict, name: str) -> tuple[str, object]:
                                     "restarted_at": time.time()}
         _save(state)
         return f"127.0.0.1:{rec['ports'][0]}", None
+    if "argv" in rec:  # the balancer
+        svc = ServiceProcess(name, rec["argv"], port=rec["ports"][0], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                             log_path=Path(rec["log"]), readiness="tcp")
+        svc.spawn()
+        state["processes"][name] = {**rec, "pid": svc.pid, "restarts": rec.get("restarts", 0) + 1,
+                                    "restarted_at": time.time()}
+        _save(state)
+        return f"127.0.0.1:{rec['ports'][0]}", svc
     env = json.loads((state_dir() / "service-env.json").read_text())
     svc = ServiceProcess.service(name, module=rec["module"], port=rec["ports"][0], env=env,
                                  log_dir=state_dir() / "logs")
@@ -494,13 +567,17 @@ def _respawn(state: dict, name: str) -> tuple[str, object]:
 def _components(state: dict | None, name: str) -> list[str]:
     """The recorded processes `name` stands for: itself; `kafka` with a cluster: every node."""
     nodes = _kafka_names(state) if state is not None else []
-    names = [spec.name for spec in SERVICES] + ["kafka", "postgres"] + [n for n in nodes if n != "kafka"]
+    replicas = {spec.name: _replicas_of(state, spec.name) if state is not None else [] for spec in SERVICES}
+    extra = [n for names_ in replicas.values() for n in names_ if n not in replicas]
+    if state is not None and "balancer" in state.get("processes", {}):
+        extra.append("balancer")
+    names = [spec.name for spec in SERVICES] + ["kafka", "postgres"] + [n for n in nodes if n != "kafka"] + extra
     if name not in names:
         raise StackError(f"no component {name!r}; one of {', '.join(names)}", 2)
-    targets = nodes if name == "kafka" else [name]
+    targets = nodes if name == "kafka" else (replicas.get(name) or [name])
     if state is None or not targets or any(t not in state.get("processes", {}) for t in targets):
         raise StackError(f"{name} is not part of a running stack (start it with: make up)", 3)
-    if any(not _is_infra(t) and "module" not in state["processes"][t] for t in targets):
+    if any(not _is_infra(t) and t != "balancer" and "module" not in state["processes"][t] for t in targets):
         raise StackError("This stack was started by an older `make up`; run `make down` and `make up` once.", 2)
     return targets
 
@@ -569,7 +646,7 @@ def start_component(name: str, *, stop_first: bool = False, timeout: float = 90)
             address, waiter = _respawn(state, target)
         where.append(address)
         waiting.append(waiter)
-        if stop_first and len(targets) > 1:
+        if stop_first and len(targets) > 1:  # one by one: the others serve meanwhile
             _wait_ready(waiter, timeout, in_sync=True)
     for waiter in waiting:  # a whole cluster started again: its nodes answer once enough of them run
         _wait_ready(waiter, timeout)
@@ -588,8 +665,9 @@ def _wait_ready(waiter: object, timeout: float, *, in_sync: bool = False) -> Non
 
 
 @app.command()
-def restart(service: str = typer.Argument(..., help="issuer, taxstore, sync, reconciler, notifier, kafka (every "
-                                                   "node, one by one), kafka-2 (one node) or postgres"),
+def restart(service: str = typer.Argument(..., help="issuer, taxstore, sync, reconciler, notifier (every replica, "
+                                                   "one by one), sync-2 (one replica), kafka (every node, one by "
+                                                   "one), kafka-2 (one node), balancer or postgres"),
             ) -> None:
     """Stop one component and start it again; the others keep running (Kafka's and PostgreSQL's data are kept)."""
     typer.echo(f"• {service}: restarting…")
@@ -615,9 +693,10 @@ def supervise(interval: float = 1.0) -> None:
             state = _load()
             if state is None:
                 return
-            for name in [*_kafka_names(state), "postgres", *(spec.name for spec in SERVICES)]:
+            services = [n for spec in SERVICES for n in _replicas_of(state, spec.name)]
+            for name in [*_kafka_names(state), "postgres", *services, "balancer"]:
                 rec = state["processes"].get(name)
-                if rec is None or (not _is_infra(name) and "module" not in rec) or rec.get("held"):
+                if rec is None or (not _is_infra(name) and not {"module", "argv"} & set(rec)) or rec.get("held"):
                     due.pop(name, None)
                     continue
                 if _ours(rec["pid"], rec["marker"]):

@@ -6,7 +6,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 
 __all__ = [
     "CONSUMER_LAG", "CONTENT_TYPE_LATEST", "DB_UNAVAILABLE", "DEAD_LETTERS", "HTTP_LATENCY", "HTTP_REQUESTS",
-    "OUTBOX_BACKLOG", "OUTBOX_OLDEST_AGE", "OUTBOX_PUBLISHED", "RATE_LIMITED", "render",
+    "OUTBOX_BACKLOG", "OUTBOX_LEADER", "OUTBOX_OLDEST_AGE", "OUTBOX_PUBLISHED", "RATE_LIMITED", "render",
 ]
 
 HTTP_REQUESTS = Counter(
@@ -19,6 +19,10 @@ HTTP_LATENCY = Histogram(
 OUTBOX_BACKLOG = Gauge("fapiao_outbox_backlog", "Outbox rows not yet on Kafka", ["service"])
 OUTBOX_OLDEST_AGE = Gauge(
     "fapiao_outbox_oldest_unpublished_age_seconds", "Age of the oldest outbox row not yet on Kafka", ["service"]
+)
+OUTBOX_LEADER = Gauge(
+    "fapiao_outbox_relay_leader",
+    "1 while this replica holds its schema's relay lock and relays the outbox, 0 while it stands by", ["service"],
 )
 OUTBOX_PUBLISHED = Counter("fapiao_outbox_published_total", "Outbox rows published to Kafka", ["service"])
 DB_UNAVAILABLE = Counter(

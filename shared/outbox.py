@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.backoff import backoff
 from shared.kafka import make_producer
-from shared.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED
+from shared.metrics import OUTBOX_BACKLOG, OUTBOX_LEADER, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED
 from shared.recovery import database_addresses, kafka_addresses, sleep_until_back
 
 __all__ = ["BrokerUnavailable", "OutboxRelay", "PublishedRow", "notify_outbox", "service_relay"]
@@ -63,7 +63,8 @@ class OutboxRelay:
     def __init__(self, *, engine: AsyncEngine, table: Table, bootstrap: str, on_published: OnPublished | None = None,
                  batch_size: int = 1000, poll_interval: float = 1.0, send_timeout: float = 15.0,
                  retention_seconds: float = 86_400, producer_overrides: dict[str, Any] | None = None,
-                 on_round: Callable[[int, float | None], None] | None = None) -> None:
+                 on_round: Callable[[int, float | None], None] | None = None,
+                 on_leadership: Callable[[bool], None] | None = None) -> None:
         self.engine = engine
         self.table = table
         self.bootstrap = bootstrap
@@ -74,13 +75,28 @@ class OutboxRelay:
         self.retention_seconds = retention_seconds
         self.producer_overrides = producer_overrides or {}
         self.on_round = on_round
+        self.on_leadership = on_leadership
         self._lock_key = zlib.crc32(f"outbox:{table.schema}".encode())
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
-        self.is_leader = False
+        self._leader = False
         self.kafka_ok = False
         self._last_purge = 0.0
+
+    @property
+    def is_leader(self) -> bool:
+        """This replica holds the schema's relay lock (the others stand by, trying for it every poll interval)."""
+        return self._leader
+
+    @is_leader.setter
+    def is_leader(self, value: bool) -> None:
+        if value == self._leader:
+            return
+        self._leader = value
+        log.info("outbox relay of %s: %s", self.table.schema, "leading" if value else "standing by")
+        if self.on_leadership is not None:
+            self.on_leadership(value)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -242,7 +258,7 @@ class OutboxRelay:
 def service_relay(*, service: str, engine: AsyncEngine, table: Table, bootstrap: str, batch_size: int,
                   poll_interval: float, request_timeout_ms: int,
                   on_published: OnPublished | None = None) -> OutboxRelay:
-    """A service's relay with its outbox metrics wired in (backlog, oldest unpublished age, published)."""
+    """A service's relay with its outbox metrics wired in (backlog, oldest unpublished age, published, leader)."""
     published = OUTBOX_PUBLISHED.labels(service)
 
     async def published_hook(conn: AsyncConnection, rows: Sequence[PublishedRow]) -> None:
@@ -254,6 +270,15 @@ def service_relay(*, service: str, engine: AsyncEngine, table: Table, bootstrap:
         OUTBOX_BACKLOG.labels(service).set(waiting)
         OUTBOX_OLDEST_AGE.labels(service).set(time.time() - oldest if oldest else 0)
 
+    leader = OUTBOX_LEADER.labels(service)
+    leader.set(0)
+
+    def on_leadership(leading: bool) -> None:
+        leader.set(1 if leading else 0)
+        if not leading:  # only the leader measures the backlog; a standby's last reading would go stale
+            on_round(0, None)
+
     return OutboxRelay(engine=engine, table=table, bootstrap=bootstrap, on_published=published_hook,
                        batch_size=batch_size, poll_interval=poll_interval, on_round=on_round,
+                       on_leadership=on_leadership,
                        producer_overrides={"request_timeout_ms": request_timeout_ms})

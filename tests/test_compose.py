@@ -1,4 +1,8 @@
-"""docker-compose.yml and the Dockerfile stay runnable, checked by parsing them: no Docker needed.
+"""docker-compose.yml and the Dockerfile stay runnable, checked by parsing them: no Docker needed (and none runs on
+the machines this project is built on: the file has never been started there).
+
+The shape: three KRaft nodes (replication factor 3, min ISR 2), two replicas of the issuer, sync, the reconciler
+and the notifier behind HAProxy (ops/haproxy/haproxy.cfg), one tax store.
 
 Python services are found in the compose file (built from "." or run as `python -m services.<x>`)
 and checked against their own settings class, so a service added later is covered without
@@ -215,7 +219,7 @@ PYTHON_SERVICES = python_services()
 
 
 def test_compose_declares_the_stack() -> None:
-    assert {"kafka", "postgres", "issuer"} <= set(services())
+    assert {"kafka-1", "kafka-2", "kafka-3", "postgres", "issuer", "balancer"} <= set(services())
     assert PYTHON_SERVICES, "no Python service found in docker-compose.yml"
     assert PYTHON_SERVICES["issuer"] == "issuer"
 
@@ -223,16 +227,23 @@ def test_compose_declares_the_stack() -> None:
 # --------------------------------------------------------------------------- infrastructure
 
 
-def test_kafka_is_a_single_kraft_node() -> None:
-    kafka = services()["kafka"]
+KAFKA_NODES = ("kafka-1", "kafka-2", "kafka-3")
+REPLICATED = ("issuer", "sync", "reconciler", "notifier")
+HAPROXY_CFG = ROOT / "ops" / "haproxy" / "haproxy.cfg"
+
+
+def kafka_env(name: str) -> dict[str, str]:
+    return {key: value or "" for key, value in environment(services()[name]).items()}
+
+
+@pytest.mark.parametrize("name", KAFKA_NODES)
+def test_kafka_node_is_a_combined_kraft_node_of_the_cluster(name: str) -> None:
+    kafka = services()[name]
     image = str(kafka.get("image", ""))
     assert re.match(r"^apache/kafka(-native)?:\d", image), f"pin apache/kafka, not {image!r}"
-    env = {key: value or "" for key, value in environment(kafka).items()}
+    env = kafka_env(name)
     roles = {role.strip() for role in env.get("KAFKA_PROCESS_ROLES", "").split(",")}
-    assert {"broker", "controller"} <= roles, "single node KRaft: broker and controller in one"
-    assert env.get("KAFKA_CONTROLLER_QUORUM_VOTERS") or env.get(
-        "KAFKA_CONTROLLER_QUORUM_BOOTSTRAP_SERVERS"
-    ), "KRaft needs the controller quorum"
+    assert {"broker", "controller"} <= roles, "combined KRaft nodes: broker and controller in one"
     controller = env.get("KAFKA_CONTROLLER_LISTENER_NAMES", "")
     listeners = env.get("KAFKA_LISTENERS", "")
     assert controller and f"{controller}://" in listeners
@@ -240,21 +251,84 @@ def test_kafka_is_a_single_kraft_node() -> None:
     protocol_map = dict(pair.split(":", 1) for pair in protocols)
     listener_names = {item.split("://")[0] for item in listeners.split(",")}
     assert listener_names <= set(protocol_map), "every listener needs a security protocol"
-    # One broker: internal topics with a replication factor above 1 never get created, and
-    # consumer groups / transactions would hang.
-    for key in (
-        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
-        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
-        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR",
-    ):
-        assert env.get(key) == "1", f"{key} must be 1 on a single node"
+    # Its own identity: node id, the address it advertises to the others, its own data volume.
+    assert kafka.get("hostname") == name
+    assert f"PLAINTEXT://{name}:9092" in env.get("KAFKA_ADVERTISED_LISTENERS", "")
+    mounts = [str(v).split(":")[0] for v in kafka.get("volumes") or []]
+    assert len(mounts) == 1 and mounts[0] in (compose().get("volumes") or {}), mounts
     assert env.get("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "").lower() == "false", (
         "the services create their topics; auto-creation would hide a missing one"
     )
     assert "healthcheck" in kafka, "dependants wait for service_healthy"
+
+
+def test_kafka_is_a_three_node_cluster_that_survives_losing_one() -> None:
+    envs = {name: kafka_env(name) for name in KAFKA_NODES}
+    ids = {name: env["KAFKA_NODE_ID"] for name, env in envs.items()}
+    assert sorted(ids.values()) == ["1", "2", "3"], ids
+    assert len({env["CLUSTER_ID"] for env in envs.values()}) == 1, "one cluster id on every node"
+    for name, env in envs.items():
+        voters = dict(v.split("@", 1) for v in env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(","))
+        assert voters == {ids[n]: f"{n}:9093" for n in KAFKA_NODES}, (name, voters)
+        # Three copies of everything, two needed for a write, no unclean leader: a broker lost loses nothing.
+        for key in ("KAFKA_DEFAULT_REPLICATION_FACTOR", "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+                    "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+                    "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR"):
+            assert env.get(key) == "3", (name, key)
+        for key in ("KAFKA_MIN_INSYNC_REPLICAS", "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+                    "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR"):
+            assert env.get(key) == "2", (name, key)
+        assert env.get("KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE") == "false", name
     for name, svc in services().items():
         assert "zookeeper" not in str(svc.get("image", "")).lower(), f"{name}: KRaft, no ZooKeeper"
         assert not any("ZOOKEEPER" in key.upper() for key in environment(svc)), name
+    for name in PYTHON_SERVICES:  # every service knows all three brokers and asks for three copies
+        env = {key: interpolate(value or "") for key, value in environment(services()[name]).items()}
+        assert {host_port(a, 9092)[0] for a in env["FAPIAO_KAFKA_BOOTSTRAP"].split(",")} == set(KAFKA_NODES)
+        assert env.get("FAPIAO_KAFKA_REPLICATION_FACTOR") == "3", name
+
+
+def haproxy() -> dict[str, dict[str, list[str]]]:
+    """haproxy.cfg as section kind -> name -> its lines."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: list[str] = []
+    for raw in HAPROXY_CFG.read_text().splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        if not raw[0].isspace():
+            kind, _, name = line.partition(" ")
+            current = sections.setdefault(kind, {}).setdefault(name.strip(), [])
+        else:
+            current.append(line.strip())
+    return sections
+
+
+def test_two_replicas_of_each_service_that_may_run_twice_and_one_tax_store() -> None:
+    for name in PYTHON_SERVICES:
+        replicas = int((services()[name].get("deploy") or {}).get("replicas", 1))
+        assert replicas == (2 if name in REPLICATED else 1), name
+        if replicas > 1:  # compose names replicas itself; a fixed name or host port would clash between them
+            assert "container_name" not in services()[name] and "hostname" not in services()[name], name
+
+
+@pytest.mark.parametrize("name", REPLICATED)
+def test_the_balancer_publishes_each_replicated_service_and_checks_its_replicas(name: str) -> None:
+    port = default_port(settings_class(PYTHON_SERVICES[name]))
+    balancer = services()["balancer"]
+    assert str(balancer["image"]).startswith("haproxy:"), balancer["image"]
+    assert "./ops/haproxy:/usr/local/etc/haproxy:ro" in balancer["volumes"]
+    assert (port, port) in published_ports(balancer), f"the balancer publishes {port}:{port}"
+    assert name in (balancer.get("depends_on") or {})
+    cfg = haproxy()
+    [frontend] = [lines for lines in cfg["frontend"].values() if f"bind :{port}" in lines]
+    [backend] = [line.split()[1] for line in frontend if line.startswith("default_backend")]
+    lines = cfg["backend"][backend]
+    assert "option httpchk GET /readyz" in lines, "only ready replicas get requests"
+    [template] = [line.split() for line in lines if line.startswith("server-template")]
+    assert template[3] == f"{name}:{port}" and "resolvers" in template and "check" in template, template
+    assert int(template[2]) >= 2, "room for the replicas"
+    assert "docker" in cfg["resolvers"] and "nameserver dns 127.0.0.11:53" in cfg["resolvers"]["docker"]
 
 
 def test_postgres_has_health_check_and_persistent_volume() -> None:
@@ -336,12 +410,17 @@ def test_python_service_environment_is_valid_for_its_settings(
 
 @pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
 def test_python_service_publishes_its_default_port(name: str) -> None:
+    """Itself, or, with replicas (which cannot share a host port), through the balancer."""
     svc = services()[name]
     port = default_port(settings_class(PYTHON_SERVICES[name]))
     env = environment(svc)
     # The image HEALTHCHECK probes ${FAPIAO_PORT}; without it a non-8000 service looks dead.
     assert env.get("FAPIAO_PORT") == str(port), f"{name}: set FAPIAO_PORT={port}, its default"
-    assert (port, port) in published_ports(svc), f"{name}: publish {port}:{port}"
+    if int((svc.get("deploy") or {}).get("replicas", 1)) > 1:
+        assert not published_ports(svc), f"{name}: replicas cannot all publish {port}; the balancer does"
+        assert (port, port) in published_ports(services()["balancer"]), f"balancer: publish {port}:{port}"
+    else:
+        assert (port, port) in published_ports(svc), f"{name}: publish {port}:{port}"
 
 
 def test_published_host_ports_are_unique() -> None:

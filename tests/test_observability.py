@@ -211,8 +211,14 @@ def test_compose_provisions_prometheus_and_grafana_from_the_repository() -> None
     assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy" and "healthcheck" in prometheus
 
     scrape = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"]
-    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in scrape}
+    # A service in replicas is discovered through Docker's DNS (each replica a target of its own), the tax store
+    # is one static target.
+    targets = {job["job_name"]: [f"{name}:{sd['port']}" for sd in job.get("dns_sd_configs", [])
+                                 for name in sd["names"]] or job["static_configs"][0]["targets"] for job in scrape}
     assert targets == {f"fapiao-{name}": [f"{name}:{port}"] for name, port in SERVICES.items()}
+    for job in scrape:
+        replicas = int((compose[job["job_name"].removeprefix("fapiao-")].get("deploy") or {}).get("replicas", 1))
+        assert ("dns_sd_configs" in job) == (replicas > 1), job["job_name"]
     for name, port in SERVICES.items():  # each target is a compose service listening on that port
         assert name in compose
         env = compose[name].get("environment") or {}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -64,14 +65,32 @@ class DockerAPI:
             raise DockerError(f"Docker API {method} {path}: HTTP {r.status_code} {message}")
         return r
 
+    def containers(self, project: str, target: str) -> list[str]:
+        """The ids of the containers (running or not) a drill's `target` names in compose project `project`: every
+        replica of the service `target`; for `sync-2`, replica 2 of sync (compose's container number) unless a
+        service has that name (kafka-2); for `kafka`, every node of the cluster (the services kafka-1, kafka-2, …)."""
+        filters = {"label": [f"com.docker.compose.project={project}"]}
+        listed = [(str(c["Id"]), (c.get("Labels") or {}).get("com.docker.compose.service", ""),
+                   (c.get("Labels") or {}).get("com.docker.compose.container-number", "1"))
+                  for c in self._call("GET", "/containers/json",
+                                      params={"all": "true", "filters": json.dumps(filters)}).json()]
+        found = [cid for cid, service, _ in listed if service == target]
+        replica = re.fullmatch(r"(.+)-(\d+)", target)
+        if not found and replica:
+            found = [cid for cid, service, number in listed if service == replica[1] and number == replica[2]]
+        elif not found:
+            found = [cid for cid, service, _ in listed if re.fullmatch(rf"{re.escape(target)}-\d+", service)]
+        if not found:
+            raise DockerError(f"expected a container of service {target!r} in compose project {project!r}, found 0")
+        return found
+
     def container(self, project: str, service: str) -> str:
-        """The id of the one container of `service` in compose project `project` (running or not)."""
-        filters = {"label": [f"com.docker.compose.project={project}", f"com.docker.compose.service={service}"]}
-        found = self._call("GET", "/containers/json", params={"all": "true", "filters": json.dumps(filters)}).json()
+        """The id of the one container `service` names (see containers)."""
+        found = self.containers(project, service)
         if len(found) != 1:
             raise DockerError(f"expected one container of service {service!r} in compose project {project!r}, "
                               f"found {len(found)}")
-        return str(found[0]["Id"])
+        return found[0]
 
     def labels(self, container: str) -> dict[str, str]:
         return dict(self._call("GET", f"/containers/{container}/json").json()["Config"].get("Labels") or {})
@@ -145,24 +164,27 @@ class ComposeStack:
     def url(self, service: str) -> str:
         return self.urls[service]
 
-    def _id(self, target: str) -> str:
+    def _ids(self, target: str) -> list[str]:
+        """`sync`: every replica; `sync-2`: one; `kafka`: every node; `kafka-2`: one."""
         assert self.docker is not None
-        return self.docker.container(self.project, target)
+        return self.docker.containers(self.project, target)
 
     def kill(self, target: str) -> None:
         assert self.docker is not None
-        self.docker.kill(self._id(target))
+        for cid in self._ids(target):
+            self.docker.kill(cid)
         self.killed.add(target)
 
     def start(self, target: str) -> None:
-        """Start the container again and wait until the component answers (HTTP /readyz, or its port)."""
+        """Start the containers again and wait until the component answers (HTTP /readyz, or its port)."""
         assert self.docker is not None
-        cid = self._id(target)
-        self.docker.start(cid)
+        cids = self._ids(target)
+        for cid in cids:
+            self.docker.start(cid)
         self.killed.discard(target)
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
-            if self.docker.running(cid) and self._answers(target):
+            if all(self.docker.running(cid) for cid in cids) and self._answers(target):
                 return
             time.sleep(0.5)
         raise TimeoutError(f"{target} did not become ready within {self.ready_timeout:g}s after its start")
@@ -173,7 +195,9 @@ class ComposeStack:
                 return httpx.get(f"{self.urls[target]}/readyz", timeout=3).status_code == 200
             except httpx.HTTPError:
                 return False
-        host, port = {"kafka": ("kafka", 9092), "postgres": ("postgres", 5432)}.get(target, (target, 0))
+        host, port = {"kafka": ("kafka-1", 9092), "postgres": ("postgres", 5432)}.get(target, (target, 0))
+        if re.fullmatch(r"kafka-\d+", target):
+            port = 9092
         if not port:
             return True  # a service without a URL here (sync, notifier): its container runs
         try:
@@ -184,12 +208,14 @@ class ComposeStack:
 
     def pause(self, target: str) -> None:
         assert self.docker is not None
-        self.docker.pause(self._id(target))
+        for cid in self._ids(target):
+            self.docker.pause(cid)
         self.paused.add(target)
 
     def resume(self, target: str) -> None:
         assert self.docker is not None
-        self.docker.unpause(self._id(target))
+        for cid in self._ids(target):
+            self.docker.unpause(cid)
         self.paused.discard(target)
 
     def stop(self) -> list[str]:

@@ -77,14 +77,15 @@ def run_many(scenarios: list[Scenario], *, seed: int, rate: float | None, durati
 
     started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     workdir = ARTIFACTS / f"drills-{started.replace(':', '')}-{os.getpid()}"
-    infra = DrillInfra(workdir)
+    # One infrastructure for the run: a Kafka cluster when any scenario asks for one (kafka_brokers).
+    infra = DrillInfra(workdir, brokers=max((s.kafka_brokers for s in scenarios), default=1))
 
     def stack_for(s: Scenario) -> ScenarioStack:
         if not infra.healthy():  # an earlier scenario's fault must not fail the ones after it
             progress("  PostgreSQL or Kafka is down after the last scenario; starting it again")
             infra.spawner.submit(infra.start_server, "postgres").result()
             infra.spawner.submit(infra.start_server, "kafka").result()
-        stack = ScenarioStack(infra, s.name, s.settings, s.network)
+        stack = ScenarioStack(infra, s.name, s.settings, s.network, replicas=s.replicas)
         try:
             infra.spawner.submit(stack.start_all).result()
         except BaseException:
@@ -114,6 +115,9 @@ def run_on_stack(scenarios: list[Scenario], *, seed: int, rate: float | None, du
         if s.settings:
             progress(f"  note: [settings] for {', '.join(sorted(s.settings))} do not apply to a running stack; "
                      "its services keep the settings `make up` gave them")
+        if s.replicas or s.kafka_brokers > 1:
+            progress("  note: replicas and kafka_brokers do not apply to a running stack: start it with "
+                     "FAPIAO_REPLICAS and FAPIAO_KAFKA_BROKERS")
         return RunningStack(s.name)
 
     started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

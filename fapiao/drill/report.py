@@ -104,6 +104,7 @@ def html_report(run: dict[str, Any]) -> str:
         bad = violations_text([r])
         faults = "".join(
             f"<li>{f['at']:.1f}s {html.escape(f['label'])}"
+            f"{' — ' + html.escape(f['note']) if f.get('note') else ''}"
             f"{'' if f['ok'] else ' — FAILED: ' + html.escape(f.get('error', ''))}</li>" for f in r["faults"])
         sections.append(f"<section><h2>{html.escape(r['scenario'])} — {'PASS' if r['passed'] else 'FAIL'}</h2>"
                         f"<p>{html.escape(r['description'])}</p>{_svg(r)}<ul>{faults}</ul>"

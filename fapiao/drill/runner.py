@@ -227,7 +227,9 @@ class Drill:
             entry: dict[str, Any] = {"at": round(self.now(), 1), "label": step.label(), "ok": True}
             self.progress(f"  {self.now():6.1f}s  {step.label()}")
             try:
-                await self.apply(step)
+                if note := await self.apply(step):  # e.g. which replica owned the relay, and who took it over
+                    entry["note"] = note
+                    self.progress(f"          {note}")
             except Exception as exc:  # noqa: BLE001 - a failed step is reported, the drill goes on
                 entry.update(ok=False, error=f"{type(exc).__name__}: {exc}")
                 self.progress(f"          step failed: {entry['error']}")
@@ -237,12 +239,14 @@ class Drill:
         """Run a start in the run's one spawner thread (see DrillInfra.spawner)."""
         return await asyncio.get_running_loop().run_in_executor(self.stack.spawner, fn, *args)
 
-    async def apply(self, step: Step) -> None:
+    async def apply(self, step: Step) -> str | None:
+        """Do one step; returns what it found out worth reporting (a kill of `<service>:relay`: whose, who next)."""
         st = self.stack
         act, target, p = step.action, step.target, step.params
+        note: str | None = None
         if act in ("kill", "start", "restart"):  # the loader makes sure these name a target
             if act != "start":
-                await self.in_spawner(st.kill, target)
+                note = await self.in_spawner(st.kill, target)
             if act != "kill":
                 await self.in_spawner(st.start, target)
         elif act == "pause":
@@ -281,6 +285,7 @@ class Drill:
             self.receiver.down = False
         else:  # the loader refuses unknown actions; this is the one place that would miss a new one
             raise RuntimeError(f"action {act} is not implemented")
+        return note
 
     async def poison(self, topics: list[str], count: int) -> None:
         from aiokafka import AIOKafkaProducer

@@ -18,6 +18,13 @@ SERVICES = ("issuer", "sync", "reconciler", "notifier", "taxstore")
 INFRA = ("kafka", "postgres")
 PROCESSES = SERVICES + INFRA
 PROXIES = ("taxstore",)  # network faults: the sync service reaches the store through Toxiproxy
+REPLICABLE = ("issuer", "sync", "reconciler", "notifier")  # [replicas]: how many processes of each
+# Beyond the names above, a process step may name one replica (`sync-2`, with [replicas] sync = 2 or more), one
+# Kafka node (`kafka-2`, with kafka_brokers = 3), or `<service>:relay`: the replica relaying that service's outbox
+# at the moment of the step (found by its fapiao_outbox_relay_leader metric). `sync` alone is every replica.
+_REPLICA = re.compile(r"(?P<svc>issuer|sync|reconciler|notifier)-(?P<n>\d)")
+_NODE = re.compile(r"kafka-(?P<n>\d)")
+_RELAY = re.compile(r"(?P<svc>issuer|sync|reconciler|notifier):relay")
 
 # action -> (what `target` may be, or None when the action takes no target; required params; optional params)
 ACTIONS: dict[str, tuple[tuple[str, ...] | None, frozenset[str], frozenset[str]]] = {
@@ -97,13 +104,16 @@ class Scenario:
     network: bool = False       # route sync -> store through Toxiproxy
     expect: dict[str, Any] = field(default_factory=dict)  # e.g. {stuck_allowed = true, lost_allowed = 0}
     path: Path | None = None
+    replicas: dict[str, int] = field(default_factory=dict)  # service -> processes (1 when not named)
+    kafka_brokers: int = 1      # a KRaft cluster of this many nodes (replication factor min(3, n))
 
     @property
     def faults_end(self) -> float:
         return max((s.at for s in self.steps), default=0.0)
 
 
-_TOP = {"name", "description", "load", "steps", "settle", "settings", "network", "expect"}
+_TOP = {"name", "description", "load", "steps", "settle", "settings", "network", "expect", "replicas",
+        "kafka_brokers"}
 _LOAD = {"rate", "duration", "clients", "idempotency_key"}
 _EXPECT = {"stuck_allowed", "unconfirmed_allowed", "lost_expected"}
 
@@ -112,6 +122,26 @@ def _unknown(keys: set[str], allowed: set[str], where: str) -> None:
     extra = sorted(keys - allowed)
     if extra:
         raise ScenarioError(f"{where}: unknown key(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _names_a_part(action: str, target: Any) -> bool:
+    """A replica, a Kafka node or a relay owner, for the process steps that can take one."""
+    if not isinstance(target, str):
+        return False
+    if action in ("kill", "start", "restart"):
+        return any(p.fullmatch(target) for p in (_REPLICA, _NODE, _RELAY))
+    return action in ("pause", "resume") and bool(_REPLICA.fullmatch(target) or _RELAY.fullmatch(target))
+
+
+def _check_parts(steps: tuple[Step, ...], replicas: dict[str, int], brokers: int, where: str) -> None:
+    for i, step in enumerate(steps):
+        t = step.target or ""
+        if (m := _REPLICA.fullmatch(t)) and not 1 <= int(m["n"]) <= replicas.get(m["svc"], 1) or \
+                (m := _RELAY.fullmatch(t)) and replicas.get(m["svc"], 1) < 2:
+            raise ScenarioError(f"{where}: steps[{i}].target {t!r}: needs [replicas] {m['svc']} = 2 or more "
+                                f"(and no more than its count)")
+        if (m := _NODE.fullmatch(t)) and not 1 <= int(m["n"]) <= brokers:
+            raise ScenarioError(f"{where}: steps[{i}].target {t!r}: needs kafka_brokers = {m['n']} or more")
 
 
 def _step(raw: Any, i: int, where: str) -> Step:
@@ -128,7 +158,7 @@ def _step(raw: Any, i: int, where: str) -> Step:
     target = raw.get("target")
     if targets is None and target is not None:
         raise ScenarioError(f"{w}.target: `{action}` takes no target")
-    if targets is not None and target not in targets:
+    if targets is not None and target not in targets and not _names_a_part(action, target):
         raise ScenarioError(f"{w}.target: `{action}` needs a target, one of {', '.join(targets)}; got {target!r}")
     params = {k: v for k, v in raw.items() if k not in ("at", "action", "target")}
     _unknown(set(params), set(required | optional), f"{w} ({action})")
@@ -175,6 +205,15 @@ def parse_scenario(data: dict[str, Any], *, where: str, default_name: str) -> Sc
     if not isinstance(expect, dict):
         raise ScenarioError(f"{where}: [expect] must be a table")
     _unknown(set(expect), _EXPECT, f"{where}: [expect]")
+    replicas = data.get("replicas", {})
+    if not isinstance(replicas, dict) or any(k not in REPLICABLE or not isinstance(v, int) or isinstance(v, bool)
+                                             or not 1 <= v <= 9 for k, v in replicas.items()):
+        raise ScenarioError(f"{where}: replicas: a table of service = count (1 to 9), services "
+                            f"{', '.join(REPLICABLE)}; not {replicas!r}")
+    brokers = data.get("kafka_brokers", 1)
+    if not isinstance(brokers, int) or isinstance(brokers, bool) or not 1 <= brokers <= 5:
+        raise ScenarioError(f"{where}: kafka_brokers must be an integer from 1 to 5, not {brokers!r}")
+    _check_parts(steps, replicas, brokers, where)
     network = bool(data.get("network", any(s.action in ("toxic", "proxy_down") for s in steps)))
     name = data.get("name", default_name)
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
@@ -182,7 +221,7 @@ def parse_scenario(data: dict[str, Any], *, where: str, default_name: str) -> Sc
     return Scenario(name=name, description=str(data.get("description", "")).strip(), load=load, steps=steps,
                     settle=parse_duration(data.get("settle", "120s"), where=f"{where}: settle"),
                     settings={k: {kk: str(vv) for kk, vv in v.items()} for k, v in settings.items()},
-                    network=network, expect=dict(expect))
+                    network=network, expect=dict(expect), replicas=dict(replicas), kafka_brokers=brokers)
 
 
 def load_scenario(path: Path) -> Scenario:

@@ -11,15 +11,16 @@ import os
 import secrets
 import signal
 import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from fapiao.infra.kafka import KafkaBroker, ensure_kafka_jars
+from fapiao.infra.kafka import KafkaBroker, KafkaCluster, ensure_kafka_jars
 from fapiao.infra.postgres import PostgresServer
-from fapiao.infra.procs import ServiceProcess, free_port
+from fapiao.infra.procs import ServiceProcess, free_port, free_ports, pid_alive
 from fapiao.infra.toxiproxy import Toxiproxy, ensure_toxiproxy
 
 __all__ = ["CLEAR_FAULTS", "DrillInfra", "DrillStack", "RunningStack", "ScenarioStack"]
@@ -63,7 +64,7 @@ class DrillStack(Protocol):
     @property
     def toxi(self) -> Toxiproxy | None: ...
     def url(self, service: str) -> str: ...
-    def kill(self, target: str) -> None: ...
+    def kill(self, target: str) -> str | None: ...
     def start(self, target: str) -> None: ...
     def pause(self, target: str) -> None: ...
     def resume(self, target: str) -> None: ...
@@ -72,13 +73,16 @@ class DrillStack(Protocol):
 
 @dataclass
 class DrillInfra:
-    """PostgreSQL, Kafka and (when asked) Toxiproxy for one drill run."""
+    """PostgreSQL, Kafka (one broker, or a KRaft cluster of `brokers` nodes) and (when asked) Toxiproxy for one drill
+    run."""
 
     workdir: Path
+    brokers: int = 1
     admin_token: str = field(default_factory=lambda: "drill-" + secrets.token_urlsafe(24))
     secrets_key: str = field(default_factory=lambda: "drill-secrets-" + secrets.token_urlsafe(24))
     pg: PostgresServer | None = None
     kafka: KafkaBroker | None = None
+    cluster: KafkaCluster | None = None
     toxiproxy: ServiceProcess | None = None
     toxi: Toxiproxy | None = None
     # Children die with the *thread* that spawned them (PR_SET_PDEATHSIG). Whatever a drill starts while it runs
@@ -89,10 +93,20 @@ class DrillInfra:
     def start(self, *, network: bool) -> None:
         ensure_kafka_jars()
         self.pg = PostgresServer(self.workdir / "postgres", port=free_port(), die_with_parent=True)
-        self.kafka = KafkaBroker(self.workdir / "kafka", port=free_port(), controller_port=free_port(),
-                                 heap="384m", die_with_parent=True)
+        if self.brokers > 1:
+            ports = free_ports(2 * self.brokers)
+            self.cluster = KafkaCluster.plan(self.workdir / "kafka", ports=list(zip(ports[::2], ports[1::2],
+                                                                                     strict=True)),
+                                             heap="320m", die_with_parent=True)
+            self.kafka = self.cluster.node(1)
+        else:
+            self.kafka = KafkaBroker(self.workdir / "kafka", port=free_port(), controller_port=free_port(),
+                                     heap="384m", die_with_parent=True)
         self.pg.start(timeout=90)
-        self.kafka.start(timeout=120)
+        if self.cluster is not None:
+            self.cluster.start(timeout=180)
+        else:
+            self.kafka.start(timeout=120)
         if network:
             self.start_toxiproxy()
 
@@ -108,7 +122,25 @@ class DrillInfra:
         self.toxiproxy.start(30)
         self.toxi = Toxiproxy(f"http://127.0.0.1:{port}")
 
+    @property
+    def bootstrap(self) -> str:
+        if self.cluster is not None:
+            return self.cluster.bootstrap
+        assert self.kafka is not None
+        return self.kafka.bootstrap
+
+    def _nodes(self, name: str) -> list[KafkaBroker]:
+        """`kafka`: every node; `kafka-2`: the second."""
+        if self.cluster is None:
+            assert self.kafka is not None
+            return [self.kafka]
+        return self.cluster.nodes if name == "kafka" else [self.cluster.node(int(name.split("-")[1]))]
+
     def kill(self, name: str) -> None:
+        if name.startswith("kafka") and self.cluster is not None:
+            for node in self._nodes(name):
+                node.kill()
+            return
         server = self.kafka if name == "kafka" else self.pg
         assert server is not None and server.pid is not None
         with contextlib.suppress(ProcessLookupError):
@@ -118,9 +150,15 @@ class DrillInfra:
         server.pid = None
 
     def start_server(self, name: str) -> None:
+        if name.startswith("kafka") and self.cluster is not None:
+            dead = [n for n in self._nodes(name) if n.pid is None or not pid_alive(n.pid)]
+            for node in dead:
+                self.cluster.spawn_node(node.node_id)
+            for node in dead:  # with a quorum running, each rejoins by itself
+                node.wait_ready(timeout=120)
+            return
         server = self.kafka if name == "kafka" else self.pg
         assert server is not None
-        from fapiao.infra.procs import pid_alive
 
         if server.pid is None or not pid_alive(server.pid):
             if name == "postgres":  # kill -9 leaves postmaster.pid behind; its pid is gone, so it is stale
@@ -129,26 +167,29 @@ class DrillInfra:
             server.start(timeout=120)
 
     def healthy(self) -> bool:
-        from fapiao.infra.procs import pid_alive
-
-        return all(srv is not None and srv.pid is not None and pid_alive(srv.pid) for srv in (self.pg, self.kafka))
+        servers = [self.pg, *(self.cluster.nodes if self.cluster is not None else [self.kafka])]
+        return all(srv is not None and srv.pid is not None and pid_alive(srv.pid) for srv in servers)
 
     def stop(self) -> list[str]:
         if self.toxi is not None:
             self.toxi.close()
-        problems = stop_each([("toxiproxy", self.toxiproxy), ("kafka", self.kafka), ("postgres", self.pg)])
+        problems = stop_each([("toxiproxy", self.toxiproxy), ("kafka", self.cluster or self.kafka),
+                              ("postgres", self.pg)])
         self.spawner.shutdown(wait=False)
         return problems
 
 
 @dataclass
 class ScenarioStack:
-    """The five services (and a mail sink) of one scenario, on a database and topic prefix of their own."""
+    """The five services (and a mail sink) of one scenario, on a database and topic prefix of their own; with
+    `replicas`, that many processes of a service (`sync-1`, `sync-2`, …, each on a port of its own; the others call
+    the first)."""
 
     infra: DrillInfra
     name: str
     settings: dict[str, dict[str, str]]
     network: bool
+    replicas: dict[str, int] = field(default_factory=dict)
     procs: dict[str, ServiceProcess] = field(default_factory=dict)
     prefix: str = field(default_factory=lambda: f"d{uuid.uuid4().hex[:8]}.")
     database_url: str = ""
@@ -158,8 +199,19 @@ class ScenarioStack:
     def admin(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.infra.admin_token}"}
 
+    def names(self, service: str) -> list[str]:
+        """The processes of a service: [service], or [service-1, service-2, …] with replicas."""
+        n = self.replicas.get(service, 1)
+        return [service] if n == 1 else [f"{service}-{i}" for i in range(1, n + 1)]
+
+    def _targets(self, target: str) -> list[ServiceProcess]:
+        """`sync`: every replica; `sync-2`: one."""
+        return [self.procs[n] for n in self.names(target)] if target in ORDER else [self.procs[target]]
+
     def url(self, service: str) -> str:
-        return self.procs[service].url
+        """Where the service answers: its first running replica."""
+        procs = [self.procs[n] for n in self.names(service)]
+        return next((p.url for p in procs if p.running), procs[0].url)
 
     @property
     def spawner(self) -> ThreadPoolExecutor:
@@ -167,31 +219,73 @@ class ScenarioStack:
 
     @property
     def kafka_bootstrap(self) -> str:
-        assert self.infra.kafka is not None
-        return self.infra.kafka.bootstrap
+        return self.infra.bootstrap
+
+    def relay_owner(self, service: str) -> str | None:
+        """The replica of `service` whose fapiao_outbox_relay_leader is 1 now (None while none says so)."""
+        import httpx
+
+        for name in self.names(service):
+            proc = self.procs[name]
+            if not proc.running:
+                continue
+            try:
+                body = httpx.get(f"{proc.url}/metrics", timeout=3).text
+            except httpx.HTTPError:
+                continue
+            if f'fapiao_outbox_relay_leader{{service="{service}"}} 1.0' in body:
+                return name
+        return None
+
+    def _kill_relay_owner(self, service: str, *, within: float = 30.0) -> str:
+        """kill -9 the replica relaying `service`'s outbox; wait for another to take the relay; say who and when."""
+        deadline = time.monotonic() + within
+        while (owner := self.relay_owner(service)) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no replica of {service} says it relays the outbox")
+            time.sleep(0.1)
+        self.procs[owner].kill()
+        killed = time.monotonic()
+        while (heir := self.relay_owner(service)) is None:
+            if time.monotonic() - killed > within:
+                raise RuntimeError(f"{owner} killed; no other replica took the relay within {within:g}s")
+            time.sleep(0.05)
+        return f"{owner} owned the relay; {heir} took it {time.monotonic() - killed:.2f}s after the kill"
 
     @property
     def toxi(self) -> Toxiproxy | None:
         return self.infra.toxi
 
-    def kill(self, target: str) -> None:
-        if target in ("kafka", "postgres"):
+    def kill(self, target: str) -> str | None:
+        """kill -9 `target`; for `<service>:relay`, says which replica that was and when another took the relay."""
+        if target.endswith(":relay"):
+            return self._kill_relay_owner(target.split(":")[0])
+        if target == "postgres" or target.startswith("kafka"):
             self.infra.kill(target)
         else:
-            self.procs[target].kill()
+            for proc in self._targets(target):
+                proc.kill()
+        return None
 
     def start(self, target: str) -> None:
-        """Blocking (run it in the spawner thread): start a killed component again, wait until it is ready."""
-        if target in ("kafka", "postgres"):
+        """Blocking (run it in the spawner thread): start a killed component again, wait until it is ready
+        (`sync`: every replica that is not running)."""
+        if target == "postgres" or target.startswith("kafka"):
             self.infra.start_server(target)
-        else:
-            self.procs[target].start(120)
+            return
+        dead = [p for p in self._targets(target.split(":")[0]) if not p.running]
+        for proc in dead:
+            proc.spawn()
+        for proc in dead:
+            proc.wait_ready(120)
 
     def pause(self, target: str) -> None:
-        self.procs[target].pause()
+        for proc in self._targets(target):
+            proc.pause()
 
     def resume(self, target: str) -> None:
-        self.procs[target].resume()
+        for proc in self._targets(target):
+            proc.resume()
 
     def _proxy(self, name: str, upstream_port: int) -> int:
         assert self.infra.toxi is not None
@@ -206,11 +300,14 @@ class ScenarioStack:
         infra.pg.ensure_database(db)
         self.database_url = infra.pg.url(db)
         logs = infra.workdir / "logs" / self.name
-        ports = {name: free_port() for name in ORDER}
+        procs = [(name, proc) for name in ORDER for proc in self.names(name)]
+        all_ports = free_ports(len(procs))
+        by_proc = {proc: port for (_, proc), port in zip(procs, all_ports, strict=True)}
+        ports = {name: by_proc[self.names(name)[0]] for name in ORDER}  # the others call the first replica
         if self.network:
             infra.start_toxiproxy()
         base = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")}
-        base.update(FAPIAO_ENV="test", FAPIAO_KAFKA_BOOTSTRAP=infra.kafka.bootstrap,
+        base.update(FAPIAO_ENV="test", FAPIAO_KAFKA_BOOTSTRAP=infra.bootstrap,
                     FAPIAO_ADMIN_TOKEN=infra.admin_token, FAPIAO_LOG_LEVEL="WARNING", FAPIAO_LOG_JSON="false",
                     FAPIAO_TOPIC_PREFIX=self.prefix, FAPIAO_STACK_DIR=str(infra.workdir / "no-stack"),
                     FAPIAO_RELAY_POLL_INTERVAL="0.3", FAPIAO_KAFKA_PARTITIONS="3", PYTHONUNBUFFERED="1",
@@ -234,14 +331,16 @@ class ScenarioStack:
             if self.network and name in ("sync", "reconciler"):
                 pg_port = self._proxy(f"postgres-{name}", infra.pg.port)
                 env["FAPIAO_DATABASE_URL"] = self.database_url.replace(f":{infra.pg.port}/", f":{pg_port}/")
-            self.procs[name] = ServiceProcess.service(name, env=env, log_dir=logs, port=ports[name],
-                                                      die_with_parent=True)
+            for pname in self.names(name):
+                self.procs[pname] = ServiceProcess.service(name, env=env, log_dir=logs, port=by_proc[pname],
+                                                           log_name=pname, die_with_parent=True)
         for proc in self.procs.values():
             proc.start(120)
 
     def stop(self) -> list[str]:
-        problems = stop_each([(name, self.procs.get(name))
-                              for name in ("sync", "reconciler", "notifier", "issuer", "taxstore", "mailsink")])
+        problems = stop_each([(proc, self.procs.get(proc))
+                              for name in ("sync", "reconciler", "notifier", "issuer", "taxstore")
+                              for proc in self.names(name)] + [("mailsink", self.procs.get("mailsink"))])
         if self.infra.toxi is not None:
             for proxy in self.proxies.values():
                 with contextlib.suppress(Exception):
@@ -289,11 +388,14 @@ class RunningStack:
     def url(self, service: str) -> str:
         return str(self.state["urls"][service])
 
-    def kill(self, target: str) -> None:
+    def kill(self, target: str) -> str | None:
         from fapiao import stack
 
+        if target.endswith(":relay"):
+            raise RuntimeError(f"{target}: only the drill's private stack finds the relay's owner")
         stack.kill_component(target, hold=True)
         self.killed.add(target)
+        return None
 
     def start(self, target: str) -> None:
         from fapiao import stack

@@ -5,6 +5,7 @@ issuer      the issuer in this process, its settings and tenants
 polling     eventually(), reading a topic, one metric
 processes   real service processes (fapiao.infra.ServiceProcess) told the test infrastructure
 pipelines   Pipeline / ReconPipeline: the issuer plus real processes, faults, statuses, ledger, mail
+replicas    plan_replicas / Deployment: N processes of the issuer, sync, reconciler, notifier on one database
 webhooks    a real webhook receiver, serving an ASGI app over HTTP
 """
 

@@ -269,3 +269,80 @@ def test_stack_up_puts_exported_secrets_in_force_and_rewrites_the_files(stack_ho
         assert (run / "admin-token").read_text().strip() == token
     finally:
         assert stack("down").returncode == 0
+
+
+def _spaced_ports(count: int, replicas: int) -> list[int]:
+    """`count` free base ports whose replica ports (base + 10·i, i = 1..replicas) are free too."""
+    out: list[int] = []
+    while len(out) < count:
+        base = free_port()
+        if base + 10 * replicas < 65536 and not any(port_is_open(base + 10 * i) for i in range(replicas + 1)) \
+                and not set(range(base, base + 10 * replicas + 1, 10)) & {q + 10 * i for q in out
+                                                                         for i in range(replicas + 1)}:
+            out.append(base)
+    return out
+
+
+def test_stack_up_with_replicas_balances_restarts_one_or_all_and_down_stops_every_one(stack_home):
+    """FAPIAO_REPLICAS: each replica its own process, port, log and pid; the service's port balances over them, a
+    replica killed with -9 is skipped by the balancer and started again by the supervisor; `restart sync-2` restarts
+    one, `restart sync` every one; `down` stops them all."""
+    names = ("FAPIAO_KAFKA_PORT", "FAPIAO_KAFKA_CONTROLLER_PORT", "FAPIAO_PG_PORT", "FAPIAO_ISSUER_PORT",
+             "FAPIAO_TAXSTORE_PORT", "FAPIAO_SYNC_PORT", "FAPIAO_RECONCILER_PORT", "FAPIAO_NOTIFIER_PORT",
+             "FAPIAO_SMTP_PORT")
+    ports = dict(zip(names, _spaced_ports(len(names), 2), strict=True))
+    run = stack_home / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")}
+    env.update({k: str(v) for k, v in ports.items()}, FAPIAO_STACK_DIR=str(run), FAPIAO_REPLICAS="issuer=2,sync=2")
+
+    def stack(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "fapiao.stack", *args], env=env, capture_output=True,
+                              text=True, timeout=240, cwd=REPO)
+
+    def procs() -> dict[str, dict]:
+        return json.loads((run / "stack.json").read_text())["processes"]
+
+    pids: list[int] = []
+    try:
+        up = stack("up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        url, sync_port = f"http://127.0.0.1:{ports['FAPIAO_ISSUER_PORT']}", ports["FAPIAO_SYNC_PORT"]
+        assert "2 replicas (issuer-1, issuer-2)" in up.stdout and "2 replicas (sync-1, sync-2)" in up.stdout
+        recorded = procs()
+        assert {"issuer-1", "issuer-2", "sync-1", "sync-2", "balancer", "reconciler", "notifier"} <= set(recorded)
+        assert recorded["sync-2"]["ports"] == [sync_port + 20] and recorded["sync-2"]["log"].endswith("sync-2.log")
+        status = stack("status")
+        assert status.returncode == 0 and status.stdout.count(" ready ") >= 7, status.stdout
+        key = (run / "demo-api-key").read_text().strip()
+        auth = {"Authorization": f"Bearer {key}"}
+        r = httpx.post(f"{url}/v1/invoices", json=factories.invoice("91310115MA1K4DEM05"), headers=auth)
+        assert r.status_code == 201, r.text
+        deadline = time.monotonic() + 40
+        while httpx.get(f"{url}/v1/invoices/{r.json()['id']}", headers=auth).json()["status"] != "confirmed":
+            assert time.monotonic() < deadline, "not confirmed through two issuers and two syncs"
+            time.sleep(0.3)
+
+        os.killpg(recorded["issuer-1"]["pid"], 9)  # once gone, the balancer skips it; the supervisor brings it back
+        deadline = time.monotonic() + 10
+        while port_is_open(ports["FAPIAO_ISSUER_PORT"] + 10) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(httpx.get(f"{url}/readyz", timeout=5).status_code == 200 for _ in range(4))
+        deadline = time.monotonic() + 30
+        while procs()["issuer-1"]["restarts"] < 1 or stack("status").returncode != 0:
+            assert time.monotonic() < deadline, stack("status").stdout
+            time.sleep(0.5)
+
+        before = procs()
+        assert stack("restart", "sync-2").returncode == 0
+        after = procs()
+        assert after["sync-1"]["pid"] == before["sync-1"]["pid"] and after["sync-2"]["pid"] != before["sync-2"]["pid"]
+        again = stack("restart", "sync")
+        assert again.returncode == 0, again.stdout + again.stderr
+        final = procs()
+        assert final["sync-1"]["pid"] != after["sync-1"]["pid"] and final["sync-2"]["pid"] != after["sync-2"]["pid"]
+        assert stack("restart", "sync-3").returncode == 2
+        pids = [p["pid"] for p in final.values()]
+    finally:
+        down = stack("down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert pids and not [p for p in pids if pid_alive(p)], "no process of the stack is left"

@@ -28,7 +28,15 @@ class Engine:
             f"{name}-id": {"service": name, "running": True, "project": "drillproj"}
             for name in ("sync", "notifier", "issuer")
         }
+        # A second replica of sync (compose numbers replicas 1, 2, …) and one node of a Kafka cluster.
+        self.containers["sync-2-id"] = {"service": "sync", "running": True, "project": "drillproj", "number": "2"}
+        self.containers["kafka-2-id"] = {"service": "kafka-2", "running": True, "project": "drillproj"}
         self.containers[me] = {"service": "drill", "running": True, "project": "drillproj"}
+
+
+def _labels(c: dict[str, Any]) -> dict[str, str]:
+    return {"com.docker.compose.project": c["project"], "com.docker.compose.service": c["service"],
+            "com.docker.compose.container-number": c.get("number", "1")}
 
 
 def _engine_handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
@@ -53,16 +61,14 @@ def _engine_handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
             if url.path == "/containers/json":
                 labels = json.loads(parse_qs(url.query)["filters"][0])["label"]
                 want = dict(label.split("=", 1) for label in labels)
-                found = [{"Id": cid} for cid, c in engine.containers.items()
-                         if want == {"com.docker.compose.project": c["project"],
-                                     "com.docker.compose.service": c["service"]}]
+                found = [{"Id": cid, "Labels": _labels(c)} for cid, c in engine.containers.items()
+                         if want.items() <= _labels(c).items()]
                 return self._send(200, found)
             cid = url.path.split("/")[2]
             c = engine.containers.get(cid)
             if c is None:
                 return self._send(404, {"message": f"No such container: {cid}"})
-            return self._send(200, {"Config": {"Labels": {"com.docker.compose.project": c["project"],
-                                                          "com.docker.compose.service": c["service"]}},
+            return self._send(200, {"Config": {"Labels": _labels(c)},
                                     "State": {"Running": c["running"]}})
 
         def do_POST(self) -> None:
@@ -156,6 +162,16 @@ def test_kill_start_pause_resume_go_to_the_services_container_and_stop_puts_ever
     st.start("issuer")  # already running: 304, then its /readyz answers
     assert ("GET", "/readyz", None) in seen
 
+    # With replicas: `sync` is every one of them, `sync-2` the second; `kafka-2` one node of the cluster.
+    st.kill("sync-2")
+    assert not eng.containers["sync-2-id"]["running"] and eng.containers["sync-id"]["running"]
+    st.start("sync-2")
+    st.kill("sync")
+    assert not eng.containers["sync-id"]["running"] and not eng.containers["sync-2-id"]["running"]
+    st.start("sync")
+    assert eng.containers["sync-id"]["running"] and eng.containers["sync-2-id"]["running"]
+    assert st._ids("kafka-2") == ["kafka-2-id"] and st._ids("kafka") == ["kafka-2-id"], "kafka: every node"
+
     st.pause("notifier")
     st.kill("issuer")
     problems = st.stop()
@@ -171,8 +187,8 @@ def test_an_unknown_service_and_a_missing_socket_are_named(engine: tuple[Engine,
                                                            monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _, sock = engine
     st = _stack(monkeypatch, sock, store[0])
-    with pytest.raises(DockerError, match="service 'kafka' in compose project 'drillproj', found 0"):
-        st.kill("kafka")
+    with pytest.raises(DockerError, match="service 'postgres' in compose project 'drillproj', found 0"):
+        st.kill("postgres")
     with pytest.raises(DockerError, match="is the socket mounted"):
         DockerAPI(str(tmp_path / "absent.sock")).container("p", "sync")
     monkeypatch.delenv("FAPIAO_ISSUER_URL")

@@ -16,7 +16,11 @@ REQUIRED = {"baseline", "kill-issuer", "kill-sync", "kill-reconciler", "kill-not
 
 def test_the_catalogue_ships_every_scenario_of_the_issue_and_each_loads() -> None:
     cat = catalogue()
-    assert REQUIRED <= set(cat)
+    assert REQUIRED | {"kill-sync-replica", "kill-relay-owner", "kill-broker"} <= set(cat)
+    assert cat["kill-sync-replica"].replicas == {"sync": 2} and cat["kill-sync-replica"].steps[0].target == "sync-2"
+    assert cat["kill-broker"].kafka_brokers == 3 and cat["kill-broker"].steps[0].target == "kafka-2"
+    assert [s.target for s in cat["kill-relay-owner"].steps][:2] == ["reconciler:relay", "issuer:relay"]
+    assert cat["baseline"].replicas == {} and cat["baseline"].kafka_brokers == 1
     assert [s.label() for s in cat["kill-sync"].steps] == ["kill sync", "start sync"]
     assert cat["store-outage"].steps[0].params == {"outage": True}
     assert cat["net-latency"].network and not cat["baseline"].network
@@ -38,6 +42,16 @@ def test_durations(value: object, seconds: float) -> None:
     ('[load]\nrate = 0\n', "load.rate must be a positive number"),
     ('[load]\nspeed = 3\n', "[load]: unknown key(s) speed"),
     ('[settings.sync]\nRETRY = "1"\n', "keys must be FAPIAO_* variables"),
+    ('[[steps]]\nat = "1s"\naction = "kill"\ntarget = "sync-2"\n', "'sync-2': needs [replicas] sync = 2"),
+    ('replicas = { sync = 2 }\n[[steps]]\nat = "1s"\naction = "kill"\ntarget = "sync-3"\n',
+     "'sync-3': needs [replicas] sync = 2 or more"),
+    ('[[steps]]\nat = "1s"\naction = "kill"\ntarget = "reconciler:relay"\n', "needs [replicas] reconciler"),
+    ('kafka_brokers = 3\n[[steps]]\nat = "1s"\naction = "kill"\ntarget = "kafka-4"\n',
+     "'kafka-4': needs kafka_brokers = 4"),
+    ('replicas = { taxstore = 2 }\n', "replicas: a table of service = count"),
+    ('kafka_brokers = 0\n', "kafka_brokers must be an integer from 1 to 5"),
+    ('replicas = { sync = 2 }\n[[steps]]\nat = "1s"\naction = "store_faults"\ntarget = "sync-2"\n',
+     "`store_faults` takes no target"),
     ('rate = [', "not valid TOML"),
 ])
 def test_a_wrong_scenario_is_refused_naming_the_file_and_the_field(tmp_path: Path, body: str, words: str) -> None:
