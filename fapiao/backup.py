@@ -163,7 +163,10 @@ def restore_backup(*, database_url: str, path: Path, now: datetime | None = None
     # A service still connected would hold the restore up on its locks: give up after a minute rather than hang.
     env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " -c lock_timeout=60s").strip()
     with tempfile.TemporaryDirectory(prefix="fapiao-restore-") as tmp, tarfile.open(path) as tar:
-        member = tar.getmember("database.dump")
+        try:
+            member = tar.getmember("database.dump")
+        except KeyError:
+            raise BackupError(f"{path} holds no database.dump") from None
         tar.extractall(tmp, members=[member], filter="data")
         dump = Path(tmp) / "database.dump"
         if _sha256(dump) != manifest["dump"]["sha256"]:
@@ -172,7 +175,12 @@ def restore_backup(*, database_url: str, path: Path, now: datetime | None = None
                "--no-owner", "--no-privileges", f"--dbname={uri}", str(dump)]
         _run(cmd, env, "pg_restore")
     restored_at = now or datetime.now(UTC)
-    windows = asyncio.run(_after_restore(database_url, manifest, path, restored_at))
+    try:
+        windows = asyncio.run(_after_restore(database_url, manifest, path, restored_at))
+    except Exception as exc:  # noqa: BLE001 - the data is restored; say what is left to do
+        raise BackupError(
+            f"the backup is restored, but the reconciler was not told ({type(exc).__name__}: {exc}"[:400]
+            + "); run `fapiao backup restore` again or POST /admin/sweep on the reconciler") from None
     return Restored(manifest, restored_at, windows)
 
 

@@ -31,13 +31,15 @@ def parse_route(route: str) -> tuple[int, list[int]]:
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One direction. Its end is passed on as a half-close (a client may send its request, shut its side, and
+    still read the answer); the connection closes once both directions are done (handle)."""
     try:
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
     except (ConnectionError, OSError):
-        pass
-    finally:
         with contextlib.suppress(Exception):
             writer.close()
 
@@ -64,7 +66,12 @@ class Route:
             client_w.close()
             return
         back_r, back_w = backend
-        await asyncio.gather(_pipe(client_r, back_w), _pipe(back_r, client_w))
+        try:
+            await asyncio.gather(_pipe(client_r, back_w), _pipe(back_r, client_w))
+        finally:
+            for w in (back_w, client_w):
+                with contextlib.suppress(Exception):
+                    w.close()
 
 
 async def serve(routes: list[Route]) -> None:

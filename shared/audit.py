@@ -16,6 +16,7 @@ service answers `GET /admin/audit`; `fapiao audit` merges the five.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -38,6 +39,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _HEX = re.compile(r"[0-9a-f]{64}")
 _BEHALF = re.compile(r"(tenant|operator):[0-9A-Za-z._-]{1,64}")
 QUIET = frozenset({"GET", "HEAD", "OPTIONS"})
+AUDIT_TIMEOUT = 2.0  # the answer waits for its record at most this long (then: logged, not recorded)
 
 
 def audit_table(metadata: MetaData) -> Table:
@@ -118,6 +120,9 @@ async def record(scope: MutableMapping[str, Any], status: int, *, schema: str) -
     operator = state.get("operator")
     if operator is None or scope.get("method") in QUIET:
         return
+    if status == 503:  # the database (or what the route needed) is down: no change was made, none can be noted
+        log.warning("audit: %s %s by %s answered 503, not recorded", scope.get("method"), scope.get("path"), operator)
+        return
     app = scope.get("app")
     engine = getattr(getattr(app, "state", None), "engine", None)
     if engine is None:
@@ -130,7 +135,7 @@ async def record(scope: MutableMapping[str, Any], status: int, *, schema: str) -
            "client": f"{client[0]}:{client[1]}"[:80] if client else None,
            "agent": headers.get("user-agent", "")[:200] or None, "cid": state.get("correlation_id")}
     try:
-        async with engine.begin() as conn:
+        async with asyncio.timeout(AUDIT_TIMEOUT), engine.begin() as conn:
             await conn.execute(_table(schema).insert().values(
                 actor=row["actor"], on_behalf_of=row["behalf"], method=row["method"], path=row["path"],
                 status=row["status"], client=row["client"], user_agent=row["agent"], correlation_id=row["cid"]))

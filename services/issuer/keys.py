@@ -95,6 +95,14 @@ async def rotate_key(*, session: AsyncSession, tenant_id: uuid.UUID, key_id: uui
     view = key_view(old, old.now)
     if view["state"] != "active":
         raise Conflict(f"key {key_id} is {view['state']}: create a new key instead", extra={"state": view["state"]})
+    k = m.api_keys
+    successor = (await session.execute(select(k.c.id).where(
+        k.c.tenant_id == tenant_id, k.c.label == old.label, k.c.id != key_id,
+        k.c.created_at > old.created_at, k.c.revoked_at.is_(None)).limit(1))).first()
+    if old.expires_at is not None and successor is not None:
+        # Rotated already (two rotations at once are serialised by the lock above): one successor, not two.
+        raise Conflict(f"key {key_id} has been rotated already (it expires at {old.expires_at.isoformat()})",
+                       extra={"state": "rotated", "successor": str(successor.id)})
     issued = await create_key(session=session, tenant_id=tenant_id, label=old.label)
     until = old.now + timedelta(seconds=overlap_seconds)
     if old.expires_at is None or old.expires_at > until:

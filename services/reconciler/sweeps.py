@@ -6,6 +6,7 @@ holds that were never issued here are orphans, alerted once."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
@@ -129,13 +130,13 @@ async def _record_orphans(session: AsyncSession, seller_tax_id: str, tenant_id: 
                         o.c.alerted_at.is_(None), o.c.first_seen_at <= now - timedelta(seconds=grace))
         .values(alerted_at=now).returning(o)
     )).all()
-    restore = (await session.execute(
-        select(m.restores.c.backup_taken_at, m.restores.c.restored_at).order_by(m.restores.c.id.desc()).limit(1)
-    )).first()
+    restores = (await session.execute(
+        select(m.restores.c.backup_taken_at, m.restores.c.restored_at).order_by(m.restores.c.id.desc()).limit(20)
+    )).all()
     w = Writes(topics)
     for r in due:
         subject = f"orphan:{r.seller_tax_id}:{r.number}"
-        reason, next_action = _orphan_words(r, restore)
+        reason, next_action = _orphan_words(r, restores)
         w.raw_alert(OrphanAlertRaised, str(uuid.uuid5(ALERT_NS, subject)), subject=subject, tenant=str(r.tenant_id),
                     data={"kind": "orphan", "tenant_id": str(r.tenant_id), "seller_tax_id": r.seller_tax_id,
                           "invoice_id": None, "number": r.number, "issue_date": r.issue_date, "total": r.total,
@@ -145,12 +146,14 @@ async def _record_orphans(session: AsyncSession, seller_tax_id: str, tenant_id: 
     await w.flush(session)
 
 
-def _orphan_words(r: Any, restore: Any) -> tuple[str, str]:
-    """Why the authority holds an invoice this system does not know, and what to do. After a restore, one issued
-    from the day before the backup on is most likely one the restore took away (the backup's time is to the
-    second, an issue date to the day: the day before counts too, for time zones)."""
-    if restore is not None and r.issue_date is not None and \
-            r.issue_date >= restore.backup_taken_at.date() - timedelta(days=1):
+def _orphan_words(r: Any, restores: Sequence[Any]) -> tuple[str, str]:
+    """Why the authority holds an invoice this system does not know, and what to do. An invoice issued between a
+    backup and the restore of it (a day either side: the backup's time is to the second, an issue date to the
+    day, in its own time zone) is most likely one the restore took away; any other is foreign."""
+    day = timedelta(days=1)
+    restore = next((x for x in restores if r.issue_date is not None and
+                    x.backup_taken_at.date() - day <= r.issue_date <= x.restored_at.date() + day), None)
+    if restore is not None:
         return (f"The tax authority holds invoice {r.number} under your tax id (receipt {r.receipt_no}), issued "
                 f"{r.issue_date}; this system's database was restored at {restore.restored_at:%Y-%m-%d %H:%M} UTC "
                 f"from a backup taken at {restore.backup_taken_at:%Y-%m-%d %H:%M} UTC, and no longer has it.",

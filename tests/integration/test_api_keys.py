@@ -83,6 +83,8 @@ async def test_rotation_overlaps_then_the_old_key_expires(issuer: RunningIssuer,
     new = r.json()
     assert new["label"] == "default" and new["replaces"]["id"] == old["id"] and new["replaces"]["expires_at"]
     assert await _works(issuer, new["key"]) and await _works(issuer, old_key), "both work during the overlap"
+    twice = await issuer.client.post(f"/admin/tenants/{tenant.id}/keys/{old['id']}/rotate", headers=ADMIN)
+    assert twice.status_code == 409 and twice.json()["state"] == "rotated", "one successor, not two"
 
     async def old_refused() -> bool:
         return not await _works(issuer, old_key)

@@ -184,3 +184,22 @@ def test_human_durations() -> None:
 def test_a_confirmed_invoice_gone_right_after_its_acknowledgement_is_lost_not_lagging() -> None:
     d = decide(row(state="confirmed", acked_at=at(0)), Seen("absent"), at(1), P)
     assert d.resync and d.changes["gap_kind"] == "missing"
+
+
+def test_an_orphan_is_lost_by_a_restore_only_inside_its_window() -> None:
+    """Issued between a backup and its restore: lost by the restore. Long after: foreign, whatever was restored."""
+    from datetime import UTC, date, datetime
+    from types import SimpleNamespace
+
+    from services.reconciler.sweeps import _orphan_words
+
+    restore = SimpleNamespace(backup_taken_at=datetime(2026, 11, 30, 2, 0, tzinfo=UTC),
+                              restored_at=datetime(2026, 12, 1, 9, 0, tzinfo=UTC))
+    lost = SimpleNamespace(number="26000000000000000001", receipt_no="R1", issue_date=date(2026, 11, 30))
+    later = SimpleNamespace(number="26000000000000000002", receipt_no="R2", issue_date=date(2026, 12, 20))
+    earlier = SimpleNamespace(number="26000000000000000003", receipt_no="R3", issue_date=date(2026, 11, 1))
+    assert "restored" in _orphan_words(lost, [restore])[0]
+    for foreign in (later, earlier):
+        reason, action = _orphan_words(foreign, [restore])
+        assert "never issued through Fapiao Sync" in reason and "red-letter" in action
+    assert "never issued" in _orphan_words(lost, [])[0]

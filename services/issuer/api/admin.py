@@ -75,7 +75,7 @@ async def any_invoice(invoice_id: str, schedule: ScheduleDep, session: SessionDe
 async def any_invoice_pdf(invoice_id: str, session: SessionDep) -> Response:
     """One invoice of any tenant as its printable page (as its tenant gets it from GET /v1/invoices/{id}/pdf)."""
     owned = await lookups.get_invoice_any_tenant(session=session, invoice_id=invoice_id)
-    return pdf_response(owned.invoice)
+    return await pdf_response(owned.invoice)
 
 
 # --- a tenant's API keys ------------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ STATUS_WORDS = {"confirmed": "已在税务机关可见 visible at the tax author
                 "red_lettered": "已红冲 red-lettered", "stuck": "未在税务机关可见 not yet at the tax authority",
                 "rejected": "税务机关已拒绝 rejected by the tax authority"}
 INK = (150, 40, 30)  # the brown-red of a 数电票's frame and labels
+TOTALS_Y = 100  # mm from the top: the lines fill 66..98, then the totals, the remarks and the footer at 136
+MAX_LINES = 6  # what fits between the header row and the totals, at 5 mm a line
 
 
 @cache
@@ -117,7 +119,9 @@ def invoice_pdf(shown: dict[str, Any]) -> bytes:
         pdf.cell(w, 5, label, border="B", align="C")
     pdf.set_text_color(0, 0, 0)
     y += 6
-    for line in inv["lines"]:
+    lines = inv["lines"]
+    shown_lines = lines if len(lines) <= MAX_LINES else lines[: MAX_LINES - 1]
+    for line in shown_lines:
         rate = f"{Decimal(str(line['tax_rate'])) * 100:.0f}%"
         values = (line["description"], str(line["quantity"]), str(line["unit_price"]), str(line["amount"]), rate,
                   str(line["tax_amount"]))
@@ -125,14 +129,11 @@ def invoice_pdf(shown: dict[str, Any]) -> bytes:
             pdf.set_xy(x, y)
             pdf.cell(w, 5, fit(value, w - 1), align="L" if x == 10 else "R")
         y += 5
-        if y > 118:
-            pdf.set_xy(10, y)
-            pdf.cell(text=f"… {len(inv['lines'])} lines in all (the rest in the JSON)")
-            y += 5
-            break
+    if len(shown_lines) < len(lines):
+        text(12, y, f"… 共 {len(lines)} 行 ({len(lines)} lines in all; every line is in the invoice's JSON)", size=7)
 
-    # Totals, in figures and in capitals.
-    y = max(y + 2, 100)
+    # Totals, in figures and in capitals, always at the same place (the lines above never reach them).
+    y = TOTALS_Y
     pdf.line(10, y, 200, y)
     text(12, y + 1, "合计", size=8, color=ink)
     pdf.set_font("cjk", size=8)
