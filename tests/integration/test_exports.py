@@ -53,7 +53,8 @@ async def test_csv_and_xlsx_hold_the_filtered_list_with_formulas_neutralised(iss
     for inv, name in zip(made, HOSTILE, strict=True):
         row = by[inv["number"]]
         assert row["buyer_name"] == "'" + name, (row["buyer_name"], "a formula stays text")
-        assert (row["total"], row["status"], row["issue_date"]) == (inv["total"], inv["status"], inv["issue_date"])
+        assert (row["total"], row["issue_date"]) == (inv["total"], inv["issue_date"])
+        assert row["status"] in ("accepted", "published"), row["status"]  # the relay may have moved it on since
 
     one = await issuer.client.get("/v1/invoices/export", headers=tenant.headers,
                                   params={"number": made[0]["number"], "format": "xlsx"})
