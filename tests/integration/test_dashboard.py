@@ -231,10 +231,22 @@ async def test_a_drill_on_the_dashboard_and_the_cli(recon_pipeline: ReconPipelin
             await browser.close()
 
     # The broker's view the page is built on is exported too (dead letters, each group's lag).
-    async with httpx.AsyncClient() as c:
-        metrics = (await c.get(f"{recon_issuer_http}/metrics")).text
-    assert 'fapiao_dlq_records{topic="invoice.events.v1.dlq"}' in metrics
-    assert f'fapiao_consumer_group_lag_records{{group="{p.issuer.settings.topic_prefix}sync.submit"}} 0.0' in metrics
+    # (the gauges are the sampler's last reading: sync may commit its last offsets a moment after the store has all)
+    drained = f'fapiao_consumer_group_lag_records{{group="{p.issuer.settings.topic_prefix}sync.submit"}} 0.0'
+
+    lag_lines: list[str] = []
+
+    async def metrics_drained() -> str | None:
+        async with httpx.AsyncClient() as c:
+            text_ = (await c.get(f"{recon_issuer_http}/metrics")).text
+        lag_lines[:] = [line for line in text_.splitlines() if line.startswith("fapiao_consumer_group_lag_records")]
+        return text_ if drained in text_ else None
+
+    try:
+        metrics = await eventually(metrics_drained, timeout=30, interval=0.5)
+    except AssertionError:
+        pytest.fail(f"sync's group lag never read 0 on /metrics: {lag_lines}")
+    assert 'fapiao_dlq_records{topic="invoice.events.v1.dlq"}' in metrics and drained in metrics
     after = await cli_json(p, recon_issuer_http, "status", "--tenant", tenant.id)
     assert after["lag"]["sync"] == 0 and after["stuck"] == 0 and after["counts"] == {"confirmed": total}
     resolved = await cli_json(p, recon_issuer_http, "cases", "list", "--tenant", tenant.id, "--status", "resolved",
