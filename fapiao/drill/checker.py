@@ -65,6 +65,7 @@ class Alert:
     type: str
     invoice_id: str | None
     case_no: str | None
+    number: str | None = None          # an orphan has a number and no invoice id
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,10 @@ class Observation:
     faults_end: float = 0.0
     load_end: float = 0.0
     stuck_allowed: bool = False
+    # A restore step: when it ended, and the acknowledged invoices the authority held that the restored issuer
+    # no longer knew; each must have been reported (an `invoice.orphan` alert) before the ERP re-sent it.
+    restored_at: float | None = None
+    restore_missing: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -98,6 +103,7 @@ class Verdict:
     unexplained: list[str] = field(default_factory=list)
     stuck_unhandled: list[str] = field(default_factory=list)
     not_converged: list[str] = field(default_factory=list)
+    unreported_after_restore: list[str] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
     time_to_converge_s: float | None = None
     worst_lag_s: float = 0.0
@@ -107,7 +113,9 @@ class Verdict:
         return {k: v for k, v in (("lost", self.lost), ("content mismatch", self.mismatched),
                                   ("duplicate effects", self.duplicates), ("unexplained", self.unexplained),
                                   ("stuck without one case and one alert", self.stuck_unhandled),
-                                  ("not converged", self.not_converged)) if v}
+                                  ("not converged", self.not_converged),
+                                  ("missing after the restore, never reported", self.unreported_after_restore))
+                if v}
 
     @property
     def passed(self) -> bool:
@@ -118,6 +126,7 @@ class Verdict:
                 "unanswered": self.unanswered, "lost": self.lost, "content_mismatch": self.mismatched,
                 "duplicate_effects": self.duplicates, "unexplained": self.unexplained,
                 "stuck_unhandled": self.stuck_unhandled, "not_converged": self.not_converged,
+                "unreported_after_restore": self.unreported_after_restore,
                 "statuses": self.statuses, "time_to_converge_s": self.time_to_converge_s,
                 "worst_lag_s": round(self.worst_lag_s, 2)}
 
@@ -155,6 +164,10 @@ def check(obs: Observation) -> Verdict:
         rows = issuer_by_number.get(number, [])
         ids = {r.id for r in rows}
         told = {a.invoice_id for a in obs.answers if a.number == number and a.status in (200, 201) and a.invoice_id}
+        if obs.restored_at is not None:  # an id acknowledged before a restore is gone with it; the re-sent one counts
+            since = {a.invoice_id for a in obs.answers if a.number == number and a.status in (200, 201)
+                     and a.invoice_id and a.sent_at >= obs.restored_at}
+            told = since or told
         if len(ids) > 1 or len(told) > 1:
             v.duplicates.append(f"{number}: issued under {len(ids | told)} ids ({', '.join(sorted(ids | told))})")
         inv = next((r for r in rows if r.id == answer.invoice_id), rows[0] if rows else None)
@@ -171,10 +184,9 @@ def check(obs: Observation) -> Verdict:
             if diff:
                 v.mismatched.append(f"{number}: " + ", ".join(f"{f} acknowledged {a} stored {b}"
                                                               for f, (a, b) in diff.items()))
-        if inv is None:
-            if at_store:
-                continue
-            v.not_converged.append(f"{number}: acknowledged but unknown to the issuer")
+        if inv is None:  # (absent at the store too: already counted as lost)
+            v.not_converged.append(f"{number}: acknowledged but unknown to the issuer"
+                                   + (" (the store holds it)" if at_store else ""))
             continue
         v.statuses[inv.status] = v.statuses.get(inv.status, 0) + 1
         if inv.status not in TERMINAL_OK and not (inv.reason and inv.next_action):
@@ -190,6 +202,9 @@ def check(obs: Observation) -> Verdict:
 
     _check_alert_duplicates(v, obs)
     _check_case_duplicates(v, obs)
+    orphaned = {a.number for a in obs.alerts if a.type == "invoice.orphan" and a.number}
+    v.unreported_after_restore = [f"{n}: held by the authority, unknown to the restored issuer, no orphan alert"
+                                  for n in sorted(set(obs.restore_missing) - orphaned)]
     v.worst_lag_s = max((s.oldest_unconfirmed_s for s in obs.samples), default=0.0)
     v.time_to_converge_s = _time_to_converge(obs, len(acked))
     return v
@@ -209,7 +224,8 @@ def _check_alert_duplicates(v: Verdict, obs: Observation) -> None:
     for a in obs.alerts:
         if a.type.startswith("webhook.") or a.type == "invoice.alerts.digest" or a.type == "case.reminder":
             continue
-        ids_per_transition[(a.type, a.invoice_id, a.case_no)].add(a.webhook_id)
+        # (an orphan names no invoice of ours: its number tells one from another)
+        ids_per_transition[(a.type, a.invoice_id or a.number, a.case_no)].add(a.webhook_id)
     numbers = {inv.id: inv.number for inv in obs.issuer}
     for (kind, invoice_id, case_no), ids in sorted(ids_per_transition.items(), key=str):
         if len(ids) > 1:

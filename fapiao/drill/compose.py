@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from fapiao.drill.stack import put_back
+from fapiao.drill.stack import PRIVATE_ONLY, put_back
 from fapiao.infra.toxiproxy import Toxiproxy
 
 __all__ = ["ComposeStack", "DockerAPI", "DockerError"]
@@ -217,6 +217,12 @@ class ComposeStack:
         for cid in self._ids(target):
             self.docker.unpause(cid)
         self.paused.discard(target)
+
+    def backup(self) -> str:
+        raise RuntimeError(PRIVATE_ONLY)
+
+    def restore(self) -> str:
+        raise RuntimeError(PRIVATE_ONLY)
 
     def stop(self) -> list[str]:
         """Put back what a drill left: paused containers resumed, killed ones started, store faults cleared."""

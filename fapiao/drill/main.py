@@ -118,6 +118,7 @@ def run_on_stack(scenarios: list[Scenario], *, seed: int, rate: float | None, du
         if s.replicas or s.kafka_brokers > 1:
             progress("  note: replicas and kafka_brokers do not apply to a running stack: start it with "
                      "FAPIAO_REPLICAS and FAPIAO_KAFKA_BROKERS")
+        _private_only(s)
         return RunningStack(s.name)
 
     started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -134,12 +135,20 @@ def run_on_compose(scenarios: list[Scenario], *, seed: int, rate: float | None, 
     def stack_for(s: Scenario) -> ComposeStack:
         if s.settings:
             progress(f"  note: [settings] for {', '.join(sorted(s.settings))} do not apply to a compose stack")
+        _private_only(s)
         return ComposeStack(s.name)
 
     started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     t0 = time.monotonic()
     results = _each(scenarios, stack_for, seed=seed, rate=rate, duration=duration, settle=settle, progress=progress)
     return _finish(started, seed, "docker compose stack (Docker API)", t0, results, report_dir)
+
+
+def _private_only(s: Scenario) -> None:
+    from fapiao.drill.stack import PRIVATE_ONLY
+
+    if any(step.action in ("backup", "restore") for step in s.steps):
+        raise RuntimeError(PRIVATE_ONLY)
 
 
 def _each(scenarios: list[Scenario], stack_for: Any, *, seed: int, rate: float | None, duration: float | None,

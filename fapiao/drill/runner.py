@@ -37,6 +37,7 @@ if str(REPO_ROOT) not in sys.path:  # tests.factories is not an installed packag
 
 __all__ = ["Receiver", "ScenarioResult", "run_scenario"]
 
+RESTORE_REPORT_WAIT = 90.0  # seconds for the reconciler's sweep to report what a restore lost
 POISON_TOPICS = ("invoice.events.v1", "invoice.sync-results.v1", "invoice.resync-requests.v1",
                  "invoice.reconciliation.v1", "invoice.alerts.v1")
 
@@ -86,7 +87,7 @@ class Receiver:
             items = doc["data"]["alerts"] if doc.get("type") == "invoice.alerts.digest" else [doc.get("data", {})]
             for item in items:
                 self.alerts.append(Alert(webhook_id, item.get("type", doc.get("type", "")),
-                                         item.get("invoice_id"), item.get("case_no")))
+                                         item.get("invoice_id"), item.get("case_no"), item.get("number")))
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -135,7 +136,7 @@ def fault_windows(scenario: Scenario) -> list[tuple[float, float, str]]:
             end = next((t.at for t in scenario.steps[i + 1:] if t.action == undo[s.action]
                         and t.target == s.target), scenario.load.duration)
             out.append((s.at, end, s.label()))
-        elif s.action in ("restart", "store_lose", "poison"):
+        elif s.action in ("restart", "store_lose", "poison", "backup", "restore"):
             out.append((s.at, s.at + 1, s.label()))
     return out
 
@@ -156,6 +157,10 @@ class Drill:
         self.tenant: dict[str, Any] = {}
         self.acked_at: dict[str, float] = {}
         self.faults: list[dict[str, Any]] = []
+        self.docs: dict[str, tuple[dict[str, Any], str | None]] = {}  # number -> (document, idempotency key)
+        self.backup_at: float | None = None
+        self.restored_at: float | None = None
+        self.restore_missing: list[str] = []
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -215,6 +220,7 @@ class Drill:
             await asyncio.sleep(max(0.0, i / self.rate - self.now()))
             doc = invoice(seller)
             key = uuid.UUID(int=self.rng.getrandbits(128)).hex if self.scenario.load.idempotency_key else None
+            self.docs[doc["number"]] = (doc, key)
             for c in range(self.scenario.load.clients):
                 tasks.append(asyncio.create_task(self._post(doc, key, c, deadline=self.duration + 60)))
         await asyncio.gather(*tasks)
@@ -283,9 +289,40 @@ class Drill:
             self.receiver.down = True
         elif act == "receiver_up":
             self.receiver.down = False
+        elif act == "backup":
+            self.backup_at = self.now()  # anything acknowledged before the dump began is in it
+            note = await self.in_spawner(st.backup)
+        elif act == "restore":
+            note = await self.in_spawner(st.restore)
+            self.restored_at = self.now()
+            note = f"{note}; {await self.after_restore()}"
         else:  # the loader refuses unknown actions; this is the one place that would miss a new one
             raise RuntimeError(f"action {act} is not implemented")
         return note
+
+    async def after_restore(self) -> str:
+        """What the runbook asks after a restore, with its proof. The reconciler must report each invoice the
+        authority holds that the restored system lost (an orphan alert, within RESTORE_REPORT_WAIT); then the ERP
+        re-sends every invoice it was told was accepted after the backup (the authority keeps their receipts)."""
+        assert self.backup_at is not None and self.restored_at is not None
+        # (until the restore is done: a replica still answers while the others are being killed)
+        lost = sorted(n for n, at in self.acked_at.items() if self.backup_at <= at < self.restored_at)
+        known = {i.number for i in await self.issuer_invoices()}
+        held = {s.number for s in await self.stored()}
+        self.restore_missing = [n for n in lost if n in held and n not in known]
+        t0 = self.now()
+        while self.now() - t0 < RESTORE_REPORT_WAIT:
+            reported = {a.number for a in self.receiver.alerts if a.type == "invoice.orphan"}
+            if reported >= set(self.restore_missing):
+                break
+            await asyncio.sleep(0.5)
+        reported = {a.number for a in self.receiver.alerts if a.type == "invoice.orphan"} & set(self.restore_missing)
+        resend = [n for n in lost if n not in known]
+        await asyncio.gather(*(self._post(*self.docs[n], client=0, deadline=self.now() + 60) for n in resend))
+        return (f"{len(lost)} acknowledged after the backup began: {len(lost) - len(resend)} in the backup, "
+                f"{len(self.restore_missing)} lost by the restore and held by the authority ({len(reported)} "
+                f"reported as orphans within {self.now() - t0:.0f}s), {len(resend) - len(self.restore_missing)} "
+                f"lost and never at the authority; {len(resend)} re-sent by the ERP")
 
     async def poison(self, topics: list[str], count: int) -> None:
         from aiokafka import AIOKafkaProducer
@@ -407,7 +444,8 @@ async def run_scenario(stack: DrillStack, scenario: Scenario, *, seed: int = 1, 
         done.set()
         await sampling
     obs = Observation(d.answers, [], [], [], d.receiver.alerts, samples, faults_end=scenario.faults_end,
-                      load_end=load_end, stuck_allowed=stuck_ok)
+                      load_end=load_end, stuck_allowed=stuck_ok, restored_at=d.restored_at,
+                      restore_missing=list(d.restore_missing))
     try:
         obs.stored, obs.issuer, obs.cases = await d.stored(), await d.issuer_invoices(), await d.cases()
     except (httpx.HTTPError, KeyError) as exc:

@@ -47,6 +47,8 @@ ACTIONS: dict[str, tuple[tuple[str, ...] | None, frozenset[str], frozenset[str]]
     "poison": (None, frozenset(), frozenset({"topics", "count"})),  # undecodable records on consumed topics
     "receiver_down": (None, frozenset(), frozenset()),        # the tenant's webhook receiver answers 503
     "receiver_up": (None, frozenset(), frozenset()),
+    "backup": (None, frozenset(), frozenset()),               # `fapiao backup create` of the scenario's database
+    "restore": (None, frozenset(), frozenset()),              # services killed, the backup restored, started again
 }
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -144,6 +146,14 @@ def _check_parts(steps: tuple[Step, ...], replicas: dict[str, int], brokers: int
             raise ScenarioError(f"{where}: steps[{i}].target {t!r}: needs kafka_brokers = {m['n']} or more")
 
 
+def _check_restores(steps: tuple[Step, ...], where: str) -> None:
+    """A restore restores the scenario's one backup: a `backup` step must come first, and there is one of each."""
+    kinds = [s.action for s in steps if s.action in ("backup", "restore")]
+    if kinds and kinds not in (["backup"], ["backup", "restore"]):
+        raise ScenarioError(f"{where}: steps: at most one `backup` and one `restore`, the backup first "
+                            f"(found {', '.join(kinds)})")
+
+
 def _step(raw: Any, i: int, where: str) -> Step:
     w = f"{where}: steps[{i}]"
     if not isinstance(raw, dict):
@@ -214,6 +224,7 @@ def parse_scenario(data: dict[str, Any], *, where: str, default_name: str) -> Sc
     if not isinstance(brokers, int) or isinstance(brokers, bool) or not 1 <= brokers <= 5:
         raise ScenarioError(f"{where}: kafka_brokers must be an integer from 1 to 5, not {brokers!r}")
     _check_parts(steps, replicas, brokers, where)
+    _check_restores(steps, where)
     network = bool(data.get("network", any(s.action in ("toxic", "proxy_down") for s in steps)))
     name = data.get("name", default_name)
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):

@@ -23,13 +23,15 @@ from fapiao.infra.postgres import PostgresServer
 from fapiao.infra.procs import ServiceProcess, free_port, free_ports, pid_alive
 from fapiao.infra.toxiproxy import Toxiproxy, ensure_toxiproxy
 
-__all__ = ["CLEAR_FAULTS", "DrillInfra", "DrillStack", "RunningStack", "ScenarioStack"]
+__all__ = ["CLEAR_FAULTS", "PRIVATE_ONLY", "DrillInfra", "DrillStack", "RunningStack", "ScenarioStack"]
 
 # What `store_clear` sends to the store's PUT /admin/faults, and what a drill leaves behind on a shared stack.
 CLEAR_FAULTS = dict(latency_ms=0, latency_jitter_ms=0, error_rate=0, timeout_rate=0, drop_rate=0,
                     visibility_delay_ms=0, corrupt_rate=0, outage=False)
 
 ORDER = ("taxstore", "issuer", "sync", "reconciler", "notifier")
+PRIVATE_ONLY = ("backup and restore steps run on the drill's private stack only: a restore would roll back the "
+                 "data of the stack it runs on")
 
 # Short intervals so a drill converges in minutes (the values the integration tests use).
 FAST = {
@@ -71,6 +73,8 @@ class DrillStack(Protocol):
     def pause(self, target: str) -> None: ...
     def resume(self, target: str) -> None: ...
     def stop(self) -> list[str]: ...
+    def backup(self) -> str: ...
+    def restore(self) -> str: ...
 
 
 @dataclass
@@ -196,6 +200,7 @@ class ScenarioStack:
     prefix: str = field(default_factory=lambda: f"d{uuid.uuid4().hex[:8]}.")
     database_url: str = ""
     proxies: dict[str, str] = field(default_factory=dict)  # fault target -> Toxiproxy proxy name
+    backup_file: Path | None = None
 
     @property
     def admin(self) -> dict[str, str]:
@@ -288,6 +293,37 @@ class ScenarioStack:
     def resume(self, target: str) -> None:
         for proc in self._targets(target):
             proc.resume()
+
+    def backup(self) -> str:
+        """Blocking: `fapiao backup create` of the scenario's database (its Kafka positions too); says what it took."""
+        from fapiao.backup import create_backup
+
+        out = self.infra.workdir / "backups" / self.name
+        out.mkdir(parents=True, exist_ok=True)
+        self.backup_file, manifest = create_backup(database_url=self.database_url, out=out,
+                                                   kafka_bootstrap=self.kafka_bootstrap, topic_prefix=self.prefix)
+        return f"{self.backup_file.name}: {manifest['dump']['bytes']:,} bytes, taken at {manifest['taken_at']}"
+
+    def restore(self) -> str:
+        """Blocking: the runbook's restore under load. Every replica of the four services that own a schema in the
+        backup is killed (-9: the database is lost, nothing is shut down in order), the backup restored, and they
+        are started again; the tax store, the authority, keeps running and keeps what it holds."""
+        from fapiao.backup import restore_backup
+
+        if self.backup_file is None:
+            raise RuntimeError("no backup to restore (a `backup` step comes first)")
+        t0 = time.monotonic()
+        procs = [self.procs[n] for svc in ORDER if svc != "taxstore" for n in self.names(svc)]
+        for proc in procs:
+            proc.kill()
+        restored = restore_backup(database_url=self.database_url, path=self.backup_file)
+        took = time.monotonic() - t0
+        for proc in procs:
+            proc.spawn()
+        for proc in procs:
+            proc.wait_ready(120)
+        return (f"restored {self.backup_file.name} in {took:.1f}s ({restored.sweep_windows} sweep windows due); "
+                f"services back after {time.monotonic() - t0:.1f}s")
 
     def _proxy(self, name: str, upstream_port: int) -> int:
         assert self.infra.toxi is not None
@@ -416,6 +452,12 @@ class RunningStack:
 
         stack.signal_component(target, signal.SIGCONT)
         self.paused.discard(target)
+
+    def backup(self) -> str:
+        raise RuntimeError(PRIVATE_ONLY)
+
+    def restore(self) -> str:
+        raise RuntimeError(PRIVATE_ONLY)
 
     def stop(self) -> list[str]:
         return put_back(self)

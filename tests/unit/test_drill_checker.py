@@ -99,3 +99,44 @@ def test_unanswered_requests_are_not_acknowledged_and_never_lost() -> None:
     obs.answers.append(Answer("N0099", 4.0, CONTENT, None, error="ReadTimeout"))
     v = check(obs)
     assert v.passed and v.acknowledged == 3 and v.unanswered == 1
+
+
+def restored(missing: list[str]) -> Observation:
+    """A run with a restore at 10 s: N0001 was acknowledged (id-1) after the backup, lost by the restore, reported
+    as an orphan or not, and re-sent by the ERP at 12 s (id-1b)."""
+    obs = healthy()
+    obs.answers.append(Answer("N0001", 12.0, CONTENT, 201, "id-1b", 12.1))
+    obs.issuer[1] = IssuerInvoice("id-1b", "N0001", "confirmed", None, None, None)
+    obs.restored_at, obs.restore_missing = 10.0, missing
+    return obs
+
+
+def test_after_a_restore_an_invoice_lost_by_it_must_have_been_reported_as_an_orphan() -> None:
+    obs = restored(["N0001"])
+    obs.alerts = [Alert("msg_o", "invoice.orphan", None, None, "N0001")]
+    v = check(obs)
+    assert v.passed, v.violations  # the id acknowledged before the restore is gone with it: not a duplicate
+    obs.alerts = [Alert("msg_o", "invoice.orphan", None, None, "N0002")]  # another number's orphan
+    v = check(obs)
+    assert v.unreported_after_restore == ["N0001: held by the authority, unknown to the restored issuer, "
+                                          "no orphan alert"]
+    assert "missing after the restore, never reported" in v.violations
+
+
+def test_without_a_restore_two_ids_for_one_number_stay_a_duplicate_and_orphans_differ_by_number() -> None:
+    obs = restored([])
+    obs.restored_at = None
+    assert any(d.startswith("N0001: issued under 2 ids") for d in check(obs).duplicates)
+    obs = healthy()
+    obs.alerts = [Alert("msg_a", "invoice.orphan", None, None, "X1"),
+                  Alert("msg_b", "invoice.orphan", None, None, "X2")]
+    assert check(obs).passed
+    obs.alerts.append(Alert("msg_c", "invoice.orphan", None, None, "X2"))
+    assert len(check(obs).duplicates) == 1
+
+
+def test_an_acknowledged_invoice_the_issuer_forgot_is_not_converged_even_when_the_store_holds_it() -> None:
+    obs = healthy()
+    obs.issuer = [i for i in obs.issuer if i.number != "N0002"]
+    v = check(obs)
+    assert v.not_converged == ["N0002: acknowledged but unknown to the issuer (the store holds it)"] and not v.lost

@@ -24,6 +24,7 @@ def test_the_catalogue_ships_every_scenario_of_the_issue_and_each_loads() -> Non
     assert [s.label() for s in cat["kill-sync"].steps] == ["kill sync", "start sync"]
     assert cat["store-outage"].steps[0].params == {"outage": True}
     assert cat["net-latency"].network and not cat["baseline"].network
+    assert [s.action for s in cat["restore-under-load"].steps] == ["backup", "restore"]
 
 
 @pytest.mark.parametrize(("value", "seconds"), [("20s", 20), ("2m", 120), ("500ms", 0.5), (3, 3), ("1.5h", 5400)])
@@ -53,6 +54,9 @@ def test_durations(value: object, seconds: float) -> None:
     ('replicas = { sync = 2 }\n[[steps]]\nat = "1s"\naction = "store_faults"\ntarget = "sync-2"\n',
      "`store_faults` takes no target"),
     ('rate = [', "not valid TOML"),
+    ('[[steps]]\nat = "1s"\naction = "restore"\n', "at most one `backup` and one `restore`, the backup first"),
+    ('[[steps]]\nat = "1s"\naction = "backup"\n[[steps]]\nat = "2s"\naction = "backup"\n', "found backup, backup"),
+    ('[[steps]]\nat = "1s"\naction = "backup"\ntarget = "issuer"\n', "`backup` takes no target"),
 ])
 def test_a_wrong_scenario_is_refused_naming_the_file_and_the_field(tmp_path: Path, body: str, words: str) -> None:
     path = tmp_path / "mine.toml"
