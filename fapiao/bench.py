@@ -56,8 +56,12 @@ if str(REPO_ROOT) not in sys.path:  # tests.factories is not an installed packag
 ARTIFACTS = REPO_ROOT / ".test-artifacts"
 RESULTS = REPO_ROOT / "bench-results"
 SERVICES = ("taxstore", "issuer", "sync")
-TARGET_E2E_PER_S = 2000.0
-TARGET_P99_MS = 500.0
+REPLICATED = ("issuer", "sync", "reconciler")
+# The targets of the throughput issue (reported next to the figures, never asserted)
+TARGET_E2E_PER_S = 3000.0
+TARGET_P50_MS = 40.0
+TARGET_P99_MS = 150.0
+TARGET_CPU_MS_PER_INVOICE = 0.5  # the whole pipeline but the tax store (the authority's side) and the load
 ISSUER_BATCH = 1000  # invoices per POST /v1/invoices/batch (the issuer's default FAPIAO_BATCH_MAX)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -157,6 +161,17 @@ class Stack:
     kafka: KafkaBroker | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     extra_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    replicas: int = 1  # processes of each service but the tax store (the authority's side stays one)
+    reconciler: bool = False  # with the reconciler, invoices go on from `submitted` to `confirmed`
+    more: dict[str, list[ServiceProcess]] = field(default_factory=dict)  # replicas 2..N of each, by service
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return SERVICES + (("reconciler",) if self.reconciler else ())
+
+    def processes(self, name: str) -> list[ServiceProcess]:
+        """Every process of a service, the first one first."""
+        return [self.services[name], *self.more.get(name, [])]
 
     @property
     def admin(self) -> dict[str, str]:
@@ -173,14 +188,19 @@ class Stack:
         self.pg.start(timeout=timeout)
         self.kafka.start(timeout=timeout)
         env = self._env()
-        for name in SERVICES:
-            extra = {"FAPIAO_TAXSTORE_URL": self.services["taxstore"].url} if name == "sync" else {}
+        for name in self.names:
+            extra = {"FAPIAO_TAXSTORE_URL": self.services["taxstore"].url} if name in ("sync", "reconciler") else {}
             self.services[name] = ServiceProcess.service(name, env={**env, **extra}, log_dir=self.workdir / "logs",
                                                          die_with_parent=True)
-        for svc in self.services.values():
+            if name in REPLICATED:  # same database schema, topics and consumer groups: replicas, as make up runs them
+                self.more[name] = [ServiceProcess.service(name, env={**env, **extra}, log_dir=self.workdir / "logs",
+                                                          log_name=f"{name}-{i}", die_with_parent=True)
+                                   for i in range(2, self.replicas + 1)]
+        everything = [p for name in self.names for p in self.processes(name)]
+        for svc in everything:
             svc.spawn()
-        say("services spawned: " + ", ".join(f"{s.name} {s.url} (pid {s.pid})" for s in self.services.values()))
-        for svc in self.services.values():
+        say("services spawned: " + ", ".join(f"{s.name} {s.url} (pid {s.pid})" for s in everything))
+        for svc in everything:
             svc.wait_ready(timeout, interval=0.25)
 
     def _env(self) -> dict[str, str]:
@@ -198,6 +218,8 @@ class Stack:
 
     def pids(self) -> dict[str, int]:
         out = {name: s.pid for name, s in self.services.items() if s.pid is not None}
+        for name, extra in self.more.items():
+            out.update({f"{name}-{i}": s.pid for i, s in enumerate(extra, start=2) if s.pid is not None})
         if self.kafka is not None and self.kafka.pid is not None:
             out["kafka (java)"] = self.kafka.pid
         if self.pg is not None and self.pg.pid is not None:
@@ -212,14 +234,14 @@ class Stack:
                 if proc.poll() is None:
                     stop_group(proc.pid, timeout=5)
                 proc.wait(5)
-        for name in ("sync", "issuer", "taxstore"):
-            svc = self.services.get(name)
-            if svc is None:
+        for name in ("reconciler", "sync", "issuer", "taxstore"):
+            if name not in self.services:
                 continue
-            try:
-                svc.stop(15)
-            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
-                problems.append(f"{name}: {exc}")
+            for svc in self.processes(name):
+                try:
+                    svc.stop(15)
+                except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                    problems.append(f"{svc.log_path.stem}: {exc}")
         for label, server in (("kafka", self.kafka), ("postgres", self.pg)):
             if server is None:
                 continue
@@ -337,17 +359,36 @@ class LeanHttp:
         self._idle.clear()
 
 
+class RoundRobin:
+    """Requests spread over every replica of a service in turn, one keep-alive client each (the bench's own
+    balancing: a TCP balancer in between would spend CPU this 2-core machine needs for the services)."""
+
+    def __init__(self, clients: list[LeanHttp]) -> None:
+        self.clients = clients
+        self._next = 0
+
+    async def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
+                      timeout: float = 60) -> tuple[int, bytes]:
+        client = self.clients[self._next % len(self.clients)]
+        self._next += 1
+        return await client.request(method, path, body, headers, timeout)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
 @dataclass
 class Ctx:
     stack: Stack
     http: httpx.AsyncClient
     db: Any  # asyncpg connection, for the issuer's status counts
     sampler: CpuSampler
-    lean: dict[str, LeanHttp] = field(default_factory=dict)
+    lean: dict[str, RoundRobin] = field(default_factory=dict)
 
-    def load(self, service: str) -> LeanHttp:
+    def load(self, service: str) -> RoundRobin:
         if service not in self.lean:
-            self.lean[service] = LeanHttp(self.url(service))
+            self.lean[service] = RoundRobin([LeanHttp(p.url) for p in self.stack.processes(service)])
         return self.lean[service]
 
     def url(self, service: str) -> str:
@@ -529,6 +570,11 @@ async def phase_raw_kafka(ctx: Ctx, n: int, partitions: int, max_poll: int, time
 
 # --- (b) end to end --------------------------------------------------------------------------------
 
+def past_submit(counts: dict[str, int]) -> int:
+    """Invoices the store has answered for (with the reconciler running they go on to `confirmed`)."""
+    return counts.get("submitted", 0) + counts.get("confirmed", 0)
+
+
 async def warm_up(ctx: Ctx, timeout: float) -> None:
     """A few invoices through the whole pipeline: topics exist, every consumer has joined its group."""
     tenant = await ctx.new_tenant("warm-up")
@@ -536,16 +582,52 @@ async def warm_up(ctx: Ctx, timeout: float) -> None:
     await post_issuer_batches(ctx, tenant, docs, 1)
 
     async def done() -> Any:
-        counts = await ctx.statuses(tenant["id"])
-        return counts.get("submitted", 0) == len(docs) or False
+        return past_submit(await ctx.statuses(tenant["id"])) == len(docs) or False
 
     await poll_until(done, timeout=timeout, what="warm-up invoices submitted end to end", interval=0.25)
+
+
+async def db_counters(db: Any) -> dict[str, Any]:
+    """PostgreSQL's own counters for the services' database: rows written per schema, commits, WAL position."""
+    rows = await db.fetch(
+        "select schemaname, sum(n_tup_ins)::bigint as ins, sum(n_tup_upd)::bigint as upd, "
+        "sum(n_tup_hot_upd)::bigint as hot, sum(n_tup_del)::bigint as del "
+        "from pg_stat_user_tables group by schemaname")
+    totals = await db.fetchrow("select xact_commit, pg_current_wal_lsn()::text as lsn "
+                               "from pg_stat_database where datname = current_database()")
+    return {"schemas": {r["schemaname"]: {k: int(r[k] or 0) for k in ("ins", "upd", "hot", "del")} for r in rows},
+            "commits": int(totals["xact_commit"]), "lsn": totals["lsn"]}
+
+
+async def db_writes(db: Any, before: dict[str, Any], n: int) -> dict[str, Any]:
+    """What one invoice cost PostgreSQL between two readings. The counters are the ones each backend reports when
+    it next flushes (at most a second late while it works): wait that out first. Commits count every transaction
+    in the database, the benchmark's own polling included (a few dozen)."""
+    await asyncio.sleep(2.5)
+    after = await db_counters(db)
+    wal = await db.fetchval("select pg_wal_lsn_diff(cast($1::text as pg_lsn), cast($2::text as pg_lsn))",
+                            after["lsn"], before["lsn"])
+    per_schema = {}
+    for schema, a in after["schemas"].items():
+        b = before["schemas"].get(schema, {})
+        d = {k: a[k] - b.get(k, 0) for k in a}
+        if any(d.values()):
+            per_schema[schema] = {"inserted_per_invoice": round(d["ins"] / n, 2),
+                                  "updated_per_invoice": round(d["upd"] / n, 2),
+                                  "hot_updated_per_invoice": round(d["hot"] / n, 2),
+                                  "deleted_per_invoice": round(d["del"] / n, 2)}
+    rows = sum(v["inserted_per_invoice"] + v["updated_per_invoice"] + v["deleted_per_invoice"]
+               for v in per_schema.values())
+    return {"rows_written_per_invoice": round(rows, 2), "commits_per_invoice": round(
+        (after["commits"] - before["commits"]) / n, 3), "wal_bytes_per_invoice": round(float(wal) / n),
+        "per_schema": per_schema}
 
 
 async def phase_end_to_end(ctx: Ctx, n: int, concurrency: int, timeout: float) -> dict[str, Any]:
     tenant = await ctx.new_tenant("e2e")
     docs = make_docs(tenant["tax_id"], n)
     stored0 = await ctx.stored()
+    db0 = await db_counters(ctx.db)
     before = ctx.sampler.snapshot()
     t0 = time.monotonic()
     sender = asyncio.create_task(post_issuer_batches(ctx, tenant, docs, concurrency))
@@ -567,12 +649,15 @@ async def phase_end_to_end(ctx: Ctx, n: int, concurrency: int, timeout: float) -
                 marks["taxstore_all_stored"] = now - t0
             if "issuer_all_published" not in marks and sum(counts.values()) == n and not counts.get("accepted"):
                 marks["issuer_all_published"] = now - t0
-            if "issuer_all_submitted" not in marks and counts.get("submitted", 0) >= n:
+            if "issuer_all_submitted" not in marks and past_submit(counts) >= n:
                 marks["issuer_all_submitted"] = now - t0
-            bad = {k: v for k, v in counts.items() if k not in ("accepted", "published", "submitted")}
+            if ctx.stack.reconciler and "issuer_all_confirmed" not in marks and counts.get("confirmed", 0) >= n:
+                marks["issuer_all_confirmed"] = now - t0
+            bad = {k: v for k, v in counts.items() if k not in ("accepted", "published", "submitted", "confirmed")}
             if bad.get("rejected"):
                 raise BenchError(f"the pipeline rejected invoices: {counts}; see the service logs")
-            if {"ingested", "taxstore_all_stored", "issuer_all_submitted"} <= marks.keys():
+            if {"ingested", "taxstore_all_stored", "issuer_all_submitted",
+                    *(["issuer_all_confirmed"] if ctx.stack.reconciler else [])} <= marks.keys():
                 break
             if now - t0 > timeout:
                 raise BenchError(f"end to end: not done within {timeout:.0f}s: tax store stored {stored}/{n}, "
@@ -589,10 +674,12 @@ async def phase_end_to_end(ctx: Ctx, n: int, concurrency: int, timeout: float) -
     cpu = CpuSampler.delta(before, ctx.sampler.snapshot())
     return {
         "invoices": n, "issuer_batch_size": ISSUER_BATCH, "concurrent_requests": concurrency,
+        "database": await db_writes(ctx.db, db0, n),
         "milestones_s": {k: round(v, 2) for k, v in marks.items()},
         "issuer_ingest_per_s": round(n / marks["ingested"], 1),
         "stored_per_s": round(n / marks["taxstore_all_stored"], 1),
         "submitted_per_s": round(n / marks["issuer_all_submitted"], 1),
+        **({"confirmed_per_s": round(n / marks["issuer_all_confirmed"], 1)} if "issuer_all_confirmed" in marks else {}),
         "poll_interval_s": {"taxstore_stats": 0.25, "issuer_db": 0.5}, "cpu": cpu,
     }
 
@@ -667,7 +754,7 @@ async def phase_latency(ctx: Ctx, rate: float, duration: float, concurrency: int
                  for num, acc in accepted.items() if num in listed)
 
     async def all_submitted() -> Any:  # let the results flow back before the next phase
-        return (await ctx.statuses(tenant["id"])).get("submitted", 0) >= ok or False
+        return past_submit(await ctx.statuses(tenant["id"])) >= ok or False
 
     await poll_until(all_submitted, timeout=timeout, what="issuer shows the latency invoices submitted")
     client_ms.sort()
@@ -830,11 +917,16 @@ async def measure(stack: Stack, args: argparse.Namespace, result: dict[str, Any]
         "e2e_submitted_vs_taxstore_batch": round(b["submitted_per_s"] / d["batch"]["invoices_per_s"], 3),
     }
     c = result["results"]["c_latency"]
+    ours = {k: v for k, v in b["cpu"]["cpu_s"].items() if k != "taxstore" and not k.startswith("bench")}
+    b["pipeline_cpu_ms_per_invoice"] = round(1000 * sum(ours.values()) / b["invoices"], 3)
     result["targets"] = {
-        "e2e_invoices_per_s": TARGET_E2E_PER_S, "p99_ms_at_offered_rate": TARGET_P99_MS,
+        "e2e_invoices_per_s": TARGET_E2E_PER_S, "p50_ms_at_offered_rate": TARGET_P50_MS,
+        "p99_ms_at_offered_rate": TARGET_P99_MS, "cpu_ms_per_invoice": TARGET_CPU_MS_PER_INVOICE,
         "e2e_stored_meets": b["stored_per_s"] >= TARGET_E2E_PER_S,
         "e2e_submitted_meets": b["submitted_per_s"] >= TARGET_E2E_PER_S,
+        "p50_meets": c["latency_ms"]["p50"] <= TARGET_P50_MS,
         "p99_meets": c["latency_ms"]["p99"] <= TARGET_P99_MS,
+        "cpu_meets": b["pipeline_cpu_ms_per_invoice"] <= TARGET_CPU_MS_PER_INVOICE,
     }
 
 
@@ -849,7 +941,8 @@ def report(result: dict[str, Any]) -> None:
               f"({m['java']}), PostgreSQL {m['postgresql']}, aiokafka {m['aiokafka']}")
     r = result["results"]
     a, b, c, d = r["a_raw_kafka"], r["b_end_to_end"], r["c_latency"], r["d_taxstore"]
-    t = Table(title="make bench", show_lines=False)
+    n = result["params"].get("replicas", 1)
+    t = Table(title="make bench" + (f", {n} replicas of the issuer and of sync" if n > 1 else ""), show_lines=False)
     t.add_column("measure")
     t.add_column("result", justify="right")
     t.add_column("how")
@@ -859,6 +952,9 @@ def report(result: dict[str, Any]) -> None:
               f"{b['invoices']:,} invoices in {b['milestones_s']['taxstore_all_stored']} s")
     t.add_row("(b) end to end: issuer shows submitted", f"{b['submitted_per_s']:,.0f} inv/s",
               f"in {b['milestones_s']['issuer_all_submitted']} s")
+    if "confirmed_per_s" in b:
+        t.add_row("(b) end to end: issuer shows confirmed", f"{b['confirmed_per_s']:,.0f} inv/s",
+                  f"in {b['milestones_s']['issuer_all_confirmed']} s (the reconciler saw each at the store)")
     t.add_row("    issuer ingest (batch API)", f"{b['issuer_ingest_per_s']:,.0f} inv/s",
               f"all POSTs answered after {b['milestones_s']['ingested']} s")
     lat = c["latency_ms"]
@@ -879,9 +975,13 @@ def report(result: dict[str, Any]) -> None:
     t.add_row("ratio (b)/(d batch)", f"{ratios['e2e_stored_vs_taxstore_batch']:.3f}",
               f"submitted: {ratios['e2e_submitted_vs_taxstore_batch']:.3f}")
     tg = result["targets"]
-    t.add_row("target ≥2,000 inv/s end to end", "met" if tg["e2e_stored_meets"] else "not met",
+    t.add_row(f"target ≥{TARGET_E2E_PER_S:,.0f} inv/s end to end", "met" if tg["e2e_stored_meets"] else "not met",
               "(stored at the tax store)")
-    t.add_row("target p99 ≤500 ms", "met" if tg["p99_meets"] else "not met", f"at {c['offered_rate_per_s']:g}/s")
+    t.add_row(f"target p50 ≤{TARGET_P50_MS:g} / p99 ≤{TARGET_P99_MS:g} ms",
+              " / ".join("met" if tg[k] else "not met" for k in ("p50_meets", "p99_meets")),
+              f"at {c['offered_rate_per_s']:g}/s")
+    t.add_row(f"target CPU ≤{TARGET_CPU_MS_PER_INVOICE:g} ms per invoice", f"{b['pipeline_cpu_ms_per_invoice']} ms",
+              "during (b): every process but the tax store and the load generator")
     con.print(t)
 
     cpu = b["cpu"]
@@ -910,10 +1010,18 @@ def report(result: dict[str, Any]) -> None:
     pt.add_row("other processes", *(f"{ph['other_processes_cpu_s']:.1f}" for ph in phases.values()))
     pt.add_row("wall s", *(f"{ph['wall_s']:.1f}" for ph in phases.values()))
     con.print(pt)
+    dbw = b.get("database")
+    if dbw:
+        con.print(f"(b) PostgreSQL per invoice: {dbw['rows_written_per_invoice']} rows written, "
+                  f"{dbw['commits_per_invoice']} commits, {dbw['wal_bytes_per_invoice']:,} WAL bytes; by schema "
+                  + ", ".join(f"{k} {v['inserted_per_invoice']} ins / {v['updated_per_invoice']} upd "
+                              f"({v['hot_updated_per_invoice']} HOT) / {v['deleted_per_invoice']} del"
+                              for k, v in sorted(dbw["per_schema"].items())))
     ms = b["milestones_s"]
     con.print(f"(b) timeline: batch POSTs answered {ms.get('ingested')} s · issuer outbox fully on Kafka "
               f"{ms.get('issuer_all_published')} s · tax store holds all {ms.get('taxstore_all_stored')} s · "
-              f"issuer shows all submitted {ms.get('issuer_all_submitted')} s")
+              f"issuer shows all submitted {ms.get('issuer_all_submitted')} s"
+              + (f" · all confirmed {ms['issuer_all_confirmed']} s" if "issuer_all_confirmed" in ms else ""))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -929,9 +1037,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--phase-timeout", type=float, default=300.0, help="longest wait of any phase, seconds")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="longest wait for each server to start")
     p.add_argument("--keep", action="store_true", help="keep the private data directory and logs")
+    p.add_argument("--reconciler", action="store_true",
+                   help="run the reconciler too: (b) also times every invoice to `confirmed`")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="processes of the issuer, sync and (with --reconciler) the reconciler, each sharing its schema "
+                        "and consumer groups; the load is spread "
+                        "over the issuer's in turn")
     args = p.parse_args(argv)
     if args.invoices < 1 or args.rate <= 0 or args.duration <= 0:
         p.error("--invoices, --rate and --duration must be positive")
+    if not 1 <= args.replicas <= 4:
+        p.error("--replicas must be 1 to 4")
     return args
 
 
@@ -960,12 +1076,13 @@ def main(argv: list[str]) -> int:
     out = args.out or RESULTS / f"bench-{stamp}.json"
     ARTIFACTS.mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{stamp}-", dir=ARTIFACTS))
-    stack = Stack(workdir)
+    stack = Stack(workdir, replicas=args.replicas, reconciler=args.reconciler)
     result: dict[str, Any] = {
         "started_at": started.isoformat(), "command": " ".join([sys.executable, "-m", "fapiao.bench", *argv]),
         "params": {"invoices": args.invoices, "rate_per_s": args.rate, "duration_s": args.duration,
                    "ingest_concurrency": args.ingest_concurrency, "latency_concurrency": args.latency_concurrency,
-                   "issuer_batch_size": ISSUER_BATCH},
+                   "issuer_batch_size": ISSUER_BATCH, "replicas": args.replicas,
+                   "reconciler": args.reconciler},
         "results": {}, "workdir": str(workdir),
     }
     t0 = time.monotonic()
