@@ -623,11 +623,26 @@ async def db_writes(db: Any, before: dict[str, Any], n: int) -> dict[str, Any]:
         "per_schema": per_schema}
 
 
+async def kafka_records(ctx: Ctx) -> dict[str, int]:
+    """Records each of the pipeline's topics holds now, by unprefixed name."""
+    from shared.kafka import OffsetReader
+    from shared.topics import ALL_TOPICS
+
+    assert ctx.stack.kafka is not None
+    reader = OffsetReader(ctx.stack.kafka.bootstrap, timeout=10)
+    try:
+        sizes = await reader.sizes([t.qualified(ctx.stack.topic_prefix) for t in ALL_TOPICS])
+    finally:
+        await reader.close()
+    return {k.removeprefix(ctx.stack.topic_prefix): v for k, v in sizes.items()}
+
+
 async def phase_end_to_end(ctx: Ctx, n: int, concurrency: int, timeout: float) -> dict[str, Any]:
     tenant = await ctx.new_tenant("e2e")
     docs = make_docs(tenant["tax_id"], n)
     stored0 = await ctx.stored()
     db0 = await db_counters(ctx.db)
+    kafka0 = await kafka_records(ctx)
     before = ctx.sampler.snapshot()
     t0 = time.monotonic()
     sender = asyncio.create_task(post_issuer_batches(ctx, tenant, docs, concurrency))
@@ -675,6 +690,8 @@ async def phase_end_to_end(ctx: Ctx, n: int, concurrency: int, timeout: float) -
     return {
         "invoices": n, "issuer_batch_size": ISSUER_BATCH, "concurrent_requests": concurrency,
         "database": await db_writes(ctx.db, db0, n),
+        "kafka_records_per_invoice": {t: round((m - kafka0.get(t, 0)) / n, 3)
+                                      for t, m in (await kafka_records(ctx)).items() if m > kafka0.get(t, 0)},
         "milestones_s": {k: round(v, 2) for k, v in marks.items()},
         "issuer_ingest_per_s": round(n / marks["ingested"], 1),
         "stored_per_s": round(n / marks["taxstore_all_stored"], 1),
@@ -703,6 +720,7 @@ async def phase_latency(ctx: Ctx, rate: float, duration: float, concurrency: int
     not_sent = 0
     errors: list[str] = []
     stored0 = await ctx.stored()
+    db0 = await db_counters(ctx.db)
     loop = asyncio.get_running_loop()
 
     async def one(body: bytes, scheduled: float) -> None:
@@ -757,6 +775,7 @@ async def phase_latency(ctx: Ctx, rate: float, duration: float, concurrency: int
         return past_submit(await ctx.statuses(tenant["id"])) >= ok or False
 
     await poll_until(all_submitted, timeout=timeout, what="issuer shows the latency invoices submitted")
+    database = await db_writes(ctx.db, db0, ok) if ok else None
     client_ms.sort()
     late_sorted = sorted(late_ms)
     return {
@@ -775,7 +794,7 @@ async def phase_latency(ctx: Ctx, rate: float, duration: float, concurrency: int
         "issuer_post_ms": {"p50": round(percentile(client_ms, 50), 1), "p99": round(percentile(client_ms, 99), 1)},
         "definition": "taxstore stored_at (PostgreSQL now() of the storing transaction) minus issuer accepted_at "
                       "(the issuer process's clock when it handled the POST); one host, one clock",
-        "cpu": cpu,
+        "cpu": cpu, "database": database,
     }
 
 
@@ -1010,13 +1029,16 @@ def report(result: dict[str, Any]) -> None:
     pt.add_row("other processes", *(f"{ph['other_processes_cpu_s']:.1f}" for ph in phases.values()))
     pt.add_row("wall s", *(f"{ph['wall_s']:.1f}" for ph in phases.values()))
     con.print(pt)
-    dbw = b.get("database")
-    if dbw:
-        con.print(f"(b) PostgreSQL per invoice: {dbw['rows_written_per_invoice']} rows written, "
-                  f"{dbw['commits_per_invoice']} commits, {dbw['wal_bytes_per_invoice']:,} WAL bytes; by schema "
-                  + ", ".join(f"{k} {v['inserted_per_invoice']} ins / {v['updated_per_invoice']} upd "
-                              f"({v['hot_updated_per_invoice']} HOT) / {v['deleted_per_invoice']} del"
-                              for k, v in sorted(dbw["per_schema"].items())))
+    for label, dbw in (("(b)", b.get("database")), ("(c)", c.get("database"))):
+        if dbw:
+            con.print(f"{label} PostgreSQL per invoice: {dbw['rows_written_per_invoice']} rows written, "
+                      f"{dbw['commits_per_invoice']} commits, {dbw['wal_bytes_per_invoice']:,} WAL bytes; by schema "
+                      + ", ".join(f"{k} {v['inserted_per_invoice']} ins / {v['updated_per_invoice']} upd "
+                                  f"({v['hot_updated_per_invoice']} HOT) / {v['deleted_per_invoice']} del"
+                                  for k, v in sorted(dbw["per_schema"].items())))
+    if b.get("kafka_records_per_invoice"):
+        con.print("(b) Kafka records per invoice: " + ", ".join(
+            f"{t} {v}" for t, v in sorted(b["kafka_records_per_invoice"].items())))
     ms = b["milestones_s"]
     con.print(f"(b) timeline: batch POSTs answered {ms.get('ingested')} s · issuer outbox fully on Kafka "
               f"{ms.get('issuer_all_published')} s · tax store holds all {ms.get('taxstore_all_stored')} s · "
