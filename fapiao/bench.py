@@ -593,10 +593,11 @@ async def db_counters(db: Any) -> dict[str, Any]:
         "select schemaname, sum(n_tup_ins)::bigint as ins, sum(n_tup_upd)::bigint as upd, "
         "sum(n_tup_hot_upd)::bigint as hot, sum(n_tup_del)::bigint as del "
         "from pg_stat_user_tables group by schemaname")
-    totals = await db.fetchrow("select xact_commit, pg_current_wal_lsn()::text as lsn "
+    totals = await db.fetchrow("select xact_commit, pg_current_wal_lsn()::text as lsn, "
+                               "pg_database_size(current_database()) as size "
                                "from pg_stat_database where datname = current_database()")
     return {"schemas": {r["schemaname"]: {k: int(r[k] or 0) for k in ("ins", "upd", "hot", "del")} for r in rows},
-            "commits": int(totals["xact_commit"]), "lsn": totals["lsn"]}
+            "commits": int(totals["xact_commit"]), "lsn": totals["lsn"], "size": int(totals["size"])}
 
 
 async def db_writes(db: Any, before: dict[str, Any], n: int) -> dict[str, Any]:
@@ -620,7 +621,8 @@ async def db_writes(db: Any, before: dict[str, Any], n: int) -> dict[str, Any]:
                for v in per_schema.values())
     return {"rows_written_per_invoice": round(rows, 2), "commits_per_invoice": round(
         (after["commits"] - before["commits"]) / n, 3), "wal_bytes_per_invoice": round(float(wal) / n),
-        "per_schema": per_schema}
+        # tables and indexes grown (before any vacuum: rows a later clean-up deletes, such as sent outbox rows, count)
+        "database_bytes_per_invoice": round((after["size"] - before["size"]) / n), "per_schema": per_schema}
 
 
 async def kafka_records(ctx: Ctx) -> dict[str, int]:
@@ -1032,7 +1034,8 @@ def report(result: dict[str, Any]) -> None:
     for label, dbw in (("(b)", b.get("database")), ("(c)", c.get("database"))):
         if dbw:
             con.print(f"{label} PostgreSQL per invoice: {dbw['rows_written_per_invoice']} rows written, "
-                      f"{dbw['commits_per_invoice']} commits, {dbw['wal_bytes_per_invoice']:,} WAL bytes; by schema "
+                      f"{dbw['commits_per_invoice']} commits, {dbw['wal_bytes_per_invoice']:,} WAL bytes, "
+                      f"{dbw.get('database_bytes_per_invoice', 0):,} bytes of tables and indexes; by schema "
                       + ", ".join(f"{k} {v['inserted_per_invoice']} ins / {v['updated_per_invoice']} upd "
                                   f"({v['hot_updated_per_invoice']} HOT) / {v['deleted_per_invoice']} del"
                                   for k, v in sorted(dbw["per_schema"].items())))
