@@ -42,13 +42,17 @@ def violations_text(results: list[dict[str, Any]]) -> str:
         v = r["verdict"]
         if r.get("error"):
             lines.append(f"{r['scenario']}: ERROR {r['error']}")
+        for f in r.get("faults", []):
+            if not f.get("ok", True):
+                lines.append(f"{r['scenario']}: step failed at {f['at']}s: {f['label']}: {f.get('error')}")
         for key, label in (("lost", "lost"), ("content_mismatch", "content mismatch"),
                            ("duplicate_effects", "duplicate effect"), ("unexplained", "unexplained"),
                            ("stuck_unhandled", "stuck without one case and one alert"),
-                           ("not_converged", "not converged")):
-            for item in v[key][:20]:
+                           ("not_converged", "not converged"),
+                           ("unreported_after_restore", "missing after the restore, never reported")):
+            for item in v.get(key, [])[:20]:
                 lines.append(f"{r['scenario']}: {label}: {item}")
-            if len(v[key]) > 20:
+            if len(v.get(key, [])) > 20:
                 lines.append(f"{r['scenario']}: {label}: … and {len(v[key]) - 20} more (see the JSON report)")
     return "\n".join(lines)
 

@@ -113,7 +113,9 @@ class ScenarioResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario.name, "description": self.scenario.description,
-                "passed": self.verdict.passed and self.error is None, "error": self.error,
+                # a step that failed (a kill that found nothing to kill, a restore without a backup) proves nothing
+                "passed": self.verdict.passed and self.error is None and all(f["ok"] for f in self.faults),
+                "error": self.error,
                 "duration_s": round(self.duration_s, 1), "offered_rate": self.offered_rate,
                 "drain_rate": self.drain_rate, "verdict": self.verdict.as_dict(), "faults": self.faults,
                 "windows": self.windows, "extra": self.extra,

@@ -140,3 +140,19 @@ def test_an_acknowledged_invoice_the_issuer_forgot_is_not_converged_even_when_th
     obs.issuer = [i for i in obs.issuer if i.number != "N0002"]
     v = check(obs)
     assert v.not_converged == ["N0002: acknowledged but unknown to the issuer (the store holds it)"] and not v.lost
+
+
+def test_a_scenario_whose_step_failed_fails_and_the_report_names_the_step() -> None:
+    from fapiao.drill.report import violations_text
+    from fapiao.drill.runner import ScenarioResult
+    from fapiao.drill.scenario import Load, Scenario
+
+    scenario = Scenario("mine", "", Load(), ())
+    ok = [{"at": 6.0, "label": "backup", "ok": True}]
+    failed = ok + [{"at": 13.0, "label": "restore", "ok": False, "error": "RuntimeError: no backup to restore"}]
+    args = dict(scenario=scenario, verdict=check(healthy()), started_at=0.0, duration_s=1.0, samples=[],
+                windows=[], offered_rate=1.0)
+    assert ScenarioResult(faults=ok, **args).as_dict()["passed"]  # type: ignore[arg-type]
+    result = ScenarioResult(faults=failed, **args).as_dict()  # type: ignore[arg-type]
+    assert not result["passed"]
+    assert violations_text([result]) == "mine: step failed at 13.0s: restore: RuntimeError: no backup to restore"

@@ -17,7 +17,7 @@ REQUIRED = {"baseline", "kill-issuer", "kill-sync", "kill-reconciler", "kill-not
 def test_the_catalogue_ships_every_scenario_of_the_issue_and_each_loads() -> None:
     cat = catalogue()
     assert REQUIRED | {"kill-sync-replica", "kill-relay-owner", "kill-broker"} <= set(cat)
-    assert cat["kill-sync-replica"].replicas == {"issuer": 2, "sync": 2, "reconciler": 2, "notifier": 2} and cat["kill-sync-replica"].steps[0].target == "sync-2"
+    assert cat["kill-sync-replica"].steps[0].target == "sync-2"
     assert cat["kill-broker"].kafka_brokers == 3 and cat["kill-broker"].steps[0].target == "kafka-2"
     for name in ("kill-sync-replica", "kill-relay-owner", "kill-broker", "restore-under-load"):  # issue 16's setting
         assert cat[name].kafka_brokers == 3 and set(cat[name].replicas.values()) == {2}, name
