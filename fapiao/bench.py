@@ -62,6 +62,9 @@ TARGET_E2E_PER_S = 3000.0
 TARGET_P50_MS = 40.0
 TARGET_P99_MS = 150.0
 TARGET_CPU_MS_PER_INVOICE = 0.5  # the whole pipeline but the tax store (the authority's side) and the load
+TARGET_STEP_RATE = 800.0  # (e): the highest single-POST rate whose p99 stays within STEP_P99_LIMIT_MS
+STEP_P99_LIMIT_MS = 500.0
+TARGET_AFTER_BATCH_P99_MS = 1000.0  # (f): single POSTs at 200/s right after a batch
 ISSUER_BATCH = 1000  # invoices per POST /v1/invoices/batch (the issuer's default FAPIAO_BATCH_MAX)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -800,6 +803,44 @@ async def phase_latency(ctx: Ctx, rate: float, duration: float, concurrency: int
     }
 
 
+# --- (e) step load, (f) live traffic right after a batch -------------------------------------------------
+
+async def phase_steps(ctx: Ctx, rates: list[float], step_s: float, concurrency: int, timeout: float,
+                      limit_ms: float = STEP_P99_LIMIT_MS) -> dict[str, Any]:
+    """(c) at each rate in turn, `step_s` seconds each, until the p99 passes `limit_ms` or the issuer cannot take
+    the offered rate (fewer than 90 % sent on time); the highest rate that kept p99 within the limit."""
+    steps: list[dict[str, Any]] = []
+    best = None
+    for rate in rates:
+        say(f"(e) step load: {rate:g}/s for {step_s:g}s")
+        r = await phase_latency(ctx, rate, step_s, concurrency, timeout)
+        p99 = r["latency_ms"]["p99"]
+        kept_up = (r["achieved_send_rate_per_s"] or 0) >= 0.9 * rate and not r["not_sent_overload"]
+        steps.append({"rate_per_s": rate, "p50_ms": r["latency_ms"]["p50"], "p99_ms": p99,
+                      "sent_per_s": r["achieved_send_rate_per_s"], "measured": r["measured"], "kept_up": kept_up})
+        say(f"    p50 {r['latency_ms']['p50']} ms, p99 {p99} ms, sent at {r['achieved_send_rate_per_s']}/s")
+        if p99 > limit_ms or not kept_up:
+            break
+        best = rate
+    return {"p99_limit_ms": limit_ms, "step_s": step_s, "steps": steps, "highest_rate_within_limit": best}
+
+
+async def phase_after_batch(ctx: Ctx, n: int, rate: float, duration: float, concurrency: int,
+                            timeout: float) -> dict[str, Any]:
+    """A batch of `n` answered by the issuer, then at once single POSTs at `rate` for `duration` while the
+    pipeline still works the batch off: how long live invoices wait behind a month-end run."""
+    tenant = await ctx.new_tenant("after-batch")
+    t0 = time.monotonic()
+    await post_issuer_batches(ctx, tenant, make_docs(tenant["tax_id"], n), 2)
+    answered = time.monotonic() - t0
+    waiting = await ctx.statuses(tenant["id"])
+    say(f"    batch of {n:,} answered in {answered:.1f}s; the singles start while the issuer shows {waiting}")
+    r = await phase_latency(ctx, rate, duration, concurrency, timeout)
+    return {"batch": n, "batch_answered_s": round(answered, 2), "batch_statuses_at_start": waiting,
+            "offered_rate_per_s": rate, "duration_s": duration, "latency_ms": r["latency_ms"],
+            "measured": r["measured"], "sent_per_s": r["achieved_send_rate_per_s"], "cpu": r["cpu"]}
+
+
 # --- (d) the tax store on its own -------------------------------------------------------------------
 
 async def phase_taxstore(ctx: Ctx, n_batch: int, n_single: int, batch_size: int, in_flight: int,
@@ -926,6 +967,15 @@ async def measure(stack: Stack, args: argparse.Namespace, result: dict[str, Any]
             result["results"]["d_taxstore"] = d = await phase_taxstore(ctx, args.invoices, n_single, batch_size,
                                                                        in_flight, 32)
             say(f"    batch {d['batch']['invoices_per_s']:.0f}/s, single {d['single']['invoices_per_s']:.0f}/s")
+
+            if args.steps:
+                result["results"]["e_steps"] = await phase_steps(ctx, args.steps, args.step_duration,
+                                                                 args.latency_concurrency, args.phase_timeout)
+            if args.after_batch:
+                say(f"(f) {args.rate:g}/s for {args.duration:g}s right after a batch of {args.after_batch:,}")
+                result["results"]["f_after_batch"] = f = await phase_after_batch(
+                    ctx, args.after_batch, args.rate, args.duration, args.latency_concurrency, args.phase_timeout)
+                say(f"    p50 {f['latency_ms']['p50']} ms, p99 {f['latency_ms']['p99']} ms")
             for client in ctx.lean.values():
                 client.close()
     finally:
@@ -938,7 +988,8 @@ async def measure(stack: Stack, args: argparse.Namespace, result: dict[str, Any]
         "e2e_submitted_vs_taxstore_batch": round(b["submitted_per_s"] / d["batch"]["invoices_per_s"], 3),
     }
     c = result["results"]["c_latency"]
-    ours = {k: v for k, v in b["cpu"]["cpu_s"].items() if k != "taxstore" and not k.startswith("bench")}
+    ours = {k: v for k, v in b["cpu"]["cpu_s"].items()
+            if k != "taxstore" and not k.startswith("bench") and not k.startswith("raw")}
     b["pipeline_cpu_ms_per_invoice"] = round(1000 * sum(ours.values()) / b["invoices"], 3)
     result["targets"] = {
         "e2e_invoices_per_s": TARGET_E2E_PER_S, "p50_ms_at_offered_rate": TARGET_P50_MS,
@@ -949,6 +1000,12 @@ async def measure(stack: Stack, args: argparse.Namespace, result: dict[str, Any]
         "p99_meets": c["latency_ms"]["p99"] <= TARGET_P99_MS,
         "cpu_meets": b["pipeline_cpu_ms_per_invoice"] <= TARGET_CPU_MS_PER_INVOICE,
     }
+    if e := result["results"].get("e_steps"):
+        result["targets"].update(step_rate_per_s=TARGET_STEP_RATE,
+                                 step_rate_meets=(e["highest_rate_within_limit"] or 0) >= TARGET_STEP_RATE)
+    if f := result["results"].get("f_after_batch"):
+        result["targets"].update(after_batch_p99_ms=TARGET_AFTER_BATCH_P99_MS,
+                                 after_batch_meets=f["latency_ms"]["p99"] <= TARGET_AFTER_BATCH_P99_MS)
 
 
 def report(result: dict[str, Any]) -> None:
@@ -1001,6 +1058,15 @@ def report(result: dict[str, Any]) -> None:
     t.add_row(f"target p50 ≤{TARGET_P50_MS:g} / p99 ≤{TARGET_P99_MS:g} ms",
               " / ".join("met" if tg[k] else "not met" for k in ("p50_meets", "p99_meets")),
               f"at {c['offered_rate_per_s']:g}/s")
+    if e := r.get("e_steps"):
+        t.add_row(f"(e) step load, p99 ≤{e['p99_limit_ms']:g} ms", f"{e['highest_rate_within_limit'] or 0:g}/s",
+                  " · ".join(f"{s['rate_per_s']:g}/s: p99 {s['p99_ms']:,.0f} ms" for s in e["steps"])
+                  + f" (target ≥{TARGET_STEP_RATE:g}/s)")
+    if f := r.get("f_after_batch"):
+        lat = f["latency_ms"]
+        t.add_row(f"(f) {f['offered_rate_per_s']:g}/s right after {f['batch']:,} in batches",
+                  f"p50 {lat['p50']:,} / p99 {lat['p99']:,} ms",
+                  f"{f['measured']:,} measured (target p99 ≤{TARGET_AFTER_BATCH_P99_MS:g} ms)")
     t.add_row(f"target CPU ≤{TARGET_CPU_MS_PER_INVOICE:g} ms per invoice", f"{b['pipeline_cpu_ms_per_invoice']} ms",
               "during (b): every process but the tax store and the load generator")
     con.print(t)
@@ -1062,6 +1128,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--phase-timeout", type=float, default=300.0, help="longest wait of any phase, seconds")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="longest wait for each server to start")
     p.add_argument("--keep", action="store_true", help="keep the private data directory and logs")
+    p.add_argument("--steps", type=_rates, default=[100.0, 200.0, 400.0, 800.0, 1600.0],
+                   help="(e): single-POST rates to step through, comma-separated ('' skips the phase)")
+    p.add_argument("--step-duration", type=float, default=10.0, help="seconds of each step of (e)")
+    p.add_argument("--after-batch", type=int, default=None,
+                   help="(f): invoices in the batch before the singles (default --invoices; 0 skips the phase)")
     p.add_argument("--reconciler", action="store_true",
                    help="run the reconciler too: (b) also times every invoice to `confirmed`")
     p.add_argument("--replicas", type=int, default=1,
@@ -1073,7 +1144,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--invoices, --rate and --duration must be positive")
     if not 1 <= args.replicas <= 4:
         p.error("--replicas must be 1 to 4")
+    if args.after_batch is None:
+        args.after_batch = args.invoices
+    if args.after_batch < 0 or args.step_duration <= 0:
+        p.error("--after-batch cannot be negative and --step-duration must be positive")
     return args
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: rates like 100,200,400") from None
+    if any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError("rates must be positive")
+    return rates
 
 
 def _raw_consumer_args(argv: list[str]) -> argparse.Namespace:
