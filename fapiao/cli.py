@@ -420,6 +420,37 @@ def _ago(seconds: float | None) -> str:
     return "–" if seconds is None else format_duration(seconds)
 
 
+SUMMARY_FILES = ("csv", "xlsx", "json")
+
+
+def _download(url: str, path: str, out: Path, *, token: str, params: dict[str, str] | None = None,
+              missing: str | None = None) -> int:
+    """GET a file to `out`, streamed, whole or not at all (a `.partial` beside it meanwhile); its size.
+    Exits 1 with `missing` on a 404 when given, 2 with the service's own words on any other refusal."""
+    partial = out.with_name(out.name + ".partial")
+    written = 0
+    try:
+        with httpx.Client(timeout=httpx.Timeout(300, connect=5)) as client, client.stream(
+                "GET", f"{url.rstrip('/')}{path}", params=params, headers={"Authorization": f"Bearer {token}"}) as r:
+            if r.status_code != 200:
+                r.read()
+                if r.status_code == 404 and missing:
+                    err.print(f"[red]{missing}[/red]", highlight=False)
+                    raise typer.Exit(1)
+                err.print(f"[red]{r.status_code}:[/red] {_reasons(r)}", highlight=False)
+                raise typer.Exit(2)
+            with partial.open("wb") as f:
+                for chunk in r.iter_bytes():
+                    f.write(chunk)
+                    written += len(chunk)
+    except httpx.HTTPError as exc:
+        partial.unlink(missing_ok=True)
+        err.print(f"[red]cannot reach {url}:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    partial.replace(out)
+    return written
+
+
 @app.command("summary")
 def summary(
     month: str = typer.Option(..., "--month", help="the calendar month, YYYY-MM (2000-01 to 2099-12)"),
@@ -429,9 +460,14 @@ def summary(
                                 help="the tenant's API key (the default: your own invoices, via the issuer)"),
     url: str = typer.Option(None, "--url", help="issuer URL (or, with --tax-id, the reconciler's)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    out: Path = typer.Option(None, "--out", help="write the summary to this file instead (the tenant's, via the "
+                                                 "issuer), in --format"),
+    fmt: str = typer.Option(None, "--format", help=f"with --out: {' | '.join(SUMMARY_FILES)} (default: the file's "
+                                                   "ending)"),
 ) -> None:
     """发票汇总确认: one seller's month, counts and sums (blue / red) here and at the tax authority, and every
-    difference. Exit status 0 when both sides agree, 1 when they differ, 2 when it cannot be had."""
+    difference. Exit status 0 when both sides agree, 1 when they differ, 2 when it cannot be had. With --out,
+    the month as a file for the accountants (GET /v1/summaries/{month}?format=...); exit 0 once written."""
     from shared.errors import ValidationFailed
     from shared.validators import parse_month
 
@@ -442,6 +478,18 @@ def summary(
         err.print("; ".join(f"[red]--{e.path}:[/red] {e.reason}" for e in exc.errors))
         raise typer.Exit(2) from None
     _load_stack_env()
+    if out is not None or fmt is not None:
+        if out is None or tax_id:
+            err.print("[red]--format goes with --out, and a file is the tenant's own month (no --tax-id)[/red]")
+            raise typer.Exit(2)
+        fmt = (fmt or out.suffix.lstrip(".")).lower()
+        if fmt not in SUMMARY_FILES:
+            err.print(f"[red]--format:[/red] one of {', '.join(SUMMARY_FILES)} (or a file ending in one)")
+            raise typer.Exit(2)
+        url = url or os.environ.get("FAPIAO_ISSUER_URL") or "http://127.0.0.1:8000"
+        written = _download(url, f"/v1/summaries/{month}", out, token=_api_key(api_key), params={"format": fmt})
+        Console().print(f"Wrote {out} ({written:,} bytes, {fmt}).")
+        return
     if tax_id:
         url = url or os.environ.get("FAPIAO_RECONCILER_URL") or "http://127.0.0.1:8002"
         body = _get_json(url, "/admin/summary", token=_admin_token(),

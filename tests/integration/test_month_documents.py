@@ -1,0 +1,182 @@
+"""The documents of a month and of a case, read back against the JSON of the real pipeline (issuer, tax store,
+sync, reconciler over Kafka and PostgreSQL): the monthly summary as CSV and XLSX (GET /v1/summaries/{month},
+`fapiao summary --out`), formula cells neutralised, figures equal to the JSON's.
+
+One scene serves the module: a tenant issues three invoices during a tax store outage, opens a case about one of
+them (with a note that looks like a formula), and the outage ends, so the invoices are confirmed and the case
+resolved."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openpyxl import load_workbook
+
+from services.issuer.invoices.summaries import CASE_COLUMNS, FIGURE_COLUMNS
+from tests.harness import REPO, ReconPipeline, ReconProcesses, RunningIssuer, Tenant, eventually, process_env
+from tests.harness.infra import Infra
+from tests.steps import issue, new_tenant, until_all
+
+NOTE = '=HYPERLINK("http://evil.example","看这里") 买方查不到'
+
+
+@dataclass
+class Scene:
+    p: ReconPipeline
+    tenant: Tenant
+    other: Tenant
+    ids: dict[str, str]  # number -> invoice id
+    case_no: str
+    case_invoice: str
+    month: str
+    http: str  # the issuer over real HTTP, for the CLI
+
+
+@pytest.fixture(scope="module")
+async def scene(infra: Infra, recon_issuer: RunningIssuer, recon_processes: ReconProcesses,
+                recon_issuer_http: str) -> AsyncIterator[Scene]:
+    procs = recon_processes
+    p = ReconPipeline(recon_issuer, procs.taxstore, procs.sync, reconciler=procs.reconciler, notifier=procs.notifier,
+                      infra=infra, mail_dir=procs.mail_dir, processes=procs, test="month_documents")
+    await p.clear_faults()
+    try:
+        tenant = await new_tenant(p, name="月报测试 Month Report Co.")
+        other = await new_tenant(p, name="别家企业 Other Co.")
+        await p.faults(outage=True)
+        ids = await issue(p, tenant, 3)
+        first = ids[sorted(ids)[0]]
+
+        async def failed_once() -> bool:
+            shown = (await p.issuer.client.get(f"/v1/invoices/{first}", headers=tenant.headers)).json()
+            return len(shown["timeline"]) >= 2  # accepted, then at least one answer of the failing store
+
+        await eventually(failed_once, timeout=30, interval=0.3)
+        r = await p.issuer.client.post(f"/v1/invoices/{first}/cases", headers=tenant.headers, json={"note": NOTE})
+        assert r.status_code == 201, r.text
+        case_no = r.json()["case_no"]
+        await p.faults(outage=False)
+        await until_all(p, tenant, "confirmed", 3, timeout=90)
+
+        async def resolved() -> bool:
+            r = await p.issuer.client.get(f"/v1/cases/{case_no}", headers=tenant.headers)
+            body = r.json()
+            return body["status"] == "resolved" and body["history"][-1]["kind"] == "alert"
+
+        await eventually(resolved, timeout=60, interval=0.3)
+        shown = (await p.issuer.client.get(f"/v1/invoices/{first}", headers=tenant.headers)).json()
+        yield Scene(p, tenant, other, ids, case_no, first, shown["issue_date"][:7], recon_issuer_http)
+    finally:
+        await p.clear_faults()
+
+
+async def _summary(s: Scene, tenant: Tenant | None = None) -> dict[str, Any]:
+    r = await s.p.issuer.client.get(f"/v1/summaries/{s.month}", headers=(tenant or s.tenant).headers)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json"), r.text
+    return r.json()
+
+
+def _expected_figures(summary: dict[str, Any]) -> dict[tuple[str, str], tuple[Any, Any]]:
+    """The figures the documents must show, straight from the JSON (amounts as Decimal)."""
+    out: dict[tuple[str, str], tuple[Any, Any]] = {}
+    for colour in ("blue", "red", "net"):
+        ours, theirs = summary["ours"][colour], summary["authority"][colour]
+        out[(colour, "count")] = (ours["count"], theirs["count"])
+        out[(colour, "total")] = (Decimal(ours["total"]), Decimal(theirs["total"]))
+        out[(colour, "total_amount")] = (Decimal(ours["total_amount"]), None)
+    for state, n in summary["states"].items():
+        out[("state", state)] = (n, None)
+    for status, n in summary["cases"]["by_status"].items():
+        out[("cases", status)] = (n, None)
+    for day in summary["daily"]:
+        out[("day_issued_confirmed", day["date"])] = (day["issued"], day["confirmed"])
+    return out
+
+
+async def test_the_monthly_summary_as_csv_and_xlsx_holds_the_jsons_figures(scene: Scene) -> None:
+    s = scene
+    summary = await _summary(s)
+    assert summary["ours"]["blue"]["count"] == 3 and summary["states"] == {"confirmed": 3}, summary
+    assert summary["ours"]["net"]["total"] == summary["ours"]["blue"]["total"], "no red invoices: net is blue"
+    assert summary["cases"]["by_status"] == {"resolved": 1}
+    [case] = summary["cases"]["items"]
+    assert case["case_no"] == s.case_no and case["note"] == NOTE
+    days = {d["date"]: d for d in summary["daily"]}
+    assert sum(d["issued"] for d in days.values()) == 3 and sum(d["confirmed"] for d in days.values()) >= 1
+    wanted = _expected_figures(summary)
+
+    # XLSX, chosen by the format parameter.
+    r = await s.p.issuer.client.get(f"/v1/summaries/{s.month}", params={"format": "xlsx"}, headers=s.tenant.headers)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/vnd.openxmlformats"), r.text
+    assert f"summary-{s.tenant.tax_id}-{s.month}.xlsx" in r.headers["content-disposition"]
+    book = load_workbook(io.BytesIO(r.content), read_only=True)
+    rows = _sheet(book["summary"], len(FIGURE_COLUMNS))
+    assert tuple(rows[0]) == FIGURE_COLUMNS
+    got = {(str(sec), str(item)): (here, there) for sec, item, here, there in rows[1:]}
+    for key, (here, there) in wanted.items():
+        cell_here, cell_there = got[key]
+        for want, cell in ((here, cell_here), (there, cell_there)):
+            if want is None:
+                continue
+            assert isinstance(cell, int | float), (key, cell, "a number, not text")
+            assert Decimal(str(cell)).quantize(Decimal("0.01")) == Decimal(want).quantize(Decimal("0.01")), (key, cell)
+    cases = _sheet(book["cases"], len(CASE_COLUMNS))
+    assert tuple(cases[0]) == CASE_COLUMNS and len(cases) == 2
+    by = dict(zip(CASE_COLUMNS, cases[1], strict=True))
+    assert by["case_no"] == s.case_no and by["status"] == "resolved"
+    assert by["note"] == "'" + NOTE, "a formula stays text"
+
+    # CSV, chosen by the Accept header; the same figures as text.
+    r = await s.p.issuer.client.get(f"/v1/summaries/{s.month}", headers={**s.tenant.headers, "Accept": "text/csv"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv"), r.text
+    assert r.content.startswith("\ufeff".encode())
+    lines = list(csv.reader(io.StringIO(r.content.decode("utf-8-sig"))))
+    assert tuple(lines[0]) == FIGURE_COLUMNS
+    text = {(sec, item): (here, there) for sec, item, here, there in lines[1:]}
+    for key, (here, there) in wanted.items():
+        assert text[key] == (str(here), "" if there is None else str(there)), (key, text[key])
+    assert text[("case", s.case_no)][0] == "resolved"
+    assert all(not cell.startswith(("=", "+", "@")) for line in lines for cell in line), "nothing runs as a formula"
+
+    # Another tenant's month holds none of this; bad formats are refused in problem+json.
+    theirs = await _summary(s, s.other)
+    assert theirs["ours"]["blue"]["count"] == 0 and theirs["cases"]["total"] == 0
+    bad = await s.p.issuer.client.get(f"/v1/summaries/{s.month}", params={"format": "docx"}, headers=s.tenant.headers)
+    assert bad.status_code == 422 and bad.json()["errors"][0]["path"] == "format", bad.text
+    refused = await s.p.issuer.client.get(f"/v1/summaries/{s.month}",
+                                          headers={**s.tenant.headers, "Accept": "image/png"})
+    assert refused.status_code == 406 and refused.headers["content-type"].startswith("application/problem+json")
+    assert "text/csv" in refused.json()["available"]
+    weighted = await s.p.issuer.client.get(f"/v1/summaries/{s.month}", headers={
+        **s.tenant.headers, "Accept": "application/json;q=0.5, text/csv;q=0.9"})
+    assert weighted.headers["content-type"].startswith("text/csv"), "the higher q wins"
+
+    # `fapiao summary --out`: the tenant's file, whole.
+    out = s.p.infra.workdir / f"summary-{s.tenant.tax_id}.xlsx"
+    done = await asyncio.to_thread(_cli, s, "summary", "--month", s.month, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    again = _sheet(load_workbook(io.BytesIO(await asyncio.to_thread(out.read_bytes)), read_only=True)["summary"],
+                   len(FIGURE_COLUMNS))
+    assert again == rows, "the same figures as the API's file"
+    assert not await asyncio.to_thread(Path(f"{out}.partial").exists)
+
+
+def _sheet(sheet: Any, width: int) -> list[tuple[Any, ...]]:
+    """A sheet's rows, each `width` cells long (a read-only sheet leaves trailing empty cells out)."""
+    return [tuple(row) + (None,) * (width - len(row)) for row in sheet.iter_rows(values_only=True)]
+
+
+def _cli(s: Scene, *args: str) -> subprocess.CompletedProcess[str]:
+    env = process_env(s.p.infra, FAPIAO_ISSUER_URL=s.http,
+                      FAPIAO_API_KEY=s.tenant.headers["Authorization"].removeprefix("Bearer "))
+    return subprocess.run([sys.executable, "-m", "fapiao.cli", *args], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
