@@ -7,6 +7,7 @@
     fapiao invoice show NUMBER|ID                     one invoice: status, reason, next action, timeline
     fapiao gaps | resync ID                           what is unconfirmed and why; resubmit one invoice now
     fapiao cases list | cases show CASE-...           the reconciler's cases and their history
+    fapiao cases evidence CASE-... --out F.zip        a case's evidence pack (PDF + JSON) for the tax bureau
     fapiao faults show | faults set drop_rate=0.3     the simulated tax store's faults (drills)
 
 Every command takes --json for scripts. Exit status: 0 fine, 1 the answer is bad news (a service down,
@@ -759,6 +760,23 @@ def cases_show(case_no: str = typer.Argument(...), as_json: bool = AS_JSON) -> N
     for h in case.get("history", []):
         history.add_row(h["at"][:19].replace("T", " "), h["kind"], h["message"])
     console.print(history)
+
+
+@cases_app.command("evidence")
+def cases_evidence(case_no: str = typer.Argument(..., help="the case number, CASE-YYYYMMDD-NNNNNN"),
+                   out: Path = typer.Option(None, "--out", help="the ZIP to write (default: evidence-CASE.zip)"),
+                   api_key: str = typer.Option(None, "--api-key", envvar="FAPIAO_API_KEY",
+                                               help="as the tenant (GET /v1/cases/{case_no}/evidence); without it, "
+                                                    "any tenant's case with the admin token")) -> None:
+    """保留证据: a case's evidence pack (a PDF of the case, the invoice and every step with the authority's answers,
+    the same as JSON, and the invoice's page) as a ZIP, from the issuer."""
+    _load_stack_env()
+    issuer = _url("issuer", 8000)
+    out = out or Path(f"evidence-{case_no}.zip")
+    path, token = ((f"/v1/cases/{case_no}/evidence", api_key) if api_key
+                   else (f"/admin/cases/{case_no}/evidence", _admin_token()))
+    written = _download(issuer, path, out, token=token, missing=f"no case {case_no}")
+    Console().print(f"Wrote {out} ({written:,} bytes).")
 
 
 def _faults_table(faults: dict[str, Any]) -> Table:

@@ -1,6 +1,8 @@
 """The documents of a month and of a case, read back against the JSON of the real pipeline (issuer, tax store,
 sync, reconciler over Kafka and PostgreSQL): the monthly summary as CSV and XLSX (GET /v1/summaries/{month},
-`fapiao summary --out`), formula cells neutralised, figures equal to the JSON's.
+`fapiao summary --out`), formula cells neutralised, figures equal to the JSON's; a case's evidence pack
+(GET /v1/cases/{case_no}/evidence, /admin/cases/{case_no}/evidence, `fapiao cases evidence`), unzipped, its PDF
+read with pdftotext and its JSON held against the API's case and timeline.
 
 One scene serves the module: a tenant issues three invoices during a tax store outage, opens a case about one of
 them (with a note that looks like a formula), and the outage ends, so the invoices are confirmed and the case
@@ -11,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import subprocess
 import sys
+import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,8 +26,9 @@ from typing import Any
 import pytest
 from openpyxl import load_workbook
 
+from fapiao.infra.tools import ensure_pdftoppm
 from services.issuer.invoices.summaries import CASE_COLUMNS, FIGURE_COLUMNS
-from tests.harness import REPO, ReconPipeline, ReconProcesses, RunningIssuer, Tenant, eventually, process_env
+from tests.harness import ADMIN, REPO, ReconPipeline, ReconProcesses, RunningIssuer, Tenant, eventually, process_env
 from tests.harness.infra import Infra
 from tests.steps import issue, new_tenant, until_all
 
@@ -175,8 +180,92 @@ def _sheet(sheet: Any, width: int) -> list[tuple[Any, ...]]:
     return [tuple(row) + (None,) * (width - len(row)) for row in sheet.iter_rows(values_only=True)]
 
 
-def _cli(s: Scene, *args: str) -> subprocess.CompletedProcess[str]:
-    env = process_env(s.p.infra, FAPIAO_ISSUER_URL=s.http,
-                      FAPIAO_API_KEY=s.tenant.headers["Authorization"].removeprefix("Bearer "))
+def _cli(s: Scene, *args: str, as_tenant: bool = True) -> subprocess.CompletedProcess[str]:
+    """`fapiao ...` against the scene's issuer, with the tenant's API key (or, not as_tenant, the admin token)."""
+    key = {"FAPIAO_API_KEY": s.tenant.headers["Authorization"].removeprefix("Bearer ")} if as_tenant else {}
+    env = process_env(s.p.infra, FAPIAO_ISSUER_URL=s.http, **key)
     return subprocess.run([sys.executable, "-m", "fapiao.cli", *args], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pdftotext() -> Path:
+    """poppler's pdftotext, installed with its pdftoppm (poppler-utils) when missing."""
+    try:
+        return ensure_pdftoppm().with_name("pdftotext")
+    except Exception as exc:  # noqa: BLE001 - the test fails, saying why
+        pytest.fail(f"the document tests need poppler's pdftotext: {exc}", pytrace=False)
+
+
+def _words(pdf: bytes) -> str:
+    """A PDF's text as poppler's pdftotext reads it, without white space."""
+    done = subprocess.run(["pdftotext", "-", "-"], input=pdf, capture_output=True, timeout=60, check=True)
+    return "".join(done.stdout.decode().split())
+
+
+def _utc(at: str) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromisoformat(at).astimezone(UTC).strftime("%Y-%m-%d%H:%M:%S")
+
+
+async def test_a_cases_evidence_pack_holds_the_invoice_and_every_step(scene: Scene, pdftotext: Path) -> None:
+    s = scene
+    r = await s.p.issuer.client.get(f"/v1/cases/{s.case_no}/evidence", headers=s.tenant.headers)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip", r.text[:300]
+    assert f"evidence-{s.case_no}.zip" in r.headers["content-disposition"]
+    pack = zipfile.ZipFile(io.BytesIO(r.content))
+    assert sorted(pack.namelist()) == ["evidence.json", "evidence.pdf", "invoice.pdf"]
+    facts = json.loads(pack.read("evidence.json"))
+
+    case = (await s.p.issuer.client.get(f"/v1/cases/{s.case_no}", headers=s.tenant.headers)).json()
+    invoice = (await s.p.issuer.client.get(f"/v1/invoices/{s.case_invoice}", headers=s.tenant.headers)).json()
+    assert facts["case_no"] == s.case_no
+    assert facts["case"] == {k: v for k, v in case.items() if k != "invoice"}, "the case as GET /v1/cases shows it"
+    assert facts["invoice"]["timeline"] == invoice["timeline"] and facts["invoice"]["invoice"] == invoice["invoice"]
+    steps = facts["timeline"]
+    assert len(steps) == len(invoice["timeline"]) + len(case["history"])
+    assert [x["at"] for x in steps if x["source"] == "case"] == [h["at"] for h in case["history"]]
+    assert [x["at"] for x in steps if x["source"] == "invoice"] == [t["at"] for t in invoice["timeline"]]
+    kinds = {x["kind"] for x in steps}
+    assert {"opened", "check", "resolved", "alert"} <= kinds, kinds  # the case's side
+    assert "accepted" in kinds and "confirmed" in kinds, kinds  # the invoice's side
+    failed = [x for x in steps if x["kind"] == "attempt_failed"]
+    assert failed and all("503" in x["detail"]["error"] for x in failed), "the outage's failed attempts, answers kept"
+    receipts = {(x["detail"] or {}).get("receipt_no") for x in steps} - {None}
+    assert invoice["receipt_no"] in receipts, "the authority's receipt, as it answered it"
+
+    words = _words(pack.read("evidence.pdf"))
+    for expected in (s.case_no, invoice["number"], invoice["receipt_no"], f"¥{invoice['total']}", "时间线",
+                     "买方查不到"):
+        assert expected in words, (expected, words[:400])
+    for step in steps:
+        assert _utc(step["at"]) in words, (step, "every step with its time")
+        assert step["kind"] in words, step["kind"]
+    invoice_page = _words(pack.read("invoice.pdf"))
+    assert invoice["number"] in invoice_page and "价税合计（大写）" in invoice_page
+
+    # Tenant-isolated; the operators' copy is the same pack.
+    assert (await s.p.issuer.client.get(f"/v1/cases/{s.case_no}/evidence", headers=s.other.headers)).status_code == 404
+    for unknown in ("CASE-20991231-999999", "not-a-case"):
+        missing = await s.p.issuer.client.get(f"/v1/cases/{unknown}/evidence", headers=s.tenant.headers)
+        assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/problem+json")
+    assert (await s.p.issuer.client.get(f"/v1/cases/{s.case_no}/evidence")).status_code == 401
+    admin = await s.p.issuer.client.get(f"/admin/cases/{s.case_no}/evidence", headers=ADMIN)
+    assert admin.status_code == 200, admin.text[:300]
+    theirs = json.loads(zipfile.ZipFile(io.BytesIO(admin.content)).read("evidence.json"))
+    assert {k: v for k, v in theirs.items() if k != "generated_at"} == {k: v for k, v in facts.items()
+                                                                        if k != "generated_at"}
+    assert (await s.p.issuer.client.get(f"/admin/cases/{s.case_no}/evidence",
+                                        headers=s.tenant.headers)).status_code in (401, 403)
+
+    # `fapiao cases evidence`: as the tenant, and as an operator.
+    for as_tenant in (True, False):
+        out = s.p.infra.workdir / f"evidence-{s.case_no}-{as_tenant}.zip"
+        done = await asyncio.to_thread(_cli, s, "cases", "evidence", s.case_no, "--out", str(out), as_tenant=as_tenant)
+        assert done.returncode == 0, done.stderr
+        got = json.loads(zipfile.ZipFile(io.BytesIO(await asyncio.to_thread(out.read_bytes))).read("evidence.json"))
+        assert got["timeline"] == facts["timeline"]
+    gone = await asyncio.to_thread(_cli, s, "cases", "evidence", "CASE-20991231-999999", "--out",
+                                   str(s.p.infra.workdir / "none.zip"))
+    assert gone.returncode == 1 and "no case" in gone.stderr, gone.stderr

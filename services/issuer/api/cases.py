@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.issuer.api.answers import respond, tenants_case_view
 from services.issuer.api.deps import ReconcilerDep, ScheduleDep, SessionDep, TenantDep
 from services.issuer.api.invoices import render
-from services.issuer.invoices import cases, summaries
+from services.issuer.invoices import cases, evidence, summaries
 from services.issuer.schemas import CaseRequest
 from shared.contracts.cases import CaseStatus
 from shared.errors import FapiaoError
@@ -46,6 +46,32 @@ async def get_case(case_no: str, tenant: TenantDep, rec: ReconcilerDep, schedule
     """A case's progress: its status, what was checked and when, and the invoice as it stands now."""
     return respond(await cases.get_case(session=session, tenant=tenant, reconciler=rec, case_no=case_no,
                                         schedule=schedule))
+
+
+EVIDENCE_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {"description": "A ZIP of evidence.pdf (the case, the invoice and its whole timeline with the authority's "
+                         "answers), evidence.json (the same facts) and invoice.pdf",
+          "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+    404: {"description": "No such case"}, **_RECONCILER_DOWN}
+
+
+async def evidence_response(case: dict[str, Any], invoice: dict[str, Any] | None) -> Response:
+    facts = evidence.evidence_facts(case, invoice)
+    body = await render(evidence.evidence_zip, facts)
+    return Response(body, media_type="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="evidence-{case["case_no"]}.zip"'})
+
+
+@router.get("/cases/{case_no}/evidence", response_class=Response, responses=EVIDENCE_ANSWER)
+async def case_evidence(case_no: str, tenant: TenantDep, rec: ReconcilerDep, schedule: ScheduleDep,
+                        session: SessionDep) -> Response:
+    """保留证据: the case's evidence pack to attach when writing to the tax bureau — a PDF with the invoice and every
+    step (submission attempts, receipts, checks, alerts, with their times and the authority's answers) and the
+    same facts as JSON, in one ZIP."""
+    case, invoice = await cases.case_evidence(session=session, tenant=tenant, reconciler=rec, case_no=case_no,
+                                              schedule=schedule)
+    return await evidence_response(tenants_case_view(case),
+                                   invoice.model_dump(mode="json") if invoice is not None else None)
 
 
 class _CaseFilters(BaseModel):

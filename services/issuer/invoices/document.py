@@ -21,7 +21,7 @@ from fpdf import FPDF
 
 from shared.capitals import in_capitals
 
-__all__ = ["KIND_CODES", "invoice_pdf", "qr_payload"]
+__all__ = ["INK", "KIND_CODES", "TITLES", "font_path", "invoice_pdf", "qr_payload"]
 
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # it narrates every subset it makes at INFO
 
@@ -36,7 +36,8 @@ MAX_LINES = 6  # what fits between the header row and the totals, at 5 mm a line
 
 
 @cache
-def _font_path() -> str:
+def font_path() -> str:
+    """The embedded CJK font (Noto Sans CJK, from its package): every document of the issuer uses it."""
     import cvttf_NotoSansCJK_Regular as noto  # type: ignore[import-untyped]
 
     return os.path.join(os.path.dirname(noto.__file__), "NotoSansCJKtc-Regular.otf")
@@ -64,7 +65,7 @@ def invoice_pdf(shown: dict[str, Any]) -> bytes:
                          if (t.get("detail") or {}).get("content_hash")), "")
     pdf = FPDF(orientation="L", unit="mm", format=(148, 210))
     pdf.set_auto_page_break(auto=False)  # one fixed page; long line lists are cut (the JSON has them all)
-    pdf.add_font("cjk", fname=_font_path())
+    pdf.add_font("cjk", fname=font_path())
     pdf.set_title(f"{TITLES[inv['kind']]} {inv['number']}")
     pdf.set_creator("Fapiao Sync")
     pdf.add_page()
