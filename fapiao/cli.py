@@ -421,7 +421,7 @@ def _ago(seconds: float | None) -> str:
     return "–" if seconds is None else format_duration(seconds)
 
 
-SUMMARY_FILES = ("csv", "xlsx", "json")
+SUMMARY_FILES = ("csv", "xlsx", "pdf", "html", "json")
 
 
 def _download(url: str, path: str, out: Path, *, token: str, params: dict[str, str] | None = None,

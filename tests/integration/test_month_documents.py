@@ -2,7 +2,8 @@
 sync, reconciler over Kafka and PostgreSQL): the monthly summary as CSV and XLSX (GET /v1/summaries/{month},
 `fapiao summary --out`), formula cells neutralised, figures equal to the JSON's; a case's evidence pack
 (GET /v1/cases/{case_no}/evidence, /admin/cases/{case_no}/evidence, `fapiao cases evidence`), unzipped, its PDF
-read with pdftotext and its JSON held against the API's case and timeline.
+read with pdftotext and its JSON held against the API's case and timeline; the month's report as PDF (read with
+pdftotext) and HTML (parsed: its figures and its chart's bars against the JSON).
 
 One scene serves the module: a tenant issues three invoices during a tax store outage, opens a case about one of
 them (with a note that looks like a formula), and the outage ends, so the invoices are confirmed and the case
@@ -20,6 +21,7 @@ import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from tests.harness import ADMIN, REPO, ReconPipeline, ReconProcesses, RunningIss
 from tests.harness.infra import Infra
 from tests.steps import issue, new_tenant, until_all
 
-NOTE = '=HYPERLINK("http://evil.example","看这里") 买方查不到'
+NOTE = '=HYPERLINK("http://evil.example","看这里") <b onclick="x()">买方查不到</b>'
 
 
 @dataclass
@@ -269,3 +271,90 @@ async def test_a_cases_evidence_pack_holds_the_invoice_and_every_step(scene: Sce
     gone = await asyncio.to_thread(_cli, s, "cases", "evidence", "CASE-20991231-999999", "--out",
                                    str(s.p.infra.workdir / "none.zip"))
     assert gone.returncode == 1 and "no case" in gone.stderr, gone.stderr
+
+
+class _Figures(HTMLParser):
+    """The report page's named figures (`data-figure`), the chart's bars, and whether anything could run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.figures: dict[str, str] = {}
+        self.bars: list[dict[str, str]] = []
+        self.cells: list[str] = []
+        self.active: list[str] = []
+        self.open: str | None = None
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "script" or any(k.startswith("on") for k in a) or tag not in _TAGS:
+            self.active.append(tag)
+        if tag == "rect" and "data-series" in a:
+            self.bars.append(a)
+        if "data-figure" in a:
+            self.open, self.text = a["data-figure"], []
+        elif tag == "td":
+            self.open, self.text = "", []
+
+    def handle_data(self, data: str) -> None:
+        if self.open is not None:
+            self.text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self.open is not None and tag in ("td", "span", "b", "p"):
+            if self.open:
+                self.figures[self.open] = "".join(self.text).strip()
+            else:
+                self.cells.append("".join(self.text))
+            self.open = None
+
+
+_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "span", "b", "table", "tr", "th", "td",
+         "svg", "line", "text", "rect"}
+
+
+async def test_the_months_report_as_pdf_and_html_shows_the_jsons_figures(scene: Scene, pdftotext: Path) -> None:
+    s = scene
+    summary = await _summary(s)
+    daily = summary["daily"]
+
+    r = await s.p.issuer.client.get(f"/v1/summaries/{s.month}", params={"format": "pdf"}, headers=s.tenant.headers)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/pdf", r.text[:300]
+    words = _words(r.content)
+    for colour in ("blue", "red", "net"):
+        for side in ("ours", "authority"):
+            assert f"¥{summary[side][colour]['total']}" in words, (colour, side, words[:500])
+    issued, confirmed = sum(d["issued"] for d in daily), sum(d["confirmed"] for d in daily)
+    for expected in ("月度报告", f"Monthlyreport{s.month}", s.tenant.tax_id, s.case_no, "resolved:1",
+                     f"Inall:{issued}issued,{confirmed}confirmed", "Nogaps",
+                     *(f"{k}:{v}" for k, v in summary["states"].items())):
+        assert expected in words, (expected, words[:600])
+
+    page = await s.p.issuer.client.get(f"/v1/summaries/{s.month}", headers={**s.tenant.headers,
+                                                                             "Accept": "text/html,*/*;q=0.8"})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page.text[:300]
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    parsed = _Figures()
+    parsed.feed(page.text)
+    assert parsed.active == [], ("nothing on the page can run or load", parsed.active)
+    assert "<b onclick" not in page.text and any(NOTE == c for c in parsed.cells), "the note, escaped, as text"
+    f = parsed.figures
+    for colour in ("blue", "red", "net"):
+        for side, where in (("ours", "here"), ("authority", "authority")):
+            for key, value in summary[side][colour].items():
+                assert f[f"{colour}.{key}.{where}"] == str(value), (colour, key, where)
+    for state, n in summary["states"].items():
+        assert f[f"state.{state}"] == str(n)
+    assert f["cases.total"] == str(summary["cases"]["total"]) and f["cases.resolved"] == "1"
+    assert (f["daily.issued"], f["daily.confirmed"]) == (str(issued), str(confirmed))
+    assert f["matches"] == ("yes" if summary["matches"] else "no") and f["month"] == s.month
+    assert len(parsed.bars) == 2 * len(daily), "a bar of each series for every day"
+    for bar in parsed.bars:
+        day = next(d for d in daily if d["date"] == bar["data-date"])
+        assert int(bar["data-value"]) == day[bar["data-series"]]
+        assert (float(bar["height"]) > 0) == (day[bar["data-series"]] > 0), bar
+
+    out = s.p.infra.workdir / f"report-{s.month}.pdf"
+    done = await asyncio.to_thread(_cli, s, "summary", "--month", s.month, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert s.case_no in _words(await asyncio.to_thread(out.read_bytes))

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.issuer.api.answers import respond, tenants_case_view
 from services.issuer.api.deps import ReconcilerDep, ScheduleDep, SessionDep, TenantDep
 from services.issuer.api.invoices import render
-from services.issuer.invoices import cases, evidence, summaries
+from services.issuer.invoices import cases, evidence, report, summaries
 from services.issuer.schemas import CaseRequest
 from shared.contracts.cases import CaseStatus
 from shared.errors import FapiaoError
@@ -88,7 +88,8 @@ async def list_cases(tenant: TenantDep, rec: ReconcilerDep, q: Annotated[_CaseFi
 
 
 _XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-SUMMARY_FORMATS: dict[str, str] = {"json": "application/json", "csv": "text/csv", "xlsx": _XLSX}
+SUMMARY_FORMATS: dict[str, str] = {"json": "application/json", "csv": "text/csv", "xlsx": _XLSX,
+                                   "pdf": "application/pdf", "html": "text/html"}
 """What GET /v1/summaries/{month} answers in: `format` names one, or else the Accept header picks by its media type."""
 
 
@@ -132,7 +133,9 @@ _FORMAT_ANSWERS: dict[int | str, dict[str, Any]] = {
     200: {"description": "The summary as JSON, or as a file to download (format, or the Accept header)",
           "content": {"application/json": {"schema": {"type": "object"}},
                       "text/csv": {"schema": {"type": "string"}},
-                      _XLSX: {"schema": {"type": "string", "format": "binary"}}}},
+                      _XLSX: {"schema": {"type": "string", "format": "binary"}},
+                      "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+                      "text/html": {"schema": {"type": "string"}}}},
     406: {"description": "The Accept header asks for no format this summary comes in (problem+json)"},
     422: {"description": "Not a month from 2000-01 to 2099-12 (YYYY-MM), or an unknown format"}}
 
@@ -140,11 +143,14 @@ _FORMAT_ANSWERS: dict[int | str, dict[str, Any]] = {
 @router.get("/summaries/{month}", response_class=JSONResponse, responses={**_FORMAT_ANSWERS, **_RECONCILER_DOWN})
 async def get_summary(month: Annotated[str, Path(json_schema_extra={"pattern": MONTH_PATTERN})], tenant: TenantDep,
                       rec: ReconcilerDep,
-                      format: Annotated[Literal["json", "csv", "xlsx"] | None, Query(
-                          description="json, csv (UTF-8 with a BOM) or xlsx; without it the Accept header "
-                                      "chooses (JSON when it accepts anything)")] = None,
+                      format: Annotated[Literal["json", "csv", "xlsx", "pdf", "html"] | None, Query(
+                          description="json; csv (UTF-8 with a BOM) or xlsx for a spreadsheet; pdf or html for the "
+                                      "month's report. Without it the Accept header chooses (JSON when it accepts "
+                                      "anything)")] = None,
                       accept: Annotated[str | None, Header(include_in_schema=False)] = None) -> Response:
-    """The month's reconciliation for this seller: issued, confirmed, gaps, stuck, cases; as JSON, CSV or XLSX."""
+    """The month's reconciliation for this seller: issued, confirmed, gaps, stuck, cases; as JSON, as CSV or XLSX
+    for a spreadsheet, or as the month's report to read (HTML, PDF: counts and amounts blue / red / net, gaps by
+    kind and age, cases and outcomes, a chart of each day's issued and confirmed invoices)."""
     parse_month(month)  # the reconciler and the CLI check months with the same function
     chosen = summary_format(format, accept)
     body = await rec.summary(seller_tax_id=tenant.tax_id, month=month)
@@ -154,4 +160,12 @@ async def get_summary(month: Annotated[str, Path(json_schema_extra={"pattern": M
     disposition = {"Content-Disposition": f'attachment; filename="{name}"'}
     if chosen == "csv":
         return Response(summaries.summary_csv(body), media_type="text/csv; charset=utf-8", headers=disposition)
+    if chosen == "html":
+        # A page to open in a browser; a tenant's text in it is escaped, and it may load or run nothing.
+        return Response(report.report_html(body), media_type="text/html; charset=utf-8", headers={
+            "Content-Disposition": f'inline; filename="{name}"',
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:"})
+    if chosen == "pdf":
+        return Response(await render(report.report_pdf, body), media_type="application/pdf",
+                        headers={"Content-Disposition": f'inline; filename="{name}"'})
     return Response(await render(summaries.summary_xlsx, body), media_type=_XLSX, headers=disposition)
