@@ -3,6 +3,7 @@
     fapiao tenants create --name N --tax-id USCC     register a seller; prints its API key once
     fapiao import FILE.csv --api-key KEY              import historical invoices, with a progress bar
     fapiao summary --month 2026-11                    发票汇总确认: a month here vs. at the tax authority
+    fapiao summary --month 2026-11 --out F.xlsx       the month as a spreadsheet (csv, xlsx) or report (pdf, html)
     fapiao status                                     stack health, lag, gaps, stuck (exit 1 if a service is down)
     fapiao invoice show NUMBER|ID                     one invoice: status, reason, next action, timeline
     fapiao gaps | resync ID                           what is unconfirmed and why; resubmit one invoice now
