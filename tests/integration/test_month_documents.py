@@ -30,7 +30,17 @@ from openpyxl import load_workbook
 
 from fapiao.infra.tools import ensure_pdftoppm
 from services.issuer.invoices.summaries import CASE_COLUMNS, FIGURE_COLUMNS
-from tests.harness import ADMIN, REPO, ReconPipeline, ReconProcesses, RunningIssuer, Tenant, eventually, process_env
+from tests.harness import (
+    ADMIN,
+    ARTIFACTS,
+    REPO,
+    ReconPipeline,
+    ReconProcesses,
+    RunningIssuer,
+    Tenant,
+    eventually,
+    process_env,
+)
 from tests.harness.infra import Infra
 from tests.steps import issue, new_tenant, until_all
 
@@ -65,7 +75,7 @@ async def scene(infra: Infra, recon_issuer: RunningIssuer, recon_processes: Reco
 
         async def failed_once() -> bool:
             shown = (await p.issuer.client.get(f"/v1/invoices/{first}", headers=tenant.headers)).json()
-            return len(shown["timeline"]) >= 2  # accepted, then at least one answer of the failing store
+            return any(t["kind"] == "attempt_failed" for t in shown["timeline"])  # the failing store answered
 
         await eventually(failed_once, timeout=30, interval=0.3)
         r = await p.issuer.client.post(f"/v1/invoices/{first}/cases", headers=tenant.headers, json={"note": NOTE})
@@ -177,6 +187,15 @@ async def test_the_monthly_summary_as_csv_and_xlsx_holds_the_jsons_figures(scene
     assert not await asyncio.to_thread(Path(f"{out}.partial").exists)
 
 
+async def _keep(name: str, content: bytes) -> None:
+    """A document for a person to look at after the run, in .test-artifacts/documents."""
+    def write() -> None:
+        (ARTIFACTS / "documents").mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "documents" / name).write_bytes(content)
+
+    await asyncio.to_thread(write)
+
+
 def _sheet(sheet: Any, width: int) -> list[tuple[Any, ...]]:
     """A sheet's rows, each `width` cells long (a read-only sheet leaves trailing empty cells out)."""
     return [tuple(row) + (None,) * (width - len(row)) for row in sheet.iter_rows(values_only=True)]
@@ -237,6 +256,7 @@ async def test_a_cases_evidence_pack_holds_the_invoice_and_every_step(scene: Sce
     receipts = {(x["detail"] or {}).get("receipt_no") for x in steps} - {None}
     assert invoice["receipt_no"] in receipts, "the authority's receipt, as it answered it"
 
+    await _keep("evidence.pdf", pack.read("evidence.pdf"))
     words = _words(pack.read("evidence.pdf"))
     for expected in (s.case_no, invoice["number"], invoice["receipt_no"], f"¥{invoice['total']}", "时间线",
                      "买方查不到"):
@@ -261,15 +281,17 @@ async def test_a_cases_evidence_pack_holds_the_invoice_and_every_step(scene: Sce
     assert (await s.p.issuer.client.get(f"/admin/cases/{s.case_no}/evidence",
                                         headers=s.tenant.headers)).status_code in (401, 403)
 
-    # `fapiao cases evidence`: as the tenant, and as an operator.
-    for as_tenant in (True, False):
-        out = s.p.infra.workdir / f"evidence-{s.case_no}-{as_tenant}.zip"
-        done = await asyncio.to_thread(_cli, s, "cases", "evidence", s.case_no, "--out", str(out), as_tenant=as_tenant)
+    # `fapiao cases evidence`: as the tenant, as an operator, and for no case (the three at once).
+    outs = [s.p.infra.workdir / f"evidence-{s.case_no}-{who}.zip" for who in ("tenant", "operator")]
+    mine, operators, gone = await asyncio.gather(
+        asyncio.to_thread(_cli, s, "cases", "evidence", s.case_no, "--out", str(outs[0])),
+        asyncio.to_thread(_cli, s, "cases", "evidence", s.case_no, "--out", str(outs[1]), as_tenant=False),
+        asyncio.to_thread(_cli, s, "cases", "evidence", "CASE-20991231-999999", "--out",
+                          str(s.p.infra.workdir / "none.zip")))
+    for done, out in ((mine, outs[0]), (operators, outs[1])):
         assert done.returncode == 0, done.stderr
         got = json.loads(zipfile.ZipFile(io.BytesIO(await asyncio.to_thread(out.read_bytes))).read("evidence.json"))
         assert got["timeline"] == facts["timeline"]
-    gone = await asyncio.to_thread(_cli, s, "cases", "evidence", "CASE-20991231-999999", "--out",
-                                   str(s.p.infra.workdir / "none.zip"))
     assert gone.returncode == 1 and "no case" in gone.stderr, gone.stderr
 
 
@@ -320,6 +342,7 @@ async def test_the_months_report_as_pdf_and_html_shows_the_jsons_figures(scene: 
 
     r = await s.p.issuer.client.get(f"/v1/summaries/{s.month}", params={"format": "pdf"}, headers=s.tenant.headers)
     assert r.status_code == 200 and r.headers["content-type"] == "application/pdf", r.text[:300]
+    await _keep("report.pdf", r.content)
     words = _words(r.content)
     for colour in ("blue", "red", "net"):
         for side in ("ours", "authority"):
@@ -334,6 +357,7 @@ async def test_the_months_report_as_pdf_and_html_shows_the_jsons_figures(scene: 
                                                                              "Accept": "text/html,*/*;q=0.8"})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page.text[:300]
     assert "default-src 'none'" in page.headers["content-security-policy"]
+    await _keep("report.html", page.content)
     parsed = _Figures()
     parsed.feed(page.text)
     assert parsed.active == [], ("nothing on the page can run or load", parsed.active)
