@@ -88,3 +88,21 @@ def test_the_evidence_timeline_is_one_list_oldest_first_whatever_the_time_format
     assert [s["kind"] for s in steps] == ["accepted", "opened", "submitted", "resolved"]
     assert [s["source"] for s in steps] == ["invoice", "case", "invoice", "case"]
     assert evidence.merged_timeline(case, None)[0]["kind"] == "opened", "no invoice: the case's history alone"
+
+
+def test_wrapped_lines_fit_their_width_and_lose_nothing() -> None:
+    from fpdf import FPDF
+
+    from services.issuer.invoices import document
+
+    pdf = FPDF()
+    pdf.add_font("cjk", fname=document.font_path())
+    pdf.set_font("cjk", size=7)
+    text = "Attempt 3 failed after 36 ms: HTTP 503 税务机关暂时无法访问（模拟故障）; retry later " * 6 + "长" * 300
+    lines = document.wrap(pdf, text + "\nerror=HTTP 503", 80)
+    assert len(lines) > 10 and lines[-1] == "error=HTTP 503"
+    assert all(pdf.get_string_width(line) <= 80 + 0.01 for line in lines), "each line fits"
+    assert "".join(lines[:-1]).replace(" ", "") == text.replace(" ", ""), "nothing lost but the spaces broken at"
+    one = document.cut(pdf, text, 50)
+    assert one.endswith("…") and pdf.get_string_width(one) <= 50 + 0.01 and text.startswith(one[:-1])
+    assert document.cut(pdf, "short", 50) == "short"

@@ -70,7 +70,7 @@ def _answer(detail: dict[str, Any] | None, message: str) -> str:
 def evidence_pdf(facts: dict[str, Any]) -> bytes:
     case, shown = facts["case"], facts["invoice"]
     pdf = FPDF(orientation="P", unit="mm", format="A4")
-    pdf.set_auto_page_break(auto=True, margin=15)
+    pdf.set_auto_page_break(auto=False)  # pages are broken here, a timeline step kept whole where it fits
     pdf.add_font("cjk", fname=document.font_path())
     pdf.set_title(f"证据 Evidence {case['case_no']}")
     pdf.set_creator("Fapiao Sync")
@@ -89,10 +89,12 @@ def evidence_pdf(facts: dict[str, Any]) -> bytes:
     pdf.add_page()
 
     def heading(s: str) -> None:
+        if pdf.get_y() > pdf.h - 40:
+            pdf.add_page()
         pdf.ln(2)
         pdf.set_font("cjk", size=11)
         pdf.set_text_color(*document.INK)
-        pdf.multi_cell(width, 6, s)
+        pdf.cell(width, 6, s, new_x="LMARGIN", new_y="NEXT")
         pdf.set_text_color(0, 0, 0)
 
     def pairs(rows: list[tuple[str, Any]]) -> None:
@@ -100,13 +102,16 @@ def evidence_pdf(facts: dict[str, Any]) -> bytes:
         for label, value in rows:
             if value in (None, ""):
                 continue
-            pdf.set_x(15)
-            pdf.cell(45, 5, label)
-            pdf.multi_cell(width - 45, 5, " ".join(str(value).split()), align="L")
+            for i, text in enumerate(document.wrap(pdf, str(value), width - 45)):
+                if pdf.get_y() > pdf.h - 20:
+                    pdf.add_page()
+                pdf.set_x(15)
+                pdf.cell(45, 5, label if i == 0 else "")
+                pdf.cell(width - 45, 5, text, new_x="LMARGIN", new_y="NEXT")
 
     pdf.set_font("cjk", size=15)
     pdf.set_text_color(*document.INK)
-    pdf.multi_cell(width, 8, f"发票核查证据 Evidence of case {case['case_no']}")
+    pdf.cell(width, 8, f"发票核查证据 Evidence of case {case['case_no']}", new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(0, 0, 0)
     heading("案件 The case")
     pairs([("案件编号 Case", case["case_no"]), ("状态 Status", case["status"]),
@@ -142,17 +147,20 @@ def evidence_pdf(facts: dict[str, Any]) -> bytes:
         what = " ".join(step["message"].split())
         answer = _answer(step.get("detail"), what)
         text = f"{what}\n{answer}" if answer else what
-        lines: list[str] = pdf.multi_cell(cols[3][1], 4, text, align="L", dry_run=True,  # type: ignore[assignment]
-                                          output="LINES")
-        if pdf.get_y() + 4 * len(lines) > pdf.h - 15:
+        lines = document.wrap(pdf, text, cols[3][1] - 1)
+        if pdf.get_y() + 4 * len(lines) > pdf.h - 17:
             pdf.add_page()
         y = pdf.get_y()
         for (x, w, _), value in zip(cols[:3], (_utc(step["at"]), step["source"], step["kind"]), strict=True):
             pdf.set_xy(15 + x, y)
             pdf.cell(w, 4, value)
-        pdf.set_xy(15 + cols[3][0], y)
-        pdf.multi_cell(cols[3][1], 4, text, align="L")
-        pdf.set_y(max(pdf.get_y(), y + 4) + 1)
+        for i, text_line in enumerate(lines):
+            if y + 4 * (i + 1) > pdf.h - 15:  # a step longer than a page goes on on the next
+                pdf.add_page()
+                y = pdf.get_y() - 4 * i
+            pdf.set_xy(15 + cols[3][0], y + 4 * i)
+            pdf.cell(cols[3][1], 4, text_line)
+        pdf.set_y(y + 4 * max(1, len(lines)) + 1)
     return bytes(pdf.output())
 
 

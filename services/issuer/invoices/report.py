@@ -228,8 +228,9 @@ def report_pdf(s: dict[str, Any], *, now: datetime | None = None) -> bytes:
 
     def line(text: str, size: float = 8) -> None:
         pdf.set_font("cjk", size=size)
-        pdf.set_x(15)
-        pdf.multi_cell(width, 5, text, align="L")
+        for part in document.wrap(pdf, text, width):
+            pdf.set_x(15)
+            pdf.cell(width, 5, part, new_x="LMARGIN", new_y="NEXT")
 
     pdf.set_font("cjk", size=16)
     pdf.set_text_color(*document.INK)
@@ -272,10 +273,8 @@ def report_pdf(s: dict[str, Any], *, now: datetime | None = None) -> bytes:
         row(list(zip(cw, ("case", "invoice", "status", "opened (UTC)", "outcome"), strict=True)), bold=True,
             border="B", size=7, numbers=False)
         for c in cases["items"][:MAX_CASES]:
-            outcome = " ".join((c.get("resolution") or "").split())
             pdf.set_font("cjk", size=7)
-            while outcome and pdf.get_string_width(outcome) > cw[4] - 1:
-                outcome = outcome[:-2] + "…"
+            outcome = document.cut(pdf, c.get("resolution") or "", cw[4] - 1)
             row(list(zip(cw, (c["case_no"], c["number"], c["status"], (c.get("opened_at") or "")[:16].replace(
                 "T", " "), outcome), strict=True)), size=7, numbers=False)
         if len(cases["items"]) > MAX_CASES or cases.get("truncated"):
