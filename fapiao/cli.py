@@ -3,10 +3,12 @@
     fapiao tenants create --name N --tax-id USCC     register a seller; prints its API key once
     fapiao import FILE.csv --api-key KEY              import historical invoices, with a progress bar
     fapiao summary --month 2026-11                    发票汇总确认: a month here vs. at the tax authority
+    fapiao summary --month 2026-11 --out F.xlsx       the month as a spreadsheet (csv, xlsx) or report (pdf, html)
     fapiao status                                     stack health, lag, gaps, stuck (exit 1 if a service is down)
     fapiao invoice show NUMBER|ID                     one invoice: status, reason, next action, timeline
     fapiao gaps | resync ID                           what is unconfirmed and why; resubmit one invoice now
     fapiao cases list | cases show CASE-...           the reconciler's cases and their history
+    fapiao cases evidence CASE-... --out F.zip        a case's evidence pack (PDF + JSON) for the tax bureau
     fapiao faults show | faults set drop_rate=0.3     the simulated tax store's faults (drills)
 
 Every command takes --json for scripts. Exit status: 0 fine, 1 the answer is bad news (a service down,
@@ -420,6 +422,37 @@ def _ago(seconds: float | None) -> str:
     return "–" if seconds is None else format_duration(seconds)
 
 
+SUMMARY_FILES = ("csv", "xlsx", "pdf", "html", "json")
+
+
+def _download(url: str, path: str, out: Path, *, token: str, params: dict[str, str] | None = None,
+              missing: str | None = None) -> int:
+    """GET a file to `out`, streamed, whole or not at all (a `.partial` beside it meanwhile); its size.
+    Exits 1 with `missing` on a 404 when given, 2 with the service's own words on any other refusal."""
+    partial = out.with_name(out.name + ".partial")
+    written = 0
+    try:
+        with httpx.Client(timeout=httpx.Timeout(300, connect=5)) as client, client.stream(
+                "GET", f"{url.rstrip('/')}{path}", params=params, headers={"Authorization": f"Bearer {token}"}) as r:
+            if r.status_code != 200:
+                r.read()
+                if r.status_code == 404 and missing:
+                    err.print(f"[red]{missing}[/red]", highlight=False)
+                    raise typer.Exit(1)
+                err.print(f"[red]{r.status_code}:[/red] {_reasons(r)}", highlight=False)
+                raise typer.Exit(2)
+            with partial.open("wb") as f:
+                for chunk in r.iter_bytes():
+                    f.write(chunk)
+                    written += len(chunk)
+    except httpx.HTTPError as exc:
+        partial.unlink(missing_ok=True)
+        err.print(f"[red]cannot reach {url}:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    partial.replace(out)
+    return written
+
+
 @app.command("summary")
 def summary(
     month: str = typer.Option(..., "--month", help="the calendar month, YYYY-MM (2000-01 to 2099-12)"),
@@ -429,9 +462,14 @@ def summary(
                                 help="the tenant's API key (the default: your own invoices, via the issuer)"),
     url: str = typer.Option(None, "--url", help="issuer URL (or, with --tax-id, the reconciler's)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    out: Path = typer.Option(None, "--out", help="write the summary to this file instead (the tenant's, via the "
+                                                 "issuer), in --format"),
+    fmt: str = typer.Option(None, "--format", help=f"with --out: {' | '.join(SUMMARY_FILES)} (default: the file's "
+                                                   "ending)"),
 ) -> None:
     """发票汇总确认: one seller's month, counts and sums (blue / red) here and at the tax authority, and every
-    difference. Exit status 0 when both sides agree, 1 when they differ, 2 when it cannot be had."""
+    difference. Exit status 0 when both sides agree, 1 when they differ, 2 when it cannot be had. With --out,
+    the month as a file for the accountants (GET /v1/summaries/{month}?format=...); exit 0 once written."""
     from shared.errors import ValidationFailed
     from shared.validators import parse_month
 
@@ -442,6 +480,18 @@ def summary(
         err.print("; ".join(f"[red]--{e.path}:[/red] {e.reason}" for e in exc.errors))
         raise typer.Exit(2) from None
     _load_stack_env()
+    if out is not None or fmt is not None:
+        if out is None or tax_id:
+            err.print("[red]--format goes with --out, and a file is the tenant's own month (no --tax-id)[/red]")
+            raise typer.Exit(2)
+        fmt = (fmt or out.suffix.lstrip(".")).lower()
+        if fmt not in SUMMARY_FILES:
+            err.print(f"[red]--format:[/red] one of {', '.join(SUMMARY_FILES)} (or a file ending in one)")
+            raise typer.Exit(2)
+        url = url or os.environ.get("FAPIAO_ISSUER_URL") or "http://127.0.0.1:8000"
+        written = _download(url, f"/v1/summaries/{month}", out, token=_api_key(api_key), params={"format": fmt})
+        Console().print(f"Wrote {out} ({written:,} bytes, {fmt}).")
+        return
     if tax_id:
         url = url or os.environ.get("FAPIAO_RECONCILER_URL") or "http://127.0.0.1:8002"
         body = _get_json(url, "/admin/summary", token=_admin_token(),
@@ -711,6 +761,23 @@ def cases_show(case_no: str = typer.Argument(...), as_json: bool = AS_JSON) -> N
     for h in case.get("history", []):
         history.add_row(h["at"][:19].replace("T", " "), h["kind"], h["message"])
     console.print(history)
+
+
+@cases_app.command("evidence")
+def cases_evidence(case_no: str = typer.Argument(..., help="the case number, CASE-YYYYMMDD-NNNNNN"),
+                   out: Path = typer.Option(None, "--out", help="the ZIP to write (default: evidence-CASE.zip)"),
+                   api_key: str = typer.Option(None, "--api-key", envvar="FAPIAO_API_KEY",
+                                               help="as the tenant (GET /v1/cases/{case_no}/evidence); without it, "
+                                                    "any tenant's case with the admin token")) -> None:
+    """保留证据: a case's evidence pack (a PDF of the case, the invoice and every step with the authority's answers,
+    the same as JSON, and the invoice's page) as a ZIP, from the issuer."""
+    _load_stack_env()
+    issuer = _url("issuer", 8000)
+    out = out or Path(f"evidence-{case_no}.zip")
+    path, token = ((f"/v1/cases/{case_no}/evidence", api_key) if api_key
+                   else (f"/admin/cases/{case_no}/evidence", _admin_token()))
+    written = _download(issuer, path, out, token=token, missing=f"no case {case_no}")
+    Console().print(f"Wrote {out} ({written:,} bytes).")
 
 
 def _faults_table(faults: dict[str, Any]) -> Table:

@@ -149,7 +149,8 @@ async def list_cases(request: Request, tenant_id: uuid.UUID | None = None, statu
 async def summary(request: Request, seller_tax_id: Annotated[str, Query(pattern=USCC_PATTERN)],
                   month: Annotated[str, Query(description="YYYY-MM, 2000-01 to 2099-12",
                                               json_schema_extra={"pattern": MONTH_PATTERN})]) -> dict[str, Any]:
-    """发票汇总确认: one seller's month here vs. at the tax store, with every difference."""
+    """发票汇总确认: one seller's month here vs. at the tax store, with every difference; the month's invoices by
+    state, their gaps by kind and age, their cases, and the issued and confirmed invoices of each day."""
     first = parse_month(month)  # the issuer and the CLI check months with the same function
     st = _state(request)
     last = reports.month_end(first)
@@ -161,7 +162,7 @@ async def summary(request: Request, seller_tax_id: Annotated[str, Query(pattern=
         raise ServiceUnavailable(f"the tax store cannot be read right now ({exc}); retry shortly") from None
     async with transaction(st.sessions) as session:
         return await reports.month_summary(session=session, seller_tax_id=seller_tax_id.upper(), month=first,
-                                           store=store)
+                                           store=store, timezone=st.settings.timezone)
 
 
 @router.post("/sweep", status_code=202)

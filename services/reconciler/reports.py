@@ -29,17 +29,23 @@ class GapReport:
     oldest_unconfirmed_seconds: float
 
 
-async def gap_report(*, session: AsyncSession) -> GapReport:
+async def gap_report(*, session: AsyncSession, seller_tax_id: str | None = None,
+                     issued: tuple[date, date] | None = None) -> GapReport:
     """Unconfirmed invoices by kind and age bucket, counted in SQL over the partial index (unconfirmed
-    rows only, whatever the size of the ledger)."""
+    rows only, whatever the size of the ledger); of one seller's invoices issued in `issued` (from, to) if given."""
     led = m.ledger
+    only = []
+    if seller_tax_id is not None:
+        only.append(led.c.seller_tax_id == seller_tax_id)
+    if issued is not None:
+        only += [led.c.issue_date >= issued[0], led.c.issue_date <= issued[1]]
     age = func.extract("epoch", func.now() - func.coalesce(led.c.since, led.c.created_at))
     kind = case((led.c.state == "stuck", "stuck"), (led.c.state == "pending", "unacknowledged"),
                 (led.c.state == "awaiting", "awaiting"), else_=func.coalesce(led.c.gap_kind, "missing"))
     bucket = case(*((age < limit, name) for limit, name in _AGE_BUCKETS), else_="gt_1d")
     rows = (await session.execute(
         select(kind.label("kind"), bucket.label("age"), func.count().label("n"), func.max(age).label("oldest"))
-        .where(led.c.next_check_at.is_not(None), led.c.state.in_(_UNCONFIRMED))
+        .where(led.c.next_check_at.is_not(None), led.c.state.in_(_UNCONFIRMED), *only)
         .group_by(kind, bucket)
     )).all()
     by = {(r.kind, r.age): int(r.n) for r in rows}
@@ -87,9 +93,12 @@ def _ours(r: Any) -> dict[str, Any]:
 
 
 async def month_summary(*, session: AsyncSession, seller_tax_id: str, month: date, store: Sequence[Any],
-                        max_differences: int = 1000) -> dict[str, Any]:
-    """发票汇总确认: one seller's month, counts and sums (blue / red) here vs. at the authority, and every
-    difference. `store` is the authority's listing of the month."""
+                        max_differences: int = 1000, timezone: str = "Asia/Shanghai",
+                        max_cases: int = 200) -> dict[str, Any]:
+    """发票汇总确认: one seller's month, counts and sums (blue / red / net) here vs. at the authority, and every
+    difference; then what the month's report shows besides: the month's invoices by ledger state, the gaps among
+    them by kind and age, their cases and outcomes, and day by day how many were issued and confirmed (a
+    confirmation counted on its calendar day in `timezone`). `store` is the authority's listing of the month."""
     led = m.ledger
     last = month_end(month)
     rows = (await session.execute(
@@ -117,12 +126,54 @@ async def month_summary(*, session: AsyncSession, seller_tax_id: str, month: dat
     kinds: dict[str, int] = {}
     for x in differences:
         kinds[x["kind"]] = kinds.get(x["kind"], 0) + 1
+    for sums in (ours_sums, theirs_sums):
+        sums["net"] = {k: sums["blue"][k] + sums["red"][k] for k in sums["blue"]}
+    states: dict[str, int] = {}
+    for r in rows:
+        states[r.state] = states.get(r.state, 0) + 1
+    gaps = await gap_report(session=session, seller_tax_id=seller_tax_id, issued=(month, last))
     return jsonable({
         "seller_tax_id": seller_tax_id, "month": f"{month:%Y-%m}", "period": {"from": month, "to": last},
         "ours": ours_sums, "authority": theirs_sums, "not_expected_at_authority": not_expected,
         "matches": not differences, "difference_counts": kinds, "differences": differences[:max_differences],
         "differences_truncated": len(differences) > max_differences,
+        "states": dict(sorted(states.items())),
+        "gaps": [{"kind": k, "age": a, "count": n} for (k, a), n in sorted(gaps.by_kind_age.items())],
+        "cases": await _month_cases(session, seller_tax_id, month, last, max_cases),
+        "daily": await _daily(session, seller_tax_id, month, last, timezone),
     })
+
+
+async def _month_cases(session: AsyncSession, seller_tax_id: str, first: date, last: date,
+                       limit: int) -> dict[str, Any]:
+    """The cases about the month's invoices: counts by status, and the newest `limit` with their outcomes."""
+    led, c = m.ledger, m.cases
+    about = (select(c).join(led, led.c.invoice_id == c.c.invoice_id)
+             .where(c.c.seller_tax_id == seller_tax_id, led.c.issue_date >= first, led.c.issue_date <= last)
+             .subquery())
+    counts = {r[0]: int(r[1]) for r in (await session.execute(
+        select(about.c.status, func.count()).group_by(about.c.status))).all()}
+    rows = (await session.execute(
+        select(about.c.case_no, about.c.number, about.c.status, about.c.opened_by, about.c.opened_at,
+               about.c.resolved_at, about.c.resolution, about.c.note)
+        .order_by(about.c.opened_at.desc(), about.c.case_no.desc()).limit(limit))).all()
+    return {"by_status": dict(sorted(counts.items())), "total": sum(counts.values()),
+            "items": [dict(r._mapping) for r in rows], "truncated": sum(counts.values()) > limit}
+
+
+async def _daily(session: AsyncSession, seller_tax_id: str, first: date, last: date,
+                 timezone: str) -> list[dict[str, Any]]:
+    """Each day of the month: the invoices issued (by issue date) and the month's invoices confirmed that day."""
+    led = m.ledger
+    month_rows = (led.c.seller_tax_id == seller_tax_id, led.c.issue_date >= first, led.c.issue_date <= last)
+    issued = {r[0]: int(r[1]) for r in (await session.execute(
+        select(led.c.issue_date, func.count()).where(*month_rows).group_by(led.c.issue_date))).all()}
+    day = func.date(func.timezone(timezone, led.c.confirmed_at))
+    confirmed = {r[0]: int(r[1]) for r in (await session.execute(
+        select(day, func.count()).where(*month_rows, led.c.state == "confirmed", led.c.confirmed_at.is_not(None))
+        .group_by(day))).all()}
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    return [{"date": d, "issued": issued.get(d, 0), "confirmed": confirmed.get(d, 0)} for d in days]
 
 
 def _compare(expected: dict[str, Any], others: dict[str, Any],

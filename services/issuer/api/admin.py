@@ -14,10 +14,13 @@ from sqlalchemy import select
 from services.issuer import keys
 from services.issuer import models as m
 from services.issuer.api.answers import found, respond
-from services.issuer.api.deps import ScheduleDep, SessionDep
+from services.issuer.api.cases import EVIDENCE_ANSWER, evidence_response
+from services.issuer.api.deps import ReconcilerDep, ScheduleDep, SessionDep
 from services.issuer.api.invoices import PDF_ANSWER, pdf_response
 from services.issuer.ops import lookups
 from services.issuer.tenants import create_tenant as register_tenant
+from shared.contracts.cases import is_case_no
+from shared.errors import NotFound
 from shared.http import require_admin
 from shared.uscc import USCC_PATTERN
 from shared.validators import CLEAN_NAME, JsonPattern
@@ -76,6 +79,22 @@ async def any_invoice_pdf(invoice_id: str, session: SessionDep) -> Response:
     """One invoice of any tenant as its printable page (as its tenant gets it from GET /v1/invoices/{id}/pdf)."""
     owned = await lookups.get_invoice_any_tenant(session=session, invoice_id=invoice_id)
     return await pdf_response(owned.invoice)
+
+
+@router.get("/cases/{case_no}/evidence", dependencies=[Depends(require_admin)], response_class=Response,
+            responses=EVIDENCE_ANSWER)
+async def any_case_evidence(case_no: str, rec: ReconcilerDep, schedule: ScheduleDep, session: SessionDep) -> Response:
+    """A case's evidence pack, whichever tenant it is about (as its tenant gets it from
+    GET /v1/cases/{case_no}/evidence, the tenant's id aside)."""
+    case = await rec.get_case(case_no) if is_case_no(case_no) else None
+    if case is None:
+        raise NotFound(f"no case {case_no[:40]}")
+    try:
+        invoice = (await lookups.get_invoice_any_tenant(session=session, invoice_id=str(case.invoice_id),
+                                                        schedule=schedule)).invoice.model_dump(mode="json")
+    except NotFound:
+        invoice = None
+    return await evidence_response(case.model_dump(mode="json", exclude={"tenant_id"}), invoice)
 
 
 # --- a tenant's API keys ------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ request, makes one service call and answers its outcome (answers.py)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -21,7 +22,7 @@ from shared.errors import FieldError, ValidationFailed
 from shared.money import parse_amount
 from shared.validators import IsoDate
 
-__all__ = ["router"]
+__all__ = ["PDF_ANSWER", "pdf_response", "render", "router"]
 
 router = APIRouter(prefix="/v1", tags=["invoices"])
 
@@ -149,9 +150,14 @@ PDF_ANSWER: dict[int | str, dict[str, Any]] = {200: {
 _RENDERING = asyncio.Semaphore(2)  # a page takes ~0.1–0.3 s of CPU: never more than two at once, off the loop
 
 
-async def pdf_response(shown: InvoiceRead) -> Response:
+async def render(fn: Callable[..., bytes], *args: Any) -> bytes:
+    """A document made off the event loop, at most two at once (every PDF, ZIP and XLSX of the issuer)."""
     async with _RENDERING:
-        body = await asyncio.to_thread(document.invoice_pdf, shown.model_dump(mode="json"))
+        return await asyncio.to_thread(fn, *args)
+
+
+async def pdf_response(shown: InvoiceRead) -> Response:
+    body = await render(document.invoice_pdf, shown.model_dump(mode="json"))
     return Response(body, media_type="application/pdf",
                     headers={"Content-Disposition": f'inline; filename="fapiao-{shown.number}.pdf"'})
 

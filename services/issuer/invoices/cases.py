@@ -15,16 +15,16 @@ from services.issuer import models as m
 from services.issuer.backends import ReconcilerClient
 from services.issuer.explain import case_opened_message
 from services.issuer.invoices.outcomes import CaseOpened, CaseRefused, CaseShown
-from services.issuer.invoices.reading import Schedule, get_invoice_view, get_row, view
+from services.issuer.invoices.reading import Schedule, get_invoice, get_invoice_view, get_row, view
 from services.issuer.lifecycle import Status
-from services.issuer.schemas import InvoiceView
+from services.issuer.schemas import InvoiceRead, InvoiceView
 from services.issuer.tenants import Tenant
 from shared.contracts.cases import is_case_no
 from shared.contracts.reconciler import CaseDetail
 from shared.db import transaction
 from shared.errors import NotFound
 
-__all__ = ["cases_on_timeline", "get_case", "open_case", "record_case", "tenants_case"]
+__all__ = ["case_evidence", "cases_on_timeline", "get_case", "open_case", "record_case", "tenants_case"]
 
 
 async def open_case(*, sessions: async_sessionmaker[AsyncSession], tenant: Tenant, invoice_id: str,
@@ -64,6 +64,18 @@ async def get_case(*, session: AsyncSession, tenant: Tenant, reconciler: Reconci
     except NotFound:
         invoice = None
     return CaseShown(case, invoice)
+
+
+async def case_evidence(*, session: AsyncSession, tenant: Tenant, reconciler: ReconcilerClient, case_no: str,
+                        schedule: Schedule | None = None) -> tuple[CaseDetail, InvoiceRead | None]:
+    """What a case's evidence pack holds: the case with its history, and its invoice with its whole timeline
+    (None when the invoice is no longer here)."""
+    case = await tenants_case(tenant, reconciler, case_no)
+    try:
+        invoice = await get_invoice(session=session, tenant=tenant, invoice_id=str(case.invoice_id), schedule=schedule)
+    except NotFound:
+        invoice = None
+    return case, invoice
 
 
 async def record_case(*, session: AsyncSession, tenant: Tenant, invoice_id: str, case_no: str, opened: bool,
