@@ -306,13 +306,16 @@ async def reject_form(request: Request, form_no: FormNo, body: FormDecision) -> 
 
 
 @router.get("/red-letter-forms/{form_no}", tags=["red letters"],
-            responses={404: {"description": "No such form"}})
-async def get_form(request: Request, form_no: FormNo) -> Response:
-    """One form, with its status now (a pending form past `expires_at` is voided) and its red invoice."""
+            responses={404: {"description": "No such form, or `party_tax_id` is no party to it"}})
+async def get_form(request: Request, form_no: FormNo,
+                   party_tax_id: Annotated[str, Query(pattern=USCC_PATTERN,
+                                                      description="the seller or buyer asking")]) -> Response:
+    """One form, as its seller or buyer sees it: its status now (a pending form past `expires_at` is voided)
+    and its red invoice."""
     if (faulted := await _read(request)) is not None:
         return faulted
     async with transaction(_state(request).sessions) as session:
-        return JSONResponse(await redletter.get_form(session=session, form_no=form_no))
+        return JSONResponse(await redletter.get_form(session=session, form_no=form_no, party_tax_id=party_tax_id))
 
 
 class _FormQuery(BaseModel):

@@ -33,6 +33,7 @@ from services.taxstore.faults import ItemFaults
 from services.taxstore.policy import Policy
 from services.taxstore.service import (
     AUTHORITY_TZ,
+    FORM_LIVE,
     REVIEW_NOW,
     Incoming,
     Rejected,
@@ -52,7 +53,6 @@ _inv = m.invoices
 _EXPIRED = and_(_f.c.status == "pending", _f.c.expires_at <= func.now())
 FORM_STATUS_NOW = case((_EXPIRED, "voided"), else_=_f.c.status)
 """A form's status now: a pending form past its window is void (the store has no background work)."""
-_LIVE = FORM_STATUS_NOW.in_(("pending", "confirmed"))
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ async def _what_is_left(session: AsyncSession, seller: str, number: str,
     """The total a new form may still reverse, and per line (by index) the amount and tax live forms reverse."""
     forms = (await session.execute(
         select(_f.c.lines, _f.c.total, _f.c.red_number)
-        .where(_f.c.seller_tax_id == seller, _f.c.blue_number == number, _LIVE)
+        .where(_f.c.seller_tax_id == seller, _f.c.blue_number == number, FORM_LIVE)
     )).all()
     from_forms = {f.red_number for f in forms if f.red_number}
     reds = (await session.execute(
@@ -332,10 +332,11 @@ async def decide_form(*, session: AsyncSession, form_no: str, by: str, confirm: 
 
 # --- reading ----------------------------------------------------------------------------------
 
-async def get_form(*, session: AsyncSession, form_no: str) -> dict[str, Any]:
+async def get_form(*, session: AsyncSession, form_no: str, party_tax_id: str | None = None) -> dict[str, Any]:
+    """The form; NotFound as well when `party_tax_id` (if given) is neither its seller nor its buyer."""
     row = (await session.execute(
         select(_f, FORM_STATUS_NOW.label("status_now")).where(_f.c.form_no == form_no))).first()
-    if row is None:
+    if row is None or (party_tax_id is not None and party_tax_id not in (row.seller_tax_id, row.buyer_tax_id)):
         raise _no_form(form_no)
     return _view(row)
 
