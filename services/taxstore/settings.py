@@ -52,4 +52,5 @@ class TaxstoreSettings(CoreSettings):
                                   description="the bureau decides a held invoice on its own after this long")
     review_denial_rate: float = Field(default=0.1, ge=0, le=1,
                                       description="share of held invoices the bureau denies on its own")
-    decision_seed: int = Field(default=0, description="seed of the 'has used' and denial coins (per invoice)")
+    decision_seed: int = Field(default=0, ge=0, le=2**31 - 1,
+                               description="seed of the 'has used' and denial coins (per invoice)")

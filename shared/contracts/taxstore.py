@@ -60,7 +60,7 @@ class PolicyUpdate(BaseModel):
     review_delay_s: float = Field(default=86_400, ge=0, le=30 * 86400,
                                   description="after this long the bureau decides a held invoice on its own")
     review_denial_rate: float = Field(default=0.1, ge=0, le=1, description="share it then denies")
-    decision_seed: JsonInt = Field(default=0, ge=-(2**62), le=2**62, description="seed of the per-invoice coins")
+    decision_seed: JsonInt = Field(default=0, ge=0, le=2**31 - 1, description="seed of the per-invoice coins")
 
 
 # --- red-letter confirmation forms (红字发票信息确认单) -----------------------------------------
