@@ -6,8 +6,8 @@ In memory and per process, like the faults; mirrored to Prometheus for dashboard
 Every submitted item of a write that got past the outage and error faults ends in exactly one of
 stored, duplicates, repaired, conflicts, rejected, dropped or timeouts_not_applied, so those add up
 to `submissions`. `corrupted` is a subset of `stored`; `timeouts_applied` items are also counted in
-the outcome they had. Form writes are not submissions: a timed-out one counts in `timeouts` only, and its
-red invoice (if the write happened) in `red_issued` or `red_dropped`.
+the outcome they had. Form writes are not submissions: a timed-out one counts in `timeouts`, and when it
+was applied anyway, also in what it did (`forms_created`, `red_issued`, ...).
 """
 
 from __future__ import annotations
