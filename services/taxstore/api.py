@@ -9,22 +9,35 @@ Requests that FastAPI itself refuses before a handler runs (unparseable JSON, a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.taxstore import service
-from services.taxstore.faults import RequestPlan
+from services.taxstore import redletter, review, service, verification
+from services.taxstore.faults import ItemFaults, RequestPlan
+from services.taxstore.policy import Policy
 from services.taxstore.schemas import BatchRequest, LoseRequest, SellerPut
 from services.taxstore.service import Incoming, ItemResult
 from services.taxstore.settings import TaxstoreSettings
-from shared.contracts.taxstore import FaultsUpdate
+from shared.contracts.taxstore import (
+    FaultsUpdate,
+    FormCreate,
+    FormDecision,
+    FormStatus,
+    PolicyUpdate,
+    ReviewDecision,
+    ReviewStatus,
+    VerifyRequest,
+)
 from shared.db import transaction
-from shared.errors import PayloadTooLarge
+from shared.errors import FapiaoError, PayloadTooLarge
 from shared.http import problem, require_admin
 from shared.uscc import USCC_PATTERN
 from shared.validators import IsoDate
@@ -105,7 +118,8 @@ async def _store(request: Request, plan: RequestPlan, items: list[Incoming]) -> 
     async with transaction(st.sessions) as session:
         results = await service.submit_invoices(session=session, items=items,
                                                 visibility_delay_ms=plan.visibility_delay_ms,
-                                                require_registration=settings.require_registration)
+                                                require_registration=settings.require_registration,
+                                                policy=st.policy)
     for r in results:
         st.stats.add(r.outcome)
         if r.corrupted:
@@ -202,6 +216,150 @@ async def list_invoices(request: Request, q: Annotated[_ListQuery, Query()]) -> 
     return Response(orjson.dumps(page), media_type="application/json")
 
 
+# --- red-letter forms ------------------------------------------------------------------------
+
+FormNo = Annotated[str, Path(pattern=r"^HZ[0-9]{18}$")]
+_FORM_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such invoice or form, or the caller is no party to it"},
+    409: {"description": "request_conflict, own_form, form_confirmed, form_rejected, form_voided, "
+                         "invoice_under_review or invoice_voided"},
+    422: {"description": "Invalid request, or more than is left of the blue invoice (with the field's path)"},
+    500: {"description": "Injected error"}, 503: {"description": "Injected outage"},
+    504: {"description": "Injected timeout: the write may or may not have happened; retrying is safe"}}
+
+
+async def _write(request: Request, action: Callable[[ItemFaults, int], Awaitable[redletter.FormOutcome]]
+                 ) -> redletter.FormOutcome | Response:
+    """A form write under the faults: one item's coins are drawn (a red invoice it issues may be dropped or
+    corrupted); on a timeout the write happens or not by the item's coin, and the client hears 504 either way."""
+    plan, refused = await _faulted(request, items=1)
+    if refused is not None:
+        return refused
+    [item] = plan.items
+    if plan.timeout:
+        if item.applied_on_timeout:
+            with contextlib.suppress(FapiaoError):  # the client hears the timeout, not the refusal
+                _count_form(request, await action(item, plan.visibility_delay_ms))
+        return await _timed_out(request, plan)
+    outcome = await action(item, plan.visibility_delay_ms)
+    _count_form(request, outcome)
+    return outcome
+
+
+def _count_form(request: Request, outcome: redletter.FormOutcome) -> None:
+    stats = _state(request).stats
+    if outcome.status == 201:
+        stats.add("forms_created")
+    elif not outcome.changed:
+        stats.add("forms_answered_again")
+    elif outcome.form["status"] in ("confirmed", "rejected"):
+        stats.add(f"forms_{outcome.form['status']}")
+    if outcome.red is not None:
+        stats.add(f"red_{outcome.red}")
+    if outcome.corrupted:
+        stats.add("red_corrupted")
+
+
+def _form_answer(outcome: redletter.FormOutcome | Response) -> Response:
+    if isinstance(outcome, Response):
+        return outcome
+    return JSONResponse(outcome.form, status_code=outcome.status)
+
+
+@router.post("/red-letter-forms", status_code=201, tags=["red letters"], responses={
+    200: {"description": "The form an earlier request with this request_id made"}, **_FORM_ERRORS})
+async def create_form(request: Request, body: FormCreate) -> Response:
+    """Ask for a red-letter confirmation form (红字发票信息确认单) on a blue invoice, as its seller or buyer. When no
+    confirmation is needed, the red invoice is issued at once (`status` confirmed, `red_invoice` set)."""
+    st = _state(request)
+
+    async def action(item: ItemFaults, delay_ms: int) -> redletter.FormOutcome:
+        async with transaction(st.sessions) as session:
+            return await redletter.create_form(session=session, body=body, policy=st.policy, faults=item,
+                                               visibility_delay_ms=delay_ms)
+
+    return _form_answer(await _write(request, action))
+
+
+async def _decide(request: Request, form_no: str, body: FormDecision, *, confirm: bool) -> Response:
+    st = _state(request)
+
+    async def action(item: ItemFaults, delay_ms: int) -> redletter.FormOutcome:
+        async with transaction(st.sessions) as session:
+            return await redletter.decide_form(session=session, form_no=form_no, by=body.by, confirm=confirm,
+                                               note=body.note, faults=item, visibility_delay_ms=delay_ms)
+
+    return _form_answer(await _write(request, action))
+
+
+@router.post("/red-letter-forms/{form_no}/confirm", tags=["red letters"], responses=_FORM_ERRORS)
+async def confirm_form(request: Request, form_no: FormNo, body: FormDecision) -> Response:
+    """The counterparty confirms a pending form; the red invoice is issued in the same step. Confirming a
+    confirmed form again answers it unchanged."""
+    return await _decide(request, form_no, body, confirm=True)
+
+
+@router.post("/red-letter-forms/{form_no}/reject", tags=["red letters"], responses=_FORM_ERRORS)
+async def reject_form(request: Request, form_no: FormNo, body: FormDecision) -> Response:
+    """The counterparty rejects a pending form; nothing is issued and its amount is free again."""
+    return await _decide(request, form_no, body, confirm=False)
+
+
+@router.get("/red-letter-forms/{form_no}", tags=["red letters"],
+            responses={404: {"description": "No such form, or `party_tax_id` is no party to it"}})
+async def get_form(request: Request, form_no: FormNo,
+                   party_tax_id: Annotated[str, Query(pattern=USCC_PATTERN,
+                                                      description="the seller or buyer asking")]) -> Response:
+    """One form, as its seller or buyer sees it: its status now (a pending form past `expires_at` is voided)
+    and its red invoice."""
+    if (faulted := await _read(request)) is not None:
+        return faulted
+    async with transaction(_state(request).sessions) as session:
+        return JSONResponse(await redletter.get_form(session=session, form_no=form_no, party_tax_id=party_tax_id))
+
+
+class _FormQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    party_tax_id: str = Field(pattern=USCC_PATTERN, description="the seller or buyer whose forms these are")
+    role: Literal["seller", "buyer"] | None = Field(default=None, description="only forms where it is this party")
+    status: FormStatus | None = None
+    awaiting: bool = Field(default=False, description="only pending forms waiting for this party's decision")
+    invoice_number: str | None = Field(default=None, pattern=r"^[0-9]{20}$", description="the blue invoice's")
+    cursor: str | None = Field(default=None, pattern=r"^HZ[0-9]{18}$")
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+@router.get("/red-letter-forms", tags=["red letters"])
+async def list_forms(request: Request, q: Annotated[_FormQuery, Query()]) -> Response:
+    """Forms one party (seller or buyer) is part of, oldest first; follow `next_cursor`."""
+    if (faulted := await _read(request)) is not None:
+        return faulted
+    async with transaction(_state(request).sessions) as session:
+        page = await redletter.list_forms(session=session, party_tax_id=q.party_tax_id, role=q.role, status=q.status,
+                                          awaiting=q.awaiting, blue_number=q.invoice_number, after=q.cursor,
+                                          limit=q.limit)
+    return Response(orjson.dumps(page), media_type="application/json")
+
+
+# --- verification -----------------------------------------------------------------------------
+
+@router.post("/verify", tags=["verification"], responses={
+    500: {"description": "Injected error"}, 503: {"description": "Injected outage"},
+    504: {"description": "Injected timeout"}})
+async def verify_invoice(request: Request, body: VerifyRequest) -> Response:
+    """发票查验: the standing of the invoice with this number, issue date and total (`result`: normal,
+    red_lettered, partly_red_lettered, voided, under_review or not_found; `result_text` in Chinese)."""
+    if (faulted := await _read(request)) is not None:
+        return faulted
+    async with transaction(_state(request).sessions) as session:
+        answer = await verification.verify(session=session, number=body.number, issue_date=body.issue_date,
+                                           total=Decimal(body.total))
+    stats = _state(request).stats
+    stats.add("verifications")
+    stats.add(f"verified_{answer['result']}")
+    return JSONResponse(answer)
+
+
 # --- admin ------------------------------------------------------------------------------------
 
 @admin_router.get("/faults")
@@ -217,6 +375,53 @@ async def put_faults(request: Request, body: FaultsUpdate) -> dict[str, Any]:
     faults = _state(request).faults.update(**changes)
     log.info("faults changed: %s", changes)
     return faults.as_dict()
+
+
+@admin_router.get("/policy")
+async def get_policy(request: Request) -> dict[str, Any]:
+    """The authority's policy in force: red-letter confirmation window, 'has used' rate, cross-region review."""
+    policy: Policy = _state(request).policy
+    return policy.as_dict()
+
+
+@admin_router.put("/policy")
+async def put_policy(request: Request, body: PolicyUpdate) -> dict[str, Any]:
+    """Change any subset of the policy (in memory, this process, until restart); applies to forms made and
+    invoices stored from now on. Answers with all of it."""
+    st = _state(request)
+    changes = body.model_dump(exclude_unset=True)
+    st.policy = st.policy.update(**changes)
+    log.info("policy changed: %s", changes)
+    return st.policy.as_dict()
+
+
+class _ReviewQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: ReviewStatus | None = None
+    seller_tax_id: str | None = Field(default=None, pattern=r"^[0-9A-Za-z]{1,18}$")
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+@admin_router.get("/reviews")
+async def list_reviews(request: Request, q: Annotated[_ReviewQuery, Query()]) -> dict[str, Any]:
+    """Invoices held for cross-region review (ever), with their review status now, the longest held first."""
+    async with transaction(_state(request).sessions) as session:
+        return await review.list_reviews(session=session, status=q.status, seller_tax_id=q.seller_tax_id,
+                                         limit=q.limit)
+
+
+@admin_router.post("/reviews/{seller_tax_id}/{number}", responses={
+    404: {"description": "No such invoice held for review"},
+    409: {"description": "Decided otherwise already (by hand, or by the bureau once the delay passed)"}})
+async def decide_review(request: Request, seller_tax_id: TaxId, number: InvoiceNumber,
+                        body: ReviewDecision) -> dict[str, Any]:
+    """The bureau approves or denies a held invoice (the same decision again answers it unchanged)."""
+    st = _state(request)
+    async with transaction(st.sessions) as session:
+        view = await review.decide_review(session=session, seller_tax_id=seller_tax_id, number=number,
+                                          approve=body.decision == "approve", note=body.note)
+    st.stats.add("reviews_approved" if body.decision == "approve" else "reviews_denied")
+    return view
 
 
 @admin_router.get("/stats")

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from services.taxstore import models
 from services.taxstore.api import admin_router, router
 from services.taxstore.faults import FaultInjector, Faults
+from services.taxstore.policy import Policy
 from services.taxstore.schemas import SubmissionDoc
 from services.taxstore.settings import TaxstoreSettings
 from services.taxstore.stats import Stats
@@ -65,6 +66,7 @@ def create_app(settings: TaxstoreSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.checks = {}
     app.state.faults = FaultInjector(Faults.from_settings(settings))
+    app.state.policy = Policy.from_settings(settings)
     app.state.stats = Stats()
     install_problem_handlers(app)
     app.include_router(audit_router(SERVICE))

@@ -17,7 +17,21 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ARRAY, Text, bindparam, func, literal, literal_column, select, tuple_, update
+from sqlalchemy import (
+    ARRAY,
+    Float,
+    Text,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,14 +39,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.taxstore import models as m
 from services.taxstore import rules
 from services.taxstore.faults import ItemFaults
+from services.taxstore.policy import Policy, review_plan
 from services.taxstore.rules import Reason, Submission
 from shared.content import content_hash
 from shared.errors import Conflict, FapiaoError, FieldError, NotFound, ValidationFailed
 from shared.uscc import uscc_error
 
 __all__ = [
-    "Incoming", "ItemResult", "NumberConflict", "Rejected", "count_invoices", "get_invoice", "get_seller",
-    "list_invoices", "lose_invoices", "register_seller", "submit_invoices",
+    "FORM_LIVE", "LIST_COLUMNS", "REVIEW_NOW", "Incoming", "ItemResult", "NumberConflict", "Rejected", "StateConflict",
+    "count_invoices", "get_invoice", "get_seller", "insert_invoices", "invoice_view", "list_invoices",
+    "lose_invoices", "next_receipts", "red_letter_fields", "register_seller", "state_of", "submit_invoices",
 ]
 
 AUTHORITY_TZ = ZoneInfo("Asia/Shanghai")  # whose calendar dates a receipt number
@@ -46,6 +62,14 @@ class Rejected(FapiaoError):
 
 class NumberConflict(Conflict):
     code = "number_conflict"
+
+
+class StateConflict(Conflict):
+    """The request cannot apply to the invoice or form as it stands now; `code` says why."""
+
+    def __init__(self, detail: str, *, code: str, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(detail, extra=extra)
+        self.code = code
 
 
 # --- submitting -------------------------------------------------------------------------------
@@ -135,12 +159,13 @@ def _names(raw: Any) -> tuple[str | None, str | None]:
 
 
 async def submit_invoices(*, session: AsyncSession, items: Sequence[Incoming], visibility_delay_ms: int,
-                          require_registration: bool) -> list[ItemResult]:
+                          require_registration: bool, policy: Policy | None = None) -> list[ItemResult]:
     """Re-validate and store submissions in bulk, one result per item in input order.
 
     Per item, as if processed one after another: new seller + number → stored (201); the same content
     again → 200 with the original receipt (repairing a corrupted copy); other content → 409. The drop
-    and corrupt decisions in `items[i].faults` apply to items that would be newly stored.
+    and corrupt decisions in `items[i].faults` apply to items that would be newly stored; a new invoice the
+    `policy` holds for cross-region review is stored held.
     A fixed handful of statements per call, however many items.
     """
     results: dict[int, ItemResult] = {}
@@ -158,7 +183,7 @@ async def submit_invoices(*, session: AsyncSession, items: Sequence[Incoming], v
         registered = set((await session.execute(
             select(m.sellers.c.tax_id).where(m.sellers.c.tax_id.in_(wanted)))).scalars())
     reds = [s for _, s in valid if s.red_letter_of]
-    originals, red_rows = await _red_letter_context(session, reds) if reds else ({}, {})
+    originals, red_rows, forms = await _red_letter_context(session, reds) if reds else ({}, {}, {})
 
     # Registry checks in input order: an original or a red letter earlier in the batch counts, when it
     # will really be stored (a dropped one will not).
@@ -171,7 +196,7 @@ async def submit_invoices(*, session: AsyncSession, items: Sequence[Incoming], v
             reasons = [Reason(rules.SELLER_NOT_REGISTERED, "invoice.seller.tax_id",
                               f"seller {s.seller_tax_id} is not registered with the tax authority")]
         elif s.red_letter_of:
-            reasons = _check_red_letter(s, originals, red_rows, pending_blue, pending_red)
+            reasons = _check_red_letter(s, originals, red_rows, pending_blue, pending_red, forms)
         else:
             reasons = []
         if reasons:
@@ -188,9 +213,9 @@ async def submit_invoices(*, session: AsyncSession, items: Sequence[Incoming], v
         else:
             pending_blue.setdefault(s.number, {})[s.seller_tax_id] = _Original("blue", s.total)
 
-    receipts = dict(zip(primaries, await _next_receipts(session, len(primaries)), strict=True)) if primaries else {}
-    inserted = await _insert(session, [(it, s, receipts[s.key]) for it, s in primaries.values() if not it.faults.drop],
-                             visibility_delay_ms)
+    receipts = dict(zip(primaries, await next_receipts(session, len(primaries)), strict=True)) if primaries else {}
+    fresh = [(it, s, receipts[s.key]) for it, s in primaries.values() if not it.faults.drop]
+    inserted = await insert_invoices(session, fresh, visibility_delay_ms, policy)
     missing = [key for key in primaries if key not in inserted]
     existing: dict[tuple[str, str], Any] = {}
     if missing:
@@ -243,10 +268,14 @@ async def submit_invoices(*, session: AsyncSession, items: Sequence[Incoming], v
     return [results[it.index] for it in items]
 
 
+_FormHolds = dict[tuple[str, str], list[tuple[str | None, Decimal]]]
+
+
 async def _red_letter_context(session: AsyncSession, reds: list[Submission]) -> tuple[
-        dict[str, dict[str, _Original]], dict[tuple[str, str], dict[tuple[str, str], Decimal]]]:
-    """The originals the red letters name (seller → kind, total, by number) and the red letters already
-    stored against them (by seller + original number)."""
+        dict[str, dict[str, _Original]], dict[tuple[str, str], dict[tuple[str, str], Decimal]], _FormHolds]:
+    """The originals the red letters name (seller → kind, total, by number), the red letters already
+    stored against them (by seller + original number), and the live red-letter forms on them (each with the
+    number of its red invoice, once issued, and the amount it reverses)."""
     inv = m.invoices
     numbers = sorted({s.red_letter_of for s in reds if s.red_letter_of})
     # Lock the originals first, then read their red letters in a new statement: a concurrent red letter
@@ -263,13 +292,26 @@ async def _red_letter_context(session: AsyncSession, reds: list[Submission]) -> 
         .where(inv.c.red_letter_of.in_(numbers))
     )).all():
         red_rows.setdefault((r.seller_tax_id, r.red_letter_of), {})[(r.seller_tax_id, r.number)] = abs(r.total)
-    return originals, red_rows
+    f = m.red_letter_forms
+    forms: _FormHolds = {}
+    for r in (await session.execute(
+        select(f.c.seller_tax_id, f.c.blue_number, f.c.red_number, f.c.total)
+        .where(f.c.blue_number.in_(numbers), FORM_LIVE)
+    )).all():
+        forms.setdefault((r.seller_tax_id, r.blue_number), []).append((r.red_number, abs(r.total)))
+    return originals, red_rows, forms
+
+
+FORM_LIVE = or_(m.red_letter_forms.c.status == "confirmed",
+                and_(m.red_letter_forms.c.status == "pending", m.red_letter_forms.c.expires_at > func.now()))
+"""A form that holds part of its blue invoice: confirmed (its red invoice issued), or pending within its window."""
 
 
 def _check_red_letter(s: Submission, originals: dict[str, dict[str, _Original]],
                       red_rows: dict[tuple[str, str], dict[tuple[str, str], Decimal]],
                       pending_blue: dict[str, dict[str, _Original]],
-                      pending_red: dict[tuple[str, str], dict[tuple[str, str], Decimal]]) -> list[Reason]:
+                      pending_red: dict[tuple[str, str], dict[tuple[str, str], Decimal]],
+                      forms: _FormHolds) -> list[Reason]:
     number = s.red_letter_of
     assert number is not None
     if number == s.number:
@@ -289,6 +331,11 @@ def _check_red_letter(s: Submission, originals: dict[str, dict[str, _Original]],
     stored = red_rows.get(group, {})
     already = sum((v for k, v in stored.items() if k != s.key), Decimal(0))
     already += sum((v for k, v in pending_red.get(group, {}).items() if k != s.key and k not in stored), Decimal(0))
+    # A form's amount counts once: through its red invoice when that is stored (or is this very submission,
+    # a resync of a red invoice the store lost), through the form otherwise.
+    already += sum((v for red_number, v in forms.get(group, ())
+                    if red_number is None or ((s.seller_tax_id, red_number) not in stored and red_number != s.number)),
+                   Decimal(0))
     if already + abs(s.total) > original.total:
         left = max(original.total - already, Decimal(0))
         return [Reason(rules.RED_LETTER_EXCEEDS_ORIGINAL, "invoice.total",
@@ -297,22 +344,26 @@ def _check_red_letter(s: Submission, originals: dict[str, dict[str, _Original]],
     return []
 
 
-async def _next_receipts(session: AsyncSession, n: int) -> list[str]:
+async def next_receipts(session: AsyncSession, n: int) -> list[str]:
     seqs = (await session.execute(
         select(m.receipt_seq.next_value()).select_from(func.generate_series(1, n)))).scalars().all()
     day = datetime.now(AUTHORITY_TZ).strftime("%Y%m%d")
     return [f"TS{day}{seq:010d}" for seq in seqs]
 
 
-async def _insert(session: AsyncSession, rows: list[tuple[Incoming, Submission, str]],
-                  visibility_delay_ms: int) -> dict[tuple[str, str], Any]:
+async def insert_invoices(session: AsyncSession, rows: list[tuple[Incoming, Submission, str]],
+                  visibility_delay_ms: int, policy: Policy | None = None) -> dict[tuple[str, str], Any]:
     """One INSERT … ON CONFLICT DO NOTHING for the lot; the rows that were new."""
     if not rows:
         return {}
     params = []
     for it, s, receipt_no in rows:
         content = rules.corrupt(s.doc) if it.faults.corrupt else s.doc
+        plan = review_plan(policy, seller_tax_id=s.seller_tax_id, buyer_tax_id=s.buyer_tax_id, number=s.number,
+                           kind=s.kind, total=s.total) if policy is not None else None
         params.append({
+            "review_status": "under_review" if plan else None, "review_auto": plan.auto_outcome if plan else None,
+            "k_review_s": plan.due_in.total_seconds() if plan else None,
             "seller_tax_id": s.seller_tax_id, "number": s.number, "receipt_no": receipt_no, "kind": s.kind,
             "invoice_type": s.invoice_type, "issue_date": s.issue_date, "buyer_tax_id": s.buyer_tax_id,
             "total": Decimal(content["total"]), "content": content,
@@ -323,7 +374,9 @@ async def _insert(session: AsyncSession, rows: list[tuple[Incoming, Submission, 
     inv = m.invoices
     stmt = (
         pg_insert(inv)
-        .values(stored_at=func.now(), visible_at=func.now() + timedelta(milliseconds=visibility_delay_ms))
+        .values(stored_at=func.now(), visible_at=func.now() + timedelta(milliseconds=visibility_delay_ms),
+                # NULL seconds (not held) make a NULL due time.
+                review_due_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("k_review_s", type_=Float)))
         .on_conflict_do_nothing(index_elements=["seller_tax_id", "number"])
         .returning(inv.c.seller_tax_id, inv.c.number, inv.c.receipt_no, inv.c.content_hash, inv.c.stored_at)
     )
@@ -347,14 +400,50 @@ async def _repair(session: AsyncSession, subs: list[Submission]) -> None:
 
 # --- reading ----------------------------------------------------------------------------------
 
-_LIST_COLUMNS = [
+_inv = m.invoices
+_red = m.invoices.alias("red")
+_PAST_DUE = and_(_inv.c.review_status == "under_review", _inv.c.review_due_at <= func.now())
+# The review's word now: the bureau's automatic outcome once the due time of an undecided review has passed.
+REVIEW_NOW = case((_PAST_DUE, _inv.c.review_auto), else_=_inv.c.review_status)
+REVIEWED_AT_NOW = case((_PAST_DUE, _inv.c.review_due_at), else_=_inv.c.reviewed_at)
+# What the visible red invoices against a blue one reverse (its own seller's; a number is unique per seller).
+RED_LETTERED = case((_inv.c.kind == "blue", select(func.coalesce(func.sum(-_red.c.total), 0)).where(
+    _red.c.seller_tax_id == _inv.c.seller_tax_id, _red.c.red_letter_of == _inv.c.number,
+    _red.c.visible_at <= func.now()).correlate(_inv).scalar_subquery()), else_=None)
+
+LIST_COLUMNS = [
     m.invoices.c.receipt_no, m.invoices.c.seller_tax_id, m.invoices.c.number, m.invoices.c.kind,
     m.invoices.c.invoice_type, m.invoices.c.issue_date, m.invoices.c.total, m.invoices.c.content_hash,
-    m.invoices.c.red_letter_of, m.invoices.c.stored_at, m.invoices.c.visible_at,
+    m.invoices.c.red_letter_of, m.invoices.c.stored_at, m.invoices.c.visible_at, m.invoices.c.buyer_tax_id,
+    m.invoices.c.review_due_at, m.invoices.c.review_note, REVIEW_NOW.label("review_now"),
+    REVIEWED_AT_NOW.label("reviewed_at_now"), RED_LETTERED.label("red_lettered"),
 ]
 
 
-def _view(row: Any, *, content: bool) -> dict[str, Any]:
+def state_of(row: Any) -> str:
+    """The invoice's standing at the authority, as verification (查验) words it (shared.contracts VERIFY_RESULTS)."""
+    if row.review_now == "denied":
+        return "voided"
+    if row.review_now == "under_review":
+        return "under_review"
+    if row.kind == "blue" and row.red_lettered:
+        return "red_lettered" if row.red_lettered >= row.total else "partly_red_lettered"
+    return "normal"
+
+
+def red_letter_fields(row: Any) -> dict[str, Any]:
+    if row.kind != "blue":
+        return {"red_letter_state": None, "red_lettered_total": None, "remaining_total": None}
+    done = row.red_lettered or Decimal(0)
+    return {"red_letter_state": "none" if not done else "fully" if done >= row.total else "partly",
+            "red_lettered_total": f"{done:.2f}", "remaining_total": f"{max(row.total - done, Decimal(0)):.2f}"}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def invoice_view(row: Any, *, content: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "receipt_no": row.receipt_no, "seller_tax_id": row.seller_tax_id, "number": row.number, "kind": row.kind,
         "invoice_type": row.invoice_type, "issue_date": row.issue_date.isoformat(), "total": f"{row.total:.2f}",
@@ -363,6 +452,10 @@ def _view(row: Any, *, content: bool) -> dict[str, Any]:
         out["content"] = row.content
     out.update(content_hash=row.content_hash, red_letter_of=row.red_letter_of,
                stored_at=row.stored_at.isoformat(), visible_at=row.visible_at.isoformat())
+    # Added for red letters and review; the fields above are what the sync service and the reconciler read.
+    out.update(state=state_of(row), **red_letter_fields(row), review_status=row.review_now,
+               review_due_at=_iso(row.review_due_at) if row.review_now is not None else None,
+               reviewed_at=_iso(row.reviewed_at_now), review_note=row.review_note)
     return out
 
 
@@ -370,12 +463,12 @@ async def get_invoice(*, session: AsyncSession, seller_tax_id: str, number: str)
     """The invoice as stored, once visible; NotFound before (replication lag) and when never stored."""
     inv = m.invoices
     row = (await session.execute(
-        select(*_LIST_COLUMNS, inv.c.content)
+        select(*LIST_COLUMNS, inv.c.content)
         .where(inv.c.seller_tax_id == seller_tax_id, inv.c.number == number, inv.c.visible_at <= func.now())
     )).first()
     if row is None:
         raise NotFound(f"the tax authority has no invoice {number} of seller {seller_tax_id}")
-    return _view(row, content=True)
+    return invoice_view(row, content=True)
 
 
 _CURSOR = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})\|([0-9A-Za-z]{1,20})", re.ASCII)
@@ -410,13 +503,13 @@ async def list_invoices(*, session: AsyncSession, seller_tax_id: str, issued_fro
         conds.append(inv.c.issue_date <= issued_to)
     if cursor:
         conds.append(tuple_(inv.c.issue_date, inv.c.number) > tuple_(*decode_cursor(cursor)))
-    columns = [*_LIST_COLUMNS, inv.c.content] if include_content else _LIST_COLUMNS
+    columns = [*LIST_COLUMNS, inv.c.content] if include_content else LIST_COLUMNS
     rows = (await session.execute(
         select(*columns).where(*conds).order_by(inv.c.issue_date, inv.c.number).limit(limit + 1)
     )).all()
     page = rows[:limit]
     return {
-        "items": [_view(r, content=include_content) for r in page],
+        "items": [invoice_view(r, content=include_content) for r in page],
         "next_cursor": encode_cursor(page[-1].issue_date, page[-1].number) if len(rows) > limit else None,
     }
 

@@ -3,9 +3,11 @@ from the environment before the first request arrives (they stay changeable at r
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from pydantic import Field
 
-from shared.settings import CoreSettings
+from shared.settings import CoreSettings, Seconds
 
 
 class TaxstoreSettings(CoreSettings):
@@ -35,3 +37,20 @@ class TaxstoreSettings(CoreSettings):
     fault_seed: int | None = Field(default=None, description="seed of the fault generator; unset = not reproducible")
     fault_timeout_hang_ms: int = Field(default=30_000, ge=0, le=600_000,
                                        description="how long a timed-out request hangs before its 504")
+
+    # The authority's policy (policy.py), also changeable at run time via PUT /admin/policy.
+    red_letter_confirm_window: Seconds = Field(
+        default=72 * 3600, gt=0, le=30 * 86400,
+        description="a red-letter form awaiting the counterparty's confirmation is void after this long (72h)")
+    red_letter_used_rate: float = Field(
+        default=0.5, ge=0, le=1,
+        description="share of blue invoices the buyer 'has used' (a seller's form then needs its confirmation)")
+    review_threshold: Decimal | None = Field(
+        default=None, ge=0, max_digits=14, decimal_places=2,
+        description="cross-region invoices with a total above this are held for review; unset = no review")
+    review_delay: Seconds = Field(default=86_400, ge=0, le=30 * 86400,
+                                  description="the bureau decides a held invoice on its own after this long")
+    review_denial_rate: float = Field(default=0.1, ge=0, le=1,
+                                      description="share of held invoices the bureau denies on its own")
+    decision_seed: int = Field(default=0, ge=0, le=2**31 - 1,
+                               description="seed of the 'has used' and denial coins (per invoice)")

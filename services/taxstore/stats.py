@@ -6,7 +6,8 @@ In memory and per process, like the faults; mirrored to Prometheus for dashboard
 Every submitted item of a write that got past the outage and error faults ends in exactly one of
 stored, duplicates, repaired, conflicts, rejected, dropped or timeouts_not_applied, so those add up
 to `submissions`. `corrupted` is a subset of `stored`; `timeouts_applied` items are also counted in
-the outcome they had.
+the outcome they had. Form writes are not submissions: a timed-out one counts in `timeouts`, and when it
+was applied anyway, also in what it did (`forms_created`, `red_issued`, ...).
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ __all__ = ["COUNTERS", "Stats"]
 COUNTERS = (
     "requests", "submissions", "stored", "duplicates", "repaired", "conflicts", "rejected", "dropped",
     "corrupted", "errors", "timeouts", "timeouts_applied", "timeouts_not_applied", "outage_refused", "lost",
+    # Red-letter forms: made, answered again (an idempotent retry), decided; the red invoices they issued.
+    "forms_created", "forms_answered_again", "forms_confirmed", "forms_rejected", "red_issued", "red_dropped",
+    "red_corrupted",
+    # Verification (查验) look-ups, in all and by result; reviews decided through the admin API.
+    "verifications", "verified_normal", "verified_red_lettered", "verified_partly_red_lettered", "verified_voided",
+    "verified_under_review", "verified_not_found", "reviews_approved", "reviews_denied",
 )
 
 _EVENTS = Counter("fapiao_taxstore_events_total", "What the simulated tax store did, by kind", ["kind"])
