@@ -31,10 +31,12 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from shared.settings import DatabaseTls
+
 __all__ = [
     "NAMING_CONVENTION", "WORKER_POOL_TIMEOUT", "DatabaseTrouble", "database_unavailable", "engine_for",
     "make_engine", "make_metadata", "mark_processed", "outbox_table", "ping", "processed_events_table",
-    "session_factory", "transaction",
+    "session_factory", "tls_connect_args", "transaction",
 ]
 
 NAMING_CONVENTION = {
@@ -58,7 +60,7 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int | None = Non
                 statement_timeout_ms: int = 30_000, application_name: str = "fapiao") -> AsyncEngine:
     """An engine whose pool holds at most `pool_size + max_overflow` connections (overflow defaults to
     `pool_size`); a checkout waits at most `pool_timeout` seconds, then raises sqlalchemy's TimeoutError
-    (which the HTTP layer answers with 503)."""
+    (which the HTTP layer answers with 503). TLS comes from FAPIAO_DATABASE_SSL* (shared.settings.DatabaseTls)."""
     return create_async_engine(
         url,
         pool_size=pool_size,
@@ -73,8 +75,15 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int | None = Non
                 "application_name": application_name,
                 "timezone": "UTC",
             },
+            **tls_connect_args(),
         },
     )
+
+
+def tls_connect_args() -> dict[str, Any]:
+    """asyncpg's `ssl` argument from FAPIAO_DATABASE_SSL*, for every engine that is not make_engine's."""
+    ssl_arg = DatabaseTls().ssl_context()
+    return {} if ssl_arg is None else {"ssl": ssl_arg}
 
 
 def engine_for(settings: Any, *, service: str, worker: bool = False) -> AsyncEngine:

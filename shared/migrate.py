@@ -12,6 +12,8 @@ from sqlalchemy import MetaData, pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from shared.db import tls_connect_args
+
 __all__ = ["alembic_config", "run_env", "upgrade", "upgrade_async"]
 
 
@@ -55,7 +57,7 @@ def run_env(target_metadata: MetaData) -> None:
     assert url, "migrations need sqlalchemy.url"
 
     async def main() -> None:
-        engine = create_async_engine(url, poolclass=pool.NullPool)
+        engine = create_async_engine(url, poolclass=pool.NullPool, connect_args=tls_connect_args())
         try:
             async with engine.connect() as conn:
                 await conn.run_sync(_do_run, target_metadata, schema)
