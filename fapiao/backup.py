@@ -189,6 +189,15 @@ def restore_backup(*, database_url: str, path: Path, now: datetime | None = None
         cmd = [pg_tool("pg_restore"), "--clean", "--if-exists", "--single-transaction", "--exit-on-error",
                "--no-owner", "--no-privileges", f"--dbname={uri}", str(dump)]
         _run(cmd, env, "pg_restore")
+        # pg_restore (--no-owner) recreated the schemas as the restoring user: each service's role owns its own
+        # again, where the services have roles (fapiao.infra.roles; nothing to do in single-URL mode).
+        from fapiao.infra.roles import RolesRefused, hand_over
+
+        try:
+            hand_over(database_url)
+        except RolesRefused as exc:
+            raise BackupError(f"restored, but the schemas could not be given back to the services' roles: {exc}") \
+                from None
     restored_at = now or datetime.now(UTC)
     try:
         windows = asyncio.run(_after_restore(database_url, manifest, path, restored_at))

@@ -38,7 +38,10 @@ async def upgrade_async(*, migrations_dir: Path, database_url: str, schema: str)
 def _do_run(connection: Connection, target_metadata: MetaData, schema: str) -> None:
     # Two replicas starting together must not both migrate: serialise on an advisory lock.
     connection.execute(text("select pg_advisory_lock(:k)"), {"k": zlib.crc32(f"migrate:{schema}".encode())})
-    connection.execute(text(f'create schema if not exists "{schema}"'))
+    # Checked first: a service's own role owns its schema (fapiao.infra.roles) but may not create schemas, and
+    # CREATE SCHEMA IF NOT EXISTS asks for that right even when the schema is there.
+    if connection.execute(text("select 1 from pg_namespace where nspname = :s"), {"s": schema}).first() is None:
+        connection.execute(text(f'create schema "{schema}"'))
     connection.commit()
     context.configure(
         connection=connection, target_metadata=target_metadata, version_table_schema=schema,
