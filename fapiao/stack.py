@@ -60,6 +60,7 @@ from fapiao.infra.kafka import (
 )
 from fapiao.infra.postgres import PostgresServer
 from fapiao.infra.procs import ServiceProcess, http_ready, pid_alive, port_is_open, spawn, stop_group
+from fapiao.infra.roles import SCHEMAS, RolesRefused, provision, role_for
 
 app = typer.Typer(add_completion=False, help="Run the Fapiao Sync stack locally (no Docker).")
 
@@ -332,6 +333,7 @@ def up() -> None:
             database_url = pg.url()
             _save(state)
         state.update(kafka_bootstrap=kafka_bootstrap, database_url=database_url)
+        database_urls = _service_roles(database_url)
         smtp_port = _port("FAPIAO_SMTP_PORT", 1025)
         if not os.environ.get("FAPIAO_SMTP_HOST"):  # no mail server of your own: a local sink keeps the mail
             if port_is_open(smtp_port):
@@ -378,7 +380,8 @@ def up() -> None:
             started = []
             for name, p in zip(names, ports, strict=True):
                 typer.echo(f"• {name}: starting on http://127.0.0.1:{p}…")
-                svc = ServiceProcess.service(name, module=spec.module, port=p, env=env, log_dir=d / "logs")
+                svc = ServiceProcess.service(name, module=spec.module, port=p, log_dir=d / "logs",
+                                             env={**env, "FAPIAO_DATABASE_URL": database_urls[spec.name]})
                 svc.spawn()
                 processes[name] = {**svc.record(), "module": spec.module, "restarts": 0}
                 started.append(svc)
@@ -505,6 +508,33 @@ def status() -> None:
         raise typer.Exit(1)
 
 
+def _service_roles(admin_url: str) -> dict[str, str]:
+    """Each service's database URL: its own role, owning only its schema (fapiao.infra.roles), made with a fresh
+    password at every `up`. Where the URL's user may not create roles (a managed database's plain user), or with
+    FAPIAO_DB_ROLES=off, every service connects with the URL as given (one role: docs/security.md)."""
+    if os.environ.get("FAPIAO_DB_ROLES", "on").lower() in ("off", "0", "false"):
+        typer.echo("• PostgreSQL: FAPIAO_DB_ROLES=off: every service connects as the URL's user")
+        urls = dict.fromkeys(SCHEMAS, admin_url)
+    else:
+        try:
+            urls = provision(admin_url, tuple(SCHEMAS), password=secrets.token_urlsafe(24))
+            typer.echo(f"• PostgreSQL: one role per service, owning its schema only "
+                       f"({', '.join(role_for(s) for s in SCHEMAS)})")
+        except RolesRefused as exc:
+            typer.echo(f"• PostgreSQL: could not create the services' roles ({exc}); every service connects as "
+                       "the URL's user (see docs/security.md, Least privilege)")
+            urls = dict.fromkeys(SCHEMAS, admin_url)
+    path = state_dir() / "service-db.json"
+    path.write_text(json.dumps(urls))
+    path.chmod(0o600)
+    return urls
+
+
+def _service_database_urls() -> dict[str, str]:
+    path = state_dir() / "service-db.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _save_env(env: dict[str, str]) -> None:
     path = state_dir() / "service-env.json"
     path.write_text(json.dumps(env))
@@ -555,6 +585,9 @@ def _respawn(state: dict, name: str) -> tuple[str, object]:
         _save(state)
         return f"127.0.0.1:{rec['ports'][0]}", svc
     env = json.loads((state_dir() / "service-env.json").read_text())
+    own = _service_database_urls().get(rec["module"].split(".")[1])
+    if own:  # the service's own role (fapiao.infra.roles)
+        env["FAPIAO_DATABASE_URL"] = own
     svc = ServiceProcess.service(name, module=rec["module"], port=rec["ports"][0], env=env,
                                  log_dir=state_dir() / "logs")
     svc.spawn()

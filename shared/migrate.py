@@ -12,6 +12,8 @@ from sqlalchemy import MetaData, pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from shared.db import tls_connect_args
+
 __all__ = ["alembic_config", "run_env", "upgrade", "upgrade_async"]
 
 
@@ -36,7 +38,10 @@ async def upgrade_async(*, migrations_dir: Path, database_url: str, schema: str)
 def _do_run(connection: Connection, target_metadata: MetaData, schema: str) -> None:
     # Two replicas starting together must not both migrate: serialise on an advisory lock.
     connection.execute(text("select pg_advisory_lock(:k)"), {"k": zlib.crc32(f"migrate:{schema}".encode())})
-    connection.execute(text(f'create schema if not exists "{schema}"'))
+    # Checked first: a service's own role owns its schema (fapiao.infra.roles) but may not create schemas, and
+    # CREATE SCHEMA IF NOT EXISTS asks for that right even when the schema is there.
+    if connection.execute(text("select 1 from pg_namespace where nspname = :s"), {"s": schema}).first() is None:
+        connection.execute(text(f'create schema "{schema}"'))
     connection.commit()
     context.configure(
         connection=connection, target_metadata=target_metadata, version_table_schema=schema,
@@ -55,7 +60,10 @@ def run_env(target_metadata: MetaData) -> None:
     assert url, "migrations need sqlalchemy.url"
 
     async def main() -> None:
-        engine = create_async_engine(url, poolclass=pool.NullPool)
+        # The issuer's row-level security marker (services/issuer/row_security.py): a data migration changes every
+        # tenant's rows. Other schemas have no policy to read it.
+        engine = create_async_engine(url, poolclass=pool.NullPool, connect_args={
+            **tls_connect_args(), "server_settings": {"fapiao.tenant_id": "*"}})
         try:
             async with engine.connect() as conn:
                 await conn.run_sync(_do_run, target_metadata, schema)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import ssl
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["PLACEHOLDER_SECRETS", "CoreSettings", "KafkaSecurity", "Seconds", "SharedSettings", "format_duration",
-           "normalise_database_url", "parse_duration"]
+__all__ = ["PLACEHOLDER_SECRETS", "CoreSettings", "DatabaseTls", "KafkaSecurity", "Seconds", "SharedSettings",
+           "format_duration", "normalise_database_url", "parse_duration"]
 
 PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "admin", "dev-admin-token", "password"})
 
@@ -77,6 +79,13 @@ class CoreSettings(BaseSettings):
         v = normalise_database_url(v.strip())
         if not v.startswith("postgresql+asyncpg://"):
             raise ValueError("must be a PostgreSQL URL (postgresql://user:pass@host:port/db)")
+        query = v.partition("?")[2]
+        in_url = sorted({p.partition("=")[0] for p in query.split("&") if p} & _TLS_QUERY)
+        if in_url:
+            # asyncpg (through SQLAlchemy) would refuse libpq's names at the first connection, pg_dump would
+            # read them: one place for TLS, the FAPIAO_DATABASE_SSL* settings, keeps every client the same.
+            raise ValueError(f"carries {', '.join(in_url)}: set TLS with FAPIAO_DATABASE_SSLMODE, "
+                             "FAPIAO_DATABASE_SSLROOTCERT, FAPIAO_DATABASE_SSLCERT and FAPIAO_DATABASE_SSLKEY instead")
         return v
 
     @field_validator("operator_tokens")
@@ -86,6 +95,18 @@ class CoreSettings(BaseSettings):
 
         parse_operator_tokens(v)  # ValueError names the entry at fault
         return v
+
+    @model_validator(mode="after")
+    def _database_tls_is_valid(self) -> CoreSettings:
+        # Read again whenever an engine is built (shared.db.make_engine); checked here so that a wrong mode or a
+        # missing certificate stops the service at start, not at its first connection.
+        try:
+            DatabaseTls().ssl_context()
+        except ValidationError as exc:
+            raise ValueError(f"PostgreSQL TLS settings: {exc}") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"PostgreSQL TLS settings: cannot load a certificate or key: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _no_placeholder_secrets(self) -> CoreSettings:
@@ -166,3 +187,74 @@ class KafkaSecurity(BaseSettings):
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("FAPIAO_KAFKA_SSL_CERTFILE and FAPIAO_KAFKA_SSL_KEYFILE go together")
         return self
+
+
+SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
+_TLS_QUERY = {"ssl", "sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl", "sslpassword"}
+
+
+class DatabaseTls(BaseSettings):
+    """TLS to PostgreSQL: FAPIAO_DATABASE_SSLMODE and the certificate paths, with libpq's names and meanings.
+    Every engine the services build gets them (shared.db.make_engine), and so do pg_dump and psql in the backup
+    tool (`libpq_env`). Unset, nothing is added: the driver's default, `prefer`, applies."""
+
+    model_config = SettingsConfigDict(env_prefix="FAPIAO_DATABASE_", extra="ignore", frozen=True)
+
+    sslmode: SslMode | None = Field(default=None, description=(
+        "disable | prefer | require (encrypted, server not checked) | verify-ca (and the server's certificate "
+        "chains to SSLROOTCERT) | verify-full (and it names the host in the URL)"))
+    sslrootcert: str | None = Field(default=None, description=(
+        "CA bundle (PEM) the server's certificate must chain to, or 'system' for the system's trusted CAs; "
+        "required by verify-ca and verify-full"))
+    sslcert: str | None = Field(default=None, description="client certificate (PEM), for certificate authentication")
+    sslkey: str | None = Field(default=None, description="the client certificate's private key (PEM, unencrypted)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatabaseTls:
+        mode = self.sslmode
+        if mode in ("verify-ca", "verify-full") and not self.sslrootcert:
+            raise ValueError(f"FAPIAO_DATABASE_SSLMODE={mode} needs FAPIAO_DATABASE_SSLROOTCERT: the CA (PEM) that "
+                             "signed the server's certificate, or 'system' for the system's trusted CAs")
+        if self.sslrootcert and mode not in ("verify-ca", "verify-full"):
+            raise ValueError(f"FAPIAO_DATABASE_SSLROOTCERT is set but FAPIAO_DATABASE_SSLMODE is {mode or 'unset'}, "
+                             "which does not check the server's certificate: choose verify-full (or verify-ca)")
+        client = [n for n in ("sslcert", "sslkey") if getattr(self, n)]
+        if client and mode not in ("require", "verify-ca", "verify-full"):
+            raise ValueError(f"FAPIAO_DATABASE_{client[0].upper()} is set but FAPIAO_DATABASE_SSLMODE is "
+                             f"{mode or 'unset'}: a client certificate needs require, verify-ca or verify-full")
+        if len(client) == 1:
+            raise ValueError("FAPIAO_DATABASE_SSLCERT and FAPIAO_DATABASE_SSLKEY go together")
+        for name in ("sslrootcert", "sslcert", "sslkey"):
+            path = getattr(self, name)
+            if path and not (name == "sslrootcert" and path == "system") and not Path(path).is_file():
+                raise ValueError(f"FAPIAO_DATABASE_{name.upper()}={path}: no such file")
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext | bool | str | None:
+        """What asyncpg's `ssl` argument gets: None (not configured), False (disable), 'prefer' (TLS if the
+        server offers it, unverified), or a context that insists on TLS and checks what the mode says."""
+        if self.sslmode is None:
+            return None
+        if self.sslmode == "disable":
+            return False
+        if self.sslmode == "prefer":
+            return "prefer"
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.check_hostname = self.sslmode == "verify-full"
+        if self.sslmode == "require":
+            ctx.verify_mode = ssl.CERT_NONE
+        else:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            if self.sslrootcert == "system":
+                ctx.load_default_certs()
+            else:
+                ctx.load_verify_locations(cafile=self.sslrootcert)
+        if self.sslcert:
+            ctx.load_cert_chain(self.sslcert, keyfile=self.sslkey)
+        return ctx
+
+    def libpq_env(self) -> dict[str, str]:
+        """The same settings for libpq's tools (pg_dump, psql), as their environment variables."""
+        names = {"sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY"}
+        return {env: str(getattr(self, field)) for field, env in names.items() if getattr(self, field)}

@@ -446,6 +446,8 @@ def test_python_service_waits_for_healthy_infrastructure(name: str) -> None:
         condition = (spec or {}).get("condition")
         if dep in (db_host, *kafka_hosts):  # infrastructure: nothing works without it
             assert condition == "service_healthy", f"{name}: wait for healthy {dep}"
+        elif dep == "db-roles":  # a one-shot: its role must exist before it connects
+            assert condition == "service_completed_successfully", f"{name}: wait for db-roles to finish"
         else:  # another service this one calls: it may only need it started (and answers 503 meanwhile)
             assert condition in ("service_healthy", "service_started"), f"{name}: {dep} needs a condition"
         if condition == "service_healthy":
@@ -477,9 +479,11 @@ def test_python_service_addresses_match_the_infrastructure(name: str) -> None:
 
     dsn = urlsplit(env["FAPIAO_DATABASE_URL"])
     pg_env = environment(services()[dsn.hostname or ""])
-    assert dsn.username == pg_env.get("POSTGRES_USER", "postgres")
-    assert dsn.password == pg_env.get("POSTGRES_PASSWORD")
-    assert dsn.path.lstrip("/") == pg_env.get("POSTGRES_DB", dsn.username)
+    roles_env = environment(services()["db-roles"])
+    # Its own role, which the db-roles container makes (fapiao/infra/roles.py) with the password it is given.
+    assert dsn.username == f"fapiao_{PYTHON_SERVICES[name]}", f"{name}: connects as {dsn.username}"
+    assert dsn.password == interpolate(str(roles_env["FAPIAO_DB_ROLE_PASSWORD"]))
+    assert dsn.path.lstrip("/") == pg_env.get("POSTGRES_DB", pg_env.get("POSTGRES_USER"))
     assert (dsn.port or 5432) == 5432
 
     for address in env["FAPIAO_KAFKA_BOOTSTRAP"].split(","):
@@ -490,11 +494,29 @@ def test_python_service_addresses_match_the_infrastructure(name: str) -> None:
         assert (host, port) in endpoints, f"{name}: {address} is not advertised ({advertised})"
 
 
+def test_the_services_roles_are_made_before_any_service_starts() -> None:
+    """db-roles runs fapiao.infra.roles as the superuser once PostgreSQL is healthy; every Python service waits
+    for it to finish."""
+    roles = services()["db-roles"]
+    assert parse_command(roles["command"]) == ["python", "-m", "fapiao.infra.roles"]
+    env = {key: interpolate(str(value)) for key, value in environment(roles).items()}
+    admin, pg_env = urlsplit(env["FAPIAO_DATABASE_URL"]), environment(services()["postgres"])
+    assert (admin.hostname, admin.username, admin.password) == (
+        "postgres", pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"])
+    assert env["FAPIAO_DB_ROLE_PASSWORD"]
+    assert roles["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert roles.get("restart") == "no", "a one-shot"
+    for name in PYTHON_SERVICES:
+        depends = services()[name].get("depends_on") or {}
+        assert (depends.get("db-roles") or {}).get("condition") == "service_completed_successfully", name
+
+
 def test_python_services_share_infrastructure_and_admin_token() -> None:
     """As compose resolves them without a drills env file (drills/compose.env reroutes some through Toxiproxy)."""
     shared = required_env(SharedSettings)
-    values = {
-        name: {key: interpolate(str(environment(services()[name]).get(key))) for key in shared}
+    values = {  # the same server and database; the user is each service's own (test above)
+        name: {key: re.sub(r"//[^@]*@", "//@", interpolate(str(environment(services()[name]).get(key))))
+               for key in shared}
         for name in PYTHON_SERVICES
     }
     assert len({json.dumps(v, sort_keys=True) for v in values.values()}) == 1, values

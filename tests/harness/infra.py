@@ -106,3 +106,25 @@ async def fresh_database(infra: Infra, name: str) -> str:
     finally:
         await engine.dispose()
     return make_url(infra.database_url).set(database=name).render_as_string(hide_password=False)
+
+
+ROLE_PASSWORD = "fapiao-test-role"  # noqa: S105 - the suite's own server (or FAPIAO_TEST_DATABASE_URL's), roles of its own
+_provisioned: set[tuple[str, str, str]] = set()
+
+
+def as_service(infra: Infra, database_url: str, service: str) -> str:
+    """`database_url` as the service's own role (fapiao.infra.roles: it owns only its schema), as `make up` runs
+    it: provisioned on that database on first use. A URL of another user (a test's own) is left as it is."""
+    from sqlalchemy.engine import make_url
+
+    from fapiao.infra.roles import SCHEMAS, provision, role_url
+
+    url, admin = make_url(database_url), make_url(infra.database_url)
+    if service not in SCHEMAS or url.username != admin.username:
+        return database_url
+    key = (f"{admin.host}:{admin.port}", str(url.database), service)
+    if key not in _provisioned:
+        provision(admin.set(database=url.database).render_as_string(hide_password=False), [service],
+                  password=ROLE_PASSWORD)
+        _provisioned.add(key)
+    return role_url(database_url, service, ROLE_PASSWORD)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from fapiao.infra import ServiceProcess, free_port, port_is_open
 from fapiao.infra.procs import pid_alive
@@ -169,6 +170,11 @@ def test_stack_up_is_idempotent_and_down_leaves_nothing(stack_home):
         assert f"http://127.0.0.1:{ports['FAPIAO_SYNC_PORT']}" in up.stdout
         assert f"http://127.0.0.1:{ports['FAPIAO_RECONCILER_PORT']}" in up.stdout
         assert f"http://127.0.0.1:{ports['FAPIAO_NOTIFIER_PORT']}" in up.stdout
+        # Each service connected as its own role (fapiao.infra.roles), and that pipeline ran on them.
+        assert "one role per service" in up.stdout
+        roles = {s: make_url(u).username for s, u in
+                 json.loads((stack_home / "run" / "service-db.json").read_text()).items()}
+        assert roles == {s: f"fapiao_{s}" for s in ("issuer", "taxstore", "sync", "reconciler", "notifier")}
         # The operators' dashboard, and the figures behind it for the stack's own admin token.
         assert f"{url}/ops" in up.stdout and httpx.get(f"{url}/ops", timeout=5).status_code == 200
         admin = {"Authorization": f"Bearer {(stack_home / 'run' / 'admin-token').read_text().strip()}"}
