@@ -105,8 +105,9 @@ def _psql(admin_url: str, sql: str) -> None:
         uri, env = _libpq(admin_url)
     except BackupError as exc:
         raise RolesRefused(str(exc)) from None
-    done = subprocess.run([psql, uri, "-v", "ON_ERROR_STOP=1", "-qAt", "-f", "-"], input=sql, env=env,
-                          capture_output=True, text=True, timeout=60)
+    # A schema in use (a transaction holding its rows) cannot change owner: say so after 30 s, never hang.
+    done = subprocess.run([psql, uri, "-v", "ON_ERROR_STOP=1", "-qAt", "-f", "-"], input="SET lock_timeout = '30s';\n"
+                          + sql, env=env, capture_output=True, text=True, timeout=90)
     if done.returncode != 0:
         out = (done.stderr or done.stdout).strip().splitlines()
         raise RolesRefused(out[-1][:300] if out else f"psql exited {done.returncode}")
