@@ -68,6 +68,11 @@ OLDEST_WAITING = Gauge("fapiao_pipeline_oldest_waiting_seconds",
 PAGE = Path(__file__).parents[1] / "static" / "ops.html"
 _SAMPLES_LOCK = zlib.crc32(b"issuer.ops_samples")
 
+# The gauges above belong to the process. A service process runs one sampler; a process that runs several issuers
+# (the test suite's, each on topics of its own) lets the most recently started one set them, so one issuer's
+# reading never overwrites another's between two scrapes.
+_RUNNING: list[OpsSampler] = []
+
 
 def consumer_groups(prefix: str) -> dict[str, tuple[str, list[str]]]:
     """name shown (the owning service) -> (consumer group, its topics), for every consumer in the system."""
@@ -90,11 +95,17 @@ class OpsSampler:
         self._abandoned: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
+        _RUNNING.append(self)
         try:
             await run_rounds("ops-sample", self.sample, stopping=self.stopping,
                              idle=lambda: self.settings.ops_sample_interval)
         finally:
+            _RUNNING.remove(self)
             await self.offsets.close()
+
+    @property
+    def sets_the_gauges(self) -> bool:
+        return not _RUNNING or _RUNNING[-1] is self
 
     def stop(self) -> None:
         self.stopping.set()
@@ -135,18 +146,14 @@ class OpsSampler:
         except (httpx.HTTPError, ValueError) as exc:
             return None, f"{type(exc).__name__}"
 
-    async def sample(self) -> bool:
-        """One reading: lag, dead letters, reconciler figures, counts; appended to the series."""
-        (lags, dlq, kafka_error), (recon, recon_error) = await asyncio.gather(self._kafka(), self._reconciler())
-        async with transaction(self.sessions) as session:
-            figures = await ops_figures(session=session, tenant_id=None, stuck_limit=0, with_tenants=False)
-            queue = await waiting(session=session)
+    def _set_gauges(self, queue: Any, counts: dict[str, int], dlq: dict[str, DeadLetterCount] | None,
+                    lags: dict[str, int | None] | None) -> None:
         for stage in queue.stages:
             WAITING.labels(stage.stage).set(stage.count)
             OLDEST_WAITING.labels(stage.stage).set(stage.oldest_seconds or 0)
         # Whole snapshots: a status that dropped to no invoices, or a lag that cannot be read, must not linger.
         INVOICES.clear()
-        for status, n in figures.counts.items():
+        for status, n in counts.items():
             INVOICES.labels(status).set(n)
         if dlq is not None:
             DLQ_RECORDS.clear()
@@ -157,9 +164,18 @@ class OpsSampler:
                 for group, n in count.groups.items():
                     DLQ_GROUP_RECORDS.labels(label, group).set(n)
         GROUP_LAG.clear()
-        for name, n in (lags or {}).items():
-            if n is not None:
-                GROUP_LAG.labels(self.groups[name][0]).set(n)
+        for name, lag in (lags or {}).items():
+            if lag is not None:
+                GROUP_LAG.labels(self.groups[name][0]).set(lag)
+
+    async def sample(self) -> bool:
+        """One reading: lag, dead letters, reconciler figures, counts; appended to the series."""
+        (lags, dlq, kafka_error), (recon, recon_error) = await asyncio.gather(self._kafka(), self._reconciler())
+        async with transaction(self.sessions) as session:
+            figures = await ops_figures(session=session, tenant_id=None, stuck_limit=0, with_tenants=False)
+            queue = await waiting(session=session)
+        if self.sets_the_gauges:
+            self._set_gauges(queue, figures.counts, dlq, lags)
         latency = (recon or {}).get("confirmation_latency") or {}
         point = {
             "t": round(time.time(), 3), "lag": lags, "counts": figures.counts,
