@@ -387,7 +387,11 @@ def health_router(*names: str) -> APIRouter:
     @router.get("/metrics", response_class=PlainTextResponse, responses={200: {
         "description": "Prometheus text exposition format",
         "content": {"text/plain": {"schema": {"type": "string"}}}}})
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        # An app may bring its own readings up to date first (the issuer's sampler: several issuers in one
+        # process share the gauges, and each /metrics shows its own app's last reading).
+        for publish in getattr(request.app.state, "before_metrics", ()):
+            publish()
         return Response(render(), media_type=CONTENT_TYPE_LATEST)
 
     return router

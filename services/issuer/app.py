@@ -83,6 +83,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
             sampler = OpsSampler(settings=settings, sessions=rt.worker_sessions,
                                  reconciler_http=app.state.reconciler_http)
             app.state.ops_sampler = sampler
+            app.state.before_metrics = [sampler.publish]
             app.state.ledger = LedgerClient(app.state.reconciler_http, timeout=settings.reconciler_timeout)
             app.state.schedule = LedgerClient(app.state.reconciler_http, timeout=settings.schedule_timeout)
             self_check = SelfCheck(sessions=rt.worker_sessions, ledger=app.state.ledger,

@@ -93,6 +93,8 @@ class OpsSampler:
         self.latest: dict[str, Any] = {}
         self.stopping = asyncio.Event()
         self._abandoned: asyncio.Future[None] | None = None
+        self._last: tuple[Any, dict[str, int], dict[str, DeadLetterCount] | None, dict[str, int | None] | None] \
+            | None = None
 
     async def run(self) -> None:
         _RUNNING.append(self)
@@ -146,6 +148,11 @@ class OpsSampler:
         except (httpx.HTTPError, ValueError) as exc:
             return None, f"{type(exc).__name__}"
 
+    def publish(self) -> None:
+        """The gauges from this sampler's last reading (the issuer's /metrics calls it before rendering)."""
+        if self._last is not None:
+            self._set_gauges(*self._last)
+
     def _set_gauges(self, queue: Any, counts: dict[str, int], dlq: dict[str, DeadLetterCount] | None,
                     lags: dict[str, int | None] | None) -> None:
         for stage in queue.stages:
@@ -174,8 +181,9 @@ class OpsSampler:
         async with transaction(self.sessions) as session:
             figures = await ops_figures(session=session, tenant_id=None, stuck_limit=0, with_tenants=False)
             queue = await waiting(session=session)
+        self._last = (queue, figures.counts, dlq, lags)
         if self.sets_the_gauges:
-            self._set_gauges(queue, figures.counts, dlq, lags)
+            self._set_gauges(*self._last)
         latency = (recon or {}).get("confirmation_latency") or {}
         point = {
             "t": round(time.time(), 3), "lag": lags, "counts": figures.counts,
