@@ -60,10 +60,7 @@ def run_env(target_metadata: MetaData) -> None:
     assert url, "migrations need sqlalchemy.url"
 
     async def main() -> None:
-        # The issuer's row-level security marker (services/issuer/row_security.py): a data migration changes every
-        # tenant's rows. Other schemas have no policy to read it.
-        engine = create_async_engine(url, poolclass=pool.NullPool, connect_args={
-            **tls_connect_args(), "server_settings": {"fapiao.tenant_id": "*"}})
+        engine = create_async_engine(url, poolclass=pool.NullPool, connect_args=tls_connect_args())
         try:
             async with engine.connect() as conn:
                 await conn.run_sync(_do_run, target_metadata, schema)
