@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +57,8 @@ WORKER_POOL_TIMEOUT = 30.0
 
 
 def make_engine(url: str, *, pool_size: int = 10, max_overflow: int | None = None, pool_timeout: float = 3.0,
-                statement_timeout_ms: int = 30_000, application_name: str = "fapiao") -> AsyncEngine:
+                statement_timeout_ms: int = 30_000, application_name: str = "fapiao",
+                session_settings: Mapping[str, str] | None = None) -> AsyncEngine:
     """An engine whose pool holds at most `pool_size + max_overflow` connections (overflow defaults to
     `pool_size`); a checkout waits at most `pool_timeout` seconds, then raises sqlalchemy's TimeoutError
     (which the HTTP layer answers with 503). TLS comes from FAPIAO_DATABASE_SSL* (shared.settings.DatabaseTls)."""
@@ -74,6 +75,7 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int | None = Non
                 "statement_timeout": str(statement_timeout_ms),
                 "application_name": application_name,
                 "timezone": "UTC",
+                **(session_settings or {}),
             },
             **tls_connect_args(),
         },
@@ -86,15 +88,18 @@ def tls_connect_args() -> dict[str, Any]:
     return {} if ssl_arg is None else {"ssl": ssl_arg}
 
 
-def engine_for(settings: Any, *, service: str, worker: bool = False) -> AsyncEngine:
+def engine_for(settings: Any, *, service: str, worker: bool = False,
+               session_settings: Mapping[str, str] | None = None) -> AsyncEngine:
     """make_engine with a service's settings: the request pool (`db_pool_size`, `db_pool_timeout`), or with
-    `worker=True` the background loops' own pool (`db_worker_pool_size`), so neither can starve the other."""
+    `worker=True` the background loops' own pool (`db_worker_pool_size`), so neither can starve the other.
+    `session_settings`: more settings every connection starts with (the issuer's row-level security marker)."""
     if worker:
         return make_engine(settings.database_url, pool_size=settings.db_worker_pool_size,
                            pool_timeout=WORKER_POOL_TIMEOUT, statement_timeout_ms=settings.db_statement_timeout_ms,
-                           application_name=f"{service}-worker")
+                           application_name=f"{service}-worker", session_settings=session_settings)
     return make_engine(settings.database_url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout,
-                       statement_timeout_ms=settings.db_statement_timeout_ms, application_name=service)
+                       statement_timeout_ms=settings.db_statement_timeout_ms, application_name=service,
+                       session_settings=session_settings)
 
 
 @dataclass(frozen=True)

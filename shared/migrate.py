@@ -60,7 +60,10 @@ def run_env(target_metadata: MetaData) -> None:
     assert url, "migrations need sqlalchemy.url"
 
     async def main() -> None:
-        engine = create_async_engine(url, poolclass=pool.NullPool, connect_args=tls_connect_args())
+        # The issuer's row-level security marker (services/issuer/row_security.py): a data migration changes every
+        # tenant's rows. Other schemas have no policy to read it.
+        engine = create_async_engine(url, poolclass=pool.NullPool, connect_args={
+            **tls_connect_args(), "server_settings": {"fapiao.tenant_id": "*"}})
         try:
             async with engine.connect() as conn:
                 await conn.run_sync(_do_run, target_metadata, schema)

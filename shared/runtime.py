@@ -13,7 +13,7 @@ what was opened. Each service's lifespan wraps its own workers inside it:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -42,14 +42,15 @@ class Runtime:
 
 @asynccontextmanager
 async def service_runtime(app: FastAPI, settings: Any, *, service: str, migrate: Callable[[Any], Awaitable[None]],
-                          outbox: Table, on_published: OnPublished | None = None) -> AsyncIterator[Runtime]:
+                          outbox: Table, on_published: OnPublished | None = None,
+                          session_settings: Mapping[str, str] | None = None) -> AsyncIterator[Runtime]:
     """Yields both engines, their session factories and the running relay; sets app.state.engine/sessions
     (requests), app.state.worker_engine/worker_sessions (background loops), app.state.relay and the
     "database" and "kafka" readiness checks."""
     if settings.auto_migrate:
         await migrate(settings)
-    engine = engine_for(settings, service=service)
-    worker_engine = engine_for(settings, service=service, worker=True)
+    engine = engine_for(settings, service=service, session_settings=session_settings)
+    worker_engine = engine_for(settings, service=service, worker=True, session_settings=session_settings)
     relay = service_relay(
         service=service, engine=worker_engine, table=outbox, bootstrap=settings.kafka_bootstrap,
         batch_size=settings.relay_batch_size, poll_interval=settings.relay_poll_interval,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.issuer import idempotency, models
+from services.issuer import idempotency, models, row_security
 from services.issuer.api import admin, cases, invoices, notifications
 from services.issuer.backends import make_http
 from services.issuer.feeds.consumer import run_status_feed_consumer
@@ -76,7 +76,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with service_runtime(app, settings, service=SERVICE, migrate=migrate, outbox=models.outbox,
-                                   on_published=mark_published) as rt:
+                                   on_published=mark_published, session_settings=row_security.SESSION_SETTINGS) as rt:
             token = settings.admin_token.get_secret_value()
             app.state.reconciler_http = make_http(settings.reconciler_url, token, settings.reconciler_timeout)
             app.state.notifier_http = make_http(settings.notifier_url, token, settings.notifier_timeout)

@@ -14,6 +14,7 @@ from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.issuer import row_security
 from services.issuer.api.answers import kept
 from services.issuer.backends import ReconcilerClient
 from services.issuer.idempotency import Once, request_hash
@@ -49,13 +50,13 @@ async def current_tenant(request: Request,
         raise Unauthorized("send the API key as 'Authorization: Bearer <key>'")
     key = credentials.credentials.strip()
     keys: KeyCache = request.app.state.keys
-    if (tenant := keys.get(key, now=time.monotonic())) is not None:
-        return tenant
-    async with request.app.state.engine.connect() as conn:
-        tenant = await authenticate(session=conn, api_key=key)
-    if tenant is None:
-        raise Unauthorized("unknown or revoked API key")
-    keys.put(key, tenant, now=time.monotonic())
+    if (tenant := keys.get(key, now=time.monotonic())) is None:
+        async with request.app.state.engine.connect() as conn:
+            tenant = await authenticate(session=conn, api_key=key)
+        if tenant is None:
+            raise Unauthorized("unknown or revoked API key")
+        keys.put(key, tenant, now=time.monotonic())
+    setattr(request.state, row_security.REQUEST_STATE, tenant.id)  # the route's transaction is pinned to it
     return tenant
 
 
@@ -116,8 +117,10 @@ TenantDep = Annotated[Tenant, Depends(admitted_tenant)]
 
 async def _transaction(request: Request) -> AsyncIterator[AsyncSession]:
     """The route's transaction: committed when the route has returned and before its answer is sent, rolled back
-    when it raises. The connection is taken at the first statement, so checks made before it hold none."""
+    when it raises. The connection is taken at the first statement, so checks made before it hold none; a
+    tenant's request has its transaction pinned to the tenant then (row-level security, row_security.py)."""
     async with transaction(request.app.state.sessions) as session:
+        row_security.pin_request_tenant(session.sync_session, request)
         yield session
 
 
