@@ -18,12 +18,13 @@ from shared.backoff import backoff
 from shared.consumers import ConsumerGroup
 from shared.kafka import BatchHandler, ConsumeLoop, HandlerTable, make_consumer, make_producer
 from shared.metrics import DEAD_LETTERS
-from shared.recovery import Address, database_addresses, kafka_addresses, sleep_until_back
+from shared.recovery import Address, cancelled_from_outside, database_addresses, kafka_addresses, sleep_until_back
 from shared.topics import dlq_name
 
 __all__ = ["consume_forever", "run_rounds"]
 
 log = logging.getLogger(__name__)
+
 
 
 async def run_rounds(name: str, round_: Callable[[], Awaitable[bool]], *, stopping: asyncio.Event,
@@ -38,9 +39,9 @@ async def run_rounds(name: str, round_: Callable[[], Awaitable[bool]], *, stoppi
         try:
             busy = await round_()
             failures = 0
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the database may be away; keep going
+        except (Exception, asyncio.CancelledError) as exc:  # the database may be away; keep going
+            if isinstance(exc, asyncio.CancelledError) and cancelled_from_outside():
+                raise
             failures += 1
             log.warning("%s round failed (%s: %s)", name, type(exc).__name__, exc)
             await sleep_until_back(backoff(failures, base=0.5, cap=15), needs=needs, stopping=stopping)
@@ -88,9 +89,9 @@ async def consume_forever(*, group: ConsumerGroup, prefix: str, bootstrap: str, 
             await asyncio.wait_for(producer.start(), 30)
             attempt = 0
             await loop.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - Kafka or the DB failed: start again from committed offsets
+        except (Exception, asyncio.CancelledError) as exc:  # Kafka or the DB failed: start again
+            if isinstance(exc, asyncio.CancelledError) and cancelled_from_outside():
+                raise
             delay = backoff(attempt, base=0.5, cap=15)
             attempt += 1
             log.warning("%s consumer failed (%s: %s); restarting in %.1fs", group_id, type(exc).__name__, exc, delay)

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shared.backoff import backoff
 from shared.kafka import make_producer
 from shared.metrics import OUTBOX_BACKLOG, OUTBOX_LEADER, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED
-from shared.recovery import database_addresses, kafka_addresses, sleep_until_back
+from shared.recovery import cancelled_from_outside, database_addresses, kafka_addresses, sleep_until_back
 
 __all__ = ["BrokerUnavailable", "OutboxRelay", "PublishedRow", "notify_outbox", "service_relay"]
 
@@ -111,9 +111,9 @@ class OutboxRelay:
             try:
                 await self._lead()
                 attempt = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the relay must outlive DB and broker failures
+            except (Exception, asyncio.CancelledError) as exc:  # outlives DB and broker failures
+                if isinstance(exc, asyncio.CancelledError) and cancelled_from_outside():
+                    raise
                 self.is_leader = False
                 delay = backoff(attempt, base=0.5, cap=10)
                 log.warning("outbox relay error (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["Address", "database_addresses", "kafka_addresses", "reachable", "sleep_until_back"]
+__all__ = ["Address", "cancelled_from_outside", "database_addresses", "kafka_addresses", "reachable",
+           "sleep_until_back"]
 
 Address = tuple[str, int]
 
@@ -71,3 +72,11 @@ async def sleep_until_back(seconds: float, *, needs: Sequence[Sequence[Address]]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), min(every, max(deadline - loop.time(), 0.0)))
     return False
+
+
+def cancelled_from_outside() -> bool:
+    """Whether the running task itself is being cancelled (the service stops), as opposed to a CancelledError
+    that leaked out of a library's cancelled inner future (aiokafka cancels a request's future when it drops a
+    connection). The first ends a loop; the second is one more failure, or the loop would end without a word."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0

@@ -35,6 +35,7 @@ from services.issuer import models as m
 from services.issuer.lifecycle import FINAL, Status
 from shared.contracts.reconciler import LEDGER_BATCH_MAX, LedgerEntries, LedgerEntry, LedgerIds, LedgerPage, Restated
 from shared.db import transaction
+from shared.recovery import cancelled_from_outside
 
 __all__ = ["REPAIRS", "LedgerClient", "LedgerUnavailable", "SelfCheck", "disagrees"]
 
@@ -160,9 +161,9 @@ class SelfCheck:
                 await self.round()
             except LedgerUnavailable as exc:
                 log.warning("status self-check skipped: the reconciler's ledger is not reachable (%s)", exc)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and cancelled_from_outside():
+                    raise
                 log.exception("status self-check round failed")
 
     async def round(self) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from shared.errors import RetriableError
 from shared.events import InvoiceIssued, InvoiceVoided, ResyncRequested
 from shared.kafka import HandlerTable, Received
 from shared.loops import consume_forever
-from shared.recovery import database_addresses, sleep_until_back
+from shared.recovery import cancelled_from_outside, database_addresses, sleep_until_back
 from shared.topics import SYNC_RESULTS
 
 __all__ = ["Syncer"]
@@ -242,9 +242,9 @@ class Syncer:
             try:
                 worked = await self.retry_round()
                 failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the database may be away; keep going
+            except (Exception, asyncio.CancelledError) as exc:  # the database may be away; keep going
+                if isinstance(exc, asyncio.CancelledError) and cancelled_from_outside():
+                    raise
                 failures += 1
                 log.warning("retry round failed (%s: %s)", type(exc).__name__, exc)
                 worked = False

@@ -117,6 +117,8 @@ class OpsSampler:
         # stop the readings (the dashboard would show a stale picture as if it were now).
         reading = asyncio.ensure_future(self._read_kafka())
         done, _ = await asyncio.wait({reading}, timeout=3 * self.offsets.timeout + 1)
+        if done and reading.cancelled():  # a client's inner future cancelled under it: a failed reading
+            return None, None, "CancelledError: the Kafka client dropped the request"
         if done:
             return reading.result()
         reading.cancel()
@@ -231,6 +233,16 @@ class OpsSampler:
             return list(self.series)
 
 
+def reading_errors(latest: dict[str, Any], *, now: float, interval: float) -> dict[str, str | None]:
+    """The last reading's errors, and one more when that reading is too old to stand for now: a sampler that
+    stopped must not leave its last picture on the page as if it were current."""
+    errors: dict[str, str | None] = dict(latest.get("errors") or {})
+    taken = (latest.get("point") or {}).get("t")
+    if taken is not None and now - taken > 3 * interval + 20:
+        errors["sampler"] = f"the last reading is {now - taken:.0f} s old: lag and counts below are from then"
+    return errors
+
+
 # --- HTTP --------------------------------------------------------------------------------------------------
 
 page_router = APIRouter(tags=["operations"])
@@ -288,7 +300,8 @@ async def overview(request: Request, tenant_id: uuid.UUID | None = None,
         "waiting": queue.as_dict(),
         "stuck": [{**asdict(x), "id": str(x.id)} for x in figures.stuck],
         "tenants": [{"id": str(t.id), "name": t.name, "tax_id": t.tax_id} for t in figures.tenants],
-        "pipeline": latest.get("point"), "errors": latest.get("errors"),
+        "pipeline": latest.get("point"),
+        "errors": reading_errors(latest, now=time.time(), interval=s.ops_sample_interval) if latest else None,
         "series": await sampler.history() if sampler else [],
         "sample_interval_seconds": s.ops_sample_interval,
         "gaps": recon.get("gaps", []), "reconciler": {k: recon.get(k) for k in (
