@@ -14,19 +14,29 @@ process: with N issuer replicas behind a balancer a tenant gets up to N times ea
 The bookkeeping here has no I/O and takes the clock as an argument (`now`, monotonic seconds); the issuer's
 admission dependency (api/deps.py) asks it once per request and AdmissionMiddleware puts the RateLimit header
 fields on the answer and frees the slot once the answer is sent.
+
+A request that is sure to be refused is refused early, by AdmissionMiddleware itself: a tenant known to this
+process (its key in the issuer's KeyCache) with all its slots taken, or with an empty read/write bucket, hears
+the same 429 before routing, body parsing and the dependencies run. A flood is then mostly answered at the
+cost of reading its headers, and the event loop stays free for the other tenants' requests.
 """
 
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.errors import TooManyRequests
+from shared.http import domain_problem
+from shared.metrics import RATE_LIMITED
+
 __all__ = ["BUDGETS", "Admission", "AdmissionMiddleware", "Budget", "Decision", "Policy", "TenantLimits",
-           "budget_of"]
+           "budget_of", "refusal"]
 
 Budget = Literal["read", "write", "import"]
 BUDGETS: tuple[Budget, ...] = ("read", "write", "import")
@@ -125,6 +135,21 @@ class TenantLimits:
                         reset=math.ceil((policy.burst - bucket.tokens) / policy.rate), retry_after=retry_after,
                         concurrency=self.concurrency)
 
+    def sure_refusal(self, tenant_id: uuid.UUID, budget: Budget, *, now: float) -> Decision | None:
+        """The refusal `admit` would give a request of this tenant whatever its weight, or None when it might
+        pass: all slots taken, or (read and write, which weigh one) not one token left. Takes nothing."""
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None:
+            return None
+        if tenant.in_flight < self.concurrency:
+            bucket = tenant.buckets.get(budget)
+            if budget == "import" or bucket is None:
+                return None
+            bucket.refill(self.policies[budget], now)
+            if bucket.tokens + 1e-9 >= 1:
+                return None
+        return self.admit(tenant_id, budget, weight=1, now=now)
+
     def release(self, tenant_id: uuid.UUID) -> None:
         """The request admitted for this tenant has been answered."""
         tenant = self._tenants.get(tenant_id)
@@ -150,6 +175,29 @@ class TenantLimits:
     def in_flight(self, tenant_id: uuid.UUID) -> int:
         tenant = self._tenants.get(tenant_id)
         return tenant.in_flight if tenant is not None else 0
+
+
+def refusal(d: Decision) -> TooManyRequests:
+    """The problem a refused request hears."""
+    if d.refused == "concurrency":
+        return TooManyRequests(
+            f"this tenant has {d.concurrency} requests in flight, the most it may have at once; retry when one "
+            "has been answered", retry_after=d.retry_after, code="too_many_concurrent",
+            extra={"budget": d.budget, "limit": d.concurrency, "retry_after_seconds": d.retry_after})
+    return TooManyRequests(
+        f"the {d.budget} budget of this tenant is spent ({d.policy.burst} at once, {d.policy.rate:g} per second); "
+        f"retry after {d.retry_after}s", retry_after=d.retry_after, code="rate_limited",
+        extra={"budget": d.budget, "limit": d.policy.burst, "rate_per_second": d.policy.rate,
+               "retry_after_seconds": d.retry_after})
+
+
+def _bearer(scope: Scope) -> str | None:
+    """The credentials of an `Authorization: Bearer …` header, as HTTPBearer reads them."""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            return credentials.strip() or None if scheme.lower() == "bearer" else None
+    return None
 
 
 @dataclass
@@ -185,9 +233,29 @@ class AdmissionMiddleware:
                     message["headers"] = [*message.get("headers", []), *admission.decision.headers()]
             await send(message)
 
+        if (early := self._sure_refusal(scope)) is not None:
+            state[STATE_KEY] = early
+            RATE_LIMITED.labels("issuer", early.decision.budget, early.decision.refused).inc()
+            await domain_problem(refusal(early.decision))(scope, receive, send_with_headers)
+            return
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
             admission = state.get(STATE_KEY)
             if isinstance(admission, Admission) and admission.decision.allowed:
                 admission.limits.release(admission.tenant_id)
+
+    @staticmethod
+    def _sure_refusal(scope: Scope) -> Admission | None:
+        """A refusal decided from the headers alone (see the module's docstring), or None: let the app decide."""
+        app: Any = scope.get("app")
+        limits: TenantLimits | None = getattr(getattr(app, "state", None), "limits", None)
+        path: str = scope.get("path", "")
+        if limits is None or not path.startswith("/v1/") or (key := _bearer(scope)) is None:
+            return None
+        now = time.monotonic()
+        tenant = app.state.keys.get(key, now=now)  # only a key this process checked recently: 401 stays first
+        if tenant is None:
+            return None
+        decision = limits.sure_refusal(tenant.id, budget_of(scope.get("method", "GET"), path), now=now)
+        return None if decision is None else Admission(limits, tenant.id, decision)

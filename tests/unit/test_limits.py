@@ -95,3 +95,23 @@ def test_a_checked_key_is_trusted_for_the_cache_time_only() -> None:
     off = KeyCache(0.0)
     off.put("fsk_a", tenant, now=0.0)
     assert off.get("fsk_a", now=0.0) is None
+
+
+def test_a_sure_refusal_is_the_one_admit_gives_and_a_request_that_may_pass_is_left_to_admit() -> None:
+    lim = limits(concurrency=2)
+    assert lim.sure_refusal(A, "read", now=0.0) is None  # a tenant not seen yet: admit decides
+    for _ in range(5):
+        assert lim.admit(A, "read", weight=1, now=0.0).allowed
+        lim.release(A)
+    early = lim.sure_refusal(A, "read", now=0.0)
+    assert early is not None and early.refused == "rate" and early.retry_after == 1
+    assert lim.sure_refusal(A, "read", now=1.0) is None  # a token came back: it may pass
+    assert lim.admit(A, "read", weight=1, now=1.0).allowed  # and the peek took nothing
+    lim.release(A)
+    # All slots taken: refused whatever the budget, an import too (its weight does not matter then).
+    assert lim.admit(A, "write", weight=1, now=1.0).allowed and lim.admit(A, "import", weight=3, now=1.0).allowed
+    full = lim.sure_refusal(A, "import", now=1.0)
+    assert full is not None and full.refused == "concurrency" and lim.in_flight(A) == 2
+    lim.release(A)
+    assert lim.sure_refusal(A, "import", now=1.0) is None  # an import's weight is read from its body
+    assert lim.sure_refusal(B, "write", now=1.0) is None

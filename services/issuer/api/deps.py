@@ -20,11 +20,11 @@ from services.issuer.backends import ReconcilerClient
 from services.issuer.idempotency import Once, request_hash
 from services.issuer.invoices.issuing import Issuing
 from services.issuer.invoices.reading import Schedule
-from services.issuer.limits import STATE_KEY, Admission, Decision, TenantLimits, budget_of
+from services.issuer.limits import STATE_KEY, Admission, TenantLimits, budget_of, refusal
 from services.issuer.settings import IssuerSettings
 from services.issuer.tenants import KeyCache, Tenant, authenticate
 from shared.db import transaction
-from shared.errors import TooManyRequests, Unauthorized
+from shared.errors import Unauthorized
 from shared.http import auth_dependency
 from shared.metrics import RATE_LIMITED
 from shared.topics import INVOICE_EVENTS
@@ -77,19 +77,6 @@ async def _weight(request: Request, budget: str, route: str) -> int:
     return max(1, len(items)) if isinstance(items, list) else 1
 
 
-def _refusal(d: Decision) -> TooManyRequests:
-    if d.refused == "concurrency":
-        return TooManyRequests(
-            f"this tenant has {d.concurrency} requests in flight, the most it may have at once; retry when one "
-            "has been answered", retry_after=d.retry_after, code="too_many_concurrent",
-            extra={"budget": d.budget, "limit": d.concurrency, "retry_after_seconds": d.retry_after})
-    return TooManyRequests(
-        f"the {d.budget} budget of this tenant is spent ({d.policy.burst} at once, {d.policy.rate:g} per second); "
-        f"retry after {d.retry_after}s", retry_after=d.retry_after, code="rate_limited",
-        extra={"budget": d.budget, "limit": d.policy.burst, "rate_per_second": d.policy.rate,
-               "retry_after_seconds": d.retry_after})
-
-
 @auth_dependency
 async def admitted_tenant(request: Request, tenant: Annotated[Tenant, Depends(current_tenant)]) -> Tenant:
     """The authenticated tenant once this request fits its limits (services/issuer/limits.py); 429 otherwise.
@@ -108,7 +95,7 @@ async def admitted_tenant(request: Request, tenant: Annotated[Tenant, Depends(cu
         if not decision.allowed:
             RATE_LIMITED.labels("issuer", decision.budget, decision.refused).inc()
     if not taken.decision.allowed:
-        raise _refusal(taken.decision)
+        raise refusal(taken.decision)
     return tenant
 
 
