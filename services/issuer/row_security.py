@@ -19,9 +19,10 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
-__all__ = ["ALL_TENANTS", "SESSION_SETTINGS", "SETTING", "TABLES", "pin", "pin_request_tenant"]
+__all__ = ["ALL_TENANTS", "SESSION_SETTINGS", "SETTING", "TABLES", "pin", "pin_request_tenant", "pin_session"]
 
 SETTING = "fapiao.tenant_id"
 ALL_TENANTS = "*"
@@ -39,6 +40,12 @@ REQUEST_STATE = "rls_tenant"
 def pin(connection: Connection, tenant_id: Any) -> None:
     """This transaction sees (and writes) `tenant_id`'s rows only."""
     connection.execute(text("select set_config(:name, :tenant, true)"), {"name": SETTING, "tenant": str(tenant_id)})
+
+
+async def pin_session(session: AsyncSession, tenant_id: Any) -> None:
+    """`pin` for an async session's transaction (it begins one if none is open)."""
+    connection = await session.connection()
+    await connection.run_sync(pin, tenant_id)
 
 
 def pin_request_tenant(session: Session, request: Any) -> None:

@@ -3,12 +3,13 @@ a tenant's transaction a query without any tenant filter still returns that tena
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
 import asyncpg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, true
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -97,3 +98,23 @@ async def test_a_request_without_a_tenant_is_not_pinned_and_other_connections_se
             assert {r[0] for r in await conn.fetch(UNFILTERED["invoices"])} == {b.id}
     finally:
         await conn.close()
+
+
+async def test_the_streamed_export_is_pinned_to_its_tenant_even_without_its_filter(
+        issuer_role_sessions: async_sessionmaker[AsyncSession], two_tenants: tuple[Tenant, Tenant],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export reads its pages in transactions of its own, outside the route's; with its tenant filter taken
+    away on purpose it still yields the caller's invoices only."""
+    from services.issuer.invoices import exports
+    from services.issuer.invoices.reading import ListFilters
+    from services.issuer.tenants import Tenant as IssuerTenant
+
+    a, b = two_tenants
+    monkeypatch.setattr(exports, "list_conditions", lambda tenant, filters: [true()])  # deliberately unfiltered
+    caller = IssuerTenant(id=uuid.UUID(a.id), name="行级甲", tax_id=a.tax_id)
+    numbers = [r["number"] async for r in exports._records(issuer_role_sessions, caller, ListFilters())]
+    async with transaction(issuer_role_sessions) as session:  # the all-tenants marker: both tenants' invoices
+        owners = {str(r[0]): r[1] for r in (await session.execute(
+            text("select tenant_id, array_agg(number) from issuer.invoices where tenant_id in (:a, :b) "
+                 "group by tenant_id"), {"a": a.id, "b": b.id})).all()}
+    assert sorted(numbers) == sorted(owners[a.id]) and owners[b.id], (numbers, owners)

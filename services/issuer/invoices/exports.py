@@ -1,8 +1,9 @@
 """The invoice list for the accountants: CSV or XLSX, with the list's filters, streamed.
 
 Rows are read in pages of EXPORT_PAGE by the list's own order (newest first, by `seq`), each page in a
-transaction of its own, and written out as they come: 100,000 invoices never sit in memory at once. An XLSX is
-built by openpyxl's write-only workbook (rows go to a temporary file) and then streamed from that file.
+transaction of its own (pinned to the tenant, services/issuer/row_security.py), and written out as they come:
+100,000 invoices never sit in memory at once. An XLSX is built by openpyxl's write-only workbook (rows go to a
+temporary file) and then streamed from that file.
 
 Spreadsheet formula injection: a text cell that begins with `=`, `+`, `-`, `@`, a tab or a carriage return is
 written with a leading apostrophe (the OWASP advice), so a buyer named `=HYPERLINK(…)` stays text. Amounts and
@@ -24,6 +25,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.issuer import models as m
+from services.issuer import row_security
 from services.issuer.invoices.reading import ListFilters, list_conditions, view
 from services.issuer.tenants import Tenant
 
@@ -47,7 +49,8 @@ async def _records(sessions: async_sessionmaker[AsyncSession], tenant: Tenant,
     conds = list_conditions(tenant, filters)
     after: int | None = None
     while True:
-        async with sessions() as session:
+        async with sessions() as session, session.begin():
+            await row_security.pin_session(session, tenant.id)  # the policies too, not only the filters
             page = (await session.execute(
                 select(inv).where(and_(*conds, *([inv.c.seq < after] if after is not None else [])))
                 .order_by(inv.c.seq.desc()).limit(EXPORT_PAGE))).all()
