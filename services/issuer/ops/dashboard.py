@@ -68,10 +68,9 @@ OLDEST_WAITING = Gauge("fapiao_pipeline_oldest_waiting_seconds",
 PAGE = Path(__file__).parents[1] / "static" / "ops.html"
 _SAMPLES_LOCK = zlib.crc32(b"issuer.ops_samples")
 
-# The gauges above belong to the process. A service process runs one sampler; a process that runs several issuers
-# (the test suite's, each on topics of its own) lets the most recently started one set them, so one issuer's
-# reading never overwrites another's between two scrapes.
-_RUNNING: list[OpsSampler] = []
+# The gauges above belong to the process. A service process runs one sampler; in a process that runs several
+# issuers (the test suite's, each on topics of its own) each issuer's /metrics first publishes its own sampler's
+# last reading (app.state.before_metrics), so a scrape always shows the issuer it asked.
 
 
 def consumer_groups(prefix: str) -> dict[str, tuple[str, list[str]]]:
@@ -97,17 +96,11 @@ class OpsSampler:
             | None = None
 
     async def run(self) -> None:
-        _RUNNING.append(self)
         try:
             await run_rounds("ops-sample", self.sample, stopping=self.stopping,
                              idle=lambda: self.settings.ops_sample_interval)
         finally:
-            _RUNNING.remove(self)
             await self.offsets.close()
-
-    @property
-    def sets_the_gauges(self) -> bool:
-        return not _RUNNING or _RUNNING[-1] is self
 
     def stop(self) -> None:
         self.stopping.set()
@@ -184,8 +177,7 @@ class OpsSampler:
             figures = await ops_figures(session=session, tenant_id=None, stuck_limit=0, with_tenants=False)
             queue = await waiting(session=session)
         self._last = (queue, figures.counts, dlq, lags)
-        if self.sets_the_gauges:
-            self._set_gauges(*self._last)
+        self._set_gauges(*self._last)
         latency = (recon or {}).get("confirmation_latency") or {}
         point = {
             "t": round(time.time(), 3), "lag": lags, "counts": figures.counts,
