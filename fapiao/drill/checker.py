@@ -3,7 +3,9 @@ the issuer, in the reconciler's cases and at the webhook receiver. Pure: no I/O,
 observation proves it can fail (tests/unit/test_drill_checker.py).
 
 Definitions (docs/drills.md):
-- acknowledged: an invoice number for which some request got 200/201 with an invoice id;
+- acknowledged: an invoice number for which some request got 200/201 with an invoice id; a 5xx or 429 (the issuer
+  refusing, e.g. 503 while its database is out of reach) acknowledges nothing, so an invoice only ever refused can
+  be neither lost nor unconverged;
 - lost: acknowledged, not voided, absent at the store;
 - content mismatch: stored with a total, tax or amount other than acknowledged;
 - duplicate effects: one number stored twice or issued under two ids; one alert transition delivered under two
@@ -97,6 +99,7 @@ class Verdict:
     acknowledged: int = 0
     requests: int = 0
     unanswered: int = 0
+    refused: int = 0                   # answers 5xx or 429: the workload retried them, none acknowledges anything
     lost: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
@@ -123,7 +126,8 @@ class Verdict:
 
     def as_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "acknowledged": self.acknowledged, "requests": self.requests,
-                "unanswered": self.unanswered, "lost": self.lost, "content_mismatch": self.mismatched,
+                "unanswered": self.unanswered, "refused": self.refused, "lost": self.lost,
+                "content_mismatch": self.mismatched,
                 "duplicate_effects": self.duplicates, "unexplained": self.unexplained,
                 "stuck_unhandled": self.stuck_unhandled, "not_converged": self.not_converged,
                 "unreported_after_restore": self.unreported_after_restore,
@@ -150,7 +154,8 @@ def _acknowledged(answers: list[Answer]) -> dict[str, Answer]:
 
 def check(obs: Observation) -> Verdict:
     """The verdict on one scenario run."""
-    v = Verdict(requests=len(obs.answers), unanswered=sum(1 for a in obs.answers if a.status is None))
+    v = Verdict(requests=len(obs.answers), unanswered=sum(1 for a in obs.answers if a.status is None),
+                refused=sum(1 for a in obs.answers if a.status is not None and (a.status >= 500 or a.status == 429)))
     acked = _acknowledged(obs.answers)
     v.acknowledged = len(acked)
     stored_by_number: dict[str, list[StoredInvoice]] = defaultdict(list)

@@ -29,6 +29,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fault drills: scenarios in drills/*.toml, a workload, faults on a schedule, and a checker.")
 
 ARTIFACTS = REPO_ROOT / ".test-artifacts"
+# The verdict's violation lists (Verdict.as_dict); any entry in one fails the scenario.
+VIOLATION_KEYS = ("lost", "content_mismatch", "duplicate_effects", "unexplained", "stuck_unhandled", "not_converged",
+                  "unreported_after_restore")
 
 
 def _echo(msg: str) -> None:
@@ -57,7 +60,26 @@ def _pick(names: list[str], directory: Path) -> list[Scenario]:
         else:
             typer.echo(f"error: no scenario {name!r} in {directory}; `fapiao drill list` shows them", err=True)
             raise typer.Exit(2)
+    if not picked:
+        typer.echo(f"error: no scenario files (*.toml) in {directory}", err=True)
+        raise typer.Exit(2)
     return picked
+
+
+def failed(result: dict[str, Any]) -> bool:
+    """A scenario failed: its checker found a violation, one of its steps failed, or it did not run to the end."""
+    verdict = result.get("verdict") or {}
+    return (not result.get("passed") or not verdict.get("passed") or bool(result.get("error"))
+            or any(verdict.get(key) for key in VIOLATION_KEYS)
+            or any(not f.get("ok", True) for f in result.get("faults", [])))
+
+
+def exit_code(results: list[dict[str, Any]]) -> int:
+    """What `fapiao drill run` exits with: 0 when every scenario passed, 1 when any failed (see failed()), 2 when
+    nothing ran (a run that proves nothing is a usage error, like an unknown scenario)."""
+    if not results:
+        return 2
+    return 1 if any(failed(r) for r in results) else 0
 
 
 @app.command("list")
@@ -220,6 +242,9 @@ def run(names: list[str] = typer.Argument(..., help="scenario names, a path to a
         if network:
             _echo(f"skipping {', '.join(network)} (network faults need the private stack: run without --stack)")
             scenarios = [s for s in scenarios if not s.network]
+        if not scenarios:
+            typer.echo("error: nothing left to run against a `make up` stack", err=True)
+            raise typer.Exit(2)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     runner = run_on_stack if stack else run_on_compose if compose else run_many
     result = runner(scenarios, seed=seed, rate=rate, duration=duration, settle=settle, report_dir=report_dir)
@@ -230,8 +255,8 @@ def run(names: list[str] = typer.Argument(..., help="scenario names, a path to a
     if bad:
         _echo("\n" + bad)
     _echo(f"\nreports: {result['reports']['html']} and {result['reports']['json']}")
-    if not all(r["passed"] for r in result["results"]):
-        raise typer.Exit(1)
+    if code := exit_code(result["results"]):
+        raise typer.Exit(code)
 
 
 @app.command("all")

@@ -73,7 +73,8 @@ def _svg(r: dict[str, Any]) -> str:
     parts = [f'<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg" '
              'font-family="sans-serif" font-size="10">']
     for start, end, label in r["windows"]:
-        parts.append(f'<rect x="{x(start):.1f}" y="{pad - 10}" width="{max(2.0, x(end) - x(start)):.1f}" '
+        parts.append(f'<rect class="fault-window" data-from="{start:g}" data-to="{end:g}" x="{x(start):.1f}" '
+                     f'y="{pad - 10}" width="{max(2.0, x(end) - x(start)):.1f}" '
                      f'height="{h - 2 * pad + 10}" fill="#ffcdd2" opacity="0.5">'
                      f'<title>{html.escape(label)}</title></rect>'
                      f'<text x="{x(start) + 2:.1f}" y="{pad - 12}" fill="#b71c1c">{html.escape(label[:40])}</text>')

@@ -28,18 +28,18 @@ from fapiao.drill.checker import (
     Verdict,
     check,
 )
-from fapiao.drill.scenario import Scenario, Step
+from fapiao.drill.scenario import Scenario, Step, consumed_topics
 from fapiao.drill.stack import CLEAR_FAULTS, DrillStack
 from fapiao.infra.kafka import REPO_ROOT
 
 if str(REPO_ROOT) not in sys.path:  # tests.factories is not an installed package
     sys.path.insert(0, str(REPO_ROOT))
 
-__all__ = ["Receiver", "ScenarioResult", "run_scenario"]
+__all__ = ["ACTION_HANDLERS", "POISON_TOPICS", "Receiver", "ScenarioResult", "fault_windows", "run_scenario"]
 
 RESTORE_REPORT_WAIT = 90.0  # seconds for the reconciler's sweep to report what a restore lost
-POISON_TOPICS = ("invoice.events.v1", "invoice.sync-results.v1", "invoice.resync-requests.v1",
-                 "invoice.reconciliation.v1", "invoice.alerts.v1")
+# What a `poison` step without `topics` poisons: every topic some consumer group reads (shared.consumers).
+POISON_TOPICS = consumed_topics()
 
 
 class Receiver:
@@ -126,6 +126,20 @@ class ScenarioResult:
                               "answered_at": None if a.answered_at is None else round(a.answered_at, 3),
                               "status": a.status, "invoice_id": a.invoice_id, "error": a.error}
                              for a in self.answers]}
+
+
+# The runner's action table: each action a scenario may name (fapiao.drill.scenario.ACTIONS) -> the Drill method
+# that does it. tests/unit/test_drill_scenarios.py holds the two tables, and docs/drills.md's, to one another.
+ACTION_HANDLERS: dict[str, str] = {
+    "kill": "_process", "start": "_process", "restart": "_process",
+    "pause": "_signal", "resume": "_signal",
+    "store_faults": "_store_faults", "store_clear": "_store_faults", "store_lose": "_store_lose",
+    "toxic": "_network", "toxics_clear": "_network", "proxy_down": "_network", "proxy_up": "_network",
+    "db_cut": "_network", "db_restore": "_network",
+    "poison": "_poison",
+    "receiver_down": "_receiver", "receiver_up": "_receiver",
+    "backup": "_backup", "restore": "_restore",
+}
 
 
 def fault_windows(scenario: Scenario) -> list[tuple[float, float, str]]:
@@ -249,58 +263,70 @@ class Drill:
 
     async def apply(self, step: Step) -> str | None:
         """Do one step; returns what it found out worth reporting (a kill of `<service>:relay`: whose, who next)."""
-        st = self.stack
-        act, target, p = step.action, step.target, step.params
-        note: str | None = None
-        if act in ("kill", "start", "restart"):  # the loader makes sure these name a target
-            if act != "start":
-                note = await self.in_spawner(st.kill, target)
-            if act != "kill":
-                await self.in_spawner(st.start, target)
-        elif act == "pause":
-            st.pause(target)  # type: ignore[arg-type]
-        elif act == "resume":
-            st.resume(target)  # type: ignore[arg-type]
-        elif act in ("store_faults", "store_clear"):
-            body = p if act == "store_faults" else CLEAR_FAULTS
-            r = await self.http.put(f"{st.url('taxstore')}/admin/faults", headers=st.admin, json=body)
-            r.raise_for_status()
-        elif act == "store_lose":
-            r = await self.http.post(f"{st.url('taxstore')}/admin/lose", headers=st.admin,
-                                     json={"count": p["count"], "seller_tax_id": self.tenant["tax_id"]})
-            r.raise_for_status()
-            self.faults.append({"at": round(self.now(), 1), "label": f"store lost {len(r.json()['lost'])}",
-                                "ok": True})
-        elif act in ("toxic", "toxics_clear", "proxy_down", "proxy_up", "db_cut", "db_restore"):
-            toxi = st.toxi
-            if toxi is None:
-                raise RuntimeError("no Toxiproxy in this run (set network = true in the scenario)")
-            proxy = st.proxies["taxstore" if act in ("toxic", "toxics_clear", "proxy_down", "proxy_up")
-                               else f"postgres-{target}"]
-            if act == "toxic":
-                await asyncio.to_thread(toxi.add_toxic, proxy, p["type"], attributes=p.get("attributes"),
-                                        stream=p.get("stream", "downstream"), toxicity=p.get("toxicity", 1.0),
-                                        name=p.get("name"))
-            elif act == "toxics_clear":
-                await asyncio.to_thread(toxi.clear_toxics, proxy)
-            else:
-                await asyncio.to_thread(toxi.set_enabled, proxy, act in ("proxy_up", "db_restore"))
-        elif act == "poison":
-            await self.poison(p.get("topics", list(POISON_TOPICS)), int(p.get("count", 3)))
-        elif act == "receiver_down":
-            self.receiver.down = True
-        elif act == "receiver_up":
-            self.receiver.down = False
-        elif act == "backup":
-            self.backup_at = self.now()  # anything acknowledged before the dump began is in it
-            note = await self.in_spawner(st.backup)
-        elif act == "restore":
-            note = await self.in_spawner(st.restore)
-            self.restored_at = self.now()
-            note = f"{note}; {await self.after_restore()}"
-        else:  # the loader refuses unknown actions; this is the one place that would miss a new one
-            raise RuntimeError(f"action {act} is not implemented")
+        handler = ACTION_HANDLERS.get(step.action)
+        if handler is None:  # the loader refuses unknown actions; this is the one place that would miss a new one
+            raise RuntimeError(f"action {step.action} is not implemented")
+        result: str | None = await getattr(self, handler)(step)
+        return result
+
+    async def _process(self, step: Step) -> str | None:  # kill, start, restart; the loader makes sure of a target
+        note = None
+        if step.action != "start":
+            note = await self.in_spawner(self.stack.kill, step.target)
+        if step.action != "kill":
+            await self.in_spawner(self.stack.start, step.target)
         return note
+
+    async def _signal(self, step: Step) -> None:  # pause, resume
+        (self.stack.pause if step.action == "pause" else self.stack.resume)(step.target)  # type: ignore[arg-type]
+
+    async def _store_faults(self, step: Step) -> None:  # store_faults, store_clear
+        st = self.stack
+        body = step.params if step.action == "store_faults" else CLEAR_FAULTS
+        r = await self.http.put(f"{st.url('taxstore')}/admin/faults", headers=st.admin, json=body)
+        r.raise_for_status()
+
+    async def _store_lose(self, step: Step) -> None:
+        st = self.stack
+        r = await self.http.post(f"{st.url('taxstore')}/admin/lose", headers=st.admin,
+                                 json={"count": step.params["count"], "seller_tax_id": self.tenant["tax_id"]})
+        r.raise_for_status()
+        self.faults.append({"at": round(self.now(), 1), "label": f"store lost {len(r.json()['lost'])}", "ok": True})
+
+    async def _network(self, step: Step) -> None:  # toxic, toxics_clear, proxy_down/up, db_cut/restore
+        st, act, p = self.stack, step.action, step.params
+        toxi = st.toxi
+        if toxi is None:
+            raise RuntimeError("no Toxiproxy in this run (set network = true in the scenario)")
+        key = "taxstore" if act in ("toxic", "toxics_clear", "proxy_down", "proxy_up") else f"postgres-{step.target}"
+        proxy = st.proxies.get(key)
+        if proxy is None:  # e.g. compose, whose drills env routes only some services through Toxiproxy
+            raise RuntimeError(f"this stack has no Toxiproxy proxy {key!r} (it has: "
+                               f"{', '.join(sorted(st.proxies)) or 'none'})")
+        if act == "toxic":
+            await asyncio.to_thread(toxi.add_toxic, proxy, p["type"], attributes=p.get("attributes"),
+                                    stream=p.get("stream", "downstream"), toxicity=p.get("toxicity", 1.0),
+                                    name=p.get("name"))
+        elif act == "toxics_clear":
+            await asyncio.to_thread(toxi.clear_toxics, proxy)
+        else:
+            await asyncio.to_thread(toxi.set_enabled, proxy, act in ("proxy_up", "db_restore"))
+
+    async def _poison(self, step: Step) -> None:
+        await self.poison(step.params.get("topics", list(POISON_TOPICS)), int(step.params.get("count", 3)))
+
+    async def _receiver(self, step: Step) -> None:  # receiver_down, receiver_up
+        self.receiver.down = step.action == "receiver_down"
+
+    async def _backup(self, step: Step) -> str:
+        self.backup_at = self.now()  # anything acknowledged before the dump began is in it
+        note: str = await self.in_spawner(self.stack.backup)
+        return note
+
+    async def _restore(self, step: Step) -> str:
+        note = await self.in_spawner(self.stack.restore)
+        self.restored_at = self.now()
+        return f"{note}; {await self.after_restore()}"
 
     async def after_restore(self) -> str:
         """What the runbook asks after a restore, with its proof. The reconciler must report each invoice the

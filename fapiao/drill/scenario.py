@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ACTIONS", "DRILLS_DIR", "Load", "Scenario", "ScenarioError", "Step", "catalogue", "load_scenario",
-           "parse_duration"]
+if TYPE_CHECKING:
+    from shared.consumers import ConsumerGroup
+
+__all__ = ["ACTIONS", "DB_PROXIED", "DRILLS_DIR", "NETWORK_ACTIONS", "Load", "Scenario", "ScenarioError", "Step",
+           "catalogue", "consumed_topics", "load_scenario", "parse_duration"]
 
 DRILLS_DIR = Path(__file__).resolve().parents[2] / "drills"
 
@@ -18,6 +22,9 @@ SERVICES = ("issuer", "sync", "reconciler", "notifier", "taxstore")
 INFRA = ("kafka", "postgres")
 PROCESSES = SERVICES + INFRA
 PROXIES = ("taxstore",)  # network faults: the sync service reaches the store through Toxiproxy
+# With network = true, each of these reaches PostgreSQL through a Toxiproxy proxy of its own (db_cut / db_restore);
+# the tax store, standing in for the authority, keeps its direct connection.
+DB_PROXIED = ("issuer", "sync", "reconciler", "notifier")
 REPLICABLE = ("issuer", "sync", "reconciler", "notifier")  # [replicas]: how many processes of each
 # Beyond the names above, a process step may name one replica (`sync-2`, with [replicas] sync = 2 or more), one
 # Kafka node (`kafka-2`, with kafka_brokers = 3), or `<service>:relay`: the replica relaying that service's outbox
@@ -42,14 +49,27 @@ ACTIONS: dict[str, tuple[tuple[str, ...] | None, frozenset[str], frozenset[str]]
     "toxics_clear": (PROXIES, frozenset(), frozenset()),
     "proxy_down": (PROXIES, frozenset(), frozenset()),        # a black hole: connections refused
     "proxy_up": (PROXIES, frozenset(), frozenset()),
-    "db_cut": (SERVICES, frozenset(), frozenset()),           # the service's PostgreSQL connections go nowhere
-    "db_restore": (SERVICES, frozenset(), frozenset()),
+    "db_cut": (DB_PROXIED, frozenset(), frozenset()),         # the service's PostgreSQL connections go nowhere
+    "db_restore": (DB_PROXIED, frozenset(), frozenset()),
     "poison": (None, frozenset(), frozenset({"topics", "count"})),  # undecodable records on consumed topics
     "receiver_down": (None, frozenset(), frozenset()),        # the tenant's webhook receiver answers 503
     "receiver_up": (None, frozenset(), frozenset()),
     "backup": (None, frozenset(), frozenset()),               # `fapiao backup create` of the scenario's database
     "restore": (None, frozenset(), frozenset()),              # services killed, the backup restored, started again
 }
+
+# Steps that need Toxiproxy between the services: a scenario with one of them gets network = true by itself.
+NETWORK_ACTIONS = frozenset({"toxic", "toxics_clear", "proxy_down", "proxy_up", "db_cut", "db_restore"})
+
+
+def consumed_topics(groups: Iterable[ConsumerGroup] | None = None) -> tuple[str, ...]:
+    """Every topic some consumer group reads (default: the registry, shared.consumers.ALL_GROUPS), unprefixed: what
+    `poison` poisons by default and the only names its `topics` may list. A group added to the registry is covered
+    without touching the drills."""
+    from shared.consumers import ALL_GROUPS
+
+    return tuple(sorted({t.name for g in (ALL_GROUPS if groups is None else groups) for t in g.topics}))
+
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -175,6 +195,10 @@ def _step(raw: Any, i: int, where: str) -> Step:
     missing = sorted(required - set(params))
     if missing:
         raise ScenarioError(f"{w} ({action}): missing {', '.join(missing)}")
+    if action == "poison" and "topics" in params:
+        topics, known = params["topics"], consumed_topics()
+        if not isinstance(topics, list) or not topics or any(t not in known for t in topics):
+            raise ScenarioError(f"{w}.topics: a list of consumed topics ({', '.join(known)}), not {topics!r}")
     for key, value in params.items():
         if key.endswith("_rate") and not (isinstance(value, int | float) and 0 <= value <= 1):
             raise ScenarioError(f"{w}.{key}: a rate between 0 and 1, not {value!r}")
@@ -225,7 +249,7 @@ def parse_scenario(data: dict[str, Any], *, where: str, default_name: str) -> Sc
         raise ScenarioError(f"{where}: kafka_brokers must be an integer from 1 to 5, not {brokers!r}")
     _check_parts(steps, replicas, brokers, where)
     _check_restores(steps, where)
-    network = bool(data.get("network", any(s.action in ("toxic", "proxy_down") for s in steps)))
+    network = bool(data.get("network", any(s.action in NETWORK_ACTIONS for s in steps)))
     name = data.get("name", default_name)
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
         raise ScenarioError(f"{where}: name must be lower-case letters, digits and dashes, not {name!r}")

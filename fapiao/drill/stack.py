@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from fapiao.drill.scenario import DB_PROXIED
 from fapiao.infra.kafka import KafkaBroker, KafkaCluster, ensure_kafka_jars
 from fapiao.infra.postgres import PostgresServer
 from fapiao.infra.procs import ServiceProcess, free_port, free_ports, pid_alive
@@ -366,7 +367,7 @@ class ScenarioStack:
                 env.update(FAPIAO_SMTP_HOST="127.0.0.1", FAPIAO_SMTP_PORT=str(mail_port))
             if self.network and name == "sync":
                 env["FAPIAO_TAXSTORE_URL"] = f"http://127.0.0.1:{self._proxy('taxstore', ports['taxstore'])}"
-            if self.network and name in ("sync", "reconciler"):
+            if self.network and name in DB_PROXIED:  # db_cut / db_restore disable / enable this proxy
                 pg_port = self._proxy(f"postgres-{name}", infra.pg.port)
                 env["FAPIAO_DATABASE_URL"] = self.database_url.replace(f":{infra.pg.port}/", f":{pg_port}/")
             for pname in self.names(name):

@@ -156,3 +156,23 @@ def test_a_scenario_whose_step_failed_fails_and_the_report_names_the_step() -> N
     result = ScenarioResult(faults=failed, **args).as_dict()  # type: ignore[arg-type]
     assert not result["passed"]
     assert violations_text([result]) == "mine: step failed at 13.0s: restore: RuntimeError: no backup to restore"
+
+
+def test_refusals_while_the_issuer_cannot_reach_its_database_acknowledge_nothing_and_lose_nothing() -> None:
+    """db-cut cuts the issuer from PostgreSQL: it answers 503 and the client retries. An invoice only ever refused
+    is not acknowledged (so neither lost nor unconverged); one refused and then created counts once, and must
+    then be at the store like any other."""
+    obs = healthy()
+    obs.answers += [Answer("N0050", 4.0, CONTENT, 503, None, 4.1), Answer("N0050", 5.0, CONTENT, 503, None, 5.1),
+                    Answer("N0051", 4.0, CONTENT, 503, None, 4.1), Answer("N0051", 6.0, CONTENT, 201, "id-51", 6.1),
+                    Answer("N0052", 4.0, CONTENT, 429, None, 4.1)]
+    obs.issuer.append(IssuerInvoice("id-51", "N0051", "confirmed", None, None, None))
+    obs.stored.append(StoredInvoice("N0051", CONTENT))
+    obs.samples[-1] = Sample(7.0, {"confirmed": 4}, 0.0)
+    v = check(obs)
+    assert v.passed, v.violations
+    assert (v.acknowledged, v.refused, v.unanswered, v.requests) == (4, 4, 0, 8)
+    assert v.as_dict()["refused"] == 4
+    obs.stored.pop()  # the one acknowledged after its 503 must still reach the store
+    v = check(obs)
+    assert len(v.lost) == 1 and v.lost[0].startswith("N0051 (invoice id-51)") and v.refused == 4
