@@ -576,7 +576,7 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
 # --------------------------------------------------------------------------- the drills profile (docs/drills.md)
 
 
-def test_drills_env_routes_sync_and_reconciler_through_the_profiles_toxiproxy_proxies() -> None:
+def test_drills_env_routes_every_database_user_through_the_profiles_toxiproxy_proxies() -> None:
     """drills/compose.env points the services at Toxiproxy's listeners; each listener forwards to the address the
     service uses without it, and the variables are the ones docker-compose.yml interpolates."""
     root = Path(__file__).resolve().parents[1]
@@ -587,7 +587,9 @@ def test_drills_env_routes_sync_and_reconciler_through_the_profiles_toxiproxy_pr
     text = (root / "docker-compose.yml").read_text()
     routed = {"FAPIAO_SYNC_TAXSTORE_URL": ("sync", "FAPIAO_TAXSTORE_URL"),
               "FAPIAO_SYNC_DATABASE_URL": ("sync", "FAPIAO_DATABASE_URL"),
-              "FAPIAO_RECONCILER_DATABASE_URL": ("reconciler", "FAPIAO_DATABASE_URL")}
+              "FAPIAO_RECONCILER_DATABASE_URL": ("reconciler", "FAPIAO_DATABASE_URL"),
+              "FAPIAO_ISSUER_DATABASE_URL": ("issuer", "FAPIAO_DATABASE_URL"),
+              "FAPIAO_NOTIFIER_DATABASE_URL": ("notifier", "FAPIAO_DATABASE_URL")}
     for var, (svc, key) in routed.items():
         assert "${" + var + ":-" in text, var
         direct = interpolate(str(environment(services()[svc])[key]))
@@ -612,3 +614,13 @@ def test_drills_profile_adds_toxiproxy_and_a_drill_container_running_the_cli() -
     for name, svc in svcs.items():  # the default profile stays what it was
         if name not in ("toxiproxy", "drill"):
             assert "drills" not in (svc.get("profiles") or []), name
+
+
+def test_every_fault_target_of_a_compose_drill_has_its_toxiproxy_proxy() -> None:
+    """Each service a drill can cut from PostgreSQL (and the store link) has a proxy in the profile's config."""
+    from fapiao.drill.compose import PROXIES
+    from fapiao.drill.scenario import DB_PROXIED
+
+    root = Path(__file__).resolve().parents[1]
+    configured = {p["name"] for p in json.loads((root / "drills/compose-toxiproxy.json").read_text())}
+    assert {f"postgres-{s}" for s in DB_PROXIED} | {"taxstore"} == set(PROXIES) and set(PROXIES.values()) <= configured

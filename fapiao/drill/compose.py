@@ -30,13 +30,14 @@ from typing import Any
 
 import httpx
 
+from fapiao.drill.scenario import DB_PROXIED
 from fapiao.drill.stack import PRIVATE_ONLY, put_back
 from fapiao.infra.toxiproxy import Toxiproxy
 
 __all__ = ["ComposeStack", "DockerAPI", "DockerError"]
 
 # Fault target -> the Toxiproxy proxy in drills/compose-toxiproxy.json.
-PROXIES = {"taxstore": "taxstore", "postgres-sync": "postgres-sync", "postgres-reconciler": "postgres-reconciler"}
+PROXIES = {"taxstore": "taxstore", **{f"postgres-{s}": f"postgres-{s}" for s in DB_PROXIED}}
 
 
 class DockerError(RuntimeError):
