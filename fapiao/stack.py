@@ -406,7 +406,7 @@ def up() -> None:
         processes["supervisor"] = {"pid": sup.pid, "marker": "fapiao.stack supervise", "ports": [],
                                    "log": str(d / "logs" / "supervisor.log")}
         _save(state)
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - whatever stopped start-up (Ctrl-C too): stop what was started
         typer.echo(f"\nStart-up failed: {exc}", err=True)
         _stop_all(state)
         raise typer.Exit(1) from None
@@ -747,7 +747,7 @@ def supervise(interval: float = 1.0) -> None:
                     del due[name]
                     try:
                         _respawn(state, name)
-                    except Exception as exc:  # logged; tried again after the next backoff
+                    except Exception as exc:  # noqa: BLE001 - the supervisor outlives it: logged, tried again later
                         typer.echo(f"{time.strftime('%H:%M:%S')} {name} did not start: {exc}")
                         continue
                     typer.echo(f"{time.strftime('%H:%M:%S')} {name} started again, pid "
@@ -771,10 +771,8 @@ def logs(service: str = typer.Option(None, help="only this component"),
         typer.echo("No logs yet. Start the stack with: make up")
         return
     cmd = ["tail", f"-n{lines}"] + (["-F"] if follow else []) + list(paths.values())
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends `--follow`
         subprocess.run(cmd, check=False)
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def pipeline_processes(infra: Infra, issuer: RunningIssuer) -> Iterator[tuple[Se
     try:
         for p in procs:
             p.start()
-    except Exception as exc:
+    except (OSError, RuntimeError) as exc:  # could not spawn (OSError), exited early, or not ready (TimeoutError)
         stop_all(procs)
         pytest.fail(f"could not start the tax store and sync processes: {exc}", pytrace=False)
     yield procs
@@ -159,7 +159,7 @@ def recon_processes(recon_plan: ReconProcesses, recon_issuer: RunningIssuer) -> 
     try:
         for p in procs:
             p.start()
-    except Exception as exc:
+    except (OSError, RuntimeError) as exc:  # could not spawn (OSError), exited early, or not ready (TimeoutError)
         stop_all(procs)
         pytest.fail(f"could not start the reconciler's pipeline: {exc}", pytrace=False)
     yield recon_plan
