@@ -112,7 +112,7 @@ def test_the_embedded_font_is_the_simplified_chinese_face() -> None:
     import os
 
     import cvttf_NotoSansCJK_Regular as noto  # type: ignore[import-untyped]
-    from fontTools.ttLib import TTFont
+    from fontTools.ttLib import TTFont  # type: ignore[import-untyped]
 
     from services.issuer.invoices import document
 
@@ -128,3 +128,18 @@ def _same_but_simplified(sc: Any, tc: Any) -> None:
     differ = [ch for ch in "骨票角令通名" if sc_map[ord(ch)] != tc_map[ord(ch)]]
     assert differ == list("骨票角令通名"), "where the two forms differ, the Simplified one"
     assert all(sc_map[ord(ch)] == tc_map[ord(ch)] for ch in "发号码税额"), "a character of one form keeps it"
+
+
+def test_the_reports_cases_table_wraps_a_long_outcome_and_loses_none_of_it() -> None:
+    import subprocess
+
+    from fapiao.infra.tools import ensure_pdftoppm
+
+    outcome = ("Resolved: visible at the tax authority after 3 resyncs, receipt R-20261103-000123; 买方已在电子税务局"
+               "查到该发票，金额与税额一致，无需重开。 ") * 3 + "END-OF-OUTCOME"
+    s = _summary()
+    s["cases"]["items"][0]["resolution"] = outcome
+    done = subprocess.run([str(ensure_pdftoppm().with_name("pdftotext")), "-", "-"], input=report.report_pdf(s),
+                          capture_output=True, timeout=60, check=True)
+    words = "".join(done.stdout.decode().split())
+    assert "".join(outcome.split()) in words, "every word of the outcome, in order, none cut"

@@ -73,7 +73,7 @@ def _simplified_face(source: str, target: str) -> None:
     """The SC face of a Noto Sans CJK region font: each character mapped to the glyph its `locl` feature picks
     for Simplified Chinese (ZHS), and the names saying SC. Only `cmap` and `name` are rewritten; the outlines
     are copied as they are. Written beside the target and renamed into place, so a concurrent maker is safe."""
-    from fontTools.ttLib import TTFont
+    from fontTools.ttLib import TTFont  # type: ignore[import-untyped]
 
     reader = TTFont(source, lazy=True)
     gsub = reader["GSUB"].table
