@@ -460,16 +460,18 @@ def summary(
                                help="any seller, asked of the reconciler with the admin token (operators)"),
     api_key: str = typer.Option(None, "--api-key", envvar="FAPIAO_API_KEY",
                                 help="the tenant's API key (the default: your own invoices, via the issuer)"),
-    url: str = typer.Option(None, "--url", help="issuer URL (or, with --tax-id, the reconciler's)"),
+    url: str = typer.Option(None, "--url", help="issuer URL (or, with --tax-id and no --out, the reconciler's)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
-    out: Path = typer.Option(None, "--out", help="write the summary to this file instead (the tenant's, via the "
-                                                 "issuer), in --format"),
+    out: Path = typer.Option(None, "--out", help="write the summary to this file instead, in --format (the "
+                                                 "tenant's via the issuer; with --tax-id, that seller's via the "
+                                                 "issuer's admin route)"),
     fmt: str = typer.Option(None, "--format", help=f"with --out: {' | '.join(SUMMARY_FILES)} (default: the file's "
                                                    "ending)"),
 ) -> None:
     """发票汇总确认: one seller's month, counts and sums (blue / red) here and at the tax authority, and every
     difference. Exit status 0 when both sides agree, 1 when they differ, 2 when it cannot be had. With --out,
-    the month as a file for the accountants (GET /v1/summaries/{month}?format=...); exit 0 once written."""
+    the month as a file for the accountants (GET /v1/summaries/{month}?format=..., or for an operator with
+    --tax-id GET /admin/summaries/{month}?seller_tax_id=...&format=... on the issuer); exit 0 once written."""
     from shared.errors import ValidationFailed
     from shared.validators import parse_month
 
@@ -481,15 +483,21 @@ def summary(
         raise typer.Exit(2) from None
     _load_stack_env()
     if out is not None or fmt is not None:
-        if out is None or tax_id:
-            err.print("[red]--format goes with --out, and a file is the tenant's own month (no --tax-id)[/red]")
+        if out is None:
+            err.print("[red]--format goes with --out[/red]")
             raise typer.Exit(2)
         fmt = (fmt or out.suffix.lstrip(".")).lower()
         if fmt not in SUMMARY_FILES:
             err.print(f"[red]--format:[/red] one of {', '.join(SUMMARY_FILES)} (or a file ending in one)")
             raise typer.Exit(2)
         url = url or os.environ.get("FAPIAO_ISSUER_URL") or "http://127.0.0.1:8000"
-        written = _download(url, f"/v1/summaries/{month}", out, token=_api_key(api_key), params={"format": fmt})
+        if tax_id:  # an operator's copy of any tenant's month: the issuer renders it, as for the tenant
+            seller = tax_id.strip().upper()
+            written = _download(url, f"/admin/summaries/{month}", out, token=_admin_token(),
+                                params={"format": fmt, "seller_tax_id": seller},
+                                missing=f"no tenant with tax id {seller}")
+        else:
+            written = _download(url, f"/v1/summaries/{month}", out, token=_api_key(api_key), params={"format": fmt})
         Console().print(f"Wrote {out} ({written:,} bytes, {fmt}).")
         return
     if tax_id:

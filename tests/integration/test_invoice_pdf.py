@@ -130,3 +130,54 @@ async def test_a_voided_invoice_carries_a_watermark(infra: Infra, issuer: Runnin
         await asyncio.wait_for(task, 10)
     assert done.returncode == 0, done.stderr
     assert _words(await asyncio.to_thread(out.read_bytes)) == words
+
+
+def _layout(pdf: bytes) -> list[str]:
+    """The pages' text laid out as printed (pdftotext -layout): a table row stays one line."""
+    done = subprocess.run(["pdftotext", "-layout", "-", "-"], input=pdf, capture_output=True, timeout=60, check=True)
+    return done.stdout.decode().splitlines()
+
+
+def _fonts(pdf: bytes) -> list[str]:
+    """The names of the fonts a PDF embeds, as poppler's pdffonts lists them (subset tag removed)."""
+    with tempfile.NamedTemporaryFile(suffix=".pdf") as f:
+        f.write(pdf)
+        f.flush()
+        done = subprocess.run(["pdffonts", f.name], capture_output=True, timeout=60, check=True, text=True)
+    return [ln.split()[0].partition("+")[2] or ln.split()[0] for ln in done.stdout.splitlines()[2:] if ln.strip()]
+
+
+async def test_a_long_invoice_lists_every_line_over_further_pages(issuer: RunningIssuer, tenant: Tenant,
+                                                                   pdftoppm: Path) -> None:
+    from services.issuer.invoices import document
+
+    n = 23
+    lines = [factories.line(quantity="1", unit_price=f"{1000 + 17 * i}.{i:02d}",
+                            description=f"货物第{i + 1:02d}项 item") for i in range(n)]
+    doc = factories.invoice(tenant.tax_id, lines=lines, buyer={"tax_id": factories.uscc(), "name": "长清单买方"})
+    made = await issuer.client.post("/v1/invoices", headers=tenant.headers, json=doc)
+    assert made.status_code == 201, made.text
+    r = await issuer.client.get(f"/v1/invoices/{made.json()['id']}/pdf", headers=tenant.headers)
+    assert r.status_code == 200, r.text[:200]
+    pages = document.page_count(n)
+    assert pages > 1 and _pages(r.content) == pages, (pages, _pages(r.content))
+    rows = _layout(r.content)
+    for line in lines:
+        [row] = [ln for ln in rows if line["description"] in ln]  # each line once, its amount on its row
+        assert line["amount"] in row.split() and line["tax_amount"] in row.split(), (line, row)
+    words = _words(r.content)
+    assert all(f"第{k}页/共{pages}页" in words for k in range(1, pages + 1)), words[-300:]
+    assert words.count("项目名称") == pages, "the table's header row on every page"
+    assert words.count(doc["number"]) >= pages, "every page names its invoice"
+    assert f"¥{doc['total']}" in words and _in_capitals(doc["total"]) in words
+    _, number, _, total, _ = (await asyncio.to_thread(_qr, pdftoppm, r.content)).split(",")[1:]
+    assert (number, total) == (doc["number"], doc["total"]), "the first page's QR code still decodes"
+    assert _fonts(r.content) == ["NotoSansCJKSCRegular"], "one font: Noto Sans CJK, its Simplified-Chinese face"
+
+
+def _in_capitals(total: str) -> str:
+    from decimal import Decimal
+
+    from shared.capitals import in_capitals
+
+    return in_capitals(Decimal(total))

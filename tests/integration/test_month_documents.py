@@ -7,7 +7,10 @@ pdftotext) and HTML (parsed: its figures and its chart's bars against the JSON).
 
 One scene serves the module: a tenant issues three invoices during a tax store outage, opens a case about one of
 them (with a note that looks like a formula), and the outage ends, so the invoices are confirmed and the case
-resolved."""
+resolved. Then the store starts to lose what it acknowledges (drop_rate 1): a fourth invoice gets a receipt but
+never becomes visible, is resynced in vain and ends stuck, with a case the reconciler opens about it — the month's
+one gap. The operators' copies of the month (GET /admin/summaries/{month}, `fapiao summary --tax-id --out`) are
+held against the tenant's."""
 
 from __future__ import annotations
 
@@ -29,7 +32,9 @@ import pytest
 from openpyxl import load_workbook
 
 from fapiao.infra.tools import ensure_pdftoppm
+from services.issuer.invoices.report import AGES
 from services.issuer.invoices.summaries import CASE_COLUMNS, FIGURE_COLUMNS
+from tests import factories
 from tests.harness import (
     ADMIN,
     ARTIFACTS,
@@ -57,6 +62,7 @@ class Scene:
     case_invoice: str
     month: str
     http: str  # the issuer over real HTTP, for the CLI
+    gap_invoice: str  # the invoice the store lost: stuck, the month's gap
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +97,17 @@ async def scene(infra: Infra, recon_issuer: RunningIssuer, recon_processes: Reco
 
         await eventually(resolved, timeout=60, interval=0.3)
         shown = (await p.issuer.client.get(f"/v1/invoices/{first}", headers=tenant.headers)).json()
-        yield Scene(p, tenant, other, ids, case_no, first, shown["issue_date"][:7], recon_issuer_http)
+        month = shown["issue_date"][:7]
+
+        await p.faults(drop_rate=1.0)  # acknowledged, stored nowhere: a gap, then stuck after 5 resyncs
+        [lost] = (await issue(p, tenant, 1)).values()
+
+        async def stuck() -> bool:
+            r = await p.issuer.client.get(f"/v1/summaries/{month}", headers=tenant.headers)
+            return any(g["kind"] == "stuck" for g in r.json()["gaps"]) and r.json()["cases"]["total"] == 2
+
+        await eventually(stuck, timeout=60, interval=0.5)
+        yield Scene(p, tenant, other, ids, case_no, first, month, recon_issuer_http, lost)
     finally:
         await p.clear_faults()
 
@@ -122,13 +138,13 @@ def _expected_figures(summary: dict[str, Any]) -> dict[tuple[str, str], tuple[An
 async def test_the_monthly_summary_as_csv_and_xlsx_holds_the_jsons_figures(scene: Scene) -> None:
     s = scene
     summary = await _summary(s)
-    assert summary["ours"]["blue"]["count"] == 3 and summary["states"] == {"confirmed": 3}, summary
+    assert summary["ours"]["blue"]["count"] == 4 and summary["states"] == {"confirmed": 3, "stuck": 1}, summary
     assert summary["ours"]["net"]["total"] == summary["ours"]["blue"]["total"], "no red invoices: net is blue"
-    assert summary["cases"]["by_status"] == {"resolved": 1}
-    [case] = summary["cases"]["items"]
-    assert case["case_no"] == s.case_no and case["note"] == NOTE
+    assert summary["cases"]["by_status"] == {"open": 1, "resolved": 1}, "the tenant's, and the stuck invoice's"
+    [case] = [c for c in summary["cases"]["items"] if c["case_no"] == s.case_no]
+    assert case["note"] == NOTE
     days = {d["date"]: d for d in summary["daily"]}
-    assert sum(d["issued"] for d in days.values()) == 3 and sum(d["confirmed"] for d in days.values()) >= 1
+    assert sum(d["issued"] for d in days.values()) == 4 and sum(d["confirmed"] for d in days.values()) >= 1
     wanted = _expected_figures(summary)
 
     # XLSX, chosen by the format parameter.
@@ -147,9 +163,9 @@ async def test_the_monthly_summary_as_csv_and_xlsx_holds_the_jsons_figures(scene
             assert isinstance(cell, int | float), (key, cell, "a number, not text")
             assert Decimal(str(cell)).quantize(Decimal("0.01")) == Decimal(want).quantize(Decimal("0.01")), (key, cell)
     cases = _sheet(book["cases"], len(CASE_COLUMNS))
-    assert tuple(cases[0]) == CASE_COLUMNS and len(cases) == 2
-    by = dict(zip(CASE_COLUMNS, cases[1], strict=True))
-    assert by["case_no"] == s.case_no and by["status"] == "resolved"
+    assert tuple(cases[0]) == CASE_COLUMNS and len(cases) == 1 + len(summary["cases"]["items"])
+    [by] = [dict(zip(CASE_COLUMNS, row, strict=True)) for row in cases[1:] if row[0] == s.case_no]
+    assert by["status"] == "resolved"
     assert by["note"] == "'" + NOTE, "a formula stays text"
 
     # CSV, chosen by the Accept header; the same figures as text.
@@ -337,24 +353,33 @@ _TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "spa
 
 async def test_the_months_report_as_pdf_and_html_shows_the_jsons_figures(scene: Scene, pdftotext: Path) -> None:
     s = scene
-    summary = await _summary(s)
+    for _ in range(3):  # the gap's age bucket moves on as it ages: the documents and a JSON on either side agree
+        summary = await _summary(s)
+        r = await s.p.issuer.client.get(f"/v1/summaries/{s.month}", params={"format": "pdf"},
+                                        headers=s.tenant.headers)
+        page = await s.p.issuer.client.get(f"/v1/summaries/{s.month}", headers={**s.tenant.headers,
+                                                                                 "Accept": "text/html,*/*;q=0.8"})
+        if (await _summary(s))["gaps"] == summary["gaps"]:
+            break
     daily = summary["daily"]
-
-    r = await s.p.issuer.client.get(f"/v1/summaries/{s.month}", params={"format": "pdf"}, headers=s.tenant.headers)
     assert r.status_code == 200 and r.headers["content-type"] == "application/pdf", r.text[:300]
     await _keep("report.pdf", r.content)
     words = _words(r.content)
+    gaps = summary["gaps"]
+    assert any(g["kind"] == "stuck" for g in gaps), gaps
+    assert "Nogaps" not in words
+    for kind in {g["kind"] for g in gaps}:  # its row: the kind, then the count in each age bucket, in order
+        counts = {g["age"]: g["count"] for g in gaps if g["kind"] == kind}
+        assert kind + "".join(str(counts.get(age, 0)) for age, _ in AGES) in words, (kind, counts, words)
     for colour in ("blue", "red", "net"):
         for side in ("ours", "authority"):
             assert f"¥{summary[side][colour]['total']}" in words, (colour, side, words[:500])
     issued, confirmed = sum(d["issued"] for d in daily), sum(d["confirmed"] for d in daily)
     for expected in ("月度报告", f"Monthlyreport{s.month}", s.tenant.tax_id, s.case_no, "resolved:1",
-                     f"Inall:{issued}issued,{confirmed}confirmed", "Nogaps",
+                     f"Inall:{issued}issued,{confirmed}confirmed",
                      *(f"{k}:{v}" for k, v in summary["states"].items())):
         assert expected in words, (expected, words[:600])
 
-    page = await s.p.issuer.client.get(f"/v1/summaries/{s.month}", headers={**s.tenant.headers,
-                                                                             "Accept": "text/html,*/*;q=0.8"})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page.text[:300]
     assert "default-src 'none'" in page.headers["content-security-policy"]
     await _keep("report.html", page.content)
@@ -372,6 +397,11 @@ async def test_the_months_report_as_pdf_and_html_shows_the_jsons_figures(scene: 
     assert f["cases.total"] == str(summary["cases"]["total"]) and f["cases.resolved"] == "1"
     assert (f["daily.issued"], f["daily.confirmed"]) == (str(issued), str(confirmed))
     assert f["matches"] == ("yes" if summary["matches"] else "no") and f["month"] == s.month
+    assert "no_gaps" not in f
+    for g in gaps:
+        assert f[f"gap.{g['kind']}.{g['age']}"] == str(g["count"]), g
+    shown = {k for k in f if k.startswith("gap.") and f[k] != "0"}
+    assert shown == {f"gap.{g['kind']}.{g['age']}" for g in gaps}, "no gap the JSON does not have"
     assert len(parsed.bars) == 2 * len(daily), "a bar of each series for every day"
     for bar in parsed.bars:
         day = next(d for d in daily if d["date"] == bar["data-date"])
@@ -382,3 +412,61 @@ async def test_the_months_report_as_pdf_and_html_shows_the_jsons_figures(scene: 
     done = await asyncio.to_thread(_cli, s, "summary", "--month", s.month, "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert s.case_no in _words(await asyncio.to_thread(out.read_bytes))
+
+
+def _steady(rows: list[Any]) -> list[Any]:
+    """A summary file's rows but the gaps' (a gap's age bucket may move on between two requests)."""
+    return [r for r in rows if not str(r[0]).startswith("gap:")]
+
+
+async def test_an_operator_gets_any_tenants_month_as_its_tenant_does(scene: Scene, pdftotext: Path) -> None:
+    s = scene
+    path, c = f"/admin/summaries/{s.month}", s.p.issuer.client
+    seller = {"seller_tax_id": s.tenant.tax_id.lower()}  # any case, as the CLI and the other admin routes take it
+    mine, theirs = await asyncio.gather(
+        c.get(f"/v1/summaries/{s.month}", params={"format": "csv"}, headers=s.tenant.headers),
+        c.get(path, params={**seller, "format": "csv"}, headers=ADMIN))
+    assert theirs.status_code == 200 and theirs.headers["content-type"].startswith("text/csv"), theirs.text[:300]
+    assert f"summary-{s.tenant.tax_id}-{s.month}.csv" in theirs.headers["content-disposition"]
+    rows = [list(csv.reader(io.StringIO(x.content.decode("utf-8-sig")))) for x in (mine, theirs)]
+    assert _steady(rows[1]) == _steady(rows[0]) and len(rows[1]) > 20, "the tenant's own figures"
+    as_json = (await c.get(path, params=seller, headers=ADMIN)).json()
+    assert as_json["seller_tax_id"] == s.tenant.tax_id and as_json["ours"] == (await _summary(s))["ours"]
+    other = (await c.get(path, params={"seller_tax_id": s.other.tax_id}, headers=ADMIN)).json()
+    assert other["seller_tax_id"] == s.other.tax_id and other["ours"]["blue"]["count"] == 0, "the tenant asked for"
+
+    pdf, html = await asyncio.gather(c.get(path, params={**seller, "format": "pdf"}, headers=ADMIN),
+                                     c.get(path, params=seller, headers={**ADMIN, "Accept": "text/html"}))
+    assert pdf.headers["content-type"] == "application/pdf" and html.headers["content-type"].startswith("text/html")
+    words = _words(pdf.content)
+    assert all(w in words for w in ("月度报告", s.tenant.tax_id, s.case_no)), words[:400]
+    assert "default-src 'none'" in html.headers["content-security-policy"]
+    parsed = _Figures()
+    parsed.feed(html.text)
+    assert parsed.active == [] and parsed.figures["seller_tax_id"] == s.tenant.tax_id
+    assert parsed.figures["blue.count.here"] == str(as_json["ours"]["blue"]["count"])
+
+
+    unknown = await c.get(path, params={"seller_tax_id": factories.uscc(), "format": "xlsx"}, headers=ADMIN)
+    assert unknown.status_code == 404 and unknown.headers["content-type"].startswith("application/problem+json")
+    for bad in ({"seller_tax_id": "not a tax id!"}, {}):
+        refused = await c.get(path, params=bad, headers=ADMIN)
+        assert refused.status_code == 422 and refused.json()["errors"][0]["path"] == "seller_tax_id", refused.text
+    assert (await c.get("/admin/summaries/2026-13", params=seller, headers=ADMIN)).status_code == 422
+    assert (await c.get(path, params=seller, headers=s.tenant.headers)).status_code in (401, 403)
+
+    # `fapiao summary --tax-id --out`: the operator's file, whole; an unknown seller is exit 1.
+    out = s.p.infra.workdir / f"summary-{s.tenant.tax_id}-operator.xlsx"
+    xlsx = await c.get(f"/v1/summaries/{s.month}", params={"format": "xlsx"}, headers=s.tenant.headers)
+    done, gone = await asyncio.gather(
+        asyncio.to_thread(_cli, s, "summary", "--month", s.month, "--tax-id", s.tenant.tax_id, "--out", str(out),
+                          as_tenant=False),
+        asyncio.to_thread(_cli, s, "summary", "--month", s.month, "--tax-id", factories.uscc(), "--out",
+                          str(s.p.infra.workdir / "nobody.csv"), as_tenant=False))
+    assert done.returncode == 0, done.stderr
+    got = _sheet(load_workbook(io.BytesIO(await asyncio.to_thread(out.read_bytes)), read_only=True)["summary"],
+                 len(FIGURE_COLUMNS))
+    want = _sheet(load_workbook(io.BytesIO(xlsx.content), read_only=True)["summary"], len(FIGURE_COLUMNS))
+    assert _steady(got) == _steady(want)
+    assert gone.returncode == 1 and "no tenant" in gone.stderr, gone.stderr
+    assert not await asyncio.to_thread((s.p.infra.workdir / "nobody.csv").exists)

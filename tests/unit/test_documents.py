@@ -106,3 +106,40 @@ def test_wrapped_lines_fit_their_width_and_lose_nothing() -> None:
     one = document.cut(pdf, text, 50)
     assert one.endswith("…") and pdf.get_string_width(one) <= 50 + 0.01 and text.startswith(one[:-1])
     assert document.cut(pdf, "short", 50) == "short"
+
+
+def test_the_embedded_font_is_the_simplified_chinese_face() -> None:
+    import os
+
+    import cvttf_NotoSansCJK_Regular as noto  # type: ignore[import-untyped]
+    from fontTools.ttLib import TTFont  # type: ignore[import-untyped]
+
+    from services.issuer.invoices import document
+
+    with TTFont(document.font_path(), lazy=True) as sc, TTFont(
+            os.path.join(os.path.dirname(noto.__file__), "NotoSansCJKtc-Regular.otf"), lazy=True) as tc:
+        _same_but_simplified(sc, tc)
+
+
+def _same_but_simplified(sc: Any, tc: Any) -> None:
+    assert sc["name"].getDebugName(6) == "NotoSansCJKsc-Regular" and "CJK SC" in sc["name"].getDebugName(4)
+    sc_map, tc_map = sc.getBestCmap(), tc.getBestCmap()
+    # 票, 角 (of an amount in capitals), 通 (普通发票) and 名 (名称) are drawn differently in Simplified and Traditional
+    differ = [ch for ch in "骨票角令通名" if sc_map[ord(ch)] != tc_map[ord(ch)]]
+    assert differ == list("骨票角令通名"), "where the two forms differ, the Simplified one"
+    assert all(sc_map[ord(ch)] == tc_map[ord(ch)] for ch in "发号码税额"), "a character of one form keeps it"
+
+
+def test_the_reports_cases_table_wraps_a_long_outcome_and_loses_none_of_it() -> None:
+    import subprocess
+
+    from fapiao.infra.tools import ensure_pdftoppm
+
+    outcome = ("Resolved: visible at the tax authority after 3 resyncs, receipt R-20261103-000123; 买方已在电子税务局"
+               "查到该发票，金额与税额一致，无需重开。 ") * 3 + "END-OF-OUTCOME"
+    s = _summary()
+    s["cases"]["items"][0]["resolution"] = outcome
+    done = subprocess.run([str(ensure_pdftoppm().with_name("pdftotext")), "-", "-"], input=report.report_pdf(s),
+                          capture_output=True, timeout=60, check=True)
+    words = "".join(done.stdout.decode().split())
+    assert "".join(outcome.split()) in words, "every word of the outcome, in order, none cut"

@@ -1,12 +1,12 @@
 """Operators' routes (admin token): register tenants and manage their API keys, find invoices whichever tenant
-issued them."""
+issued them, and any tenant's documents (an invoice's page, a case's evidence pack, a month's summary)."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import select
@@ -14,7 +14,15 @@ from sqlalchemy import select
 from services.issuer import keys
 from services.issuer import models as m
 from services.issuer.api.answers import found, respond
-from services.issuer.api.cases import EVIDENCE_ANSWER, evidence_response
+from services.issuer.api.cases import (
+    EVIDENCE_ANSWER,
+    FORMAT_HELP,
+    SUMMARY_ANSWERS,
+    SummaryFormat,
+    evidence_response,
+    summary_format,
+    summary_response,
+)
 from services.issuer.api.deps import ReconcilerDep, ScheduleDep, SessionDep
 from services.issuer.api.invoices import PDF_ANSWER, pdf_response
 from services.issuer.ops import lookups
@@ -23,7 +31,7 @@ from shared.contracts.cases import is_case_no
 from shared.errors import NotFound
 from shared.http import require_admin
 from shared.uscc import USCC_PATTERN
-from shared.validators import CLEAN_NAME, JsonPattern
+from shared.validators import CLEAN_NAME, MONTH_PATTERN, JsonPattern, parse_month
 
 __all__ = ["router"]
 
@@ -95,6 +103,26 @@ async def any_case_evidence(case_no: str, rec: ReconcilerDep, schedule: Schedule
     except NotFound:
         invoice = None
     return await evidence_response(case.model_dump(mode="json", exclude={"tenant_id"}), invoice)
+
+
+@router.get("/summaries/{month}", dependencies=[Depends(require_admin)], response_class=JSONResponse,
+            responses={**SUMMARY_ANSWERS, 404: {"description": "No tenant has this tax id"}})
+async def any_summary(month: Annotated[str, Path(json_schema_extra={"pattern": MONTH_PATTERN})],
+                      seller_tax_id: Annotated[str, Query(pattern=r"^[0-9A-Za-z]{1,18}$",
+                                                          description="the tenant, by its tax id (USCC)")],
+                      session: SessionDep, rec: ReconcilerDep,
+                      format: Annotated[SummaryFormat | None, Query(description=FORMAT_HELP)] = None,
+                      accept: Annotated[str | None, Header(include_in_schema=False)] = None) -> Response:
+    """One tenant's monthly summary, chosen by its tax id, in the formats its tenant gets from
+    GET /v1/summaries/{month}: JSON, CSV, XLSX, or the month's report as PDF or HTML."""
+    parse_month(month)
+    chosen = summary_format(format, accept)
+    tax_id = seller_tax_id.upper()
+    known = (await session.execute(select(m.tenants.c.id).where(m.tenants.c.tax_id == tax_id))).first()
+    if known is None:
+        raise NotFound(f"no tenant with tax id {tax_id}")
+    body = await rec.summary(seller_tax_id=tax_id, month=month)
+    return await summary_response(body, chosen, tax_id=tax_id, month=month)
 
 
 # --- a tenant's API keys ------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from shared.contracts.cases import CaseStatus
 from shared.errors import FapiaoError
 from shared.validators import MONTH_PATTERN, parse_month
 
-__all__ = ["router"]
+__all__ = ["SUMMARY_ANSWERS", "router", "summary_response"]
 
 # Tagged "invoices" too, as they were when they shared the invoices' router: the published OpenAPI document
 # keeps its tags.
@@ -138,15 +138,16 @@ _FORMAT_ANSWERS: dict[int | str, dict[str, Any]] = {
                       "text/html": {"schema": {"type": "string"}}}},
     406: {"description": "The Accept header asks for no format this summary comes in (problem+json)"},
     422: {"description": "Not a month from 2000-01 to 2099-12 (YYYY-MM), or an unknown format"}}
+SUMMARY_ANSWERS = {**_FORMAT_ANSWERS, **_RECONCILER_DOWN}
+SummaryFormat = Literal["json", "csv", "xlsx", "pdf", "html"]
+FORMAT_HELP = ("json; csv (UTF-8 with a BOM) or xlsx for a spreadsheet; pdf or html for the month's report. Without "
+               "it the Accept header chooses (JSON when it accepts anything)")
 
 
-@router.get("/summaries/{month}", response_class=JSONResponse, responses={**_FORMAT_ANSWERS, **_RECONCILER_DOWN})
+@router.get("/summaries/{month}", response_class=JSONResponse, responses=SUMMARY_ANSWERS)
 async def get_summary(month: Annotated[str, Path(json_schema_extra={"pattern": MONTH_PATTERN})], tenant: TenantDep,
                       rec: ReconcilerDep,
-                      format: Annotated[Literal["json", "csv", "xlsx", "pdf", "html"] | None, Query(
-                          description="json; csv (UTF-8 with a BOM) or xlsx for a spreadsheet; pdf or html for the "
-                                      "month's report. Without it the Accept header chooses (JSON when it accepts "
-                                      "anything)")] = None,
+                      format: Annotated[SummaryFormat | None, Query(description=FORMAT_HELP)] = None,
                       accept: Annotated[str | None, Header(include_in_schema=False)] = None) -> Response:
     """The month's reconciliation for this seller: issued, confirmed, gaps, stuck, cases; as JSON, as CSV or XLSX
     for a spreadsheet, or as the month's report to read (HTML, PDF: counts and amounts blue / red / net, gaps by
@@ -154,9 +155,14 @@ async def get_summary(month: Annotated[str, Path(json_schema_extra={"pattern": M
     parse_month(month)  # the reconciler and the CLI check months with the same function
     chosen = summary_format(format, accept)
     body = await rec.summary(seller_tax_id=tenant.tax_id, month=month)
+    return await summary_response(body, chosen, tax_id=tenant.tax_id, month=month)
+
+
+async def summary_response(body: dict[str, Any], chosen: str, *, tax_id: str, month: str) -> Response:
+    """A seller's monthly summary (the reconciler's JSON) in the chosen format, as tenants and operators get it."""
     if chosen == "json":
         return JSONResponse(body)
-    name = f"summary-{tenant.tax_id}-{month}.{chosen}"
+    name = f"summary-{tax_id}-{month}.{chosen}"
     disposition = {"Content-Disposition": f'attachment; filename="{name}"'}
     if chosen == "csv":
         return Response(summaries.summary_csv(body), media_type="text/csv; charset=utf-8", headers=disposition)

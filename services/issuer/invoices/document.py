@@ -1,6 +1,12 @@
 """The invoice as a page people print and keep (版式文件): A5 landscape in the manner of a 数电票 — title by kind,
 number and date, a QR code, buyer and seller, the lines, totals in figures and in capitals (大写), remarks —
-with a CJK font embedded (subset), so it reads the same on any machine.
+with a CJK font embedded (subset), so it reads the same on any machine. Every line is printed: past what the
+first page holds, the lines go on over further pages of the same size (see invoice_pdf).
+
+The font is Noto Sans CJK in its Simplified-Chinese face (SC), as these invoices are written in Simplified
+Chinese: its pip package ships the Traditional face (TC) only, whose glyph forms differ for some characters
+(骨, 门, 说 …), so font_path() derives the SC face from it once — the file holds every form and says which is
+Simplified in its `locl` feature for ZHS — and keeps it in a cache directory.
 
 The QR code carries the fields a verifier needs, comma-separated: `01,<kind code>,<number>,<issue date YYYYMMDD>,
 <total>,<check>`, with kind code 31 for a special VAT invoice (专票) and 32 for an ordinary one (普票), and
@@ -12,7 +18,9 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
+import tempfile
 from decimal import Decimal
 from functools import cache
 from typing import Any
@@ -21,7 +29,8 @@ from fpdf import FPDF
 
 from shared.capitals import in_capitals
 
-__all__ = ["INK", "KIND_CODES", "TITLES", "cut", "font_path", "invoice_pdf", "qr_payload", "wrap"]
+__all__ = ["INK", "KIND_CODES", "LINES_PER_PAGE", "MAX_LINES", "TITLES", "cut", "font_path", "invoice_pdf",
+           "page_count", "qr_payload", "wrap"]
 
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # it narrates every subset it makes at INFO
 
@@ -33,14 +42,81 @@ STATUS_WORDS = {"confirmed": "已在税务机关可见 visible at the tax author
 INK = (150, 40, 30)  # the brown-red of a 数电票's frame and labels
 TOTALS_Y = 100  # mm from the top: the lines fill 66..98, then the totals, the remarks and the footer at 136
 MAX_LINES = 6  # what fits between the header row and the totals, at 5 mm a line
+LINES_PER_PAGE = 17  # on a continuation page: from below its header row (y 44) to above the footer (y 132)
+FONT_NAME = "NotoSansCJKsc-Regular"  # the PostScript name a PDF's font dictionary carries (behind a subset tag)
+
+
+def font_dir() -> str:
+    """Where the derived SC face is kept: $FAPIAO_FONT_DIR, else the user's cache directory."""
+    if os.environ.get("FAPIAO_FONT_DIR"):
+        return os.environ["FAPIAO_FONT_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fapiao", "fonts")
 
 
 @cache
 def font_path() -> str:
-    """The embedded CJK font (Noto Sans CJK, from its package): every document of the issuer uses it."""
+    """The embedded CJK font, Noto Sans CJK SC: every document of the issuer uses it. Made on first use from
+    the pip package's TC face (a few seconds) and then reused, by this and every later process."""
     import cvttf_NotoSansCJK_Regular as noto  # type: ignore[import-untyped]
 
-    return os.path.join(os.path.dirname(noto.__file__), "NotoSansCJKtc-Regular.otf")
+    source = os.path.join(os.path.dirname(noto.__file__), "NotoSansCJKtc-Regular.otf")
+    stamp = f"{os.path.getsize(source)}-{int(os.path.getmtime(source))}"
+    target = os.path.join(font_dir(), f"{FONT_NAME}-{stamp}.otf")
+    if not os.path.exists(target):
+        os.makedirs(font_dir(), exist_ok=True)
+        _simplified_face(source, target)
+    return target
+
+
+def _simplified_face(source: str, target: str) -> None:
+    """The SC face of a Noto Sans CJK region font: each character mapped to the glyph its `locl` feature picks
+    for Simplified Chinese (ZHS), and the names saying SC. Only `cmap` and `name` are rewritten; the outlines
+    are copied as they are. Written beside the target and renamed into place, so a concurrent maker is safe."""
+    from fontTools.ttLib import TTFont  # type: ignore[import-untyped]
+
+    reader = TTFont(source, lazy=True)
+    gsub = reader["GSUB"].table
+    features = gsub.FeatureList.FeatureRecord
+    simplified: dict[str, str] = {}
+    for script in gsub.ScriptList.ScriptRecord:
+        for lang in script.Script.LangSysRecord:
+            if lang.LangSysTag != "ZHS ":
+                continue
+            for index in lang.LangSys.FeatureIndex:
+                if features[index].FeatureTag != "locl":
+                    continue
+                for lookup_index in features[index].Feature.LookupListIndex:
+                    lookup = gsub.LookupList.Lookup[lookup_index]
+                    for sub in lookup.SubTable:
+                        sub = sub.ExtSubTable if lookup.LookupType == 7 else sub
+                        simplified.update(getattr(sub, "mapping", {}))
+    if not simplified:
+        raise RuntimeError(f"{source} has no Simplified-Chinese forms (no locl for ZHS)")
+    font = TTFont(source, lazy=True, recalcBBoxes=False, recalcTimestamp=False)
+    for table in font["cmap"].tables:
+        if table.isUnicode() and getattr(table, "cmap", None):
+            for code, glyph in list(table.cmap.items()):
+                if glyph in simplified:
+                    table.cmap[code] = simplified[glyph]
+    for record in font["name"].names:
+        record.string = record.toUnicode().replace("CJK TC", "CJK SC").replace("CJKtc", "CJKsc")
+    fd, partial = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".partial")
+    os.close(fd)
+    try:
+        font.save(partial)
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+
+
+def page_count(lines: int) -> int:
+    """How many pages an invoice of `lines` lines takes: one when they fit the first page's table, else the
+    first page's MAX_LINES - 1 (its last row says where the rest are) and LINES_PER_PAGE on each further page."""
+    if lines <= MAX_LINES:
+        return 1
+    return 1 + math.ceil((lines - (MAX_LINES - 1)) / LINES_PER_PAGE)
 
 
 def _widths(pdf: FPDF, text: str) -> list[float]:
@@ -115,7 +191,7 @@ def invoice_pdf(shown: dict[str, Any]) -> bytes:
     content_hash = next((t["detail"]["content_hash"] for t in shown.get("timeline", [])
                          if (t.get("detail") or {}).get("content_hash")), "")
     pdf = FPDF(orientation="L", unit="mm", format=(148, 210))
-    pdf.set_auto_page_break(auto=False)  # one fixed page; long line lists are cut (the JSON has them all)
+    pdf.set_auto_page_break(auto=False)  # every page laid out by hand: the continuation pages are added below
     pdf.add_font("cjk", fname=font_path())
     pdf.set_title(f"{TITLES[inv['kind']]} {inv['number']}")
     pdf.set_creator("Fapiao Sync")
@@ -160,31 +236,45 @@ def invoice_pdf(shown: dict[str, Any]) -> bytes:
         text(x, top + 8, f"名称：{party['name']}", size=8, width=90)
         text(x, top + 14, f"统一社会信用代码/纳税人识别号：{party.get('tax_id') or '—'}", size=7, width=90)
 
-    # The lines.
+    # The lines: as many as fit on this page; the rest on continuation pages (the end of this function).
     cols = ((10, 58, "项目名称"), (68, 20, "数量"), (88, 24, "单价"), (112, 30, "金额"), (142, 18, "税率"),
             (160, 40, "税额"))
-    y = top + 26
-    pdf.set_font("cjk", size=7)
-    pdf.set_text_color(*ink)
-    for x, w, label in cols:
-        pdf.set_xy(x, y)
-        pdf.cell(w, 5, label, border="B", align="C")
-    pdf.set_text_color(0, 0, 0)
-    y += 6
-    lines = inv["lines"]
-    shown_lines = lines if len(lines) <= MAX_LINES else lines[: MAX_LINES - 1]
-    for line in shown_lines:
-        rate = f"{Decimal(str(line['tax_rate'])) * 100:.0f}%"
-        values = (line["description"], str(line["quantity"]), str(line["unit_price"]), str(line["amount"]), rate,
-                  str(line["tax_amount"]))
-        for (x, w, _), value in zip(cols, values, strict=True):
-            pdf.set_xy(x, y)
-            pdf.cell(w, 5, fit(value, w - 1), align="L" if x == 10 else "R")
-        y += 5
-    if len(shown_lines) < len(lines):
-        text(12, y, f"… 共 {len(lines)} 行 ({len(lines)} lines in all; every line is in the invoice's JSON)", size=7)
 
-    # Totals, in figures and in capitals, always at the same place (the lines above never reach them).
+    def header_row(y: float) -> float:
+        pdf.set_font("cjk", size=7)
+        pdf.set_text_color(*ink)
+        for x, w, label in cols:
+            pdf.set_xy(x, y)
+            pdf.cell(w, 5, label, border="B", align="C")
+        pdf.set_text_color(0, 0, 0)
+        return y + 6
+
+    def line_rows(rows: list[dict[str, Any]], y: float) -> float:
+        pdf.set_font("cjk", size=7)
+        pdf.set_text_color(0, 0, 0)
+        for line in rows:
+            rate = f"{Decimal(str(line['tax_rate'])) * 100:.0f}%"
+            values = (line["description"], str(line["quantity"]), str(line["unit_price"]), str(line["amount"]),
+                      rate, str(line["tax_amount"]))
+            for (x, w, _), value in zip(cols, values, strict=True):
+                pdf.set_xy(x, y)
+                pdf.cell(w, 5, fit(value, w - 1), align="L" if x == 10 else "R")
+            y += 5
+        return y
+
+    lines = inv["lines"]
+    pages = page_count(len(lines))
+    first = lines if pages == 1 else lines[: MAX_LINES - 1]
+    y = line_rows(first, header_row(top + 26))
+    if pages > 1:
+        text(12, y, f"共 {len(lines)} 行，第 {len(first) + 1}–{len(lines)} 行见续页 "
+                    f"({len(lines)} lines: the rest on the following pages)", size=7)
+
+    # Totals, in figures and in capitals, always at the same place on the first page (the lines above never reach
+    # them), and the QR code above: the first page is the invoice's face, the one a reader checks and a verifier
+    # scans, as on a paper invoice whose lines go on in a 销货清单 (list of goods) — a long invoice's further
+    # pages are that list, each with the invoice's number and its own header row, and totals on them would
+    # make a reader look for the figures on two pages.
     y = TOTALS_Y
     pdf.line(10, y, 200, y)
     text(12, y + 1, "合计", size=8, color=ink)
@@ -200,14 +290,37 @@ def invoice_pdf(shown: dict[str, Any]) -> bytes:
     text(12, y + 15, "备注", size=8, color=ink)
     text(24, y + 15, inv.get("remarks") or "", size=7, width=174)
     status = shown.get("status", "")
-    text(12, 136, f"Fapiao Sync · {STATUS_WORDS.get(status, status)} · {shown.get('id', '')}", size=6,
-         color=(110, 110, 110))
 
-    if status in ("voided", "red_lettered"):
+    def footer(page: int) -> None:
+        text(12, 136, f"Fapiao Sync · {STATUS_WORDS.get(status, status)} · {shown.get('id', '')}", size=6,
+             color=(110, 110, 110))
+        if pages > 1:
+            text(172, 136, f"第 {page} 页 / 共 {pages} 页", size=7)
+
+    footer(1)
+
+    def watermark() -> None:
+        if status not in ("voided", "red_lettered"):
+            return
         mark = "作废 VOID" if status == "voided" else "已红冲 RED-LETTERED"
         with pdf.local_context(fill_opacity=0.18, text_color=(200, 0, 0)):
             pdf.set_font("cjk", size=54)
             with pdf.rotation(25, x=105, y=80):
                 pdf.set_xy(35, 70)
                 pdf.cell(140, 20, mark, align="C")
+
+    watermark()
+    rest = lines[len(first):]
+    for page in range(2, pages + 1):
+        pdf.add_page()
+        text(10, 10, f"{TITLES[inv['kind']]}（续）销货清单 list of goods", size=11, color=ink)
+        text(150, 10, f"发票号码：{inv['number']}", size=8)
+        text(150, 15, f"开票日期：{inv['issue_date']}", size=8)
+        text(10, 20, f"销售方：{inv['seller']['name']}　购买方：{inv['buyer']['name']}", size=7, width=135)
+        rows, rest = rest[:LINES_PER_PAGE], rest[LINES_PER_PAGE:]
+        start = len(lines) - len(rest) - len(rows) + 1
+        text(10, 30, f"第 {start}–{start + len(rows) - 1} 行 / 共 {len(lines)} 行", size=7)
+        line_rows(rows, header_row(38))
+        footer(page)
+        watermark()
     return bytes(pdf.output())

@@ -274,9 +274,16 @@ def report_pdf(s: dict[str, Any], *, now: datetime | None = None) -> bytes:
             border="B", size=7, numbers=False)
         for c in cases["items"][:MAX_CASES]:
             pdf.set_font("cjk", size=7)
-            outcome = document.cut(pdf, c.get("resolution") or "", cw[4] - 1)
+            # The outcome in full, wrapped in its column (4 mm a further line); the row is kept on one page.
+            outcome = document.wrap(pdf, c.get("resolution") or "", cw[4] - 1)
+            if pdf.get_y() + 5 + 4 * (len(outcome) - 1) > pdf.h - 15:
+                pdf.add_page()
             row(list(zip(cw, (c["case_no"], c["number"], c["status"], (c.get("opened_at") or "")[:16].replace(
-                "T", " "), outcome), strict=True)), size=7, numbers=False)
+                "T", " "), outcome[0]), strict=True)), size=7, numbers=False)
+            for part in outcome[1:]:
+                pdf.set_xy(15 + sum(cw[:4]), pdf.get_y() - 1)
+                pdf.cell(cw[4], 4, part)
+                pdf.ln(5)
         if len(cases["items"]) > MAX_CASES or cases.get("truncated"):
             line("… more cases: the JSON, CSV and XLSX of this month hold them.", size=7)
     else:
