@@ -91,13 +91,11 @@ def test_the_evidence_timeline_is_one_list_oldest_first_whatever_the_time_format
 
 
 def test_wrapped_lines_fit_their_width_and_lose_nothing() -> None:
-    from fpdf import FPDF
-
     from services.issuer.invoices import document
 
-    pdf = FPDF()
-    pdf.add_font("cjk", fname=document.font_path())
+    pdf = document.new_pdf(title="wrap", orientation="P", page="A4")
     pdf.set_font("cjk", size=7)
+    pdf.add_page()
     text = "Attempt 3 failed after 36 ms: HTTP 503 税务机关暂时无法访问（模拟故障）; retry later " * 6 + "长" * 300
     lines = document.wrap(pdf, text + "\nerror=HTTP 503", 80)
     assert len(lines) > 10 and lines[-1] == "error=HTTP 503"
@@ -106,6 +104,7 @@ def test_wrapped_lines_fit_their_width_and_lose_nothing() -> None:
     one = document.cut(pdf, text, 50)
     assert one.endswith("…") and pdf.get_string_width(one) <= 50 + 0.01 and text.startswith(one[:-1])
     assert document.cut(pdf, "short", 50) == "short"
+    assert document.finish(pdf).startswith(b"%PDF")  # and the font file it read is closed again
 
 
 def test_the_embedded_font_is_the_simplified_chinese_face() -> None:

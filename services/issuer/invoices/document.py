@@ -111,6 +111,27 @@ def _simplified_face(source: str, target: str) -> None:
             os.unlink(partial)
 
 
+def new_pdf(*, title: str, orientation: str, page: str | tuple[float, float], auto_break: float | None = None) -> FPDF:
+    """A document of the issuer's: the CJK font added as "cjk", its title and creator set; pages broken by hand
+    unless `auto_break` gives the bottom margin at which fpdf breaks them itself. Hand it to `finish`."""
+    pdf = FPDF(orientation=orientation, unit="mm", format=page)
+    pdf.set_auto_page_break(auto=auto_break is not None, margin=auto_break or 0)
+    pdf.add_font("cjk", fname=font_path())
+    pdf.set_title(title)
+    pdf.set_creator("Fapiao Sync")
+    return pdf
+
+
+def finish(pdf: FPDF) -> bytes:
+    """The document's bytes; the font files fpdf keeps open (fontTools reads them lazily) closed."""
+    try:
+        return bytes(pdf.output())
+    finally:
+        for font in pdf.fonts.values():
+            if (ttfont := getattr(font, "ttfont", None)) is not None:
+                ttfont.close()
+
+
 def page_count(lines: int) -> int:
     """How many pages an invoice of `lines` lines takes: one when they fit the first page's table, else the
     first page's MAX_LINES - 1 (its last row says where the rest are) and LINES_PER_PAGE on each further page."""
@@ -190,11 +211,8 @@ def invoice_pdf(shown: dict[str, Any]) -> bytes:
     inv = shown["invoice"]
     content_hash = next((t["detail"]["content_hash"] for t in shown.get("timeline", [])
                          if (t.get("detail") or {}).get("content_hash")), "")
-    pdf = FPDF(orientation="L", unit="mm", format=(148, 210))
-    pdf.set_auto_page_break(auto=False)  # every page laid out by hand: the continuation pages are added below
-    pdf.add_font("cjk", fname=font_path())
-    pdf.set_title(f"{TITLES[inv['kind']]} {inv['number']}")
-    pdf.set_creator("Fapiao Sync")
+    # every page laid out by hand: the continuation pages are added below
+    pdf = new_pdf(title=f"{TITLES[inv['kind']]} {inv['number']}", orientation="L", page=(148, 210))
     pdf.add_page()
     ink = INK
 
@@ -323,4 +341,4 @@ def invoice_pdf(shown: dict[str, Any]) -> bytes:
         line_rows(rows, header_row(38))
         footer(page)
         watermark()
-    return bytes(pdf.output())
+    return finish(pdf)

@@ -21,8 +21,6 @@ import zipfile
 from datetime import UTC, datetime
 from typing import Any
 
-from fpdf import FPDF
-
 from services.issuer.invoices import document
 
 __all__ = ["ANSWER_KEYS", "evidence_facts", "evidence_pdf", "evidence_zip", "merged_timeline"]
@@ -69,11 +67,8 @@ def _answer(detail: dict[str, Any] | None, message: str) -> str:
 
 def evidence_pdf(facts: dict[str, Any]) -> bytes:
     case, shown = facts["case"], facts["invoice"]
-    pdf = FPDF(orientation="P", unit="mm", format="A4")
-    pdf.set_auto_page_break(auto=False)  # pages are broken here, a timeline step kept whole where it fits
-    pdf.add_font("cjk", fname=document.font_path())
-    pdf.set_title(f"证据 Evidence {case['case_no']}")
-    pdf.set_creator("Fapiao Sync")
+    # pages are broken here, a timeline step kept whole where it fits
+    pdf = document.new_pdf(title=f"证据 Evidence {case['case_no']}", orientation="P", page="A4")
     pdf.set_margins(15, 15, 15)
     width = 180.0
 
@@ -161,7 +156,7 @@ def evidence_pdf(facts: dict[str, Any]) -> bytes:
             pdf.set_xy(15 + cols[3][0], y + 4 * i)
             pdf.cell(cols[3][1], 4, text_line)
         pdf.set_y(y + 4 * max(1, len(lines)) + 1)
-    return bytes(pdf.output())
+    return document.finish(pdf)
 
 
 def evidence_zip(facts: dict[str, Any]) -> bytes:

@@ -185,11 +185,8 @@ def report_html(s: dict[str, Any], *, now: datetime | None = None) -> str:
 
 def report_pdf(s: dict[str, Any], *, now: datetime | None = None) -> bytes:
     now = now or datetime.now(UTC)
-    pdf = FPDF(orientation="P", unit="mm", format="A4")
-    pdf.set_auto_page_break(auto=True, margin=15)
-    pdf.add_font("cjk", fname=document.font_path())
-    pdf.set_title(f"月度报告 {s['month']} {s['seller_tax_id']}")
-    pdf.set_creator("Fapiao Sync")
+    pdf = document.new_pdf(title=f"月度报告 {s['month']} {s['seller_tax_id']}", orientation="P", page="A4",
+                           auto_break=15)
     pdf.set_margins(15, 15, 15)
     width = 180.0
 
@@ -307,7 +304,7 @@ def report_pdf(s: dict[str, Any], *, now: datetime | None = None) -> bytes:
             o, t = d.get("ours") or {}, d.get("authority") or {}
             row(list(zip(dw, (d["number"], d["kind"].replace("_", " "), f"{o['state']} {o['total']}" if o else "—",
                               f"{t['total']}" if t else "—"), strict=True)), size=7, numbers=False)
-    return bytes(pdf.output())
+    return document.finish(pdf)
 
 
 def _chart_pdf(pdf: FPDF, daily: list[dict[str, Any]], *, y: float) -> None:
