@@ -6,6 +6,7 @@ faults, and tests/integration/test_dashboard.py and test_drills.py cover it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -24,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 LAST_STEP = 13  # step 14 runs a drill for minutes; the drill and dashboard tests cover it
 BLOCK_TIMEOUT = 60.0
 DONE = "__TOUR_BLOCK_DONE__"
+TOUR_TMP = "/tmp/"  # noqa: S108 - the tour's scratch files, replaced by a directory of this test's own
 
 # What each step's prose promises, as patterns its blocks' output must contain (in any order).
 EXPECTED: dict[int, list[str]] = {
@@ -96,7 +98,7 @@ class Session:
         """(output, None) once the block ends well, else (output, what went wrong)."""
         path = self.cwd / f"{name}.sh"
         path.write_text(code)
-        self._send(f"source {path}\necho {DONE}\n")
+        self._send(f"source {path}\necho; echo {DONE}\n")  # a block's last line may lack its newline
         out: list[str] = []
         deadline = time.monotonic() + timeout
         while True:
@@ -111,10 +113,8 @@ class Session:
             out.append(line)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # bash and what the tour started in the background
-        except ProcessLookupError:
-            pass
         self.proc.wait(10)
 
 
@@ -147,10 +147,11 @@ def test_readme_tour_steps_1_to_13_do_what_the_prose_says(stack_home: Path) -> N
         for number in range(1, LAST_STEP + 1):
             output = ""
             for i, block in enumerate(steps[number]):
-                code = block.replace("/tmp/", f"{home}/tmp/")
+                code = block.replace(TOUR_TMP, str(home / "tmp") + "/")  # files of its own
                 out, failure = session.run(f"step{number}-{i}", code, BLOCK_TIMEOUT)
                 output += out
-                assert failure is None, f"step {number}, block {i + 1}: {failure}\n--- block\n{block}\n--- output\n{out}"
+                assert failure is None, \
+                    f"step {number}, block {i + 1}: {failure}\n--- block\n{block}\n--- output\n{out}"
             missing = [p for p in EXPECTED.get(number, []) if not re.search(p, output)]
             assert not missing, f"step {number}: output lacks {missing}\n--- output\n{output[-6000:]}"
         mails = sorted((run / "mail").glob("*.eml"))
