@@ -80,7 +80,8 @@ class Session:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         self._send("set -euo pipefail\n")
 
     def _read(self) -> None:
@@ -116,6 +117,11 @@ class Session:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # bash and what the tour started in the background
         self.proc.wait(10)
+        self.reader.join(10)  # it reads to the end of bash's output, then the pipes can be closed
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
 
 @pytest.mark.timeout(360)
