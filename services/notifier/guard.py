@@ -146,7 +146,9 @@ class TargetPolicy:
             ip = canonical(ipaddress.ip_address(text.split("%", 1)[0]))
             if not self._allowed(ip):
                 where = str(ip) if literal is not None else f"{target.host} resolves to {ip}"
-                raise Refused(f"{where}, a {describe(ip)} address; webhooks go to public addresses only"
+                what = describe(ip)
+                article = "" if what.startswith("the ") else "an " if what == "unspecified" else "a "
+                raise Refused(f"{where}, {article}{what} address; webhooks go to public addresses only"
                               + (" (an operator can allow private ranges with FAPIAO_WEBHOOK_ALLOW_PRIVATE)"
                                  if describe(ip) != "the cloud metadata service" else ""))
         return Address(target.host, target.port, ips[0].split("%", 1)[0])
