@@ -31,7 +31,9 @@ __all__ = [
     "InvoiceAwaitingVisibility", "InvoiceConfirmed", "InvoiceGapFound", "InvoiceIssued", "InvoiceRejected",
     "InvoiceStuck",
     "InvoiceSubmissionFailed", "InvoiceSubmitted", "InvoiceVoided", "Issued", "NotificationFailed",
-    "NotificationSent", "OrphanAlertRaised", "PayloadError", "ReconciliationEvent", "RecoveredAlertRaised",
+    "NotificationSent", "OrphanAlertRaised", "PayloadError", "RED_LETTER_DECIDE", "RED_LETTER_FORM_UPDATED",
+    "RED_LETTER_REQUESTED", "ReconciliationEvent", "RecoveredAlertRaised", "RedLetterDecisionRequested",
+    "RedLetterFormUpdated", "RedLetterLine", "RedLetterRequested",
     "RejectedAlertRaised", "ResyncRequested", "StuckAlertRaised", "SyncResult", "model_for", "parse_payload",
 ]
 
@@ -91,6 +93,7 @@ class InvoiceIssued(Event):
     content_hash: str = Field(min_length=64, max_length=64)
     accepted_at: datetime
     invoice: dict[str, Any]
+    red_letter_of: Number | None = None  # a red invoice: the blue original's number (the store needs it)
 
     def check_envelope(self, *, subject: str, tenant: str) -> None:
         if str(self.invoice_id) != subject:
@@ -112,6 +115,78 @@ class InvoiceVoided(Event):
     number: str
     reason: str
     voided_at: datetime
+
+
+# --- red letters (issuer -> sync on invoice.events.v1; sync -> issuer on invoice.sync-results.v1) ----------
+
+RED_LETTER_REQUESTED = "cn.fapiao.red-letter.requested.v1"
+RED_LETTER_DECIDE = "cn.fapiao.red-letter.decide.v1"
+RED_LETTER_FORM_UPDATED = "cn.fapiao.red-letter.form-updated.v1"
+ReasonCode = Literal["01", "02", "03", "04"]
+
+
+class RedLetterLine(BaseModel):
+    """Part of one blue line to reverse (its index, the negative amount, for returns the negative quantity)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    line: int = Field(ge=0, le=999)
+    amount: str = Field(pattern=r"^-[0-9]{1,12}\.[0-9]{2}$")
+    quantity: str | None = Field(default=None, pattern=r"^-[0-9]{1,12}(\.[0-9]{1,8})?$")
+
+
+class RedLetterRequested(Event):
+    """The seller asked for a red-letter confirmation form (红字发票信息确认单) on a blue invoice. Keyed by the blue
+    invoice's id; `form_id` (the issuer's) is the store's `request_id`, so every retry makes one form."""
+
+    TYPE: ClassVar[str] = RED_LETTER_REQUESTED
+
+    form_id: uuid.UUID
+    invoice_id: uuid.UUID
+    tenant_id: uuid.UUID
+    seller_tax_id: TaxId
+    number: Number
+    requested_by: TaxId
+    reason_code: ReasonCode
+    lines: list[RedLetterLine] | None = None  # None: all that is left
+    note: Text | None = None
+
+    def check_envelope(self, *, subject: str, tenant: str) -> None:
+        if str(self.invoice_id) != subject:
+            raise PayloadError("data.invoice_id differs from the envelope subject")
+
+
+class RedLetterDecisionRequested(Event):
+    """A command: the counterparty (a tenant here, the buyer) confirms or rejects a pending form at the store.
+    Keyed by the blue invoice's id; `decision_id` makes a redelivery one decision."""
+
+    TYPE: ClassVar[str] = RED_LETTER_DECIDE
+
+    decision_id: uuid.UUID
+    form_id: uuid.UUID
+    form_no: str = Field(pattern=r"^HZ[0-9]{18}$")
+    invoice_id: uuid.UUID
+    by: TaxId
+    confirm: bool
+    note: Text | None = None
+
+
+class RedLetterFormUpdated(Event):
+    """What the sync service learned of a form at the store: made, decided, void, or refused for good (`failed`,
+    with the store's problem). `form` is the store's view of it (shared.contracts.taxstore); `sequence` in the
+    envelope counts these per form, so a late one is known as such."""
+
+    TYPE: ClassVar[str] = RED_LETTER_FORM_UPDATED
+
+    form_id: uuid.UUID
+    invoice_id: uuid.UUID
+    tenant_id: uuid.UUID
+    status: Literal["pending", "confirmed", "rejected", "voided", "failed"]
+    form_no: str | None = None
+    form: dict[str, Any] | None = None
+    error: Text | None = None
+    error_code: str | None = None
+    http_status: int | None = None
+    at: Time = None
 
 
 # --- invoice.sync-results.v1 (sync): one event per attempt ----------------------------------
@@ -408,7 +483,7 @@ _MODELS: tuple[type[Event], ...] = (
     InvoiceIssued, InvoiceVoided, InvoiceSubmitted, InvoiceSubmissionFailed, InvoiceRejected, ResyncRequested,
     InvoiceConfirmed, InvoiceAwaitingVisibility, InvoiceGapFound, InvoiceStuck, CaseUpdated, StuckAlertRaised,
     RecoveredAlertRaised, RejectedAlertRaised, OrphanAlertRaised, CaseResolvedAlertRaised, CaseClosedAlertRaised,
-    NotificationSent, NotificationFailed,
+    NotificationSent, NotificationFailed, RedLetterRequested, RedLetterDecisionRequested, RedLetterFormUpdated,
 )
 EVENT_TYPES: dict[str, type[Event]] = {model.TYPE: model for model in _MODELS}
 """Every event type in the system -> its payload model."""

@@ -23,6 +23,9 @@ from shared.events import (
     NotificationSent,
     OrphanAlertRaised,
     RecoveredAlertRaised,
+    RedLetterDecisionRequested,
+    RedLetterFormUpdated,
+    RedLetterRequested,
     RejectedAlertRaised,
     ResyncRequested,
     StuckAlertRaised,
@@ -58,10 +61,13 @@ def dlq_name(topic: str) -> str:
     return f"{topic}.dlq"
 
 
-INVOICE_EVENTS = Topic("invoice.events.v1", "invoice facts from the issuer: issued, voided", producer="issuer",
-                       events=(InvoiceIssued, InvoiceVoided))
+INVOICE_EVENTS = Topic("invoice.events.v1",
+                       "invoice facts from the issuer: issued, voided, red-letter forms asked for and decided",
+                       producer="issuer",
+                       events=(InvoiceIssued, InvoiceVoided, RedLetterRequested, RedLetterDecisionRequested))
 SYNC_RESULTS = Topic("invoice.sync-results.v1", "what the sync service learned from the tax store, one per attempt",
-                     producer="sync", events=(InvoiceSubmitted, InvoiceSubmissionFailed, InvoiceRejected))
+                     producer="sync", events=(InvoiceSubmitted, InvoiceSubmissionFailed, InvoiceRejected,
+                                              RedLetterFormUpdated))
 RESYNC_REQUESTS = Topic("invoice.resync-requests.v1", "commands to submit an invoice again (from the reconciler)",
                         producer="reconciler", events=(ResyncRequested,))
 RECONCILIATION = Topic("invoice.reconciliation.v1",

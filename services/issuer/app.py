@@ -14,7 +14,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.issuer import idempotency, models, row_security
-from services.issuer.api import admin, cases, invoices, notifications
+from services.issuer.api import admin, cases, invoices, notifications, redletter
 from services.issuer.backends import make_http
 from services.issuer.feeds.consumer import run_status_feed_consumer
 from services.issuer.invoices.issuing import mark_published
@@ -80,6 +80,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
             token = settings.admin_token.get_secret_value()
             app.state.reconciler_http = make_http(settings.reconciler_url, token, settings.reconciler_timeout)
             app.state.notifier_http = make_http(settings.notifier_url, token, settings.notifier_timeout)
+            app.state.taxstore_http = make_http(settings.taxstore_url, token, settings.taxstore_timeout)
             sampler = OpsSampler(settings=settings, sessions=rt.worker_sessions,
                                  reconciler_http=app.state.reconciler_http)
             app.state.ops_sampler = sampler
@@ -113,6 +114,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await app.state.reconciler_http.aclose()
                 await app.state.notifier_http.aclose()
+                await app.state.taxstore_http.aclose()
 
     app = service_app(
         title="Fapiao Sync — issuer",
@@ -131,6 +133,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
     app.include_router(audit_router(SERVICE))
     app.include_router(invoices.router)
     app.include_router(cases.router)
+    app.include_router(redletter.router)
     app.include_router(notifications.router)
     app.include_router(ops_router)
     app.include_router(ops_page_router)

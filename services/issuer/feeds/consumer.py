@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.issuer.feeds.notifications import apply_notifications
 from services.issuer.feeds.reconciliation import apply_reconciliation
 from services.issuer.feeds.sync_results import apply_sync_results
+from services.issuer.invoices.redletter import apply_form_updates
 from services.issuer.settings import IssuerSettings
 from shared.consumers import ISSUER_STATUS_FEED
 from shared.db import transaction
@@ -33,9 +34,11 @@ from shared.events import (
     InvoiceSubmitted,
     NotificationFailed,
     NotificationSent,
+    RedLetterFormUpdated,
 )
 from shared.kafka import HandlerTable
 from shared.loops import consume_forever
+from shared.topics import INVOICE_EVENTS
 
 __all__ = ["run_status_feed_consumer"]
 
@@ -53,6 +56,10 @@ async def run_status_feed_consumer(settings: IssuerSettings, sessions: async_ses
     async def findings(session: AsyncSession, items: list[Received[Any]]) -> None:
         await apply_reconciliation(session=session, events=items)
 
+    async def forms(session: AsyncSession, items: list[Received[Any]]) -> None:
+        await apply_form_updates(session=session, events=items,
+                                 topic=INVOICE_EVENTS.qualified(settings.topic_prefix))
+
     async def notices(session: AsyncSession, items: list[Received[Any]]) -> None:
         await apply_notifications(session=session, events=items, group=group)
 
@@ -60,7 +67,7 @@ async def run_status_feed_consumer(settings: IssuerSettings, sessions: async_ses
         InvoiceSubmitted: sync_results, InvoiceSubmissionFailed: sync_results, InvoiceRejected: sync_results,
         InvoiceConfirmed: findings, InvoiceAwaitingVisibility: findings, InvoiceGapFound: findings,
         InvoiceStuck: findings, CaseUpdated: findings,
-        NotificationSent: notices, NotificationFailed: notices,
+        NotificationSent: notices, NotificationFailed: notices, RedLetterFormUpdated: forms,
     })
 
     async def apply(items: list[Received[Any]]) -> None:
