@@ -178,7 +178,7 @@ async def _emit(session: AsyncSession, op: FormOp, topic: str, now: datetime, *,
         .returning(m.form_seqs.c.seq))).scalar_one()
     event = RedLetterFormUpdated(form_id=op.form_id, invoice_id=op.invoice_id, tenant_id=op.tenant_id,
                                  status=status, form_no=form_no, form=form, error=error, error_code=error_code,
-                                 http_status=http_status, at=now)  # type: ignore[arg-type]
+                                 http_status=http_status, at=now)
     envelope = new_envelope(source=SYNC_SOURCE, event=event, subject=str(op.invoice_id), tenant=str(op.tenant_id),
                             sequence=seq)
     await session.execute(m.outbox.insert().values(topic=topic, key=str(op.invoice_id), event_id=envelope.id,

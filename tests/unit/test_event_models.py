@@ -37,10 +37,10 @@ from shared.events import (
     OrphanAlertRaised,
     PayloadError,
     RecoveredAlertRaised,
-    RejectedAlertRaised,
     RedLetterDecisionRequested,
     RedLetterFormUpdated,
     RedLetterRequested,
+    RejectedAlertRaised,
     ResyncRequested,
     StuckAlertRaised,
 )
