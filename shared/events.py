@@ -22,19 +22,19 @@ from shared.validators import clean_text
 
 __all__ = [
     "ALERT_CLOSED", "ALERT_KINDS", "ALERT_ORPHAN", "ALERT_RECOVERED", "ALERT_REJECTED", "ALERT_RESOLVED",
-    "ALERT_STUCK", "ALERT_TYPES", "CASE_UPDATED", "EVENT_TYPES", "INVOICE_AWAITING_VISIBILITY", "INVOICE_CONFIRMED",
-    "INVOICE_GAP_FOUND", "INVOICE_ISSUED", "INVOICE_REJECTED", "INVOICE_STUCK", "INVOICE_SUBMISSION_FAILED",
-    "INVOICE_SUBMITTED", "INVOICE_VOIDED", "ISSUER_SOURCE", "NOTIFICATION_FAILED", "NOTIFICATION_SENT",
-    "NOTIFICATION_TYPES", "NOTIFIER_SOURCE", "RECONCILER_SOURCE", "RECONCILIATION_TYPES", "RESYNC_INVOICE",
-    "SYNC_RESULT_TYPES", "SYNC_SOURCE",
-    "AlertRaised", "CaseClosedAlertRaised", "CaseResolvedAlertRaised", "CaseUpdated", "Event",
-    "InvoiceAwaitingVisibility", "InvoiceConfirmed", "InvoiceGapFound", "InvoiceIssued", "InvoiceRejected",
-    "InvoiceStuck",
+    "ALERT_REVIEW_DENIED", "ALERT_REVIEW_OVERDUE", "ALERT_STUCK", "ALERT_TYPES", "CASE_UPDATED", "EVENT_TYPES",
+    "INVOICE_AWAITING_VISIBILITY", "INVOICE_CONFIRMED", "INVOICE_GAP_FOUND", "INVOICE_ISSUED", "INVOICE_REJECTED",
+    "INVOICE_REVIEW_UPDATED", "INVOICE_STUCK", "INVOICE_SUBMISSION_FAILED", "INVOICE_SUBMITTED", "INVOICE_VOIDED",
+    "ISSUER_SOURCE", "NOTIFICATION_FAILED", "NOTIFICATION_SENT", "NOTIFICATION_TYPES", "NOTIFIER_SOURCE",
+    "RECONCILER_SOURCE", "RECONCILIATION_TYPES", "RED_LETTER_DECIDE", "RED_LETTER_FORM_UPDATED",
+    "RED_LETTER_REQUESTED", "RESYNC_INVOICE", "SYNC_RESULT_TYPES", "SYNC_SOURCE", "AlertRaised",
+    "CaseClosedAlertRaised", "CaseResolvedAlertRaised", "CaseUpdated", "Event", "InvoiceAwaitingVisibility",
+    "InvoiceConfirmed", "InvoiceGapFound", "InvoiceIssued", "InvoiceRejected", "InvoiceReviewUpdated", "InvoiceStuck",
     "InvoiceSubmissionFailed", "InvoiceSubmitted", "InvoiceVoided", "Issued", "NotificationFailed",
-    "NotificationSent", "OrphanAlertRaised", "PayloadError", "RED_LETTER_DECIDE", "RED_LETTER_FORM_UPDATED",
-    "RED_LETTER_REQUESTED", "ReconciliationEvent", "RecoveredAlertRaised", "RedLetterDecisionRequested",
-    "RedLetterFormUpdated", "RedLetterLine", "RedLetterRequested",
-    "RejectedAlertRaised", "ResyncRequested", "StuckAlertRaised", "SyncResult", "model_for", "parse_payload",
+    "NotificationSent", "OrphanAlertRaised", "PayloadError", "ReconciliationEvent", "RecoveredAlertRaised",
+    "RedLetterDecisionRequested", "RedLetterFormUpdated", "RedLetterLine", "RedLetterRequested",
+    "RejectedAlertRaised", "ResyncRequested", "ReviewDeniedAlertRaised", "ReviewOverdueAlertRaised",
+    "StuckAlertRaised", "SyncResult", "model_for", "parse_payload"
 ]
 
 ISSUER_SOURCE = "fapiao/issuer"
@@ -70,7 +70,7 @@ TaxId = Annotated[str, StringConstraints(min_length=18, max_length=18)]
 Number = Annotated[str, StringConstraints(pattern=r"^[0-9]{20}$")]
 CaseNo = Annotated[str, StringConstraints(max_length=32), AfterValidator(clean_text)]
 ReceiptNo = Annotated[str, StringConstraints(max_length=64), AfterValidator(clean_text)]
-LedgerState = Literal["pending", "awaiting", "gap", "stuck", "confirmed", "rejected", "voided"]
+LedgerState = Literal["pending", "awaiting", "gap", "stuck", "confirmed", "rejected", "voided", "review", "denied"]
 GapKind = Literal["missing", "mismatch"]
 CaseStatus = Literal["open", "resolved", "closed"]
 
@@ -267,8 +267,9 @@ INVOICE_AWAITING_VISIBILITY = "cn.fapiao.invoice.awaiting-visibility.v1"
 INVOICE_GAP_FOUND = "cn.fapiao.invoice.gap-found.v1"
 INVOICE_STUCK = "cn.fapiao.invoice.stuck.v1"
 CASE_UPDATED = "cn.fapiao.case.updated.v1"
+INVOICE_REVIEW_UPDATED = "cn.fapiao.invoice.review-updated.v1"
 RECONCILIATION_TYPES = frozenset({INVOICE_CONFIRMED, INVOICE_AWAITING_VISIBILITY, INVOICE_GAP_FOUND, INVOICE_STUCK,
-                                  CASE_UPDATED})
+                                  CASE_UPDATED, INVOICE_REVIEW_UPDATED})
 
 
 class ReconciliationEvent(Event):
@@ -367,6 +368,20 @@ class CaseUpdated(ReconciliationEvent):
     resolution: Text | None = None
 
 
+class InvoiceReviewUpdated(ReconciliationEvent):
+    """The store holds the invoice for cross-region review (跨区域审核; ledger_state review, with the bureau's
+    expected time), or the bureau denied it (ledger_state denied: it does not count). Approval is a confirmation."""
+
+    TYPE: ClassVar[str] = INVOICE_REVIEW_UPDATED
+
+    review_status: Literal["under_review", "denied"]
+    review_due_at: Time = None
+    review_since: Time = None
+    review_sla_seconds: Seconds = None
+    review_note: Text | None = None
+    receipt_no: ReceiptNo | None = None
+
+
 # --- invoice.alerts.v1 (reconciler -> notifier) ------------------------------------------------
 
 ALERT_STUCK = "cn.fapiao.alert.stuck.v1"
@@ -375,11 +390,16 @@ ALERT_REJECTED = "cn.fapiao.alert.rejected.v1"
 ALERT_ORPHAN = "cn.fapiao.alert.orphan.v1"
 ALERT_RESOLVED = "cn.fapiao.alert.case-resolved.v1"
 ALERT_CLOSED = "cn.fapiao.alert.case-closed.v1"
-ALERT_TYPES = frozenset({ALERT_STUCK, ALERT_RECOVERED, ALERT_REJECTED, ALERT_ORPHAN, ALERT_RESOLVED, ALERT_CLOSED})
+ALERT_REVIEW_OVERDUE = "cn.fapiao.alert.review-overdue.v1"
+ALERT_REVIEW_DENIED = "cn.fapiao.alert.review-denied.v1"
+ALERT_TYPES = frozenset({ALERT_STUCK, ALERT_RECOVERED, ALERT_REJECTED, ALERT_ORPHAN, ALERT_RESOLVED, ALERT_CLOSED,
+                         ALERT_REVIEW_OVERDUE, ALERT_REVIEW_DENIED})
 ALERT_KINDS = {ALERT_STUCK: "stuck", ALERT_RECOVERED: "recovered", ALERT_REJECTED: "rejected",
-               ALERT_ORPHAN: "orphan", ALERT_RESOLVED: "resolved", ALERT_CLOSED: "closed"}
+               ALERT_ORPHAN: "orphan", ALERT_RESOLVED: "resolved", ALERT_CLOSED: "closed",
+               ALERT_REVIEW_OVERDUE: "review_overdue", ALERT_REVIEW_DENIED: "review_denied"}
 
-AlertKind = Literal["stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder"]
+AlertKind = Literal["stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder", "review_overdue",
+                    "review_denied"]
 
 
 class AlertRaised(Event):
@@ -444,6 +464,18 @@ class CaseClosedAlertRaised(AlertRaised):
     TYPE: ClassVar[str] = ALERT_CLOSED
 
 
+class ReviewOverdueAlertRaised(AlertRaised):
+    """An invoice is held for cross-region review longer than FAPIAO_REVIEW_SLA (once per review)."""
+
+    TYPE: ClassVar[str] = ALERT_REVIEW_OVERDUE
+
+
+class ReviewDeniedAlertRaised(AlertRaised):
+    """The bureau denied a held invoice: it does not count."""
+
+    TYPE: ClassVar[str] = ALERT_REVIEW_DENIED
+
+
 # --- invoice.notifications.v1 (notifier -> issuer's timeline) ------------------------------------
 
 NOTIFICATION_SENT = "cn.fapiao.notification.sent.v1"
@@ -484,6 +516,7 @@ _MODELS: tuple[type[Event], ...] = (
     InvoiceConfirmed, InvoiceAwaitingVisibility, InvoiceGapFound, InvoiceStuck, CaseUpdated, StuckAlertRaised,
     RecoveredAlertRaised, RejectedAlertRaised, OrphanAlertRaised, CaseResolvedAlertRaised, CaseClosedAlertRaised,
     NotificationSent, NotificationFailed, RedLetterRequested, RedLetterDecisionRequested, RedLetterFormUpdated,
+    InvoiceReviewUpdated, ReviewOverdueAlertRaised, ReviewDeniedAlertRaised,
 )
 EVENT_TYPES: dict[str, type[Event]] = {model.TYPE: model for model in _MODELS}
 """Every event type in the system -> its payload model."""

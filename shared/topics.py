@@ -15,6 +15,7 @@ from shared.events import (
     InvoiceGapFound,
     InvoiceIssued,
     InvoiceRejected,
+    InvoiceReviewUpdated,
     InvoiceStuck,
     InvoiceSubmissionFailed,
     InvoiceSubmitted,
@@ -28,6 +29,8 @@ from shared.events import (
     RedLetterRequested,
     RejectedAlertRaised,
     ResyncRequested,
+    ReviewDeniedAlertRaised,
+    ReviewOverdueAlertRaised,
     StuckAlertRaised,
 )
 
@@ -73,11 +76,12 @@ RESYNC_REQUESTS = Topic("invoice.resync-requests.v1", "commands to submit an inv
 RECONCILIATION = Topic("invoice.reconciliation.v1",
                        "what the reconciler found: visible and identical, gaps, resyncs, stuck, cases (for the issuer)",
                        producer="reconciler", events=(InvoiceConfirmed, InvoiceAwaitingVisibility, InvoiceGapFound,
-                                                      InvoiceStuck, CaseUpdated))
+                                                      InvoiceStuck, CaseUpdated, InvoiceReviewUpdated))
 ALERTS = Topic("invoice.alerts.v1",
                "stuck, rejected, recovered and orphan invoices and resolved or closed cases, for the notifier",
                producer="reconciler", events=(StuckAlertRaised, RecoveredAlertRaised, RejectedAlertRaised,
-                                              OrphanAlertRaised, CaseResolvedAlertRaised, CaseClosedAlertRaised))
+                                              OrphanAlertRaised, CaseResolvedAlertRaised, CaseClosedAlertRaised,
+                                              ReviewOverdueAlertRaised, ReviewDeniedAlertRaised))
 NOTIFICATIONS = Topic("invoice.notifications.v1",
                       "alerts the notifier delivered (or gave up on), per invoice, for the issuer's timeline",
                       producer="notifier", events=(NotificationSent, NotificationFailed))

@@ -17,6 +17,7 @@ from shared.events import (
     INVOICE_AWAITING_VISIBILITY,
     INVOICE_CONFIRMED,
     INVOICE_GAP_FOUND,
+    INVOICE_REVIEW_UPDATED,
     INVOICE_STUCK,
     NOTIFICATION_FAILED,
     NOTIFICATION_SENT,
@@ -255,11 +256,32 @@ def _confirmed(r: Mapping[str, Any], now: datetime) -> Explanation | None:
     return reason, None, None
 
 
+def _under_review(r: Mapping[str, Any], now: datetime) -> Explanation | None:
+    due_at, since = _time(r.get("review_due_at")), _time(r.get("review_since"))
+    sla = _num(r.get("review_sla_seconds"))
+    reason = "Held by the tax bureau for cross-region review (跨区域审核); it counts once approved"
+    if since is not None:
+        reason += f", held for {clock((now - since).total_seconds())}"
+        if sla is not None and (now - since).total_seconds() > sla:
+            reason += f", longer than the agreed {span(sla)}"
+    reason += "."
+    when = f"; the bureau expects to decide {due(due_at, now)}" if due_at is not None else ""
+    return reason, f"Wait for the bureau's decision{when} (watched automatically; never resubmitted).", due_at
+
+
+def _review_denied(r: Mapping[str, Any], now: datetime) -> Explanation | None:
+    note = _text(r.get("review_note"))
+    return (f"Denied in cross-region review by the tax bureau{': ' + note if note else ''}; it does not count.",
+            "Check the sale with the buyer; issue a corrected invoice if it stands.", None)
+
+
 _RENDERERS: dict[Status, Callable[[Mapping[str, Any], datetime], Explanation | None]] = {
     Status.SUBMITTED: _awaiting,
     Status.RETRYING: _gap,
     Status.STUCK: _stuck,
     Status.CONFIRMED: _confirmed,
+    Status.UNDER_REVIEW: _under_review,
+    Status.REVIEW_DENIED: _review_denied,
 }
 
 
@@ -290,6 +312,12 @@ def describe_event(event_type: str, d: Mapping[str, Any], *, at_time: datetime) 
         if case_no and d.get("case_status") == "resolved":
             message += f"; case {case_no} resolved"
         return "confirmed", message
+    if event_type == INVOICE_REVIEW_UPDATED:
+        if d.get("review_status") == "denied":
+            return "review_denied", "Denied in cross-region review by the tax bureau; it does not count"
+        due_at = _time(d.get("review_due_at"))
+        return "under_review", "Held by the tax bureau for cross-region review" + (
+            f"; decision expected {at(due_at, at_time)}" if due_at is not None else "")
     if event_type == INVOICE_AWAITING_VISIBILITY:
         message = "Acknowledged"
         message += f" (receipt {receipt})" if receipt else ""

@@ -16,6 +16,7 @@ __all__ = ["EVENT_TYPES", "build_email", "webhook_payload"]
 EVENT_TYPES = {
     "stuck": "invoice.stuck", "recovered": "invoice.recovered", "rejected": "invoice.rejected",
     "orphan": "invoice.orphan", "resolved": "case.resolved", "closed": "case.closed", "reminder": "case.reminder",
+    "review_overdue": "invoice.review_overdue", "review_denied": "invoice.review_denied",
 }
 DIGEST_TYPE = "invoice.alerts.digest"
 PING_TYPE = "webhook.ping"
@@ -28,9 +29,11 @@ _TITLE = {
     "resolved": ("案件已解决，发票已可见", "case resolved, the invoice is visible"),
     "closed": ("案件已关闭", "case closed"),
     "reminder": ("案件仍未解决", "case still open"),
+    "review_overdue": ("跨区域审核超时", "is held for cross-region review longer than agreed"),
+    "review_denied": ("跨区域审核未通过", "was denied in cross-region review"),
 }
 _KIND_ZH = {"stuck": "未确认", "recovered": "已恢复", "rejected": "被拒绝", "orphan": "来源不明", "resolved": "已解决",
-            "closed": "已关闭", "reminder": "提醒"}
+            "closed": "已关闭", "reminder": "提醒", "review_overdue": "审核超时", "review_denied": "审核未通过"}
 
 
 def _links(alert: dict[str, Any], issuer_url: str) -> dict[str, str]:

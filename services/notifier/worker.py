@@ -40,6 +40,8 @@ from shared.events import (
     OrphanAlertRaised,
     RecoveredAlertRaised,
     RejectedAlertRaised,
+    ReviewDeniedAlertRaised,
+    ReviewOverdueAlertRaised,
     StuckAlertRaised,
 )
 from shared.kafka import HandlerTable
@@ -68,7 +70,7 @@ class Notifier:
         self._slots = asyncio.Semaphore(settings.deliver_concurrency)
         self.handlers: HandlerTable[AsyncSession] = HandlerTable(dict.fromkeys(
             (StuckAlertRaised, RecoveredAlertRaised, RejectedAlertRaised, OrphanAlertRaised, CaseResolvedAlertRaised,
-             CaseClosedAlertRaised), self._intake))
+             CaseClosedAlertRaised, ReviewOverdueAlertRaised, ReviewDeniedAlertRaised), self._intake))
 
     def stop(self) -> None:
         self.stopping.set()

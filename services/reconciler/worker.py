@@ -178,7 +178,8 @@ class Reconciler:
             elif isinstance(answer, str):
                 seen[r.invoice_id] = Seen("unreachable", error=answer)
             elif (v := answer.get(r.number)) is not None:
-                seen[r.invoice_id] = Seen("visible", content_hash=v.content_hash, receipt_no=v.receipt_no)
+                seen[r.invoice_id] = Seen("visible", content_hash=v.content_hash, receipt_no=v.receipt_no,
+                                          review_status=v.review_status, review_due_at=v.review_due_at)
             else:
                 seen[r.invoice_id] = Seen("absent")
         async with transaction(self.sessions) as session:

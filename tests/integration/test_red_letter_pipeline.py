@@ -259,3 +259,66 @@ async def test_under_a_flaky_store_one_form_and_one_red_invoice_even_when_the_st
     assert red["number"] in await p.stored(seller.tax_id)
     await until_status(p, seller, lost["id"], "red_lettered")
     assert uuid.UUID(red["id"])
+
+
+# --- cross-region review (跨区域审核) -----------------------------------------------------------------------
+
+def uscc_in(province: str) -> str:
+    """A valid USCC registered in `province` (its first two administrative-division digits)."""
+    from shared.uscc import ALPHABET, check_char
+
+    body = "91" + province + "0100" + "".join(ALPHABET[b % len(ALPHABET)] for b in uuid.uuid4().bytes[:9])
+    return body + check_char(body)
+
+
+async def alerts_of(p: ReconPipeline, invoice_id: str) -> list[str]:
+    from sqlalchemy import text
+
+    async with p.issuer.app.state.engine.connect() as conn:  # type: ignore[attr-defined]
+        rows = (await conn.execute(text("select kind from notifier.alerts where invoice_id = :i order by kind"),
+                                   {"i": invoice_id})).all()
+    return [r[0] for r in rows]
+
+
+async def test_cross_region_invoices_are_held_for_review_then_approved_or_denied_with_alerts_once(
+        rl: ReconPipeline) -> None:
+    p = rl
+    p.start_own("reconciler", FAPIAO_REVIEW_SLA="2")
+    await policy(p, review_threshold="100.00")
+    r = await p.issuer.client.post("/admin/tenants", json={"name": "北京卖方 Beijing Seller", "tax_id": uscc_in("11")},
+                                   headers=p.admin)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    seller = Tenant(body["id"], body["tax_id"], {"Authorization": f"Bearer {body['api_key']}"})
+    await p.register(seller.tax_id)
+    docs = [factories.invoice(seller.tax_id) for _ in range(2)]  # to Guangdong (44), 226.00 each
+    r = await p.issuer.client.post("/v1/invoices/batch", json={"invoices": docs}, headers=seller.headers)
+    assert r.status_code == 200, r.text
+    approved, denied = (x["invoice"]["id"] for x in r.json()["results"])
+    for iid in (approved, denied):
+        held = await until_status(p, seller, iid, "under_review")
+        assert held["next_action_at"] and "cross-region" in held["reason"], held
+        assert "never resubmitted" in held["next_action"]
+    stats = await p.stats()
+    await eventually(lambda: alerts_of(p, approved), timeout=20, interval=0.5)  # held past the 2 s review SLA
+    got = await verify(p, seller, docs[0]["number"], docs[0]["issue_date"], docs[0]["total"])
+    assert got["result"] == "under_review"
+
+    async with httpx.AsyncClient(timeout=10) as c:
+        for doc, decision in ((docs[0], "approve"), (docs[1], "deny")):
+            r = await c.post(f"{p.taxstore.url}/admin/reviews/{seller.tax_id}/{doc['number']}",
+                             json={"decision": decision}, headers=p.admin)
+            assert r.status_code == 200, r.text
+    ok = await until_status(p, seller, approved, "confirmed")
+    assert ok["next_action"] is None
+    no = await until_status(p, seller, denied, "review_denied")
+    assert "does not count" in no["reason"] and no["next_action"]
+    assert (await p.stats())["submissions"] == stats["submissions"]  # a held invoice is never resubmitted
+
+    async def alerted() -> dict[str, list[str]] | None:
+        got = {"approved": await alerts_of(p, approved), "denied": await alerts_of(p, denied)}
+        return got if "review_denied" in got["denied"] else None
+    await eventually(alerted, timeout=20, interval=0.5)
+    await __import__("asyncio").sleep(3)  # later checks raise nothing more
+    assert await alerts_of(p, approved) == ["review_overdue"]
+    assert await alerts_of(p, denied) == ["review_denied", "review_overdue"]

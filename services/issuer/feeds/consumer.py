@@ -29,6 +29,7 @@ from shared.events import (
     InvoiceConfirmed,
     InvoiceGapFound,
     InvoiceRejected,
+    InvoiceReviewUpdated,
     InvoiceStuck,
     InvoiceSubmissionFailed,
     InvoiceSubmitted,
@@ -66,7 +67,7 @@ async def run_status_feed_consumer(settings: IssuerSettings, sessions: async_ses
     handlers: HandlerTable[AsyncSession] = HandlerTable({
         InvoiceSubmitted: sync_results, InvoiceSubmissionFailed: sync_results, InvoiceRejected: sync_results,
         InvoiceConfirmed: findings, InvoiceAwaitingVisibility: findings, InvoiceGapFound: findings,
-        InvoiceStuck: findings, CaseUpdated: findings,
+        InvoiceStuck: findings, CaseUpdated: findings, InvoiceReviewUpdated: findings,
         NotificationSent: notices, NotificationFailed: notices, RedLetterFormUpdated: forms,
     })
 
