@@ -27,6 +27,7 @@ from shared.events import (
     InvoiceGapFound,
     InvoiceIssued,
     InvoiceRejected,
+    InvoiceReviewUpdated,
     InvoiceStuck,
     InvoiceSubmissionFailed,
     InvoiceSubmitted,
@@ -42,6 +43,8 @@ from shared.events import (
     RedLetterRequested,
     RejectedAlertRaised,
     ResyncRequested,
+    ReviewDeniedAlertRaised,
+    ReviewOverdueAlertRaised,
     StuckAlertRaised,
 )
 from shared.kafka import HandlerTable
@@ -95,6 +98,11 @@ SAMPLES: dict[type[Event], dict[str, Any]] = {
     CaseClosedAlertRaised: {**_ALERT, "kind": "closed"},
     NotificationSent: _NOTICE,
     NotificationFailed: {**_NOTICE, "error": "HTTP 500"},
+    InvoiceReviewUpdated: {**_FINDING, "ledger_state": "review", "review_status": "under_review",
+                           "review_due_at": NOW + timedelta(days=1), "review_since": NOW,
+                           "review_sla_seconds": 172800.0, "review_note": "交易不真实", "receipt_no": "R-1"},
+    ReviewOverdueAlertRaised: {**_ALERT, "kind": "review_overdue"},
+    ReviewDeniedAlertRaised: {**_ALERT, "kind": "review_denied"},
     RedLetterRequested: {"form_id": FID, "invoice_id": IID, "tenant_id": TID, "seller_tax_id": SELLER,
                          "number": NUMBER, "requested_by": SELLER, "reason_code": "02",
                          "lines": [{"line": 0, "amount": "-100.00", "quantity": "-1"}], "note": "退货"},
