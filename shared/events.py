@@ -392,14 +392,17 @@ ALERT_RESOLVED = "cn.fapiao.alert.case-resolved.v1"
 ALERT_CLOSED = "cn.fapiao.alert.case-closed.v1"
 ALERT_REVIEW_OVERDUE = "cn.fapiao.alert.review-overdue.v1"
 ALERT_REVIEW_DENIED = "cn.fapiao.alert.review-denied.v1"
+ALERT_FORM_AWAITING = "cn.fapiao.alert.form-awaiting.v1"
+ALERT_FORM_ENDED = "cn.fapiao.alert.form-ended.v1"
 ALERT_TYPES = frozenset({ALERT_STUCK, ALERT_RECOVERED, ALERT_REJECTED, ALERT_ORPHAN, ALERT_RESOLVED, ALERT_CLOSED,
-                         ALERT_REVIEW_OVERDUE, ALERT_REVIEW_DENIED})
+                         ALERT_REVIEW_OVERDUE, ALERT_REVIEW_DENIED, ALERT_FORM_AWAITING, ALERT_FORM_ENDED})
 ALERT_KINDS = {ALERT_STUCK: "stuck", ALERT_RECOVERED: "recovered", ALERT_REJECTED: "rejected",
                ALERT_ORPHAN: "orphan", ALERT_RESOLVED: "resolved", ALERT_CLOSED: "closed",
-               ALERT_REVIEW_OVERDUE: "review_overdue", ALERT_REVIEW_DENIED: "review_denied"}
+               ALERT_REVIEW_OVERDUE: "review_overdue", ALERT_REVIEW_DENIED: "review_denied",
+               ALERT_FORM_AWAITING: "form_awaiting", ALERT_FORM_ENDED: "form_rejected"}  # or form_voided
 
 AlertKind = Literal["stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder", "review_overdue",
-                    "review_denied"]
+                    "review_denied", "form_awaiting", "form_rejected", "form_voided"]
 
 
 class AlertRaised(Event):
@@ -476,6 +479,20 @@ class ReviewDeniedAlertRaised(AlertRaised):
     TYPE: ClassVar[str] = ALERT_REVIEW_DENIED
 
 
+class FormAwaitingAlertRaised(AlertRaised):
+    """A red-letter form waits for this tenant's confirmation (it is the buyer). Raised by the issuer, once per
+    form; `invoice_id` is the seller's invoice, `number` its number."""
+
+    TYPE: ClassVar[str] = ALERT_FORM_AWAITING
+
+
+class FormEndedAlertRaised(AlertRaised):
+    """A red-letter form of this tenant's was rejected by the buyer (kind form_rejected) or went void unconfirmed
+    (form_voided): nothing was reversed. Raised by the issuer, once per form."""
+
+    TYPE: ClassVar[str] = ALERT_FORM_ENDED
+
+
 # --- invoice.notifications.v1 (notifier -> issuer's timeline) ------------------------------------
 
 NOTIFICATION_SENT = "cn.fapiao.notification.sent.v1"
@@ -516,7 +533,8 @@ _MODELS: tuple[type[Event], ...] = (
     InvoiceConfirmed, InvoiceAwaitingVisibility, InvoiceGapFound, InvoiceStuck, CaseUpdated, StuckAlertRaised,
     RecoveredAlertRaised, RejectedAlertRaised, OrphanAlertRaised, CaseResolvedAlertRaised, CaseClosedAlertRaised,
     NotificationSent, NotificationFailed, RedLetterRequested, RedLetterDecisionRequested, RedLetterFormUpdated,
-    InvoiceReviewUpdated, ReviewOverdueAlertRaised, ReviewDeniedAlertRaised,
+    InvoiceReviewUpdated, ReviewOverdueAlertRaised, ReviewDeniedAlertRaised, FormAwaitingAlertRaised,
+    FormEndedAlertRaised,
 )
 EVENT_TYPES: dict[str, type[Event]] = {model.TYPE: model for model in _MODELS}
 """Every event type in the system -> its payload model."""

@@ -10,6 +10,8 @@ from shared.events import (
     CaseResolvedAlertRaised,
     CaseUpdated,
     Event,
+    FormAwaitingAlertRaised,
+    FormEndedAlertRaised,
     InvoiceAwaitingVisibility,
     InvoiceConfirmed,
     InvoiceGapFound,
@@ -78,10 +80,12 @@ RECONCILIATION = Topic("invoice.reconciliation.v1",
                        producer="reconciler", events=(InvoiceConfirmed, InvoiceAwaitingVisibility, InvoiceGapFound,
                                                       InvoiceStuck, CaseUpdated, InvoiceReviewUpdated))
 ALERTS = Topic("invoice.alerts.v1",
-               "stuck, rejected, recovered and orphan invoices and resolved or closed cases, for the notifier",
-               producer="reconciler", events=(StuckAlertRaised, RecoveredAlertRaised, RejectedAlertRaised,
+               "stuck, rejected, recovered and orphan invoices, resolved or closed cases, reviews (from the "
+               "reconciler) and red-letter forms (from the issuer), for the notifier",
+               producer="reconciler, issuer", events=(StuckAlertRaised, RecoveredAlertRaised, RejectedAlertRaised,
                                               OrphanAlertRaised, CaseResolvedAlertRaised, CaseClosedAlertRaised,
-                                              ReviewOverdueAlertRaised, ReviewDeniedAlertRaised))
+                                              ReviewOverdueAlertRaised, ReviewDeniedAlertRaised,
+                                              FormAwaitingAlertRaised, FormEndedAlertRaised))
 NOTIFICATIONS = Topic("invoice.notifications.v1",
                       "alerts the notifier delivered (or gave up on), per invoice, for the issuer's timeline",
                       producer="notifier", events=(NotificationSent, NotificationFailed))

@@ -37,6 +37,8 @@ from shared.events import (
     AlertRaised,
     CaseClosedAlertRaised,
     CaseResolvedAlertRaised,
+    FormAwaitingAlertRaised,
+    FormEndedAlertRaised,
     OrphanAlertRaised,
     RecoveredAlertRaised,
     RejectedAlertRaised,
@@ -70,7 +72,8 @@ class Notifier:
         self._slots = asyncio.Semaphore(settings.deliver_concurrency)
         self.handlers: HandlerTable[AsyncSession] = HandlerTable(dict.fromkeys(
             (StuckAlertRaised, RecoveredAlertRaised, RejectedAlertRaised, OrphanAlertRaised, CaseResolvedAlertRaised,
-             CaseClosedAlertRaised, ReviewOverdueAlertRaised, ReviewDeniedAlertRaised), self._intake))
+             CaseClosedAlertRaised, ReviewOverdueAlertRaised, ReviewDeniedAlertRaised, FormAwaitingAlertRaised,
+             FormEndedAlertRaised), self._intake))
 
     def stop(self) -> None:
         self.stopping.set()

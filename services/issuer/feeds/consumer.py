@@ -39,7 +39,7 @@ from shared.events import (
 )
 from shared.kafka import HandlerTable
 from shared.loops import consume_forever
-from shared.topics import INVOICE_EVENTS
+from shared.topics import ALERTS, INVOICE_EVENTS
 
 __all__ = ["run_status_feed_consumer"]
 
@@ -59,7 +59,8 @@ async def run_status_feed_consumer(settings: IssuerSettings, sessions: async_ses
 
     async def forms(session: AsyncSession, items: list[Received[Any]]) -> None:
         await apply_form_updates(session=session, events=items,
-                                 topic=INVOICE_EVENTS.qualified(settings.topic_prefix))
+                                 topic=INVOICE_EVENTS.qualified(settings.topic_prefix),
+                                 alerts_topic=ALERTS.qualified(settings.topic_prefix))
 
     async def notices(session: AsyncSession, items: list[Received[Any]]) -> None:
         await apply_notifications(session=session, events=items, group=group)

@@ -42,6 +42,9 @@ from shared.errors import Conflict, FieldError, NotFound, ValidationFailed
 from shared.events import (
     INVOICE_ISSUED,
     ISSUER_SOURCE,
+    AlertRaised,
+    FormAwaitingAlertRaised,
+    FormEndedAlertRaised,
     InvoiceIssued,
     RedLetterDecisionRequested,
     RedLetterFormUpdated,
@@ -267,7 +270,7 @@ async def decide_form(*, session: AsyncSession, tenant: Tenant, form_id: str, co
 # --- the sync service's word on forms ----------------------------------------------------------
 
 async def apply_form_updates(*, session: AsyncSession, events: Sequence[Received[RedLetterFormUpdated]],
-                             topic: str) -> int:
+                             topic: str, alerts_topic: str | None = None) -> int:
     """Record what the store said of each form (a late or redelivered update is skipped by its sequence); a
     confirmed form's red invoice becomes an invoice here, issued like any; a blue invoice reversed in full
     becomes red_lettered. In the caller's (all-tenants) transaction. Returns how many were applied."""
@@ -299,8 +302,42 @@ async def apply_form_updates(*, session: AsyncSession, events: Sequence[Received
                         {"form_id": str(row.id), "form_no": e.form_no, "event_id": r.envelope.id})
         if e.status == "confirmed":
             await _settle_blue(session, row.invoice_id)
+        if alerts_topic is not None and e.status != row.status:
+            await _alert(session, alerts_topic, row, e, form, values.get("buyer_tenant_id") or row.buyer_tenant_id)
         applied += 1
     return applied
+
+
+_ALERT_NS = uuid.UUID("3b9e2c1a-7d4f-4e8b-9c21-5a6f0d2e8b47")
+
+
+async def _alert(session: AsyncSession, topic: str, row: Any, e: RedLetterFormUpdated, form: dict[str, Any],
+                 buyer_tenant_id: uuid.UUID | None) -> None:
+    """One alert per transition that asks someone to act or tells them nothing was reversed: a form waiting for a
+    buyer tenant (to it), a form rejected or void (to the seller). The id names the transition."""
+    no = e.form_no or "(no number)"
+    if e.status == "pending" and buyer_tenant_id is not None:
+        model: type[AlertRaised] = FormAwaitingAlertRaised
+        kind, tenant_id = "form_awaiting", buyer_tenant_id
+        reason = (f"Red-letter form {no}: seller {row.seller_tax_id} asks to reverse {form.get('total')} of invoice "
+                  f"{row.number}; it waits for your confirmation until {form.get('expires_at')}.")
+        next_action = "Confirm or reject it (POST /v1/red-letter-forms/{id}/confirm or /reject) before it is void."
+    elif e.status in ("rejected", "voided"):
+        model, kind, tenant_id = FormEndedAlertRaised, f"form_{e.status}", row.tenant_id
+        why = "was rejected by the buyer" if e.status == "rejected" else "is void: nobody confirmed it in time"
+        reason = f"Red-letter form {no} on invoice {row.number} {why}; nothing was reversed."
+        next_action = "Agree with the buyer, then ask for a new form if the invoice still needs reversing."
+    else:
+        return
+    alert_id = str(uuid.uuid5(_ALERT_NS, f"{kind}:{row.id}"))
+    alert = model(alert_id=alert_id, kind=kind, tenant_id=tenant_id, seller_tax_id=row.seller_tax_id,
+                  invoice_id=row.invoice_id, number=row.number, total=form.get("total"),
+                  buyer_tax_id=row.buyer_tax_id, reason=reason, next_action=next_action, at=datetime.now(UTC))
+    envelope = new_envelope(source=ISSUER_SOURCE, event=alert, subject=str(row.invoice_id), tenant=str(tenant_id),
+                            sequence=1, id=alert_id)
+    await session.execute(m.outbox.insert().values(topic=topic, key=str(row.invoice_id), event_id=envelope.id,
+                                                   event_type=envelope.type, payload=encode(envelope)))
+    await notify_outbox(session, m.outbox)
 
 
 def _time(value: Any) -> datetime | None:
