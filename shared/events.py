@@ -394,15 +394,18 @@ ALERT_REVIEW_OVERDUE = "cn.fapiao.alert.review-overdue.v1"
 ALERT_REVIEW_DENIED = "cn.fapiao.alert.review-denied.v1"
 ALERT_FORM_AWAITING = "cn.fapiao.alert.form-awaiting.v1"
 ALERT_FORM_ENDED = "cn.fapiao.alert.form-ended.v1"
+ALERT_FORM_EXPIRING = "cn.fapiao.alert.form-expiring.v1"
 ALERT_TYPES = frozenset({ALERT_STUCK, ALERT_RECOVERED, ALERT_REJECTED, ALERT_ORPHAN, ALERT_RESOLVED, ALERT_CLOSED,
-                         ALERT_REVIEW_OVERDUE, ALERT_REVIEW_DENIED, ALERT_FORM_AWAITING, ALERT_FORM_ENDED})
+                         ALERT_REVIEW_OVERDUE, ALERT_REVIEW_DENIED, ALERT_FORM_AWAITING, ALERT_FORM_ENDED,
+                         ALERT_FORM_EXPIRING})
 ALERT_KINDS = {ALERT_STUCK: "stuck", ALERT_RECOVERED: "recovered", ALERT_REJECTED: "rejected",
                ALERT_ORPHAN: "orphan", ALERT_RESOLVED: "resolved", ALERT_CLOSED: "closed",
                ALERT_REVIEW_OVERDUE: "review_overdue", ALERT_REVIEW_DENIED: "review_denied",
-               ALERT_FORM_AWAITING: "form_awaiting", ALERT_FORM_ENDED: "form_rejected"}  # or form_voided
+               ALERT_FORM_AWAITING: "form_awaiting", ALERT_FORM_ENDED: "form_rejected",  # or form_voided
+               ALERT_FORM_EXPIRING: "form_expiring"}
 
 AlertKind = Literal["stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder", "review_overdue",
-                    "review_denied", "form_awaiting", "form_rejected", "form_voided"]
+                    "review_denied", "form_awaiting", "form_rejected", "form_voided", "form_expiring"]
 
 
 class AlertRaised(Event):
@@ -493,6 +496,13 @@ class FormEndedAlertRaised(AlertRaised):
     TYPE: ClassVar[str] = ALERT_FORM_ENDED
 
 
+class FormExpiringAlertRaised(AlertRaised):
+    """A pending red-letter form is void within FAPIAO_FORM_EXPIRY_WARNING unless confirmed: to the buyer tenant
+    that must decide it, or else to the seller (to chase the buyer). Raised by the issuer, once per form."""
+
+    TYPE: ClassVar[str] = ALERT_FORM_EXPIRING
+
+
 # --- invoice.notifications.v1 (notifier -> issuer's timeline) ------------------------------------
 
 NOTIFICATION_SENT = "cn.fapiao.notification.sent.v1"
@@ -534,7 +544,7 @@ _MODELS: tuple[type[Event], ...] = (
     RecoveredAlertRaised, RejectedAlertRaised, OrphanAlertRaised, CaseResolvedAlertRaised, CaseClosedAlertRaised,
     NotificationSent, NotificationFailed, RedLetterRequested, RedLetterDecisionRequested, RedLetterFormUpdated,
     InvoiceReviewUpdated, ReviewOverdueAlertRaised, ReviewDeniedAlertRaised, FormAwaitingAlertRaised,
-    FormEndedAlertRaised,
+    FormEndedAlertRaised, FormExpiringAlertRaised,
 )
 EVENT_TYPES: dict[str, type[Event]] = {model.TYPE: model for model in _MODELS}
 """Every event type in the system -> its payload model."""

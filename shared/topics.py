@@ -12,6 +12,7 @@ from shared.events import (
     Event,
     FormAwaitingAlertRaised,
     FormEndedAlertRaised,
+    FormExpiringAlertRaised,
     InvoiceAwaitingVisibility,
     InvoiceConfirmed,
     InvoiceGapFound,
@@ -85,7 +86,8 @@ ALERTS = Topic("invoice.alerts.v1",
                producer="reconciler, issuer", events=(StuckAlertRaised, RecoveredAlertRaised, RejectedAlertRaised,
                                               OrphanAlertRaised, CaseResolvedAlertRaised, CaseClosedAlertRaised,
                                               ReviewOverdueAlertRaised, ReviewDeniedAlertRaised,
-                                              FormAwaitingAlertRaised, FormEndedAlertRaised))
+                                              FormAwaitingAlertRaised, FormEndedAlertRaised,
+                                              FormExpiringAlertRaised))
 NOTIFICATIONS = Topic("invoice.notifications.v1",
                       "alerts the notifier delivered (or gave up on), per invoice, for the issuer's timeline",
                       producer="notifier", events=(NotificationSent, NotificationFailed))

@@ -17,6 +17,7 @@ from services.issuer import idempotency, models, row_security
 from services.issuer.api import admin, cases, invoices, notifications, redletter
 from services.issuer.backends import make_http
 from services.issuer.feeds.consumer import run_status_feed_consumer
+from services.issuer.invoices import redletter as redletter_use_cases
 from services.issuer.invoices.issuing import mark_published
 from services.issuer.limits import AdmissionMiddleware, Policy, TenantLimits
 from services.issuer.ops.dashboard import OpsSampler
@@ -38,7 +39,7 @@ from shared.kafka import ensure_topics_forever
 from shared.logging import configure_logging
 from shared.migrate import upgrade_async
 from shared.runtime import service_runtime
-from shared.topics import ALL_TOPICS
+from shared.topics import ALERTS, ALL_TOPICS
 
 SERVICE = "issuer"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -47,6 +48,19 @@ log = logging.getLogger(__name__)
 
 async def migrate(settings: IssuerSettings) -> None:
     await upgrade_async(migrations_dir=MIGRATIONS, database_url=settings.database_url, schema=models.SCHEMA)
+
+
+async def _form_expiry_alerts(app: FastAPI, settings: IssuerSettings) -> None:
+    """Now and then, the "form expires soon" alerts of pending red-letter forms (any replica; rows are locked)."""
+    topic = ALERTS.qualified(settings.topic_prefix)
+    while True:
+        await asyncio.sleep(min(60.0, settings.form_expiry_warning / 4))
+        try:
+            async with transaction(app.state.worker_sessions) as session:
+                await redletter_use_cases.alert_expiring(session=session, topic=topic,
+                                                         warning=settings.form_expiry_warning)
+        except Exception as exc:  # noqa: BLE001 - the database may be away; the next round tries again
+            log.warning("form expiry alerts skipped (%s: %s)", type(exc).__name__, exc)
 
 
 async def _housekeeping(app: FastAPI, settings: IssuerSettings) -> None:
@@ -98,6 +112,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
                     partitions=settings.kafka_partitions, replication_factor=settings.kafka_replication_factor,
                 ), name="ensure-topics"),
                 asyncio.create_task(_housekeeping(app, settings), name="housekeeping"),
+                asyncio.create_task(_form_expiry_alerts(app, settings), name="form-expiry-alerts"),
                 asyncio.create_task(run_status_feed_consumer(settings, rt.worker_sessions, stopping),
                                     name="status-feed"),
                 asyncio.create_task(sampler.run(), name="ops-sampler"),

@@ -128,6 +128,7 @@ red_letter_forms = Table(
     Column("red_invoice_id", UUID(as_uuid=True), ForeignKey(invoices.c.id)),
     Column("decision", JSONB),  # the buyer tenant's decision on its way: {id, confirm, at}
     Column("sync_seq", Integer, nullable=False, server_default="0"),  # last form-updated sequence applied
+    Column("expiry_alerted_at", DateTime(timezone=True)),  # the "expires in N hours" alert went out
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_red_letter_forms_invoice_id", "invoice_id"),

@@ -39,6 +39,7 @@ from shared.events import (
     CaseResolvedAlertRaised,
     FormAwaitingAlertRaised,
     FormEndedAlertRaised,
+    FormExpiringAlertRaised,
     OrphanAlertRaised,
     RecoveredAlertRaised,
     RejectedAlertRaised,
@@ -73,7 +74,7 @@ class Notifier:
         self.handlers: HandlerTable[AsyncSession] = HandlerTable(dict.fromkeys(
             (StuckAlertRaised, RecoveredAlertRaised, RejectedAlertRaised, OrphanAlertRaised, CaseResolvedAlertRaised,
              CaseClosedAlertRaised, ReviewOverdueAlertRaised, ReviewDeniedAlertRaised, FormAwaitingAlertRaised,
-             FormEndedAlertRaised), self._intake))
+             FormEndedAlertRaised, FormExpiringAlertRaised), self._intake))
 
     def stop(self) -> None:
         self.stopping.set()

@@ -168,8 +168,12 @@ async def test_full_and_partial_red_letters_with_and_without_the_buyers_confirma
     [waiting] = await eventually(awaiting_buyer, timeout=10, interval=0.25)
     assert (waiting["id"], waiting["role"], waiting["invoice_id"]) == (asked["id"], "buyer", None)
     assert "this tenant's confirmation" in waiting["reason"] and waiting["next_action_at"]
-    # The buyer tenant is alerted once that a form waits for it.
-    assert await eventually(lambda: alerts_of(p, part["id"]), timeout=20, interval=0.5) == ["form_awaiting"]
+    # The buyer tenant is alerted once that a form waits for it, and (its window is well within the default
+    # FAPIAO_FORM_EXPIRY_WARNING of 12 h) once that it will be void soon.
+    async def two_alerts() -> list[str] | None:
+        kinds = await alerts_of(p, part["id"])
+        return kinds if len(kinds) >= 2 else None
+    assert await eventually(two_alerts, timeout=20, interval=0.5) == ["form_awaiting", "form_expiring"]
     mine = await p.issuer.client.get("/v1/red-letter-forms", params={"awaiting": "true"}, headers=seller.headers)
     assert mine.json()["items"] == []  # the seller waits; it has nothing to decide
 
@@ -224,7 +228,10 @@ async def test_a_form_nobody_confirms_is_void_after_the_window_and_a_new_one_may
     assert "void" in voided["reason"] and voided["next_action"] and voided["red_invoice_id"] is None
     d = await steps.detail(p, seller, inv["id"])
     assert d["status"] == "confirmed" and d["red_letter"]["remaining_total"] == d["total"]
-    assert await eventually(lambda: alerts_of(p, inv["id"]), timeout=20, interval=0.5) == ["form_voided"]
+    async def ended() -> list[str] | None:
+        kinds = await alerts_of(p, inv["id"])
+        return kinds if "form_voided" in kinds else None
+    assert await eventually(ended, timeout=20, interval=0.5) == ["form_expiring", "form_voided"]
     await policy(p, used_rate=0.0)
     again = await ask(p, seller, inv["id"], {"reason_code": "01"})
     await until_form(p, seller, again["id"], "confirmed")

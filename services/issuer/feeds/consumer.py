@@ -60,7 +60,8 @@ async def run_status_feed_consumer(settings: IssuerSettings, sessions: async_ses
     async def forms(session: AsyncSession, items: list[Received[Any]]) -> None:
         await apply_form_updates(session=session, events=items,
                                  topic=INVOICE_EVENTS.qualified(settings.topic_prefix),
-                                 alerts_topic=ALERTS.qualified(settings.topic_prefix))
+                                 alerts_topic=ALERTS.qualified(settings.topic_prefix),
+                                 expiry_warning=settings.form_expiry_warning)
 
     async def notices(session: AsyncSession, items: list[Received[Any]]) -> None:
         await apply_notifications(session=session, events=items, group=group)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -45,6 +45,7 @@ from shared.events import (
     AlertRaised,
     FormAwaitingAlertRaised,
     FormEndedAlertRaised,
+    FormExpiringAlertRaised,
     InvoiceIssued,
     RedLetterDecisionRequested,
     RedLetterFormUpdated,
@@ -270,7 +271,8 @@ async def decide_form(*, session: AsyncSession, tenant: Tenant, form_id: str, co
 # --- the sync service's word on forms ----------------------------------------------------------
 
 async def apply_form_updates(*, session: AsyncSession, events: Sequence[Received[RedLetterFormUpdated]],
-                             topic: str, alerts_topic: str | None = None) -> int:
+                             topic: str, alerts_topic: str | None = None,
+                             expiry_warning: float | None = None) -> int:
     """Record what the store said of each form (a late or redelivered update is skipped by its sequence); a
     confirmed form's red invoice becomes an invoice here, issued like any; a blue invoice reversed in full
     becomes red_lettered. In the caller's (all-tenants) transaction. Returns how many were applied."""
@@ -305,7 +307,33 @@ async def apply_form_updates(*, session: AsyncSession, events: Sequence[Received
         if alerts_topic is not None and e.status != row.status:
             await _alert(session, alerts_topic, row, e, form, values.get("buyer_tenant_id") or row.buyer_tenant_id)
         applied += 1
+    if alerts_topic is not None and expiry_warning is not None and applied:
+        await alert_expiring(session=session, topic=alerts_topic, warning=expiry_warning)
     return applied
+
+
+async def alert_expiring(*, session: AsyncSession, topic: str, warning: float) -> int:
+    """"Expires in N hours": one alert for each pending form void within `warning` seconds that has not had it
+    (to the buyer tenant that must decide it, or else to the seller). In the caller's all-tenants transaction."""
+    now = datetime.now(UTC)
+    rows = (await session.execute(select(_f).where(
+        _f.c.status == "pending", _f.c.expiry_alerted_at.is_(None), _f.c.expires_at > now,
+        _f.c.expires_at <= now + timedelta(seconds=warning)).order_by(_f.c.expires_at).limit(500)
+        .with_for_update(skip_locked=True))).all()
+    for row in rows:
+        awaiting = (row.store or {}).get("awaiting_confirmation_from")
+        to_buyer = row.buyer_tenant_id is not None and awaiting == row.buyer_tax_id
+        hours = (row.expires_at - now).total_seconds() / 3600
+        left = f"{hours:.0f} hours" if hours >= 1.5 else f"{max(hours * 60, 0):.0f} minutes"
+        who = "your confirmation" if to_buyer else f"the confirmation of {awaiting}"
+        await _send_alert(
+            session, topic, FormExpiringAlertRaised, "form_expiring", row,
+            tenant_id=row.buyer_tenant_id if to_buyer else row.tenant_id, total=f"{row.total:.2f}",
+            reason=f"Red-letter form {row.form_no} on invoice {row.number} is void in {left} "
+                   f"({row.expires_at.isoformat()}) unless confirmed; it waits for {who}.",
+            next_action="Confirm or reject it now." if to_buyer else "Ask the buyer to confirm it, or let it lapse.")
+        await session.execute(update(_f).where(_f.c.id == row.id).values(expiry_alerted_at=now))
+    return len(rows)
 
 
 _ALERT_NS = uuid.UUID("3b9e2c1a-7d4f-4e8b-9c21-5a6f0d2e8b47")
@@ -329,9 +357,15 @@ async def _alert(session: AsyncSession, topic: str, row: Any, e: RedLetterFormUp
         next_action = "Agree with the buyer, then ask for a new form if the invoice still needs reversing."
     else:
         return
+    await _send_alert(session, topic, model, kind, row, tenant_id=tenant_id, total=form.get("total"),
+                      reason=reason, next_action=next_action)
+
+
+async def _send_alert(session: AsyncSession, topic: str, model: type[AlertRaised], kind: str, row: Any, *,
+                      tenant_id: uuid.UUID, total: str | None, reason: str, next_action: str) -> None:
     alert_id = str(uuid.uuid5(_ALERT_NS, f"{kind}:{row.id}"))
     alert = model(alert_id=alert_id, kind=kind, tenant_id=tenant_id, seller_tax_id=row.seller_tax_id,
-                  invoice_id=row.invoice_id, number=row.number, total=form.get("total"),
+                  invoice_id=row.invoice_id, number=row.number, total=total,
                   buyer_tax_id=row.buyer_tax_id, reason=reason, next_action=next_action, at=datetime.now(UTC))
     envelope = new_envelope(source=ISSUER_SOURCE, event=alert, subject=str(row.invoice_id), tenant=str(tenant_id),
                             sequence=1, id=alert_id)

@@ -43,6 +43,7 @@ def upgrade() -> None:
     sa.Column('red_invoice_id', sa.UUID(), nullable=True),
     sa.Column('decision', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
     sa.Column('sync_seq', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('expiry_alerted_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.ForeignKeyConstraint(['tenant_id'], ['issuer.tenants.id'], name=op.f('fk_red_letter_forms_tenant_id_tenants')),
