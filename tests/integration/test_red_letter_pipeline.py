@@ -191,6 +191,21 @@ async def test_full_and_partial_red_letters_with_and_without_the_buyers_confirma
     blue = await steps.detail(p, seller, part["id"])
     assert blue["status"] == "confirmed"
     assert (blue["red_letter"]["red_lettered_total"], blue["red_letter"]["remaining_total"]) == ("113.00", "113.00")
+    # A second form on what is left, rejected by the buyer: nothing reversed, the seller alerted once.
+    second = await ask(p, seller, part["id"], {"reason_code": "04", "lines": [{"line": 0, "amount": "-10.00"}]})
+    await until_form(p, seller, second["id"], "pending")  # the buyer sees it once the store made it
+    r = await p.issuer.client.post(f"/v1/red-letter-forms/{second['id']}/reject", json={"note": "不同意"},
+                                   headers=buyer.headers)
+    assert r.status_code == 202, r.text
+    rejected = await until_form(p, seller, second["id"], "rejected")
+    assert rejected["red_invoice_id"] is None and "rejected" in rejected["reason"]
+
+    async def seller_alerted() -> list[str] | None:
+        kinds = await alerts_of(p, part["id"])
+        return kinds if "form_rejected" in kinds else None
+    # Each form's own alerts, once each: two forms waited for the buyer, the second was rejected.
+    assert await eventually(seller_alerted, timeout=20, interval=0.5) == [
+        "form_awaiting", "form_awaiting", "form_expiring", "form_expiring", "form_rejected"]
     over = await p.issuer.client.post(f"/v1/invoices/{part['id']}/red-letter", headers=seller.headers,
                                       json={"reason_code": "04", "lines": [{"line": 0, "amount": "-150.00"}]})
     body422 = problem(over, 422, "validation_failed")
