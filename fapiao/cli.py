@@ -10,6 +10,8 @@
     fapiao cases list | cases show CASE-...           the reconciler's cases and their history
     fapiao cases evidence CASE-... --out F.zip        a case's evidence pack (PDF + JSON) for the tax bureau
     fapiao faults show | faults set drop_rate=0.3     the simulated tax store's faults (drills)
+    fapiao red-letter create ID --reason 02 [--line 0:-100.00]   a credit note (红冲); list, confirm, reject
+    fapiao verify NUMBER --date D --total T           发票查验 at the tax authority
 
 Every command takes --json for scripts. Exit status: 0 fine, 1 the answer is bad news (a service down,
 rows rejected, a summary that differs), 2 the request could not be made or was refused.
@@ -1151,6 +1153,119 @@ def backup_restore(
     Console().print(f"Restored the backup taken at {manifest['taken_at']}. The reconciler sweeps "
                     f"{restored.sweep_windows} (seller, day) windows now: what the authority holds from after the "
                     "backup shows as orphans lost by the restore, each with what to do.")
+
+
+# --- red letters (红冲) and verification (查验), with the tenant's own key -----------------------------------
+
+red_letter_app = typer.Typer(no_args_is_help=True, help="Red-letter credit notes: ask, list, confirm, reject.")
+app.add_typer(red_letter_app, name="red-letter")
+TENANT_KEY = typer.Option(None, "--api-key", envvar="FAPIAO_API_KEY", help="the tenant's API key")
+
+
+def _form_line(text: str) -> dict[str, str | int]:
+    """'0:-100.00' or '0:-100.00:-1' (line index, negative amount, negative quantity) -> a form line."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0].isdigit():
+        err.print(f"[red]--line {text}:[/red] write LINE:AMOUNT[:QUANTITY], e.g. 0:-100.00:-1")
+        raise typer.Exit(2)
+    line: dict[str, str | int] = {"line": int(parts[0]), "amount": parts[1]}
+    if len(parts) == 3:
+        line["quantity"] = parts[2]
+    return line
+
+
+def _print_form(f: dict[str, Any]) -> None:
+    console = Console()
+    console.print(f"Form {f['form_no'] or '(not numbered yet)'} ({f['id']}): {f['status']} — invoice {f['number']} "
+                  f"of {f['seller_tax_id']}, {f['scope']}, total {f['total']}, reason {f['reason_code']}")
+    console.print(f"  reason:      {f['reason']}")
+    if f.get("next_action"):
+        console.print(f"  next action: {f['next_action']}")
+    if f.get("red_invoice_number"):
+        console.print(f"  red invoice: {f['red_invoice_number']}")
+
+
+@red_letter_app.command("create")
+def red_letter_create(invoice_id: str = typer.Argument(..., help="the blue invoice's id"),
+                      reason: str = typer.Option(..., "--reason",
+                                                 help="01 error, 02 returned, 03 stopped, 04 discount"),
+                      line: list[str] = typer.Option(None, "--line", help="LINE:AMOUNT[:QUANTITY] to reverse part "
+                                                                          "of a line (repeatable); none: all of it"),
+                      note: str = typer.Option(None, "--note"), api_key: str = TENANT_KEY,
+                      as_json: bool = AS_JSON) -> None:
+    """Ask for a red-letter form on a blue invoice (retried safely: one Idempotency-Key for every attempt)."""
+    _load_stack_env()
+    body: dict[str, Any] = {"reason_code": reason, **({"lines": [_form_line(x) for x in line]} if line else {}),
+                            **({"note": note} if note else {})}
+    key = _key("red-letter", invoice_id, json.dumps(body, sort_keys=True), uuid.uuid4().hex)
+    f = _call("POST", _url("issuer", 8000), f"/v1/invoices/{invoice_id}/red-letter", token=_api_key(api_key),
+              body=body, ok=(202,), idempotency_key=key, retries=3)
+    if as_json:
+        _emit(f)
+    else:
+        _print_form(f)
+
+
+@red_letter_app.command("list")
+def red_letter_list(awaiting: bool = typer.Option(False, "--awaiting", help="only forms waiting for my decision"),
+                    status_: str = typer.Option(None, "--status", help="requested | pending | confirmed | rejected | "
+                                                                       "voided | failed"),
+                    api_key: str = TENANT_KEY, as_json: bool = AS_JSON) -> None:
+    """The forms this tenant is a party to (as seller, or as buyer), newest first."""
+    _load_stack_env()
+    params: dict[str, Any] = {"awaiting": str(awaiting).lower(), **({"status": status_} if status_ else {})}
+    page = _call("GET", _url("issuer", 8000), "/v1/red-letter-forms", token=_api_key(api_key), params=params)
+    if as_json:
+        _emit(page)
+        return
+    table = Table("form", "status", "role", "invoice", "total", "next action")
+    for f in page["items"]:
+        table.add_row(f["form_no"] or f["id"], f["status"], f["role"], f["number"], f["total"], f["next_action"] or "")
+    Console().print(table)
+
+
+def _decide(form_id: str, action: str, note: str | None, api_key: str | None, as_json: bool) -> None:
+    _load_stack_env()
+    f = _call("POST", _url("issuer", 8000), f"/v1/red-letter-forms/{form_id}/{action}", token=_api_key(api_key),
+              body={"note": note} if note else {}, ok=(200, 202), retries=3)
+    if as_json:
+        _emit(f)
+    else:
+        _print_form(f)
+
+
+@red_letter_app.command("confirm")
+def red_letter_confirm(form_id: str = typer.Argument(..., help="the form's id (fapiao red-letter list)"),
+                       note: str = typer.Option(None, "--note"), api_key: str = TENANT_KEY,
+                       as_json: bool = AS_JSON) -> None:
+    """As the buyer, confirm a form waiting for you; the red invoice is then issued."""
+    _decide(form_id, "confirm", note, api_key, as_json)
+
+
+@red_letter_app.command("reject")
+def red_letter_reject(form_id: str = typer.Argument(..., help="the form's id (fapiao red-letter list)"),
+                      note: str = typer.Option(None, "--note"), api_key: str = TENANT_KEY,
+                      as_json: bool = AS_JSON) -> None:
+    """As the buyer, reject a form waiting for you; nothing is reversed."""
+    _decide(form_id, "reject", note, api_key, as_json)
+
+
+@app.command("verify")
+def verify(number: str = typer.Argument(..., help="the invoice's 20-digit number"),
+           issue_date: str = typer.Option(..., "--date", help="its issue date, YYYY-MM-DD"),
+           total: str = typer.Option(..., "--total", help="its total including tax, e.g. 226.00"),
+           api_key: str = TENANT_KEY, as_json: bool = AS_JSON) -> None:
+    """发票查验: ask the tax authority about an invoice by number, date and total (exit 1 unless it is normal)."""
+    _load_stack_env()
+    answer = _call("POST", _url("issuer", 8000), "/v1/verify", token=_api_key(api_key), retries=3,
+                   body={"number": number, "issue_date": issue_date, "total": total})
+    if as_json:
+        _emit(answer)
+    else:
+        extra = f", {answer['remaining_total']} left" if answer.get("remaining_total") else ""
+        Console().print(f"{number}: {answer['result']} ({answer['result_text']}){extra}")
+    if answer["result"] != "normal":
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -22,17 +22,19 @@ from shared.validators import clean_text
 
 __all__ = [
     "ALERT_CLOSED", "ALERT_KINDS", "ALERT_ORPHAN", "ALERT_RECOVERED", "ALERT_REJECTED", "ALERT_RESOLVED",
-    "ALERT_STUCK", "ALERT_TYPES", "CASE_UPDATED", "EVENT_TYPES", "INVOICE_AWAITING_VISIBILITY", "INVOICE_CONFIRMED",
-    "INVOICE_GAP_FOUND", "INVOICE_ISSUED", "INVOICE_REJECTED", "INVOICE_STUCK", "INVOICE_SUBMISSION_FAILED",
-    "INVOICE_SUBMITTED", "INVOICE_VOIDED", "ISSUER_SOURCE", "NOTIFICATION_FAILED", "NOTIFICATION_SENT",
-    "NOTIFICATION_TYPES", "NOTIFIER_SOURCE", "RECONCILER_SOURCE", "RECONCILIATION_TYPES", "RESYNC_INVOICE",
-    "SYNC_RESULT_TYPES", "SYNC_SOURCE",
-    "AlertRaised", "CaseClosedAlertRaised", "CaseResolvedAlertRaised", "CaseUpdated", "Event",
-    "InvoiceAwaitingVisibility", "InvoiceConfirmed", "InvoiceGapFound", "InvoiceIssued", "InvoiceRejected",
-    "InvoiceStuck",
+    "ALERT_REVIEW_DENIED", "ALERT_REVIEW_OVERDUE", "ALERT_STUCK", "ALERT_TYPES", "CASE_UPDATED", "EVENT_TYPES",
+    "INVOICE_AWAITING_VISIBILITY", "INVOICE_CONFIRMED", "INVOICE_GAP_FOUND", "INVOICE_ISSUED", "INVOICE_REJECTED",
+    "INVOICE_REVIEW_UPDATED", "INVOICE_STUCK", "INVOICE_SUBMISSION_FAILED", "INVOICE_SUBMITTED", "INVOICE_VOIDED",
+    "ISSUER_SOURCE", "NOTIFICATION_FAILED", "NOTIFICATION_SENT", "NOTIFICATION_TYPES", "NOTIFIER_SOURCE",
+    "RECONCILER_SOURCE", "RECONCILIATION_TYPES", "RED_LETTER_DECIDE", "RED_LETTER_FORM_UPDATED",
+    "RED_LETTER_REQUESTED", "RESYNC_INVOICE", "SYNC_RESULT_TYPES", "SYNC_SOURCE", "AlertRaised",
+    "CaseClosedAlertRaised", "CaseResolvedAlertRaised", "CaseUpdated", "Event", "InvoiceAwaitingVisibility",
+    "InvoiceConfirmed", "InvoiceGapFound", "InvoiceIssued", "InvoiceRejected", "InvoiceReviewUpdated", "InvoiceStuck",
     "InvoiceSubmissionFailed", "InvoiceSubmitted", "InvoiceVoided", "Issued", "NotificationFailed",
     "NotificationSent", "OrphanAlertRaised", "PayloadError", "ReconciliationEvent", "RecoveredAlertRaised",
-    "RejectedAlertRaised", "ResyncRequested", "StuckAlertRaised", "SyncResult", "model_for", "parse_payload",
+    "RedLetterDecisionRequested", "RedLetterFormUpdated", "RedLetterLine", "RedLetterRequested",
+    "RejectedAlertRaised", "ResyncRequested", "ReviewDeniedAlertRaised", "ReviewOverdueAlertRaised",
+    "StuckAlertRaised", "SyncResult", "model_for", "parse_payload"
 ]
 
 ISSUER_SOURCE = "fapiao/issuer"
@@ -68,7 +70,7 @@ TaxId = Annotated[str, StringConstraints(min_length=18, max_length=18)]
 Number = Annotated[str, StringConstraints(pattern=r"^[0-9]{20}$")]
 CaseNo = Annotated[str, StringConstraints(max_length=32), AfterValidator(clean_text)]
 ReceiptNo = Annotated[str, StringConstraints(max_length=64), AfterValidator(clean_text)]
-LedgerState = Literal["pending", "awaiting", "gap", "stuck", "confirmed", "rejected", "voided"]
+LedgerState = Literal["pending", "awaiting", "gap", "stuck", "confirmed", "rejected", "voided", "review", "denied"]
 GapKind = Literal["missing", "mismatch"]
 CaseStatus = Literal["open", "resolved", "closed"]
 
@@ -91,6 +93,7 @@ class InvoiceIssued(Event):
     content_hash: str = Field(min_length=64, max_length=64)
     accepted_at: datetime
     invoice: dict[str, Any]
+    red_letter_of: Number | None = None  # a red invoice: the blue original's number (the store needs it)
 
     def check_envelope(self, *, subject: str, tenant: str) -> None:
         if str(self.invoice_id) != subject:
@@ -112,6 +115,78 @@ class InvoiceVoided(Event):
     number: str
     reason: str
     voided_at: datetime
+
+
+# --- red letters (issuer -> sync on invoice.events.v1; sync -> issuer on invoice.sync-results.v1) ----------
+
+RED_LETTER_REQUESTED = "cn.fapiao.red-letter.requested.v1"
+RED_LETTER_DECIDE = "cn.fapiao.red-letter.decide.v1"
+RED_LETTER_FORM_UPDATED = "cn.fapiao.red-letter.form-updated.v1"
+ReasonCode = Literal["01", "02", "03", "04"]
+
+
+class RedLetterLine(BaseModel):
+    """Part of one blue line to reverse (its index, the negative amount, for returns the negative quantity)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    line: int = Field(ge=0, le=999)
+    amount: str = Field(pattern=r"^-[0-9]{1,12}\.[0-9]{2}$")
+    quantity: str | None = Field(default=None, pattern=r"^-[0-9]{1,12}(\.[0-9]{1,8})?$")
+
+
+class RedLetterRequested(Event):
+    """The seller asked for a red-letter confirmation form (红字发票信息确认单) on a blue invoice. Keyed by the blue
+    invoice's id; `form_id` (the issuer's) is the store's `request_id`, so every retry makes one form."""
+
+    TYPE: ClassVar[str] = RED_LETTER_REQUESTED
+
+    form_id: uuid.UUID
+    invoice_id: uuid.UUID
+    tenant_id: uuid.UUID
+    seller_tax_id: TaxId
+    number: Number
+    requested_by: TaxId
+    reason_code: ReasonCode
+    lines: list[RedLetterLine] | None = None  # None: all that is left
+    note: Text | None = None
+
+    def check_envelope(self, *, subject: str, tenant: str) -> None:
+        if str(self.invoice_id) != subject:
+            raise PayloadError("data.invoice_id differs from the envelope subject")
+
+
+class RedLetterDecisionRequested(Event):
+    """A command: the counterparty (a tenant here, the buyer) confirms or rejects a pending form at the store.
+    Keyed by the blue invoice's id; `decision_id` makes a redelivery one decision."""
+
+    TYPE: ClassVar[str] = RED_LETTER_DECIDE
+
+    decision_id: uuid.UUID
+    form_id: uuid.UUID
+    form_no: str = Field(pattern=r"^HZ[0-9]{18}$")
+    invoice_id: uuid.UUID
+    by: TaxId
+    confirm: bool
+    note: Text | None = None
+
+
+class RedLetterFormUpdated(Event):
+    """What the sync service learned of a form at the store: made, decided, void, or refused for good (`failed`,
+    with the store's problem). `form` is the store's view of it (shared.contracts.taxstore); `sequence` in the
+    envelope counts these per form, so a late one is known as such."""
+
+    TYPE: ClassVar[str] = RED_LETTER_FORM_UPDATED
+
+    form_id: uuid.UUID
+    invoice_id: uuid.UUID
+    tenant_id: uuid.UUID
+    status: Literal["pending", "confirmed", "rejected", "voided", "failed"]
+    form_no: str | None = None
+    form: dict[str, Any] | None = None
+    error: Text | None = None
+    error_code: str | None = None
+    http_status: int | None = None
+    at: Time = None
 
 
 # --- invoice.sync-results.v1 (sync): one event per attempt ----------------------------------
@@ -192,8 +267,9 @@ INVOICE_AWAITING_VISIBILITY = "cn.fapiao.invoice.awaiting-visibility.v1"
 INVOICE_GAP_FOUND = "cn.fapiao.invoice.gap-found.v1"
 INVOICE_STUCK = "cn.fapiao.invoice.stuck.v1"
 CASE_UPDATED = "cn.fapiao.case.updated.v1"
+INVOICE_REVIEW_UPDATED = "cn.fapiao.invoice.review-updated.v1"
 RECONCILIATION_TYPES = frozenset({INVOICE_CONFIRMED, INVOICE_AWAITING_VISIBILITY, INVOICE_GAP_FOUND, INVOICE_STUCK,
-                                  CASE_UPDATED})
+                                  CASE_UPDATED, INVOICE_REVIEW_UPDATED})
 
 
 class ReconciliationEvent(Event):
@@ -292,6 +368,20 @@ class CaseUpdated(ReconciliationEvent):
     resolution: Text | None = None
 
 
+class InvoiceReviewUpdated(ReconciliationEvent):
+    """The store holds the invoice for cross-region review (跨区域审核; ledger_state review, with the bureau's
+    expected time), or the bureau denied it (ledger_state denied: it does not count). Approval is a confirmation."""
+
+    TYPE: ClassVar[str] = INVOICE_REVIEW_UPDATED
+
+    review_status: Literal["under_review", "denied"]
+    review_due_at: Time = None
+    review_since: Time = None
+    review_sla_seconds: Seconds = None
+    review_note: Text | None = None
+    receipt_no: ReceiptNo | None = None
+
+
 # --- invoice.alerts.v1 (reconciler -> notifier) ------------------------------------------------
 
 ALERT_STUCK = "cn.fapiao.alert.stuck.v1"
@@ -300,11 +390,22 @@ ALERT_REJECTED = "cn.fapiao.alert.rejected.v1"
 ALERT_ORPHAN = "cn.fapiao.alert.orphan.v1"
 ALERT_RESOLVED = "cn.fapiao.alert.case-resolved.v1"
 ALERT_CLOSED = "cn.fapiao.alert.case-closed.v1"
-ALERT_TYPES = frozenset({ALERT_STUCK, ALERT_RECOVERED, ALERT_REJECTED, ALERT_ORPHAN, ALERT_RESOLVED, ALERT_CLOSED})
+ALERT_REVIEW_OVERDUE = "cn.fapiao.alert.review-overdue.v1"
+ALERT_REVIEW_DENIED = "cn.fapiao.alert.review-denied.v1"
+ALERT_FORM_AWAITING = "cn.fapiao.alert.form-awaiting.v1"
+ALERT_FORM_ENDED = "cn.fapiao.alert.form-ended.v1"
+ALERT_FORM_EXPIRING = "cn.fapiao.alert.form-expiring.v1"
+ALERT_TYPES = frozenset({ALERT_STUCK, ALERT_RECOVERED, ALERT_REJECTED, ALERT_ORPHAN, ALERT_RESOLVED, ALERT_CLOSED,
+                         ALERT_REVIEW_OVERDUE, ALERT_REVIEW_DENIED, ALERT_FORM_AWAITING, ALERT_FORM_ENDED,
+                         ALERT_FORM_EXPIRING})
 ALERT_KINDS = {ALERT_STUCK: "stuck", ALERT_RECOVERED: "recovered", ALERT_REJECTED: "rejected",
-               ALERT_ORPHAN: "orphan", ALERT_RESOLVED: "resolved", ALERT_CLOSED: "closed"}
+               ALERT_ORPHAN: "orphan", ALERT_RESOLVED: "resolved", ALERT_CLOSED: "closed",
+               ALERT_REVIEW_OVERDUE: "review_overdue", ALERT_REVIEW_DENIED: "review_denied",
+               ALERT_FORM_AWAITING: "form_awaiting", ALERT_FORM_ENDED: "form_rejected",  # or form_voided
+               ALERT_FORM_EXPIRING: "form_expiring"}
 
-AlertKind = Literal["stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder"]
+AlertKind = Literal["stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder", "review_overdue",
+                    "review_denied", "form_awaiting", "form_rejected", "form_voided", "form_expiring"]
 
 
 class AlertRaised(Event):
@@ -369,6 +470,39 @@ class CaseClosedAlertRaised(AlertRaised):
     TYPE: ClassVar[str] = ALERT_CLOSED
 
 
+class ReviewOverdueAlertRaised(AlertRaised):
+    """An invoice is held for cross-region review longer than FAPIAO_REVIEW_SLA (once per review)."""
+
+    TYPE: ClassVar[str] = ALERT_REVIEW_OVERDUE
+
+
+class ReviewDeniedAlertRaised(AlertRaised):
+    """The bureau denied a held invoice: it does not count."""
+
+    TYPE: ClassVar[str] = ALERT_REVIEW_DENIED
+
+
+class FormAwaitingAlertRaised(AlertRaised):
+    """A red-letter form waits for this tenant's confirmation (it is the buyer). Raised by the issuer, once per
+    form; `invoice_id` is the seller's invoice, `number` its number."""
+
+    TYPE: ClassVar[str] = ALERT_FORM_AWAITING
+
+
+class FormEndedAlertRaised(AlertRaised):
+    """A red-letter form of this tenant's was rejected by the buyer (kind form_rejected) or went void unconfirmed
+    (form_voided): nothing was reversed. Raised by the issuer, once per form."""
+
+    TYPE: ClassVar[str] = ALERT_FORM_ENDED
+
+
+class FormExpiringAlertRaised(AlertRaised):
+    """A pending red-letter form is void within FAPIAO_FORM_EXPIRY_WARNING unless confirmed: to the buyer tenant
+    that must decide it, or else to the seller (to chase the buyer). Raised by the issuer, once per form."""
+
+    TYPE: ClassVar[str] = ALERT_FORM_EXPIRING
+
+
 # --- invoice.notifications.v1 (notifier -> issuer's timeline) ------------------------------------
 
 NOTIFICATION_SENT = "cn.fapiao.notification.sent.v1"
@@ -408,7 +542,9 @@ _MODELS: tuple[type[Event], ...] = (
     InvoiceIssued, InvoiceVoided, InvoiceSubmitted, InvoiceSubmissionFailed, InvoiceRejected, ResyncRequested,
     InvoiceConfirmed, InvoiceAwaitingVisibility, InvoiceGapFound, InvoiceStuck, CaseUpdated, StuckAlertRaised,
     RecoveredAlertRaised, RejectedAlertRaised, OrphanAlertRaised, CaseResolvedAlertRaised, CaseClosedAlertRaised,
-    NotificationSent, NotificationFailed,
+    NotificationSent, NotificationFailed, RedLetterRequested, RedLetterDecisionRequested, RedLetterFormUpdated,
+    InvoiceReviewUpdated, ReviewOverdueAlertRaised, ReviewDeniedAlertRaised, FormAwaitingAlertRaised,
+    FormEndedAlertRaised, FormExpiringAlertRaised,
 )
 EVENT_TYPES: dict[str, type[Event]] = {model.TYPE: model for model in _MODELS}
 """Every event type in the system -> its payload model."""

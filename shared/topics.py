@@ -10,11 +10,15 @@ from shared.events import (
     CaseResolvedAlertRaised,
     CaseUpdated,
     Event,
+    FormAwaitingAlertRaised,
+    FormEndedAlertRaised,
+    FormExpiringAlertRaised,
     InvoiceAwaitingVisibility,
     InvoiceConfirmed,
     InvoiceGapFound,
     InvoiceIssued,
     InvoiceRejected,
+    InvoiceReviewUpdated,
     InvoiceStuck,
     InvoiceSubmissionFailed,
     InvoiceSubmitted,
@@ -23,8 +27,13 @@ from shared.events import (
     NotificationSent,
     OrphanAlertRaised,
     RecoveredAlertRaised,
+    RedLetterDecisionRequested,
+    RedLetterFormUpdated,
+    RedLetterRequested,
     RejectedAlertRaised,
     ResyncRequested,
+    ReviewDeniedAlertRaised,
+    ReviewOverdueAlertRaised,
     StuckAlertRaised,
 )
 
@@ -58,20 +67,27 @@ def dlq_name(topic: str) -> str:
     return f"{topic}.dlq"
 
 
-INVOICE_EVENTS = Topic("invoice.events.v1", "invoice facts from the issuer: issued, voided", producer="issuer",
-                       events=(InvoiceIssued, InvoiceVoided))
+INVOICE_EVENTS = Topic("invoice.events.v1",
+                       "invoice facts from the issuer: issued, voided, red-letter forms asked for and decided",
+                       producer="issuer",
+                       events=(InvoiceIssued, InvoiceVoided, RedLetterRequested, RedLetterDecisionRequested))
 SYNC_RESULTS = Topic("invoice.sync-results.v1", "what the sync service learned from the tax store, one per attempt",
-                     producer="sync", events=(InvoiceSubmitted, InvoiceSubmissionFailed, InvoiceRejected))
+                     producer="sync", events=(InvoiceSubmitted, InvoiceSubmissionFailed, InvoiceRejected,
+                                              RedLetterFormUpdated))
 RESYNC_REQUESTS = Topic("invoice.resync-requests.v1", "commands to submit an invoice again (from the reconciler)",
                         producer="reconciler", events=(ResyncRequested,))
 RECONCILIATION = Topic("invoice.reconciliation.v1",
                        "what the reconciler found: visible and identical, gaps, resyncs, stuck, cases (for the issuer)",
                        producer="reconciler", events=(InvoiceConfirmed, InvoiceAwaitingVisibility, InvoiceGapFound,
-                                                      InvoiceStuck, CaseUpdated))
+                                                      InvoiceStuck, CaseUpdated, InvoiceReviewUpdated))
 ALERTS = Topic("invoice.alerts.v1",
-               "stuck, rejected, recovered and orphan invoices and resolved or closed cases, for the notifier",
-               producer="reconciler", events=(StuckAlertRaised, RecoveredAlertRaised, RejectedAlertRaised,
-                                              OrphanAlertRaised, CaseResolvedAlertRaised, CaseClosedAlertRaised))
+               "stuck, rejected, recovered and orphan invoices, resolved or closed cases, reviews (from the "
+               "reconciler) and red-letter forms (from the issuer), for the notifier",
+               producer="reconciler, issuer", events=(StuckAlertRaised, RecoveredAlertRaised, RejectedAlertRaised,
+                                              OrphanAlertRaised, CaseResolvedAlertRaised, CaseClosedAlertRaised,
+                                              ReviewOverdueAlertRaised, ReviewDeniedAlertRaised,
+                                              FormAwaitingAlertRaised, FormEndedAlertRaised,
+                                              FormExpiringAlertRaised))
 NOTIFICATIONS = Topic("invoice.notifications.v1",
                       "alerts the notifier delivered (or gave up on), per invoice, for the issuer's timeline",
                       producer="notifier", events=(NotificationSent, NotificationFailed))

@@ -14,9 +14,10 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.issuer import idempotency, models, row_security
-from services.issuer.api import admin, cases, invoices, notifications
+from services.issuer.api import admin, cases, invoices, notifications, redletter
 from services.issuer.backends import make_http
 from services.issuer.feeds.consumer import run_status_feed_consumer
+from services.issuer.invoices import redletter as redletter_use_cases
 from services.issuer.invoices.issuing import mark_published
 from services.issuer.limits import AdmissionMiddleware, Policy, TenantLimits
 from services.issuer.ops.dashboard import OpsSampler
@@ -38,7 +39,7 @@ from shared.kafka import ensure_topics_forever
 from shared.logging import configure_logging
 from shared.migrate import upgrade_async
 from shared.runtime import service_runtime
-from shared.topics import ALL_TOPICS
+from shared.topics import ALERTS, ALL_TOPICS
 
 SERVICE = "issuer"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -47,6 +48,19 @@ log = logging.getLogger(__name__)
 
 async def migrate(settings: IssuerSettings) -> None:
     await upgrade_async(migrations_dir=MIGRATIONS, database_url=settings.database_url, schema=models.SCHEMA)
+
+
+async def _form_expiry_alerts(app: FastAPI, settings: IssuerSettings) -> None:
+    """Now and then, the "form expires soon" alerts of pending red-letter forms (any replica; rows are locked)."""
+    topic = ALERTS.qualified(settings.topic_prefix)
+    while True:
+        await asyncio.sleep(min(60.0, settings.form_expiry_warning / 4))
+        try:
+            async with transaction(app.state.worker_sessions) as session:
+                await redletter_use_cases.alert_expiring(session=session, topic=topic,
+                                                         warning=settings.form_expiry_warning)
+        except Exception as exc:  # noqa: BLE001 - the database may be away; the next round tries again
+            log.warning("form expiry alerts skipped (%s: %s)", type(exc).__name__, exc)
 
 
 async def _housekeeping(app: FastAPI, settings: IssuerSettings) -> None:
@@ -80,6 +94,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
             token = settings.admin_token.get_secret_value()
             app.state.reconciler_http = make_http(settings.reconciler_url, token, settings.reconciler_timeout)
             app.state.notifier_http = make_http(settings.notifier_url, token, settings.notifier_timeout)
+            app.state.taxstore_http = make_http(settings.taxstore_url, token, settings.taxstore_timeout)
             sampler = OpsSampler(settings=settings, sessions=rt.worker_sessions,
                                  reconciler_http=app.state.reconciler_http)
             app.state.ops_sampler = sampler
@@ -97,6 +112,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
                     partitions=settings.kafka_partitions, replication_factor=settings.kafka_replication_factor,
                 ), name="ensure-topics"),
                 asyncio.create_task(_housekeeping(app, settings), name="housekeeping"),
+                asyncio.create_task(_form_expiry_alerts(app, settings), name="form-expiry-alerts"),
                 asyncio.create_task(run_status_feed_consumer(settings, rt.worker_sessions, stopping),
                                     name="status-feed"),
                 asyncio.create_task(sampler.run(), name="ops-sampler"),
@@ -113,6 +129,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await app.state.reconciler_http.aclose()
                 await app.state.notifier_http.aclose()
+                await app.state.taxstore_http.aclose()
 
     app = service_app(
         title="Fapiao Sync — issuer",
@@ -131,6 +148,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
     app.include_router(audit_router(SERVICE))
     app.include_router(invoices.router)
     app.include_router(cases.router)
+    app.include_router(redletter.router)
     app.include_router(notifications.router)
     app.include_router(ops_router)
     app.include_router(ops_page_router)

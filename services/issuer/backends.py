@@ -27,9 +27,10 @@ from pydantic import BaseModel, ValidationError
 from shared.audit import ON_BEHALF
 from shared.contracts.cases import CaseStatus
 from shared.contracts.reconciler import CaseDetail, CaseList, CaseOpen
+from shared.contracts.taxstore import VerifyAnswer
 from shared.errors import FapiaoError, ServiceUnavailable
 
-__all__ = ["BackendClient", "NotifierClient", "Passed", "ReconcilerClient", "make_http"]
+__all__ = ["BackendClient", "NotifierClient", "Passed", "ReconcilerClient", "TaxstoreClient", "make_http"]
 
 log = logging.getLogger(__name__)
 
@@ -196,3 +197,15 @@ class NotifierClient(BackendClient):
         if r.status_code == 204:
             return 204, None
         return r.status_code, self._json(r, expect=(200, 201, 202))
+
+
+class TaxstoreClient(BackendClient):
+    """The tax store's public reads the issuer passes on (verification). Its 422 is the tenant's own mistake;
+    its faults (500, 503, 504, no answer) are the authority's: 503, retry."""
+
+    name = "tax authority"
+    PASS_THROUGH = (422,)
+
+    async def verify(self, *, number: str, issue_date: str, total: str) -> VerifyAnswer:
+        r = await self._call("POST", "/v1/verify", json={"number": number, "issue_date": issue_date, "total": total})
+        return self._model(r, VerifyAnswer, expect=(200,))

@@ -17,13 +17,14 @@ from shared.events import (
     INVOICE_AWAITING_VISIBILITY,
     INVOICE_CONFIRMED,
     INVOICE_GAP_FOUND,
+    INVOICE_REVIEW_UPDATED,
     INVOICE_STUCK,
     NOTIFICATION_FAILED,
     NOTIFICATION_SENT,
 )
 
 __all__ = ["Explanation", "at", "case_opened_message", "clock", "describe_event", "describe_notification", "due",
-           "explain", "parse_time", "span"]
+           "explain", "explain_form", "parse_time", "span"]
 
 Explanation = tuple[str, str | None, datetime | None]
 """(reason, next action, when the next action happens)"""
@@ -255,11 +256,32 @@ def _confirmed(r: Mapping[str, Any], now: datetime) -> Explanation | None:
     return reason, None, None
 
 
+def _under_review(r: Mapping[str, Any], now: datetime) -> Explanation | None:
+    due_at, since = _time(r.get("review_due_at")), _time(r.get("review_since"))
+    sla = _num(r.get("review_sla_seconds"))
+    reason = "Held by the tax bureau for cross-region review (跨区域审核); it counts once approved"
+    if since is not None:
+        reason += f", held for {clock((now - since).total_seconds())}"
+        if sla is not None and (now - since).total_seconds() > sla:
+            reason += f", longer than the agreed {span(sla)}"
+    reason += "."
+    when = f"; the bureau expects to decide {due(due_at, now)}" if due_at is not None else ""
+    return reason, f"Wait for the bureau's decision{when} (watched automatically; never resubmitted).", due_at
+
+
+def _review_denied(r: Mapping[str, Any], now: datetime) -> Explanation | None:
+    note = _text(r.get("review_note"))
+    return (f"Denied in cross-region review by the tax bureau{': ' + note if note else ''}; it does not count.",
+            "Check the sale with the buyer; issue a corrected invoice if it stands.", None)
+
+
 _RENDERERS: dict[Status, Callable[[Mapping[str, Any], datetime], Explanation | None]] = {
     Status.SUBMITTED: _awaiting,
     Status.RETRYING: _gap,
     Status.STUCK: _stuck,
     Status.CONFIRMED: _confirmed,
+    Status.UNDER_REVIEW: _under_review,
+    Status.REVIEW_DENIED: _review_denied,
 }
 
 
@@ -290,6 +312,12 @@ def describe_event(event_type: str, d: Mapping[str, Any], *, at_time: datetime) 
         if case_no and d.get("case_status") == "resolved":
             message += f"; case {case_no} resolved"
         return "confirmed", message
+    if event_type == INVOICE_REVIEW_UPDATED:
+        if d.get("review_status") == "denied":
+            return "review_denied", "Denied in cross-region review by the tax bureau; it does not count"
+        due_at = _time(d.get("review_due_at"))
+        return "under_review", "Held by the tax bureau for cross-region review" + (
+            f"; decision expected {at(due_at, at_time)}" if due_at is not None else "")
     if event_type == INVOICE_AWAITING_VISIBILITY:
         message = "Acknowledged"
         message += f" (receipt {receipt})" if receipt else ""
@@ -357,3 +385,37 @@ def describe_notification(event_type: str, d: Mapping[str, Any]) -> tuple[str, s
         return "alert_failed", (f"{what} could not be delivered {via}: gave up at {when} after "
                                 f"{_plural(attempts, 'attempt')}" + (f"; last error: {error}" if error else ""))
     raise ValueError(f"not a notification event type: {event_type}")
+
+
+# --- red-letter forms --------------------------------------------------------------------------
+
+def explain_form(*, status: str, form_no: str | None, expires_at: datetime | None, awaiting: str | None,
+                 reader_tax_id: str, red_number: str | None, error: str | None,
+                 decision: Mapping[str, Any] | None, now: datetime) -> Explanation:
+    """(reason, next action, when) of a red-letter form in each of its states, as one party (`reader_tax_id`)
+    reads it."""
+    no = form_no or "(not numbered yet)"
+    if status == "requested":
+        return ("Asked for here; on its way to the tax authority, which makes the form and numbers it.",
+                "Create the form at the tax authority (automatic; retried until it answers).", None)
+    if status == "pending":
+        when = due(expires_at, now) if expires_at is not None else "at the end of the authority's window"
+        if decision is not None and decision.get("decision"):
+            return (f"Form {no} waits for {awaiting}'s decision; this tenant asked to {decision['decision']} it.",
+                    "Hand the decision to the tax authority (automatic).", None)
+        if awaiting == reader_tax_id:
+            return (f"Form {no} waits for this tenant's confirmation: the seller asks to reverse the invoice.",
+                    f"Confirm or reject it; it is void {when}.", expires_at)
+        return (f"Form {no} is made; the tax authority waits for {awaiting} to confirm it.",
+                f"Wait for {awaiting}; unconfirmed, the form is void {when} (then ask again).", expires_at)
+    if status == "confirmed":
+        return (f"Form {no} is confirmed; the tax authority issued red invoice {red_number or '(unknown)'}.", None,
+                None)
+    if status == "rejected":
+        return (f"Form {no} was rejected by the counterparty; nothing was reversed.",
+                "Agree with the buyer, then ask for a new form if the invoice still needs reversing.", None)
+    if status == "voided":
+        return (f"Form {no} is void: nobody confirmed it within the tax authority's window; nothing was reversed.",
+                "Ask for a new form if the invoice still needs reversing.", None)
+    return (f"The tax authority refused the form: {error or 'no reason given'}.",
+            "Correct the request (lines, amounts) and ask again.", None)

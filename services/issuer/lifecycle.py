@@ -6,13 +6,15 @@ arrives, from the three registers the issuer keeps per invoice:
 - its own word (`accepted`, `published`, and the final `voided` / `red_lettered`);
 - the sync service's latest result (`submitted`, `retrying`, `rejected`), numbered by the sync sequence;
 - the reconciler's latest finding (`confirmed`, `stuck`, `retrying` for a gap, `submitted` while it waits
-  for visibility), together with the sync sequence the reconciler had seen when it found it.
+  for visibility, `under_review` while the tax bureau holds a cross-region invoice, `review_denied` once it
+  refused it), together with the sync sequence the reconciler had seen when it found it.
 
 The rules, first match wins:
 
 1. a final status of the issuer's own (voided, red-lettered) stays;
-2. the reconciler's `confirmed` stands until the reconciler itself says otherwise (a sweep or a check
-   reopening it): no sync result, however late, is proof that the authority stopped showing it;
+2. the reconciler's `confirmed` and `review_denied` stand until the reconciler itself says otherwise (a sweep
+   or a check reopening it): no sync result, however late, is proof that the authority changed its mind, and
+   `under_review` stands against a sync result the reconciler had seen (an acknowledgement is no approval);
 3. a `rejected` from the authority that the reconciler had not seen ends a `stuck` case;
 4. otherwise `stuck` stands until the reconciler confirms it (or the seller voids it);
 5. a sync result newer than the reconciler's latest finding (the reconciler had not seen it) decides;
@@ -52,6 +54,8 @@ class Status(StrEnum):
     STUCK = "stuck"              # past the SLA: a case is open and the tenant alerted
     VOIDED = "voided"            # discarded by the tenant before the authority accepted it
     RED_LETTERED = "red_lettered"  # cancelled by a credit note
+    UNDER_REVIEW = "under_review"  # held by the tax bureau for cross-region review (跨区域审核)
+    REVIEW_DENIED = "review_denied"  # the bureau denied it in review: it does not count
 
 
 Source = Literal["own", "sync", "reconciler"]
@@ -82,6 +86,8 @@ _LEDGER_SAYS: dict[str, Status | None] = {
     "pending": None,
     "rejected": None,
     "voided": None,
+    "review": Status.UNDER_REVIEW,
+    "denied": Status.REVIEW_DENIED,
 }
 _FINDING_TYPE_SAYS = {
     INVOICE_CONFIRMED: Status.CONFIRMED,
@@ -111,8 +117,8 @@ def derive(facts: Facts) -> tuple[Status, Source]:
     f = facts
     if f.own in FINAL:
         return f.own, "own"
-    if f.finding is Status.CONFIRMED:
-        return Status.CONFIRMED, "reconciler"
+    if f.finding in (Status.CONFIRMED, Status.REVIEW_DENIED):
+        return f.finding, "reconciler"
     unseen = f.sync is not None and f.sync_seq > f.finding_sync_seq
     if f.finding is Status.STUCK:
         if unseen and f.sync is Status.REJECTED:
@@ -159,6 +165,10 @@ _MEANING: dict[Status, tuple[str, str | None]] = {
                    "Follow the case; the system keeps retrying."),
     Status.VOIDED: ("Voided by the seller before the authority accepted it.", None),
     Status.RED_LETTERED: ("Cancelled by a red-letter credit note.", None),
+    Status.UNDER_REVIEW: ("Held by the tax bureau for cross-region review; it counts once approved.",
+                          "Wait for the bureau's decision (watched automatically; never resubmitted)."),
+    Status.REVIEW_DENIED: ("Denied in cross-region review by the tax bureau: it does not count.",
+                           "Check the sale with the buyer; issue a corrected invoice if it stands."),
 }
 
 

@@ -88,6 +88,7 @@ invoices = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # When the invoice entered its current status: the age of every stage it can wait in (ops/waiting.py).
     Column("status_since", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("red_letter_of", String(20)),  # a red invoice (issued by the authority for a form): the blue number
     UniqueConstraint("seller_tax_id", "number"),
     Index("ix_invoices_tenant_seq", "tenant_id", "seq"),
     Index("ix_invoices_tenant_status_seq", "tenant_id", "status", "seq"),
@@ -98,6 +99,41 @@ invoices = Table(
         "status IN ('accepted', 'published', 'submitted', 'retrying', 'stuck')")),
     # The rejected ones, which wait for the seller (ops/waiting.py).
     Index("ix_invoices_rejected", "status_since", postgresql_where=text("status = 'rejected'")),
+)
+
+# Red-letter confirmation forms (红字发票信息确认单) asked for here, as the store last reported them (services/issuer/
+# invoices/redletter.py). The seller's tenant owns the row; when the buyer is a tenant too, it may read the form and
+# decide it (`buyer_tenant_id`, the row-level policy admits both).
+red_letter_forms = Table(
+    "red_letter_forms", metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),  # also the store's request_id
+    Column("seq", BigInteger, Identity(always=True), nullable=False, unique=True),  # cursor order
+    Column("tenant_id", UUID(as_uuid=True), ForeignKey(tenants.c.id), nullable=False),
+    Column("buyer_tenant_id", UUID(as_uuid=True), ForeignKey(tenants.c.id)),
+    Column("invoice_id", UUID(as_uuid=True), ForeignKey(invoices.c.id), nullable=False),  # the blue invoice
+    Column("seller_tax_id", String(18), nullable=False),
+    Column("number", String(20), nullable=False),  # the blue invoice's
+    Column("buyer_tax_id", String(18)),
+    Column("reason_code", String(2), nullable=False),
+    Column("scope", String(8), nullable=False),  # full | partial
+    Column("lines", JSONB),  # the parts asked for (None: all that is left)
+    Column("note", Text),
+    Column("total", Numeric(16, 2), nullable=False),  # negative: what it reverses (as asked; the store's once known)
+    # requested (on its way to the store) | pending | confirmed | rejected | voided | failed (refused by the store)
+    Column("status", String(12), nullable=False),
+    Column("form_no", String(20), unique=True),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("store", JSONB),  # the store's last view of the form
+    Column("error", Text),
+    Column("red_invoice_id", UUID(as_uuid=True), ForeignKey(invoices.c.id)),
+    Column("decision", JSONB),  # the buyer tenant's decision on its way: {id, confirm, at}
+    Column("sync_seq", Integer, nullable=False, server_default="0"),  # last form-updated sequence applied
+    Column("expiry_alerted_at", DateTime(timezone=True)),  # the "expires in N hours" alert went out
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_red_letter_forms_invoice_id", "invoice_id"),
+    Index("ix_red_letter_forms_tenant_seq", "tenant_id", "seq"),
+    Index("ix_red_letter_forms_buyer_tenant_seq", "buyer_tenant_id", "seq"),
 )
 
 timeline = Table(

@@ -125,13 +125,96 @@ class InvoiceView(BaseModel):
     receipt_no: str | None
     accepted_at: datetime
     updated_at: datetime
+    red_letter_of: str | None = None  # a red invoice: the number of the blue one it reverses
 
 
 class InvoiceRead(InvoiceView):
     invoice: dict[str, Any]
     timeline: list[TimelineEntry]
+    red_letter: RedLetterStanding | None = None  # red-letter forms on it, and what is left of it
 
 
 class InvoiceList(BaseModel):
     items: list[InvoiceView]
     next_cursor: str | None
+
+
+# --- red-letter forms (红字发票信息确认单) and verification (发票查验) ----------------------------
+
+NegativeAmount = Annotated[str, StringConstraints(strict=True, pattern=r"^-[0-9]{1,12}\.[0-9]{2}$")]
+NegativeQuantity = Annotated[str, StringConstraints(strict=True, pattern=r"^-[0-9]{1,12}(\.[0-9]{1,8})?$")]
+
+
+class RedLetterLine(_Strict):
+    """Part of one line of the blue invoice to reverse: its index in `lines`, the negative amount (net of tax),
+    and for returned goods the negative quantity. The authority works out the tax."""
+
+    line: int = Field(ge=0, le=999, strict=True)
+    amount: NegativeAmount
+    quantity: NegativeQuantity | None = None
+
+
+class RedLetterCreate(_Strict):
+    """Ask for a red-letter credit note on a blue invoice: all that is left of it, or parts of its lines."""
+
+    reason_code: Literal["01", "02", "03", "04"] = Field(
+        description="01 issued in error (开票有误), 02 goods returned (销货退回), 03 service stopped (服务中止), "
+                    "04 sales discount (销售折让)")
+    lines: list[RedLetterLine] | None = Field(default=None, min_length=1, max_length=1000,
+                                              description="the parts to reverse; absent = all that is left")
+    note: Annotated[Text, StringConstraints(max_length=500)] | None = None
+
+
+class RedLetterDecide(_Strict):
+    note: Annotated[Text, StringConstraints(max_length=500)] | None = None
+
+
+class RedLetterFormView(BaseModel):
+    """A red-letter form as the seller or the buyer (when it is a tenant here) sees it."""
+
+    id: UUID
+    form_no: str | None
+    status: str  # requested | pending | confirmed | rejected | voided | failed
+    role: Literal["seller", "buyer"]  # the reader's side of it
+    invoice_id: UUID | None  # the blue invoice (None for the buyer: it is the seller's)
+    seller_tax_id: str
+    number: str
+    buyer_tax_id: str | None
+    reason_code: str
+    scope: str
+    lines: list[dict[str, Any]] | None
+    total: str
+    awaiting_confirmation_from: str | None
+    expires_at: datetime | None
+    red_invoice_id: UUID | None
+    red_invoice_number: str | None
+    decision: dict[str, Any] | None
+    error: str | None
+    reason: str
+    next_action: str | None
+    next_action_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class RedLetterFormList(BaseModel):
+    items: list[RedLetterFormView]
+    next_cursor: str | None
+
+
+class RedLetterStanding(BaseModel):
+    """What red letters did to an invoice: for a blue one, how much is reversed and left, and its forms; for a
+    red one, the blue invoice it reverses."""
+
+    red_letter_of: str | None
+    red_lettered_total: str
+    remaining_total: str
+    forms: list[dict[str, Any]]
+
+
+class VerifyRequest(_Strict):
+    number: Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9]{20}$")]
+    issue_date: IsoDate
+    total: Annotated[str, StringConstraints(strict=True, pattern=r"^-?[0-9]{1,12}\.[0-9]{2}$")]
+
+InvoiceRead.model_rebuild()

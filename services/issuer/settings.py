@@ -29,6 +29,11 @@ class IssuerSettings(SharedSettings):
                                     description="seconds allowed for each call to the notifier")
     taxstore_url: str = Field(default="http://127.0.0.1:8100",
                               description="the tax store: its health and faults on the operators' dashboard")
+    form_expiry_warning: Seconds = Field(default=12 * 3600.0, gt=0, le=30 * 86400,
+                                       description="seconds before a pending red-letter form is void when the "
+                                                   "'expires soon' alert goes out (once per form)")
+    taxstore_timeout: float = Field(default=5.0, gt=0, le=60,
+                                    description="seconds to wait for the tax store's verification (发票查验)")
     sync_url: str = Field(default="http://127.0.0.1:8001", description="the sync service: its health on the dashboard")
     ops_sample_interval: Seconds = Field(default=5.0, ge=0.2, le=300,
                                          description="how often the dashboard's sampler takes a reading")

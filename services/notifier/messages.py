@@ -16,6 +16,9 @@ __all__ = ["EVENT_TYPES", "build_email", "webhook_payload"]
 EVENT_TYPES = {
     "stuck": "invoice.stuck", "recovered": "invoice.recovered", "rejected": "invoice.rejected",
     "orphan": "invoice.orphan", "resolved": "case.resolved", "closed": "case.closed", "reminder": "case.reminder",
+    "review_overdue": "invoice.review_overdue", "review_denied": "invoice.review_denied",
+    "form_awaiting": "red_letter.awaiting", "form_rejected": "red_letter.rejected", "form_voided": "red_letter.voided",
+    "form_expiring": "red_letter.expiring",
 }
 DIGEST_TYPE = "invoice.alerts.digest"
 PING_TYPE = "webhook.ping"
@@ -28,9 +31,17 @@ _TITLE = {
     "resolved": ("案件已解决，发票已可见", "case resolved, the invoice is visible"),
     "closed": ("案件已关闭", "case closed"),
     "reminder": ("案件仍未解决", "case still open"),
+    "review_overdue": ("跨区域审核超时", "is held for cross-region review longer than agreed"),
+    "review_denied": ("跨区域审核未通过", "was denied in cross-region review"),
+    "form_awaiting": ("红字信息确认单待您确认", "has a red-letter form waiting for your confirmation"),
+    "form_rejected": ("红字信息确认单被拒绝", "red-letter form rejected by the buyer"),
+    "form_voided": ("红字信息确认单已作废", "red-letter form void, nobody confirmed it"),
+    "form_expiring": ("红字信息确认单即将作废", "red-letter form void soon unless confirmed"),
 }
 _KIND_ZH = {"stuck": "未确认", "recovered": "已恢复", "rejected": "被拒绝", "orphan": "来源不明", "resolved": "已解决",
-            "closed": "已关闭", "reminder": "提醒"}
+            "closed": "已关闭", "reminder": "提醒", "review_overdue": "审核超时", "review_denied": "审核未通过",
+            "form_awaiting": "待确认", "form_rejected": "确认单被拒", "form_voided": "确认单作废",
+            "form_expiring": "即将作废"}
 
 
 def _links(alert: dict[str, Any], issuer_url: str) -> dict[str, str]:

@@ -37,9 +37,14 @@ from shared.events import (
     AlertRaised,
     CaseClosedAlertRaised,
     CaseResolvedAlertRaised,
+    FormAwaitingAlertRaised,
+    FormEndedAlertRaised,
+    FormExpiringAlertRaised,
     OrphanAlertRaised,
     RecoveredAlertRaised,
     RejectedAlertRaised,
+    ReviewDeniedAlertRaised,
+    ReviewOverdueAlertRaised,
     StuckAlertRaised,
 )
 from shared.kafka import HandlerTable
@@ -68,7 +73,8 @@ class Notifier:
         self._slots = asyncio.Semaphore(settings.deliver_concurrency)
         self.handlers: HandlerTable[AsyncSession] = HandlerTable(dict.fromkeys(
             (StuckAlertRaised, RecoveredAlertRaised, RejectedAlertRaised, OrphanAlertRaised, CaseResolvedAlertRaised,
-             CaseClosedAlertRaised), self._intake))
+             CaseClosedAlertRaised, ReviewOverdueAlertRaised, ReviewDeniedAlertRaised, FormAwaitingAlertRaised,
+             FormEndedAlertRaised, FormExpiringAlertRaised), self._intake))
 
     def stop(self) -> None:
         self.stopping.set()

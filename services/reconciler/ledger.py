@@ -31,10 +31,13 @@ from shared.events import (
     InvoiceGapFound,
     InvoiceIssued,
     InvoiceRejected,
+    InvoiceReviewUpdated,
     InvoiceStuck,
     InvoiceSubmitted,
     RecoveredAlertRaised,
     RejectedAlertRaised,
+    ReviewDeniedAlertRaised,
+    ReviewOverdueAlertRaised,
     StuckAlertRaised,
     SyncResult,
 )
@@ -206,7 +209,7 @@ async def apply_checks(*, session: AsyncSession, seen: dict[uuid.UUID, Seen], po
     rnd = _Round(session, Writes(topics), datetime.now(UTC), policy, timezone, CheckStats())
     confirmed_in: set[tuple[str, date]] = set()
     for iid, s in states.items():
-        if s["state"] in ("rejected", "voided"):
+        if s["state"] in ("rejected", "voided", "denied"):
             s.update(next_check_at=None, check_requested_by=None)
             continue
         observed = seen[iid]
@@ -286,6 +289,29 @@ async def _record_finding(rnd: _Round, s: dict[str, Any], d: Decision, before: s
             "stuck_after_seconds": p.stuck_after, "since": s["since"], "held": s["held"]})
     if d.escalate:
         await _escalate(rnd, s, d)
+    if d.review or d.review_overdue:
+        _review(rnd, s, d)
+
+
+def _review(rnd: _Round, s: dict[str, Any], d: Decision) -> None:
+    """Held for cross-region review, or denied: the finding for the issuer, and the alerts (once each)."""
+    w, now, p = rnd.writes, rnd.now, rnd.policy
+    denied = s["state"] == "denied"
+    if d.review:
+        w.event(s, InvoiceReviewUpdated, {
+            "review_status": "denied" if denied else "under_review", "review_due_at": s["review_due_at"],
+            "review_since": s["review_since"], "review_sla_seconds": p.review_sla, "receipt_no": s["receipt_no"],
+            "next_check_at": s["next_check_at"]})
+    if denied and d.review:
+        w.alert(s, ReviewDeniedAlertRaised, "review_denied", now=now, case_no=None,
+                reason=f"Invoice {s['number']} was denied in cross-region review by the tax bureau; it does not count.",
+                next_action="Check the sale with the buyer; issue a corrected invoice if it stands.")
+    if d.review_overdue:
+        held = human_duration((now - (s["review_since"] or now)).total_seconds())
+        w.alert(s, ReviewOverdueAlertRaised, "review_overdue", now=now, case_no=None,
+                reason=f"Invoice {s['number']} has been held for cross-region review for {held}, longer than the "
+                       f"agreed {human_duration(p.review_sla)}.",
+                next_action="Ask the tax bureau about the review; the system keeps watching it.")
 
 
 async def _escalate(rnd: _Round, s: dict[str, Any], d: Decision) -> None:

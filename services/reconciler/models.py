@@ -50,7 +50,7 @@ ledger = Table(
     Column("content_hash", String(64)),
     Column("accepted_at", DateTime(timezone=True)),
     # pending (not acknowledged yet) | awaiting (acknowledged, not yet seen) | gap | stuck | confirmed
-    # | rejected | voided
+    # | rejected | voided | review (held for cross-region review) | denied (by the bureau)
     Column("state", String(16), nullable=False),
     Column("gap_kind", String(16)),  # missing | mismatch, while state is gap or stuck
     Column("reopened", Boolean, nullable=False, server_default=text("false")),  # confirmed once, then lost
@@ -74,6 +74,11 @@ ledger = Table(
     Column("case_no", String(32)),  # the open case, if any
     Column("sync_seq", Integer, nullable=False, server_default=text("0")),  # last sync result applied
     Column("recon_seq", Integer, nullable=False, server_default=text("0")),  # our last event about it
+    # Cross-region review (state review | denied): since when it is held, the bureau's expected time, and when
+    # it was alerted as held past FAPIAO_REVIEW_SLA.
+    Column("review_since", DateTime(timezone=True)),
+    Column("review_due_at", DateTime(timezone=True)),
+    Column("review_overdue_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     UniqueConstraint("seller_tax_id", "number"),

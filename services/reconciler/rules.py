@@ -32,11 +32,13 @@ class Policy:
     resync_base: float
     resync_cap: float
     stuck_recheck: float
+    review_sla: float = 2 * 86_400  # a cross-region review longer than this is overdue (alerted once)
 
     @classmethod
     def of(cls, settings: Any) -> Policy:
         return cls(settings.visibility_sla, settings.first_check_after, settings.stuck_after,
-                   settings.stuck_after_resyncs, settings.resync_base, settings.resync_cap, settings.stuck_recheck)
+                   settings.stuck_after_resyncs, settings.resync_base, settings.resync_cap, settings.stuck_recheck,
+                   settings.review_sla)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class Seen:
     content_hash: str | None = None
     receipt_no: str | None = None
     error: str | None = None
+    review_status: str | None = None  # under_review | approved | denied (cross-region review), None: none
+    review_due_at: datetime | None = None
 
 
 @dataclass
@@ -59,6 +63,8 @@ class Decision:
     announce: bool = False  # tell the issuer: acknowledged, awaiting visibility
     escalate: bool = False  # becomes stuck now
     stuck_reason: str | None = None
+    review: bool = False  # tell the issuer: held for review now (or denied)
+    review_overdue: bool = False  # held longer than the review SLA: alert once
     note: str = ""  # one line for the case history: what the check saw and what follows
 
 
@@ -91,6 +97,9 @@ def decide(row: Any, seen: Seen, now: datetime, policy: Policy, rng: random.Rand
         d.note = "Not checked yet: the issued invoice has not reached the reconciler."
         return d
 
+    if seen.kind == "visible" and seen.content_hash == row.content_hash and seen.review_status in (
+            "under_review", "denied"):
+        return _reviewed(row, seen, now, p, d)
     if seen.kind == "visible" and seen.content_hash == row.content_hash:
         d.confirm = True
         d.recovered = row.state == "stuck"
@@ -178,6 +187,30 @@ def decide(row: Any, seen: Seen, now: datetime, policy: Policy, rng: random.Rand
     if state == "stuck":
         cap = now + timedelta(seconds=p.stuck_recheck)
         d.changes["next_check_at"] = min(d.changes.get("next_check_at") or cap, cap)
+    return d
+
+
+def _reviewed(row: Any, seen: Seen, now: datetime, p: Policy, d: Decision) -> Decision:
+    """Held for cross-region review: not a gap (it is there; nothing to resubmit), not stuck either — watched
+    against the review SLA until the bureau decides. Denied: final, it does not count."""
+    d.changes.update(receipt_no=seen.receipt_no or row.receipt_no, gap_kind=None, held=False, last_error=None,
+                     review_due_at=seen.review_due_at)
+    if seen.review_status == "denied":
+        d.review = row.state != "denied"
+        d.changes.update(state="denied", next_check_at=None, stuck_at=None)
+        d.note = "Denied in cross-region review by the tax bureau: it does not count."
+        return d
+    since = row.review_since or now
+    d.review = row.state != "review"
+    d.changes.update(state="review", review_since=since)
+    recheck = now + timedelta(seconds=min(p.stuck_recheck, p.review_sla))
+    due = seen.review_due_at
+    d.changes["next_check_at"] = max(min(due, recheck), now + timedelta(seconds=0.5)) if due else recheck
+    if row.review_overdue_at is None and (now - since).total_seconds() >= p.review_sla:
+        d.review_overdue = True
+        d.changes["review_overdue_at"] = now
+    d.note = ("Held for cross-region review by the tax bureau"
+              + (f", decision expected by {due.isoformat()}" if due else "") + "; not resubmitted.")
     return d
 
 

@@ -23,6 +23,9 @@ class ReconcilerSettings(SharedSettings):
     resync_base: Seconds = Field(default=10.0, gt=0, description="least time between two resyncs (then doubling)")
     resync_cap: Seconds = Field(default=300.0, gt=0, description="most time between two resyncs")
     stuck_recheck: Seconds = Field(default=60.0, gt=0, description="how often a stuck invoice is checked again")
+    review_sla: Seconds = Field(default=2 * 86_400.0, gt=0,
+                                description="how long a cross-region review (跨区域审核) may take before it is "
+                                            "alerted as overdue (once); a held invoice is never resubmitted")
     check_batch_size: int = Field(default=500, ge=1, le=10_000, description="invoices checked per round")
     lookup_batch_size: int = Field(default=200, ge=1, le=200, description="invoice numbers per store query")
     check_interval: Seconds = Field(default=1.0, gt=0, description="longest idle wait between two check rounds")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -26,11 +26,15 @@ class StoreView:
     issue_date: date
     total: Decimal
     red_letter_of: str | None
+    review_status: str | None = None  # under_review | approved | denied: a cross-region invoice's review
+    review_due_at: datetime | None = None
 
     @classmethod
     def of(cls, item: dict[str, Any]) -> StoreView:
+        due = item.get("review_due_at")
         return cls(item["number"], item["receipt_no"], item["content_hash"], date.fromisoformat(item["issue_date"]),
-                   Decimal(item["total"]), item.get("red_letter_of"))
+                   Decimal(item["total"]), item.get("red_letter_of"), item.get("review_status"),
+                   datetime.fromisoformat(due) if isinstance(due, str) and due else None)
 
 
 class TaxstoreReader:

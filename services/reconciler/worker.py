@@ -38,7 +38,16 @@ from services.reconciler.writes import Topics
 from shared.backoff import backoff
 from shared.consumers import RECONCILER_LEDGER
 from shared.db import transaction
-from shared.events import InvoiceIssued, InvoiceRejected, InvoiceSubmissionFailed, InvoiceSubmitted, InvoiceVoided
+from shared.events import (
+    InvoiceIssued,
+    InvoiceRejected,
+    InvoiceSubmissionFailed,
+    InvoiceSubmitted,
+    InvoiceVoided,
+    RedLetterDecisionRequested,
+    RedLetterFormUpdated,
+    RedLetterRequested,
+)
 from shared.kafka import HandlerTable, Received
 from shared.loops import consume_forever, run_rounds
 from shared.recovery import database_addresses
@@ -70,7 +79,8 @@ class Reconciler:
             InvoiceIssued: self._take_issued, InvoiceVoided: self._take_voided,
             InvoiceSubmitted: self._take_results, InvoiceSubmissionFailed: self._take_results,
             InvoiceRejected: self._take_results,
-        })
+        }, ignore=(RedLetterRequested, RedLetterDecisionRequested, RedLetterFormUpdated))
+        # Forms are not tracked here: a confirmed form's red invoice reaches this ledger as an issued invoice.
 
     def stop(self) -> None:
         self._stopping.set()
@@ -168,7 +178,8 @@ class Reconciler:
             elif isinstance(answer, str):
                 seen[r.invoice_id] = Seen("unreachable", error=answer)
             elif (v := answer.get(r.number)) is not None:
-                seen[r.invoice_id] = Seen("visible", content_hash=v.content_hash, receipt_no=v.receipt_no)
+                seen[r.invoice_id] = Seen("visible", content_hash=v.content_hash, receipt_no=v.receipt_no,
+                                          review_status=v.review_status, review_due_at=v.review_due_at)
             else:
                 seen[r.invoice_id] = Seen("absent")
         async with transaction(self.sessions) as session:

@@ -35,7 +35,8 @@ ALERT_NS = uuid.UUID("6f1c1f7e-5d0b-4c35-9a57-2f3f0c6a9b11")
 _MUTABLE = (
     "state", "gap_kind", "reopened", "since", "acked_at", "receipt_no", "confirmed_at", "checks", "announced_ack_at",
     "resyncs", "last_resync_at", "held", "duplicate_acks", "sync_state", "last_error", "next_check_at",
-    "check_requested_by", "last_checked_at", "stuck_at", "case_no", "sync_seq", "recon_seq",
+    "check_requested_by", "last_checked_at", "stuck_at", "case_no", "sync_seq", "recon_seq", "review_since",
+    "review_due_at", "review_overdue_at",
 )
 
 

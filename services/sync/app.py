@@ -45,7 +45,8 @@ async def _run_syncer(app: FastAPI, settings: SyncSettings, stopping: asyncio.Ev
     syncer = Syncer(settings=settings, sessions=app.state.worker_sessions, client=app.state.client)
     app.state.syncer = syncer
     try:
-        await asyncio.gather(syncer.run_consumer(), syncer.run_scheduler(), syncer.run_health_probe())
+        await asyncio.gather(syncer.run_consumer(), syncer.run_scheduler(), syncer.run_health_probe(),
+                             syncer.run_forms())
     finally:
         syncer.stop()
 

@@ -121,6 +121,30 @@ class TaxstoreClient:
         return ReadBack(receipt_no=body["receipt_no"], content_hash=body["content_hash"])
 
 
+    async def form_call(self, method: str, path: str, *, body: dict[str, Any] | None = None,
+                        params: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        """A red-letter form write or read -> (status, body) for an answer the store meant (2xx, or a 4xx
+        problem: refused for good). Raises RequestFailed for anything else (every form write is idempotent at the
+        store, so the caller retries it whether or not it may have happened)."""
+        started = time.perf_counter()
+        try:
+            response = await self._http.request(method, path, json=body, params=params, timeout=self.submit_timeout)
+        except httpx.HTTPError as exc:
+            raise RequestFailed(f"{type(exc).__name__}: {exc}", ambiguous=True, latency_ms=_ms(started)) from exc
+        status = response.status_code
+        if status >= 500 or status in _NOT_APPLIED:
+            raise RequestFailed(f"HTTP {status}: {_problem_text(response)}", ambiguous=status not in _NOT_APPLIED,
+                                http_status=status, latency_ms=_ms(started))
+        try:
+            answer = response.json()
+        except ValueError as exc:
+            raise RequestFailed(f"unreadable answer from the tax store (HTTP {status})", ambiguous=True,
+                                http_status=status, latency_ms=_ms(started)) from exc
+        if not isinstance(answer, dict):
+            raise RequestFailed(f"unexpected answer from the tax store (HTTP {status})", ambiguous=True,
+                                http_status=status, latency_ms=_ms(started))
+        return status, answer
+
     async def reachable(self) -> bool:
         """A cheap read of an invoice that does not exist: 404 (or any answer but 5xx/429) means the store is up."""
         try:

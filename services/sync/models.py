@@ -47,6 +47,7 @@ submissions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("submitted_at", DateTime(timezone=True)),
+    Column("red_letter_of", String(20)),  # a red invoice: the blue original's number, sent with every submission
     Index("ix_submissions_due", "next_attempt_at", postgresql_where=text("status = 'retrying'")),
     Index("ix_submissions_seller_number", "seller_tax_id", "number"),
 )
@@ -62,6 +63,36 @@ attempts = Table(
     Column("latency_ms", Integer),
     Column("detail", Text),
     Index("ix_attempts_invoice_id_id", "invoice_id", "id"),
+)
+
+# Red-letter form writes to make at the store (create, confirm, reject) and the forms to watch until they are
+# decided: one row per write, retried like a submission (every write is idempotent at the store), then kept
+# `watching` (polled) while the form is pending, so a decision made elsewhere or the window's end is learned.
+form_ops = Table(
+    "form_ops", metadata,
+    Column("op_id", UUID(as_uuid=True), primary_key=True),  # the form id (create) or the decision id
+    Column("form_id", UUID(as_uuid=True), nullable=False),
+    Column("invoice_id", UUID(as_uuid=True), nullable=False),  # the blue invoice
+    Column("tenant_id", UUID(as_uuid=True), nullable=False),  # the seller's
+    Column("op", String(8), nullable=False),  # create | confirm | reject
+    Column("party_tax_id", String(18), nullable=False),  # who reads the form (its requester or decider)
+    Column("body", JSONB, nullable=False),  # the request as the store takes it
+    Column("form_no", String(20)),
+    Column("status", String(12), nullable=False),  # retrying | watching | done
+    Column("store_status", String(12)),  # the form's status as last reported
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_form_ops_due", "next_attempt_at", postgresql_where=text("status IN ('retrying', 'watching')")),
+)
+
+# The per-form sequence of the form-updated events (the issuer skips a late one).
+form_seqs = Table(
+    "form_seqs", metadata,
+    Column("form_id", UUID(as_uuid=True), primary_key=True),
+    Column("seq", Integer, nullable=False),
 )
 
 outbox = outbox_table(metadata)

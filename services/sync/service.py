@@ -45,11 +45,16 @@ class Pending:
     content_hash: str
     attempts: int
     ambiguous: bool
+    red_letter_of: str | None = None
 
     @classmethod
     def of(cls, row: Any, *, ambiguous: bool | None = None) -> Pending:
         return cls(row.invoice_id, row.seller_tax_id, row.number, row.content, row.content_hash, row.attempts,
-                   row.ambiguous if ambiguous is None else ambiguous)
+                   row.ambiguous if ambiguous is None else ambiguous, row.red_letter_of)
+
+    def submission(self) -> dict[str, Any]:
+        """What the store is sent for it (a red invoice names its blue original)."""
+        return {"invoice": self.content, **({"red_letter_of": self.red_letter_of} if self.red_letter_of else {})}
 
 
 @dataclass
@@ -85,7 +90,7 @@ async def intake(*, session: AsyncSession, issued: list[InvoiceIssued], lease_se
         {"invoice_id": e.invoice_id, "tenant_id": e.tenant_id, "seller_tax_id": e.seller_tax_id, "number": e.number,
          "content": e.invoice, "content_hash": e.content_hash, "status": "retrying", "attempts": 0,
          "ambiguous": True, "next_attempt_at": now + timedelta(seconds=lease_seconds), "issued_seq": 1,
-         "accepted_at": e.accepted_at, "created_at": now, "updated_at": now}
+         "accepted_at": e.accepted_at, "created_at": now, "updated_at": now, "red_letter_of": e.red_letter_of}
         for e in issued
     ]
     rows = (await session.execute(

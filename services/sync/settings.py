@@ -27,6 +27,9 @@ class SyncSettings(SharedSettings):
         default=1.0, gt=0, description="seconds between cheap reads of the store while the circuit is open; once "
                                        "the store was seen down and answers again, the probe goes at once")
     scheduler_interval: float = Field(default=0.5, gt=0, description="how often due retries are looked for")
+    form_watch_interval: float = Field(default=30.0, gt=0,
+                                       description="how often a pending red-letter form is read at the store, "
+                                                   "seconds (a decision made elsewhere, or the window's end)")
     relay_batch_size: int = Field(default=2000, ge=1, le=10_000)
     relay_poll_interval: float = Field(default=1.0, gt=0)
     auto_migrate: bool = Field(default=True, description="run Alembic migrations at start-up")

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.sync import service
+from services.sync import forms, service
 from services.sync.breaker import Breaker, State
 from services.sync.client import ItemResult, RequestFailed, TaxstoreClient
 from services.sync.metrics import BREAKER_STATE, OUTCOMES, REQUEST_LATENCY, RETRY_BACKLOG
@@ -29,7 +29,13 @@ from shared.backoff import backoff
 from shared.consumers import SYNC_SUBMIT
 from shared.db import transaction
 from shared.errors import RetriableError
-from shared.events import InvoiceIssued, InvoiceVoided, ResyncRequested
+from shared.events import (
+    InvoiceIssued,
+    InvoiceVoided,
+    RedLetterDecisionRequested,
+    RedLetterRequested,
+    ResyncRequested,
+)
 from shared.kafka import HandlerTable, Received
 from shared.loops import consume_forever
 from shared.recovery import cancelled_from_outside, database_addresses, sleep_until_back
@@ -57,11 +63,14 @@ class Syncer:
         self.paused = False  # the consumer is not fetching: the circuit to the tax store is open
         self.handlers: HandlerTable[_Intake] = HandlerTable({
             InvoiceIssued: self._take_issued, InvoiceVoided: self._take_voided, ResyncRequested: self._take_resync,
+            RedLetterRequested: self._take_form_requests, RedLetterDecisionRequested: self._take_form_decisions,
         })
+        self._wake_forms = asyncio.Event()
 
     def stop(self) -> None:
         self._stopping.set()
         self._wake_scheduler.set()
+        self._wake_forms.set()
 
     # --- submitting ---------------------------------------------------------------------------
 
@@ -138,7 +147,7 @@ class Syncer:
                 return [self._deferred(p) for p in chunk]
             try:
                 with REQUEST_LATENCY.labels("submit_batch").time():
-                    results, latency = await self.client.submit_batch([{"invoice": p.content} for p in chunk])
+                    results, latency = await self.client.submit_batch([p.submission() for p in chunk])
             except RequestFailed as exc:
                 self.breaker.failure(str(exc))
                 log.warning("submission of %d invoices failed: %s", len(chunk), exc)
@@ -201,6 +210,8 @@ class Syncer:
             pending = [p for p in intake.pending if p.invoice_id not in intake.gone]
             if intake.resync:
                 self._wake_scheduler.set()
+            if intake.forms:
+                self._wake_forms.set()
             if pending:
                 await self._record(await self.attempt(pending))
         except asyncio.CancelledError:
@@ -221,6 +232,77 @@ class Syncer:
     async def _take_resync(self, intake: _Intake, items: list[Received[ResyncRequested]]) -> None:
         await service.apply_resync(session=intake.session, invoice_ids=[uuid.UUID(i.envelope.subject) for i in items])
         intake.resync = True
+
+    async def _take_form_requests(self, intake: _Intake, items: list[Received[RedLetterRequested]]) -> None:
+        await forms.intake_requests(session=intake.session,
+                                    events=[(i.event, uuid.UUID(i.envelope.tenant)) for i in items])
+        intake.forms = True
+
+    async def _take_form_decisions(self, intake: _Intake, items: list[Received[RedLetterDecisionRequested]]) -> None:
+        await forms.intake_decisions(session=intake.session,
+                                     events=[(i.event, uuid.UUID(i.envelope.tenant)) for i in items])
+        intake.forms = True
+
+    # --- red-letter forms: writes retried until answered, pending forms watched --------------------
+
+    async def run_forms(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                worked = await self.forms_round()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the database may be away; keep going
+                failures += 1
+                log.warning("form round failed (%s: %s)", type(exc).__name__, exc)
+                worked = False
+                await sleep_until_back(backoff(failures, base=0.5, cap=10),
+                                       needs=[database_addresses(self.settings.database_url)], stopping=self._stopping)
+            if worked:
+                continue
+            self._wake_forms.clear()
+            wait = max(self.breaker.wait_time(), self.settings.scheduler_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_forms.wait(), wait)
+
+    async def forms_round(self) -> bool:
+        """One call for each due form op (behind the same circuit as submissions). True when there was work."""
+        if self.breaker.wait_time() > 0:
+            return False
+        async with transaction(self.sessions) as session:
+            due = await forms.claim_due(session=session, limit=self.settings.submit_batch_size,
+                                        lease_seconds=self.lease)
+        if not due:
+            return False
+        results = await asyncio.gather(*(self._form_call(op) for op in due))
+        async with transaction(self.sessions) as session:
+            await forms.record(session=session, results=list(results), topic=self.results_topic,
+                               watch_every=self.settings.form_watch_interval)
+        return True
+
+    async def _form_call(self, op: forms.FormOp) -> forms.FormResult:
+        method, path, body, params = op.request()
+        async with self._in_flight:
+            if not self.breaker.allow():
+                return forms.FormResult(op, error="not sent: the tax store is unavailable (circuit open)",
+                                        retry_at=datetime.now(UTC) + timedelta(seconds=self.breaker.wait_time() + 1))
+            try:
+                with REQUEST_LATENCY.labels("form").time():
+                    status, answer = await self.client.form_call(method, path, body=body, params=params)
+            except RequestFailed as exc:
+                self.breaker.failure(str(exc))
+                if op.status == "watching":
+                    retry = datetime.now(UTC) + timedelta(seconds=self.settings.form_watch_interval)
+                else:
+                    retry = datetime.now(UTC) + timedelta(seconds=backoff(
+                        op.attempts, base=self.settings.retry_base, cap=self.settings.retry_cap, jitter="equal"))
+                log.info("form %s (%s) failed: %s", op.form_id, op.op, exc)
+                return forms.FormResult(op, error=str(exc), http_status=exc.http_status, retry_at=retry)
+            self.breaker.success()
+        if status >= 400:
+            return forms.FormResult(op, refused=answer, http_status=status)
+        return forms.FormResult(op, form=answer, http_status=status)
 
     # --- the health probe while the circuit is open --------------------------------------------
 
@@ -282,3 +364,4 @@ class _Intake:
         self.pending: list[Pending] = []
         self.gone: set[uuid.UUID] = set()
         self.resync = False
+        self.forms = False

@@ -15,8 +15,11 @@ from shared.validators import CLEAN_TEXT, JsonPattern
 __all__ = ["ENDINGS", "KINDS", "DeliveryStatus", "HistoryFilters", "Kind", "RotateSecret", "SubscriptionCreate",
            "SubscriptionPatch", "Text"]
 
-Kind = Literal["stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder"]
-KINDS: tuple[Kind, ...] = ("stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder")
+Kind = Literal["stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder", "review_overdue",
+               "review_denied", "form_awaiting", "form_rejected", "form_voided", "form_expiring"]
+KINDS: tuple[Kind, ...] = ("stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder",
+                           "review_overdue", "review_denied", "form_awaiting", "form_rejected", "form_voided",
+                           "form_expiring")
 # The end of a problem: always delivered (a mute lifts), and no more reminders about it.
 ENDINGS = frozenset({"recovered", "resolved", "closed", "rejected"})
 

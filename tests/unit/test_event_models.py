@@ -22,11 +22,15 @@ from shared.events import (
     CaseResolvedAlertRaised,
     CaseUpdated,
     Event,
+    FormAwaitingAlertRaised,
+    FormEndedAlertRaised,
+    FormExpiringAlertRaised,
     InvoiceAwaitingVisibility,
     InvoiceConfirmed,
     InvoiceGapFound,
     InvoiceIssued,
     InvoiceRejected,
+    InvoiceReviewUpdated,
     InvoiceStuck,
     InvoiceSubmissionFailed,
     InvoiceSubmitted,
@@ -37,15 +41,20 @@ from shared.events import (
     OrphanAlertRaised,
     PayloadError,
     RecoveredAlertRaised,
+    RedLetterDecisionRequested,
+    RedLetterFormUpdated,
+    RedLetterRequested,
     RejectedAlertRaised,
     ResyncRequested,
+    ReviewDeniedAlertRaised,
+    ReviewOverdueAlertRaised,
     StuckAlertRaised,
 )
 from shared.kafka import HandlerTable
 from shared.topics import ALL_TOPICS, MAIN_TOPICS, topic_of
 
 NOW = datetime(2026, 12, 2, 8, 30, 15, 123456, tzinfo=UTC)
-IID, TID = uuid.uuid4(), uuid.uuid4()
+IID, TID, FID = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 SELLER, NUMBER = "91440300708461136T", "26440000000000000042"
 _IDS = {"invoice_id": IID, "seller_tax_id": SELLER, "number": NUMBER}
 _RESULT = {**_IDS, "attempt": 2, "latency_ms": 31, "at": NOW}
@@ -63,7 +72,8 @@ _NOTICE = {"invoice_id": IID, "delivery_id": uuid.uuid4(), "channel": "webhook",
 # One payload per event type, every field set (so the round trip covers every field).
 SAMPLES: dict[type[Event], dict[str, Any]] = {
     InvoiceIssued: {"invoice_id": IID, "tenant_id": TID, "seller_tax_id": SELLER, "number": NUMBER,
-                    "content_hash": "c" * 64, "accepted_at": NOW, "invoice": {"number": NUMBER, "total": "1130.00"}},
+                    "content_hash": "c" * 64, "accepted_at": NOW, "invoice": {"number": NUMBER, "total": "1130.00"},
+                    "red_letter_of": "26440000000000000041"},
     InvoiceVoided: {**_IDS, "tenant_id": TID, "reason": "issued twice", "voided_at": NOW},
     InvoiceSubmitted: {**_RESULT, "receipt_no": "R-1", "how": "read_back"},
     InvoiceSubmissionFailed: {**_RESULT, "error": "HTTP 503", "ambiguous": True, "http_status": 503,
@@ -91,6 +101,22 @@ SAMPLES: dict[type[Event], dict[str, Any]] = {
     CaseClosedAlertRaised: {**_ALERT, "kind": "closed"},
     NotificationSent: _NOTICE,
     NotificationFailed: {**_NOTICE, "error": "HTTP 500"},
+    InvoiceReviewUpdated: {**_FINDING, "ledger_state": "review", "review_status": "under_review",
+                           "review_due_at": NOW + timedelta(days=1), "review_since": NOW,
+                           "review_sla_seconds": 172800.0, "review_note": "交易不真实", "receipt_no": "R-1"},
+    ReviewOverdueAlertRaised: {**_ALERT, "kind": "review_overdue"},
+    ReviewDeniedAlertRaised: {**_ALERT, "kind": "review_denied"},
+    FormAwaitingAlertRaised: {**_ALERT, "kind": "form_awaiting"},
+    FormEndedAlertRaised: {**_ALERT, "kind": "form_voided"},
+    FormExpiringAlertRaised: {**_ALERT, "kind": "form_expiring"},
+    RedLetterRequested: {"form_id": FID, "invoice_id": IID, "tenant_id": TID, "seller_tax_id": SELLER,
+                         "number": NUMBER, "requested_by": SELLER, "reason_code": "02",
+                         "lines": [{"line": 0, "amount": "-100.00", "quantity": "-1"}], "note": "退货"},
+    RedLetterDecisionRequested: {"decision_id": uuid.uuid4(), "form_id": FID, "form_no": "HZ202612020000000001",
+                                 "invoice_id": IID, "by": SELLER, "confirm": True, "note": "同意"},
+    RedLetterFormUpdated: {"form_id": FID, "invoice_id": IID, "tenant_id": TID, "status": "confirmed",
+                           "form_no": "HZ202612020000000001", "form": {"status": "confirmed", "total": "-113.00"},
+                           "error": "none", "error_code": "none", "http_status": 200, "at": NOW},
 }
 
 

@@ -25,6 +25,7 @@ from shared.events import (
     INVOICE_CONFIRMED,
     INVOICE_GAP_FOUND,
     INVOICE_REJECTED,
+    INVOICE_REVIEW_UPDATED,
     INVOICE_STUCK,
     INVOICE_SUBMISSION_FAILED,
     INVOICE_SUBMITTED,
@@ -35,7 +36,7 @@ S = Status
 
 def test_status_values() -> None:
     assert {s.value for s in Status} == {"accepted", "published", "submitted", "confirmed", "retrying", "rejected",
-                                         "stuck", "voided", "red_lettered"}
+                                         "stuck", "voided", "red_lettered", "under_review", "review_denied"}
     assert VOIDABLE == {S.REJECTED, S.STUCK}
     assert FINAL == {S.VOIDED, S.RED_LETTERED} and SETTLED == {S.CONFIRMED, *FINAL}
 
@@ -87,6 +88,24 @@ def test_awaiting_visibility_explains_an_acknowledged_invoice() -> None:
     assert derive(Facts(own=S.PUBLISHED, finding=S.SUBMITTED, finding_sync_seq=1)) == (S.SUBMITTED, "reconciler")
     assert derive(Facts(own=S.PUBLISHED, sync=S.SUBMITTED, sync_seq=1, finding=S.SUBMITTED,
                         finding_sync_seq=1)) == (S.SUBMITTED, "reconciler")
+
+
+def test_a_held_invoice_is_under_review_until_the_bureau_decides() -> None:
+    held = Facts(own=S.PUBLISHED, sync=S.SUBMITTED, sync_seq=1, finding=S.UNDER_REVIEW, finding_sync_seq=1)
+    assert derive(held) == (S.UNDER_REVIEW, "reconciler")
+    # An acknowledgement the reconciler had seen is no approval; one it had not seen yet is newer news.
+    assert derive(replace(held, sync_seq=1)) == (S.UNDER_REVIEW, "reconciler")
+    assert derive(replace(held, finding=S.CONFIRMED)) == (S.CONFIRMED, "reconciler")  # approved
+    assert finding_of(INVOICE_REVIEW_UPDATED, "review") == (True, S.UNDER_REVIEW)
+    assert finding_of(INVOICE_REVIEW_UPDATED, "denied") == (True, S.REVIEW_DENIED)
+
+
+def test_a_denied_review_stands_against_late_sync_results() -> None:
+    denied = Facts(own=S.PUBLISHED, sync=S.SUBMITTED, sync_seq=1, finding=S.REVIEW_DENIED, finding_sync_seq=1)
+    for late in (S.SUBMITTED, S.RETRYING, S.REJECTED):
+        assert derive(replace(denied, sync=late, sync_seq=5)) == (S.REVIEW_DENIED, "reconciler")
+    # ... but a red-letter or a void of the seller's own is final, whatever the bureau said.
+    assert derive(replace(denied, own=S.RED_LETTERED)) == (S.RED_LETTERED, "own")
 
 
 def test_a_final_status_of_the_issuers_own_is_never_overridden() -> None:

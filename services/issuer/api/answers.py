@@ -20,6 +20,7 @@ from services.issuer.invoices.outcomes import (
     Created,
     Existing,
     FileRefused,
+    FormAsked,
     Imported,
     Invalid,
     IssueOutcome,
@@ -62,6 +63,8 @@ def respond(outcome: object) -> Response:
             return JSONResponse({**_tenant(tenant), "api_key": api_key}, status_code=201)
         case OwnedInvoice(invoice, tenant):
             return JSONResponse({**invoice.model_dump(mode="json"), "tenant": _tenant(tenant)})
+        case FormAsked():
+            return _send(kept(outcome))
     raise TypeError(f"no answer for {type(outcome).__name__}")
 
 
@@ -99,6 +102,8 @@ def kept(outcome: Any) -> Answer:
                 "code": "number_taken", "detail": detail, "existing": _existing(outcome)}
         case Created(invoice) | Existing(invoice, _):
             status, body = ITEM_STATUS[type(outcome)], invoice.model_dump(mode="json")
+        case FormAsked(form):
+            status, body = 202, form.model_dump(mode="json")
         case BatchIssued(items):
             t = outcome.tally
             status, body = 200, {"created": t.created, "existing": t.existing, "conflicts": t.conflicts,

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.issuer import row_security
 from services.issuer.api.answers import kept
-from services.issuer.backends import ReconcilerClient
+from services.issuer.backends import ReconcilerClient, TaxstoreClient
 from services.issuer.idempotency import Once, request_hash
 from services.issuer.invoices.issuing import Issuing
 from services.issuer.invoices.reading import Schedule
@@ -29,7 +29,8 @@ from shared.http import auth_dependency
 from shared.metrics import RATE_LIMITED
 from shared.topics import INVOICE_EVENTS
 
-__all__ = ["IdempotencyKey", "IssuingDep", "ReconcilerDep", "ScheduleDep", "SessionDep", "TenantDep", "once",
+__all__ = ["IdempotencyKey", "IssuingDep", "ReconcilerDep", "ScheduleDep", "SessionDep", "TaxstoreDep", "TenantDep",
+           "once",
            "settings"]
 
 
@@ -128,6 +129,13 @@ def reconciler(request: Request) -> ReconcilerClient:
 
 
 ReconcilerDep = Annotated[ReconcilerClient, Depends(reconciler)]
+
+
+def taxstore(request: Request) -> TaxstoreClient:
+    return TaxstoreClient(request.app.state.taxstore_http, timeout=settings(request).taxstore_timeout)
+
+
+TaxstoreDep = Annotated[TaxstoreClient, Depends(taxstore)]
 
 
 def live_schedule(request: Request) -> Schedule | None:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.issuer.feeds.notifications import apply_notifications
 from services.issuer.feeds.reconciliation import apply_reconciliation
 from services.issuer.feeds.sync_results import apply_sync_results
+from services.issuer.invoices.redletter import apply_form_updates
 from services.issuer.settings import IssuerSettings
 from shared.consumers import ISSUER_STATUS_FEED
 from shared.db import transaction
@@ -28,14 +29,17 @@ from shared.events import (
     InvoiceConfirmed,
     InvoiceGapFound,
     InvoiceRejected,
+    InvoiceReviewUpdated,
     InvoiceStuck,
     InvoiceSubmissionFailed,
     InvoiceSubmitted,
     NotificationFailed,
     NotificationSent,
+    RedLetterFormUpdated,
 )
 from shared.kafka import HandlerTable
 from shared.loops import consume_forever
+from shared.topics import ALERTS, INVOICE_EVENTS
 
 __all__ = ["run_status_feed_consumer"]
 
@@ -53,14 +57,20 @@ async def run_status_feed_consumer(settings: IssuerSettings, sessions: async_ses
     async def findings(session: AsyncSession, items: list[Received[Any]]) -> None:
         await apply_reconciliation(session=session, events=items)
 
+    async def forms(session: AsyncSession, items: list[Received[Any]]) -> None:
+        await apply_form_updates(session=session, events=items,
+                                 topic=INVOICE_EVENTS.qualified(settings.topic_prefix),
+                                 alerts_topic=ALERTS.qualified(settings.topic_prefix),
+                                 expiry_warning=settings.form_expiry_warning)
+
     async def notices(session: AsyncSession, items: list[Received[Any]]) -> None:
         await apply_notifications(session=session, events=items, group=group)
 
     handlers: HandlerTable[AsyncSession] = HandlerTable({
         InvoiceSubmitted: sync_results, InvoiceSubmissionFailed: sync_results, InvoiceRejected: sync_results,
         InvoiceConfirmed: findings, InvoiceAwaitingVisibility: findings, InvoiceGapFound: findings,
-        InvoiceStuck: findings, CaseUpdated: findings,
-        NotificationSent: notices, NotificationFailed: notices,
+        InvoiceStuck: findings, CaseUpdated: findings, InvoiceReviewUpdated: findings,
+        NotificationSent: notices, NotificationFailed: notices, RedLetterFormUpdated: forms,
     })
 
     async def apply(items: list[Received[Any]]) -> None:

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from services.issuer.csv_import import RowError
 from services.issuer.lifecycle import Status
-from services.issuer.schemas import InvoiceRead, InvoiceView
+from services.issuer.schemas import InvoiceRead, InvoiceView, RedLetterFormView
 from shared.contracts.reconciler import CaseDetail
 from shared.errors import FieldError
 
-__all__ = ["BatchIssued", "CaseOpened", "CaseRefused", "CaseShown", "Created", "Existing", "FileRefused", "Imported",
+__all__ = ["BatchIssued", "CaseOpened", "CaseRefused", "CaseShown", "Created", "Existing", "FileRefused",
+           "FormAsked", "FormDecided", "Imported",
            "ImportedInvoice", "Invalid",
            "IssueOutcome", "NotVoidable", "NumberTaken", "Tally", "TooLarge", "Unreadable", "Voided"]
 
@@ -146,3 +147,16 @@ class CaseRefused:
 class CaseShown:
     case: CaseDetail
     invoice: InvoiceView | None  # None: e.g. an invoice found at the authority but never issued here
+
+
+@dataclass(frozen=True)
+class FormAsked:
+    """A red-letter form asked for: stored with its event, on its way to the tax authority."""
+
+    form: RedLetterFormView
+
+
+@dataclass(frozen=True)
+class FormDecided:
+    form: RedLetterFormView
+    changed: bool  # False: the same decision was asked for before

@@ -45,6 +45,7 @@ def _standing(row: Any, *, now: datetime | None = None, live: Mapping[str, Any] 
         total_tax=f"{row.total_tax:.2f}", total=f"{row.total:.2f}", currency=row.currency, status=row.status,
         reason=reason, next_action=next_action, next_action_at=next_action_at, case_no=row.case_no,
         receipt_no=row.receipt_no, accepted_at=row.accepted_at, updated_at=row.updated_at,
+        red_letter_of=row.red_letter_of,
     )
 
 
@@ -80,8 +81,10 @@ async def get_invoice(*, session: AsyncSession, tenant: Tenant, invoice_id: str,
                 .where(t.c.invoice_id == m.invoices.c.id).scalar_subquery().label("timeline"))
     row = await get_row(session, tenant, invoice_id, extra=[timeline])
     live = await _live([row], schedule)
+    from services.issuer.invoices.redletter import standing
     return InvoiceRead(**_standing(row, live=live.get(row.id)), invoice=row.content,
-                       timeline=[TimelineEntry.model_validate(e) for e in row.timeline])
+                       timeline=[TimelineEntry.model_validate(e) for e in row.timeline],
+                       red_letter=await standing(session=session, row=row))
 
 
 async def get_invoice_view(*, session: AsyncSession, tenant: Tenant, invoice_id: str,

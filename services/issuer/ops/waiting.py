@@ -15,6 +15,9 @@ and awaiting visibility keeps its age, so "oldest" and the alert on it never res
 | stuck | stuck | the case to be worked (past the SLA; alerted) |
 | rejected | rejected | the seller: the authority refused it with its reason |
 
+An invoice held for cross-region review (`under_review`), or denied there (`review_denied`), is at the authority
+and waits in no stage here: the reconciler tracks the review against FAPIAO_REVIEW_SLA and alerts when it is late.
+
 Counted from the issuer's own ledger, so no backlog can hide in a place no figure looks at (a consumer that took
 every event off Kafka, sync's retry queue during an outage): the dashboard's headline, `fapiao status`, the
 metrics `fapiao_pipeline_waiting_invoices` / `fapiao_pipeline_oldest_waiting_seconds` and the alert rules read this.

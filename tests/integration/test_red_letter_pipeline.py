@@ -1,0 +1,349 @@
+"""Red-letter credit notes end to end: the issuer's request travels outbox -> Kafka -> sync -> tax store like an
+invoice; the form's changes come back; the authority's red invoice is recorded, submitted and reconciled like any
+invoice; the blue one ends red_lettered or shows what is left; a buyer that is a tenant confirms with its own key;
+verification (查验) is answered by the store. Real tax store, sync, reconciler over Kafka and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import factories, steps
+from tests.harness import ReconPipeline, Tenant, eventually
+from tests.steps import new_tenant
+
+POLICY = {"confirm_window_s": 600.0, "used_rate": 0.0, "review_threshold": None, "review_delay_s": 600.0,
+          "review_denial_rate": 0.0, "decision_seed": 0}
+
+
+async def policy(p: ReconPipeline, **over: Any) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=10) as c:
+        r = await c.put(f"{p.taxstore.url}/admin/policy", json={**POLICY, **over}, headers=p.admin)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def rl(recon_pipeline: ReconPipeline) -> AsyncIterator[ReconPipeline]:
+    """The pipeline with the store's policy as this test sets it, put back afterwards."""
+    async with httpx.AsyncClient(timeout=10) as c:
+        before = (await c.get(f"{recon_pipeline.taxstore.url}/admin/policy", headers=recon_pipeline.admin)).json()
+    await policy(recon_pipeline)
+    try:
+        yield recon_pipeline
+    finally:
+        await policy(recon_pipeline, **before)
+
+
+async def buyer_tenant(p: ReconPipeline) -> Tenant:
+    r = await p.issuer.client.post("/admin/tenants", json={"name": "买方 Buyer Co.", "tax_id": factories.uscc()},
+                                   headers=p.admin)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    return Tenant(body["id"], body["tax_id"], {"Authorization": f"Bearer {body['api_key']}"})
+
+
+async def confirmed_invoices(p: ReconPipeline, seller: Tenant, buyers: list[str | None]) -> list[dict[str, Any]]:
+    """Invoices of the seller (one per buyer tax id; None: the factories' buyer), confirmed at the store."""
+    docs = []
+    for b in buyers:
+        doc = factories.invoice(seller.tax_id)
+        if b is not None:
+            doc["buyer"] = {"tax_id": b, "name": "买方 Buyer Co."}
+        docs.append(doc)
+    r = await p.issuer.client.post("/v1/invoices/batch", json={"invoices": docs}, headers=seller.headers)
+    assert r.status_code == 200, r.text
+    ids = [x["invoice"]["id"] for x in r.json()["results"]]
+    await steps.until_all(p, seller, "confirmed", len(docs), timeout=60)
+    return [{**d, "id": i} for d, i in zip(docs, ids, strict=True)]
+
+
+async def ask(p: ReconPipeline, tenant: Tenant, invoice_id: str, body: dict[str, Any], *, expect: int = 202,
+              key: str | None = None) -> dict[str, Any]:
+    headers = {**tenant.headers, **({"Idempotency-Key": key} if key else {})}
+    r = await p.issuer.client.post(f"/v1/invoices/{invoice_id}/red-letter", json=body, headers=headers)
+    assert r.status_code == expect, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def form(p: ReconPipeline, tenant: Tenant, form_id: str) -> dict[str, Any]:
+    r = await p.issuer.client.get(f"/v1/red-letter-forms/{form_id}", headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def until_form(p: ReconPipeline, tenant: Tenant, form_id: str, status: str, timeout: float = 30
+                     ) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        f = await form(p, tenant, form_id)
+        return f if f["status"] == status else None
+    try:
+        return await eventually(check, timeout=timeout, interval=0.25)  # type: ignore[no-any-return]
+    except AssertionError:
+        raise AssertionError(f"form never {status}: {await form(p, tenant, form_id)}\n"
+                             f"{p.sync.log_text()[-3000:]}") from None
+
+
+async def until_status(p: ReconPipeline, tenant: Tenant, invoice_id: str, status: str,
+                       timeout: float = 40) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        d = await steps.detail(p, tenant, invoice_id)
+        return d if d["status"] == status else None
+    try:
+        return await eventually(check, timeout=timeout, interval=0.25)  # type: ignore[no-any-return]
+    except AssertionError:
+        d = await steps.detail(p, tenant, invoice_id)
+        raise AssertionError(f"invoice {invoice_id} never {status}: {d['status']} {d['reason']}") from None
+
+
+async def verify(p: ReconPipeline, tenant: Tenant, number: str, issue_date: str, total: str) -> dict[str, Any]:
+    r = await p.issuer.client.post("/v1/verify", json={"number": number, "issue_date": issue_date, "total": total},
+                                   headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert body["code"] == code, body
+    return body  # type: ignore[no-any-return]
+
+
+async def red_invoice_of(p: ReconPipeline, tenant: Tenant, f: dict[str, Any]) -> dict[str, Any]:
+    assert f["red_invoice_id"], f
+    return await until_status(p, tenant, f["red_invoice_id"], "confirmed")
+
+
+async def test_full_and_partial_red_letters_with_and_without_the_buyers_confirmation(rl: ReconPipeline) -> None:
+    p = rl
+    seller, buyer, stranger = await new_tenant(p), await buyer_tenant(p), await new_tenant(p)
+    full, part = await confirmed_invoices(p, seller, [None, buyer.tax_id])
+
+    # Full, no confirmation needed (the buyer has not used it): the authority issues the red invoice at once.
+    body = {"reason_code": "02"}
+    asked = await ask(p, seller, full["id"], body, key="rl-full-1")
+    assert (asked["status"], asked["scope"], asked["total"], asked["role"]) == ("requested", "full", "-226.00",
+                                                                               "seller")
+    assert asked["reason"] and asked["next_action"]
+    again = await ask(p, seller, full["id"], body, key="rl-full-1")  # the same key: the first answer
+    assert again["id"] == asked["id"]
+    done = await until_form(p, seller, asked["id"], "confirmed")
+    assert done["form_no"].startswith("HZ") and done["red_invoice_number"] and done["next_action"] is None
+    red = await red_invoice_of(p, seller, done)
+    assert (red["red_letter_of"], red["total"], red["invoice"]["total"]) == (full["number"], "-226.00", "-226.00")
+    blue = await until_status(p, seller, full["id"], "red_lettered")
+    assert blue["red_letter"]["remaining_total"] == "0.00" and "red-letter" in blue["reason"]
+    problem(await p.issuer.client.post(f"/v1/invoices/{full['id']}/red-letter", json=body, headers=seller.headers),
+            409, "nothing_left")
+    problem(await p.issuer.client.post(f"/v1/invoices/{red['id']}/red-letter", json=body, headers=seller.headers),
+            409, "red_invoice")
+
+    # Partial, the buyer (a tenant here) has used it: the form waits for its confirmation.
+    await policy(p, used_rate=1.0)
+    line = {"line": 0, "amount": "-100.00", "quantity": "-1"}
+    asked = await ask(p, seller, part["id"], {"reason_code": "04", "lines": [line]})
+    pending = await until_form(p, seller, asked["id"], "pending")
+    assert pending["awaiting_confirmation_from"] == buyer.tax_id and pending["expires_at"]
+    assert pending["total"] == "-113.00"
+    problem(await p.issuer.client.post(f"/v1/invoices/{part['id']}/red-letter", json={"reason_code": "01"},
+                                       headers=seller.headers), 409, "form_open")
+    problem(await p.issuer.client.post(f"/v1/red-letter-forms/{asked['id']}/confirm", json={},
+                                       headers=seller.headers), 409, "own_form")
+    problem(await p.issuer.client.get(f"/v1/red-letter-forms/{asked['id']}", headers=stranger.headers),
+            404, "not_found")
+    problem(await p.issuer.client.post(f"/v1/red-letter-forms/{asked['id']}/confirm", json={},
+                                       headers=stranger.headers), 404, "not_found")
+
+    async def awaiting_buyer() -> list[dict[str, Any]] | None:
+        r = await p.issuer.client.get("/v1/red-letter-forms", params={"awaiting": "true"}, headers=buyer.headers)
+        assert r.status_code == 200, r.text
+        return r.json()["items"] or None
+    [waiting] = await eventually(awaiting_buyer, timeout=10, interval=0.25)
+    assert (waiting["id"], waiting["role"], waiting["invoice_id"]) == (asked["id"], "buyer", None)
+    assert "this tenant's confirmation" in waiting["reason"] and waiting["next_action_at"]
+    # The buyer tenant is alerted once that a form waits for it, and (its window is well within the default
+    # FAPIAO_FORM_EXPIRY_WARNING of 12 h) once that it will be void soon.
+    async def two_alerts() -> list[str] | None:
+        kinds = await alerts_of(p, part["id"])
+        return kinds if len(kinds) >= 2 else None
+    assert await eventually(two_alerts, timeout=20, interval=0.5) == ["form_awaiting", "form_expiring"]
+    mine = await p.issuer.client.get("/v1/red-letter-forms", params={"awaiting": "true"}, headers=seller.headers)
+    assert mine.json()["items"] == []  # the seller waits; it has nothing to decide
+
+    r = await p.issuer.client.post(f"/v1/red-letter-forms/{asked['id']}/confirm", json={"note": "同意"},
+                                   headers=buyer.headers)
+    assert r.status_code == 202, r.text
+    r = await p.issuer.client.post(f"/v1/red-letter-forms/{asked['id']}/confirm", json={"note": "同意"},
+                                   headers=buyer.headers)
+    assert r.status_code == 200, r.text  # asked already: answered again
+    problem(await p.issuer.client.post(f"/v1/red-letter-forms/{asked['id']}/reject", json={},
+                                       headers=buyer.headers), 409, "form_decided")
+    confirmed = await until_form(p, seller, asked["id"], "confirmed")
+    red = await red_invoice_of(p, seller, confirmed)
+    assert (red["total"], red["red_letter_of"]) == ("-113.00", part["number"])
+    blue = await steps.detail(p, seller, part["id"])
+    assert blue["status"] == "confirmed"
+    assert (blue["red_letter"]["red_lettered_total"], blue["red_letter"]["remaining_total"]) == ("113.00", "113.00")
+    # A second form on what is left, rejected by the buyer: nothing reversed, the seller alerted once.
+    second = await ask(p, seller, part["id"], {"reason_code": "04", "lines": [{"line": 0, "amount": "-10.00"}]})
+    await until_form(p, seller, second["id"], "pending")  # the buyer sees it once the store made it
+    r = await p.issuer.client.post(f"/v1/red-letter-forms/{second['id']}/reject", json={"note": "不同意"},
+                                   headers=buyer.headers)
+    assert r.status_code == 202, r.text
+    rejected = await until_form(p, seller, second["id"], "rejected")
+    assert rejected["red_invoice_id"] is None and "rejected" in rejected["reason"]
+
+    async def seller_alerted() -> list[str] | None:
+        kinds = await alerts_of(p, part["id"])
+        return kinds if "form_rejected" in kinds else None
+    # Each form's own alerts, once each: two forms waited for the buyer, the second was rejected.
+    assert await eventually(seller_alerted, timeout=20, interval=0.5) == [
+        "form_awaiting", "form_awaiting", "form_expiring", "form_expiring", "form_rejected"]
+    over = await p.issuer.client.post(f"/v1/invoices/{part['id']}/red-letter", headers=seller.headers,
+                                      json={"reason_code": "04", "lines": [{"line": 0, "amount": "-150.00"}]})
+    body422 = problem(over, 422, "validation_failed")
+    assert body422["errors"][0]["path"] == "lines[0].amount" and body422["remaining_total"] == "113.00"
+
+    # Verification (查验) through the issuer: a partly and a fully red-lettered one, a red one, an unknown one.
+    got = await verify(p, buyer, part["number"], part["issue_date"], part["total"])
+    assert (got["result"], got["remaining_total"]) == ("partly_red_lettered", "113.00")
+    got = await verify(p, buyer, full["number"], full["issue_date"], full["total"])
+    assert got["result"] == "red_lettered"
+    got = await verify(p, buyer, red["number"], red["issue_date"], red["total"])
+    assert (got["result"], got["kind"], got["red_letter_of"]) == ("normal", "red", part["number"])
+    got = await verify(p, buyer, factories.number(), part["issue_date"], part["total"])
+    assert (got["result"], got["result_text"]) == ("not_found", "查无此票")
+    bad = await p.issuer.client.post("/v1/verify", json={"number": "1", "issue_date": "2026-01-01", "total": "1"},
+                                     headers=buyer.headers)
+    assert {e["path"] for e in problem(bad, 422, "validation_failed")["errors"]} == {"number", "total"}
+
+    # Across tenants: another tenant's invoice is none at all; bad requests name the field.
+    problem(await p.issuer.client.post(f"/v1/invoices/{part['id']}/red-letter", json={"reason_code": "01"},
+                                       headers=stranger.headers), 404, "not_found")
+    for bad_body, path in [({"reason_code": "05"}, "reason_code"), ({"reason_code": "01", "lines": []}, "lines"),
+                           ({"reason_code": "01", "lines": [{"line": 0, "amount": "5.00"}]}, "lines[0].amount")]:
+        r = await p.issuer.client.post(f"/v1/invoices/{part['id']}/red-letter", json=bad_body, headers=seller.headers)
+        assert problem(r, 422, "validation_failed")["errors"][0]["path"] == path
+
+
+async def test_a_form_nobody_confirms_is_void_after_the_window_and_a_new_one_may_be_asked(rl: ReconPipeline) -> None:
+    p = rl
+    seller = await new_tenant(p)
+    [inv] = await confirmed_invoices(p, seller, [None])
+    await policy(p, used_rate=1.0, confirm_window_s=1.5)
+    asked = await ask(p, seller, inv["id"], {"reason_code": "01"})
+    voided = await until_form(p, seller, asked["id"], "voided", timeout=20)
+    assert "void" in voided["reason"] and voided["next_action"] and voided["red_invoice_id"] is None
+    d = await steps.detail(p, seller, inv["id"])
+    assert d["status"] == "confirmed" and d["red_letter"]["remaining_total"] == d["total"]
+    async def ended() -> list[str] | None:
+        kinds = await alerts_of(p, inv["id"])
+        return kinds if "form_voided" in kinds else None
+    assert await eventually(ended, timeout=20, interval=0.5) == ["form_expiring", "form_voided"]
+    await policy(p, used_rate=0.0)
+    again = await ask(p, seller, inv["id"], {"reason_code": "01"})
+    await until_form(p, seller, again["id"], "confirmed")
+    await until_status(p, seller, inv["id"], "red_lettered")
+
+
+async def test_under_a_flaky_store_one_form_and_one_red_invoice_even_when_the_store_loses_it(
+        rl: ReconPipeline) -> None:
+    """Errors and ambiguous timeouts while the form is made (every retry is the same request), then a red
+    invoice the store drops on issue: the sync service submits it as the issuer's and the reconciler sees it."""
+    p = rl
+    seller = await new_tenant(p)
+    flaky, lost = await confirmed_invoices(p, seller, [None, None])
+    await p.faults(error_rate=0.35, timeout_rate=0.35, timeout_hang_ms=300, seed=7)
+    asked = await ask(p, seller, flaky["id"], {"reason_code": "01", "lines": [{"line": 0, "amount": "-50.00"}]})
+    done = await until_form(p, seller, asked["id"], "confirmed", timeout=60)
+    stats = await p.stats()
+    await p.clear_faults()
+    assert stats["errors"] + stats["timeouts"] > 0, stats
+    red = await red_invoice_of(p, seller, done)
+    async with httpx.AsyncClient(timeout=10) as c:
+        forms = (await c.get(f"{p.taxstore.url}/v1/red-letter-forms", params={
+            "party_tax_id": seller.tax_id, "invoice_number": flaky["number"]})).json()["items"]
+    assert [f["form_no"] for f in forms] == [done["form_no"]]  # retried, never made twice
+    stored = await p.stored(seller.tax_id)
+    assert [n for n, i in stored.items() if i["red_letter_of"] == flaky["number"]] == [red["number"]]
+    assert (await steps.detail(p, seller, flaky["id"]))["red_letter"]["remaining_total"] == \
+        f"{Decimal(flaky['total']) - Decimal('56.50'):.2f}"
+
+    await p.faults(drop_rate=1.0)
+    asked = await ask(p, seller, lost["id"], {"reason_code": "01"})
+    done = await until_form(p, seller, asked["id"], "confirmed")
+    await p.clear_faults()
+    red = await red_invoice_of(p, seller, done)  # submitted again (or resynced), then seen at the store
+    assert red["number"] in await p.stored(seller.tax_id)
+    await until_status(p, seller, lost["id"], "red_lettered")
+    assert uuid.UUID(red["id"])
+
+
+# --- cross-region review (跨区域审核) -----------------------------------------------------------------------
+
+def uscc_in(province: str) -> str:
+    """A valid USCC registered in `province` (its first two administrative-division digits)."""
+    from shared.uscc import ALPHABET, check_char
+
+    body = "91" + province + "0100" + "".join(ALPHABET[b % len(ALPHABET)] for b in uuid.uuid4().bytes[:9])
+    return body + check_char(body)
+
+
+async def alerts_of(p: ReconPipeline, invoice_id: str) -> list[str]:
+    from sqlalchemy import text
+
+    async with p.issuer.app.state.engine.connect() as conn:  # type: ignore[attr-defined]
+        rows = (await conn.execute(text("select kind from notifier.alerts where invoice_id = :i order by kind"),
+                                   {"i": invoice_id})).all()
+    return [r[0] for r in rows]
+
+
+async def test_cross_region_invoices_are_held_for_review_then_approved_or_denied_with_alerts_once(
+        rl: ReconPipeline) -> None:
+    p = rl
+    p.start_own("reconciler", FAPIAO_REVIEW_SLA="2")
+    await policy(p, review_threshold="100.00")
+    r = await p.issuer.client.post("/admin/tenants", json={"name": "北京卖方 Beijing Seller", "tax_id": uscc_in("11")},
+                                   headers=p.admin)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    seller = Tenant(body["id"], body["tax_id"], {"Authorization": f"Bearer {body['api_key']}"})
+    await p.register(seller.tax_id)
+    docs = [factories.invoice(seller.tax_id) for _ in range(2)]  # to Guangdong (44), 226.00 each
+    r = await p.issuer.client.post("/v1/invoices/batch", json={"invoices": docs}, headers=seller.headers)
+    assert r.status_code == 200, r.text
+    approved, denied = (x["invoice"]["id"] for x in r.json()["results"])
+    for iid in (approved, denied):
+        held = await until_status(p, seller, iid, "under_review")
+        assert held["next_action_at"] and "cross-region" in held["reason"], held
+        assert "never resubmitted" in held["next_action"]
+    stats = await p.stats()
+    await eventually(lambda: alerts_of(p, approved), timeout=20, interval=0.5)  # held past the 2 s review SLA
+    got = await verify(p, seller, docs[0]["number"], docs[0]["issue_date"], docs[0]["total"])
+    assert got["result"] == "under_review"
+
+    async with httpx.AsyncClient(timeout=10) as c:
+        for doc, decision in ((docs[0], "approve"), (docs[1], "deny")):
+            r = await c.post(f"{p.taxstore.url}/admin/reviews/{seller.tax_id}/{doc['number']}",
+                             json={"decision": decision}, headers=p.admin)
+            assert r.status_code == 200, r.text
+    ok = await until_status(p, seller, approved, "confirmed")
+    assert ok["next_action"] is None
+    no = await until_status(p, seller, denied, "review_denied")
+    assert "does not count" in no["reason"] and no["next_action"]
+    assert (await p.stats())["submissions"] == stats["submissions"]  # a held invoice is never resubmitted
+
+    async def alerted() -> dict[str, list[str]] | None:
+        got = {"approved": await alerts_of(p, approved), "denied": await alerts_of(p, denied)}
+        return got if "review_denied" in got["denied"] else None
+    await eventually(alerted, timeout=20, interval=0.5)
+    await __import__("asyncio").sleep(3)  # later checks raise nothing more
+    assert await alerts_of(p, approved) == ["review_overdue"]
+    assert await alerts_of(p, denied) == ["review_denied", "review_overdue"]
