@@ -5,6 +5,8 @@ verification (查验) is answered by the store. Real tax store, sync, reconciler
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -19,6 +21,18 @@ from tests.steps import new_tenant
 
 POLICY = {"confirm_window_s": 600.0, "used_rate": 0.0, "review_threshold": None, "review_delay_s": 600.0,
           "review_denial_rate": 0.0, "decision_seed": 0}
+
+
+async def pdf_text(p: ReconPipeline, tenant: Tenant, invoice_id: str) -> str:
+    """An invoice's PDF as pdftotext reads it, white space removed."""
+    r = await p.issuer.client.get(f"/v1/invoices/{invoice_id}/pdf", headers=tenant.headers)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/pdf", r.text[:300]
+    from fapiao.infra.tools import ensure_pdftoppm
+
+    pdftotext = str(ensure_pdftoppm().with_name("pdftotext"))  # the same poppler-utils, installed on first use
+    done = await asyncio.to_thread(subprocess.run, [pdftotext, "-", "-"], input=r.content, capture_output=True,
+                                   timeout=60, check=True)
+    return "".join(done.stdout.decode().split())
 
 
 async def policy(p: ReconPipeline, **over: Any) -> dict[str, Any]:
@@ -140,6 +154,11 @@ async def test_full_and_partial_red_letters_with_and_without_the_buyers_confirma
     assert (red["red_letter_of"], red["total"], red["invoice"]["total"]) == (full["number"], "-226.00", "-226.00")
     blue = await until_status(p, seller, full["id"], "red_lettered")
     assert blue["red_letter"]["remaining_total"] == "0.00" and "red-letter" in blue["reason"]
+    # The red invoice's own page (版式文件): stamped 红字, the blue one it reverses, the negative total in capitals.
+    page = await pdf_text(p, seller, red["id"])
+    assert "红字" in page and f"被红冲蓝字发票号码：{full['number']}" in page, page
+    assert "负贰佰贰拾陆圆整" in page and "¥-226.00" in page, page
+    assert "已红冲" in await pdf_text(p, seller, full["id"])  # and the blue one's says it is reversed
     problem(await p.issuer.client.post(f"/v1/invoices/{full['id']}/red-letter", json=body, headers=seller.headers),
             409, "nothing_left")
     problem(await p.issuer.client.post(f"/v1/invoices/{red['id']}/red-letter", json=body, headers=seller.headers),
@@ -191,6 +210,7 @@ async def test_full_and_partial_red_letters_with_and_without_the_buyers_confirma
     blue = await steps.detail(p, seller, part["id"])
     assert blue["status"] == "confirmed"
     assert (blue["red_letter"]["red_lettered_total"], blue["red_letter"]["remaining_total"]) == ("113.00", "113.00")
+    assert "已部分红冲¥113.00，余额¥113.00" in await pdf_text(p, seller, part["id"])
     # A second form on what is left, rejected by the buyer: nothing reversed, the seller alerted once.
     second = await ask(p, seller, part["id"], {"reason_code": "04", "lines": [{"line": 0, "amount": "-10.00"}]})
     await until_form(p, seller, second["id"], "pending")  # the buyer sees it once the store made it

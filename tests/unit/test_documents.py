@@ -142,3 +142,16 @@ def test_the_reports_cases_table_wraps_a_long_outcome_and_loses_none_of_it() -> 
                           capture_output=True, timeout=60, check=True)
     words = "".join(done.stdout.decode().split())
     assert "".join(outcome.split()) in words, "every word of the outcome, in order, none cut"
+
+
+def test_the_remarks_name_the_blue_invoice_of_a_red_one_and_what_is_left_of_a_blue_one() -> None:
+    from services.issuer.invoices import document
+
+    red = {"invoice": {"remarks": "退货"}, "status": "confirmed", "red_letter_of": "26120300000000000001"}
+    assert document.remarks(red) == "被红冲蓝字发票号码：26120300000000000001　退货"
+    partly = {"invoice": {}, "status": "confirmed",
+              "red_letter": {"red_letter_of": None, "red_lettered_total": "113.00", "remaining_total": "113.00"}}
+    assert document.remarks(partly) == "已部分红冲 ¥113.00，余额 ¥113.00"
+    whole = {**partly, "status": "red_lettered"}  # the watermark says it; the remarks stay the invoice's own
+    assert document.remarks(whole) == "" and document.red_letter_of(whole) is None
+    assert document.remarks({"invoice": {"remarks": "x"}, "status": "confirmed", "red_letter": None}) == "x"

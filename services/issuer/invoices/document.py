@@ -11,7 +11,9 @@ Simplified in its `locl` feature for ZHS — and keeps it in a cache directory.
 The QR code carries the fields a verifier needs, comma-separated: `01,<kind code>,<number>,<issue date YYYYMMDD>,
 <total>,<check>`, with kind code 31 for a special VAT invoice (专票) and 32 for an ordinary one (普票), and
 `check` the first 16 hex digits of the invoice's content hash, so a scan can be held against the stored content.
-A voided invoice carries a watermark; one whose status is red-lettered says so.
+A voided invoice carries a watermark; one whose status is red-lettered says so; a red invoice (红字发票) is
+stamped 红字 beside its title, names the blue invoice it reverses in its remarks and shows its negative total in
+capitals with 负; a blue invoice reversed in part says how much is reversed and left.
 """
 
 from __future__ import annotations
@@ -132,6 +134,25 @@ def finish(pdf: FPDF) -> bytes:
                 ttfont.close()
 
 
+def red_letter_of(shown: dict[str, Any]) -> str | None:
+    """The number of the blue invoice this one reverses, when it is a red invoice."""
+    return shown.get("red_letter_of") or (shown.get("red_letter") or {}).get("red_letter_of")
+
+
+def remarks(shown: dict[str, Any]) -> str:
+    """备注 as printed: for a red invoice the blue one it reverses first; for a blue one reversed in part, what is
+    reversed and what is left; then the invoice's own remarks."""
+    own = shown["invoice"].get("remarks") or ""
+    if blue := red_letter_of(shown):
+        return "　".join(filter(None, [f"被红冲蓝字发票号码：{blue}", own]))
+    standing = shown.get("red_letter") or {}
+    reversed_total = Decimal(str(standing.get("red_lettered_total") or 0))
+    if reversed_total and shown.get("status") != "red_lettered":
+        left = Decimal(str(standing.get("remaining_total") or 0))
+        return "　".join(filter(None, [f"已部分红冲 ¥{abs(reversed_total):.2f}，余额 ¥{left:.2f}", own]))
+    return own
+
+
 def page_count(lines: int) -> int:
     """How many pages an invoice of `lines` lines takes: one when they fit the first page's table, else the
     first page's MAX_LINES - 1 (its last row says where the rest are) and LINES_PER_PAGE on each further page."""
@@ -237,6 +258,12 @@ def invoice_pdf(shown: dict[str, Any]) -> bytes:
     # Title, number, date, and the QR code at the top left.
     pdf.image(_qr_png(qr_payload(inv, content_hash)), x=10, y=8, w=24, h=24)
     text(62, 10, TITLES[inv["kind"]], size=16, color=ink)
+    blue = red_letter_of(shown)
+    if blue:  # a red invoice (红字发票): stamped beside the title, and the blue invoice it reverses in the remarks
+        pdf.set_draw_color(200, 0, 0)
+        pdf.set_line_width(0.5)
+        pdf.rect(52, 9, 9, 8)
+        text(52.6, 10, "红字", size=10, color=(200, 0, 0))
     pdf.set_draw_color(*ink)
     pdf.line(70, 19, 150, 19)
     text(150, 10, f"发票号码：{inv['number']}", size=8)
@@ -306,7 +333,7 @@ def invoice_pdf(shown: dict[str, Any]) -> bytes:
     text(140, y + 7, f"（小写）¥{inv['total']}", size=9)
     pdf.line(10, y + 13, 200, y + 13)
     text(12, y + 15, "备注", size=8, color=ink)
-    text(24, y + 15, inv.get("remarks") or "", size=7, width=174)
+    text(24, y + 15, remarks(shown), size=7, width=174)
     status = shown.get("status", "")
 
     def footer(page: int) -> None:
