@@ -641,20 +641,8 @@ def invoice_pdf(ref: str = typer.Argument(..., help="the invoice id, or its 20-d
     _load_stack_env()
     issuer, token = _url("issuer", 8000), _admin_token()
     invoice_id = _invoice_id(issuer, token, ref, tax_id)
-    try:
-        with httpx.Client(timeout=httpx.Timeout(60, connect=5)) as client:
-            r = client.get(f"{issuer}/admin/invoices/{invoice_id}/pdf", headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError as exc:
-        err.print(f"[red]cannot reach {issuer}:[/red] {type(exc).__name__}: {exc}", highlight=False)
-        raise typer.Exit(2) from None
-    if r.status_code == 404:
-        err.print(f"[red]no invoice {ref}[/red]")
-        raise typer.Exit(1)
-    if r.status_code != 200:
-        err.print(f"[red]{r.status_code}:[/red] {_reasons(r)}", highlight=False)
-        raise typer.Exit(2)
-    out.write_bytes(r.content)
-    Console().print(f"Wrote {out} ({len(r.content):,} bytes).")
+    written = _download(issuer, f"/admin/invoices/{invoice_id}/pdf", out, token=token, missing=f"no invoice {ref}")
+    Console().print(f"Wrote {out} ({written:,} bytes).")
 
 
 @invoice_app.command("show")
@@ -881,25 +869,7 @@ def export(
     params = {k: v for k, v in {"format": fmt, "status": status, "issued_from": issued_from, "issued_to": issued_to,
                                 "buyer_tax_id": buyer_tax_id, "min_total": min_total, "max_total": max_total}.items()
               if v is not None}
-    partial = out.with_name(out.name + ".partial")
-    try:
-        with httpx.Client(timeout=httpx.Timeout(300, connect=5)) as client, client.stream(
-                "GET", f"{url.rstrip('/')}/v1/invoices/export", params=params,
-                headers={"Authorization": f"Bearer {key}"}) as r:
-            if r.status_code != 200:
-                r.read()
-                err.print(f"[red]{r.status_code}:[/red] {_reasons(r)}", highlight=False)
-                raise typer.Exit(2)
-            written = 0
-            with partial.open("wb") as f:
-                for chunk in r.iter_bytes():
-                    f.write(chunk)
-                    written += len(chunk)
-    except httpx.HTTPError as exc:
-        partial.unlink(missing_ok=True)
-        err.print(f"[red]cannot reach {url}:[/red] {type(exc).__name__}: {exc}", highlight=False)
-        raise typer.Exit(2) from None
-    partial.replace(out)  # whole or not at all
+    written = _download(url, "/v1/invoices/export", out, token=key, params=params)
     Console().print(f"Wrote {out} ({written:,} bytes, {fmt}).")
 
 
