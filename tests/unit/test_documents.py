@@ -155,3 +155,24 @@ def test_the_remarks_name_the_blue_invoice_of_a_red_one_and_what_is_left_of_a_bl
     whole = {**partly, "status": "red_lettered"}  # the watermark says it; the remarks stay the invoice's own
     assert document.remarks(whole) == "" and document.red_letter_of(whole) is None
     assert document.remarks({"invoice": {"remarks": "x"}, "status": "confirmed", "red_letter": None}) == "x"
+
+
+def test_deriving_the_sc_face_leaves_no_file_open(tmp_path: Any) -> None:
+    """A cold cache (every fresh venv: the source's mtime is in the name) derives the face again; the two lazily
+    opened fonts must be closed, or the collector's ResourceWarning fails whichever later test it lands in."""
+    import gc
+    import os
+    import warnings
+
+    import cvttf_NotoSansCJK_Regular as noto  # type: ignore[import-untyped]
+
+    from services.issuer.invoices import document
+
+    source = os.path.join(os.path.dirname(noto.__file__), "NotoSansCJKtc-Regular.otf")
+    target = str(tmp_path / "sc.otf")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        document._simplified_face(source, target)
+        gc.collect()
+    assert os.path.getsize(target) > 1_000_000
+    assert not [w for w in seen if issubclass(w.category, ResourceWarning)], [str(w.message) for w in seen]

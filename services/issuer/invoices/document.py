@@ -77,7 +77,25 @@ def _simplified_face(source: str, target: str) -> None:
     are copied as they are. Written beside the target and renamed into place, so a concurrent maker is safe."""
     from fontTools.ttLib import TTFont  # type: ignore[import-untyped]
 
-    reader = TTFont(source, lazy=True)
+    # Both opened lazily, so each keeps its file open until closed: closed here (an open one left to the garbage
+    # collector warns, and under the suite's -W error fails whichever test it happens in).
+    with TTFont(source, lazy=True) as reader:
+        simplified = _zhs_forms(reader)
+    if not simplified:
+        raise RuntimeError(f"{source} has no Simplified-Chinese forms (no locl for ZHS)")
+    with TTFont(source, lazy=True, recalcBBoxes=False, recalcTimestamp=False) as font:
+        for table in font["cmap"].tables:
+            if table.isUnicode() and getattr(table, "cmap", None):
+                for code, glyph in list(table.cmap.items()):
+                    if glyph in simplified:
+                        table.cmap[code] = simplified[glyph]
+        for record in font["name"].names:
+            record.string = record.toUnicode().replace("CJK TC", "CJK SC").replace("CJKtc", "CJKsc")
+        _save_beside(font, target)
+
+
+def _zhs_forms(reader: Any) -> dict[str, str]:
+    """glyph -> its Simplified-Chinese form, from the `locl` feature of the font's ZHS language systems."""
     gsub = reader["GSUB"].table
     features = gsub.FeatureList.FeatureRecord
     simplified: dict[str, str] = {}
@@ -93,16 +111,11 @@ def _simplified_face(source: str, target: str) -> None:
                     for sub in lookup.SubTable:
                         sub = sub.ExtSubTable if lookup.LookupType == 7 else sub
                         simplified.update(getattr(sub, "mapping", {}))
-    if not simplified:
-        raise RuntimeError(f"{source} has no Simplified-Chinese forms (no locl for ZHS)")
-    font = TTFont(source, lazy=True, recalcBBoxes=False, recalcTimestamp=False)
-    for table in font["cmap"].tables:
-        if table.isUnicode() and getattr(table, "cmap", None):
-            for code, glyph in list(table.cmap.items()):
-                if glyph in simplified:
-                    table.cmap[code] = simplified[glyph]
-    for record in font["name"].names:
-        record.string = record.toUnicode().replace("CJK TC", "CJK SC").replace("CJKtc", "CJKsc")
+    return simplified
+
+
+def _save_beside(font: Any, target: str) -> None:
+    """Written beside the target and renamed into place, so a concurrent maker is safe."""
     fd, partial = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".partial")
     os.close(fd)
     try:
