@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
+
 from tests import factories
 from tests.harness import Pipeline, Tenant, eventually
 
@@ -52,3 +56,12 @@ async def detail(pipeline: Pipeline, tenant: Tenant, invoice_id: str) -> dict:
     r = await pipeline.issuer.client.get(f"/v1/invoices/{invoice_id}", headers=tenant.headers)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The answer is a problem+json of this status and code; its body."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert body["code"] == code, body
+    return body

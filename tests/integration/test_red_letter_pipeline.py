@@ -17,7 +17,7 @@ import pytest
 
 from tests import factories, steps
 from tests.harness import ReconPipeline, Tenant, eventually
-from tests.steps import new_tenant
+from tests.steps import new_tenant, problem
 
 POLICY = {"confirm_window_s": 600.0, "used_rate": 0.0, "review_threshold": None, "review_delay_s": 600.0,
           "review_denial_rate": 0.0, "decision_seed": 0}
@@ -120,14 +120,6 @@ async def verify(p: ReconPipeline, tenant: Tenant, number: str, issue_date: str,
                                    headers=tenant.headers)
     assert r.status_code == 200, r.text
     return r.json()  # type: ignore[no-any-return]
-
-
-def problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["code"] == code, body
-    return body  # type: ignore[no-any-return]
 
 
 async def red_invoice_of(p: ReconPipeline, tenant: Tenant, f: dict[str, Any]) -> dict[str, Any]:

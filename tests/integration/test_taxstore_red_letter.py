@@ -20,6 +20,7 @@ from shared.uscc import ALPHABET, check_char
 from tests import factories
 from tests.harness import ADMIN_TOKEN, eventually, fresh_database
 from tests.integration.test_taxstore import NO_FAULTS, Store, doc, start_taxstore, taxstore_settings
+from tests.steps import problem
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 BUYER = "91440300708461136T"  # the factories' buyer, registered in Guangdong (44)
@@ -94,14 +95,6 @@ async def verify(store: Store, number: str, issue_date: str, total: str) -> dict
     r = await store.client.post("/v1/verify", json={"number": number, "issue_date": issue_date, "total": total})
     assert r.status_code == 200, r.text
     return r.json()  # type: ignore[no-any-return]
-
-
-def problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["code"] == code, body
-    return body  # type: ignore[no-any-return]
 
 
 # --- forms ------------------------------------------------------------------------------------
