@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 async def run_rounds(name: str, round_: Callable[[], Awaitable[bool]], *, stopping: asyncio.Event,
                      wake: asyncio.Event | None = None, idle: Callable[[], float],
-                     needs: Sequence[Sequence[Address]] = ()) -> None:
+                     needs: Sequence[Sequence[Address]] = (), backoff_cap: float = 15) -> None:
     """Run `round_` until `stopping`: again at once after a busy round (it returned True), otherwise after
     `idle()` seconds or as soon as `wake` is set. A failed round backs off, cut short when the servers it `needs`
     (shared.recovery) come back."""
@@ -44,7 +44,7 @@ async def run_rounds(name: str, round_: Callable[[], Awaitable[bool]], *, stoppi
                 raise
             failures += 1
             log.warning("%s round failed (%s: %s)", name, type(exc).__name__, exc)
-            await sleep_until_back(backoff(failures, base=0.5, cap=15), needs=needs, stopping=stopping)
+            await sleep_until_back(backoff(failures, base=0.5, cap=backoff_cap), needs=needs, stopping=stopping)
             continue
         if busy:
             await asyncio.sleep(0)

@@ -37,8 +37,8 @@ from shared.events import (
     ResyncRequested,
 )
 from shared.kafka import HandlerTable, Received
-from shared.loops import consume_forever
-from shared.recovery import cancelled_from_outside, database_addresses, sleep_until_back
+from shared.loops import consume_forever, run_rounds
+from shared.recovery import database_addresses
 from shared.topics import SYNC_RESULTS
 
 __all__ = ["Syncer"]
@@ -246,25 +246,9 @@ class Syncer:
     # --- red-letter forms: writes retried until answered, pending forms watched --------------------
 
     async def run_forms(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                worked = await self.forms_round()
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the database may be away; keep going
-                failures += 1
-                log.warning("form round failed (%s: %s)", type(exc).__name__, exc)
-                worked = False
-                await sleep_until_back(backoff(failures, base=0.5, cap=10),
-                                       needs=[database_addresses(self.settings.database_url)], stopping=self._stopping)
-            if worked:
-                continue
-            self._wake_forms.clear()
-            wait = max(self.breaker.wait_time(), self.settings.scheduler_interval)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_forms.wait(), wait)
+        await run_rounds("form", self.forms_round, stopping=self._stopping, wake=self._wake_forms,
+                         idle=self._round_wait, needs=[database_addresses(self.settings.database_url)],
+                         backoff_cap=10)
 
     async def forms_round(self) -> bool:
         """One call for each due form op (behind the same circuit as submissions). True when there was work."""
@@ -319,25 +303,13 @@ class Syncer:
     # --- the retry scheduler ------------------------------------------------------------------
 
     async def run_scheduler(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                worked = await self.retry_round()
-                failures = 0
-            except (Exception, asyncio.CancelledError) as exc:  # the database may be away; keep going
-                if isinstance(exc, asyncio.CancelledError) and cancelled_from_outside():
-                    raise
-                failures += 1
-                log.warning("retry round failed (%s: %s)", type(exc).__name__, exc)
-                worked = False
-                await sleep_until_back(backoff(failures, base=0.5, cap=10),
-                                       needs=[database_addresses(self.settings.database_url)], stopping=self._stopping)
-            if worked:
-                continue
-            self._wake_scheduler.clear()
-            wait = max(self.breaker.wait_time(), self.settings.scheduler_interval)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_scheduler.wait(), wait)
+        await run_rounds("retry", self.retry_round, stopping=self._stopping, wake=self._wake_scheduler,
+                         idle=self._round_wait, needs=[database_addresses(self.settings.database_url)],
+                         backoff_cap=10)
+
+    def _round_wait(self) -> float:
+        """Seconds the scheduler and the form rounds wait when idle: at least until the circuit lets calls out."""
+        return max(self.breaker.wait_time(), self.settings.scheduler_interval)
 
     async def retry_round(self) -> bool:
         """Attempt the due rows once. True when there was work (look again at once)."""
