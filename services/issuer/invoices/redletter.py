@@ -40,7 +40,6 @@ from services.issuer.tenants import Tenant
 from shared.envelope import Received, encode, new_envelope
 from shared.errors import Conflict, FieldError, NotFound, ValidationFailed
 from shared.events import (
-    INVOICE_ISSUED,
     ISSUER_SOURCE,
     AlertRaised,
     FormAwaitingAlertRaised,
@@ -367,11 +366,7 @@ async def _send_alert(session: AsyncSession, topic: str, model: type[AlertRaised
     alert = model(alert_id=alert_id, kind=kind, tenant_id=tenant_id, seller_tax_id=row.seller_tax_id,
                   invoice_id=row.invoice_id, number=row.number, total=total,
                   buyer_tax_id=row.buyer_tax_id, reason=reason, next_action=next_action, at=datetime.now(UTC))
-    envelope = new_envelope(source=ISSUER_SOURCE, event=alert, subject=str(row.invoice_id), tenant=str(tenant_id),
-                            sequence=1, id=alert_id)
-    await session.execute(m.outbox.insert().values(topic=topic, key=str(row.invoice_id), event_id=envelope.id,
-                                                   event_type=envelope.type, payload=encode(envelope)))
-    await notify_outbox(session, m.outbox)
+    await _queue(session, topic, alert, subject=row.invoice_id, tenant_id=tenant_id, event_id=alert_id)
 
 
 def _time(value: Any) -> datetime | None:
@@ -416,14 +411,10 @@ async def _issue_red(session: AsyncSession, form: Any, red: dict[str, Any], topi
     event = InvoiceIssued(invoice_id=row.id, tenant_id=form.tenant_id, seller_tax_id=form.seller_tax_id,
                           number=red["number"], content_hash=digest, accepted_at=now, invoice=doc,
                           red_letter_of=form.number)
-    envelope = new_envelope(source=ISSUER_SOURCE, event=event, subject=str(row.id), tenant=str(form.tenant_id),
-                            sequence=1)
-    await session.execute(m.outbox.insert().values(topic=topic, key=str(row.id), event_id=envelope.id,
-                                                   event_type=INVOICE_ISSUED, payload=encode(envelope)))
+    event_id = await _queue(session, topic, event, subject=row.id, tenant_id=form.tenant_id)
     await _timeline(session, row.id, "accepted",
                     f"Issued by the tax authority for red-letter form {form.form_no or ''} on invoice {form.number}; "
-                    f"event {envelope.id} queued for {topic}", {"event_id": envelope.id, "content_hash": digest})
-    await notify_outbox(session, m.outbox)
+                    f"event {event_id} queued for {topic}", {"event_id": event_id, "content_hash": digest})
     return row.id
 
 
@@ -443,12 +434,15 @@ async def _settle_blue(session: AsyncSession, invoice_id: uuid.UUID) -> None:
         next_action=None, next_action_at=None, reason_source=None, updated_at=now, status_since=now))
 
 
-async def _queue(session: AsyncSession, topic: str, event: Any, *, subject: uuid.UUID, tenant_id: uuid.UUID) -> None:
+async def _queue(session: AsyncSession, topic: str, event: Any, *, subject: uuid.UUID, tenant_id: uuid.UUID,
+                 event_id: str | None = None) -> str:
+    """`event` into the outbox (keyed by `subject`), the relay woken at commit; the envelope's id."""
     envelope = new_envelope(source=ISSUER_SOURCE, event=event, subject=str(subject), tenant=str(tenant_id),
-                            sequence=1)
+                            sequence=1, id=event_id)
     await session.execute(m.outbox.insert().values(topic=topic, key=str(subject), event_id=envelope.id,
                                                    event_type=envelope.type, payload=encode(envelope)))
     await notify_outbox(session, m.outbox)
+    return envelope.id
 
 
 async def _timeline(session: AsyncSession, invoice_id: uuid.UUID, kind: str, message: str,
