@@ -338,18 +338,22 @@ class Drill:
         known = {i.number for i in await self.issuer_invoices()}
         held = {s.number for s in await self.stored()}
         self.restore_missing = [n for n in lost if n in held and n not in known]
+        missing = set(self.restore_missing)
+
+        def reported() -> set[str | None]:
+            return {a.number for a in self.receiver.alerts if a.type == "invoice.orphan"} & missing
+
         t0 = self.now()
         while self.now() - t0 < RESTORE_REPORT_WAIT:
-            reported = {a.number for a in self.receiver.alerts if a.type == "invoice.orphan"}
-            if reported >= set(self.restore_missing):
+            if reported() == missing:
                 break
             await asyncio.sleep(0.5)
-        reported = {a.number for a in self.receiver.alerts if a.type == "invoice.orphan"} & set(self.restore_missing)
+        waited, told = self.now() - t0, reported()
         resend = [n for n in lost if n not in known]
         await asyncio.gather(*(self._post(*self.docs[n], client=0, deadline=self.now() + 60) for n in resend))
         return (f"{len(lost)} acknowledged after the backup began: {len(lost) - len(resend)} in the backup, "
-                f"{len(self.restore_missing)} lost by the restore and held by the authority ({len(reported)} "
-                f"reported as orphans within {self.now() - t0:.0f}s), {len(resend) - len(self.restore_missing)} "
+                f"{len(self.restore_missing)} lost by the restore and held by the authority ({len(told)} "
+                f"reported as orphans within {waited:.0f}s), {len(resend) - len(self.restore_missing)} "
                 f"lost and never at the authority; {len(resend)} re-sent by the ERP")
 
     async def poison(self, topics: list[str], count: int) -> None:
