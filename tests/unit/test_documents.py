@@ -158,7 +158,7 @@ def test_the_remarks_name_the_blue_invoice_of_a_red_one_and_what_is_left_of_a_bl
 
 
 def test_deriving_the_sc_face_leaves_no_file_open(tmp_path: Any) -> None:
-    """A cold cache (every fresh venv: the source's mtime is in the name) derives the face again; the two lazily
+    """A cold cache (the first PDF on a machine or a new font package) derives the face; the two lazily
     opened fonts must be closed, or the collector's ResourceWarning fails whichever later test it lands in."""
     import gc
     import os

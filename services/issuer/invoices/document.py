@@ -25,6 +25,7 @@ import os
 import tempfile
 from decimal import Decimal
 from functools import cache
+from importlib.metadata import version
 from typing import Any
 
 from fpdf import FPDF
@@ -63,7 +64,9 @@ def font_path() -> str:
     import cvttf_NotoSansCJK_Regular as noto  # type: ignore[import-untyped]
 
     source = os.path.join(os.path.dirname(noto.__file__), "NotoSansCJKtc-Regular.otf")
-    stamp = f"{os.path.getsize(source)}-{int(os.path.getmtime(source))}"
+    # The package's version and the file's size name the face, not its mtime: every fresh venv would derive
+    # (and keep) another copy of the same 16 MB.
+    stamp = f"{version('cvttf-notosanscjk-regular')}-{os.path.getsize(source)}"
     target = os.path.join(font_dir(), f"{FONT_NAME}-{stamp}.otf")
     if not os.path.exists(target):
         os.makedirs(font_dir(), exist_ok=True)
