@@ -123,8 +123,9 @@ def _check(blue: Any, confirmed: Sequence[Any], body: RedLetterCreate) -> Decima
         for x in (f.store or {}).get("lines") or []:
             reversed_amount[int(x["line"])] = reversed_amount.get(int(x["line"]), Decimal(0)) - Decimal(x["amount"])
     left = blue.total + sum((f.total for f in confirmed), Decimal(0))
-    if left <= 0:
-        raise ValidationFailed([FieldError("invoice", "nothing is left to reverse on this invoice")])
+    if left <= 0:  # the forms confirmed already reverse all of it (the status follows when the red invoice is in)
+        raise _conflict(f"invoice {blue.number} is reversed in full by forms already confirmed; nothing is left "
+                        "to reverse", "nothing_left", blue)
     if body.lines is None:
         return -left
     errors: list[FieldError] = []
