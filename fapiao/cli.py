@@ -376,15 +376,24 @@ def _api_key(api_key: str | None) -> str:
 
 
 def _admin_token() -> str:
-    token = os.environ.get("FAPIAO_ADMIN_TOKEN")
-    if token:
-        return token
+    """The token for operators' commands: yours (FAPIAO_OPERATOR_TOKEN, else the one `make up` made for you in
+    .run/operator-token), so the audit log names you; else the admin token (FAPIAO_ADMIN_TOKEN, .run/admin-token)."""
     from fapiao.stack import state_dir
 
+    token = os.environ.get("FAPIAO_OPERATOR_TOKEN", "").strip()
+    if token:
+        return token
+    mine = state_dir() / "operator-token"
+    if mine.exists() and (token := mine.read_text().strip()):
+        return token
+    token = os.environ.get("FAPIAO_ADMIN_TOKEN", "").strip()
+    if token:
+        return token
     token_file = state_dir() / "admin-token"
     if token_file.exists():
         return token_file.read_text().strip()
-    err.print("[red]no admin token:[/red] set FAPIAO_ADMIN_TOKEN (or run against a `make up` stack)")
+    err.print("[red]no admin token:[/red] set FAPIAO_OPERATOR_TOKEN or FAPIAO_ADMIN_TOKEN (or run against a "
+              "`make up` stack)")
     raise typer.Exit(2)
 
 
@@ -986,27 +995,113 @@ app.add_typer(operators_app, name="operators")
 SERVICES = {"issuer": 8000, "sync": 8001, "reconciler": 8002, "notifier": 8003, "taxstore": 8100}
 
 
-@operators_app.command("token")
-def operators_token(name: str = typer.Argument(..., help="the operator's name, e.g. alice")) -> None:
-    """A new token for an operator: the token (give it to them, once) and the FAPIAO_OPERATOR_TOKENS entry (no
-    secret: a hash) that every service needs to know them by."""
-    import hashlib
+def _operators_file(given: Path | None) -> Path:
+    """The operators file to edit: --file, else FAPIAO_OPERATOR_TOKENS_FILE (the `make up` stack's, .run/operators)."""
+    _load_stack_env()
+    if given is not None:
+        return given
+    if os.environ.get("FAPIAO_OPERATOR_TOKENS_FILE"):
+        return Path(os.environ["FAPIAO_OPERATOR_TOKENS_FILE"])
+    err.print("[red]no operators file:[/red] pass --file or set FAPIAO_OPERATOR_TOKENS_FILE (a `make up` stack "
+              "has .run/operators); or use `fapiao operators token NAME` and FAPIAO_OPERATOR_TOKENS")
+    raise typer.Exit(2)
+
+
+def _read_operators(path: Path) -> dict[str, str]:
+    """{name: hex} of the file (none if it does not exist yet); exit 2 naming the line when it is damaged."""
+    from shared.audit import read_operator_file
+
+    try:
+        return {name: digest for digest, name in read_operator_file(path).items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _new_operator_token(name: str) -> tuple[str, str]:
+    """(token, its SHA-256 hex) for an operator named `name`; exit 2 if the name will not do."""
     import secrets
 
     from shared.audit import parse_operator_tokens
 
     token = "fop_" + secrets.token_urlsafe(32)
-    entry = f"{name}:{hashlib.sha256(token.encode()).hexdigest()}"
+    digest = hashlib.sha256(token.encode()).hexdigest()
     try:
-        parse_operator_tokens(entry)
+        parse_operator_tokens(f"{name}:{digest}")
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]", highlight=False)
         raise typer.Exit(2) from None
+    return token, digest
+
+
+OPERATORS_FILE = typer.Option(None, "--file", help="the operators file (default: FAPIAO_OPERATOR_TOKENS_FILE, "
+                                                   "which `make up` sets to .run/operators)")
+
+
+@operators_app.command("token")
+def operators_token(name: str = typer.Argument(..., help="the operator's name, e.g. alice")) -> None:
+    """A new token for an operator: the token (give it to them, once) and the FAPIAO_OPERATOR_TOKENS entry (no
+    secret: a hash) that every service needs to know them by. With an operators file, `add` does both at once."""
+    token, digest = _new_operator_token(name)
     console = Console()
     console.print(f"Token for {name} (shown this once):")
     console.print(token, highlight=False, soft_wrap=True)
     console.print("Add this entry to FAPIAO_OPERATOR_TOKENS (comma-separated) for every service, then restart them:")
-    console.print(entry, highlight=False, soft_wrap=True)
+    console.print(f"{name}:{digest}", highlight=False, soft_wrap=True)
+
+
+@operators_app.command("add")
+def operators_add(name: str = typer.Argument(..., help="the operator's name, e.g. alice"),
+                  replace: bool = typer.Option(False, "--replace", help="give an existing operator a new token "
+                                                                        "(the old one stops working)"),
+                  file: Path | None = OPERATORS_FILE, as_json: bool = AS_JSON) -> None:
+    """Add an operator to the operators file and print their token (shown this once). Every service reading the
+    file accepts it within a second; no restart."""
+    from shared.audit import write_operator_file
+
+    path = _operators_file(file)
+    entries = _read_operators(path)
+    if name in entries and not replace:
+        err.print(f"[red]operator {name} exists already[/red] (--replace gives them a new token)", highlight=False)
+        raise typer.Exit(2)
+    token, digest = _new_operator_token(name)
+    write_operator_file(path, {**entries, name: digest})
+    if as_json:
+        _emit({"name": name, "token": token, "file": str(path)})
+        return
+    console = Console()
+    console.print(f"Operator {name} added to {path}. Their token (shown this once):")
+    console.print(token, highlight=False, soft_wrap=True)
+
+
+@operators_app.command("revoke")
+def operators_revoke(name: str = typer.Argument(..., help="the operator to take out"),
+                     file: Path | None = OPERATORS_FILE) -> None:
+    """Take an operator out of the operators file: every service reading it refuses their token within a
+    second. (An operator in FAPIAO_OPERATOR_TOKENS is taken out there, and the services restarted.)"""
+    from shared.audit import write_operator_file
+
+    path = _operators_file(file)
+    entries = _read_operators(path)
+    if name not in entries:
+        err.print(f"[red]no operator {name} in {path}[/red]", highlight=False)
+        raise typer.Exit(2)
+    del entries[name]
+    write_operator_file(path, entries)
+    Console().print(f"Operator {name} revoked: their token is refused within a second.")
+
+
+@operators_app.command("list")
+def operators_list(file: Path | None = OPERATORS_FILE, as_json: bool = AS_JSON) -> None:
+    """The operators in the file (names only: it holds no tokens)."""
+    path = _operators_file(file)
+    names = sorted(_read_operators(path))
+    if as_json:
+        _emit({"file": str(path), "operators": names})
+        return
+    Console().print(f"{len(names)} operator(s) in {path}: {', '.join(names) or '(none)'}", highlight=False)
 
 
 @app.command("audit")

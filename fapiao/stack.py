@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -206,6 +207,33 @@ def _secret(var: str, name: str) -> tuple[str, str]:
     return value, "generated"
 
 
+def _your_operator() -> tuple[Path, str | None]:
+    """(the operators file, the operator made for you): FAPIAO_OPERATOR_TOKENS_FILE if you exported one (yours to
+    manage), else <state dir>/operators, where `up` keeps an operator for whoever runs it (named after
+    FAPIAO_OPERATOR_NAME or the login name) with its token in <state dir>/operator-token, kept across runs. The
+    people use that token (the dashboard, `fapiao`), so the audit log names them; the admin token stays the
+    services' own."""
+    from shared.audit import parse_operator_tokens, read_operator_file, write_operator_file
+
+    exported = os.environ.get("FAPIAO_OPERATOR_TOKENS_FILE", "").strip()
+    if exported:
+        return Path(exported), None
+    path, token_file = state_dir() / "operators", state_dir() / "operator-token"
+    raw = os.environ.get("FAPIAO_OPERATOR_NAME") or os.environ.get("USER") or "operator"
+    name = re.sub(r"[^a-z0-9._-]+", "-", raw.lower()).strip("-._")[:64] or "operator"
+    if name == "admin" or not name[0].isalnum():
+        name = "operator"
+    entries = {n: h for h, n in read_operator_file(path).items()} if path.exists() else {}
+    token = token_file.read_text().strip() if token_file.exists() else ""
+    if not token or entries.get(name) != hashlib.sha256(token.encode()).hexdigest():
+        token = "fop_" + secrets.token_urlsafe(32)
+        entries[name] = hashlib.sha256(token.encode()).hexdigest()
+        parse_operator_tokens(f"{name}:{entries[name]}")
+        _write_secret(token_file, token)
+    write_operator_file(path, entries)
+    return path, name
+
+
 def _exported_but_not_in_force() -> list[str]:
     """Variables exported now that differ from what the running stack uses (it started with the files' values)."""
     out = []
@@ -245,7 +273,8 @@ def _print_summary(state: dict) -> None:
             typer.echo(f"             {len(replicas)} replicas ({', '.join(replicas)}) on ports {ports}, "
                        "round robin from the port above")
     if "issuer" in state["urls"]:
-        typer.echo(f"  dashboard  {state['urls']['issuer']}/ops   (operators: sign in with the admin token)")
+        who = "your operator token" if state.get("operator") else "an operator's token or the admin token"
+        typer.echo(f"  dashboard  {state['urls']['issuer']}/ops   (sign in with {who})")
     cluster = state.get("kafka_cluster")
     brokers = f"   ({len(cluster['ports'])} brokers, replication factor {cluster['replication_factor']}, " \
               f"min ISR {cluster['min_insync_replicas']})" if cluster and len(cluster["ports"]) > 1 else ""
@@ -261,6 +290,11 @@ def _print_summary(state: dict) -> None:
     for var, name, label in SECRETS:
         where = _FROM.get(sources.get(var, ""), "").format(var=var)
         typer.echo(f"{label}: {where + ', ' if where else ''}in {d / name}")
+    if state.get("operator"):
+        typer.echo(f"Your operator token ({state['operator']}; the dashboard and `fapiao` use it, the audit log names "
+                   f"you): in {d / 'operator-token'}")
+    if state.get("operators_file"):
+        typer.echo(f"Operators: {state['operators_file']} (`fapiao operators add NAME` / `revoke NAME`, no restart)")
     typer.echo("Logs: make logs  ·  stop: make down")
     typer.echo("")
     typer.echo("Try:")
@@ -296,8 +330,10 @@ def up() -> None:
     for var, name, _ in SECRETS:
         values[var], sources[var] = _secret(var, name)
     admin_token = values["FAPIAO_ADMIN_TOKEN"]
+    operators_file, operator = _your_operator()
     processes: dict[str, dict] = {}
-    state = {"processes": processes, "urls": {}, "secret_sources": sources}
+    state = {"processes": processes, "urls": {}, "secret_sources": sources, "operators_file": str(operators_file),
+             "operator": operator}
     try:
         counts = _replicas()
         kafka_bootstrap = os.environ.get("FAPIAO_KAFKA_BOOTSTRAP")
@@ -352,7 +388,8 @@ def up() -> None:
         env = {
             **os.environ, "FAPIAO_ENV": os.environ.get("FAPIAO_ENV", "development"),
             "FAPIAO_DATABASE_URL": database_url, "FAPIAO_KAFKA_BOOTSTRAP": kafka_bootstrap,
-            "FAPIAO_ADMIN_TOKEN": admin_token, "PYTHONUNBUFFERED": "1",
+            "FAPIAO_ADMIN_TOKEN": admin_token, "FAPIAO_OPERATOR_TOKENS_FILE": str(operators_file),
+            "PYTHONUNBUFFERED": "1",
             "FAPIAO_TAXSTORE_URL": f"http://127.0.0.1:{_port('FAPIAO_TAXSTORE_PORT', 8100)}",
             "FAPIAO_RECONCILER_URL": f"http://127.0.0.1:{_port('FAPIAO_RECONCILER_PORT', 8002)}",
             "FAPIAO_NOTIFIER_URL": f"http://127.0.0.1:{_port('FAPIAO_NOTIFIER_PORT', 8003)}",
@@ -419,6 +456,7 @@ def _write_env(state: dict, admin_token: str) -> None:
         f"FAPIAO_DATABASE_URL={state['database_url']}",
         f"FAPIAO_KAFKA_BOOTSTRAP={state['kafka_bootstrap']}",
         f"FAPIAO_ADMIN_TOKEN={admin_token}",
+        f"FAPIAO_OPERATOR_TOKENS_FILE={state['operators_file']}",
         f"FAPIAO_ISSUER_URL={state['urls']['issuer']}",
         f"FAPIAO_TAXSTORE_URL={state['urls']['taxstore']}",
         f"FAPIAO_SYNC_URL={state['urls']['sync']}",

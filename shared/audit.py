@@ -1,10 +1,11 @@
 """Operators by name, and the record of what each of them changed.
 
 **Named tokens.** Besides FAPIAO_ADMIN_TOKEN (the operator `admin`, and the token the services call each other
-with), FAPIAO_OPERATOR_TOKENS names operators: `alice:<sha256 hex of her token>,bob:<…>`. The setting holds
-hashes only, so it is no secret; `fapiao operators token NAME` makes a token and prints the entry to add. An
-operator is revoked by taking the entry out (and restarting the service). The tokens are 256-bit random, so a
-plain SHA-256 is as good as a slow KDF here.
+with), operators have names: `alice:<sha256 hex of her token>`. The entries come from FAPIAO_OPERATOR_TOKENS
+(comma-separated; read at start) and from the file FAPIAO_OPERATOR_TOKENS_FILE (one entry a line, `#` comments;
+read again within a second of any change, so `fapiao operators add/revoke` takes effect on every service that
+reads the file without a restart). Both hold hashes only, so neither is a secret. The tokens are 256-bit random,
+so a plain SHA-256 is as good as a slow KDF here.
 
 **The audit log.** Every change made with an operator's token (any method but GET, HEAD and OPTIONS, on any
 route that asked for the admin token) is written to the service's own `audit_log` table before the answer leaves:
@@ -20,9 +21,12 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import re
+import time
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -30,7 +34,8 @@ from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, S
 
 from shared.db import make_metadata
 
-__all__ = ["ON_BEHALF", "Operators", "audit_router", "audit_table", "parse_operator_tokens", "record"]
+__all__ = ["ON_BEHALF", "Operators", "audit_router", "audit_table", "parse_operator_tokens", "read_operator_file",
+           "record", "write_operator_file"]
 
 log = logging.getLogger(__name__)
 ON_BEHALF = "X-Fapiao-On-Behalf-Of"
@@ -40,6 +45,7 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 _BEHALF = re.compile(r"(tenant|operator):[0-9A-Za-z._-]{1,64}")
 QUIET = frozenset({"GET", "HEAD", "OPTIONS"})
 AUDIT_TIMEOUT = 2.0  # the answer waits for its record at most this long (then: logged, not recorded)
+RELOAD_EVERY = 1.0  # seconds between looks at FAPIAO_OPERATOR_TOKENS_FILE: a revocation holds within this
 
 
 def audit_table(metadata: MetaData) -> Table:
@@ -85,22 +91,96 @@ def parse_operator_tokens(value: str) -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True)
+def read_operator_file(path: str | Path) -> dict[str, str]:
+    """The entries of an operators file ({hex: name}): one `name:<hex>` a line, blank lines and `#` comments
+    allowed. OSError when it cannot be read, ValueError naming the line at fault."""
+    text = Path(path).read_text(encoding="utf-8")
+    out: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        entry = line.partition("#")[0].strip()
+        if not entry:
+            continue
+        try:
+            one = parse_operator_tokens(entry)
+        except ValueError as exc:
+            raise ValueError(f"{path}, line {n}: {exc}") from None
+        if set(one.values()) & set(out.values()):
+            raise ValueError(f"{path}, line {n}: operator {entry.partition(':')[0]} is named twice")
+        out.update(one)
+    return out
+
+
+def write_operator_file(path: str | Path, entries: dict[str, str]) -> None:
+    """Replace the file's entries ({name: hex}) at once (a reader sees the old list or the new one, never half)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    body = "# Named operators: name:<SHA-256 hex of the token>. Hashes only; `fapiao operators` edits this file.\n"
+    body += "".join(f"{name}:{digest}\n" for name, digest in sorted(entries.items()))
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(body, encoding="utf-8")
+    tmp.chmod(0o644)  # hashes, no secret: every service's user reads it
+    os.replace(tmp, target)
+
+
+@dataclass
 class Operators:
+    """Who may use /admin: the admin token, the settings' named operators, and those of the operators file
+    (looked at again at most every RELOAD_EVERY seconds, when its size or mtime changed)."""
+
     admin_token: str
-    named: dict[str, str]  # sha256 hex -> name
+    named: dict[str, str]  # sha256 hex -> name, from FAPIAO_OPERATOR_TOKENS
+    file: Path | None = None
+    _from_file: dict[str, str] = field(default_factory=dict)
+    _seen: tuple[int, int] | None = None
+    _looked: float = -1e9
 
     @classmethod
     def from_settings(cls, settings: Any) -> Operators:
-        return cls(settings.admin_token.get_secret_value(), parse_operator_tokens(settings.operator_tokens))
+        path = getattr(settings, "operator_tokens_file", None)
+        ops = cls(settings.admin_token.get_secret_value(), parse_operator_tokens(settings.operator_tokens),
+                  Path(path) if path else None)
+        ops.refresh(force=True)
+        return ops
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Read the file again if it changed. A file gone means no operators from it (fail closed); a file that
+        cannot be parsed keeps the last good list and says so (the CLI writes whole files, so that is a hand edit)."""
+        if self.file is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._looked < RELOAD_EVERY:
+            return
+        self._looked = now
+        try:
+            st = self.file.stat()
+        except FileNotFoundError:
+            if self._from_file:
+                log.warning("operators file %s is gone: its operators are no longer accepted", self.file)
+            self._from_file, self._seen = {}, None
+            return
+        seen = (st.st_mtime_ns, st.st_size)
+        if seen == self._seen and not force:
+            return
+        try:
+            entries = read_operator_file(self.file)
+        except (OSError, ValueError) as exc:
+            log.error("operators file %s not reloaded, the last good list stays: %s", self.file, exc)
+            return
+        clash = set(entries.values()) & set(self.named.values())
+        if clash:
+            log.error("operators file %s not reloaded: %s also named in FAPIAO_OPERATOR_TOKENS", self.file,
+                      ", ".join(sorted(clash)))
+            return
+        self._from_file, self._seen = entries, seen
 
     def identify(self, token: str) -> str | None:
         """The operator this token belongs to, or None (compared in constant time)."""
         if token and hmac.compare_digest(token.encode(), self.admin_token.encode()):
             return SERVICE_OPERATOR
+        self.refresh()
         digest = hashlib.sha256(token.encode()).hexdigest()
         found = None
-        for known, name in self.named.items():
+        for known, name in (*self.named.items(), *self._from_file.items()):
             if hmac.compare_digest(digest, known):
                 found = name
         return found

@@ -63,6 +63,9 @@ class CoreSettings(BaseSettings):
     operator_tokens: str = Field(default="", description=(
         "named operators: name:<sha256 hex of the token>, comma-separated (fapiao operators token NAME makes one); "
         "their changes are audited under their names"))
+    operator_tokens_file: str | None = Field(default=None, description=(
+        "a file of named operators, one name:<sha256 hex> a line, read again within a second of a change "
+        "(`fapiao operators add/revoke` edit it); `make up` uses .run/operators"))
     log_level: str = "INFO"
     log_json: bool = True
     db_pool_size: int = Field(default=10, ge=1, le=200,
@@ -95,6 +98,18 @@ class CoreSettings(BaseSettings):
 
         parse_operator_tokens(v)  # ValueError names the entry at fault
         return v
+
+    @field_validator("operator_tokens_file")
+    @classmethod
+    def _operators_file(cls, v: str | None) -> str | None:
+        from shared.audit import read_operator_file
+
+        if v:
+            try:
+                read_operator_file(v)  # ValueError names the line at fault
+            except OSError as exc:
+                raise ValueError(f"cannot read it: {exc.strerror or exc}") from None
+        return v or None
 
     @model_validator(mode="after")
     def _database_tls_is_valid(self) -> CoreSettings:

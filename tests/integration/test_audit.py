@@ -99,3 +99,69 @@ async def test_services_say_for_whom_and_the_cli_merges_them(recon_pipeline: Rec
     assert {"issuer", "notifier", "taxstore"} <= services, services
     times = [i["at"] for i in merged["items"]]
     assert times == sorted(times, reverse=True)
+
+
+def _operators_cli(infra: Infra, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fapiao.cli", "operators", *args], env=process_env(infra), cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+
+async def _status_within(client: httpx.AsyncClient, token: str, want: int, *, seconds: float) -> float:
+    """How long until the token gets `want` from an admin read (polled; fails after `seconds`)."""
+    t0 = asyncio.get_running_loop().time()
+    while True:
+        r = await client.get("/admin/tenants", headers={"Authorization": f"Bearer {token}"})
+        waited = asyncio.get_running_loop().time() - t0
+        if r.status_code == want:
+            return waited
+        assert waited < seconds, f"still {r.status_code} after {waited:.1f} s, expected {want}"
+        await asyncio.sleep(0.05)
+
+
+async def test_operators_added_and_revoked_in_the_file_take_effect_without_a_restart(infra: Infra, tmp_path) -> None:
+    path = tmp_path / "operators"
+    made = await asyncio.to_thread(_operators_cli, infra, "add", "carol", "--file", str(path), "--json")
+    assert made.returncode == 0, made.stderr
+    carol = json.loads(made.stdout)["token"]
+    assert carol not in path.read_text() and hashlib.sha256(carol.encode()).hexdigest() in path.read_text()
+    async with running_issuer(issuer_settings(infra, operator_tokens_file=str(path))) as issuer:
+        await _status_within(issuer.client, carol, 200, seconds=0.5)  # read at start
+        r = await issuer.client.post("/admin/tenants", headers={"Authorization": f"Bearer {carol}"},
+                                     json={"name": "文件 File Co.", "tax_id": uscc()})
+        assert r.status_code == 201 and (await _audit(issuer.client, actor="carol"))[0]["path"] == "/admin/tenants"
+        # A second operator, while the service runs: known within a second or so, no restart.
+        dave_run = await asyncio.to_thread(_operators_cli, infra, "add", "dave", "--file", str(path), "--json")
+        assert dave_run.returncode == 0, dave_run.stderr
+        dave = json.loads(dave_run.stdout)["token"]
+        await _status_within(issuer.client, dave, 200, seconds=3)
+        again = await asyncio.to_thread(_operators_cli, infra, "add", "dave", "--file", str(path))
+        assert again.returncode == 2 and "exists already" in again.stderr
+        listed = await asyncio.to_thread(_operators_cli, infra, "list", "--file", str(path), "--json")
+        assert json.loads(listed.stdout)["operators"] == ["carol", "dave"]
+        # Revoked: refused within a second or so; the other operator is untouched.
+        gone = await asyncio.to_thread(_operators_cli, infra, "revoke", "carol", "--file", str(path))
+        assert gone.returncode == 0, gone.stderr
+        await _status_within(issuer.client, carol, 401, seconds=3)
+        assert (await issuer.client.get("/admin/tenants", headers={"Authorization": f"Bearer {dave}"})).status_code \
+            == 200
+        # A hand edit that breaks the file keeps the last good list (dave stays in, carol out), and says so.
+        path.write_text(path.read_text() + "not an entry\n")
+        await asyncio.sleep(1.2)
+        assert (await issuer.client.get("/admin/tenants", headers={"Authorization": f"Bearer {dave}"})).status_code \
+            == 200
+        await _status_within(issuer.client, carol, 401, seconds=0.5)
+        # The file removed: nobody from it is accepted any more (fail closed); the admin token still is.
+        path.unlink()
+        await _status_within(issuer.client, dave, 401, seconds=3)
+        assert (await issuer.client.get("/admin/tenants", headers=ADMIN)).status_code == 200
+
+
+def test_a_damaged_operators_file_stops_the_service_at_start(infra: Infra, tmp_path) -> None:
+    path = tmp_path / "operators"
+    path.write_text(f"# ours\n{ENTRY}\nbob:1234\n")
+    with pytest.raises(ValueError, match="line 3"):
+        issuer_settings(infra, operator_tokens_file=str(path))
+    with pytest.raises(ValueError, match="cannot read it"):
+        issuer_settings(infra, operator_tokens_file=str(tmp_path / "missing"))
+    path.write_text(f"# ours\n{ENTRY}\n")
+    assert Operators.from_settings(issuer_settings(infra, operator_tokens_file=str(path))).identify(ALICE) == "alice"

@@ -140,11 +140,16 @@ def test_stack_up_is_idempotent_and_down_leaves_nothing(stack_home):
              "FAPIAO_SYNC_PORT": free_port(), "FAPIAO_RECONCILER_PORT": free_port(),
              "FAPIAO_NOTIFIER_PORT": free_port(), "FAPIAO_SMTP_PORT": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAPIAO_")}
-    env.update({k: str(v) for k, v in ports.items()}, FAPIAO_STACK_DIR=str(stack_home / "run"))
+    env.update({k: str(v) for k, v in ports.items()}, FAPIAO_STACK_DIR=str(stack_home / "run"),
+               FAPIAO_OPERATOR_NAME="Erin Ops")
 
     def stack(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "fapiao.stack", *args], env=env, capture_output=True,
                               text=True, timeout=240, cwd=REPO)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "fapiao.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=60, cwd=REPO)
 
     try:
         up = stack("up")
@@ -181,6 +186,38 @@ def test_stack_up_is_idempotent_and_down_leaves_nothing(stack_home):
         overview = httpx.get(f"{url}/ops/api/overview", headers=admin, timeout=10).json()
         assert all(svc["ready"] for svc in overview["services"]), overview["services"]
         assert overview["faults"]["outage"] is False and overview["counts"]["confirmed"] >= 1
+        # The person who ran `make up` has an operator token of their own: the dashboard's figures, a drill
+        # through it, and the audit log naming them; the CLI sends it.
+        run = stack_home / "run"
+        mine = {"Authorization": f"Bearer {(run / 'operator-token').read_text().strip()}"}
+        assert f"Your operator token (erin-ops;" in up.stdout and str(run / "operators") in up.stdout
+        assert httpx.get(f"{url}/ops/api/overview", headers=mine, timeout=10).status_code == 200
+        assert httpx.put(f"{url}/ops/api/faults", headers=mine, json={"latency_ms": 0}, timeout=10).status_code == 200
+        audited = cli("audit", "--actor", "erin-ops", "--json")
+        assert audited.returncode == 0, audited.stderr
+        assert [i["path"] for i in json.loads(audited.stdout)["items"]] == ["/ops/api/faults"], audited.stdout
+        # Another operator added while everything runs: every service knows them within seconds, without a
+        # restart, and forgets them as fast when revoked.
+        added = cli("operators", "add", "frank", "--json")
+        assert added.returncode == 0, added.stderr
+        frank = {"Authorization": f"Bearer {json.loads(added.stdout)['token']}"}
+        admin_reads = [f"http://127.0.0.1:{ports[f'FAPIAO_{n}_PORT']}/admin/status"
+                       for n in ("SYNC", "RECONCILER", "NOTIFIER")] + [
+            f"http://127.0.0.1:{ports['FAPIAO_TAXSTORE_PORT']}/admin/faults", f"{url}/admin/tenants"]
+
+        def answers(headers: dict[str, str], want: int) -> None:
+            deadline = time.monotonic() + 5
+            while True:
+                got = [httpx.get(u, headers=headers, timeout=10).status_code for u in admin_reads]
+                if set(got) == {want} or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert set(got) == {want}, dict(zip(admin_reads, got, strict=True))
+
+        answers(frank, 200)
+        assert cli("operators", "revoke", "frank").returncode == 0
+        answers(frank, 401)
+        answers(mine, 200)
         # E-mail goes over real SMTP to the stack's own sink, which keeps it as a file.
         sub = httpx.post(f"{url}/v1/subscriptions", headers={"Authorization": f"Bearer {key}"},
                          json={"channel": "email", "emails": ["demo@example.com"]}, timeout=10)
@@ -243,6 +280,7 @@ def test_stack_up_puts_exported_secrets_in_force_and_rewrites_the_files(stack_ho
         assert (run / "admin-token").read_text().strip() == token
         assert (run / "secrets-key").read_text().strip() == key
         assert f"FAPIAO_ADMIN_TOKEN={token}" in (run / "stack.env").read_text().splitlines()
+        mine = (run / "operator-token").read_text()
         issuer = f"http://127.0.0.1:{ports['FAPIAO_ISSUER_PORT']}"
         ask = f"{issuer}/admin/invoices?number=26000000000000000001"
         assert httpx.get(ask, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
@@ -273,6 +311,8 @@ def test_stack_up_puts_exported_secrets_in_force_and_rewrites_the_files(stack_ho
         assert kept.returncode == 0, kept.stdout + kept.stderr
         assert f"Admin token: kept from an earlier run, in {run / 'admin-token'}" in kept.stdout
         assert (run / "admin-token").read_text().strip() == token
+        # The operator made for you is kept too: the same token, still one entry.
+        assert (run / "operator-token").read_text() == mine and len((run / "operators").read_text().splitlines()) == 2
     finally:
         assert stack("down").returncode == 0
 
