@@ -19,10 +19,18 @@ A request that is sure to be refused is refused early, by AdmissionMiddleware it
 process (its key in the issuer's KeyCache) with all its slots taken, or with an empty read/write bucket, hears
 the same 429 before routing, body parsing and the dependencies run. A flood is then mostly answered at the
 cost of reading its headers, and the event loop stays free for the other tenants' requests.
+
+A tenant that sends again within a second of being refused is not honouring Retry-After (always ≥ 1 s). Its
+next early refusals are held for up to HOLD seconds before they are answered (at most HOLD_MAX_PER_TENANT of a
+tenant's, HOLD_MAX_TOTAL in all, at a time; beyond that they are answered at once). Holding costs a sleeping
+coroutine, no CPU, and a client that keeps N requests in flight then gets N/HOLD answers a second instead of as
+many as the event loop can produce: refusals no longer become load. A client that honours Retry-After is never
+held: it waits longer than the hold anyway.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -84,6 +92,7 @@ class Decision:
     reset: int  # seconds until the bucket is full again
     retry_after: int  # seconds until this request would pass (0 when it did)
     concurrency: int  # the cap on requests in flight
+    hold: float = 0.0  # seconds to wait before answering this refusal (a client ignoring Retry-After)
 
     @property
     def allowed(self) -> bool:
@@ -98,10 +107,18 @@ class Decision:
                 (b"ratelimit-policy", f'{p.burst};w={p.window};comment="{self.budget}"'.encode())]
 
 
+HOLD = 0.5  # seconds a repeated early refusal waits before it is answered
+HOLD_AFTER = 1.0  # a refusal this soon after the tenant's previous one is a repeat (Retry-After is ≥ 1 s)
+HOLD_MAX_PER_TENANT = 64  # refusals of one tenant held at a time; more are answered at once
+HOLD_MAX_TOTAL = 1024  # and of all tenants
+
+
 @dataclass
 class _Tenant:
     buckets: dict[Budget, _Bucket] = field(default_factory=dict)
     in_flight: int = 0
+    refused_at: float = -1e9  # monotonic time of the latest refusal
+    held: int = 0  # refusals being held right now
 
 
 class TenantLimits:
@@ -111,6 +128,7 @@ class TenantLimits:
         self.policies = policies
         self.concurrency = concurrency
         self._tenants: dict[uuid.UUID, _Tenant] = {}
+        self._held = 0
 
     def admit(self, tenant_id: uuid.UUID, budget: Budget, *, weight: int, now: float) -> Decision:
         """Take `weight` tokens and a slot, or refuse (taking nothing): too many in flight first, then the
@@ -131,6 +149,8 @@ class TenantLimits:
         else:
             bucket.tokens -= need
             tenant.in_flight += 1
+        if refused is not None:
+            tenant.refused_at = now
         return Decision(budget=budget, refused=refused, policy=policy, remaining=max(0, math.floor(bucket.tokens)),
                         reset=math.ceil((policy.burst - bucket.tokens) / policy.rate), retry_after=retry_after,
                         concurrency=self.concurrency)
@@ -148,7 +168,22 @@ class TenantLimits:
             bucket.refill(self.policies[budget], now)
             if bucket.tokens + 1e-9 >= 1:
                 return None
-        return self.admit(tenant_id, budget, weight=1, now=now)
+        repeat = now - tenant.refused_at < HOLD_AFTER
+        decision = self.admit(tenant_id, budget, weight=1, now=now)
+        if repeat and tenant.held < HOLD_MAX_PER_TENANT and self._held < HOLD_MAX_TOTAL:
+            decision = Decision(**{**decision.__dict__, "hold": HOLD})
+        return decision
+
+    async def hold(self, tenant_id: uuid.UUID, decision: Decision) -> None:
+        """Wait out a refusal's hold, counted against the caps while it waits."""
+        tenant = self._tenants.setdefault(tenant_id, _Tenant())
+        tenant.held += 1
+        self._held += 1
+        try:
+            await asyncio.sleep(decision.hold)
+        finally:
+            tenant.held -= 1
+            self._held -= 1
 
     def release(self, tenant_id: uuid.UUID) -> None:
         """The request admitted for this tenant has been answered."""
@@ -162,7 +197,7 @@ class TenantLimits:
         state), so the table holds recent callers only; how many were dropped."""
         idle = []
         for tenant_id, tenant in self._tenants.items():
-            if tenant.in_flight:
+            if tenant.in_flight or tenant.held:
                 continue
             for budget, bucket in tenant.buckets.items():
                 bucket.refill(self.policies[budget], now)
@@ -236,6 +271,8 @@ class AdmissionMiddleware:
         if (early := self._sure_refusal(scope)) is not None:
             state[STATE_KEY] = early
             RATE_LIMITED.labels("issuer", early.decision.budget, early.decision.refused).inc()
+            if early.decision.hold:
+                await early.limits.hold(early.tenant_id, early.decision)
             await domain_problem(refusal(early.decision))(scope, receive, send_with_headers)
             return
         try:

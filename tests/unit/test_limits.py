@@ -3,8 +3,11 @@ with the clock passed in."""
 
 from __future__ import annotations
 
+import asyncio
+
 import uuid
 
+from services.issuer import limits as limits_mod
 from services.issuer.limits import Policy, TenantLimits, budget_of
 
 A, B = uuid.uuid4(), uuid.uuid4()
@@ -115,3 +118,36 @@ def test_a_sure_refusal_is_the_one_admit_gives_and_a_request_that_may_pass_is_le
     lim.release(A)
     assert lim.sure_refusal(A, "import", now=1.0) is None  # an import's weight is read from its body
     assert lim.sure_refusal(B, "write", now=1.0) is None
+
+
+async def test_a_tenant_that_ignores_retry_after_has_its_next_refusals_held_up_to_the_caps() -> None:
+    lim = limits()
+    for _ in range(5):
+        assert lim.admit(A, "read", weight=1, now=0.0).allowed
+        lim.release(A)
+    first = lim.sure_refusal(A, "read", now=0.0)
+    assert first is not None and first.refused == "rate" and first.hold == 0  # the first refusal: answered at once
+    again = lim.sure_refusal(A, "read", now=0.5)  # within a second of it: Retry-After was not honoured
+    assert again is not None and again.hold == limits_mod.HOLD
+    later = lim.sure_refusal(A, "read", now=0.5 + limits_mod.HOLD_AFTER + 0.01)  # honoured (1 s later): not held
+    assert later is None or later.hold == 0
+    assert lim.sure_refusal(B, "read", now=0.5) is None  # another tenant is not touched
+    # While refusals are held, the tenant is not forgotten, and no more than the cap are held at once.
+    lim = limits()
+    for _ in range(5):
+        lim.admit(A, "read", weight=1, now=0.0)
+        lim.release(A)
+    lim.sure_refusal(A, "read", now=0.0)
+    held = []
+    for _ in range(limits_mod.HOLD_MAX_PER_TENANT):
+        d = lim.sure_refusal(A, "read", now=0.1)
+        assert d is not None and d.hold > 0
+        held.append(asyncio.create_task(lim.hold(A, d)))
+    await asyncio.sleep(0)
+    over = lim.sure_refusal(A, "read", now=0.1)
+    assert over is not None and over.hold == 0, "beyond the cap a refusal is answered at once"
+    assert lim.forget_idle(now=1000.0) == 0, "a tenant with refusals held is kept"
+    t0 = asyncio.get_running_loop().time()
+    await asyncio.gather(*held)
+    assert asyncio.get_running_loop().time() - t0 >= limits_mod.HOLD * 0.9
+    assert lim.sure_refusal(A, "read", now=0.2).hold > 0  # the slots are free again
