@@ -1,5 +1,7 @@
 """Apache Kafka (KRaft) run from Maven Central's jars, no Docker: one broker by default, or a cluster of N
-combined broker+controller nodes (KafkaCluster), each with its own data dir, ports and node id.
+combined broker+controller nodes (KafkaCluster), each with its own data dir, ports and node id. The client
+listener is PLAINTEXT unless a broker is given another protocol and what it needs (TLS, SASL: `listener`,
+`listener_properties`); the controller listener stays PLAINTEXT on loopback.
 
 The jars are fetched once with mvn into `.cache/kafka-<version>/libs` (git-ignored); storage is
 formatted with `kafka.tools.StorageTool`; each node runs as `java kafka.Kafka` with a bounded heap.
@@ -16,13 +18,14 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fapiao.infra.procs import pid_alive, port_is_open, spawn, stop_group, wait_until
-from shared.kafka import replication_for
+from shared.kafka import client_config, replication_for
+from shared.settings import KafkaSecurity
 
 KAFKA_VERSION = "4.1.1"
 _HERE = Path(__file__).resolve().parent
@@ -73,11 +76,11 @@ _SERVER_PROPERTIES = """\
 process.roles=broker,controller
 node.id={node_id}
 controller.quorum.voters={voters}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listeners={listener}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}
+advertised.listeners={listener}://127.0.0.1:{port}
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name={listener}
+listener.security.protocol.map={listener}:{listener},CONTROLLER:PLAINTEXT
 log.dirs={log_dir}
 num.partitions=1
 default.replication.factor={rf}
@@ -117,6 +120,13 @@ class KafkaBroker:
     node_id: int = 1
     voters: str = ""  # controller.quorum.voters, "1@host:port,2@…"; empty: this node is the whole quorum
     cluster_size: int = 1  # the internal topics (offsets, transactions) are replicated like the cluster's topics
+    # The client (and inter-broker) listener's security protocol, the settings it needs (keystore, SASL users;
+    # values may span lines, as PEM does), the storage tool's extra arguments (--add-scram), and how the
+    # readiness probe reaches the listener (None: PLAINTEXT).
+    listener: str = "PLAINTEXT"
+    listener_properties: Mapping[str, str] = field(default_factory=dict, repr=False)
+    format_args: Sequence[str] = field(default=(), repr=False)
+    client_security: KafkaSecurity | None = field(default=None, repr=False)
     process: object | None = field(default=None, init=False, repr=False)
     pid: int | None = field(default=None, init=False)
 
@@ -156,10 +166,11 @@ class KafkaBroker:
         rf, min_isr = replication_for(self.cluster_size)
         props = _SERVER_PROPERTIES.format(
             node_id=self.node_id, voters=self.voters or f"{self.node_id}@127.0.0.1:{self.controller_port}",
-            port=self.port, cport=self.controller_port, log_dir=self.data_dir / "data", rf=rf, min_isr=min_isr)
+            port=self.port, cport=self.controller_port, log_dir=self.data_dir / "data", rf=rf, min_isr=min_isr,
+            listener=self.listener)
         if self.cluster_size > 1:
             props += _CLUSTER_PROPERTIES
-        return props
+        return props + "".join(_property(k, v) for k, v in self.listener_properties.items())
 
     def prepare(self, libs: Path, *, cluster_id: str | None = None) -> None:
         """Write server.properties; format the storage with `cluster_id` (a new one if None) unless it is."""
@@ -170,7 +181,7 @@ class KafkaBroker:
         fmt = subprocess.run(
             # "--cluster-id=<id>": a base64url id may begin with "-", which would read as an option.
             self._java(libs, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id or _cluster_id()}",
-                       "-c", str(self.properties_path)),
+                       "-c", str(self.properties_path), *self.format_args),
             capture_output=True, text=True, timeout=120,
         )
         if fmt.returncode != 0:
@@ -190,7 +201,8 @@ class KafkaBroker:
         """Until this node answers metadata requests and counts itself among the live brokers."""
         proc = self.process
         wait_until(
-            lambda: port_is_open(self.port) and metadata_ready(self.bootstrap, node_id=self.node_id),
+            lambda: port_is_open(self.port) and metadata_ready(self.bootstrap, node_id=self.node_id,
+                                                               security=self.client_security),
             timeout=timeout, what=f"Kafka node {self.node_id} on {self.bootstrap}", interval=0.25,
             alive=lambda: proc is not None and proc.poll() is None,  # type: ignore[attr-defined]
             log_path=self.log_path,
@@ -297,6 +309,12 @@ class KafkaCluster:
                 done.result()
 
 
+def _property(key: str, value: str) -> str:
+    """One line of a Java properties file: a PEM's line breaks and any backslash escaped, as Properties reads them."""
+    escaped = value.replace("\\", "\\\\").replace("\r", "").replace("\n", "\\n")
+    return f"{key}={escaped}\n"
+
+
 def _mb(size: str) -> int:
     units = {"k": 1 / 1024, "m": 1, "g": 1024}
     return int(float(size[:-1]) * units[size[-1].lower()])
@@ -330,13 +348,18 @@ def replicas_in_sync(bootstrap: str, timeout: float = 5.0) -> bool:
         return pool.submit(asyncio.run, probe()).result()
 
 
-def metadata_ready(bootstrap: str, timeout: float = 5.0, *, node_id: int | None = None) -> bool:
-    """True when the broker answers a metadata request listing live brokers (node `node_id` among them)."""
+def metadata_ready(bootstrap: str, timeout: float = 5.0, *, node_id: int | None = None,
+                   security: KafkaSecurity | None = None) -> bool:
+    """True when the broker answers a metadata request listing live brokers (node `node_id` among them). Over
+    PLAINTEXT unless `security` says otherwise; never from this process's FAPIAO_KAFKA_* (the brokers started
+    here are local, whatever cluster the services are pointed at)."""
 
     async def probe() -> bool:
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+        config = client_config(bootstrap, security=security) if security is not None else {
+            "bootstrap_servers": bootstrap}
+        admin = AIOKafkaAdminClient(**config, request_timeout_ms=int(timeout * 1000))
         try:
             await asyncio.wait_for(admin.start(), timeout)
             cluster = await asyncio.wait_for(admin.describe_cluster(), timeout)

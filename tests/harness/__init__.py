@@ -1,6 +1,7 @@
 """What the tests run against, one concern per module; tests/conftest.py only registers fixtures over these.
 
-infra       the suite's PostgreSQL and Kafka, a 3-broker cluster, fresh databases, the admin token
+infra       the suite's PostgreSQL and Kafka, a 3-broker cluster, a broker of a test's own, fresh databases,
+            the admin token
 issuer      the issuer in this process, its settings and tenants
 polling     eventually(), reading a topic, one metric
 processes   real service processes (fapiao.infra.ServiceProcess) told the test infrastructure
@@ -18,6 +19,7 @@ from tests.harness.infra import (
     InfraError,
     fresh_database,
     running_infra,
+    running_kafka_broker,
     running_kafka_cluster,
 )
 from tests.harness.issuer import RunningIssuer, Tenant, issuer_settings, running_issuer, start_issuer
@@ -41,6 +43,6 @@ __all__ = [
     "ADMIN", "ADMIN_TOKEN", "ARTIFACTS", "NOTIFIER_ENV", "RECONCILER_ENV", "REPO", "SYNC_ENV", "Infra", "InfraError",
     "Pipeline", "Received", "Receiver", "ReconPipeline", "ReconProcesses", "RunningIssuer", "ServiceProcess", "Tenant",
     "eventually", "fresh_database", "issuer_settings", "metric", "plan_pipeline", "plan_recon", "process_env",
-    "read_topic", "running_infra", "running_issuer", "running_kafka_cluster", "serve_app", "service_process",
-    "start_all", "start_issuer", "stop_all",
+    "read_topic", "running_infra", "running_issuer", "running_kafka_broker", "running_kafka_cluster", "serve_app",
+    "service_process", "start_all", "start_issuer", "stop_all",
 ]

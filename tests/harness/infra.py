@@ -92,6 +92,24 @@ def running_kafka_cluster(workdir: Path, *, brokers: int = 3, heap: str = "320m"
             raise InfraError(f"Kafka nodes still running after stop: pids {left}")
 
 
+@contextmanager
+def running_kafka_broker(broker: KafkaBroker, *, timeout: float = 60.0) -> Iterator[KafkaBroker]:
+    """One broker of the test's own making (a TLS/SASL listener, say), started within `timeout` and stopped
+    afterwards, even when the test failed or the start timed out: no JVM is left running. Call from the main
+    thread, as running_infra."""
+    try:
+        try:
+            broker.start(timeout=timeout)
+        except Exception as exc:
+            raise InfraError(f"could not start a Kafka broker in {broker.data_dir}: {exc}") from exc
+        yield broker
+    finally:
+        pid = broker.pid
+        broker.stop(timeout=10)
+        if pid is not None and pid_alive(pid):
+            raise InfraError(f"the Kafka broker is still running after stop: pid {pid}")
+
+
 async def fresh_database(infra: Infra, name: str) -> str:
     """A new, empty database on the test server: for a deployment that must not share the issuer schema
     (one outbox relay leads per schema, and it publishes to its own cluster)."""
