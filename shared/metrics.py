@@ -5,7 +5,8 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 __all__ = [
-    "CONSUMER_LAG", "CONTENT_TYPE_LATEST", "DB_UNAVAILABLE", "DEAD_LETTERS", "HTTP_LATENCY", "HTTP_REQUESTS",
+    "CONSUMER_LAG", "CONTENT_TYPE_LATEST", "DB_UNAVAILABLE", "DEAD_LETTERS", "GC_FROZEN", "GC_PAUSE", "HTTP_LATENCY",
+    "HTTP_REQUESTS",
     "OUTBOX_BACKLOG", "OUTBOX_LEADER", "OUTBOX_OLDEST_AGE", "OUTBOX_PUBLISHED", "RATE_LIMITED", "render",
 ]
 
@@ -34,6 +35,13 @@ RATE_LIMITED = Counter(
     "Requests refused with 429, by budget (read | write | import | ping) and reason (rate | concurrency); "
     "never by tenant or subscription",
     ["service", "budget", "reason"],
+)
+GC_PAUSE = Histogram(
+    "fapiao_gc_pause_seconds", "Time the garbage collector held the process (every request waits meanwhile)",
+    ["service", "generation"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+)
+GC_FROZEN = Gauge(
+    "fapiao_gc_frozen_objects", "Objects moved out of the collector's reach once the service had started", ["service"]
 )
 DEAD_LETTERS = Counter("fapiao_dead_letters_total", "Messages sent to a dead-letter topic", ["service", "topic"])
 CONSUMER_LAG = Gauge(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -101,12 +103,38 @@ class KeyCache:
     """Tenants recently authenticated by this process, by key hash, for `ttl` seconds: a tenant's requests, and
     above all the ones its limits refuse, then cost no database round trip (a flood of refused requests would
     otherwise queue for the same connections as everyone else's). A revoked key keeps working here for at most
-    `ttl`. Only successes are kept; the table is emptied when it reaches `size` keys."""
+    `ttl`. Only successes are kept; the table is emptied when it reaches `size` keys.
+
+    `resolve` looks a key up once however many of its requests arrive while it is not known: when a busy
+    tenant's entry runs out, its next fifty requests in flight share one database round trip instead of taking
+    fifty connections at once (and holding up everyone else's requests behind them)."""
 
     def __init__(self, ttl: float, *, size: int = 10_000) -> None:
         self.ttl = ttl
         self.size = size
         self._known: dict[str, tuple[Tenant, float]] = {}
+        self._pending: dict[str, asyncio.Task[Tenant | None]] = {}
+
+    async def resolve(self, api_key: str, load: Callable[[], Awaitable[Tenant | None]],
+                      clock: Callable[[], float]) -> Tenant | None:
+        """The key's tenant: from the table, else from `load` (one call per key at a time, its answer shared
+        and, when it is a tenant, kept). A request that gives up waiting does not cancel the others' lookup."""
+        if (tenant := self.get(api_key, now=clock())) is not None:
+            return tenant
+        digest = hash_key(api_key)
+        task = self._pending.get(digest)
+        if task is None:
+            async def lookup() -> Tenant | None:
+                try:
+                    found = await load()
+                    if found is not None:
+                        self.put(api_key, found, now=clock())
+                    return found
+                finally:
+                    self._pending.pop(digest, None)
+
+            task = self._pending[digest] = asyncio.create_task(lookup(), name="api-key-lookup")
+        return await asyncio.shield(task)
 
     def get(self, api_key: str, *, now: float) -> Tenant | None:
         hit = self._known.get(hash_key(api_key))

@@ -4,7 +4,6 @@ with the clock passed in."""
 from __future__ import annotations
 
 import asyncio
-
 import uuid
 
 from services.issuer import limits as limits_mod
@@ -151,3 +150,46 @@ async def test_a_tenant_that_ignores_retry_after_has_its_next_refusals_held_up_t
     await asyncio.gather(*held)
     assert asyncio.get_running_loop().time() - t0 >= limits_mod.HOLD * 0.9
     assert lim.sure_refusal(A, "read", now=0.2).hold > 0  # the slots are free again
+
+
+async def test_a_key_not_known_is_looked_up_once_for_all_its_requests_in_flight() -> None:
+    from services.issuer.tenants import KeyCache, Tenant
+
+    tenant = Tenant(A, "甲 Co.", "91310000MA1FL00000")
+    calls: list[str] = []
+    gate = asyncio.Event()
+
+    async def load() -> Tenant | None:
+        calls.append("load")
+        await gate.wait()
+        return tenant
+
+    keys = KeyCache(1.0)
+    now = [0.0]
+    waiters = [asyncio.create_task(keys.resolve("fsk_a", load, lambda: now[0])) for _ in range(50)]
+    await asyncio.sleep(0)
+    waiters[0].cancel()  # one request gives up: the others' lookup goes on
+    gate.set()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert calls == ["load"] and isinstance(results[0], asyncio.CancelledError)
+    assert all(r == tenant for r in results[1:])
+    assert await keys.resolve("fsk_a", load, lambda: now[0]) == tenant and calls == ["load"], "kept for the ttl"
+    now[0] = 1.5
+    assert await keys.resolve("fsk_a", load, lambda: now[0]) == tenant and len(calls) == 2, "looked up again after"
+
+    # An unknown key is not kept, and a failed lookup reaches every request waiting for it and is not kept either.
+    async def unknown() -> Tenant | None:
+        calls.append("unknown")
+        return None
+
+    assert await keys.resolve("fsk_b", unknown, lambda: now[0]) is None
+    assert await keys.resolve("fsk_b", unknown, lambda: now[0]) is None and calls.count("unknown") == 2
+
+    async def broken() -> Tenant | None:
+        await asyncio.sleep(0.01)
+        raise ConnectionError("database down")
+
+    failed = await asyncio.gather(*(keys.resolve("fsk_c", broken, lambda: now[0]) for _ in range(3)),
+                                  return_exceptions=True)
+    assert all(isinstance(f, ConnectionError) for f in failed)
+    assert await keys.resolve("fsk_c", load, lambda: now[0]) == tenant

@@ -51,12 +51,14 @@ async def current_tenant(request: Request,
         raise Unauthorized("send the API key as 'Authorization: Bearer <key>'")
     key = credentials.credentials.strip()
     keys: KeyCache = request.app.state.keys
-    if (tenant := keys.get(key, now=time.monotonic())) is None:
+
+    async def load() -> Tenant | None:
         async with request.app.state.engine.connect() as conn:
-            tenant = await authenticate(session=conn, api_key=key)
-        if tenant is None:
-            raise Unauthorized("unknown or revoked API key")
-        keys.put(key, tenant, now=time.monotonic())
+            return await authenticate(session=conn, api_key=key)
+
+    tenant = await keys.resolve(key, load, time.monotonic)
+    if tenant is None:
+        raise Unauthorized("unknown or revoked API key")
     setattr(request.state, row_security.REQUEST_STATE, tenant.id)  # the route's transaction is pinned to it
     return tenant
 
