@@ -190,7 +190,7 @@ def test_stack_up_is_idempotent_and_down_leaves_nothing(stack_home):
         # through it, and the audit log naming them; the CLI sends it.
         run = stack_home / "run"
         mine = {"Authorization": f"Bearer {(run / 'operator-token').read_text().strip()}"}
-        assert f"Your operator token (erin-ops;" in up.stdout and str(run / "operators") in up.stdout
+        assert "Your operator token (erin-ops;" in up.stdout and str(run / "operators") in up.stdout
         assert httpx.get(f"{url}/ops/api/overview", headers=mine, timeout=10).status_code == 200
         assert httpx.put(f"{url}/ops/api/faults", headers=mine, json={"latency_ms": 0}, timeout=10).status_code == 200
         audited = cli("audit", "--actor", "erin-ops", "--json")
