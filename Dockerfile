@@ -18,13 +18,13 @@ RUN groupadd --system --gid 10001 fapiao \
 
 # Only what the package needs, so editing tests or docs does not invalidate this layer.
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml requirements.lock ./
 COPY fapiao ./fapiao
 COPY shared ./shared
 COPY services ./services
 # A regular (non-editable) install without the [dev] extra; the source tree is removed
 # afterwards so the code that runs is the installed one in site-packages.
-RUN pip install . \
+RUN pip install -c requirements.lock . \
  && cd / \
  && rm -rf /src
 

@@ -1,4 +1,6 @@
-"""`make lint`'s dependency audit: pip-audit over the packages installed in the project's virtualenv.
+"""`make lint`'s dependency audit: pip-audit over requirements.lock, the versions every install of the project
+uses (the Makefile and the Dockerfile install with it as constraints); over the virtualenv's packages when
+there is no lock.
 
 pip-audit asks a vulnerability service about every installed (name, version). When the service cannot be
 reached, or answers "not found" for a package (a mirror that serves the index but not the per-release
@@ -22,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["AuditOutcome", "main", "read_report"]
+
+LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
 
 
 @dataclass
@@ -64,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         return _not_audited(f"{pip_audit} is not installed (pip install -e '.[dev]')", strict)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
-        # --local: this virtualenv's packages only; --skip-editable: the project itself is not on PyPI.
-        cmd = [str(pip_audit), "--local", "--skip-editable", "--progress-spinner", "off", "--timeout", "10",
+        # The lock holds exact pins, so nothing needs resolving (--no-deps --disable-pip: no pip, no install).
+        # Without it: --local, this virtualenv's packages only; --skip-editable, the project is not on PyPI.
+        what = ["-r", str(LOCK), "--no-deps", "--disable-pip"] if LOCK.exists() else ["--local", "--skip-editable"]
+        cmd = [str(pip_audit), *what, "--progress-spinner", "off", "--timeout", "10",
                "--format", "json", "--output", str(out), *args]
         try:
             run = subprocess.run(cmd, capture_output=True, text=True, timeout=budget)
