@@ -79,12 +79,15 @@ class Breaker:
             return True
         return False
 
-    def success(self) -> None:
+    def success(self) -> bool:
+        """A request went through. True when that ends an opening of the circuit (the store is back)."""
+        recovered = self.state is not State.CLOSED
         self.seen_down = False
         self.state = State.CLOSED
         self.failures = 0
         self.openings = 0
         self.last_error = None
+        return recovered
 
     def failure(self, error: str = "") -> None:
         self.failures += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["BREAKER_STATE", "OUTCOMES", "REQUEST_LATENCY", "RETRY_BACKLOG"]
+__all__ = ["BREAKER_STATE", "OUTCOMES", "RELEASED", "REQUEST_LATENCY", "RETRY_BACKLOG"]
 
 REQUEST_LATENCY = Histogram(
     "fapiao_sync_request_duration_seconds", "Latency of requests to the tax store", ["operation"],
@@ -16,4 +16,8 @@ OUTCOMES = Counter(
     ["outcome"],
 )
 BREAKER_STATE = Gauge("fapiao_sync_breaker_state", "Circuit to the tax store: 0 closed, 1 half-open, 2 open")
+RELEASED = Counter(
+    "fapiao_sync_released_total",
+    "Invoices the store's failures had put off, made due at once when the circuit closed again",
+)
 RETRY_BACKLOG = Gauge("fapiao_sync_retry_backlog", "Invoices waiting for another submission attempt")

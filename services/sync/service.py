@@ -237,6 +237,23 @@ def _result_event(o: Outcome, row: Any, now: datetime) -> SyncResult:
                                    next_attempt_at=o.next_attempt_at)
 
 
+_RELEASE = text(f"""
+UPDATE {m.submissions.fullname} AS s SET next_attempt_at = now(), updated_at = now()
+FROM unnest(CAST(:ids AS uuid[]), CAST(:next_at AS timestamptz[])) AS v(id, next_at)
+WHERE s.invoice_id = v.id AND s.status = 'retrying' AND s.next_attempt_at = v.next_at AND v.next_at > now()
+""")  # noqa: S608
+
+
+async def release_held(*, session: AsyncSession, held: dict[uuid.UUID, datetime]) -> int:
+    """Make due now the rows put off by the store (`held`: id -> the next try written then) that still wait
+    for exactly that try: a row claimed, settled or put off again since has another time (or status) and is
+    left alone, so nothing is attempted twice at once. How many were released."""
+    if not held:
+        return 0
+    result = await session.execute(_RELEASE, {"ids": list(held), "next_at": list(held.values())})
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def retry_backlog(*, session: AsyncSession) -> int:
     s = m.submissions
     return int((await session.execute(

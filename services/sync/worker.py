@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.sync import forms, service
 from services.sync.breaker import Breaker, State
 from services.sync.client import ItemResult, RequestFailed, TaxstoreClient
-from services.sync.metrics import BREAKER_STATE, OUTCOMES, REQUEST_LATENCY, RETRY_BACKLOG
+from services.sync.metrics import BREAKER_STATE, OUTCOMES, RELEASED, REQUEST_LATENCY, RETRY_BACKLOG
 from services.sync.service import Outcome, Pending
 from services.sync.settings import SyncSettings
 from shared.backoff import backoff
@@ -44,6 +44,7 @@ from shared.topics import SYNC_RESULTS
 __all__ = ["Syncer"]
 
 log = logging.getLogger(__name__)
+HELD_MAX = 200_000  # invoices remembered as held back by the store (≈ 30 MB at most)
 
 
 class Syncer:
@@ -66,6 +67,10 @@ class Syncer:
             RedLetterRequested: self._take_form_requests, RedLetterDecisionRequested: self._take_form_decisions,
         })
         self._wake_forms = asyncio.Event()
+        # Invoices this process put off because of the store (failed or not sent): id -> the next try it wrote.
+        # When the circuit closes again they are due at once; their backoff was the store's, not theirs.
+        self._held: dict[uuid.UUID, datetime] = {}
+        self._recovered = False
 
     def stop(self) -> None:
         self._stopping.set()
@@ -130,7 +135,7 @@ class Syncer:
             except RequestFailed as exc:
                 self.breaker.failure(str(exc))
                 return [self._failed(p, exc, ambiguous=True) for p in group], []
-            self.breaker.success()
+            self._succeeded()
         settled, resubmit = [], []
         for p in group:
             rb = found.get(p.number)
@@ -152,7 +157,7 @@ class Syncer:
                 self.breaker.failure(str(exc))
                 log.warning("submission of %d invoices failed: %s", len(chunk), exc)
                 return [self._failed(p, exc, ambiguous=exc.ambiguous) for p in chunk]
-            self.breaker.success()
+            self._succeeded()
         return [self._settle(p, r, latency) for p, r in zip(chunk, results, strict=True)]
 
     def _settle(self, p: Pending, r: ItemResult, latency: int) -> Outcome:
@@ -180,8 +185,33 @@ class Syncer:
         async with transaction(self.sessions) as session:
             await service.record_outcomes(session=session, outcomes=outcomes, topic=self.results_topic,
                                           max_attempts=self.settings.retry_max_attempts)
+        for o in outcomes:
+            if o.kind in ("failed", "deferred") and o.next_attempt_at is not None and not o.gave_up:
+                self._held.pop(o.invoice_id, None)
+                self._held[o.invoice_id] = o.next_attempt_at
+                if len(self._held) > HELD_MAX:  # the oldest then keep their own backoff
+                    self._held.pop(next(iter(self._held)))
+            else:
+                self._held.pop(o.invoice_id, None)
         if any(o.kind in ("failed", "deferred") for o in outcomes):
             self._wake_scheduler.set()
+
+    def _succeeded(self) -> None:
+        """A request to the store went through; when that closes an open circuit, the scheduler releases what the
+        outage held back. (So does the health read that sees the store back: the breaker still lets one batch
+        out as the probe, and the rest go once it has passed; a probe that fails opens the circuit again.)"""
+        if self.breaker.success():
+            self._recovered = True
+            self._wake_scheduler.set()
+
+    async def _release_held(self) -> None:
+        held, self._held = self._held, {}
+        if not held:
+            return
+        async with transaction(self.sessions) as session:
+            released = await service.release_held(session=session, held=held)
+        RELEASED.inc(released)
+        log.info("the tax store is back: %d of %d invoices held back by it are due now", released, len(held))
 
     # --- the Kafka loop -----------------------------------------------------------------------
 
@@ -283,7 +313,7 @@ class Syncer:
                         op.attempts, base=self.settings.retry_base, cap=self.settings.retry_cap, jitter="equal"))
                 log.info("form %s (%s) failed: %s", op.form_id, op.op, exc)
                 return forms.FormResult(op, error=str(exc), http_status=exc.http_status, retry_at=retry)
-            self.breaker.success()
+            self._succeeded()
         if status >= 400:
             return forms.FormResult(op, refused=answer, http_status=status)
         return forms.FormResult(op, form=answer, http_status=status)
@@ -296,6 +326,7 @@ class Syncer:
         while not self._stopping.is_set():
             if self.breaker.state is State.OPEN and self.breaker.health(await self.client.reachable()):
                 log.info("the tax store answers again; probing now instead of in %.1fs", self.breaker.wait_time())
+                self._recovered = True  # what the outage held back is due: the first batch of it is the probe
                 self._wake_scheduler.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.settings.breaker_health_interval)
@@ -315,6 +346,9 @@ class Syncer:
         """Attempt the due rows once. True when there was work (look again at once)."""
         if self.breaker.wait_time() > 0:
             return False
+        if self._recovered:
+            self._recovered = False
+            await self._release_held()
         # While the circuit is not closed, one batch is the probe; otherwise as many as we may have in flight.
         closed = self.breaker.state is State.CLOSED
         limit = self.settings.submit_batch_size * (self.settings.max_in_flight if closed else 1)

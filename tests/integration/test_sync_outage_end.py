@@ -1,9 +1,12 @@
-"""After a store outage ends, the backlog drains at once, not when the circuit's open interval runs out.
+"""After a store outage ends, the backlog drains at once, not when the circuit's open interval runs out, nor when
+the backoff of each attempt the outage failed runs out.
 
 A fault drill found it: after a 60 s outage nothing drained for ~18 s while the breaker waited out an open interval
 that had grown to its cap, and most stuck alerts of that round were raised in that wait. Here the open interval is
-at least 30 s (FAPIAO_BREAKER_BASE = CAP = 60, equal jitter), so every invoice being submitted within 20 s of the
-outage's end can only come from the health read noticing the store is back (services/sync/breaker.py)."""
+at least 30 s (FAPIAO_BREAKER_BASE = CAP = 60, equal jitter), and so is the backoff after a failed attempt
+(FAPIAO_RETRY_BASE = CAP = 60), so every invoice being submitted within 20 s of the outage's end can only come from
+the health read noticing the store is back (services/sync/breaker.py) and sync then releasing what the outage held
+back (Syncer._release_held)."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from tests.harness import (
     ServiceProcess,
     eventually,
     fresh_database,
+    metric,
     issuer_settings,
     process_env,
     running_issuer,
@@ -50,7 +54,7 @@ async def slow_breaker_processes(infra, issuer: RunningIssuer,  # type: ignore[n
         infra, FAPIAO_DATABASE_URL=database, FAPIAO_TOPIC_PREFIX=issuer.settings.topic_prefix,
         FAPIAO_TAXSTORE_URL=taxstore.url,
         **{**SYNC_ENV, "FAPIAO_BREAKER_BASE": "60", "FAPIAO_BREAKER_CAP": "60", "FAPIAO_BREAKER_THRESHOLD": "2",
-           "FAPIAO_BREAKER_HEALTH_INTERVAL": "0.3"}))
+           "FAPIAO_BREAKER_HEALTH_INTERVAL": "0.3", "FAPIAO_RETRY_BASE": "60", "FAPIAO_RETRY_CAP": "60"}))
     procs = (taxstore, sync)
     try:
         start_all(procs)
@@ -88,6 +92,8 @@ async def test_the_backlog_drains_as_soon_as_the_store_answers_again(
     assert after["state"] == "closed" and after["early_probes"] >= 1, (opened, after)
     assert time.monotonic() - lifted < opened["retry_in_seconds"], "drained before the open interval would end"
     assert set(await pipeline.stored(tenant.tax_id)) == set(ids)
+    released = await metric(sync.url, "fapiao_sync_released_total")
+    assert released >= 1, "invoices the outage failed were released, not left to their 30-60 s backoff"
 
 
 async def _refused_more(pipeline: Pipeline, before: dict) -> bool:
