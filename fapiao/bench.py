@@ -65,6 +65,9 @@ TARGET_CPU_MS_PER_INVOICE = 0.5  # the whole pipeline but the tax store (the aut
 TARGET_STEP_RATE = 800.0  # (e): the highest single-POST rate whose p99 stays within STEP_P99_LIMIT_MS
 STEP_P99_LIMIT_MS = 500.0
 TARGET_AFTER_BATCH_P99_MS = 1000.0  # (f): single POSTs at 200/s right after a batch
+TARGET_DRAIN_FACTOR = 5.0  # (g): the backlog of an outage drains at ≥ 5× the offered rate (best 10 s)
+TARGET_FIRST_AFTER_OUTAGE_S = 3.0  # (g): the first invoice stored within 3 s of the store's return
+DRAIN_WINDOW_S = 10.0
 ISSUER_BATCH = 1000  # invoices per POST /v1/invoices/batch (the issuer's default FAPIAO_BATCH_MAX)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -841,6 +844,109 @@ async def phase_after_batch(ctx: Ctx, n: int, rate: float, duration: float, conc
             "measured": r["measured"], "sent_per_s": r["achieved_send_rate_per_s"], "cpu": r["cpu"]}
 
 
+# --- (g) a store outage under load, and the drain after it ---------------------------------------------
+
+async def phase_outage_drain(ctx: Ctx, rate: float, outage_s: float, after_s: float, concurrency: int,
+                             timeout: float) -> dict[str, Any]:
+    """Single POSTs at `rate` for `outage_s + after_s` seconds (open loop); the tax store is down (its
+    `outage` fault: every request refused) for the first `outage_s`. The store's stored counter is read every
+    0.25 s: how long after the store's return the first invoice is stored, how fast the backlog drains (the
+    best DRAIN_WINDOW_S window, and as a multiple of the offered rate), and when every accepted invoice is
+    stored. The fault is always turned off again, whatever happens."""
+    tenant = await ctx.new_tenant("outage")
+    total = outage_s + after_s
+    bodies = [orjson.dumps(d) for d in make_docs(tenant["tax_id"], max(1, int(rate * total)))]
+    http = ctx.load("issuer")
+    sem = asyncio.Semaphore(concurrency)
+    loop = asyncio.get_running_loop()
+    accepted = 0
+    errors: list[str] = []
+    series: list[tuple[float, int]] = []
+    faults = f"{ctx.url('taxstore')}/admin/faults"
+
+    async def set_outage(on: bool) -> None:
+        r = await ctx.http.put(faults, headers=ctx.stack.admin, json={"outage": on}, timeout=10)
+        if r.status_code != 200:
+            raise BenchError(f"taxstore PUT /admin/faults outage={on}: HTTP {r.status_code} {r.text[:200]}")
+
+    async def one(body: bytes) -> None:
+        nonlocal accepted
+        async with sem:
+            try:
+                status, data = await http.request("POST", "/v1/invoices", body, tenant["headers"], timeout=30)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                return
+        if status == 201:
+            accepted += 1
+        else:
+            errors.append(f"HTTP {status} {data[:200]!r}")
+
+    async def watch(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            series.append((loop.time(), await ctx.stored()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.25)
+
+    stored0 = await ctx.stored()
+    before = ctx.sampler.snapshot()
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch(stop))
+    await set_outage(True)
+    try:
+        start = loop.time() + 0.1
+        recovered_at: float | None = None
+        tasks = []
+        for i, body in enumerate(bodies):
+            due = start + i / rate
+            if recovered_at is None and due >= start + outage_s:
+                await asyncio.sleep(max(0.0, start + outage_s - loop.time()))
+                await set_outage(False)
+                recovered_at = loop.time()
+                say(f"    store back after {outage_s:g}s; {accepted:,} accepted so far")
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            tasks.append(asyncio.create_task(one(body)))
+        if recovered_at is None:
+            await set_outage(False)
+            recovered_at = loop.time()
+        await asyncio.gather(*tasks)
+
+        async def all_stored() -> Any:
+            return (await ctx.stored() - stored0) >= accepted or False
+
+        await poll_until(all_stored, timeout=timeout, what=f"tax store holds the {accepted:,} outage invoices")
+    finally:
+        stop.set()
+        await watcher
+        with contextlib.suppress(Exception):
+            await set_outage(False)
+    done_at = loop.time()
+    cpu = CpuSampler.delta(before, ctx.sampler.snapshot())
+    during = [n for t, n in series if t <= recovered_at]
+    at_recovery = during[-1] if during else stored0
+    after = [(t - recovered_at, n) for t, n in series if t > recovered_at]
+    first = next((t for t, n in after if n > at_recovery), None)
+    best = 0.0
+    for i, (t_i, n_i) in enumerate(after):  # the best window that starts at a sample and lasts DRAIN_WINDOW_S
+        ends = [(t, n) for t, n in after[i:] if t - t_i <= DRAIN_WINDOW_S]
+        if len(ends) > 1 and ends[-1][0] - t_i >= DRAIN_WINDOW_S * 0.8:
+            best = max(best, (ends[-1][1] - n_i) / (ends[-1][0] - t_i))
+    if errors:
+        say(f"  {len(errors)} of {len(bodies)} POSTs failed; first: {errors[0]}")
+    return {
+        "offered_rate_per_s": rate, "outage_s": outage_s, "after_s": after_s, "sent": len(bodies),
+        "accepted": accepted, "errors": len(errors), "first_error": errors[0] if errors else None,
+        "stored_during_outage": at_recovery - stored0,
+        "backlog_at_recovery": max(0, round(rate * outage_s) - (at_recovery - stored0)),
+        "first_stored_after_recovery_s": round(first, 2) if first is not None else None,
+        "best_drain_per_s": round(best, 1), "drain_vs_offered": round(best / rate, 2) if rate else None,
+        "all_stored_after_recovery_s": round(done_at - recovered_at, 2), "sample_interval_s": 0.25,
+        "definition": "the tax store's stored counter, read every 0.25 s; the drain is the best "
+                      f"{DRAIN_WINDOW_S:g} s window after the store's return (offered load included)",
+        "cpu": cpu,
+    }
+
+
 # --- (d) the tax store on its own -------------------------------------------------------------------
 
 async def phase_taxstore(ctx: Ctx, n_batch: int, n_single: int, batch_size: int, in_flight: int,
@@ -976,6 +1082,14 @@ async def measure(stack: Stack, args: argparse.Namespace, result: dict[str, Any]
                 result["results"]["f_after_batch"] = f = await phase_after_batch(
                     ctx, args.after_batch, args.rate, args.duration, args.latency_concurrency, args.phase_timeout)
                 say(f"    p50 {f['latency_ms']['p50']} ms, p99 {f['latency_ms']['p99']} ms")
+            if args.outage:
+                say(f"(g) {args.rate:g}/s with the tax store down for the first {args.outage:g}s of "
+                    f"{args.outage + args.outage_after:g}s")
+                result["results"]["g_outage_drain"] = g = await phase_outage_drain(
+                    ctx, args.rate, args.outage, args.outage_after, args.latency_concurrency, args.phase_timeout)
+                say(f"    first stored {g['first_stored_after_recovery_s']} s after the store's return; best drain "
+                    f"{g['best_drain_per_s']:,.0f}/s ({g['drain_vs_offered']}× offered); all stored "
+                    f"{g['all_stored_after_recovery_s']} s after")
             for client in ctx.lean.values():
                 client.close()
     finally:
@@ -1006,6 +1120,12 @@ async def measure(stack: Stack, args: argparse.Namespace, result: dict[str, Any]
     if f := result["results"].get("f_after_batch"):
         result["targets"].update(after_batch_p99_ms=TARGET_AFTER_BATCH_P99_MS,
                                  after_batch_meets=f["latency_ms"]["p99"] <= TARGET_AFTER_BATCH_P99_MS)
+    if g := result["results"].get("g_outage_drain"):
+        first = g["first_stored_after_recovery_s"]
+        result["targets"].update(
+            drain_vs_offered=TARGET_DRAIN_FACTOR, first_after_outage_s=TARGET_FIRST_AFTER_OUTAGE_S,
+            drain_meets=(g["drain_vs_offered"] or 0) >= TARGET_DRAIN_FACTOR,
+            first_after_outage_meets=first is not None and first <= TARGET_FIRST_AFTER_OUTAGE_S)
 
 
 def report(result: dict[str, Any]) -> None:
@@ -1067,6 +1187,13 @@ def report(result: dict[str, Any]) -> None:
         t.add_row(f"(f) {f['offered_rate_per_s']:g}/s right after {f['batch']:,} in batches",
                   f"p50 {lat['p50']:,} / p99 {lat['p99']:,} ms",
                   f"{f['measured']:,} measured (target p99 ≤{TARGET_AFTER_BATCH_P99_MS:g} ms)")
+    if g := r.get("g_outage_drain"):
+        t.add_row(f"(g) {g['offered_rate_per_s']:g}/s, store down {g['outage_s']:g} s: drain",
+                  f"{g['best_drain_per_s']:,.0f} inv/s ({g['drain_vs_offered']}×)",
+                  f"best {DRAIN_WINDOW_S:g} s after the return; backlog {g['backlog_at_recovery']:,}; all stored "
+                  f"{g['all_stored_after_recovery_s']} s after (target ≥{TARGET_DRAIN_FACTOR:g}×)")
+        t.add_row("(g) first stored after the store's return", f"{g['first_stored_after_recovery_s']} s",
+                  f"target ≤{TARGET_FIRST_AFTER_OUTAGE_S:g} s; {g['errors']} POST errors")
     t.add_row(f"target CPU ≤{TARGET_CPU_MS_PER_INVOICE:g} ms per invoice", f"{b['pipeline_cpu_ms_per_invoice']} ms",
               "during (b): every process but the tax store and the load generator")
     con.print(t)
@@ -1133,6 +1260,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--step-duration", type=float, default=10.0, help="seconds of each step of (e)")
     p.add_argument("--after-batch", type=int, default=None,
                    help="(f): invoices in the batch before the singles (default --invoices; 0 skips the phase)")
+    p.add_argument("--outage", type=float, default=60.0,
+                   help="(g): seconds the tax store is down while single POSTs arrive at --rate (0 skips the phase)")
+    p.add_argument("--outage-after", type=float, default=30.0,
+                   help="(g): seconds the load goes on after the store is back")
     p.add_argument("--reconciler", action="store_true",
                    help="run the reconciler too: (b) also times every invoice to `confirmed`")
     p.add_argument("--replicas", type=int, default=1,
@@ -1146,6 +1277,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--replicas must be 1 to 4")
     if args.after_batch is None:
         args.after_batch = args.invoices
+    if args.outage < 0 or args.outage_after <= 0:
+        p.error("--outage cannot be negative and --outage-after must be positive")
     if args.after_batch < 0 or args.step_duration <= 0:
         p.error("--after-batch cannot be negative and --step-duration must be positive")
     return args
@@ -1192,6 +1325,7 @@ def main(argv: list[str]) -> int:
         "params": {"invoices": args.invoices, "rate_per_s": args.rate, "duration_s": args.duration,
                    "ingest_concurrency": args.ingest_concurrency, "latency_concurrency": args.latency_concurrency,
                    "issuer_batch_size": ISSUER_BATCH, "replicas": args.replicas,
+                   "outage_s": args.outage, "outage_after_s": args.outage_after,
                    "reconciler": args.reconciler},
         "results": {}, "workdir": str(workdir),
     }
