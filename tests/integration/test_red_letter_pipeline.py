@@ -9,6 +9,7 @@ import asyncio
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -359,3 +360,136 @@ async def test_cross_region_invoices_are_held_for_review_then_approved_or_denied
     await __import__("asyncio").sleep(3)  # later checks raise nothing more
     assert await alerts_of(p, approved) == ["review_overdue"]
     assert await alerts_of(p, denied) == ["review_denied", "review_overdue"]
+
+
+# --- a confirmed form owes a red invoice (the expected ledger) ---------------------------------------------------
+
+async def recon_forms(p: ReconPipeline, invoice_id: str) -> list[dict[str, Any]]:
+    """The reconciler's red_letter_forms rows of this blue invoice."""
+    from sqlalchemy import text
+
+    async with p.issuer.app.state.engine.connect() as conn:  # type: ignore[attr-defined]
+        rows = (await conn.execute(text("select form_id, state, gap_kind, red_number, case_no, case_own "
+                                        "from reconciler.red_letter_forms where invoice_id = :i"),
+                                   {"i": invoice_id})).all()
+    return [dict(r._mapping) for r in rows]
+
+
+async def publish(p: ReconPipeline, topic: Any, envelope: Any) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from shared.envelope import encode
+
+    producer = AIOKafkaProducer(bootstrap_servers=p.infra.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic.qualified(p.issuer.settings.topic_prefix),  # type: ignore[attr-defined]
+                                     encode(envelope), key=envelope.subject.encode())
+    finally:
+        await producer.stop()
+
+
+async def test_a_confirmed_form_whose_red_invoice_never_reaches_the_ledger_is_a_gap_with_a_case_and_one_alert(
+        rl: ReconPipeline) -> None:
+    """The authority confirms a form and issues its red invoice, but the confirmed update never reaches the issuer
+    (this test publishes the sync service's update for a form the issuer does not know: it skips it, as it would
+    an update it lost): past FAPIAO_RED_INVOICE_GRACE the reconciler finds no red invoice in its ledger. A gap,
+    red_unrecorded while the store holds the red invoice, red_missing once the store loses it too; one case, one
+    alert. When the red invoice's issued event arrives at last, the case is resolved. A form whose red invoice
+    the issuer records in time (the ordinary path) is met, with no case and no alert."""
+    from shared.content import content_hash
+    from shared.envelope import new_envelope
+    from shared.events import ISSUER_SOURCE, SYNC_SOURCE, InvoiceIssued, RedLetterFormUpdated
+    from shared.topics import INVOICE_EVENTS, SYNC_RESULTS
+
+    p = rl
+    p.start_own("reconciler", FAPIAO_RED_INVOICE_GRACE="1.5", FAPIAO_STUCK_RECHECK="1")
+    seller = await new_tenant(p)
+    ordinary, lost = await confirmed_invoices(p, seller, [None, None])
+
+    # The ordinary path: the form's red invoice is in the ledger in time; nothing to tell anyone.
+    asked = await ask(p, seller, ordinary["id"], {"reason_code": "01"})
+    done = await until_form(p, seller, asked["id"], "confirmed")
+    await red_invoice_of(p, seller, done)
+    async def met() -> list[dict[str, Any]] | None:
+        rows = await recon_forms(p, ordinary["id"])
+        return rows if rows and rows[0]["state"] == "met" else None
+    [row] = await eventually(met, timeout=20, interval=0.25)
+    assert (row["red_number"], row["case_no"]) == (done["red_invoice_number"], None)
+
+    # A form the authority confirmed (no confirmation needed) whose update the issuer never took in.
+    async with httpx.AsyncClient(timeout=10) as c:
+        r = await c.post(f"{p.taxstore.url}/v1/red-letter-forms", json={
+            "request_id": f"lost-{uuid.uuid4()}", "invoice": {"seller_tax_id": seller.tax_id, "number": lost["number"]},
+            "requested_by": seller.tax_id, "reason_code": "02"})
+    assert r.status_code in (200, 201), r.text
+    store_form = r.json()
+    assert store_form["status"] == "confirmed" and store_form["red_invoice"], store_form
+    red_number = store_form["red_invoice"]["number"]
+    form_id = uuid.uuid4()
+    update = RedLetterFormUpdated(form_id=form_id, invoice_id=uuid.UUID(lost["id"]), tenant_id=uuid.UUID(seller.id),
+                                  status="confirmed", form_no=store_form["form_no"], form=store_form)
+    await publish(p, SYNC_RESULTS, new_envelope(source=SYNC_SOURCE, event=update, subject=lost["id"],
+                                                tenant=seller.id, sequence=1))
+
+    async def gap(kind: str) -> dict[str, Any] | None:
+        async with httpx.AsyncClient(timeout=10) as c:
+            items = (await c.get(f"{p.reconciler.url}/admin/gaps", headers=p.admin)).json()["red_letter_forms"]
+        mine = [x for x in items if x["form_id"] == str(form_id)]
+        return mine[0] if mine and mine[0]["gap_kind"] == kind else None
+    found = await eventually(lambda: gap("red_unrecorded"), timeout=30, interval=0.25)
+    assert (found["red_number"], found["blue_number"], found["invoice_id"]) == (red_number, lost["number"],
+                                                                                lost["id"])
+    case_no = found["case_no"]
+    assert case_no
+    async with httpx.AsyncClient(timeout=10) as c:
+        case = (await c.get(f"{p.reconciler.url}/admin/cases/{case_no}", headers=p.admin)).json()
+    assert (case["status"], case["invoice_id"], case["opened_by"]) == ("open", lost["id"], "system")
+    gap_notes = [h["message"] for h in case["history"] if h["kind"] == "gap"]
+    assert gap_notes and "never recorded the red invoice" in gap_notes[0] and red_number in gap_notes[0]
+
+    async def alerts() -> list[dict[str, Any]] | None:
+        from sqlalchemy import text
+
+        async with p.issuer.app.state.engine.connect() as conn:  # type: ignore[attr-defined]
+            rows = (await conn.execute(text("select kind, data from notifier.alerts where invoice_id = :i "
+                                            "order by received_at"), {"i": lost["id"]})).all()
+        return [{"kind": k, **d} for k, d in rows] or None
+    [alert] = await eventually(alerts, timeout=20, interval=0.5)
+    assert (alert["kind"], alert["case_no"], alert["form_id"], alert["role"]) == ("red_missing", case_no,
+                                                                                   str(form_id), "seller")
+    assert "never recorded" in alert["reason"] and "dead letters" in alert["next_action"]
+
+    # The store loses the red invoice too: the gap's kind follows; the case and its one alert stay.
+    async with httpx.AsyncClient(timeout=10) as c:
+        r = await c.post(f"{p.taxstore.url}/admin/lose", headers=p.admin,
+                         json={"invoices": [{"seller_tax_id": seller.tax_id, "number": red_number}]})
+    assert r.status_code == 200 and len(r.json()["lost"]) == 1, r.text
+    found = await eventually(lambda: gap("red_missing"), timeout=20, interval=0.25)
+    assert found["case_no"] == case_no
+    await asyncio.sleep(2.5)  # more rechecks: nothing more is alerted
+    assert [a["kind"] for a in await alerts() or []] == ["red_missing"]
+
+    # The red invoice's issued event arrives at last (as the issuer sends it once the update is replayed): met,
+    # the case resolved and the seller told once; the red invoice is then the ledger's, submitted again and seen.
+    doc = store_form["red_invoice"]["content"]
+    red_id = uuid.uuid4()
+    issued = InvoiceIssued(invoice_id=red_id, tenant_id=uuid.UUID(seller.id), seller_tax_id=seller.tax_id,
+                           number=red_number, content_hash=content_hash(doc), accepted_at=datetime.now(UTC),
+                           invoice=doc, red_letter_of=lost["number"])
+    await publish(p, INVOICE_EVENTS, new_envelope(source=ISSUER_SOURCE, event=issued, subject=str(red_id),
+                                                  tenant=seller.id, sequence=1))
+
+    async def resolved() -> list[dict[str, Any]] | None:
+        rows = await recon_forms(p, lost["id"])
+        return rows if rows and rows[0]["state"] == "met" else None
+    await eventually(resolved, timeout=30, interval=0.25)
+    async with httpx.AsyncClient(timeout=10) as c:
+        case = (await c.get(f"{p.reconciler.url}/admin/cases/{case_no}", headers=p.admin)).json()
+    assert case["status"] == "resolved" and red_number in case["resolution"], case
+    async def told() -> list[str] | None:
+        kinds = [a["kind"] for a in await alerts() or []]
+        return kinds if "resolved" in kinds else None
+    assert await eventually(told, timeout=20, interval=0.5) == ["red_missing", "resolved"]
+    assert red_number in await p.stored(seller.tax_id)  # resubmitted by the sync service, held again
+
