@@ -46,8 +46,12 @@ _KIND_ZH = {"stuck": "未确认", "recovered": "已恢复", "rejected": "被拒�
 
 
 def _links(alert: dict[str, Any], issuer_url: str) -> dict[str, str]:
+    """What the alerted tenant can open: a red-letter form's buyer gets the form (the invoice is the seller's:
+    a 404 for the buyer), its seller the form and the invoice."""
     links = {}
-    if alert.get("invoice_id"):
+    if alert.get("form_id"):
+        links["form"] = f"{issuer_url}/v1/red-letter-forms/{alert['form_id']}"
+    if alert.get("invoice_id") and alert.get("role") != "buyer":
         links["invoice"] = f"{issuer_url}/v1/invoices/{alert['invoice_id']}"
     if alert.get("case_no"):
         links["case"] = f"{issuer_url}/v1/cases/{alert['case_no']}"

@@ -6,6 +6,7 @@ verification (查验) is answered by the store. Real tax store, sync, reconciler
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from tests import factories, steps
-from tests.harness import ReconPipeline, Tenant, eventually
+from tests.harness import Receiver, ReconPipeline, Tenant, eventually
 from tests.steps import new_tenant, problem
 
 POLICY = {"confirm_window_s": 600.0, "used_rate": 0.0, "review_threshold": None, "review_delay_s": 600.0,
@@ -493,3 +494,54 @@ async def test_a_confirmed_form_whose_red_invoice_never_reaches_the_ledger_is_a_
     assert await eventually(told, timeout=20, interval=0.5) == ["red_missing", "resolved"]
     assert red_number in await p.stored(seller.tax_id)  # resubmitted by the sync service, held again
 
+
+async def test_the_buyers_form_alerts_link_the_form_it_can_open_not_the_sellers_invoice(
+        rl: ReconPipeline, receiver: Receiver) -> None:
+    """A form waits for a buyer tenant: its webhook and its e-mail link the form (GET /v1/red-letter-forms/{id},
+    which the buyer opens), never the seller's invoice (a 404 for the buyer); the seller's alert links both."""
+    p = rl
+    seller, buyer = await new_tenant(p), await buyer_tenant(p)
+    path = f"/hooks/{uuid.uuid4().hex}"
+    r = await p.issuer.client.post("/v1/subscriptions", headers=buyer.headers,
+                                   json={"channel": "webhook", "url": receiver.url(path)})
+    assert r.status_code == 201, r.text
+    address = f"buyer-{uuid.uuid4().hex[:8]}@example.com"
+    r = await p.issuer.client.post("/v1/subscriptions", headers=buyer.headers,
+                                   json={"channel": "email", "emails": [address]})
+    assert r.status_code == 201, r.text
+    [inv] = await confirmed_invoices(p, seller, [buyer.tax_id])
+    await policy(p, used_rate=1.0, confirm_window_s=1.5)
+    asked = await ask(p, seller, inv["id"], {"reason_code": "01"})
+    await until_form(p, seller, asked["id"], "voided", timeout=20)  # waited for the buyer, then lapsed
+
+    async def hooks() -> list[dict[str, Any]] | None:
+        items = []
+        for req in receiver.at(path):
+            body = json.loads(req.body)
+            items += body["data"]["alerts"] if body["type"] == "invoice.alerts.digest" else [body["data"]]
+        return items if {"form_awaiting", "form_expiring"} <= {a["kind"] for a in items} else None
+    received = await eventually(hooks, timeout=90, interval=0.5)  # the notifier's digest window may hold them
+    form_path = f"/v1/red-letter-forms/{asked['id']}"
+    for a in received:
+        assert (a["form_id"], a["role"]) == (asked["id"], "buyer"), a
+        assert list(a["links"]) == ["form"] and a["links"]["form"].endswith(form_path), a["links"]
+    assert (await p.issuer.client.get(form_path, headers=buyer.headers)).status_code == 200
+    problem(await p.issuer.client.get(f"/v1/invoices/{inv['id']}", headers=buyer.headers), 404, "not_found")
+    mails = await eventually(lambda: p.mails(to=address) or None, timeout=90, interval=0.5)
+    text = mails[0].get_body(("plain",)).get_content()
+    assert form_path in text and "/v1/invoices/" not in text and "fapiao invoice show" not in text, text
+
+    # The seller's own alert about the same form (void: nothing reversed) links the form and its invoice.
+    from sqlalchemy import text as sql
+
+    async with p.issuer.app.state.engine.connect() as conn:  # type: ignore[attr-defined]
+        async def voided() -> dict[str, Any] | None:
+            row = (await conn.execute(sql("select data from notifier.alerts where invoice_id = :i and "
+                                          "kind = 'form_voided'"), {"i": inv["id"]})).first()
+            return row[0] if row else None
+        data = await eventually(voided, timeout=20, interval=0.5)
+    assert (data["form_id"], data["role"]) == (asked["id"], "seller")
+    from services.notifier.messages import webhook_payload
+
+    links = webhook_payload(kind="single", alerts=[data], created_at="t", issuer_url="")["data"]["links"]
+    assert links == {"form": form_path, "invoice": f"/v1/invoices/{inv['id']}"}
