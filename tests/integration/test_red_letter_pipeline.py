@@ -9,6 +9,7 @@ import asyncio
 import json
 import subprocess
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -300,6 +301,31 @@ async def test_under_a_flaky_store_one_form_and_one_red_invoice_even_when_the_st
     assert uuid.UUID(red["id"])
 
 
+async def test_a_form_on_an_acknowledged_invoice_the_store_dropped_is_made_once_the_invoice_is_resynced(
+        rl: ReconPipeline) -> None:
+    """The store acknowledged the blue invoice and kept nothing (drop): a form asked for meanwhile is refused
+    with "no invoice" (404). That is lag or loss, not a refusal for good: the sync service asks again
+    (FAPIAO_FORM_MISSING_INVOICE_RETRY) while the reconciler resyncs the invoice, and the form is then made and
+    confirmed; it does not end `failed`."""
+    p = rl
+    p.start_own("reconciler", FAPIAO_VISIBILITY_SLA="6")  # time to ask while the issuer still says submitted
+    seller = await new_tenant(p)
+    await p.faults(drop_rate=1.0)
+    doc = factories.invoice(seller.tax_id)
+    r = await p.issuer.client.post("/v1/invoices", json=doc, headers=seller.headers)
+    assert r.status_code == 201, r.text
+    blue = r.json()["id"]
+    await until_status(p, seller, blue, "submitted")
+    assert doc["number"] not in await p.stored(seller.tax_id)
+    asked = await ask(p, seller, blue, {"reason_code": "01"})
+    await asyncio.sleep(2)  # the form's first requests meet an invoice the store does not hold
+    assert (await form(p, seller, asked["id"]))["status"] == "requested"
+    await p.clear_faults()
+    done = await until_form(p, seller, asked["id"], "confirmed", timeout=90)
+    await red_invoice_of(p, seller, done)
+    await until_status(p, seller, blue, "red_lettered")
+
+
 # --- cross-region review (跨区域审核) -----------------------------------------------------------------------
 
 def uscc_in(province: str) -> str:
@@ -498,7 +524,9 @@ async def test_a_confirmed_form_whose_red_invoice_never_reaches_the_ledger_is_a_
 async def test_the_buyers_form_alerts_link_the_form_it_can_open_not_the_sellers_invoice(
         rl: ReconPipeline, receiver: Receiver) -> None:
     """A form waits for a buyer tenant: its webhook and its e-mail link the form (GET /v1/red-letter-forms/{id},
-    which the buyer opens), never the seller's invoice (a 404 for the buyer); the seller's alert links both."""
+    which the buyer opens), never the seller's invoice (a 404 for the buyer); the seller's alert links both. All
+    under a flaky store (errors and ambiguous timeouts while the form is made and watched): one form, it waits,
+    then lapses, and each of its alerts is sent once."""
     p = rl
     seller, buyer = await new_tenant(p), await buyer_tenant(p)
     path = f"/hooks/{uuid.uuid4().hex}"
@@ -510,13 +538,23 @@ async def test_the_buyers_form_alerts_link_the_form_it_can_open_not_the_sellers_
                                    json={"channel": "email", "emails": [address]})
     assert r.status_code == 201, r.text
     [inv] = await confirmed_invoices(p, seller, [buyer.tax_id])
-    await policy(p, used_rate=1.0, confirm_window_s=1.5)
+    await policy(p, used_rate=1.0, confirm_window_s=4)
+    before = await p.stats()
+    await p.faults(error_rate=0.3, timeout_rate=0.3, timeout_hang_ms=300, seed=11)
     asked = await ask(p, seller, inv["id"], {"reason_code": "01"})
-    await until_form(p, seller, asked["id"], "voided", timeout=20)  # waited for the buyer, then lapsed
+    await until_form(p, seller, asked["id"], "voided", timeout=60)  # waited for the buyer, then lapsed
+    after = await p.stats()
+    await p.clear_faults()
+    assert after["errors"] + after["timeouts"] > before["errors"] + before["timeouts"], after
+    async with httpx.AsyncClient(timeout=10) as c:
+        at_store = (await c.get(f"{p.taxstore.url}/v1/red-letter-forms", params={
+            "party_tax_id": seller.tax_id, "invoice_number": inv["number"]})).json()["items"]
+    assert [f["status"] for f in at_store] == ["voided"]  # retried, never made twice
 
     async def hooks() -> list[dict[str, Any]] | None:
+        """The alerts delivered to the buyer's hook, each delivery once (a retry carries the same webhook-id)."""
         items = []
-        for req in receiver.at(path):
+        for req in {r.headers["webhook-id"]: r for r in receiver.at(path)}.values():
             body = json.loads(req.body)
             items += body["data"]["alerts"] if body["type"] == "invoice.alerts.digest" else [body["data"]]
         return items if {"form_awaiting", "form_expiring"} <= {a["kind"] for a in items} else None
@@ -545,3 +583,7 @@ async def test_the_buyers_form_alerts_link_the_form_it_can_open_not_the_sellers_
 
     links = webhook_payload(kind="single", alerts=[data], created_at="t", issuer_url="")["data"]["links"]
     assert links == {"form": form_path, "invoice": f"/v1/invoices/{inv['id']}"}
+    await asyncio.sleep(2)  # later form rounds and expiry sweeps raise nothing more: each alert once
+    assert await alerts_of(p, inv["id"]) == ["form_awaiting", "form_expiring", "form_voided"]
+    kinds = Counter(a["kind"] for a in await hooks() or [])
+    assert kinds == {"form_awaiting": 1, "form_expiring": 1}, kinds  # the buyer's, once each
