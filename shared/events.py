@@ -32,9 +32,9 @@ __all__ = [
     "InvoiceConfirmed", "InvoiceGapFound", "InvoiceIssued", "InvoiceRejected", "InvoiceReviewUpdated", "InvoiceStuck",
     "InvoiceSubmissionFailed", "InvoiceSubmitted", "InvoiceVoided", "Issued", "NotificationFailed",
     "NotificationSent", "OrphanAlertRaised", "PayloadError", "ReconciliationEvent", "RecoveredAlertRaised",
-    "RedLetterDecisionRequested", "RedLetterFormUpdated", "RedLetterLine", "RedLetterRequested",
-    "RejectedAlertRaised", "ResyncRequested", "ReviewDeniedAlertRaised", "ReviewOverdueAlertRaised",
-    "StuckAlertRaised", "SyncResult", "model_for", "parse_payload"
+    "RedInvoiceMissingAlertRaised", "RedLetterDecisionRequested", "RedLetterFormUpdated", "RedLetterLine",
+    "RedLetterRequested", "RejectedAlertRaised", "ResyncRequested", "ReviewDeniedAlertRaised",
+    "ReviewOverdueAlertRaised", "StuckAlertRaised", "SyncResult", "model_for", "parse_payload"
 ]
 
 ISSUER_SOURCE = "fapiao/issuer"
@@ -395,17 +395,19 @@ ALERT_REVIEW_DENIED = "cn.fapiao.alert.review-denied.v1"
 ALERT_FORM_AWAITING = "cn.fapiao.alert.form-awaiting.v1"
 ALERT_FORM_ENDED = "cn.fapiao.alert.form-ended.v1"
 ALERT_FORM_EXPIRING = "cn.fapiao.alert.form-expiring.v1"
+ALERT_RED_MISSING = "cn.fapiao.alert.red-invoice-missing.v1"
 ALERT_TYPES = frozenset({ALERT_STUCK, ALERT_RECOVERED, ALERT_REJECTED, ALERT_ORPHAN, ALERT_RESOLVED, ALERT_CLOSED,
                          ALERT_REVIEW_OVERDUE, ALERT_REVIEW_DENIED, ALERT_FORM_AWAITING, ALERT_FORM_ENDED,
-                         ALERT_FORM_EXPIRING})
+                         ALERT_FORM_EXPIRING, ALERT_RED_MISSING})
 ALERT_KINDS = {ALERT_STUCK: "stuck", ALERT_RECOVERED: "recovered", ALERT_REJECTED: "rejected",
                ALERT_ORPHAN: "orphan", ALERT_RESOLVED: "resolved", ALERT_CLOSED: "closed",
                ALERT_REVIEW_OVERDUE: "review_overdue", ALERT_REVIEW_DENIED: "review_denied",
                ALERT_FORM_AWAITING: "form_awaiting", ALERT_FORM_ENDED: "form_rejected",  # or form_voided
-               ALERT_FORM_EXPIRING: "form_expiring"}
+               ALERT_FORM_EXPIRING: "form_expiring", ALERT_RED_MISSING: "red_missing"}
 
 AlertKind = Literal["stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder", "review_overdue",
-                    "review_denied", "form_awaiting", "form_rejected", "form_voided", "form_expiring"]
+                    "review_denied", "form_awaiting", "form_rejected", "form_voided", "form_expiring",
+                    "red_missing"]
 
 
 class AlertRaised(Event):
@@ -431,6 +433,10 @@ class AlertRaised(Event):
     reason: Annotated[Text, StringConstraints(min_length=1, max_length=2000)]
     next_action: Annotated[Text, StringConstraints(max_length=1000)] | None = None
     case_no: Annotated[str, StringConstraints(max_length=32)] | None = None
+    # Red-letter forms: the form the alert is about, and whether the tenant alerted is its seller or its buyer
+    # (a buyer cannot open the seller's invoice: its links name the form, GET /v1/red-letter-forms/{form_id}).
+    form_id: uuid.UUID | None = None
+    role: Literal["seller", "buyer"] | None = None
     at: datetime
 
     def check_envelope(self, *, subject: str, tenant: str) -> None:
@@ -503,6 +509,14 @@ class FormExpiringAlertRaised(AlertRaised):
     TYPE: ClassVar[str] = ALERT_FORM_EXPIRING
 
 
+class RedInvoiceMissingAlertRaised(AlertRaised):
+    """A red-letter form the authority confirmed has no red invoice in the expected ledger past
+    FAPIAO_RED_INVOICE_GRACE: the issuer never recorded it (or nobody holds it). Raised by the reconciler, once per
+    form and case; `invoice_id` and `number` are the blue invoice's, `case_no` the case that follows it."""
+
+    TYPE: ClassVar[str] = ALERT_RED_MISSING
+
+
 # --- invoice.notifications.v1 (notifier -> issuer's timeline) ------------------------------------
 
 NOTIFICATION_SENT = "cn.fapiao.notification.sent.v1"
@@ -544,7 +558,7 @@ _MODELS: tuple[type[Event], ...] = (
     RecoveredAlertRaised, RejectedAlertRaised, OrphanAlertRaised, CaseResolvedAlertRaised, CaseClosedAlertRaised,
     NotificationSent, NotificationFailed, RedLetterRequested, RedLetterDecisionRequested, RedLetterFormUpdated,
     InvoiceReviewUpdated, ReviewOverdueAlertRaised, ReviewDeniedAlertRaised, FormAwaitingAlertRaised,
-    FormEndedAlertRaised, FormExpiringAlertRaised,
+    FormEndedAlertRaised, FormExpiringAlertRaised, RedInvoiceMissingAlertRaised,
 )
 EVENT_TYPES: dict[str, type[Event]] = {model.TYPE: model for model in _MODELS}
 """Every event type in the system -> its payload model."""

@@ -27,6 +27,7 @@ from shared.events import (
     NotificationSent,
     OrphanAlertRaised,
     RecoveredAlertRaised,
+    RedInvoiceMissingAlertRaised,
     RedLetterDecisionRequested,
     RedLetterFormUpdated,
     RedLetterRequested,
@@ -87,7 +88,7 @@ ALERTS = Topic("invoice.alerts.v1",
                                               OrphanAlertRaised, CaseResolvedAlertRaised, CaseClosedAlertRaised,
                                               ReviewOverdueAlertRaised, ReviewDeniedAlertRaised,
                                               FormAwaitingAlertRaised, FormEndedAlertRaised,
-                                              FormExpiringAlertRaised))
+                                              FormExpiringAlertRaised, RedInvoiceMissingAlertRaised))
 NOTIFICATIONS = Topic("invoice.notifications.v1",
                       "alerts the notifier delivered (or gave up on), per invoice, for the issuer's timeline",
                       producer="notifier", events=(NotificationSent, NotificationFailed))

@@ -26,7 +26,8 @@ from typing import Any
 __all__ = ["Alert", "Answer", "Observation", "Sample", "StoredInvoice", "Verdict", "check"]
 
 CONTENT_FIELDS = ("total", "total_amount", "total_tax")
-TERMINAL_OK = {"confirmed", "voided"}
+TERMINAL_OK = {"confirmed", "voided", "red_lettered"}  # red_lettered: reversed in full by a confirmed form
+FORM_FINAL = {"confirmed", "rejected", "voided"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,30 @@ class Alert:
 
 
 @dataclass(frozen=True)
+class RedLetterAnswer:
+    """One red-letter request of the workload (POST /v1/invoices/{id}/red-letter) and what it was told."""
+
+    number: str                        # the blue invoice's
+    invoice_id: str
+    sent_at: float
+    status: int | None                 # None: no answer
+    form_id: str | None = None
+    code: str | None = None            # the problem's code, when refused
+
+
+@dataclass(frozen=True)
+class Form:
+    """A red-letter form as the issuer shows it at the end (GET /v1/red-letter-forms/{id})."""
+
+    id: str
+    number: str                        # the blue invoice's
+    status: str
+    reason: str | None
+    red_invoice_id: str | None
+    red_invoice_number: str | None
+
+
+@dataclass(frozen=True)
 class Sample:
     at: float
     statuses: dict[str, int]           # acknowledged invoices by issuer status at that moment
@@ -92,6 +117,8 @@ class Observation:
     # no longer knew; each must have been reported (an `invoice.orphan` alert) before the ERP re-sent it.
     restored_at: float | None = None
     restore_missing: list[str] = field(default_factory=list)
+    red_letters: list[RedLetterAnswer] = field(default_factory=list)
+    forms: list[Form] = field(default_factory=list)  # the tenant's forms at the end, as the issuer lists them
 
 
 @dataclass
@@ -108,6 +135,7 @@ class Verdict:
     not_converged: list[str] = field(default_factory=list)
     unreported_after_restore: list[str] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
+    forms: dict[str, int] = field(default_factory=dict)  # acknowledged red-letter forms by status at the end
     time_to_converge_s: float | None = None
     worst_lag_s: float = 0.0
 
@@ -131,7 +159,7 @@ class Verdict:
                 "duplicate_effects": self.duplicates, "unexplained": self.unexplained,
                 "stuck_unhandled": self.stuck_unhandled, "not_converged": self.not_converged,
                 "unreported_after_restore": self.unreported_after_restore,
-                "statuses": self.statuses, "time_to_converge_s": self.time_to_converge_s,
+                "statuses": self.statuses, "forms": self.forms, "time_to_converge_s": self.time_to_converge_s,
                 "worst_lag_s": round(self.worst_lag_s, 2)}
 
 
@@ -205,6 +233,7 @@ def check(obs: Observation) -> Verdict:
         elif inv.status not in TERMINAL_OK:
             v.not_converged.append(f"{number} (invoice {inv.id}): {inv.status} at the end of the wait")
 
+    _check_red_letters(v, obs, stored_by_number, {r.id: r for r in obs.issuer})
     _check_alert_duplicates(v, obs)
     _check_case_duplicates(v, obs)
     orphaned = {a.number for a in obs.alerts if a.type == "invoice.orphan" and a.number}
@@ -213,6 +242,48 @@ def check(obs: Observation) -> Verdict:
     v.worst_lag_s = max((s.oldest_unconfirmed_s for s in obs.samples), default=0.0)
     v.time_to_converge_s = _time_to_converge(obs, len(acked))
     return v
+
+
+def _check_red_letters(v: Verdict, obs: Observation, stored: dict[str, list[StoredInvoice]],
+                       issuer: dict[str, IssuerInvoice]) -> None:
+    """Every acknowledged red-letter form ends confirmed, rejected or voided, explained; a confirmed one has its
+    red invoice at the issuer (confirmed) and at the store, once. A request retried (same key) is one form."""
+    acked: dict[str, set[str]] = defaultdict(set)  # blue number -> the form ids it was told
+    for a in obs.red_letters:
+        if a.status in (200, 202) and a.form_id:
+            acked[a.number].add(a.form_id)
+    forms = {f.id: f for f in obs.forms}
+    for number, ids in sorted(acked.items()):
+        if len(ids) > 1:
+            v.duplicates.append(f"{number}: one red-letter request acknowledged as {len(ids)} forms "
+                                f"({', '.join(sorted(ids))})")
+        for form_id in sorted(ids):
+            f = forms.get(form_id)
+            if f is None:
+                v.lost.append(f"{number}: red-letter form {form_id} acknowledged, unknown to the issuer")
+                continue
+            v.forms[f.status] = v.forms.get(f.status, 0) + 1
+            if f.status not in FORM_FINAL:
+                v.not_converged.append(f"{number}: red-letter form {form_id} {f.status} at the end of the wait"
+                                       + (f" ({f.reason})" if f.reason else ""))
+            if not f.reason:
+                v.unexplained.append(f"{number}: red-letter form {form_id} {f.status} without a reason")
+            if f.status != "confirmed":
+                continue
+            red = issuer.get(f.red_invoice_id or "")
+            at_store = stored.get(f.red_invoice_number or "", [])
+            if red is None or not at_store:
+                where = "unknown to the issuer" if red is None else "absent at the store"
+                v.lost.append(f"{number}: red-letter form {form_id} confirmed, its red invoice "
+                              f"{f.red_invoice_number} {where}")
+            elif red.status != "confirmed":
+                v.not_converged.append(f"{number}: red invoice {red.number} of form {form_id} {red.status}")
+            if len(at_store) > 1:
+                v.duplicates.append(f"{number}: red invoice {f.red_invoice_number} stored {len(at_store)} times")
+    red_per_blue = Counter(f.number for f in obs.forms if f.status == "confirmed")
+    for number, n in sorted(red_per_blue.items()):
+        if n > 1:  # the workload asks for all that is left, once: a second confirmed form is a second reversal
+            v.duplicates.append(f"{number}: {n} confirmed red-letter forms")
 
 
 def _check_stuck(v: Verdict, obs: Observation, number: str, inv: IssuerInvoice) -> None:
@@ -251,7 +322,7 @@ def _time_to_converge(obs: Observation, acked: int) -> float | None:
     """Seconds from the end of the faults (or of the load, if later) to the first sample where every acknowledged
     invoice was confirmed, voided or (when allowed) stuck; None if that never happened."""
     start = max(obs.faults_end, 0.0)
-    settled = {"confirmed", "voided"} | ({"stuck"} if obs.stuck_allowed else set())
+    settled = TERMINAL_OK | ({"stuck"} if obs.stuck_allowed else set())
     for s in obs.samples:
         if s.at >= obs.load_end and acked and sum(n for k, n in s.statuses.items() if k in settled) >= acked:
             return round(max(0.0, s.at - start), 1)

@@ -19,10 +19,14 @@ import orjson
 
 from fapiao.drill.checker import (
     CONTENT_FIELDS,
+    FORM_FINAL,
+    TERMINAL_OK,
     Alert,
     Answer,
+    Form,
     IssuerInvoice,
     Observation,
+    RedLetterAnswer,
     Sample,
     StoredInvoice,
     Verdict,
@@ -177,6 +181,7 @@ class Drill:
         self.backup_at: float | None = None
         self.restored_at: float | None = None
         self.restore_missing: list[str] = []
+        self.red_letters: list[RedLetterAnswer] = []
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -237,9 +242,41 @@ class Drill:
             doc = invoice(seller)
             key = uuid.UUID(int=self.rng.getrandbits(128)).hex if self.scenario.load.idempotency_key else None
             self.docs[doc["number"]] = (doc, key)
-            for c in range(self.scenario.load.clients):
-                tasks.append(asyncio.create_task(self._post(doc, key, c, deadline=self.duration + 60)))
+            red_key = uuid.UUID(int=self.rng.getrandbits(128)).hex \
+                if self.rng.random() < self.scenario.load.red_letters else None
+            tasks.append(asyncio.create_task(self._invoice(doc, key, red_key, deadline=self.duration + 60)))
         await asyncio.gather(*tasks)
+
+    async def _invoice(self, doc: dict[str, Any], key: str | None, red_key: str | None, deadline: float) -> None:
+        """Each client posts the invoice; then, if it is one of the `red_letters` share, its full red letter."""
+        await asyncio.gather(*(self._post(doc, key, c, deadline) for c in range(self.scenario.load.clients)))
+        acked = next((a.invoice_id for a in self.answers if a.number == doc["number"] and a.invoice_id), None)
+        if red_key is not None and acked is not None:
+            await self._red_letter(doc["number"], acked, red_key, deadline)
+
+    async def _red_letter(self, number: str, invoice_id: str, key: str, deadline: float) -> None:
+        """Ask for a full red letter (reason 01) once the authority holds the invoice, with one Idempotency-Key,
+        until an answer other than no-answer/5xx/429 or "not at the authority yet", or time is up."""
+        headers = {**self.tenant["headers"], "Idempotency-Key": key}
+        delay = 0.5
+        async with httpx.AsyncClient(timeout=8) as http:
+            while self.now() <= deadline:
+                sent = self.now()
+                try:
+                    r = await http.post(f"{self.stack.url('issuer')}/v1/invoices/{invoice_id}/red-letter",
+                                        headers=headers, json={"reason_code": "01"})
+                except httpx.HTTPError:
+                    self.red_letters.append(RedLetterAnswer(number, invoice_id, sent, None))
+                else:
+                    body = r.json() if r.headers.get("content-type", "").endswith("json") else {}
+                    ok = r.status_code in (200, 202)
+                    code = None if ok else body.get("code")
+                    self.red_letters.append(RedLetterAnswer(number, invoice_id, sent, r.status_code,
+                                                            body.get("id") if ok else None, code))
+                    if r.status_code < 500 and r.status_code != 429 and code != "not_at_authority":
+                        return
+                await asyncio.sleep(delay * (0.5 + self.rng.random()))
+                delay = min(delay * 2, 3.0)
 
     # --- faults ----------------------------------------------------------------------------------------------
 
@@ -403,6 +440,35 @@ class Drill:
             if not cursor:
                 return out
 
+    async def forms(self) -> list[Form]:
+        out, cursor = [], None
+        while True:
+            params: dict[str, Any] = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+            r = await self.http.get(f"{self.stack.url('issuer')}/v1/red-letter-forms", headers=self.tenant["headers"],
+                                    params=params)
+            r.raise_for_status()
+            body = r.json()
+            out += [Form(f["id"], f["number"], f["status"], f.get("reason"), f.get("red_invoice_id"),
+                         f.get("red_invoice_number")) for f in body["items"]]
+            cursor = body.get("next_cursor")
+            if not cursor:
+                return out
+
+    async def forms_settled(self) -> bool:
+        """Every acknowledged red-letter form is final, and a confirmed one's red invoice confirmed."""
+        wanted = {a.form_id for a in self.red_letters if a.form_id}
+        if not wanted:
+            return True
+        try:
+            forms, invoices = await self.forms(), await self.issuer_invoices()
+        except (httpx.HTTPError, KeyError, ValueError):
+            return False
+        status = {i.id: i.status for i in invoices}
+        mine = [f for f in forms if f.id in wanted]
+        return len(mine) == len(wanted) and all(
+            f.status in FORM_FINAL and (f.status != "confirmed" or status.get(f.red_invoice_id or "") == "confirmed")
+            for f in mine)
+
     async def cases(self) -> list[dict[str, Any]]:
         r = await self.http.get(f"{self.stack.url('reconciler')}/admin/cases", headers=self.stack.admin,
                                 params={"tenant_id": self.tenant["id"], "limit": 1000})
@@ -423,7 +489,7 @@ class Drill:
             inv = by_number.get(number)
             status = inv.status if inv else "unknown"
             statuses[status] = statuses.get(status, 0) + 1
-            if status not in ("confirmed", "voided"):
+            if status not in TERMINAL_OK:
                 oldest = max(oldest, now - at)
         return Sample(now, statuses, oldest)
 
@@ -445,7 +511,7 @@ async def run_scenario(stack: DrillStack, scenario: Scenario, *, seed: int = 1, 
             if s is not None:
                 samples.append(s)
                 acked = len(d.acked_at)
-                settled = sum(n for k, n in s.statuses.items() if k in ("confirmed", "voided")
+                settled = sum(n for k, n in s.statuses.items() if k in TERMINAL_OK
                               or (stuck_ok and k == "stuck"))
                 counts = " ".join(f"{k}={v}" for k, v in sorted(s.statuses.items()))
                 progress(f"  {s.at:6.1f}s  acknowledged {acked:5d}  settled {settled:5d}  {counts}  "
@@ -464,7 +530,8 @@ async def run_scenario(stack: DrillStack, scenario: Scenario, *, seed: int = 1, 
             s = samples[-1] if samples else None
             if s is not None and s.at > load_end and d.acked_at and sum(
                     n for k, n in s.statuses.items()
-                    if k in ("confirmed", "voided") or (stuck_ok and k == "stuck")) >= len(d.acked_at):
+                    if k in TERMINAL_OK or (stuck_ok and k == "stuck")) >= len(d.acked_at) \
+                    and await d.forms_settled():
                 break
             await asyncio.sleep(1)
         if stuck_ok:  # a stuck invoice's alert may still be on its way while the receiver was down
@@ -477,9 +544,10 @@ async def run_scenario(stack: DrillStack, scenario: Scenario, *, seed: int = 1, 
         await sampling
     obs = Observation(d.answers, [], [], [], d.receiver.alerts, samples, faults_end=scenario.faults_end,
                       load_end=load_end, stuck_allowed=stuck_ok, restored_at=d.restored_at,
-                      restore_missing=list(d.restore_missing))
+                      restore_missing=list(d.restore_missing), red_letters=list(d.red_letters))
     try:
         obs.stored, obs.issuer, obs.cases = await d.stored(), await d.issuer_invoices(), await d.cases()
+        obs.forms = await d.forms() if d.red_letters else []
     except (httpx.HTTPError, KeyError) as exc:
         error = error or f"collecting the outcome failed: {type(exc).__name__}: {exc}"
     obs.alerts = list(d.receiver.alerts)

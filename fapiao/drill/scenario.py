@@ -113,6 +113,7 @@ class Load:
     duration: float = 40.0      # seconds of load
     clients: int = 1            # clients posting each invoice concurrently (retrying on no answer / 5xx)
     idempotency_key: bool = True
+    red_letters: float = 0.0    # share of acknowledged invoices the workload then asks a full red letter (红冲) for
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class Scenario:
 
 _TOP = {"name", "description", "load", "steps", "settle", "settings", "network", "expect", "replicas",
         "kafka_brokers"}
-_LOAD = {"rate", "duration", "clients", "idempotency_key"}
+_LOAD = {"rate", "duration", "clients", "idempotency_key", "red_letters"}
 _EXPECT = {"stuck_allowed", "unconfirmed_allowed", "lost_expected"}
 
 
@@ -220,8 +221,11 @@ def parse_scenario(data: dict[str, Any], *, where: str, default_name: str) -> Sc
     idem = raw_load.get("idempotency_key", True)
     if not isinstance(idem, bool):
         raise ScenarioError(f"{where}: load.idempotency_key must be true or false")
+    red = raw_load.get("red_letters", 0.0)
+    if not isinstance(red, int | float) or isinstance(red, bool) or not 0 <= red <= 1:
+        raise ScenarioError(f"{where}: load.red_letters must be a share between 0 and 1, not {red!r}")
     load = Load(float(rate), parse_duration(raw_load.get("duration", Load.duration), where=f"{where}: load.duration"),
-                clients, idem)
+                clients, idem, float(red))
     raw_steps = data.get("steps", [])
     if not isinstance(raw_steps, list):
         raise ScenarioError(f"{where}: steps must be an array of tables ([[steps]])")

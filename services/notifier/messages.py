@@ -18,7 +18,7 @@ EVENT_TYPES = {
     "orphan": "invoice.orphan", "resolved": "case.resolved", "closed": "case.closed", "reminder": "case.reminder",
     "review_overdue": "invoice.review_overdue", "review_denied": "invoice.review_denied",
     "form_awaiting": "red_letter.awaiting", "form_rejected": "red_letter.rejected", "form_voided": "red_letter.voided",
-    "form_expiring": "red_letter.expiring",
+    "form_expiring": "red_letter.expiring", "red_missing": "red_letter.red_invoice_missing",
 }
 DIGEST_TYPE = "invoice.alerts.digest"
 PING_TYPE = "webhook.ping"
@@ -37,16 +37,21 @@ _TITLE = {
     "form_rejected": ("红字信息确认单被拒绝", "red-letter form rejected by the buyer"),
     "form_voided": ("红字信息确认单已作废", "red-letter form void, nobody confirmed it"),
     "form_expiring": ("红字信息确认单即将作废", "red-letter form void soon unless confirmed"),
+    "red_missing": ("红字信息确认单已确认，但红字发票缺失", "red-letter form confirmed, its red invoice missing"),
 }
 _KIND_ZH = {"stuck": "未确认", "recovered": "已恢复", "rejected": "被拒绝", "orphan": "来源不明", "resolved": "已解决",
             "closed": "已关闭", "reminder": "提醒", "review_overdue": "审核超时", "review_denied": "审核未通过",
             "form_awaiting": "待确认", "form_rejected": "确认单被拒", "form_voided": "确认单作废",
-            "form_expiring": "即将作废"}
+            "form_expiring": "即将作废", "red_missing": "红字发票缺失"}
 
 
 def _links(alert: dict[str, Any], issuer_url: str) -> dict[str, str]:
+    """What the alerted tenant can open: a red-letter form's buyer gets the form (the invoice is the seller's:
+    a 404 for the buyer), its seller the form and the invoice."""
     links = {}
-    if alert.get("invoice_id"):
+    if alert.get("form_id"):
+        links["form"] = f"{issuer_url}/v1/red-letter-forms/{alert['form_id']}"
+    if alert.get("invoice_id") and alert.get("role") != "buyer":
         links["invoice"] = f"{issuer_url}/v1/invoices/{alert['invoice_id']}"
     if alert.get("case_no"):
         links["case"] = f"{issuer_url}/v1/cases/{alert['case_no']}"

@@ -42,6 +42,7 @@ from shared.events import (
     FormExpiringAlertRaised,
     OrphanAlertRaised,
     RecoveredAlertRaised,
+    RedInvoiceMissingAlertRaised,
     RejectedAlertRaised,
     ReviewDeniedAlertRaised,
     ReviewOverdueAlertRaised,
@@ -74,7 +75,7 @@ class Notifier:
         self.handlers: HandlerTable[AsyncSession] = HandlerTable(dict.fromkeys(
             (StuckAlertRaised, RecoveredAlertRaised, RejectedAlertRaised, OrphanAlertRaised, CaseResolvedAlertRaised,
              CaseClosedAlertRaised, ReviewOverdueAlertRaised, ReviewDeniedAlertRaised, FormAwaitingAlertRaised,
-             FormEndedAlertRaised, FormExpiringAlertRaised), self._intake))
+             FormEndedAlertRaised, FormExpiringAlertRaised, RedInvoiceMissingAlertRaised), self._intake))
 
     def stop(self) -> None:
         self.stopping.set()

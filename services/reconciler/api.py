@@ -67,9 +67,11 @@ async def status(request: Request) -> dict[str, Any]:
 
 @router.get("/gaps")
 async def gaps(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
-    """The oldest unconfirmed invoices: state, gap kind, resyncs, case, last error, next check."""
+    """The oldest unconfirmed invoices: state, gap kind, resyncs, case, last error, next check; and the confirmed
+    red-letter forms whose red invoice is missing from the ledger (`red_letter_forms`)."""
     async with transaction(_state(request).sessions) as session:
-        return {"items": await reports.list_unconfirmed(session=session, limit=limit)}
+        return {"items": await reports.list_unconfirmed(session=session, limit=limit),
+                "red_letter_forms": await reports.list_form_gaps(session=session, limit=limit)}
 
 
 @router.get("/invoices/{invoice_id}")

@@ -41,7 +41,7 @@ async def _run(reconciler: Reconciler, settings: ReconcilerSettings) -> None:
                                 partitions=settings.kafka_partitions,
                                 replication_factor=settings.kafka_replication_factor)
     await asyncio.gather(reconciler.run_consumer(), reconciler.run_checker(), reconciler.run_sweeper(),
-                         reconciler.run_metrics())
+                         reconciler.run_metrics(), reconciler.run_forms())
 
 
 def create_app(settings: ReconcilerSettings | None = None) -> FastAPI:

@@ -121,6 +121,37 @@ case_history = Table(
     Index("ix_case_history_case_no_id", "case_no", "id"),
 )
 
+# The red-letter forms the authority confirmed (红字发票信息确认单): each one's red invoice is expected in the ledger.
+# A form is `expected` from its confirmation, `met` once the red invoice's issued event reached the ledger, and a
+# `gap` when it has not within FAPIAO_RED_INVOICE_GRACE (kind red_unrecorded: the authority holds it, the issuer
+# never recorded it; red_missing: nobody does), with a case and an alert, until it is met. Only open forms carry a
+# `next_check_at`.
+red_letter_forms = Table(
+    "red_letter_forms", metadata,
+    Column("form_id", UUID(as_uuid=True), primary_key=True),  # the issuer's form id
+    Column("tenant_id", UUID(as_uuid=True), nullable=False),  # the seller's
+    Column("invoice_id", UUID(as_uuid=True), nullable=False),  # the blue invoice
+    Column("seller_tax_id", String(18), nullable=False),
+    Column("blue_number", String(20), nullable=False),
+    Column("form_no", String(32)),
+    Column("red_number", String(20)),  # the authority's red invoice, as the confirmed form names it
+    Column("total", Numeric(16, 2)),
+    Column("confirmed_at", DateTime(timezone=True), nullable=False),
+    Column("state", String(16), nullable=False),  # expected | met | gap
+    Column("gap_kind", String(16)),  # red_unrecorded | red_missing, while a gap
+    Column("red_invoice_id", UUID(as_uuid=True)),  # the ledger's red invoice, once met
+    Column("checks", Integer, nullable=False, server_default=text("0")),
+    Column("next_check_at", DateTime(timezone=True)),
+    Column("gap_at", DateTime(timezone=True)),
+    Column("met_at", DateTime(timezone=True)),
+    Column("case_no", String(32)),
+    Column("case_own", Boolean, nullable=False, server_default=text("false")),  # opened for this form
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_red_letter_forms_due", "next_check_at", postgresql_where=text("next_check_at IS NOT NULL")),
+    Index("ix_red_letter_forms_red", "seller_tax_id", "red_number"),
+)
+
 sweep_windows = Table(
     "sweep_windows", metadata,
     Column("seller_tax_id", String(18), primary_key=True),

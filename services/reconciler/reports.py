@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.reconciler import models as m
 from services.reconciler.writes import jsonable
 
-__all__ = ["GapReport", "gap_report", "list_unconfirmed", "month_end", "month_summary", "status_counts"]
+__all__ = ["GapReport", "gap_report", "list_form_gaps", "list_unconfirmed", "month_end", "month_summary",
+           "status_counts"]
 
 _AGE_BUCKETS = ((60, "lt_1m"), (600, "1m_10m"), (3600, "10m_1h"), (86400, "1h_1d"))
 _UNCONFIRMED = ("pending", "awaiting", "gap", "stuck")
@@ -74,6 +75,16 @@ async def list_unconfirmed(*, session: AsyncSession, limit: int) -> list[dict[st
         .where(led.c.next_check_at.is_not(None), led.c.state.in_(_UNCONFIRMED))
         .order_by(led.c.since.asc().nulls_last()).limit(limit)
     )).all()
+    return [jsonable(dict(r._mapping)) for r in rows]
+
+
+async def list_form_gaps(*, session: AsyncSession, limit: int) -> list[dict[str, Any]]:
+    """Confirmed red-letter forms whose red invoice is not in the ledger past its grace (forms.py), oldest first."""
+    f = m.red_letter_forms
+    rows = (await session.execute(
+        select(f.c.form_id, f.c.tenant_id, f.c.invoice_id, f.c.seller_tax_id, f.c.blue_number, f.c.form_no,
+               f.c.red_number, f.c.gap_kind, f.c.confirmed_at, f.c.gap_at, f.c.case_no, f.c.next_check_at)
+        .where(f.c.state == "gap").order_by(f.c.confirmed_at).limit(limit))).all()
     return [jsonable(dict(r._mapping)) for r in rows]
 
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from shared.backoff import backoff
 from shared.events import InvoiceRejected, InvoiceSubmissionFailed, InvoiceSubmitted, SyncResult
 
-__all__ = ["Decision", "Policy", "Seen", "decide", "human_duration", "resync_delay"]
+__all__ = ["Decision", "FormDecision", "Policy", "Seen", "decide", "decide_form", "human_duration", "resync_delay"]
 
 UNCONFIRMED = frozenset({"pending", "awaiting", "gap", "stuck"})
 
@@ -258,3 +258,53 @@ def after_sync_result(row: Any, event: SyncResult, now: datetime, policy: Policy
     if event.gave_up and not terminal:
         changes["next_check_at"] = now  # look now; absent -> resync (补录)
     return changes, False
+
+
+# --- red-letter forms -------------------------------------------------------------------------
+
+@dataclass
+class FormDecision:
+    """What one check of a confirmed form's red invoice decides (forms.py writes it)."""
+
+    changes: dict[str, Any] = field(default_factory=dict)  # red_letter_forms columns to set
+    met: bool = False  # the red invoice is in the ledger now
+    gap: bool = False  # a gap now (new, or of another kind): case note, and the alert once per case
+    reason: str = ""
+    next_action: str | None = None
+
+
+def decide_form(form: Any, *, red_invoice_id: Any, at_authority: bool | None, store_error: str | None,
+                now: datetime, policy: Policy) -> FormDecision:
+    """A confirmed form past its grace: met once its red invoice's issued event reached the ledger
+    (`red_invoice_id`); else a gap — red_unrecorded when the authority holds the red invoice (the issuer never
+    recorded it), red_missing when it does not either. `at_authority` None: the authority could not be asked
+    (`store_error`); the kind stays what it was, red_unrecorded at first."""
+    d = FormDecision(changes={"checks": form.checks + 1})
+    red = form.red_number or "(no number)"
+    if red_invoice_id is not None:
+        d.met = True
+        d.changes.update(state="met", red_invoice_id=red_invoice_id, met_at=now, next_check_at=None, gap_kind=None)
+        d.reason = f"Red invoice {red} of form {form.form_no} is in the ledger; it is reconciled like any invoice."
+        return d
+    if at_authority is None:
+        kind = form.gap_kind or "red_unrecorded"
+    else:
+        kind = "red_unrecorded" if at_authority else "red_missing"
+    age = human_duration((now - form.confirmed_at).total_seconds())
+    d.gap = form.state != "gap" or form.gap_kind != kind
+    d.changes.update(state="gap", gap_kind=kind, gap_at=form.gap_at or now,
+                     next_check_at=now + timedelta(seconds=policy.stuck_recheck))
+    head = f"Red-letter form {form.form_no} on invoice {form.blue_number} was confirmed {age} ago"
+    if kind == "red_unrecorded":
+        held = (f"the tax authority holds its red invoice {red}" if at_authority else
+                f"the tax authority could not be checked ({store_error})")
+        d.reason = f"{head} and {held}, but the issuer never recorded the red invoice: it is not in the ledger."
+        d.next_action = (f"Open the form (GET /v1/red-letter-forms/{form.form_id}): its confirmed update did not "
+                         "reach the issuer; look for it among the dead letters of the sync results and replay "
+                         "it. The reconciler keeps checking and closes the case when the red invoice arrives.")
+    else:
+        d.reason = (f"{head}, but its red invoice {red} is neither in the ledger nor held by the tax "
+                    "authority.")
+        d.next_action = (f"Ask the tax authority to issue the red invoice of form {form.form_no}; the reconciler "
+                         "keeps checking and closes the case when it appears.")
+    return d

@@ -26,6 +26,9 @@ class ReconcilerSettings(SharedSettings):
     review_sla: Seconds = Field(default=2 * 86_400.0, gt=0,
                                 description="how long a cross-region review (跨区域审核) may take before it is "
                                             "alerted as overdue (once); a held invoice is never resubmitted")
+    red_invoice_grace: Seconds = Field(
+        default=300.0, gt=0, description="a confirmed red-letter form whose red invoice is not in the ledger this "
+                                         "long after its confirmation is a gap (a case and an alert)")
     check_batch_size: int = Field(default=500, ge=1, le=10_000, description="invoices checked per round")
     lookup_batch_size: int = Field(default=200, ge=1, le=200, description="invoice numbers per store query")
     check_interval: Seconds = Field(default=1.0, gt=0, description="longest idle wait between two check rounds")

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.reconciler import ledger, reports, sweeps
+from services.reconciler import forms, ledger, reports, sweeps
 from services.reconciler.metrics import (
     CHECK_ROUND,
     CHECKS,
@@ -79,11 +79,14 @@ class Reconciler:
             InvoiceIssued: self._take_issued, InvoiceVoided: self._take_voided,
             InvoiceSubmitted: self._take_results, InvoiceSubmissionFailed: self._take_results,
             InvoiceRejected: self._take_results,
-        }, ignore=(RedLetterRequested, RedLetterDecisionRequested, RedLetterFormUpdated))
-        # Forms are not tracked here: a confirmed form's red invoice reaches this ledger as an issued invoice.
+            RedLetterFormUpdated: self._take_forms,
+        }, ignore=(RedLetterRequested, RedLetterDecisionRequested))
+        # A confirmed form owes a red invoice: held as an expectation (forms.py) until its issued event arrives.
+        self._wake_forms = asyncio.Event()
 
     def stop(self) -> None:
         self._stopping.set()
+        self._wake_forms.set()
         self._wake_checker.set()
         self._wake_sweeper.set()
 
@@ -105,8 +108,15 @@ class Reconciler:
             self._wake_checker.set()
 
     async def _take_issued(self, session: AsyncSession, items: list[Received[InvoiceIssued]]) -> None:
-        await ledger.intake_issued(session=session, issued=[i.event for i in items], policy=self.policy,
+        issued = [i.event for i in items]
+        await ledger.intake_issued(session=session, issued=issued, policy=self.policy,
                                    sweep_interval=self.settings.sweep_interval)
+        if reds := forms.red_numbers(issued):
+            await forms.red_issued(session=session, keys=reds)
+            self._wake_forms.set()
+
+    async def _take_forms(self, session: AsyncSession, items: list[Received[RedLetterFormUpdated]]) -> None:
+        await forms.intake_forms(session=session, updates=items, grace=self.settings.red_invoice_grace)
 
     async def _take_voided(self, session: AsyncSession, items: list[Received[InvoiceVoided]]) -> None:
         await ledger.apply_voided(session=session, invoice_ids=[uuid.UUID(i.envelope.subject) for i in items],
@@ -223,6 +233,42 @@ class Reconciler:
 
         return {"window_seconds": window, "count": len(values), "p50": pct(0.5), "p95": pct(0.95),
                 "max": round(values[-1], 3)}
+
+    # --- confirmed red-letter forms -----------------------------------------------------------------
+
+    async def form_round(self) -> bool:
+        """Look at the confirmed forms due (past their grace, or their red invoice just arrived): met, or a gap
+        (the store says whether it holds the red invoice). True when the round was full."""
+        s = self.settings
+        async with transaction(self.sessions) as session:
+            due = await forms.claim_due_forms(session=session, limit=s.check_batch_size, lease_seconds=s.check_lease)
+        if not due:
+            return False
+        groups: dict[str, list[str]] = {}
+        for r in due:
+            if r.red_number:
+                groups.setdefault(r.seller_tax_id, []).append(r.red_number)
+        sellers = list(groups)
+        answers = dict(zip(sellers, await asyncio.gather(*(self._look(x, groups[x]) for x in sellers)), strict=True))
+        held: dict[uuid.UUID, bool | None] = {}
+        errors: dict[uuid.UUID, str] = {}
+        for r in due:
+            answer = answers.get(r.seller_tax_id) if r.red_number else {}
+            if isinstance(answer, str):
+                held[r.form_id], errors[r.form_id] = None, answer
+            else:
+                held[r.form_id] = r.red_number in (answer or {})
+        async with transaction(self.sessions) as session:
+            done = await forms.apply_form_checks(session=session, at_authority=held, store_errors=errors,
+                                                 policy=self.policy, topics=self.topics, timezone=s.timezone)
+        for kind, n in (done.gaps or {}).items():
+            TRANSITIONS.labels(f"gap_{kind}").inc(n)
+        return len(due) >= s.check_batch_size
+
+    async def run_forms(self) -> None:
+        await run_rounds("forms", self.form_round, stopping=self._stopping, wake=self._wake_forms,
+                         idle=lambda: self.settings.check_interval,
+                         needs=[database_addresses(self.settings.database_url)])
 
     # --- the sweeper ------------------------------------------------------------------------------
 

@@ -45,11 +45,12 @@ class FormOp:
     status: str  # retrying (write it) | watching (read it)
     store_status: str | None
     attempts: int
+    created_at: datetime | None = None
 
     @classmethod
     def of(cls, row: Any) -> FormOp:
         return cls(row.op_id, row.form_id, row.invoice_id, row.tenant_id, row.op, row.party_tax_id, row.body,
-                   row.form_no, row.status, row.store_status, row.attempts)
+                   row.form_no, row.status, row.store_status, row.attempts, row.created_at)
 
     def request(self) -> tuple[str, str, dict[str, Any] | None, dict[str, str] | None]:
         """(method, path, body, params) of this op's next call."""

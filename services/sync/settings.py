@@ -30,6 +30,11 @@ class SyncSettings(SharedSettings):
     form_watch_interval: float = Field(default=30.0, gt=0,
                                        description="how often a pending red-letter form is read at the store, "
                                                    "seconds (a decision made elsewhere, or the window's end)")
+    form_missing_invoice_retry: float = Field(
+        default=600.0, ge=0, description="a red-letter form asked for on an invoice the store does not show is asked "
+                                         "again (with the retry backoff) for this long, seconds: the authority "
+                                         "acknowledged the invoice, so it is lag or a loss the reconciler resyncs; "
+                                         "then the form fails")
     relay_batch_size: int = Field(default=2000, ge=1, le=10_000)
     relay_poll_interval: float = Field(default=1.0, gt=0)
     auto_migrate: bool = Field(default=True, description="run Alembic migrations at start-up")

@@ -314,9 +314,22 @@ class Syncer:
                 log.info("form %s (%s) failed: %s", op.form_id, op.op, exc)
                 return forms.FormResult(op, error=str(exc), http_status=exc.http_status, retry_at=retry)
             self._succeeded()
+        if status == 404 and op.op == "create" and self._invoice_may_come(op):
+            # The issuer asks only for invoices the authority acknowledged: one it does not show is lagging or
+            # lost, and the reconciler resyncs a lost one. Ask again for a while before the form fails for good.
+            retry = datetime.now(UTC) + timedelta(seconds=backoff(
+                op.attempts, base=self.settings.retry_base, cap=self.settings.retry_cap, jitter="equal"))
+            return forms.FormResult(op, error=f"the tax store does not show the invoice yet "
+                                              f"({(answer or {}).get('detail') or status}); asked again",
+                                    http_status=status, retry_at=retry)
         if status >= 400:
             return forms.FormResult(op, refused=answer, http_status=status)
         return forms.FormResult(op, form=answer, http_status=status)
+
+    def _invoice_may_come(self, op: forms.FormOp) -> bool:
+        """Within FAPIAO_FORM_MISSING_INVOICE_RETRY of the form's request."""
+        return op.created_at is not None and (datetime.now(UTC) - op.created_at).total_seconds() < \
+            self.settings.form_missing_invoice_retry
 
     # --- the health probe while the circuit is open --------------------------------------------
 

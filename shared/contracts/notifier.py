@@ -16,10 +16,10 @@ __all__ = ["ENDINGS", "KINDS", "DeliveryStatus", "HistoryFilters", "Kind", "Rota
            "SubscriptionPatch", "Text"]
 
 Kind = Literal["stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder", "review_overdue",
-               "review_denied", "form_awaiting", "form_rejected", "form_voided", "form_expiring"]
+               "review_denied", "form_awaiting", "form_rejected", "form_voided", "form_expiring", "red_missing"]
 KINDS: tuple[Kind, ...] = ("stuck", "recovered", "rejected", "orphan", "resolved", "closed", "reminder",
                            "review_overdue", "review_denied", "form_awaiting", "form_rejected", "form_voided",
-                           "form_expiring")
+                           "form_expiring", "red_missing")
 # The end of a problem: always delivered (a mute lifts), and no more reminders about it.
 ENDINGS = frozenset({"recovered", "resolved", "closed", "rejected"})
 

@@ -6,9 +6,12 @@ verification (查验) is answered by the store. Real tax store, sync, reconciler
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -16,7 +19,7 @@ import httpx
 import pytest
 
 from tests import factories, steps
-from tests.harness import ReconPipeline, Tenant, eventually
+from tests.harness import Receiver, ReconPipeline, Tenant, eventually
 from tests.steps import new_tenant, problem
 
 POLICY = {"confirm_window_s": 600.0, "used_rate": 0.0, "review_threshold": None, "review_delay_s": 600.0,
@@ -298,6 +301,31 @@ async def test_under_a_flaky_store_one_form_and_one_red_invoice_even_when_the_st
     assert uuid.UUID(red["id"])
 
 
+async def test_a_form_on_an_acknowledged_invoice_the_store_dropped_is_made_once_the_invoice_is_resynced(
+        rl: ReconPipeline) -> None:
+    """The store acknowledged the blue invoice and kept nothing (drop): a form asked for meanwhile is refused
+    with "no invoice" (404). That is lag or loss, not a refusal for good: the sync service asks again
+    (FAPIAO_FORM_MISSING_INVOICE_RETRY) while the reconciler resyncs the invoice, and the form is then made and
+    confirmed; it does not end `failed`."""
+    p = rl
+    p.start_own("reconciler", FAPIAO_VISIBILITY_SLA="6")  # time to ask while the issuer still says submitted
+    seller = await new_tenant(p)
+    await p.faults(drop_rate=1.0)
+    doc = factories.invoice(seller.tax_id)
+    r = await p.issuer.client.post("/v1/invoices", json=doc, headers=seller.headers)
+    assert r.status_code == 201, r.text
+    blue = r.json()["id"]
+    await until_status(p, seller, blue, "submitted")
+    assert doc["number"] not in await p.stored(seller.tax_id)
+    asked = await ask(p, seller, blue, {"reason_code": "01"})
+    await asyncio.sleep(2)  # the form's first requests meet an invoice the store does not hold
+    assert (await form(p, seller, asked["id"]))["status"] == "requested"
+    await p.clear_faults()
+    done = await until_form(p, seller, asked["id"], "confirmed", timeout=90)
+    await red_invoice_of(p, seller, done)
+    await until_status(p, seller, blue, "red_lettered")
+
+
 # --- cross-region review (跨区域审核) -----------------------------------------------------------------------
 
 def uscc_in(province: str) -> str:
@@ -359,3 +387,203 @@ async def test_cross_region_invoices_are_held_for_review_then_approved_or_denied
     await __import__("asyncio").sleep(3)  # later checks raise nothing more
     assert await alerts_of(p, approved) == ["review_overdue"]
     assert await alerts_of(p, denied) == ["review_denied", "review_overdue"]
+
+
+# --- a confirmed form owes a red invoice (the expected ledger) ---------------------------------------------------
+
+async def recon_forms(p: ReconPipeline, invoice_id: str) -> list[dict[str, Any]]:
+    """The reconciler's red_letter_forms rows of this blue invoice."""
+    from sqlalchemy import text
+
+    async with p.issuer.app.state.engine.connect() as conn:  # type: ignore[attr-defined]
+        rows = (await conn.execute(text("select form_id, state, gap_kind, red_number, case_no, case_own "
+                                        "from reconciler.red_letter_forms where invoice_id = :i"),
+                                   {"i": invoice_id})).all()
+    return [dict(r._mapping) for r in rows]
+
+
+async def publish(p: ReconPipeline, topic: Any, envelope: Any) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from shared.envelope import encode
+
+    producer = AIOKafkaProducer(bootstrap_servers=p.infra.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic.qualified(p.issuer.settings.topic_prefix),  # type: ignore[attr-defined]
+                                     encode(envelope), key=envelope.subject.encode())
+    finally:
+        await producer.stop()
+
+
+async def test_a_confirmed_form_whose_red_invoice_never_reaches_the_ledger_is_a_gap_with_a_case_and_one_alert(
+        rl: ReconPipeline) -> None:
+    """The authority confirms a form and issues its red invoice, but the confirmed update never reaches the issuer
+    (this test publishes the sync service's update for a form the issuer does not know: it skips it, as it would
+    an update it lost): past FAPIAO_RED_INVOICE_GRACE the reconciler finds no red invoice in its ledger. A gap,
+    red_unrecorded while the store holds the red invoice, red_missing once the store loses it too; one case, one
+    alert. When the red invoice's issued event arrives at last, the case is resolved. A form whose red invoice
+    the issuer records in time (the ordinary path) is met, with no case and no alert."""
+    from shared.content import content_hash
+    from shared.envelope import new_envelope
+    from shared.events import ISSUER_SOURCE, SYNC_SOURCE, InvoiceIssued, RedLetterFormUpdated
+    from shared.topics import INVOICE_EVENTS, SYNC_RESULTS
+
+    p = rl
+    p.start_own("reconciler", FAPIAO_RED_INVOICE_GRACE="1.5", FAPIAO_STUCK_RECHECK="1")
+    seller = await new_tenant(p)
+    ordinary, lost = await confirmed_invoices(p, seller, [None, None])
+
+    # The ordinary path: the form's red invoice is in the ledger in time; nothing to tell anyone.
+    asked = await ask(p, seller, ordinary["id"], {"reason_code": "01"})
+    done = await until_form(p, seller, asked["id"], "confirmed")
+    await red_invoice_of(p, seller, done)
+    async def met() -> list[dict[str, Any]] | None:
+        rows = await recon_forms(p, ordinary["id"])
+        return rows if rows and rows[0]["state"] == "met" else None
+    [row] = await eventually(met, timeout=20, interval=0.25)
+    assert (row["red_number"], row["case_no"]) == (done["red_invoice_number"], None)
+
+    # A form the authority confirmed (no confirmation needed) whose update the issuer never took in.
+    async with httpx.AsyncClient(timeout=10) as c:
+        r = await c.post(f"{p.taxstore.url}/v1/red-letter-forms", json={
+            "request_id": f"lost-{uuid.uuid4()}", "invoice": {"seller_tax_id": seller.tax_id, "number": lost["number"]},
+            "requested_by": seller.tax_id, "reason_code": "02"})
+    assert r.status_code in (200, 201), r.text
+    store_form = r.json()
+    assert store_form["status"] == "confirmed" and store_form["red_invoice"], store_form
+    red_number = store_form["red_invoice"]["number"]
+    form_id = uuid.uuid4()
+    update = RedLetterFormUpdated(form_id=form_id, invoice_id=uuid.UUID(lost["id"]), tenant_id=uuid.UUID(seller.id),
+                                  status="confirmed", form_no=store_form["form_no"], form=store_form)
+    await publish(p, SYNC_RESULTS, new_envelope(source=SYNC_SOURCE, event=update, subject=lost["id"],
+                                                tenant=seller.id, sequence=1))
+
+    async def gap(kind: str) -> dict[str, Any] | None:
+        async with httpx.AsyncClient(timeout=10) as c:
+            items = (await c.get(f"{p.reconciler.url}/admin/gaps", headers=p.admin)).json()["red_letter_forms"]
+        mine = [x for x in items if x["form_id"] == str(form_id)]
+        return mine[0] if mine and mine[0]["gap_kind"] == kind else None
+    found = await eventually(lambda: gap("red_unrecorded"), timeout=30, interval=0.25)
+    assert (found["red_number"], found["blue_number"], found["invoice_id"]) == (red_number, lost["number"],
+                                                                                lost["id"])
+    case_no = found["case_no"]
+    assert case_no
+    async with httpx.AsyncClient(timeout=10) as c:
+        case = (await c.get(f"{p.reconciler.url}/admin/cases/{case_no}", headers=p.admin)).json()
+    assert (case["status"], case["invoice_id"], case["opened_by"]) == ("open", lost["id"], "system")
+    gap_notes = [h["message"] for h in case["history"] if h["kind"] == "gap"]
+    assert gap_notes and "never recorded the red invoice" in gap_notes[0] and red_number in gap_notes[0]
+
+    async def alerts() -> list[dict[str, Any]] | None:
+        from sqlalchemy import text
+
+        async with p.issuer.app.state.engine.connect() as conn:  # type: ignore[attr-defined]
+            rows = (await conn.execute(text("select kind, data from notifier.alerts where invoice_id = :i "
+                                            "order by received_at"), {"i": lost["id"]})).all()
+        return [{"kind": k, **d} for k, d in rows] or None
+    [alert] = await eventually(alerts, timeout=20, interval=0.5)
+    assert (alert["kind"], alert["case_no"], alert["form_id"], alert["role"]) == ("red_missing", case_no,
+                                                                                   str(form_id), "seller")
+    assert "never recorded" in alert["reason"] and "dead letters" in alert["next_action"]
+
+    # The store loses the red invoice too: the gap's kind follows; the case and its one alert stay.
+    async with httpx.AsyncClient(timeout=10) as c:
+        r = await c.post(f"{p.taxstore.url}/admin/lose", headers=p.admin,
+                         json={"invoices": [{"seller_tax_id": seller.tax_id, "number": red_number}]})
+    assert r.status_code == 200 and len(r.json()["lost"]) == 1, r.text
+    found = await eventually(lambda: gap("red_missing"), timeout=20, interval=0.25)
+    assert found["case_no"] == case_no
+    await asyncio.sleep(2.5)  # more rechecks: nothing more is alerted
+    assert [a["kind"] for a in await alerts() or []] == ["red_missing"]
+
+    # The red invoice's issued event arrives at last (as the issuer sends it once the update is replayed): met,
+    # the case resolved and the seller told once; the red invoice is then the ledger's, submitted again and seen.
+    doc = store_form["red_invoice"]["content"]
+    red_id = uuid.uuid4()
+    issued = InvoiceIssued(invoice_id=red_id, tenant_id=uuid.UUID(seller.id), seller_tax_id=seller.tax_id,
+                           number=red_number, content_hash=content_hash(doc), accepted_at=datetime.now(UTC),
+                           invoice=doc, red_letter_of=lost["number"])
+    await publish(p, INVOICE_EVENTS, new_envelope(source=ISSUER_SOURCE, event=issued, subject=str(red_id),
+                                                  tenant=seller.id, sequence=1))
+
+    async def resolved() -> list[dict[str, Any]] | None:
+        rows = await recon_forms(p, lost["id"])
+        return rows if rows and rows[0]["state"] == "met" else None
+    await eventually(resolved, timeout=30, interval=0.25)
+    async with httpx.AsyncClient(timeout=10) as c:
+        case = (await c.get(f"{p.reconciler.url}/admin/cases/{case_no}", headers=p.admin)).json()
+    assert case["status"] == "resolved" and red_number in case["resolution"], case
+    async def told() -> list[str] | None:
+        kinds = [a["kind"] for a in await alerts() or []]
+        return kinds if "resolved" in kinds else None
+    assert await eventually(told, timeout=20, interval=0.5) == ["red_missing", "resolved"]
+    assert red_number in await p.stored(seller.tax_id)  # resubmitted by the sync service, held again
+
+
+async def test_the_buyers_form_alerts_link_the_form_it_can_open_not_the_sellers_invoice(
+        rl: ReconPipeline, receiver: Receiver) -> None:
+    """A form waits for a buyer tenant: its webhook and its e-mail link the form (GET /v1/red-letter-forms/{id},
+    which the buyer opens), never the seller's invoice (a 404 for the buyer); the seller's alert links both. All
+    under a flaky store (errors and ambiguous timeouts while the form is made and watched): one form, it waits,
+    then lapses, and each of its alerts is sent once."""
+    p = rl
+    seller, buyer = await new_tenant(p), await buyer_tenant(p)
+    path = f"/hooks/{uuid.uuid4().hex}"
+    r = await p.issuer.client.post("/v1/subscriptions", headers=buyer.headers,
+                                   json={"channel": "webhook", "url": receiver.url(path)})
+    assert r.status_code == 201, r.text
+    address = f"buyer-{uuid.uuid4().hex[:8]}@example.com"
+    r = await p.issuer.client.post("/v1/subscriptions", headers=buyer.headers,
+                                   json={"channel": "email", "emails": [address]})
+    assert r.status_code == 201, r.text
+    [inv] = await confirmed_invoices(p, seller, [buyer.tax_id])
+    await policy(p, used_rate=1.0, confirm_window_s=4)
+    before = await p.stats()
+    await p.faults(error_rate=0.3, timeout_rate=0.3, timeout_hang_ms=300, seed=11)
+    asked = await ask(p, seller, inv["id"], {"reason_code": "01"})
+    await until_form(p, seller, asked["id"], "voided", timeout=60)  # waited for the buyer, then lapsed
+    after = await p.stats()
+    await p.clear_faults()
+    assert after["errors"] + after["timeouts"] > before["errors"] + before["timeouts"], after
+    async with httpx.AsyncClient(timeout=10) as c:
+        at_store = (await c.get(f"{p.taxstore.url}/v1/red-letter-forms", params={
+            "party_tax_id": seller.tax_id, "invoice_number": inv["number"]})).json()["items"]
+    assert [f["status"] for f in at_store] == ["voided"]  # retried, never made twice
+
+    async def hooks() -> list[dict[str, Any]] | None:
+        """The alerts delivered to the buyer's hook, each delivery once (a retry carries the same webhook-id)."""
+        items = []
+        for req in {r.headers["webhook-id"]: r for r in receiver.at(path)}.values():
+            body = json.loads(req.body)
+            items += body["data"]["alerts"] if body["type"] == "invoice.alerts.digest" else [body["data"]]
+        return items if {"form_awaiting", "form_expiring"} <= {a["kind"] for a in items} else None
+    received = await eventually(hooks, timeout=90, interval=0.5)  # the notifier's digest window may hold them
+    form_path = f"/v1/red-letter-forms/{asked['id']}"
+    for a in received:
+        assert (a["form_id"], a["role"]) == (asked["id"], "buyer"), a
+        assert list(a["links"]) == ["form"] and a["links"]["form"].endswith(form_path), a["links"]
+    assert (await p.issuer.client.get(form_path, headers=buyer.headers)).status_code == 200
+    problem(await p.issuer.client.get(f"/v1/invoices/{inv['id']}", headers=buyer.headers), 404, "not_found")
+    mails = await eventually(lambda: p.mails(to=address) or None, timeout=90, interval=0.5)
+    text = mails[0].get_body(("plain",)).get_content()
+    assert form_path in text and "/v1/invoices/" not in text and "fapiao invoice show" not in text, text
+
+    # The seller's own alert about the same form (void: nothing reversed) links the form and its invoice.
+    from sqlalchemy import text as sql
+
+    async with p.issuer.app.state.engine.connect() as conn:  # type: ignore[attr-defined]
+        async def voided() -> dict[str, Any] | None:
+            row = (await conn.execute(sql("select data from notifier.alerts where invoice_id = :i and "
+                                          "kind = 'form_voided'"), {"i": inv["id"]})).first()
+            return row[0] if row else None
+        data = await eventually(voided, timeout=20, interval=0.5)
+    assert (data["form_id"], data["role"]) == (asked["id"], "seller")
+    from services.notifier.messages import webhook_payload
+
+    links = webhook_payload(kind="single", alerts=[data], created_at="t", issuer_url="")["data"]["links"]
+    assert links == {"form": form_path, "invoice": f"/v1/invoices/{inv['id']}"}
+    await asyncio.sleep(2)  # later form rounds and expiry sweeps raise nothing more: each alert once
+    assert await alerts_of(p, inv["id"]) == ["form_awaiting", "form_expiring", "form_voided"]
+    kinds = Counter(a["kind"] for a in await hooks() or [])
+    assert kinds == {"form_awaiting": 1, "form_expiring": 1}, kinds  # the buyer's, once each

@@ -3,7 +3,17 @@ twice, a stuck invoice without its case, a changed total, an unexplained status)
 
 from __future__ import annotations
 
-from fapiao.drill.checker import Alert, Answer, IssuerInvoice, Observation, Sample, StoredInvoice, check
+from fapiao.drill.checker import (
+    Alert,
+    Answer,
+    Form,
+    IssuerInvoice,
+    Observation,
+    RedLetterAnswer,
+    Sample,
+    StoredInvoice,
+    check,
+)
 
 CONTENT = {"total": "113.00", "total_amount": "100.00", "total_tax": "13.00"}
 
@@ -176,3 +186,54 @@ def test_refusals_while_the_issuer_cannot_reach_its_database_acknowledge_nothing
     obs.stored.pop()  # the one acknowledged after its 503 must still reach the store
     v = check(obs)
     assert len(v.lost) == 1 and v.lost[0].startswith("N0051 (invoice id-51)") and v.refused == 4
+
+
+# --- red letters ----------------------------------------------------------------------------------------------
+
+def red_lettered() -> Observation:
+    """N0000 reversed in full (its form confirmed, red invoice R0 confirmed and stored), N0001's form void; the
+    first request of N0000 had no answer and was retried under its key."""
+    obs = healthy()
+    obs.issuer[0] = IssuerInvoice("id-0", "N0000", "red_lettered", "Cancelled in full", None, None)
+    obs.issuer.append(IssuerInvoice("red-0", "R0", "confirmed", None, None, None))
+    obs.stored.append(StoredInvoice("R0", {"total": "-113.00"}))
+    obs.red_letters = [RedLetterAnswer("N0000", "id-0", 1.0, None), RedLetterAnswer("N0000", "id-0", 2.0, 202, "f-0"),
+                       RedLetterAnswer("N0001", "id-1", 1.5, 409, None, "not_at_authority"),
+                       RedLetterAnswer("N0001", "id-1", 2.5, 202, "f-1")]
+    obs.forms = [Form("f-0", "N0000", "confirmed", "confirmed; red invoice R0", "red-0", "R0"),
+                 Form("f-1", "N0001", "voided", "void: nobody confirmed it", None, None)]
+    return obs
+
+
+def test_red_letters_that_end_confirmed_with_their_red_invoice_or_void_pass() -> None:
+    v = check(red_lettered())
+    assert v.passed, v.violations
+    assert v.forms == {"confirmed": 1, "voided": 1} and v.statuses == {"red_lettered": 1, "confirmed": 2}
+
+
+def test_a_confirmed_form_whose_red_invoice_the_store_lost_is_lost_and_named() -> None:
+    obs = red_lettered()
+    obs.stored = [x for x in obs.stored if x.number != "R0"]
+    v = check(obs)
+    assert v.lost == ["N0000: red-letter form f-0 confirmed, its red invoice R0 absent at the store"]
+
+
+def test_a_form_still_pending_or_a_red_invoice_unconfirmed_has_not_converged() -> None:
+    obs = red_lettered()
+    obs.forms[1] = Form("f-1", "N0001", "pending", "waits for the buyer", None, None)
+    obs.issuer[-1] = IssuerInvoice("red-0", "R0", "submitted", "r", "n", None)
+    v = check(obs)
+    assert sorted(v.not_converged) == ["N0000: red invoice R0 of form f-0 submitted",
+                                       "N0001: red-letter form f-1 pending at the end of the wait (waits for the "
+                                       "buyer)"]
+
+
+def test_one_request_made_into_two_forms_or_a_red_invoice_stored_twice_is_a_duplicate_effect() -> None:
+    obs = red_lettered()
+    obs.red_letters.append(RedLetterAnswer("N0000", "id-0", 3.0, 200, "f-9"))
+    obs.forms.append(Form("f-9", "N0000", "confirmed", "r", "red-0", "R0"))
+    obs.stored.append(StoredInvoice("R0", {"total": "-113.00"}))
+    v = check(obs)
+    assert any(d.startswith("N0000: one red-letter request acknowledged as 2 forms") for d in v.duplicates)
+    assert "N0000: 2 confirmed red-letter forms" in v.duplicates
+    assert any("red invoice R0 stored 2 times" in d for d in v.duplicates)

@@ -41,6 +41,7 @@ from shared.events import (
     OrphanAlertRaised,
     PayloadError,
     RecoveredAlertRaised,
+    RedInvoiceMissingAlertRaised,
     RedLetterDecisionRequested,
     RedLetterFormUpdated,
     RedLetterRequested,
@@ -64,7 +65,7 @@ _ALERT = {"alert_id": str(uuid.uuid4()), "kind": "stuck", "tenant_id": TID, "sel
           "invoice_id": IID, "number": NUMBER, "issue_date": "2026-12-01", "total": "1130.00",
           "buyer_name": "深圳市腾讯计算机系统有限公司", "buyer_tax_id": "91440300708461136T", "receipt_no": "R-1",
           "reason": "Not confirmed at the tax authority.", "next_action": "Follow the case.",
-          "case_no": "CASE-20261202-000001", "at": NOW}
+          "case_no": "CASE-20261202-000001", "form_id": None, "role": None, "at": NOW}
 _NOTICE = {"invoice_id": IID, "delivery_id": uuid.uuid4(), "channel": "webhook", "alert_kind": "stuck",
            "alert_id": str(uuid.uuid4()), "case_no": None, "digest": True, "alert_count": 3, "attempts": 2, "at": NOW,
            "target": "erp.example.com", "error": None}
@@ -108,7 +109,8 @@ SAMPLES: dict[type[Event], dict[str, Any]] = {
     ReviewDeniedAlertRaised: {**_ALERT, "kind": "review_denied"},
     FormAwaitingAlertRaised: {**_ALERT, "kind": "form_awaiting"},
     FormEndedAlertRaised: {**_ALERT, "kind": "form_voided"},
-    FormExpiringAlertRaised: {**_ALERT, "kind": "form_expiring"},
+    FormExpiringAlertRaised: {**_ALERT, "kind": "form_expiring", "form_id": uuid.uuid4(), "role": "buyer"},
+    RedInvoiceMissingAlertRaised: {**_ALERT, "kind": "red_missing", "form_id": uuid.uuid4(), "role": "seller"},
     RedLetterRequested: {"form_id": FID, "invoice_id": IID, "tenant_id": TID, "seller_tax_id": SELLER,
                          "number": NUMBER, "requested_by": SELLER, "reason_code": "02",
                          "lines": [{"line": 0, "amount": "-100.00", "quantity": "-1"}], "note": "退货"},

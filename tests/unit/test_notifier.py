@@ -156,6 +156,22 @@ def test_a_single_alert_is_its_own_webhook_type_with_links() -> None:
                                      "case": "https://fapiao.example.com/v1/cases/CASE-20261130-000001"}
 
 
+def test_a_form_alert_links_the_buyer_to_the_form_only_and_the_seller_to_the_form_and_its_invoice() -> None:
+    """The invoice is the seller's: a buyer tenant opening it gets a 404, so its alert names the form it can open."""
+    form_id = "7d1e0c2a-0000-4000-8000-000000000002"
+    awaiting = {**ALERT, "kind": "form_awaiting", "case_no": None, "form_id": form_id, "role": "buyer"}
+    body = webhook_payload(kind="single", alerts=[awaiting], created_at="t", issuer_url="https://fapiao.example.com")
+    assert body["type"] == "red_letter.awaiting"
+    assert body["data"]["links"] == {"form": f"https://fapiao.example.com/v1/red-letter-forms/{form_id}"}
+    plain = build_email(kind="single", alerts=[awaiting], sender="a@b.c", recipients=["x@example.com"],
+                        message_id="m", issuer_url="https://fapiao.example.com").get_body(("plain",)).get_content()
+    assert f"/v1/red-letter-forms/{form_id}" in plain
+    assert "/v1/invoices/" not in plain and "fapiao invoice show" not in plain
+    seller = {**awaiting, "kind": "form_rejected", "role": "seller"}
+    links = webhook_payload(kind="single", alerts=[seller], created_at="t", issuer_url="u")["data"]["links"]
+    assert links == {"form": f"u/v1/red-letter-forms/{form_id}", "invoice": f"u/v1/invoices/{ALERT['invoice_id']}"}
+
+
 def test_a_digest_lists_every_alert_and_counts_them_by_kind() -> None:
     recovered = {**ALERT, "alert_id": "a2", "kind": "recovered", "number": "26113000000000000002"}
     body = webhook_payload(kind="digest", alerts=[ALERT, ALERT | {"alert_id": "a3"}, recovered], created_at="t",

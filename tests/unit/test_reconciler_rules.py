@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from services.reconciler.rules import Policy, Seen, after_sync_result, decide, human_duration, resync_delay
+from services.reconciler.rules import (
+    Policy,
+    Seen,
+    after_sync_result,
+    decide,
+    decide_form,
+    human_duration,
+    resync_delay,
+)
 from services.reconciler.settings import ReconcilerSettings
 from shared.events import InvoiceRejected, InvoiceSubmissionFailed, InvoiceSubmitted, SyncResult
 from shared.settings import parse_duration
@@ -203,3 +211,39 @@ def test_an_orphan_is_lost_by_a_restore_only_inside_its_window() -> None:
         reason, action = _orphan_words(foreign, [restore])
         assert "never issued through Fapiao Sync" in reason and "red-letter" in action
     assert "never issued" in _orphan_words(lost, [])[0]
+
+
+# --- red-letter forms: a confirmed form owes a red invoice --------------------------------------------------------
+
+def form(**over: Any) -> SimpleNamespace:
+    base: dict[str, Any] = dict(form_id=uuid.UUID(int=7), form_no="HZ202612040000000001", blue_number="26113000000001",
+                                red_number="26000000000000000042", confirmed_at=T0, state="expected", gap_kind=None,
+                                gap_at=None, checks=0)
+    base.update(over)
+    return SimpleNamespace(**base)
+
+
+def test_a_confirmed_form_whose_red_invoice_is_in_the_ledger_is_met() -> None:
+    red = uuid.uuid4()
+    d = decide_form(form(state="gap", gap_kind="red_unrecorded", gap_at=at(5)), red_invoice_id=red,
+                    at_authority=True, store_error=None, now=at(70), policy=P)
+    assert d.met and not d.gap
+    assert d.changes["state"] == "met" and d.changes["red_invoice_id"] == red and d.changes["next_check_at"] is None
+
+
+def test_a_red_invoice_the_authority_holds_but_the_ledger_lacks_is_unrecorded_then_missing_once_lost() -> None:
+    d = decide_form(form(), red_invoice_id=None, at_authority=True, store_error=None, now=at(300), policy=P)
+    assert d.gap and not d.met
+    assert (d.changes["state"], d.changes["gap_kind"], d.changes["gap_at"]) == ("gap", "red_unrecorded", at(300))
+    assert d.changes["next_check_at"] == at(300 + P.stuck_recheck)
+    assert "confirmed 5 min ago" in d.reason and "never recorded" in d.reason and "26000000000000000042" in d.reason
+    assert "GET /v1/red-letter-forms/" in (d.next_action or "")
+    same = form(state="gap", gap_kind="red_unrecorded", gap_at=at(300))
+    again = decide_form(same, red_invoice_id=None, at_authority=True, store_error=None, now=at(360), policy=P)
+    assert not again.gap and again.changes["gap_at"] == at(300)  # nothing new to say
+    # The store could not be asked: the kind stays what it was.
+    down = decide_form(same, red_invoice_id=None, at_authority=None, store_error="timeout", now=at(420), policy=P)
+    assert not down.gap and down.changes["gap_kind"] == "red_unrecorded" and "timeout" in down.reason
+    lost = decide_form(same, red_invoice_id=None, at_authority=False, store_error=None, now=at(480), policy=P)
+    assert lost.gap and lost.changes["gap_kind"] == "red_missing"
+    assert "neither in the ledger nor held by the tax authority" in lost.reason

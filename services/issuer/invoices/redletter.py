@@ -349,7 +349,8 @@ async def _alert(session: AsyncSession, topic: str, row: Any, e: RedLetterFormUp
         kind, tenant_id = "form_awaiting", buyer_tenant_id
         reason = (f"Red-letter form {no}: seller {row.seller_tax_id} asks to reverse {form.get('total')} of invoice "
                   f"{row.number}; it waits for your confirmation until {form.get('expires_at')}.")
-        next_action = "Confirm or reject it (POST /v1/red-letter-forms/{id}/confirm or /reject) before it is void."
+        next_action = (f"Confirm or reject it (POST /v1/red-letter-forms/{row.id}/confirm or /reject) before it "
+                       "is void.")
     elif e.status in ("rejected", "voided"):
         model, kind, tenant_id = FormEndedAlertRaised, f"form_{e.status}", row.tenant_id
         why = "was rejected by the buyer" if e.status == "rejected" else "is void: nobody confirmed it in time"
@@ -363,9 +364,12 @@ async def _alert(session: AsyncSession, topic: str, row: Any, e: RedLetterFormUp
 
 async def _send_alert(session: AsyncSession, topic: str, model: type[AlertRaised], kind: str, row: Any, *,
                       tenant_id: uuid.UUID, total: str | None, reason: str, next_action: str) -> None:
+    """One form alert. `role` says which party it goes to: the notifier links a buyer to the form only (the
+    invoice is the seller's, which the buyer cannot open), the seller to the form and its invoice."""
     alert_id = str(uuid.uuid5(_ALERT_NS, f"{kind}:{row.id}"))
     alert = model(alert_id=alert_id, kind=kind, tenant_id=tenant_id, seller_tax_id=row.seller_tax_id,
-                  invoice_id=row.invoice_id, number=row.number, total=total,
+                  invoice_id=row.invoice_id, number=row.number, total=total, form_id=row.id,
+                  role="seller" if tenant_id == row.tenant_id else "buyer",
                   buyer_tax_id=row.buyer_tax_id, reason=reason, next_action=next_action, at=datetime.now(UTC))
     await _queue(session, topic, alert, subject=row.invoice_id, tenant_id=tenant_id, event_id=alert_id)
 
