@@ -409,50 +409,41 @@ class Drill:
 
     # --- observing -------------------------------------------------------------------------------------------
 
-    async def issuer_invoices(self) -> list[IssuerInvoice]:
-        out, cursor = [], None
+    async def _pages(self, url: str, params: dict[str, Any],
+                     headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Every item of a listing, following `next_cursor` from page to page."""
+        out: list[dict[str, Any]] = []
+        cursor = None
         while True:
-            params: dict[str, Any] = {"limit": 200, **({"cursor": cursor} if cursor else {})}
-            r = await self.http.get(f"{self.stack.url('issuer')}/v1/invoices", headers=self.tenant["headers"],
-                                    params=params)
+            r = await self.http.get(url, headers=headers, params={**params, **({"cursor": cursor} if cursor else {})})
             r.raise_for_status()
             body = r.json()
-            out += [IssuerInvoice(i["id"], i["number"], i["status"], i.get("reason"), i.get("next_action"),
-                                  i.get("case_no")) for i in body["items"]]
+            out += body["items"]
             cursor = body.get("next_cursor")
             if not cursor:
                 return out
+
+    async def issuer_invoices(self) -> list[IssuerInvoice]:
+        items = await self._pages(f"{self.stack.url('issuer')}/v1/invoices", {"limit": 200}, self.tenant["headers"])
+        return [IssuerInvoice(i["id"], i["number"], i["status"], i.get("reason"), i.get("next_action"),
+                              i.get("case_no")) for i in items]
 
     async def stored(self) -> list[StoredInvoice]:
-        out, cursor = [], None
-        while True:
-            params: dict[str, Any] = {"seller_tax_id": self.tenant["tax_id"], "limit": 1000, "include_content": "true",
-                                      **({"cursor": cursor} if cursor else {})}
-            r = await self.http.get(f"{self.stack.url('taxstore')}/v1/invoices", params=params)
-            r.raise_for_status()
-            body = r.json()
-            for item in body["items"]:
-                content = item.get("content") or {}
-                out.append(StoredInvoice(item["number"], {"total": item.get("total"),
-                                                          **{f: content.get(f) for f in CONTENT_FIELDS
-                                                             if content.get(f) is not None}}))
-            cursor = body.get("next_cursor")
-            if not cursor:
-                return out
+        items = await self._pages(f"{self.stack.url('taxstore')}/v1/invoices", {
+            "seller_tax_id": self.tenant["tax_id"], "limit": 1000, "include_content": "true"})
+        out = []
+        for item in items:
+            content = item.get("content") or {}
+            out.append(StoredInvoice(item["number"], {"total": item.get("total"),
+                                                      **{f: content.get(f) for f in CONTENT_FIELDS
+                                                         if content.get(f) is not None}}))
+        return out
 
     async def forms(self) -> list[Form]:
-        out, cursor = [], None
-        while True:
-            params: dict[str, Any] = {"limit": 200, **({"cursor": cursor} if cursor else {})}
-            r = await self.http.get(f"{self.stack.url('issuer')}/v1/red-letter-forms", headers=self.tenant["headers"],
-                                    params=params)
-            r.raise_for_status()
-            body = r.json()
-            out += [Form(f["id"], f["number"], f["status"], f.get("reason"), f.get("red_invoice_id"),
-                         f.get("red_invoice_number")) for f in body["items"]]
-            cursor = body.get("next_cursor")
-            if not cursor:
-                return out
+        items = await self._pages(f"{self.stack.url('issuer')}/v1/red-letter-forms", {"limit": 200},
+                                  self.tenant["headers"])
+        return [Form(f["id"], f["number"], f["status"], f.get("reason"), f.get("red_invoice_id"),
+                     f.get("red_invoice_number")) for f in items]
 
     async def forms_settled(self) -> bool:
         """Every acknowledged red-letter form is final, and a confirmed one's red invoice confirmed."""

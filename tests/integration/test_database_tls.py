@@ -6,8 +6,6 @@ backup tool's libpq all honour the same settings."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import ssl
 import struct
 import subprocess
@@ -17,10 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -29,27 +23,15 @@ from fapiao.infra.tools import ensure_psql
 from shared.db import make_engine
 from shared.migrate import upgrade_async
 from tests.harness import Infra, fresh_database
+from tests.harness import certs as certs_lib
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn)).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return key, cert
 
 
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 class TlsFront:
@@ -133,21 +115,13 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private CA, a server certificate it signed naming 127.0.0.1 only, and an unrelated CA."""
     home = tmp_path_factory.mktemp("pgtls")
-    ca_key, ca = _ca("fapiao test CA")
-    _, other_ca = _ca("someone else's CA")
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    server = (x509.CertificateBuilder().subject_name(_name("127.0.0.1")).issuer_name(ca.subject)
-              .public_key(key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                             critical=False)
-              .sign(ca_key, hashes.SHA256()))
-    (home / "ca.pem").write_bytes(_pem(ca))
-    (home / "other-ca.pem").write_bytes(_pem(other_ca))
-    (home / "server.pem").write_bytes(_pem(server))
-    (home / "server.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    ca_key, ca = certs_lib.ca("fapiao test CA")
+    _, other_ca = certs_lib.ca("someone else's CA")
+    key, server = certs_lib.signed("127.0.0.1", ca_key, ca, certs_lib.LOOPBACK)
+    (home / "ca.pem").write_text(certs_lib.pem(ca))
+    (home / "other-ca.pem").write_text(certs_lib.pem(other_ca))
+    (home / "server.pem").write_text(certs_lib.pem(server))
+    certs_lib.write_key(home / "server.key", key)
     return home
 
 

@@ -7,8 +7,6 @@ controller listeners stay PLAINTEXT on loopback; the suite's own broker is not i
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import logging
 import shutil
 import tempfile
@@ -18,10 +16,6 @@ from pathlib import Path
 
 import pytest
 from aiokafka.errors import KafkaConnectionError
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from fapiao.infra import KafkaBroker
 from fapiao.infra.procs import free_ports
@@ -29,6 +23,7 @@ from shared.kafka import KafkaProbe, OffsetReader, ensure_topics, make_consumer,
 from shared.settings import KafkaSecurity, SharedSettings
 from shared.topics import Topic
 from tests.harness import ARTIFACTS, InfraError, running_kafka_broker
+from tests.harness import certs as certs_lib
 
 # The service's user (PLAIN and SCRAM-SHA-512), and the broker's own login to its listener (inter-broker).
 USER, PASSWORD = "fapiao_sync", "kafka-tls-test-password"
@@ -36,23 +31,10 @@ BROKER_USER, BROKER_PASSWORD = "broker", "kafka-tls-broker-password"
 CLIENT_KEY_PASSWORD = "kafka-tls-client-key-password"  # noqa: S105 - the mutual-TLS client key's, made here
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn)).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return key, cert
 
 
-def _pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 @pytest.fixture(scope="module")
@@ -66,22 +48,8 @@ def home(request: pytest.FixtureRequest) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _signed(subject: str, ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate,
-            san: x509.GeneralName | None = None) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(ca.subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1)))
-    if san is not None:
-        builder = builder.add_extension(x509.SubjectAlternativeName([san]), critical=False)
-    return key, builder.sign(ca_key, hashes.SHA256())
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, password: str | None = None) -> None:
-    encryption = (serialization.BestAvailableEncryption(password.encode()) if password
-                  else serialization.NoEncryption())
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
 
 
 @pytest.fixture(scope="module")
@@ -91,19 +59,19 @@ def certs(home: Path) -> Path:
     CLIENT_KEY_PASSWORD); an unrelated CA and a client certificate of its own."""
     home = home / "certs"
     home.mkdir()
-    ca_key, ca = _ca("fapiao test CA")
-    other_key, other_ca = _ca("someone else's CA")
-    key, server = _signed("127.0.0.1", ca_key, ca, x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    client_key, client = _signed(USER, ca_key, ca)
-    stranger_key, stranger = _signed(USER, other_key, other_ca)
-    (home / "ca.pem").write_text(_pem(ca))
-    (home / "other-ca.pem").write_text(_pem(other_ca))
-    (home / "server.pem").write_text(_pem(server))
-    _write_key(home / "server.key", key)
-    (home / "client.pem").write_text(_pem(client))
-    _write_key(home / "client.key", client_key, CLIENT_KEY_PASSWORD)
-    (home / "stranger.pem").write_text(_pem(stranger))
-    _write_key(home / "stranger.key", stranger_key)
+    ca_key, ca = certs_lib.ca("fapiao test CA")
+    other_key, other_ca = certs_lib.ca("someone else's CA")
+    key, server = certs_lib.signed("127.0.0.1", ca_key, ca, certs_lib.LOOPBACK)
+    client_key, client = certs_lib.signed(USER, ca_key, ca)
+    stranger_key, stranger = certs_lib.signed(USER, other_key, other_ca)
+    (home / "ca.pem").write_text(certs_lib.pem(ca))
+    (home / "other-ca.pem").write_text(certs_lib.pem(other_ca))
+    (home / "server.pem").write_text(certs_lib.pem(server))
+    certs_lib.write_key(home / "server.key", key)
+    (home / "client.pem").write_text(certs_lib.pem(client))
+    certs_lib.write_key(home / "client.key", client_key, CLIENT_KEY_PASSWORD)
+    (home / "stranger.pem").write_text(certs_lib.pem(stranger))
+    certs_lib.write_key(home / "stranger.key", stranger_key)
     return home
 
 
