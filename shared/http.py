@@ -68,7 +68,7 @@ ADMIN_BEARER = HTTPBearer(scheme_name="AdminToken", auto_error=False,
 
 
 @auth_dependency
-def require_admin(request: Request,
+async def require_admin(request: Request,
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(ADMIN_BEARER)] = None) -> None:
     """Dependency for /admin routes: FAPIAO_ADMIN_TOKEN or a named operator's token (compared in constant time).
     Notes who it is, for the audit log (shared.audit)."""

@@ -117,7 +117,7 @@ async def _transaction(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(_transaction, scope="function")]
 
 
-def issuing(request: Request) -> Issuing:
+async def issuing(request: Request) -> Issuing:
     s = settings(request)
     return Issuing(today=datetime.now(ZoneInfo(s.timezone)).date(), window_days=s.issue_window_days,
                    topic=INVOICE_EVENTS.qualified(s.topic_prefix), batch_max=s.batch_max)
@@ -126,21 +126,21 @@ def issuing(request: Request) -> Issuing:
 IssuingDep = Annotated[Issuing, Depends(issuing)]
 
 
-def reconciler(request: Request) -> ReconcilerClient:
+async def reconciler(request: Request) -> ReconcilerClient:
     return ReconcilerClient(request.app.state.reconciler_http, timeout=settings(request).reconciler_timeout)
 
 
 ReconcilerDep = Annotated[ReconcilerClient, Depends(reconciler)]
 
 
-def taxstore(request: Request) -> TaxstoreClient:
+async def taxstore(request: Request) -> TaxstoreClient:
     return TaxstoreClient(request.app.state.taxstore_http, timeout=settings(request).taxstore_timeout)
 
 
 TaxstoreDep = Annotated[TaxstoreClient, Depends(taxstore)]
 
 
-def live_schedule(request: Request) -> Schedule | None:
+async def live_schedule(request: Request) -> Schedule | None:
     """The reconciler's live schedule, so that an explanation quotes the next check as it is now."""
     ledger = request.app.state.schedule
     return ledger.schedule if ledger is not None else None

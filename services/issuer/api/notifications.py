@@ -27,7 +27,7 @@ _DOWN: dict[int | str, dict[str, Any]] = {503: {"description": "The notifier can
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such subscription (or it is another tenant's)"}}
 
 
-def notifier(request: Request) -> NotifierClient:
+async def notifier(request: Request) -> NotifierClient:
     st = request.app.state
     return NotifierClient(st.notifier_http, timeout=st.settings.notifier_timeout)
 
