@@ -145,9 +145,11 @@ def map_case(context: Any, case: Any) -> Any:
     headers = case.headers if case.headers is not None else {}  # a case-insensitive mapping, not always a dict
     key = next((k for k in headers if k.lower() == "idempotency-key"), None)
     if key is not None and isinstance(headers[key], str) and 1 <= len(headers[key]) <= 200:
-        # A key names one request: reusing it with another body is refused (422, as the IETF draft says).
-        # Schemathesis draws keys from a small space; one per body keeps every repeat a true repeat.
-        headers[key] = "st-" + hashlib.sha256(repr((path, body)).encode()).hexdigest()[:32]
+        # A key names one request: reusing it with another body, or on another resource (the path's ids are part
+        # of the request), is refused (422, as the IETF draft says). Schemathesis draws keys from a small space;
+        # one per path and body keeps every repeat a true repeat.
+        params = sorted((case.path_parameters or {}).items()) if isinstance(case.path_parameters, dict) else None
+        headers[key] = "st-" + hashlib.sha256(repr((path, params, body)).encode()).hexdigest()[:32]
     if method == "POST" and path == "/v1/invoices" and isinstance(body, dict):
         if "invoice" in body:  # the store's submission
             body["invoice"] = _invoice(body["invoice"], canonical=True)
