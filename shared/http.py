@@ -365,8 +365,9 @@ def health_router(*names: str) -> APIRouter:
         raise RuntimeError("not started")
 
     @router.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz(request: Request) -> dict[str, str]:
+        # A service of several processes (the issuer's API workers) also says which one answered.
+        return {"status": "ok", **getattr(request.app.state, "process", {})}
 
     @router.get("/readyz", responses={503: {"description": "Not ready: `checks` says which dependency is not",
                                              "content": {"application/json": {"schema": _READY}}}})

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from shared.metrics import GC_FROZEN, GC_PAUSE
 
@@ -56,6 +58,11 @@ def run_service(argv: list[str], *, settings_class: Callable[[], Any], create_ap
         return 0
     service = settings_class.__module__.split(".")[1]  # services.<name>.settings
     time_collections(service)
-    uvicorn.run(freeze_after_startup(create_app(settings), service), host=settings.host, port=settings.port,
-                log_config=None, access_log=False, timeout_graceful_shutdown=graceful_shutdown, server_header=False)
-    return 0
+    config = uvicorn.Config(freeze_after_startup(create_app(settings), service), host=settings.host,
+                            port=settings.port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=graceful_shutdown, server_header=False)
+    fd = getattr(settings, "listen_fd", None)
+    # A worker of several (services/issuer/workers.py) accepts on the socket its supervisor bound and passed on.
+    server = uvicorn.Server(config)
+    server.run(sockets=[socket.socket(fileno=fd)] if fd is not None else None)
+    return 0 if server.started else STARTUP_FAILURE  # what uvicorn.run exits with when the lifespan fails

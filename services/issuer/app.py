@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -63,18 +64,28 @@ async def _form_expiry_alerts(app: FastAPI, settings: IssuerSettings) -> None:
             log.warning("form expiry alerts skipped (%s: %s)", type(exc).__name__, exc)
 
 
-async def _housekeeping(app: FastAPI, settings: IssuerSettings) -> None:
+async def _purge_idempotency(app: FastAPI, settings: IssuerSettings) -> None:
     while True:
         await asyncio.sleep(600)
         with contextlib.suppress(Exception):
             async with transaction(app.state.worker_sessions) as session:
                 await idempotency.purge(session=session, older_than_hours=settings.idempotency_ttl_hours)
+
+
+async def _forget_idle_tenants(app: FastAPI) -> None:
+    while True:
+        await asyncio.sleep(600)
         if app.state.limits is not None:
             app.state.limits.forget_idle(now=time.monotonic())
 
 
 def tenant_limits(settings: IssuerSettings) -> TenantLimits | None:
-    """The per-tenant budgets and in-flight cap of this process, or None when FAPIAO_RATE_LIMITS is off."""
+    """The per-tenant budgets and in-flight cap of this process, or None when FAPIAO_RATE_LIMITS is off.
+
+    Each API worker (FAPIAO_API_WORKERS) holds the whole budget, as each replica does: an ERP on one keep-alive
+    connection reaches one worker and gets all of it, and a tenant whose connections spread over N workers can
+    get up to N times (docs/security.md). Dividing the budget instead would refuse the one-connection ERP at a
+    fraction of its rate."""
     if not settings.rate_limits:
         return None
     return TenantLimits({"read": Policy(settings.read_burst, settings.read_rate),
@@ -89,8 +100,10 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        serves, relays = settings.process_role != "background", settings.process_role != "api"
         async with service_runtime(app, settings, service=SERVICE, migrate=migrate, outbox=models.outbox,
-                                   on_published=mark_published, session_settings=row_security.SESSION_SETTINGS) as rt:
+                                   on_published=mark_published, session_settings=row_security.SESSION_SETTINGS,
+                                   relay=relays) as rt:
             token = settings.admin_token.get_secret_value()
             app.state.reconciler_http = make_http(settings.reconciler_url, token, settings.reconciler_timeout)
             app.state.notifier_http = make_http(settings.notifier_url, token, settings.notifier_timeout)
@@ -98,7 +111,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
             sampler = OpsSampler(settings=settings, sessions=rt.worker_sessions,
                                  reconciler_http=app.state.reconciler_http)
             app.state.ops_sampler = sampler
-            app.state.before_metrics = [sampler.publish]
+            app.state.before_metrics = [sampler.publish] if serves else []
             app.state.ledger = LedgerClient(app.state.reconciler_http, timeout=settings.reconciler_timeout)
             app.state.schedule = LedgerClient(app.state.reconciler_http, timeout=settings.schedule_timeout)
             self_check = SelfCheck(sessions=rt.worker_sessions, ledger=app.state.ledger,
@@ -106,19 +119,23 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
                                    batch=settings.self_check_batch)
             app.state.self_check = self_check
             stopping = asyncio.Event()
-            tasks = [
-                asyncio.create_task(ensure_topics_forever(
-                    settings.kafka_bootstrap, ALL_TOPICS, prefix=settings.topic_prefix,
-                    partitions=settings.kafka_partitions, replication_factor=settings.kafka_replication_factor,
-                ), name="ensure-topics"),
-                asyncio.create_task(_housekeeping(app, settings), name="housekeeping"),
-                asyncio.create_task(_form_expiry_alerts(app, settings), name="form-expiry-alerts"),
-                asyncio.create_task(run_status_feed_consumer(settings, rt.worker_sessions, stopping),
-                                    name="status-feed"),
-                asyncio.create_task(sampler.run(), name="ops-sampler"),
-                asyncio.create_task(self_check.run(), name="status-self-check"),
-            ]
-            log.info("issuer ready on %s:%d", settings.host, settings.port)
+            # What answers requests (every API worker) and what must run in one place (the background process,
+            # or this one when it is the only process): see services/issuer/workers.py.
+            tasks = [asyncio.create_task(_forget_idle_tenants(app), name="forget-idle-tenants"),
+                     asyncio.create_task(sampler.run(), name="ops-sampler")] if serves else []
+            if relays:
+                tasks += [
+                    asyncio.create_task(ensure_topics_forever(
+                        settings.kafka_bootstrap, ALL_TOPICS, prefix=settings.topic_prefix,
+                        partitions=settings.kafka_partitions, replication_factor=settings.kafka_replication_factor,
+                    ), name="ensure-topics"),
+                    asyncio.create_task(_purge_idempotency(app, settings), name="purge-idempotency"),
+                    asyncio.create_task(_form_expiry_alerts(app, settings), name="form-expiry-alerts"),
+                    asyncio.create_task(run_status_feed_consumer(settings, rt.worker_sessions, stopping),
+                                        name="status-feed"),
+                    asyncio.create_task(self_check.run(), name="status-self-check"),
+                ]
+            log.info("issuer (%s) ready on %s:%d", settings.process_role, settings.host, settings.port)
             try:
                 yield
             finally:
@@ -139,6 +156,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
         limited=("/v1/",),
     )
     app.state.settings = settings
+    app.state.process = {"role": settings.process_role, "pid": str(os.getpid())}
     app.state.checks = {}
     app.state.ops_sampler = None
     app.state.schedule = None

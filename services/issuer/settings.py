@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from shared.settings import Seconds, SharedSettings
@@ -16,6 +18,18 @@ class IssuerSettings(SharedSettings):
     idempotency_wait_seconds: float = Field(default=5.0, gt=0, le=60,
                                             description="how long a repeat waits for the first request to finish")
     idempotency_ttl_hours: int = Field(default=24, ge=1)
+    api_workers: int = Field(
+        default=1, ge=1, le=32,
+        description="processes answering the API on one port (a shared listening socket); above 1 the outbox relay, "
+                    "the status feed and the sweeps run in one more process of their own, on background_port")
+    background_port: int = Field(default=0, ge=0, le=65535,
+                                 description="with api_workers above 1: the background process's port for /healthz, "
+                                             "/readyz and /metrics (0: port + 9)")
+    process_role: Literal["all", "api", "background"] = Field(
+        default="all", description="set by the issuer for its own children: 'all' runs everything in this process; "
+                                   "'api' only answers requests; 'background' only relays and sweeps")
+    listen_fd: int | None = Field(default=None, ge=0,
+                                  description="set by the issuer for its API children: the listening socket they share")
     relay_batch_size: int = Field(default=1000, ge=1, le=10_000)
     relay_poll_interval: float = Field(default=1.0, gt=0)
     auto_migrate: bool = Field(default=True, description="run Alembic migrations at start-up")

@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import httpx
 from fastapi import APIRouter, Depends, Query, Request
@@ -52,18 +52,25 @@ __all__ = ["OpsSampler", "page_router", "router"]
 
 log = logging.getLogger(__name__)
 
+# With several API workers (services/issuer/workers.py) the worker answering /metrics has just published its
+# sampler's reading: the most recent one is the truth.
+LATEST: Final = "livemostrecent"
 DLQ_RECORDS = Gauge("fapiao_dlq_records", "Original records a dead-letter topic holds, each counted once however "
-                    "many consumer groups set it aside", ["topic"])
+                    "many consumer groups set it aside", ["topic"],
+                    multiprocess_mode=LATEST)
 DLQ_GROUP_RECORDS = Gauge("fapiao_dlq_group_records", "Original records a consumer group set aside on a dead-letter "
-                          "topic", ["topic", "group"])
-INVOICES = Gauge("fapiao_issuer_invoices", "Invoices in the issuer's ledger, by status", ["status"])
+                          "topic", ["topic", "group"], multiprocess_mode=LATEST)
+INVOICES = Gauge("fapiao_issuer_invoices", "Invoices in the issuer's ledger, by status", ["status"],
+                 multiprocess_mode=LATEST)
 GROUP_LAG = Gauge("fapiao_consumer_group_lag_records",
-                  "Records a consumer group has not committed yet, as the broker sees it", ["group"])
+                  "Records a consumer group has not committed yet, as the broker sees it", ["group"],
+                  multiprocess_mode=LATEST)
 WAITING = Gauge("fapiao_pipeline_waiting_invoices",
-                "Invoices not yet confirmed at the authority, by the stage they wait in (ops/waiting.py)", ["stage"])
+                "Invoices not yet confirmed at the authority, by the stage they wait in (ops/waiting.py)", ["stage"],
+                multiprocess_mode=LATEST)
 OLDEST_WAITING = Gauge("fapiao_pipeline_oldest_waiting_seconds",
                        "Seconds since the oldest invoice now in a stage was accepted (0 when the stage is empty)",
-                       ["stage"])
+                       ["stage"], multiprocess_mode=LATEST)
 
 PAGE = Path(__file__).parents[1] / "static" / "ops.html"
 _SAMPLES_LOCK = zlib.crc32(b"issuer.ops_samples")
