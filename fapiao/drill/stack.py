@@ -49,7 +49,9 @@ FAST = {
                      FAPIAO_WEBHOOK_ALLOW_PRIVATE="127.0.0.0/8,::1/128", FAPIAO_METRICS_INTERVAL="1"),
     # A drill's workload is one tenant whose every request is checked; the per-tenant limits (sized to share an
     # issuer between tenants) would turn a slow moment into 429s the drill is not about, as for `make bench`.
-    "issuer": dict(FAPIAO_SELF_CHECK_INTERVAL="2", FAPIAO_SELF_CHECK_GRACE="5", FAPIAO_RATE_LIMITS="false"),
+    # Two API workers and the background process, as `make up` and the bench run the issuer.
+    "issuer": dict(FAPIAO_SELF_CHECK_INTERVAL="2", FAPIAO_SELF_CHECK_GRACE="5", FAPIAO_RATE_LIMITS="false",
+                   FAPIAO_API_WORKERS="2"),
     "taxstore": {},
 }
 
@@ -371,8 +373,9 @@ class ScenarioStack:
                 pg_port = self._proxy(f"postgres-{name}", infra.pg.port)
                 env["FAPIAO_DATABASE_URL"] = self.database_url.replace(f":{infra.pg.port}/", f":{pg_port}/")
             for pname in self.names(name):
-                self.procs[pname] = ServiceProcess.service(name, env=env, log_dir=logs, port=by_proc[pname],
-                                                           log_name=pname, die_with_parent=True)
+                own = {"FAPIAO_BACKGROUND_PORT": str(free_port())} if name == "issuer" else {}
+                self.procs[pname] = ServiceProcess.service(name, env={**env, **own}, log_dir=logs,
+                                                           port=by_proc[pname], log_name=pname, die_with_parent=True)
         for proc in self.procs.values():
             proc.start(120)
 
