@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from services.issuer.settings import IssuerSettings
@@ -83,7 +83,6 @@ class Child:
     delay: float = FIRST_RESTART_DELAY
     due: float = 0.0  # when a dead child is started again
     restarts: int = 0
-    gone: list[int] = field(default_factory=list)  # pids that have exited (their metrics are marked dead)
 
     def start(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "services.issuer"], env=self.env, pass_fds=self.pass_fds,
@@ -151,9 +150,8 @@ def _keep_alive(children: list[Child], metrics_dir: str) -> None:
         ran = now - child.started
         child.delay = FIRST_RESTART_DELAY if ran >= HEALTHY_AFTER else min(child.delay * 2, LONGEST_RESTART_DELAY)
         child.due = now + (FIRST_RESTART_DELAY if ran >= HEALTHY_AFTER else child.delay)
-        log.error("issuer %s (pid %d) exited with %s after %.1f s; starting it again in %.1f s", child.name,
-                  child.proc.pid, code, ran, child.due - now)
-        child.gone.append(child.proc.pid)
+        log.error("issuer %s (pid %d) exited with %s after %.1f s; starting it again in %.1f s (restart %d)",
+                  child.name, child.proc.pid, code, ran, child.due - now, child.restarts + 1)
         child.proc = None
 
 
