@@ -65,3 +65,21 @@ async def test_only_a_connection_idle_longer_than_the_limit_is_pinged(pool: tupl
     assert pings == [1], "one ping for the connection that sat idle"
     assert await backend_pid(engine) == pid
     assert pings == [1]
+
+
+async def test_connections_opened_for_a_burst_are_kept_for_the_next_one(infra: Infra) -> None:
+    """pool_size 2 and overflow 2: a burst of 4 opens 4 connections, and the next burst of 4 reuses them (an
+    overflow connection closed at checkin would cost a backend start and an SSL negotiation per burst)."""
+    engine = make_engine(infra.database_url, pool_size=2, max_overflow=2)
+
+    async def one() -> int:
+        async with engine.connect() as conn:
+            return int((await conn.execute(text("select pg_backend_pid() from pg_sleep(0.2)"))).scalar_one())
+
+    try:
+        first = set(await asyncio.gather(*(one() for _ in range(4))))
+        second = set(await asyncio.gather(*(one() for _ in range(4))))
+        assert len(first) == 4
+        assert second == first, f"{len(second - first)} of 4 connections were new for the second burst"
+    finally:
+        await engine.dispose()
