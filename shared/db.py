@@ -62,8 +62,9 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int | None = Non
                 statement_timeout_ms: int = 30_000, application_name: str = "fapiao",
                 session_settings: Mapping[str, str] | None = None) -> AsyncEngine:
     """An engine whose pool holds at most `pool_size + max_overflow` connections (overflow defaults to
-    `pool_size`), each opened when the load first needs it and kept; a checkout waits at most `pool_timeout` seconds, then raises sqlalchemy's TimeoutError
-    (which the HTTP layer answers with 503). TLS comes from FAPIAO_DATABASE_SSL* (shared.settings.DatabaseTls)."""
+    `pool_size`), each opened when the load first needs it and kept; a checkout waits at most `pool_timeout`
+    seconds, then raises sqlalchemy's TimeoutError (which the HTTP layer answers with 503). TLS comes from
+    FAPIAO_DATABASE_SSL* (shared.settings.DatabaseTls)."""
     # Every connection the pool may hold is a kept one (QueuePool's overflow connections would be closed at
     # checkin whenever `pool_size` sit idle: under bursty load that opened and closed a connection, a backend
     # fork and an SSL negotiation, every few requests; ~5 % of an issuer API worker's samples under py-spy).

@@ -538,3 +538,45 @@ async def test_subscription_and_history_requests_are_checked_here_and_an_unreach
         assert r.status_code == 503 and r.headers["retry-after"] == "5", (url, r.text)
         assert r.json()["detail"] == "the notifier is not reachable right now; retry shortly"
         assert ADMIN_TOKEN not in r.text and "Bearer" not in r.text
+
+
+async def test_every_commit_with_new_events_wakes_the_relay_and_writes_each_entry_once(issuer, tenant):
+    """A single POST and a small batch send their timeline entries, events and the relay's wake-up as one statement
+    (ONE_STATEMENT_UP_TO), a larger batch as separate ones: either way PostgreSQL notifies the relay's channel once
+    per commit, and each invoice has one `accepted` entry and one event."""
+    import asyncpg
+
+    from services.issuer.invoices.issuing import ONE_STATEMENT_UP_TO
+
+    url = issuer.settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
+    listener = await asyncpg.connect(url, timeout=10)
+    woken: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener("fapiao_outbox_issuer", lambda *args: woken.put_nowait(args[2]))
+    sessions = issuer.app.state.sessions
+    try:
+        for n in (1, ONE_STATEMENT_UP_TO, ONE_STATEMENT_UP_TO + 5):
+            docs = [factories.invoice(tenant.tax_id) for _ in range(n)]
+            if n == 1:
+                r = await issuer.client.post("/v1/invoices", json=docs[0], headers=tenant.headers)
+                assert r.status_code == 201, r.text
+                ids = [r.json()["id"]]
+            else:
+                r = await issuer.client.post("/v1/invoices/batch", json={"invoices": docs}, headers=tenant.headers)
+                assert r.status_code == 200, r.text
+                ids = [x["invoice"]["id"] for x in r.json()["results"]]
+                assert len(ids) == n
+            await asyncio.wait_for(woken.get(), timeout=5)
+            async with transaction(sessions) as session:
+                entries = (await session.execute(
+                    select(m.timeline.c.invoice_id, func.count()).where(
+                        m.timeline.c.invoice_id.in_([uuid.UUID(i) for i in ids]), m.timeline.c.kind == "accepted")
+                    .group_by(m.timeline.c.invoice_id))).all()
+                events = (await session.execute(
+                    select(m.outbox.c.key, func.count()).where(m.outbox.c.key.in_(ids)).group_by(m.outbox.c.key)
+                )).all()
+            assert {str(e[0]): e[1] for e in entries} == dict.fromkeys(ids, 1), f"{n} invoices: accepted entries"
+            assert {e[0]: e[1] for e in events} == dict.fromkeys(ids, 1), f"{n} invoices: events"
+        await asyncio.sleep(0.3)
+        assert woken.empty(), "one wake-up per commit"
+    finally:
+        await listener.close()
