@@ -73,7 +73,8 @@ bench: $(STAMP) kafka-jars
 	@$(BIN)/python -m fapiao.bench $(BENCH_ARGS)
 
 bench-quick: $(STAMP) kafka-jars
-	@$(BIN)/python -m fapiao.bench --invoices 2000 --duration 10 --steps '' --after-batch 0 --outage 10 --outage-after 15 $(BENCH_ARGS)
+	@$(BIN)/python -m fapiao.bench --invoices 2000 --duration 10 --steps '' --after-batch 0 --outage 10 --outage-after 10 \
+	  --flaky 5 --flaky-settle 20 --reconciler-scale 50000 --reconciler-unconfirmed 1000 $(BENCH_ARGS)
 
 clean: down
 	rm -rf .run .test-artifacts
