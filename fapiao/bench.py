@@ -1,6 +1,7 @@
 """`make bench`: how fast the whole pipeline runs on this machine, next to raw baselines from the same run.
 
-    .venv/bin/python -m fapiao.bench [--invoices N] [--rate R] [--duration S] [--out FILE]
+    .venv/bin/python -m fapiao.bench [--invoices N] [--rate R] [--duration S] [--out FILE] [--flaky S]
+                                     [--reconciler-scale N] ... (--help: every option)
 
 Starts its own PostgreSQL and Kafka (fapiao.infra, free ports, a private directory under .test-artifacts/)
 and the three services as real processes (`python -m services.<name>`), never touching a `make up` stack,
@@ -13,11 +14,22 @@ and stops all of it at the end, also on Ctrl-C or an error. Then, in one run:
 (c) latency at a fixed offered rate of single POST /v1/invoices, paced on a schedule (open loop):
     tax store `stored_at` minus issuer `accepted_at` per invoice -> p50/p95/p99/max;
 (d) the tax store alone: the same canonical documents posted straight to it, in the sync service's batch
-    size and in-flight limit, and one at a time at concurrency 32 -> invoices/s.
+    size and in-flight limit, and one at a time at concurrency 32 -> invoices/s;
+(j) raw PostgreSQL: the rows the issuer writes per accepted invoice (invoice, timeline entry, outbox row)
+    for N invoices, COPYed by asyncpg into scratch tables LIKE the issuer's -> rows/s, invoices/s, against (b);
+(e) step load: (c) at rising rates until the p99 passes 500 ms -> the highest rate within it;
+(f) (c) right after a batch of --after-batch invoices: how long live invoices wait behind a month-end run;
+(g) single POSTs at --rate with the tax store down for --outage seconds: first stored after its return, the drain;
+(i) the reconciler's check rounds over --reconciler-unconfirmed due invoices, without and then beside
+    --reconciler-scale confirmed ledger rows (COPYed in as setup) -> round seconds and their ratio;
+(h) a flaky store (drops, timeouts, errors on, and left on) under --flaky-rate single POSTs for --flaky
+    seconds -> seconds from the end of the load until every accepted invoice is confirmed, or "not converged".
+(i) and (h) need the reconciler: without --reconciler it joins after (g), from the ends of its topics.
 
-Per-process CPU seconds (from /proc/<pid>/stat) are sampled around every phase: where the time goes.
-Results are printed and written as JSON (default bench-results/bench-<UTC timestamp>.json). Nothing is
-asserted: the figures are reported, with the project's targets next to them.
+Per-process CPU seconds (from /proc/<pid>/stat) are sampled around every phase: where the time goes, as CPU ms
+per invoice by component. Results are printed and written as JSON (default bench-results/bench-<UTC
+timestamp>.json) with an HTML chart of the same name (.html: p50/p99 latency and stored per second over time,
+inline SVG). Nothing is asserted: the figures are reported, with the project's targets next to them.
 """
 
 from __future__ import annotations
@@ -1629,7 +1641,8 @@ async def measure(stack: Stack, args: argparse.Namespace, result: dict[str, Any]
     limits = httpx.Limits(max_connections=20, max_keepalive_connections=20, keepalive_expiry=2)
     try:
         async with httpx.AsyncClient(timeout=30, limits=limits) as http:
-            ctx = Ctx(stack, http, db, CpuSampler(stack.pids()))
+            # the timings live in the result, so that a failed run still charts the phases that completed
+            ctx = Ctx(stack, http, db, CpuSampler(stack.pids()), timings=result.setdefault("_timings", {}))
             say("warm-up: 20 invoices end to end")
             await warm_up(ctx, timeout=args.phase_timeout)
 
@@ -1697,7 +1710,6 @@ async def measure(stack: Stack, args: argparse.Namespace, result: dict[str, Any]
                 client.close()
     finally:
         await db.close()
-    result["series"] = {label: per_second(t) for label, t in ctx.timings.items()}
     result["cpu_ms_per_invoice"] = cpu_table(result["results"])
     a, b, d = result["results"]["a_raw_kafka"], result["results"]["b_end_to_end"], result["results"]["d_taxstore"]
     j = result["results"]["j_raw_copy"]
@@ -2001,6 +2013,8 @@ def main(argv: list[str]) -> int:
     if failed:
         result["error"] = failed
     out.parent.mkdir(parents=True, exist_ok=True)
+    if timings := result.pop("_timings", None):
+        result["series"] = {label: per_second(t) for label, t in timings.items()}
     if result.get("series"):  # the chart next to the JSON, same name
         chart = out.with_suffix(".html")
         chart.write_text(chart_html(f"make bench {stamp}: latency and throughput per second", result["series"]))
