@@ -1,6 +1,7 @@
 """`make bench`: how fast the whole pipeline runs on this machine, next to raw baselines from the same run.
 
-    .venv/bin/python -m fapiao.bench [--invoices N] [--rate R] [--duration S] [--out FILE]
+    .venv/bin/python -m fapiao.bench [--invoices N] [--rate R] [--duration S] [--out FILE] [--flaky S]
+                                     [--reconciler-scale N] ... (--help: every option)
 
 Starts its own PostgreSQL and Kafka (fapiao.infra, free ports, a private directory under .test-artifacts/)
 and the three services as real processes (`python -m services.<name>`), never touching a `make up` stack,
@@ -13,11 +14,22 @@ and stops all of it at the end, also on Ctrl-C or an error. Then, in one run:
 (c) latency at a fixed offered rate of single POST /v1/invoices, paced on a schedule (open loop):
     tax store `stored_at` minus issuer `accepted_at` per invoice -> p50/p95/p99/max;
 (d) the tax store alone: the same canonical documents posted straight to it, in the sync service's batch
-    size and in-flight limit, and one at a time at concurrency 32 -> invoices/s.
+    size and in-flight limit, and one at a time at concurrency 32 -> invoices/s;
+(j) raw PostgreSQL: the rows the issuer writes per accepted invoice (invoice, timeline entry, outbox row)
+    for N invoices, COPYed by asyncpg into scratch tables LIKE the issuer's -> rows/s, invoices/s, against (b);
+(e) step load: (c) at rising rates until the p99 passes 500 ms -> the highest rate within it;
+(f) (c) right after a batch of --after-batch invoices: how long live invoices wait behind a month-end run;
+(g) single POSTs at --rate with the tax store down for --outage seconds: first stored after its return, the drain;
+(i) the reconciler's check rounds over --reconciler-unconfirmed due invoices, without and then beside
+    --reconciler-scale confirmed ledger rows (COPYed in as setup) -> round seconds and their ratio;
+(h) a flaky store (drops, timeouts, errors on, and left on) under --flaky-rate single POSTs for --flaky
+    seconds -> seconds from the end of the load until every accepted invoice is confirmed, or "not converged".
+(i) and (h) need the reconciler: without --reconciler it joins after (g), from the ends of its topics.
 
-Per-process CPU seconds (from /proc/<pid>/stat) are sampled around every phase: where the time goes.
-Results are printed and written as JSON (default bench-results/bench-<UTC timestamp>.json). Nothing is
-asserted: the figures are reported, with the project's targets next to them.
+Per-process CPU seconds (from /proc/<pid>/stat) are sampled around every phase: where the time goes, as CPU ms
+per invoice by component. Results are printed and written as JSON (default bench-results/bench-<UTC
+timestamp>.json) with an HTML chart of the same name (.html: p50/p99 latency and stored per second over time,
+inline SVG). Nothing is asserted: the figures are reported, with the project's targets next to them.
 """
 
 from __future__ import annotations
@@ -39,7 +51,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +80,12 @@ STEP_P99_LIMIT_MS = 500.0
 TARGET_AFTER_BATCH_P99_MS = 1000.0  # (f): single POSTs at 200/s right after a batch
 TARGET_DRAIN_FACTOR = 5.0  # (g): the backlog of an outage drains at ≥ 5× the offered rate (best 10 s)
 TARGET_FIRST_AFTER_OUTAGE_S = 3.0  # (g): the first invoice stored within 3 s of the store's return
+TARGET_RECONCILER_SCALE_RATIO = 1.1  # (i): rounds beside 1M confirmed take < 1.1x the rounds without them
 DRAIN_WINDOW_S = 10.0
 ISSUER_BATCH = 1000  # invoices per POST /v1/invoices/batch (the issuer's default FAPIAO_BATCH_MAX)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# What is not the pipeline in CPU per invoice: the tax store (the authority's side) and the benchmark's own load
+NOT_PIPELINE = frozenset({"taxstore", "bench", "raw consumer process"})
 
 
 class BenchError(RuntimeError):
@@ -209,6 +225,24 @@ class Stack:
         for svc in everything:
             svc.wait_ready(timeout, interval=0.25)
 
+    def start_reconciler(self, *, timeout: float) -> list[ServiceProcess]:
+        """The reconciler (and its replicas) after the other services, for (h) and (i) in a run without
+        --reconciler: (a)-(g) stay comparable with earlier runs, which did not have it. Called from the main
+        thread (the event loop runs there), as die_with_parent needs."""
+        env = {**self._env(), "FAPIAO_TAXSTORE_URL": self.services["taxstore"].url}
+        procs = [ServiceProcess.service("reconciler", env=env, log_dir=self.workdir / "logs", die_with_parent=True),
+                 *(ServiceProcess.service("reconciler", env=env, log_dir=self.workdir / "logs",
+                                          log_name=f"reconciler-{i}", die_with_parent=True)
+                   for i in range(2, self.replicas + 1))]
+        self.services["reconciler"], self.more["reconciler"] = procs[0], procs[1:]
+        self.reconciler = True
+        for svc in procs:
+            svc.spawn()
+        say("reconciler spawned: " + ", ".join(f"{s.url} (pid {s.pid})" for s in procs))
+        for svc in procs:
+            svc.wait_ready(timeout, interval=0.25)
+        return procs
+
     def _env(self) -> dict[str, str]:
         assert self.pg is not None and self.kafka is not None
         return {
@@ -266,6 +300,168 @@ def percentile(sorted_values: list[float], p: float) -> float:
         return float("nan")
     rank = max(1, math.ceil(p / 100 * len(sorted_values)))
     return sorted_values[rank - 1]
+
+
+def per_second(timings: list[tuple[float, float]]) -> list[dict[str, Any]]:
+    """Per-second series of one phase from (accepted_at, stored_at) epoch seconds per invoice: for each second
+    since the first acceptance, the invoices accepted in it with the p50/p99 of their accepted → stored
+    latency (None when none was accepted), and the invoices the tax store stored in it."""
+    if not timings:
+        return []
+    t0 = min(a for a, _ in timings)
+    last = max(max(a, s) for a, s in timings)
+    seconds = int(last - t0) + 1
+    lat: list[list[float]] = [[] for _ in range(seconds)]
+    stored = [0] * seconds
+    for accepted, at_store in timings:
+        lat[int(accepted - t0)].append((at_store - accepted) * 1000)
+        stored[max(0, int(at_store - t0))] += 1
+    out = []
+    for i in range(seconds):
+        values = sorted(lat[i])
+        out.append({"t": i, "accepted": len(values),
+                    "p50_ms": round(percentile(values, 50), 1) if values else None,
+                    "p99_ms": round(percentile(values, 99), 1) if values else None,
+                    "stored": stored[i]})
+    return out
+
+
+def component(process: str) -> str:
+    """The component a sampled process belongs to: replicas (issuer-2) count with their service."""
+    base = process.split(" (")[0]
+    head, _, tail = base.rpartition("-")
+    return head if head and tail.isdigit() else base
+
+
+def cpu_per_invoice(cpu_s: dict[str, float], invoices: int) -> dict[str, float]:
+    """CPU milliseconds per invoice by component (replicas summed), and `pipeline`: every component but the tax
+    store (the authority's side) and the benchmark's own processes (the load)."""
+    if invoices <= 0:
+        return {}
+    by: dict[str, float] = {}
+    for name, secs in cpu_s.items():
+        by[component(name)] = by.get(component(name), 0.0) + secs
+    out = {k: round(1000 * v / invoices, 3) for k, v in by.items()}
+    out["pipeline"] = round(1000 * sum(v for k, v in by.items() if k not in NOT_PIPELINE) / invoices, 3)
+    return out
+
+
+def phase_cpus(results: dict[str, Any]) -> list[tuple[str, dict[str, Any], int]]:
+    """(label, CPU delta, invoices) of every phase that ran, in the order of the report."""
+    r = results
+    out: list[tuple[str, dict[str, Any], int]] = []
+    if a := r.get("a_raw_kafka"):
+        out.append(("(a) raw Kafka", a["cpu"], a["messages"]))
+    if b := r.get("b_end_to_end"):
+        out.append(("(b) end to end", b["cpu"], b["invoices"]))
+    if c := r.get("c_latency"):
+        out.append((f"(c) {c['offered_rate_per_s']:g}/s", c["cpu"], c["accepted"]))
+    if d := r.get("d_taxstore"):
+        out.append(("(d) tax store, batch", d["batch"]["cpu"], d["batch"]["invoices"]))
+        out.append(("(d) tax store, single", d["single"]["cpu"], d["single"]["invoices"]))
+    if j := r.get("j_raw_copy"):
+        out.append(("(j) raw COPY", j["cpu"], j["invoices"]))
+    for step in (r.get("e_steps") or {}).get("steps", []):
+        if "cpu" in step:
+            out.append((f"(e) {step['rate_per_s']:g}/s", step["cpu"], step["accepted"]))
+    if f := r.get("f_after_batch"):
+        out.append(("(f) after a batch", f["cpu"], f.get("accepted", f["measured"])))
+    if g := r.get("g_outage_drain"):
+        out.append(("(g) store outage", g["cpu"], g["accepted"]))
+    if i := r.get("i_reconciler_scale"):
+        out.append(("(i) rounds, without", i["without"]["cpu"], i["unconfirmed"]))
+        out.append((f"(i) rounds, beside {i['scale']:,}", i["beside"]["cpu"], i["unconfirmed"]))
+    if h := r.get("h_flaky"):
+        out.append(("(h) flaky store", h["cpu"], h["accepted"]))
+    return out
+
+
+def cpu_table(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """CPU ms per invoice by component for every phase (also put into each phase's own `cpu`)."""
+    table: dict[str, dict[str, Any]] = {}
+    for label, cpu, n in phase_cpus(results):
+        cpu["invoices"] = n
+        cpu["ms_per_invoice"] = per = cpu_per_invoice(cpu["cpu_s"], n)
+        table[label] = {"invoices": n, "wall_s": cpu["wall_s"], "ms_per_invoice": per}
+    return table
+
+
+# --- the chart: inline SVG, written by the bench itself (no plotting library) ---------------------------
+
+CHART_W, CHART_H, CHART_PAD = 860, 220, 48
+
+
+def _axis_max(values: list[float]) -> float:
+    """A round upper bound (1, 2 or 5 × 10^k) at or above the largest value."""
+    top = max(values, default=0.0)
+    if top <= 0:
+        return 1.0
+    scale = 10 ** math.floor(math.log10(top))
+    return next(m * scale for m in (1, 2, 5, 10) if m * scale >= top)
+
+
+def _svg(title: str, unit: str, seconds: int, series: dict[str, list[tuple[int, float]]],
+         colours: dict[str, str]) -> str:
+    """One panel: a polyline per series of (second, value) points, linear axes from 0."""
+    from xml.sax.saxutils import escape
+
+    ymax = _axis_max([v for pts in series.values() for _, v in pts])
+    xmax = max(1, seconds - 1)
+    inner_w, inner_h = CHART_W - 2 * CHART_PAD, CHART_H - 2 * CHART_PAD
+
+    def x(t: float) -> float:
+        return round(CHART_PAD + inner_w * t / xmax, 1)
+
+    def y(v: float) -> float:
+        return round(CHART_PAD + inner_h * (1 - v / ymax), 1)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{CHART_W}" height="{CHART_H}" '
+             f'viewBox="0 0 {CHART_W} {CHART_H}" data-ymax="{ymax:g}" data-xmax="{xmax}" role="img">',
+             f'<title>{escape(title)}</title>',
+             f'<text x="{CHART_PAD}" y="20" font-size="13" font-weight="bold">{escape(title)}</text>',
+             f'<line x1="{CHART_PAD}" y1="{y(0)}" x2="{x(xmax)}" y2="{y(0)}" stroke="#444"/>',
+             f'<line x1="{CHART_PAD}" y1="{y(0)}" x2="{CHART_PAD}" y2="{y(ymax)}" stroke="#444"/>']
+    for frac in (0.25, 0.5, 0.75, 1.0):
+        v = ymax * frac
+        parts.append(f'<line x1="{CHART_PAD}" y1="{y(v)}" x2="{x(xmax)}" y2="{y(v)}" stroke="#ddd"/>')
+        parts.append(f'<text x="{CHART_PAD - 4}" y="{y(v) + 4}" font-size="10" text-anchor="end">{v:g}</text>')
+    step = max(1, round(xmax / 10))
+    for t in range(0, xmax + 1, step):
+        parts.append(f'<text x="{x(t)}" y="{y(0) + 14}" font-size="10" text-anchor="middle">{t}</text>')
+    parts.append(f'<text x="{x(xmax)}" y="{CHART_H - 8}" font-size="10" text-anchor="end">seconds since the '
+                 f'phase\'s first acceptance; y: {escape(unit)}</text>')
+    for i, (name, pts) in enumerate(series.items()):
+        colour = colours.get(name, "#000")
+        points = " ".join(f"{x(t)},{y(v)}" for t, v in pts)
+        parts.append(f'<polyline data-series="{escape(name)}" fill="none" stroke="{colour}" stroke-width="1.5" '
+                     f'points="{points}"/>')
+        parts.append(f'<text x="{CHART_W - CHART_PAD - 90 * i}" y="20" font-size="11" fill="{colour}" '
+                     f'text-anchor="end">{escape(name)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def chart_html(title: str, phases: dict[str, list[dict[str, Any]]]) -> str:
+    """A self-contained HTML page: per phase, p50/p99 latency (accepted → stored, by second of acceptance) and
+    invoices stored per second, from per_second() series."""
+    from xml.sax.saxutils import escape
+
+    body = [f"<h1>{escape(title)}</h1>"]
+    for label, rows in phases.items():
+        if not rows:
+            continue
+        seconds = len(rows)
+        latency = {"p50": [(r["t"], r["p50_ms"]) for r in rows if r["p50_ms"] is not None],
+                   "p99": [(r["t"], r["p99_ms"]) for r in rows if r["p99_ms"] is not None]}
+        body.append(f'<section data-phase="{escape(label)}"><h2>{escape(label)}</h2>')
+        body.append(_svg(f"{label}: latency accepted → stored", "ms", seconds, latency,
+                         {"p50": "#1f77b4", "p99": "#d62728"}))
+        body.append(_svg(f"{label}: throughput", "invoices stored per second", seconds,
+                         {"stored/s": [(r["t"], float(r["stored"])) for r in rows]}, {"stored/s": "#2ca02c"}))
+        body.append("</section>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{escape(title)}</title><style>body{{font-family:sans-serif;margin:1em}}"
+            "svg{display:block;margin:0.5em 0}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
 async def poll_until(check: Callable[[], Awaitable[Any]], *, timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -391,6 +587,8 @@ class Ctx:
     db: Any  # asyncpg connection, for the issuer's status counts
     sampler: CpuSampler
     lean: dict[str, RoundRobin] = field(default_factory=dict)
+    # (accepted_at, stored_at) epoch seconds of every measured invoice, by chart phase: the chart's series
+    timings: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     def load(self, service: str) -> RoundRobin:
         if service not in self.lean:
@@ -711,7 +909,8 @@ async def phase_end_to_end(ctx: Ctx, n: int, concurrency: int, timeout: float) -
 
 # --- (c) latency at a fixed offered rate ------------------------------------------------------------
 
-async def phase_latency(ctx: Ctx, rate: float, duration: float, concurrency: int, timeout: float) -> dict[str, Any]:
+async def phase_latency(ctx: Ctx, rate: float, duration: float, concurrency: int, timeout: float,
+                        chart: str | None = None) -> dict[str, Any]:
     """Open loop: request i is due at start + i/rate whatever happened to the earlier ones; at most
     `concurrency` are in flight (a due request waits for a free slot: its lateness is recorded). Requests
     still waiting for a slot at start + 2 x duration are not sent, so an overloaded issuer cannot stretch
@@ -778,6 +977,10 @@ async def phase_latency(ctx: Ctx, rate: float, duration: float, concurrency: int
     listed = await ctx.listing(tenant["tax_id"])
     lat = sorted((datetime.fromisoformat(listed[num]["stored_at"]) - acc).total_seconds() * 1000
                  for num, acc in accepted.items() if num in listed)
+    if chart:
+        ctx.timings.setdefault(chart, []).extend(
+            (acc.timestamp(), datetime.fromisoformat(listed[num]["stored_at"]).timestamp())
+            for num, acc in accepted.items() if num in listed)
 
     async def all_submitted() -> Any:  # let the results flow back before the next phase
         return past_submit(await ctx.statuses(tenant["id"])) >= ok or False
@@ -816,11 +1019,12 @@ async def phase_steps(ctx: Ctx, rates: list[float], step_s: float, concurrency: 
     best = None
     for rate in rates:
         say(f"(e) step load: {rate:g}/s for {step_s:g}s")
-        r = await phase_latency(ctx, rate, step_s, concurrency, timeout)
+        r = await phase_latency(ctx, rate, step_s, concurrency, timeout, chart="(e) step load")
         p99 = r["latency_ms"]["p99"]
         kept_up = (r["achieved_send_rate_per_s"] or 0) >= 0.9 * rate and not r["not_sent_overload"]
         steps.append({"rate_per_s": rate, "p50_ms": r["latency_ms"]["p50"], "p99_ms": p99,
-                      "sent_per_s": r["achieved_send_rate_per_s"], "measured": r["measured"], "kept_up": kept_up})
+                      "sent_per_s": r["achieved_send_rate_per_s"], "measured": r["measured"], "kept_up": kept_up,
+                      "accepted": r["accepted"], "cpu": r["cpu"]})
         say(f"    p50 {r['latency_ms']['p50']} ms, p99 {p99} ms, sent at {r['achieved_send_rate_per_s']}/s")
         if p99 > limit_ms or not kept_up:
             break
@@ -838,10 +1042,11 @@ async def phase_after_batch(ctx: Ctx, n: int, rate: float, duration: float, conc
     answered = time.monotonic() - t0
     waiting = await ctx.statuses(tenant["id"])
     say(f"    batch of {n:,} answered in {answered:.1f}s; the singles start while the issuer shows {waiting}")
-    r = await phase_latency(ctx, rate, duration, concurrency, timeout)
+    r = await phase_latency(ctx, rate, duration, concurrency, timeout, chart="(f) after a batch")
     return {"batch": n, "batch_answered_s": round(answered, 2), "batch_statuses_at_start": waiting,
             "offered_rate_per_s": rate, "duration_s": duration, "latency_ms": r["latency_ms"],
-            "measured": r["measured"], "sent_per_s": r["achieved_send_rate_per_s"], "cpu": r["cpu"]}
+            "measured": r["measured"], "accepted": r["accepted"], "sent_per_s": r["achieved_send_rate_per_s"],
+            "cpu": r["cpu"], "cpu_note": "CPU while the singles ran; the batch's own work goes on meanwhile"}
 
 
 # --- (g) a store outage under load, and the drain after it ---------------------------------------------
@@ -860,6 +1065,7 @@ async def phase_outage_drain(ctx: Ctx, rate: float, outage_s: float, after_s: fl
     sem = asyncio.Semaphore(concurrency)
     loop = asyncio.get_running_loop()
     accepted = 0
+    accepted_at: dict[str, datetime] = {}
     errors: list[str] = []
     series: list[tuple[float, int]] = []
     faults = f"{ctx.url('taxstore')}/admin/faults"
@@ -879,6 +1085,8 @@ async def phase_outage_drain(ctx: Ctx, rate: float, outage_s: float, after_s: fl
                 return
         if status == 201:
             accepted += 1
+            inv = orjson.loads(data)
+            accepted_at[inv["number"]] = datetime.fromisoformat(inv["accepted_at"])
         else:
             errors.append(f"HTTP {status} {data[:200]!r}")
 
@@ -922,6 +1130,9 @@ async def phase_outage_drain(ctx: Ctx, rate: float, outage_s: float, after_s: fl
             await set_outage(False)
     done_at = loop.time()
     cpu = CpuSampler.delta(before, ctx.sampler.snapshot())
+    listed = await ctx.listing(tenant["tax_id"])
+    ctx.timings["(g) store outage"] = [(acc.timestamp(), datetime.fromisoformat(listed[num]["stored_at"]).timestamp())
+                                       for num, acc in accepted_at.items() if num in listed]
     during = [n for t, n in series if t <= recovered_at]
     at_recovery = during[-1] if during else stored0
     after = [(t - recovered_at, n) for t, n in series if t > recovered_at]
@@ -998,6 +1209,395 @@ async def phase_taxstore(ctx: Ctx, n_batch: int, n_single: int, batch_size: int,
     }
 
 
+# --- (j) raw PostgreSQL: asyncpg COPY of the issuer's rows -------------------------------------------------
+
+COPY_TABLES = ("invoices", "invoice_timeline", "outbox")  # what the issuer inserts per accepted invoice
+
+
+def issuer_rows(docs: list[dict[str, Any]], tenant_id: uuid.UUID, seller: str, topic: str, first_id: int
+                ) -> list[tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]]:
+    """Per invoice, the three rows the issuer writes when it accepts it (services/issuer/invoices/issuing.py:
+    `_insert` and `_record_issued`): the invoice with its canonical document, the `accepted` timeline entry and
+    the outbox row with the encoded `issued` envelope. Columns in COPY_COLUMNS order."""
+    from services.issuer.rules import canonical
+    from services.issuer.schemas import InvoiceCreate
+    from shared.content import content_hash
+    from shared.envelope import encode, new_envelope
+    from shared.events import INVOICE_ISSUED, ISSUER_SOURCE, InvoiceIssued
+
+    out = []
+    now = datetime.now(UTC)
+    for i, raw in enumerate(docs):
+        inv = InvoiceCreate.model_validate(raw)
+        doc = canonical(inv)
+        digest = content_hash(doc)
+        iid = uuid.uuid4()
+        envelope = new_envelope(source=ISSUER_SOURCE, subject=str(iid), tenant=str(tenant_id), sequence=1,
+                                event=InvoiceIssued(invoice_id=iid, tenant_id=tenant_id, seller_tax_id=seller,
+                                                    number=inv.number, content_hash=digest, accepted_at=now,
+                                                    invoice=doc))
+        out.append((
+            (iid, tenant_id, seller, inv.number, inv.kind, inv.issue_date, inv.buyer.tax_id or None, inv.buyer.name,
+             Decimal(inv.total_amount), Decimal(inv.total_tax), Decimal(inv.total), inv.currency,
+             orjson.dumps(doc).decode(), digest, "batch", "accepted", 1, now, now, now),
+            (first_id + i, iid, now, "accepted", f"Accepted via batch; event {envelope.id} queued for {topic}",
+             orjson.dumps({"event_id": envelope.id, "content_hash": digest}).decode()),
+            (first_id + i, topic, str(iid), envelope.id, INVOICE_ISSUED, encode(envelope)),
+        ))
+    return out
+
+
+COPY_COLUMNS = {
+    "invoices": ("id", "tenant_id", "seller_tax_id", "number", "kind", "issue_date", "buyer_tax_id", "buyer_name",
+                 "total_amount", "total_tax", "total", "currency", "content", "content_hash", "source", "status",
+                 "event_seq", "accepted_at", "updated_at", "status_since"),
+    "invoice_timeline": ("id", "invoice_id", "at", "kind", "message", "detail"),
+    "outbox": ("id", "topic", "key", "event_id", "event_type", "payload"),
+}
+
+
+async def phase_raw_copy(ctx: Ctx, n: int, concurrency: int, chunk: int = ISSUER_BATCH) -> dict[str, Any]:
+    """The issuer's rows for `n` invoices (built before the clock starts) COPYed with asyncpg
+    `copy_records_to_table` into scratch tables made LIKE the issuer's (same columns, defaults and indexes; no
+    foreign keys), `chunk` invoices per transaction, `concurrency` connections: what PostgreSQL alone takes,
+    with fsync and synchronous_commit as the services run."""
+    import asyncpg
+
+    from tests.factories import uscc
+
+    assert ctx.stack.pg is not None
+    schema = f"bench_copy_{uuid.uuid4().hex[:6]}"
+    await ctx.db.execute(f"create schema {schema}")
+    for table in COPY_TABLES:
+        await ctx.db.execute(f"create table {schema}.{table} (like issuer.{table} including defaults "
+                             "including identity including indexes including constraints)")
+    seller = uscc()
+    rows = issuer_rows(make_docs(seller, n), uuid.uuid4(), seller, "invoice.events.v1", 1)
+    chunks = [rows[i:i + chunk] for i in range(0, n, chunk)]
+    conns = [await asyncpg.connect(ctx.stack.pg.url(driver="postgresql"), timeout=10) for _ in range(concurrency)]
+    queue = list(reversed(chunks))
+
+    async def writer(conn: Any) -> None:
+        while queue:
+            part = queue.pop()
+            async with conn.transaction():
+                for k, table in enumerate(COPY_TABLES):
+                    await conn.copy_records_to_table(table, schema_name=schema, columns=COPY_COLUMNS[table],
+                                                     records=[r[k] for r in part])
+
+    try:
+        before = ctx.sampler.snapshot()
+        t0 = time.monotonic()
+        await asyncio.gather(*(writer(c) for c in conns))
+        elapsed = time.monotonic() - t0
+        cpu = CpuSampler.delta(before, ctx.sampler.snapshot())
+    finally:
+        for c in conns:
+            await c.close()
+        await ctx.db.execute(f"drop schema {schema} cascade")
+    written = n * len(COPY_TABLES)
+    return {
+        "invoices": n, "rows": written, "rows_per_invoice": len(COPY_TABLES), "tables": list(COPY_TABLES),
+        "invoices_per_transaction": chunk, "connections": concurrency, "elapsed_s": round(elapsed, 3),
+        "rows_per_s": round(written / elapsed, 1), "invoices_per_s": round(n / elapsed, 1),
+        "definition": "asyncpg copy_records_to_table of the issuer's rows per accepted invoice (invoice with its "
+                      "canonical JSONB, `accepted` timeline entry, outbox row with the encoded envelope) into "
+                      "tables LIKE issuer.*; rows built before the clock starts",
+        "cpu": cpu,
+    }
+
+
+# --- the reconciler joins late: from the ends of its topics ---------------------------------------------
+
+async def reconciler_from_now(ctx: Ctx, timeout: float) -> dict[str, Any]:
+    """Start the reconciler in a run without --reconciler, its consumer group first placed at the ends of its
+    topics: the invoices of (a)-(g) are not its business, and catching up on all of them would run during (h)."""
+    from aiokafka import TopicPartition
+
+    from shared.consumers import RECONCILER_LEDGER
+    from shared.kafka import OffsetReader, make_consumer
+
+    stack = ctx.stack
+    assert stack.kafka is not None
+    topics = [t.qualified(stack.topic_prefix) for t in RECONCILER_LEDGER.topics]
+    reader = OffsetReader(stack.kafka.bootstrap, timeout=10)
+    try:
+        positions = await reader.positions(topics, [])
+    finally:
+        await reader.close()
+    ends = {TopicPartition(t, int(p)): int(end) for t, parts in positions["topics"].items() for p, end in parts.items()}
+    if not ends:
+        raise BenchError(f"no partitions known for {topics}")
+    consumer = make_consumer(stack.kafka.bootstrap, group_id=RECONCILER_LEDGER.qualified(stack.topic_prefix),
+                             enable_auto_commit=False)
+    await asyncio.wait_for(consumer.start(), 30)
+    try:
+        consumer.assign(list(ends))
+        await asyncio.wait_for(consumer.commit(ends), 30)
+    finally:
+        await asyncio.wait_for(consumer.stop(), 10)
+    group = RECONCILER_LEDGER.qualified(stack.topic_prefix)
+    reader = OffsetReader(stack.kafka.bootstrap, timeout=10)
+    try:
+        committed = (await reader.positions(topics, [group]))["groups"][group]
+    finally:
+        await reader.close()
+    placed = {TopicPartition(t, int(p)): int(o) for t, parts in committed.items() for p, o in parts.items()}
+    if any(placed.get(tp, -1) < end for tp, end in ends.items()):
+        raise BenchError(f"the reconciler's group was not placed at the topics' ends: {placed} vs {ends}")
+    t0 = time.monotonic()
+    procs = stack.start_reconciler(timeout=timeout)
+    for i, svc in enumerate(procs, start=1):
+        if svc.pid is not None:
+            ctx.sampler.pids["reconciler" if i == 1 else f"reconciler-{i}"] = svc.pid
+    return {"started_after_s": round(time.monotonic() - t0, 2), "skipped_records": sum(ends.values()),
+            "processes": len(procs)}
+
+
+# --- (h) a flaky store under load: when is the last invoice confirmed ------------------------------------
+
+FLAKY_FAULTS = {"drop_rate": 0.3, "timeout_rate": 0.2, "error_rate": 0.2, "timeout_hang_ms": 2000, "seed": 15}
+
+
+async def phase_flaky(ctx: Ctx, rate: float, duration: float, settle: float, concurrency: int) -> dict[str, Any]:
+    """Single POSTs at `rate` for `duration` seconds (open loop) with the tax store's faults on (FLAKY_FAULTS, as
+    the store-flaky drill has them), and on after the load: how long after the last POST until every accepted
+    invoice is confirmed (the issuer shows `confirmed`: the reconciler saw it at the store, identical), waited
+    for at most `settle` seconds. The faults are turned off at the end, whatever happens."""
+    tenant = await ctx.new_tenant("flaky")
+    bodies = [orjson.dumps(d) for d in make_docs(tenant["tax_id"], max(1, int(rate * duration)))]
+    http = ctx.load("issuer")
+    sem = asyncio.Semaphore(concurrency)
+    loop = asyncio.get_running_loop()
+    accepted = 0
+    errors: list[str] = []
+    faults = f"{ctx.url('taxstore')}/admin/faults"
+    clear = {"drop_rate": 0, "timeout_rate": 0, "error_rate": 0}
+
+    async def set_faults(values: dict[str, Any]) -> None:
+        r = await ctx.http.put(faults, headers=ctx.stack.admin, json=values, timeout=10)
+        if r.status_code != 200:
+            raise BenchError(f"taxstore PUT /admin/faults {values}: HTTP {r.status_code} {r.text[:200]}")
+
+    async def one(body: bytes) -> None:
+        nonlocal accepted
+        async with sem:
+            try:
+                status, data = await http.request("POST", "/v1/invoices", body, tenant["headers"], timeout=30)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                return
+        if status == 201:
+            accepted += 1
+        else:
+            errors.append(f"HTTP {status} {data[:200]!r}")
+
+    before = ctx.sampler.snapshot()
+    await set_faults(FLAKY_FAULTS)
+    counts: dict[str, int] = {}
+    converged_after: float | None = None
+    try:
+        start = loop.time() + 0.1
+        tasks = []
+        for i, body in enumerate(bodies):
+            await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+            tasks.append(asyncio.create_task(one(body)))
+        await asyncio.gather(*tasks)
+        load_end = loop.time()
+        load_end_db = await ctx.db.fetchval("select now()")
+        say(f"    load over: {accepted:,} accepted, {len(errors)} errors; faults stay on, waiting ≤{settle:g}s")
+        next_say = load_end + 10
+        while True:
+            counts = await ctx.statuses(tenant["id"])
+            if counts.get("confirmed", 0) >= accepted:
+                converged_after = loop.time() - load_end
+                break
+            if loop.time() - load_end > settle:
+                break
+            if loop.time() >= next_say:
+                say(f"    {loop.time() - load_end:4.0f}s after the load: issuer {counts}")
+                next_say += 10
+            await asyncio.sleep(0.5)
+    finally:
+        with contextlib.suppress(Exception):
+            await set_faults(clear)
+    cpu = CpuSampler.delta(before, ctx.sampler.snapshot())
+    # The confirmation times themselves: the issuer's status_since of each confirmed invoice (PostgreSQL's clock).
+    times = await ctx.db.fetch(
+        "select extract(epoch from status_since - $2::timestamptz) as after_load, "
+        "extract(epoch from status_since - accepted_at) as latency from issuer.invoices "
+        "where tenant_id = $1 and status = 'confirmed'", uuid.UUID(tenant["id"]), load_end_db)
+    latencies = sorted(float(r["latency"]) for r in times)
+    last = max((float(r["after_load"]) for r in times), default=None)
+    if errors:
+        say(f"  {len(errors)} of {len(bodies)} POSTs failed; first: {errors[0]}")
+    return {
+        "offered_rate_per_s": rate, "duration_s": duration, "faults": FLAKY_FAULTS, "sent": len(bodies),
+        "accepted": accepted, "errors": len(errors), "first_error": errors[0] if errors else None,
+        "settle_limit_s": settle, "converged": converged_after is not None,
+        "last_confirmed_after_load_s": round(converged_after, 1) if converged_after is not None else None,
+        "last_confirmation_after_load_s": round(last, 2) if last is not None else None,
+        "confirmed": counts.get("confirmed", 0), "statuses_at_end": counts,
+        "accepted_to_confirmed_s": {"p50": round(percentile(latencies, 50), 2),
+                                    "p99": round(percentile(latencies, 99), 2),
+                                    "max": round(latencies[-1], 2) if latencies else None},
+        "definition": "seconds from the last POST's answer until the issuer shows every accepted invoice "
+                      "`confirmed` (polled every 0.5 s; the faults stay on); last_confirmation_after_load_s is "
+                      "the latest status_since of a confirmed invoice, on PostgreSQL's clock",
+        "cpu": cpu,
+    }
+
+
+# --- (i) the reconciler's check round beside a big ledger ---------------------------------------------------
+
+async def round_metrics(ctx: Ctx) -> tuple[float, float]:
+    """(sum of seconds, count) of fapiao_reconciler_check_round_duration_seconds over every reconciler process."""
+    total, count = 0.0, 0.0
+    for svc in ctx.stack.processes("reconciler"):
+        r = await ctx.http.get(f"{svc.url}/metrics", headers=ctx.stack.admin)
+        if r.status_code != 200:
+            raise BenchError(f"reconciler /metrics: HTTP {r.status_code} {r.text[:200]}")
+        for line in r.text.splitlines():
+            if line.startswith("fapiao_reconciler_check_round_duration_seconds_sum"):
+                total += float(line.split()[-1])
+            elif line.startswith("fapiao_reconciler_check_round_duration_seconds_count"):
+                count += float(line.split()[-1])
+    return total, count
+
+
+LEDGER_COLUMNS = ("invoice_id", "tenant_id", "seller_tax_id", "number", "issue_date", "buyer_tax_id", "buyer_name",
+                  "total_amount", "total_tax", "total", "content_hash", "accepted_at", "state", "since", "acked_at",
+                  "receipt_no", "confirmed_at", "checks", "sync_state", "next_check_at", "last_checked_at",
+                  "sync_seq", "recon_seq")
+
+
+def confirmed_ledger_rows(n: int, tenant_id: uuid.UUID, *, sellers: int = 1000, days: int = 30,
+                          salt: int = 0) -> Any:
+    """`n` confirmed ledger rows (LEDGER_COLUMNS), `sellers` sellers over `days` issue dates, as a generator:
+    what a reconciler holds after months of work. Made-up sellers and numbers (COPY checks no format)."""
+    now = datetime.now(UTC)
+    today = now.date()
+    amount, tax, total = Decimal("100.00"), Decimal("13.00"), Decimal("113.00")
+    for i in range(n):
+        at = now - timedelta(days=1 + i % days)
+        yield (uuid.UUID(int=(salt << 64) | i), tenant_id, f"9{salt % 10}{i % sellers:016d}", f"{i:020d}",
+               today - timedelta(days=1 + i % days), None, "Bench buyer", amount, tax, total, f"{i:064x}", at,
+               "confirmed", at, at, f"R{i:019d}", at, 1, "submitted", None, at, 1, 1)
+
+
+async def reconciler_pass(ctx: Ctx, unconfirmed: int, timeout: float) -> dict[str, Any]:
+    """`unconfirmed` invoices the tax store holds (posted to it directly first) put into the ledger as
+    acknowledged and due now (COPY), one check requested over the admin API to wake the checker; until each
+    has been checked once: the rounds' own seconds (the check-round histogram) and the wall time."""
+    import asyncpg
+
+    from shared.content import content_hash
+    from tests.factories import uscc
+
+    assert ctx.stack.pg is not None
+    per_seller = 1000
+    docs = [d for _ in range(0, unconfirmed, per_seller)
+            for d in canonical_docs(uscc(), min(per_seller, unconfirmed))][:unconfirmed]
+    http = ctx.load("taxstore")
+    for i in range(0, len(docs), 200):
+        status, data = await http.request("POST", "/v1/invoices/batch",
+                                          orjson.dumps({"submissions": [{"invoice": d} for d in docs[i:i + 200]]}),
+                                          {"Content-Type": "application/json"}, timeout=60)
+        if status != 200:
+            raise BenchError(f"taxstore batch for (i): HTTP {status} {data[:300]!r}")
+    tenant_id, now = uuid.uuid4(), datetime.now(UTC)
+    ids = [uuid.uuid4() for _ in docs]
+    rows = [(iid, tenant_id, d["seller"]["tax_id"], d["number"], date.fromisoformat(d["issue_date"]),
+             (d.get("buyer") or {}).get("tax_id") or None, (d.get("buyer") or {}).get("name"),
+             Decimal(d["total_amount"]), Decimal(d["total_tax"]), Decimal(d["total"]), content_hash(d), now,
+             "awaiting", now, now, None, None, 0, "submitted", now, None, 1, 0)
+            for iid, d in zip(ids, docs, strict=True)]
+    windows = sorted({(r[2], r[4]) for r in rows})
+    sum0, count0 = await round_metrics(ctx)
+    conn = await asyncpg.connect(ctx.stack.pg.url(driver="postgresql"), timeout=10)
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table("ledger", schema_name="reconciler", columns=LEDGER_COLUMNS,
+                                             records=rows)
+            await conn.copy_records_to_table("sweep_windows", schema_name="reconciler",
+                                             columns=("seller_tax_id", "issue_date", "tenant_id", "next_sweep_at"),
+                                             records=[(s, d, tenant_id, now + timedelta(hours=1)) for s, d in windows])
+    finally:
+        await conn.close()
+    before = ctx.sampler.snapshot()
+    t0 = time.monotonic()
+    r = await ctx.http.post(f"{ctx.stack.services['reconciler'].url}/admin/invoices/{ids[0]}/check",
+                            headers=ctx.stack.admin)
+    if r.status_code != 202:
+        raise BenchError(f"reconciler POST /admin/invoices/…/check: HTTP {r.status_code} {r.text[:200]}")
+
+    async def checked() -> Any:
+        n = await ctx.db.fetchval("select count(*) from reconciler.ledger where invoice_id = any($1::uuid[]) "
+                                  "and last_checked_at is not null", ids)
+        return int(n) >= len(ids) or False
+
+    await poll_until(checked, timeout=timeout, what=f"the reconciler checks {len(ids):,} due invoices",
+                     interval=0.1)
+    wall = time.monotonic() - t0
+    cpu = CpuSampler.delta(before, ctx.sampler.snapshot())
+    sum1, count1 = await round_metrics(ctx)
+    states = {r["state"]: int(r["n"]) for r in await ctx.db.fetch(
+        "select state, count(*) as n from reconciler.ledger where invoice_id = any($1::uuid[]) group by state", ids)}
+    rounds = int(count1 - count0)
+    return {"unconfirmed": len(ids), "rounds": rounds, "rounds_s": round(sum1 - sum0, 3),
+            "mean_round_s": round((sum1 - sum0) / rounds, 4) if rounds else None, "wall_s": round(wall, 2),
+            "states_after": states, "cpu": cpu}
+
+
+async def phase_reconciler_scale(ctx: Ctx, scale: int, unconfirmed: int, timeout: float) -> dict[str, Any]:
+    """The check round over `unconfirmed` due invoices, first beside the ledger as the run left it, then again
+    (other invoices) after `scale` confirmed rows were COPYed into reconciler.ledger (with their sweep windows,
+    none due) and ANALYZEd — setup, not measured. The figure: the second pass's round seconds over the first's.
+    A pass of the same size before both warms the reconciler up (a fresh process: its pools, its first
+    statements, its first connections to the store), so that the first measured pass is not the slower for it."""
+    import asyncpg
+
+    assert ctx.stack.pg is not None
+    say(f"    warm-up pass: {unconfirmed:,} due")
+    warm = await reconciler_pass(ctx, unconfirmed, timeout)
+    say(f"      {warm['rounds']} rounds, {warm['rounds_s']} s of rounds, {warm['wall_s']} s wall (not counted)")
+    ledger0 = int(await ctx.db.fetchval("select count(*) from reconciler.ledger"))
+    say(f"    pass 1: {unconfirmed:,} due beside {ledger0:,} ledger rows")
+    small = await reconciler_pass(ctx, unconfirmed, timeout)
+    say(f"      {small['rounds']} rounds, {small['rounds_s']} s of rounds, {small['wall_s']} s wall")
+    t0 = time.monotonic()
+    tenant_id = uuid.uuid4()
+    conn = await asyncpg.connect(ctx.stack.pg.url(driver="postgresql"), timeout=60)
+    try:
+        salt = secrets.randbelow(1 << 20)
+        await conn.copy_records_to_table("ledger", schema_name="reconciler", columns=LEDGER_COLUMNS,
+                                         records=confirmed_ledger_rows(scale, tenant_id, salt=salt))
+        sellers = {f"9{salt % 10}{i:016d}" for i in range(min(scale, 1000))}
+        today = datetime.now(UTC).date()
+        later = datetime.now(UTC) + timedelta(hours=1)
+        await conn.copy_records_to_table(
+            "sweep_windows", schema_name="reconciler", columns=("seller_tax_id", "issue_date", "tenant_id",
+                                                                "next_sweep_at"),
+            records=[(s, today - timedelta(days=d), tenant_id, later) for s in sorted(sellers) for d in range(1, 31)])
+        await conn.execute("analyze reconciler.ledger")
+        await conn.execute("analyze reconciler.sweep_windows")
+    finally:
+        await conn.close()
+    loaded = time.monotonic() - t0
+    ledger1 = int(await ctx.db.fetchval("select count(*) from reconciler.ledger"))
+    say(f"    {scale:,} confirmed rows loaded in {loaded:.1f}s; pass 2: {unconfirmed:,} due beside {ledger1:,}")
+    big = await reconciler_pass(ctx, unconfirmed, timeout)
+    say(f"      {big['rounds']} rounds, {big['rounds_s']} s of rounds, {big['wall_s']} s wall")
+    return {"scale": scale, "unconfirmed": unconfirmed, "ledger_rows_before": ledger0, "ledger_rows_after": ledger1,
+            "load_s": round(loaded, 1), "warm_up": {k: warm[k] for k in ("rounds", "rounds_s", "wall_s")},
+            "without": small, "beside": big,
+            "rounds_ratio": round(big["rounds_s"] / small["rounds_s"], 3) if small["rounds_s"] else None,
+            "wall_ratio": round(big["wall_s"] / small["wall_s"], 3) if small["wall_s"] else None,
+            "definition": "sum of fapiao_reconciler_check_round_duration_seconds (claim, store reads, apply) until "
+                          "each due invoice was checked once; the wall time also counts the waits between rounds",
+            "cpu": big["cpu"]}
+
+
 # --- the run ---------------------------------------------------------------------------------------
 
 def machine_info(stack: Stack) -> dict[str, Any]:
@@ -1047,7 +1647,8 @@ async def measure(stack: Stack, args: argparse.Namespace, result: dict[str, Any]
     limits = httpx.Limits(max_connections=20, max_keepalive_connections=20, keepalive_expiry=2)
     try:
         async with httpx.AsyncClient(timeout=30, limits=limits) as http:
-            ctx = Ctx(stack, http, db, CpuSampler(stack.pids()))
+            # the timings live in the result, so that a failed run still charts the phases that completed
+            ctx = Ctx(stack, http, db, CpuSampler(stack.pids()), timings=result.setdefault("_timings", {}))
             say("warm-up: 20 invoices end to end")
             await warm_up(ctx, timeout=args.phase_timeout)
 
@@ -1064,7 +1665,8 @@ async def measure(stack: Stack, args: argparse.Namespace, result: dict[str, Any]
 
             say(f"(c) latency: {args.rate:g}/s for {args.duration:g}s")
             result["results"]["c_latency"] = c = await phase_latency(ctx, args.rate, args.duration,
-                                                                     args.latency_concurrency, args.phase_timeout)
+                                                                     args.latency_concurrency, args.phase_timeout,
+                                                                     chart="(c) latency")
             say(f"    p50 {c['latency_ms']['p50']} ms, p99 {c['latency_ms']['p99']} ms ({c['measured']} measured)")
 
             n_single = args.direct_single or max(500, args.invoices // 10)
@@ -1073,6 +1675,10 @@ async def measure(stack: Stack, args: argparse.Namespace, result: dict[str, Any]
             result["results"]["d_taxstore"] = d = await phase_taxstore(ctx, args.invoices, n_single, batch_size,
                                                                        in_flight, 32)
             say(f"    batch {d['batch']['invoices_per_s']:.0f}/s, single {d['single']['invoices_per_s']:.0f}/s")
+
+            say(f"(j) raw PostgreSQL: the issuer's rows of {args.invoices} invoices by asyncpg COPY")
+            result["results"]["j_raw_copy"] = j = await phase_raw_copy(ctx, args.invoices, args.ingest_concurrency)
+            say(f"    {j['rows_per_s']:,.0f} rows/s, {j['invoices_per_s']:,.0f} invoices/s")
 
             if args.steps:
                 result["results"]["e_steps"] = await phase_steps(ctx, args.steps, args.step_duration,
@@ -1090,12 +1696,32 @@ async def measure(stack: Stack, args: argparse.Namespace, result: dict[str, Any]
                 say(f"    first stored {g['first_stored_after_recovery_s']} s after the store's return; best drain "
                     f"{g['best_drain_per_s']:,.0f}/s ({g['drain_vs_offered']}× offered); all stored "
                     f"{g['all_stored_after_recovery_s']} s after")
+            if (args.reconciler_scale or args.flaky) and not stack.reconciler:
+                say("the reconciler joins for (i) and (h), from the ends of its topics")
+                result["reconciler_late_start"] = await reconciler_from_now(ctx, args.startup_timeout)
+            if args.reconciler_scale:
+                say(f"(i) reconciler check rounds over {args.reconciler_unconfirmed:,} due invoices, without and "
+                    f"beside {args.reconciler_scale:,} confirmed")
+                result["results"]["i_reconciler_scale"] = i = await phase_reconciler_scale(
+                    ctx, args.reconciler_scale, args.reconciler_unconfirmed, args.phase_timeout)
+                say(f"    rounds {i['without']['rounds_s']} s → {i['beside']['rounds_s']} s ({i['rounds_ratio']}×)")
+            if args.flaky:
+                say(f"(h) flaky store: {args.flaky_rate:g}/s for {args.flaky:g}s with drops, timeouts and errors")
+                result["results"]["h_flaky"] = h = await phase_flaky(
+                    ctx, args.flaky_rate, args.flaky, args.flaky_settle, args.latency_concurrency)
+                say("    " + (f"last invoice confirmed {h['last_confirmed_after_load_s']} s after the load"
+                             if h["converged"] else f"not converged within {h['settle_limit_s']:g} s: "
+                                                    f"{h['confirmed']:,} of {h['accepted']:,} confirmed"))
             for client in ctx.lean.values():
                 client.close()
     finally:
         await db.close()
+    result["cpu_ms_per_invoice"] = cpu_table(result["results"])
     a, b, d = result["results"]["a_raw_kafka"], result["results"]["b_end_to_end"], result["results"]["d_taxstore"]
+    j = result["results"]["j_raw_copy"]
     result["ratios"] = {
+        "e2e_stored_vs_raw_copy": round(b["stored_per_s"] / j["invoices_per_s"], 3),
+        "e2e_submitted_vs_raw_copy": round(b["submitted_per_s"] / j["invoices_per_s"], 3),
         "e2e_stored_vs_raw_kafka": round(b["stored_per_s"] / a["messages_per_s"], 3),
         "e2e_submitted_vs_raw_kafka": round(b["submitted_per_s"] / a["messages_per_s"], 3),
         "e2e_stored_vs_taxstore_batch": round(b["stored_per_s"] / d["batch"]["invoices_per_s"], 3),
@@ -1126,6 +1752,9 @@ async def measure(stack: Stack, args: argparse.Namespace, result: dict[str, Any]
             drain_vs_offered=TARGET_DRAIN_FACTOR, first_after_outage_s=TARGET_FIRST_AFTER_OUTAGE_S,
             drain_meets=(g["drain_vs_offered"] or 0) >= TARGET_DRAIN_FACTOR,
             first_after_outage_meets=first is not None and first <= TARGET_FIRST_AFTER_OUTAGE_S)
+    if (i := result["results"].get("i_reconciler_scale")) and i["rounds_ratio"] is not None:
+        result["targets"].update(reconciler_scale_ratio=TARGET_RECONCILER_SCALE_RATIO,
+                                 reconciler_scale_meets=i["rounds_ratio"] < TARGET_RECONCILER_SCALE_RATIO)
 
 
 def report(result: dict[str, Any]) -> None:
@@ -1167,7 +1796,14 @@ def report(result: dict[str, Any]) -> None:
               "in flight")
     t.add_row("(d) tax store alone, single", f"{d['single']['invoices_per_s']:,.0f} inv/s",
               f"{d['single']['invoices']:,} at concurrency {d['single']['concurrency']}")
+    if j := r.get("j_raw_copy"):
+        t.add_row("(j) raw PostgreSQL: asyncpg COPY", f"{j['invoices_per_s']:,.0f} inv/s",
+                  f"{j['rows_per_s']:,.0f} rows/s: the issuer's {j['rows_per_invoice']} rows per invoice, "
+                  f"{j['invoices_per_transaction']:,} per transaction × {j['connections']} connections")
     ratios = result["ratios"]
+    if "e2e_stored_vs_raw_copy" in ratios:
+        t.add_row("ratio (b)/(j)", f"{ratios['e2e_stored_vs_raw_copy']:.3f}",
+                  f"submitted: {ratios['e2e_submitted_vs_raw_copy']:.3f}")
     t.add_row("ratio (b)/(a)", f"{ratios['e2e_stored_vs_raw_kafka']:.3f}",
               f"submitted: {ratios['e2e_submitted_vs_raw_kafka']:.3f}")
     t.add_row("ratio (b)/(d batch)", f"{ratios['e2e_stored_vs_taxstore_batch']:.3f}",
@@ -1194,6 +1830,21 @@ def report(result: dict[str, Any]) -> None:
                   f"{g['all_stored_after_recovery_s']} s after (target ≥{TARGET_DRAIN_FACTOR:g}×)")
         t.add_row("(g) first stored after the store's return", f"{g['first_stored_after_recovery_s']} s",
                   f"target ≤{TARGET_FIRST_AFTER_OUTAGE_S:g} s; {g['errors']} POST errors")
+    if h := r.get("h_flaky"):
+        acc = h["accepted_to_confirmed_s"]
+        t.add_row(f"(h) flaky store, {h['offered_rate_per_s']:g}/s for {h['duration_s']:g} s: last confirmed",
+                  f"{h['last_confirmed_after_load_s']} s after the load" if h["converged"]
+                  else f"not converged within {h['settle_limit_s']:g} s",
+                  f"{h['confirmed']:,} of {h['accepted']:,} confirmed (drop {h['faults']['drop_rate']}, timeouts "
+                  f"{h['faults']['timeout_rate']}, errors {h['faults']['error_rate']}, on throughout); accepted → "
+                  f"confirmed p50 {acc['p50']} / p99 {acc['p99']} s; {h['errors']} POST errors (target: report it)")
+    if i := r.get("i_reconciler_scale"):
+        w, bs = i["without"], i["beside"]
+        t.add_row(f"(i) reconciler rounds over {i['unconfirmed']:,} due, beside {i['scale']:,} confirmed",
+                  f"{bs['rounds_s']} s vs {w['rounds_s']} s ({i['rounds_ratio']}×)",
+                  f"{bs['rounds']} / {w['rounds']} rounds, mean {bs['mean_round_s']} / {w['mean_round_s']} s; wall "
+                  f"{bs['wall_s']} / {w['wall_s']} s (target <{TARGET_RECONCILER_SCALE_RATIO:g}×: "
+                  + ("met" if result["targets"].get("reconciler_scale_meets") else "not met") + ")")
     t.add_row(f"target CPU ≤{TARGET_CPU_MS_PER_INVOICE:g} ms per invoice", f"{b['pipeline_cpu_ms_per_invoice']} ms",
               "during (b): every process but the tax store and the load generator")
     con.print(t)
@@ -1212,17 +1863,17 @@ def report(result: dict[str, Any]) -> None:
         ct.add_row(name, f"{secs:.1f}", f"{secs / cpu['wall_s']:.2f}", f"{100 * secs / busy:.0f}%")
     ct.add_row("machine busy (all)", f"{cpu['machine_busy_cpu_s']:.1f}", f"{busy / cpu['wall_s']:.2f}", "")
     con.print(ct)
-    phases = {"(a)": a["cpu"], "(b)": b["cpu"], "(c)": c["cpu"], "(d) batch": d["batch"]["cpu"],
-              "(d) single": d["single"]["cpu"]}
-    pt = Table(title="CPU-s per process in every phase (wall seconds in the last row)")
-    pt.add_column("process")
-    for name in phases:
-        pt.add_column(name, justify="right")
-    names = list(dict.fromkeys(k for ph in phases.values() for k in ph["cpu_s"]))
-    for name in names:
-        pt.add_row(name, *(f"{ph['cpu_s'].get(name, 0.0):.1f}" for ph in phases.values()))
-    pt.add_row("other processes", *(f"{ph['other_processes_cpu_s']:.1f}" for ph in phases.values()))
-    pt.add_row("wall s", *(f"{ph['wall_s']:.1f}" for ph in phases.values()))
+    per = result.get("cpu_ms_per_invoice") or {}
+    comps = [k for k in ("issuer", "sync", "taxstore", "reconciler", "kafka", "postgres", "bench")
+             if any(k in row["ms_per_invoice"] for row in per.values())]
+    pt = Table(title="CPU ms per invoice by component in every phase (replicas summed; pipeline: all but the tax "
+                     "store and the load)")
+    for col in ("phase", "invoices", "wall s", *comps, "pipeline"):
+        pt.add_column(col, justify="left" if col == "phase" else "right")
+    for label, row in per.items():
+        ms = row["ms_per_invoice"]
+        pt.add_row(label, f"{row['invoices']:,}", f"{row['wall_s']:.1f}",
+                   *(f"{ms[k]:.2f}" if k in ms else "" for k in (*comps, "pipeline")))
     con.print(pt)
     for label, dbw in (("(b)", b.get("database")), ("(c)", c.get("database"))):
         if dbw:
@@ -1264,6 +1915,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="(g): seconds the tax store is down while single POSTs arrive at --rate (0 skips the phase)")
     p.add_argument("--outage-after", type=float, default=30.0,
                    help="(g): seconds the load goes on after the store is back")
+    p.add_argument("--flaky", type=float, default=60.0,
+                   help="(h): seconds of single POSTs at --flaky-rate with the store's faults on (0 skips the phase)")
+    p.add_argument("--flaky-rate", type=float, default=50.0, help="(h): offered rate, invoices/s")
+    p.add_argument("--flaky-settle", type=float, default=None,
+                   help="(h): longest wait after the load for every invoice to be confirmed (default --phase-timeout)")
+    p.add_argument("--reconciler-scale", type=int, default=1_000_000,
+                   help="(i): confirmed ledger rows beside the due ones in the second pass (0 skips the phase)")
+    p.add_argument("--reconciler-unconfirmed", type=int, default=10_000,
+                   help="(i): due (acknowledged, unconfirmed) invoices each pass checks")
     p.add_argument("--reconciler", action="store_true",
                    help="run the reconciler too: (b) also times every invoice to `confirmed`")
     p.add_argument("--replicas", type=int, default=1,
@@ -1281,6 +1941,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--outage cannot be negative and --outage-after must be positive")
     if args.after_batch < 0 or args.step_duration <= 0:
         p.error("--after-batch cannot be negative and --step-duration must be positive")
+    if args.flaky < 0 or args.flaky_rate <= 0 or args.reconciler_scale < 0 or args.reconciler_unconfirmed < 1:
+        p.error("--flaky and --reconciler-scale cannot be negative; --flaky-rate and --reconciler-unconfirmed "
+                "must be positive")
+    if args.flaky_settle is None:
+        args.flaky_settle = args.phase_timeout
     return args
 
 
@@ -1326,6 +1991,8 @@ def main(argv: list[str]) -> int:
                    "ingest_concurrency": args.ingest_concurrency, "latency_concurrency": args.latency_concurrency,
                    "issuer_batch_size": ISSUER_BATCH, "replicas": args.replicas,
                    "outage_s": args.outage, "outage_after_s": args.outage_after,
+                   "flaky_s": args.flaky, "flaky_rate_per_s": args.flaky_rate, "flaky_settle_s": args.flaky_settle,
+                   "reconciler_scale": args.reconciler_scale, "reconciler_unconfirmed": args.reconciler_unconfirmed,
                    "reconciler": args.reconciler},
         "results": {}, "workdir": str(workdir),
     }
@@ -1352,6 +2019,12 @@ def main(argv: list[str]) -> int:
     if failed:
         result["error"] = failed
     out.parent.mkdir(parents=True, exist_ok=True)
+    if timings := result.pop("_timings", None):
+        result["series"] = {label: per_second(t) for label, t in timings.items()}
+    if result.get("series"):  # the chart next to the JSON, same name
+        chart = out.with_suffix(".html")
+        chart.write_text(chart_html(f"make bench {stamp}: latency and throughput per second", result["series"]))
+        result["chart"] = str(chart)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     if failed:
         say(f"FAILED: {failed}")
@@ -1362,7 +2035,8 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
         result["workdir_removed"] = True
         out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    print(f"\nResults: {out}  (run took {result['runtime_s']} s)")
+    print(f"\nResults: {out}" + (f", chart {result['chart']}" if result.get("chart") else "")
+          + f"  (run took {result['runtime_s']} s)")
     return 0
 
 
