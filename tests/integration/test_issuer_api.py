@@ -541,12 +541,10 @@ async def test_subscription_and_history_requests_are_checked_here_and_an_unreach
 
 
 async def test_every_commit_with_new_events_wakes_the_relay_and_writes_each_entry_once(issuer, tenant):
-    """A single POST and a small batch send their timeline entries, events and the relay's wake-up as one statement
-    (ONE_STATEMENT_UP_TO), a larger batch as separate ones: either way PostgreSQL notifies the relay's channel once
-    per commit, and each invoice has one `accepted` entry and one event."""
+    """A single POST sends its timeline entry, event and the relay's wake-up as one statement (ONE_ISSUED), a batch
+    as separate ones: either way PostgreSQL notifies the relay's channel once per commit, and each invoice has one
+    `accepted` entry (with its detail) and one event."""
     import asyncpg
-
-    from services.issuer.invoices.issuing import ONE_STATEMENT_UP_TO
 
     url = issuer.settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
     listener = await asyncpg.connect(url, timeout=10)
@@ -554,7 +552,7 @@ async def test_every_commit_with_new_events_wakes_the_relay_and_writes_each_entr
     await listener.add_listener("fapiao_outbox_issuer", lambda *args: woken.put_nowait(args[2]))
     sessions = issuer.app.state.sessions
     try:
-        for n in (1, ONE_STATEMENT_UP_TO, ONE_STATEMENT_UP_TO + 5):
+        for n in (1, 2, 25):
             docs = [factories.invoice(tenant.tax_id) for _ in range(n)]
             if n == 1:
                 r = await issuer.client.post("/v1/invoices", json=docs[0], headers=tenant.headers)
@@ -567,6 +565,9 @@ async def test_every_commit_with_new_events_wakes_the_relay_and_writes_each_entr
                 assert len(ids) == n
             await asyncio.wait_for(woken.get(), timeout=5)
             async with transaction(sessions) as session:
+                details = (await session.execute(
+                    select(m.timeline.c.detail).where(m.timeline.c.invoice_id.in_([uuid.UUID(i) for i in ids]),
+                                                      m.timeline.c.kind == "accepted"))).scalars().all()
                 entries = (await session.execute(
                     select(m.timeline.c.invoice_id, func.count()).where(
                         m.timeline.c.invoice_id.in_([uuid.UUID(i) for i in ids]), m.timeline.c.kind == "accepted")
@@ -576,6 +577,7 @@ async def test_every_commit_with_new_events_wakes_the_relay_and_writes_each_entr
                 )).all()
             assert {str(e[0]): e[1] for e in entries} == dict.fromkeys(ids, 1), f"{n} invoices: accepted entries"
             assert {e[0]: e[1] for e in events} == dict.fromkeys(ids, 1), f"{n} invoices: events"
+            assert all(isinstance(d, dict) and d["event_id"] and d["content_hash"] for d in details), details
         await asyncio.sleep(0.3)
         assert woken.empty(), "one wake-up per commit"
     finally:
