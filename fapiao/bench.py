@@ -186,6 +186,18 @@ class Stack:
     replicas: int = 1  # processes of each service but the tax store (the authority's side stays one)
     reconciler: bool = False  # with the reconciler, invoices go on from `submitted` to `confirmed`
     more: dict[str, list[ServiceProcess]] = field(default_factory=dict)  # replicas 2..N of each, by service
+    issuer_workers: int = 2  # FAPIAO_API_WORKERS of each issuer process, as make up runs it
+    reconciler_port: int = field(default_factory=free_port)  # known before it starts: the issuer's self-check asks it
+
+    def _extra(self, name: str) -> dict[str, str]:
+        """Settings one process of `name` gets over _env(): where its peers are; the issuer's workers and the
+        port of its background process (one of its own per process)."""
+        if name in ("sync", "reconciler"):
+            return {"FAPIAO_TAXSTORE_URL": self.services["taxstore"].url}
+        if name == "issuer":
+            return {"FAPIAO_API_WORKERS": str(self.issuer_workers), "FAPIAO_BACKGROUND_PORT": str(free_port()),
+                    "FAPIAO_RECONCILER_URL": f"http://127.0.0.1:{self.reconciler_port}"}
+        return {}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -211,12 +223,13 @@ class Stack:
         self.kafka.start(timeout=timeout)
         env = self._env()
         for name in self.names:
-            extra = {"FAPIAO_TAXSTORE_URL": self.services["taxstore"].url} if name in ("sync", "reconciler") else {}
-            self.services[name] = ServiceProcess.service(name, env={**env, **extra}, log_dir=self.workdir / "logs",
-                                                         die_with_parent=True)
+            port = self.reconciler_port if name == "reconciler" else None
+            self.services[name] = ServiceProcess.service(name, env={**env, **self._extra(name)}, port=port,
+                                                         log_dir=self.workdir / "logs", die_with_parent=True)
             if name in REPLICATED:  # same database schema, topics and consumer groups: replicas, as make up runs them
-                self.more[name] = [ServiceProcess.service(name, env={**env, **extra}, log_dir=self.workdir / "logs",
-                                                          log_name=f"{name}-{i}", die_with_parent=True)
+                self.more[name] = [ServiceProcess.service(name, env={**env, **self._extra(name)},
+                                                          log_dir=self.workdir / "logs", log_name=f"{name}-{i}",
+                                                          die_with_parent=True)
                                    for i in range(2, self.replicas + 1)]
         everything = [p for name in self.names for p in self.processes(name)]
         for svc in everything:
@@ -229,8 +242,9 @@ class Stack:
         """The reconciler (and its replicas) after the other services, for (h) and (i) in a run without
         --reconciler: (a)-(g) stay comparable with earlier runs, which did not have it. Called from the main
         thread (the event loop runs there), as die_with_parent needs."""
-        env = {**self._env(), "FAPIAO_TAXSTORE_URL": self.services["taxstore"].url}
-        procs = [ServiceProcess.service("reconciler", env=env, log_dir=self.workdir / "logs", die_with_parent=True),
+        env = {**self._env(), **self._extra("reconciler")}
+        procs = [ServiceProcess.service("reconciler", env=env, port=self.reconciler_port, log_dir=self.workdir / "logs",
+                                        die_with_parent=True),
                  *(ServiceProcess.service("reconciler", env=env, log_dir=self.workdir / "logs",
                                           log_name=f"reconciler-{i}", die_with_parent=True)
                    for i in range(2, self.replicas + 1))]
@@ -1926,6 +1940,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="(i): due (acknowledged, unconfirmed) invoices each pass checks")
     p.add_argument("--reconciler", action="store_true",
                    help="run the reconciler too: (b) also times every invoice to `confirmed`")
+    p.add_argument("--issuer-workers", type=int, default=2,
+                   help="FAPIAO_API_WORKERS of the issuer: API processes beside its background process (1: one "
+                        "process for everything, as before 2026-12-04)")
     p.add_argument("--replicas", type=int, default=1,
                    help="processes of the issuer, sync and (with --reconciler) the reconciler, each sharing its schema "
                         "and consumer groups; the load is spread "
@@ -1984,12 +2001,13 @@ def main(argv: list[str]) -> int:
     out = args.out or RESULTS / f"bench-{stamp}.json"
     ARTIFACTS.mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{stamp}-", dir=ARTIFACTS))
-    stack = Stack(workdir, replicas=args.replicas, reconciler=args.reconciler)
+    stack = Stack(workdir, replicas=args.replicas, reconciler=args.reconciler, issuer_workers=args.issuer_workers)
     result: dict[str, Any] = {
         "started_at": started.isoformat(), "command": " ".join([sys.executable, "-m", "fapiao.bench", *argv]),
         "params": {"invoices": args.invoices, "rate_per_s": args.rate, "duration_s": args.duration,
                    "ingest_concurrency": args.ingest_concurrency, "latency_concurrency": args.latency_concurrency,
                    "issuer_batch_size": ISSUER_BATCH, "replicas": args.replicas,
+                   "issuer_api_workers": args.issuer_workers,
                    "outage_s": args.outage, "outage_after_s": args.outage_after,
                    "flaky_s": args.flaky, "flaky_rate_per_s": args.flaky_rate, "flaky_settle_s": args.flaky_settle,
                    "reconciler_scale": args.reconciler_scale, "reconciler_unconfirmed": args.reconciler_unconfirmed,

@@ -28,7 +28,7 @@ from shared.kafka import make_producer
 from shared.metrics import OUTBOX_BACKLOG, OUTBOX_LEADER, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED
 from shared.recovery import cancelled_from_outside, database_addresses, kafka_addresses, sleep_until_back
 
-__all__ = ["BrokerUnavailable", "OutboxRelay", "PublishedRow", "notify_outbox", "notify_outbox_with", "service_relay"]
+__all__ = ["BrokerUnavailable", "OutboxRelay", "PublishedRow", "notify_outbox", "service_relay"]
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,6 @@ def _channel(table: Table) -> str:
 async def notify_outbox(conn: Any, table: Table) -> None:
     """Wake the relay when the caller's transaction commits."""
     await conn.execute(text("select pg_notify(:ch, '')"), {"ch": _channel(table)})
-
-
-def notify_outbox_with(table: Table, *writes: Any) -> Any:
-    """One statement instead of one per write: the given inserts (`insert(...).values(rows).cte(name)`: the
-    outbox rows and what goes with them) as data-modifying CTEs, which PostgreSQL runs once each whether or not
-    they are referenced, then the relay's wake-up, as notify_outbox sends it. Each round trip saved is one a
-    single-invoice request no longer waits for."""
-    return select(func.pg_notify(_channel(table), "")).add_cte(*writes)
 
 
 class OutboxRelay:

@@ -541,9 +541,9 @@ async def test_subscription_and_history_requests_are_checked_here_and_an_unreach
 
 
 async def test_every_commit_with_new_events_wakes_the_relay_and_writes_each_entry_once(issuer, tenant):
-    """A single POST sends its timeline entry, event and the relay's wake-up as one statement (ONE_ISSUED), a batch
-    as separate ones: either way PostgreSQL notifies the relay's channel once per commit, and each invoice has one
-    `accepted` entry (with its detail) and one event."""
+    """A single POST and batches small and large: PostgreSQL notifies the relay's channel once per commit that
+    queued events (without it the relay would wait for its next poll), and each invoice has one `accepted` entry
+    (with its detail) and one event."""
     import asyncpg
 
     url = issuer.settings.database_url.replace("postgresql+asyncpg://", "postgresql://")

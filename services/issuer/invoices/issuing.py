@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -38,7 +38,7 @@ from services.issuer.tenants import Tenant
 from shared.envelope import encode, new_envelope
 from shared.errors import FieldError, field_errors
 from shared.events import INVOICE_ISSUED, ISSUER_SOURCE, InvoiceIssued
-from shared.outbox import PublishedRow, notify_outbox, notify_outbox_with
+from shared.outbox import PublishedRow, notify_outbox
 
 __all__ = ["Issuing", "create_invoices", "issue_batch", "issue_invoice", "mark_published", "validate_item"]
 
@@ -171,18 +171,6 @@ async def _insert(session: AsyncSession, tenant: Tenant, invoices: dict[str, Inv
     return {r.number: r for r in inserted}
 
 
-_TIMELINE_COLUMNS = ("invoice_id", "kind", "at", "message", "detail")
-_OUTBOX_COLUMNS = ("topic", "key", "event_id", "event_type", "payload")
-ONE_ISSUED = notify_outbox_with(
-    m.outbox,
-    m.timeline.insert().values({c: bindparam(f"t_{c}") for c in _TIMELINE_COLUMNS}).cte("timeline"),
-    m.outbox.insert().values({c: bindparam(f"o_{c}") for c in _OUTBOX_COLUMNS}).cte("events"))
-"""One invoice's timeline entry, its event and the relay's wake-up as one statement: a single POST makes two
-round trips fewer. Built once with named parameters, so SQLAlchemy compiles it once (a statement built per call
-from `.values(rows)` inside CTEs is not cacheable: it was compiled again every time). Batches insert their entries
-and events as two executemany."""
-
-
 async def _record_issued(session: AsyncSession, tenant: Tenant, rows: list[Any], docs: dict[str, dict[str, Any]],
                          topic: str) -> None:
     timeline_rows, outbox_rows = [], []
@@ -196,10 +184,6 @@ async def _record_issued(session: AsyncSession, tenant: Tenant, rows: list[Any],
         timeline_rows.append({"invoice_id": r.id, "kind": "accepted", "at": r.accepted_at,
                               "message": f"Accepted via {r.source}; event {envelope.id} queued for {topic}",
                               "detail": {"event_id": envelope.id, "content_hash": r.content_hash}})
-    if len(rows) == 1:
-        await session.execute(ONE_ISSUED, {**{f"t_{k}": v for k, v in timeline_rows[0].items()},
-                                           **{f"o_{k}": v for k, v in outbox_rows[0].items()}})
-        return
     await session.execute(m.timeline.insert(), timeline_rows)
     await session.execute(m.outbox.insert(), outbox_rows)
     await notify_outbox(session, m.outbox)
