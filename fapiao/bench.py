@@ -186,7 +186,7 @@ class Stack:
     replicas: int = 1  # processes of each service but the tax store (the authority's side stays one)
     reconciler: bool = False  # with the reconciler, invoices go on from `submitted` to `confirmed`
     more: dict[str, list[ServiceProcess]] = field(default_factory=dict)  # replicas 2..N of each, by service
-    issuer_workers: int = 2  # FAPIAO_API_WORKERS of each issuer process, as make up runs it
+    issuer_workers: int = 0  # FAPIAO_API_WORKERS of each issuer process, as make up runs it (0: half the cores)
     reconciler_port: int = field(default_factory=free_port)  # known before it starts: the issuer's self-check asks it
 
     def _extra(self, name: str) -> dict[str, str]:
@@ -1783,7 +1783,11 @@ def report(result: dict[str, Any]) -> None:
     r = result["results"]
     a, b, c, d = r["a_raw_kafka"], r["b_end_to_end"], r["c_latency"], r["d_taxstore"]
     n = result["params"].get("replicas", 1)
-    t = Table(title="make bench" + (f", {n} replicas of the issuer and of sync" if n > 1 else ""), show_lines=False)
+    w = result["params"].get("issuer_api_workers", 1)
+    t = Table(title="make bench" + (f", {n} replicas of the issuer and of sync" if n > 1 else "")
+              + (f", the issuer as {w} API workers and a background process" if w > 1
+                 else ", the issuer as one process"),
+              show_lines=False)
     t.add_column("measure")
     t.add_column("result", justify="right")
     t.add_column("how")
@@ -1940,9 +1944,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="(i): due (acknowledged, unconfirmed) invoices each pass checks")
     p.add_argument("--reconciler", action="store_true",
                    help="run the reconciler too: (b) also times every invoice to `confirmed`")
-    p.add_argument("--issuer-workers", type=int, default=2,
-                   help="FAPIAO_API_WORKERS of the issuer: API processes beside its background process (1: one "
-                        "process for everything, as before 2026-12-04)")
+    p.add_argument("--issuer-workers", type=int, default=0,
+                   help="FAPIAO_API_WORKERS of the issuer, as make up sets it: 0 is half the cores, at least 1; "
+                        "above 1, that many API processes beside its background process")
     p.add_argument("--replicas", type=int, default=1,
                    help="processes of the issuer, sync and (with --reconciler) the reconciler, each sharing its schema "
                         "and consumer groups; the load is spread "
@@ -2007,7 +2011,7 @@ def main(argv: list[str]) -> int:
         "params": {"invoices": args.invoices, "rate_per_s": args.rate, "duration_s": args.duration,
                    "ingest_concurrency": args.ingest_concurrency, "latency_concurrency": args.latency_concurrency,
                    "issuer_batch_size": ISSUER_BATCH, "replicas": args.replicas,
-                   "issuer_api_workers": args.issuer_workers,
+                   "issuer_api_workers": args.issuer_workers or max(1, (os.cpu_count() or 1) // 2),
                    "outage_s": args.outage, "outage_after_s": args.outage_after,
                    "flaky_s": args.flaky, "flaky_rate_per_s": args.flaky_rate, "flaky_settle_s": args.flaky_settle,
                    "reconciler_scale": args.reconciler_scale, "reconciler_unconfirmed": args.reconciler_unconfirmed,

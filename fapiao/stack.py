@@ -399,8 +399,8 @@ def up() -> None:
             # Local development: webhooks may go to receivers on this machine (never to other private ranges).
             "FAPIAO_WEBHOOK_ALLOW_PRIVATE": os.environ.get("FAPIAO_WEBHOOK_ALLOW_PRIVATE", "127.0.0.0/8,::1/128"),
             "FAPIAO_SECRETS_KEY": values["FAPIAO_SECRETS_KEY"], **replication,
-            # The issuer's API in two processes plus one for its relay and feeds (services/issuer/workers.py)
-            "FAPIAO_API_WORKERS": os.environ.get("FAPIAO_API_WORKERS", "2"),
+            # The issuer's API processes (services/issuer/workers.py): 0 is half the cores, at least 1
+            "FAPIAO_API_WORKERS": os.environ.get("FAPIAO_API_WORKERS", "0"),
         }
         _save_env(env)
         routes: list[str] = []
@@ -409,7 +409,8 @@ def up() -> None:
             url = f"http://127.0.0.1:{port}"
             names = _replica_names(spec.name, counts.get(spec.name, 1))
             ports = [port] if len(names) == 1 else [port + 10 * i for i in range(1, len(names) + 1)]
-            background = [p + 9 for p in ports] if spec.name == "issuer" and int(env["FAPIAO_API_WORKERS"]) > 1 else []
+            workers = int(env["FAPIAO_API_WORKERS"] or 0) or max(1, (os.cpu_count() or 1) // 2)
+            background = [p + 9 for p in ports] if spec.name == "issuer" and workers > 1 else []
             for p in [port, *ports, *background]:  # the issuer's background process listens on its port + 9
                 if port_is_open(p):
                     raise RuntimeError(f"port {p} for {spec.name} is already in use; set {spec.port_env}")

@@ -12,6 +12,6 @@ from shared.serve import run_service
 
 if __name__ == "__main__":
     settings = IssuerSettings()
-    if sys.argv[1:2] != ["migrate"] and settings.api_workers > 1 and settings.process_role == "all":
+    if sys.argv[1:2] != ["migrate"] and settings.workers > 1 and settings.process_role == "all":
         sys.exit(supervise(settings, migrate=migrate))  # FAPIAO_API_WORKERS: several processes, one port
     sys.exit(run_service(sys.argv[1:], settings_class=IssuerSettings, create_app=create_app, migrate=migrate))

@@ -111,7 +111,7 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
             sampler = OpsSampler(settings=settings, sessions=rt.worker_sessions,
                                  reconciler_http=app.state.reconciler_http)
             app.state.ops_sampler = sampler
-            app.state.before_metrics = [sampler.publish] if serves else []
+            app.state.before_metrics = [sampler.publish]
             app.state.ledger = LedgerClient(app.state.reconciler_http, timeout=settings.reconciler_timeout)
             app.state.schedule = LedgerClient(app.state.reconciler_http, timeout=settings.schedule_timeout)
             self_check = SelfCheck(sessions=rt.worker_sessions, ledger=app.state.ledger,
@@ -121,10 +121,10 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
             stopping = asyncio.Event()
             # What answers requests (every API worker) and what must run in one place (the background process,
             # or this one when it is the only process): see services/issuer/workers.py.
-            tasks = [asyncio.create_task(_forget_idle_tenants(app), name="forget-idle-tenants"),
-                     asyncio.create_task(sampler.run(), name="ops-sampler")] if serves else []
-            if relays:
+            tasks = [asyncio.create_task(_forget_idle_tenants(app), name="forget-idle-tenants")] if serves else []
+            if relays:  # an API worker of several samples only when the dashboard asks (OpsSampler.fresh)
                 tasks += [
+                    asyncio.create_task(sampler.run(), name="ops-sampler"),
                     asyncio.create_task(ensure_topics_forever(
                         settings.kafka_bootstrap, ALL_TOPICS, prefix=settings.topic_prefix,
                         partitions=settings.kafka_partitions, replication_factor=settings.kafka_replication_factor,
@@ -144,6 +144,9 @@ def create_app(settings: IssuerSettings | None = None) -> FastAPI:
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                if not relays:  # its loop (which closes the reader) never ran here
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(sampler.offsets.close(), 5)
                 await app.state.reconciler_http.aclose()
                 await app.state.notifier_http.aclose()
                 await app.state.taxstore_http.aclose()

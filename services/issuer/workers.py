@@ -112,7 +112,7 @@ def supervise(settings: IssuerSettings, *, migrate: Callable[[IssuerSettings], C
     fd = sock.fileno()
     children = [Child("background", child_env(settings, role="background", metrics_dir=metrics_dir))]
     children += [Child(f"api-{i}", child_env(settings, role="api", metrics_dir=metrics_dir, fd=fd, index=i),
-                       pass_fds=(fd,)) for i in range(1, settings.api_workers + 1)]
+                       pass_fds=(fd,)) for i in range(1, settings.workers + 1)]
     stop: list[int] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -120,7 +120,7 @@ def supervise(settings: IssuerSettings, *, migrate: Callable[[IssuerSettings], C
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("issuer: %d API workers on %s:%d, background on port %d", settings.api_workers, settings.host,
+    log.info("issuer: %d API workers on %s:%d, background on port %d", settings.workers, settings.host,
              settings.port, background_port(settings))
     try:
         for child in children:

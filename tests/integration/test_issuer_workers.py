@@ -137,6 +137,16 @@ async def test_api_workers_share_one_port_and_one_key_posted_50_times_is_one_inv
     requests = await metric(issuer.url, "fapiao_http_requests_total", service="issuer", method="GET",
                             route="/healthz", status="200")
     assert requests >= 90, f"/healthz counted {requests} times over all workers, 90 sent to them"
+    # the dashboard through any worker: the background's sampler keeps the history and the gauges, a worker takes
+    # a reading of its own when asked
+    assert await eventually(lambda: metric(issuer.url, "fapiao_issuer_invoices", status="confirmed"), timeout=15) >= 1
+    async with httpx.AsyncClient(timeout=30, headers=d.admin) as c:
+        for _ in range(3):
+            r = await c.get(f"{issuer.url}/ops/api/overview")
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["pipeline"] is not None and body["pipeline"]["counts"].get("confirmed", 0) >= 1
+            assert body["series"], "the shared history the background's sampler keeps"
 
 
 async def test_a_dead_child_is_started_again_and_nothing_outlives_the_supervisor(deployment: Deployment) -> None:

@@ -101,6 +101,7 @@ class OpsSampler:
         self._abandoned: asyncio.Future[None] | None = None
         self._last: tuple[Any, dict[str, int], dict[str, DeadLetterCount] | None, dict[str, int | None] | None] \
             | None = None
+        self._sampling: asyncio.Future[bool] | None = None
 
     async def run(self) -> None:
         try:
@@ -111,6 +112,20 @@ class OpsSampler:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    async def fresh(self) -> None:
+        """A reading now unless the last is less than an interval old: how an API worker of several samples (it
+        runs no loop; the background process does, and keeps the shared history and the gauges). Concurrent
+        callers share one reading; a failed one leaves the last (its age shows on the page)."""
+        taken = (self.latest.get("point") or {}).get("t")
+        if taken is not None and time.time() - taken < self.settings.ops_sample_interval:
+            return
+        if self._sampling is None or self._sampling.done():
+            self._sampling = asyncio.ensure_future(self.sample())
+        try:
+            await asyncio.shield(self._sampling)
+        except Exception as exc:  # noqa: BLE001 - the overview shows what it has, and says how old it is
+            log.warning("ops reading failed (%s: %s)", type(exc).__name__, str(exc)[:200])
 
     async def _kafka(self) -> tuple[dict[str, int | None] | None, dict[str, DeadLetterCount] | None, str | None]:
         # A hard bound over the reader's own timeouts: an aiokafka call that ignores its cancellation must not
@@ -290,6 +305,8 @@ async def overview(request: Request, tenant_id: uuid.UUID | None = None,
     async with transaction(st.sessions) as session:
         figures = await ops_figures(session=session, tenant_id=tenant_id, stuck_limit=stuck_limit)
         queue = await waiting(session=session, tenant_id=tenant_id)
+    if sampler is not None and s.process_role == "api":
+        await sampler.fresh()
     latest = sampler.latest if sampler else {}
     recon = latest.get("reconciler") or {}
     return {
