@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -19,15 +19,22 @@ from tests.harness import Infra
 
 @pytest.fixture
 async def pool(infra: Infra, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[AsyncEngine, list[int]]]:
-    """An engine with one connection, and the list its pings are counted in (the driver adapter's ping, wrapped)."""
+    """An engine with one connection, and the list its pings are counted in (the driver adapter's ping, wrapped;
+    only this engine's connections count: other engines of the test process, an in-process issuer's, ping too)."""
     engine = make_engine(infra.database_url, pool_size=1, max_overflow=0)
     pings: list[int] = []
+    ours: set[int] = set()
     real = AsyncAdapt_asyncpg_connection.ping
 
     def ping(self: Any) -> None:
-        pings.append(1)
+        if id(self) in ours:
+            pings.append(1)
         real(self)
 
+    def connected(dbapi_connection: Any, record: Any) -> None:
+        ours.add(id(dbapi_connection))
+
+    event.listen(engine.sync_engine.pool, "connect", connected)
     monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "ping", ping)
     yield engine, pings
     await engine.dispose()

@@ -69,9 +69,12 @@ async def test_topics_on_three_brokers_get_three_replicas_and_min_isr_two(kafka_
     assert sorted(created) == sorted(names)
 
     async def described() -> tuple[dict[str, Any], dict[str, dict[str, str]]] | None:
-        """Once every broker's metadata has the new topics' partitions (created is not yet propagated)."""
+        """Once every broker's metadata has the new topics' partitions (created is not yet propagated) and each
+        follower has caught up once (a new partition's ISR fills within moments, not at creation)."""
         got = await _describe(kafka_cluster.bootstrap, names)
-        return got if all(got[0].get(name, {}).get("partitions") for name in names) else None
+        ready = all(got[0].get(name, {}).get("partitions") and all(
+            len(p["isr"]) == len(p["replicas"]) for p in got[0][name]["partitions"]) for name in names)
+        return got if ready else None
 
     topics, configs = await eventually(described, timeout=30, interval=0.5)
     for name in names:
