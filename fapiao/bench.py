@@ -1065,6 +1065,28 @@ async def phase_after_batch(ctx: Ctx, n: int, rate: float, duration: float, conc
 
 # --- (g) a store outage under load, and the drain after it ---------------------------------------------
 
+async def post_one(http: Any, body: bytes, headers: dict[str, str], errors: list[str]) -> dict[str, Any] | None:
+    """One POST /v1/invoices over the bench's raw client: the invoice when it was accepted (201), else None with
+    what went wrong added to `errors`."""
+    try:
+        status, data = await http.request("POST", "/v1/invoices", body, headers, timeout=30)
+    except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+        return None
+    if status != 201:
+        errors.append(f"HTTP {status} {data[:200]!r}")
+        return None
+    invoice: dict[str, Any] = orjson.loads(data)
+    return invoice
+
+
+async def put_faults(ctx: Ctx, values: dict[str, Any]) -> None:
+    """The tax store's simulated faults, changed over its admin API (any subset of the knobs)."""
+    r = await ctx.http.put(f"{ctx.url('taxstore')}/admin/faults", headers=ctx.stack.admin, json=values, timeout=10)
+    if r.status_code != 200:
+        raise BenchError(f"taxstore PUT /admin/faults {values}: HTTP {r.status_code} {r.text[:200]}")
+
+
 async def phase_outage_drain(ctx: Ctx, rate: float, outage_s: float, after_s: float, concurrency: int,
                              timeout: float) -> dict[str, Any]:
     """Single POSTs at `rate` for `outage_s + after_s` seconds (open loop); the tax store is down (its
@@ -1082,27 +1104,17 @@ async def phase_outage_drain(ctx: Ctx, rate: float, outage_s: float, after_s: fl
     accepted_at: dict[str, datetime] = {}
     errors: list[str] = []
     series: list[tuple[float, int]] = []
-    faults = f"{ctx.url('taxstore')}/admin/faults"
 
     async def set_outage(on: bool) -> None:
-        r = await ctx.http.put(faults, headers=ctx.stack.admin, json={"outage": on}, timeout=10)
-        if r.status_code != 200:
-            raise BenchError(f"taxstore PUT /admin/faults outage={on}: HTTP {r.status_code} {r.text[:200]}")
+        await put_faults(ctx, {"outage": on})
 
     async def one(body: bytes) -> None:
         nonlocal accepted
         async with sem:
-            try:
-                status, data = await http.request("POST", "/v1/invoices", body, tenant["headers"], timeout=30)
-            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-                return
-        if status == 201:
+            inv = await post_one(http, body, tenant["headers"], errors)
+        if inv is not None:
             accepted += 1
-            inv = orjson.loads(data)
             accepted_at[inv["number"]] = datetime.fromisoformat(inv["accepted_at"])
-        else:
-            errors.append(f"HTTP {status} {data[:200]!r}")
 
     async def watch(stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -1385,26 +1397,16 @@ async def phase_flaky(ctx: Ctx, rate: float, duration: float, settle: float, con
     loop = asyncio.get_running_loop()
     accepted = 0
     errors: list[str] = []
-    faults = f"{ctx.url('taxstore')}/admin/faults"
     clear = {"drop_rate": 0, "timeout_rate": 0, "error_rate": 0}
 
     async def set_faults(values: dict[str, Any]) -> None:
-        r = await ctx.http.put(faults, headers=ctx.stack.admin, json=values, timeout=10)
-        if r.status_code != 200:
-            raise BenchError(f"taxstore PUT /admin/faults {values}: HTTP {r.status_code} {r.text[:200]}")
+        await put_faults(ctx, values)
 
     async def one(body: bytes) -> None:
         nonlocal accepted
         async with sem:
-            try:
-                status, data = await http.request("POST", "/v1/invoices", body, tenant["headers"], timeout=30)
-            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-                return
-        if status == 201:
-            accepted += 1
-        else:
-            errors.append(f"HTTP {status} {data[:200]!r}")
+            if await post_one(http, body, tenant["headers"], errors) is not None:
+                accepted += 1
 
     before = ctx.sampler.snapshot()
     await set_faults(FLAKY_FAULTS)
@@ -2006,12 +2008,14 @@ def main(argv: list[str]) -> int:
     ARTIFACTS.mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{stamp}-", dir=ARTIFACTS))
     stack = Stack(workdir, replicas=args.replicas, reconciler=args.reconciler, issuer_workers=args.issuer_workers)
+    from services.issuer.settings import api_workers
+
     result: dict[str, Any] = {
         "started_at": started.isoformat(), "command": " ".join([sys.executable, "-m", "fapiao.bench", *argv]),
         "params": {"invoices": args.invoices, "rate_per_s": args.rate, "duration_s": args.duration,
                    "ingest_concurrency": args.ingest_concurrency, "latency_concurrency": args.latency_concurrency,
                    "issuer_batch_size": ISSUER_BATCH, "replicas": args.replicas,
-                   "issuer_api_workers": args.issuer_workers or max(1, (os.cpu_count() or 1) // 2),
+                   "issuer_api_workers": api_workers(args.issuer_workers),
                    "outage_s": args.outage, "outage_after_s": args.outage_after,
                    "flaky_s": args.flaky, "flaky_rate_per_s": args.flaky_rate, "flaky_settle_s": args.flaky_settle,
                    "reconciler_scale": args.reconciler_scale, "reconciler_unconfirmed": args.reconciler_unconfirmed,

@@ -409,7 +409,9 @@ def up() -> None:
             url = f"http://127.0.0.1:{port}"
             names = _replica_names(spec.name, counts.get(spec.name, 1))
             ports = [port] if len(names) == 1 else [port + 10 * i for i in range(1, len(names) + 1)]
-            workers = int(env["FAPIAO_API_WORKERS"] or 0) or max(1, (os.cpu_count() or 1) // 2)
+            from services.issuer.settings import api_workers
+
+            workers = api_workers(int(env["FAPIAO_API_WORKERS"] or 0))
             background = [p + 9 for p in ports] if spec.name == "issuer" and workers > 1 else []
             for p in [port, *ports, *background]:  # the issuer's background process listens on its port + 9
                 if port_is_open(p):

@@ -37,6 +37,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import multiprocess
+
 from services.issuer.settings import IssuerSettings
 from shared.logging import configure_logging
 
@@ -149,7 +151,7 @@ def _keep_alive(children: list[Child], metrics_dir: str) -> None:
         _mark_dead(child.proc.pid, metrics_dir)
         ran = now - child.started
         child.delay = FIRST_RESTART_DELAY if ran >= HEALTHY_AFTER else min(child.delay * 2, LONGEST_RESTART_DELAY)
-        child.due = now + (FIRST_RESTART_DELAY if ran >= HEALTHY_AFTER else child.delay)
+        child.due = now + child.delay
         log.error("issuer %s (pid %d) exited with %s after %.1f s; starting it again in %.1f s (restart %d)",
                   child.name, child.proc.pid, code, ran, child.due - now, child.restarts + 1)
         child.proc = None
@@ -157,9 +159,6 @@ def _keep_alive(children: list[Child], metrics_dir: str) -> None:
 
 def _mark_dead(pid: int, metrics_dir: str) -> None:
     """Leave a dead child's live gauges out of /metrics (prometheus_client's multiprocess clean-up)."""
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
-    from prometheus_client import multiprocess
-
     with contextlib.suppress(OSError):
         multiprocess.mark_process_dead(pid, metrics_dir)
 

@@ -10,10 +10,12 @@ import subprocess
 import sys
 import tarfile
 import uuid
+from datetime import date
 from pathlib import Path
 
 import httpx
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from shared.consumers import SYNC_SUBMIT
 from shared.envelope import decode
@@ -110,7 +112,19 @@ async def test_a_restored_backup_heals_every_invoice_issued_after_it(infra: Infr
         assert refused.returncode == 2 and "--yes" in refused.stderr
         done = await asyncio.to_thread(_cli, infra, database, plan.prefix, "restore", str(file), "--yes", "--json")
         assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["sweep_windows"] >= 3  # yesterday, today, and the day after in UTC+8
+        # Every day from the one before the backup through today east of UTC is made due for a sweep: two days or
+        # three, by the hour of the run; whatever the hour, the days the invoices were issued on (UTC+8) are in it.
+        windows = json.loads(done.stdout)["sweep_windows"]
+        engine = create_async_engine(database)
+        try:
+            async with engine.connect() as conn:
+                due = set((await conn.scalars(text(
+                    "select issue_date from reconciler.sweep_windows where seller_tax_id = :s "
+                    "and next_sweep_at >= now() - interval '5 minutes'"), {"s": tax_id})).all())
+        finally:
+            await engine.dispose()
+        assert windows == len(due) >= 2, (windows, due)
+        assert {date.fromisoformat(d["issue_date"]) for d in before + after} <= due, due
         start_all(plan.all)
 
         async with running_issuer(settings) as issuer:
