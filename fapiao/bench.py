@@ -1105,9 +1105,6 @@ async def phase_outage_drain(ctx: Ctx, rate: float, outage_s: float, after_s: fl
     errors: list[str] = []
     series: list[tuple[float, int]] = []
 
-    async def set_outage(on: bool) -> None:
-        await put_faults(ctx, {"outage": on})
-
     async def one(body: bytes) -> None:
         nonlocal accepted
         async with sem:
@@ -1126,7 +1123,7 @@ async def phase_outage_drain(ctx: Ctx, rate: float, outage_s: float, after_s: fl
     before = ctx.sampler.snapshot()
     stop = asyncio.Event()
     watcher = asyncio.create_task(watch(stop))
-    await set_outage(True)
+    await put_faults(ctx, {"outage": True})
     try:
         start = loop.time() + 0.1
         recovered_at: float | None = None
@@ -1135,13 +1132,13 @@ async def phase_outage_drain(ctx: Ctx, rate: float, outage_s: float, after_s: fl
             due = start + i / rate
             if recovered_at is None and due >= start + outage_s:
                 await asyncio.sleep(max(0.0, start + outage_s - loop.time()))
-                await set_outage(False)
+                await put_faults(ctx, {"outage": False})
                 recovered_at = loop.time()
                 say(f"    store back after {outage_s:g}s; {accepted:,} accepted so far")
             await asyncio.sleep(max(0.0, due - loop.time()))
             tasks.append(asyncio.create_task(one(body)))
         if recovered_at is None:
-            await set_outage(False)
+            await put_faults(ctx, {"outage": False})
             recovered_at = loop.time()
         await asyncio.gather(*tasks)
 
@@ -1153,7 +1150,7 @@ async def phase_outage_drain(ctx: Ctx, rate: float, outage_s: float, after_s: fl
         stop.set()
         await watcher
         with contextlib.suppress(Exception):
-            await set_outage(False)
+            await put_faults(ctx, {"outage": False})
     done_at = loop.time()
     cpu = CpuSampler.delta(before, ctx.sampler.snapshot())
     listed = await ctx.listing(tenant["tax_id"])
@@ -1399,9 +1396,6 @@ async def phase_flaky(ctx: Ctx, rate: float, duration: float, settle: float, con
     errors: list[str] = []
     clear = {"drop_rate": 0, "timeout_rate": 0, "error_rate": 0}
 
-    async def set_faults(values: dict[str, Any]) -> None:
-        await put_faults(ctx, values)
-
     async def one(body: bytes) -> None:
         nonlocal accepted
         async with sem:
@@ -1409,7 +1403,7 @@ async def phase_flaky(ctx: Ctx, rate: float, duration: float, settle: float, con
                 accepted += 1
 
     before = ctx.sampler.snapshot()
-    await set_faults(FLAKY_FAULTS)
+    await put_faults(ctx, FLAKY_FAULTS)
     counts: dict[str, int] = {}
     converged_after: float | None = None
     try:
@@ -1436,7 +1430,7 @@ async def phase_flaky(ctx: Ctx, rate: float, duration: float, settle: float, con
             await asyncio.sleep(0.5)
     finally:
         with contextlib.suppress(Exception):
-            await set_faults(clear)
+            await put_faults(ctx, clear)
     cpu = CpuSampler.delta(before, ctx.sampler.snapshot())
     # The confirmation times themselves: the issuer's status_since of each confirmed invoice (PostgreSQL's clock).
     times = await ctx.db.fetch(
