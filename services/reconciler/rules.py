@@ -51,6 +51,7 @@ class Seen:
     error: str | None = None
     review_status: str | None = None  # under_review | approved | denied (cross-region review), None: none
     review_due_at: datetime | None = None
+    retry_in: float = 0.0  # unreachable: seconds until the checker asks the store again (its back-off after failures)
 
 
 @dataclass
@@ -144,8 +145,12 @@ def decide(row: Any, seen: Seen, now: datetime, policy: Policy, rng: random.Rand
                 f" (SLA {human_duration(p.visibility_sla)})." if row.acked_at else
                 "; the sync service gave up submitting it." if row.sync_state == "gave_up" else ".")
     else:
-        backoff = min(p.stuck_recheck, p.first_check_after * 2 ** min(row.checks, 10))
-        d.changes["next_check_at"] = now + timedelta(seconds=backoff)
+        # A failed read says nothing about this invoice: look again when the checker asks the store again (its
+        # back-off after failed reads spares a store that is down), not later because of this invoice's earlier
+        # checks. Before, the wait doubled with every check: under a flaky store, an invoice checked six times
+        # in its visibility SLA waited a full stuck_recheck after one failed read.
+        wait = min(p.stuck_recheck, max(p.first_check_after, seen.retry_in))
+        d.changes["next_check_at"] = now + timedelta(seconds=wait)
         d.changes["last_error"] = f"the tax store could not be checked: {seen.error}"
         d.note = f"Could not check: {seen.error}."
 

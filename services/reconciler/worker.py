@@ -149,8 +149,13 @@ class Reconciler:
         self._store_down_until = time.monotonic() + backoff(self._store_failures, base=0.5, cap=30)
 
     def _store_ok(self) -> None:
+        """The store answered: it is usable now, whatever back-off an earlier (or concurrent) failure set."""
         self._store_failures = 0
+        self._store_down_until = 0.0
         self.last_store_error = None
+
+    def _store_retry_in(self) -> float:
+        return max(0.0, self._store_down_until - time.monotonic())
 
     async def _look(self, seller: str, numbers: list[str]) -> dict[str, StoreView] | str:
         """The store's view of these numbers, or why it could not be read."""
@@ -180,13 +185,14 @@ class Reconciler:
         sellers = list(groups)
         answers = await asyncio.gather(*(self._look(seller, groups[seller]) for seller in sellers))
         by_seller = dict(zip(sellers, answers, strict=True))
+        retry_in = self._store_retry_in()
         seen: dict[uuid.UUID, Seen] = {}
         for r in due:
             answer = by_seller.get(r.seller_tax_id)
             if r.content_hash is None or answer is None:
                 seen[r.invoice_id] = Seen("absent")
             elif isinstance(answer, str):
-                seen[r.invoice_id] = Seen("unreachable", error=answer)
+                seen[r.invoice_id] = Seen("unreachable", error=answer, retry_in=retry_in)
             elif (v := answer.get(r.number)) is not None:
                 seen[r.invoice_id] = Seen("visible", content_hash=v.content_hash, receipt_no=v.receipt_no,
                                           review_status=v.review_status, review_due_at=v.review_due_at)

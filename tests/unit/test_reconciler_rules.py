@@ -115,6 +115,20 @@ def test_unreachable_store_backs_off_and_still_escalates_past_the_limit() -> Non
     assert late.escalate and "cannot be reached" in (late.stuck_reason or "")
 
 
+@pytest.mark.parametrize(("checks", "retry_in", "wait"), [
+    (8, 0.0, 1),  # checked eight times already: a failed read is still no reason to wait longer
+    (0, 0.0, 1),
+    (8, 12.5, 12.5),  # the checker will not ask the store for 12.5 s: look again then
+    (2, 1_000.0, 60),  # never longer than stuck_recheck
+])
+def test_after_a_failed_read_it_is_checked_again_when_the_store_is_asked_again(
+        checks: int, retry_in: float, wait: float) -> None:
+    d = decide(row(state="awaiting", checks=checks, acked_at=at(0)), Seen("unreachable", error="timeout",
+                                                                          retry_in=retry_in), at(20), P)
+    assert d.changes["next_check_at"] == at(20 + wait)
+    assert not d.resync and not d.escalate and "could not be checked" in d.changes["last_error"]
+
+
 def test_escalates_after_the_resync_budget() -> None:
     r = row(state="gap", gap_kind="missing", resyncs=3, last_resync_at=at(100), acked_at=at(101))
     d = decide(r, Seen("absent"), at(300), P)
