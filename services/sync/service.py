@@ -94,11 +94,17 @@ async def intake(*, session: AsyncSession, issued: list[InvoiceIssued], lease_se
         for e in issued
     ]
     rows = (await session.execute(
-        pg_insert(m.submissions).on_conflict_do_nothing(index_elements=["invoice_id"]).returning(*m.submissions.c),
+        pg_insert(m.submissions).on_conflict_do_nothing(index_elements=["invoice_id"]).returning(*_INTAKE_BACK),
         values,
     )).all()
+    docs = {e.invoice_id: e.invoice for e in issued}  # the document is not read back: the event holds it
     # Written ambiguous (for a crash); for the attempt about to be made we know nothing was sent yet.
-    return [Pending.of(r, ambiguous=False) for r in rows]
+    return [Pending(r.invoice_id, r.seller_tax_id, r.number, docs[r.invoice_id], r.content_hash, r.attempts, False,
+                    r.red_letter_of) for r in rows]
+
+
+_s = m.submissions.c
+_INTAKE_BACK = (_s.invoice_id, _s.seller_tax_id, _s.number, _s.content_hash, _s.attempts, _s.red_letter_of)
 
 
 async def apply_voided(*, session: AsyncSession, invoice_ids: list[uuid.UUID]) -> set[uuid.UUID]:

@@ -166,9 +166,14 @@ async def _insert(session: AsyncSession, tenant: Tenant, invoices: dict[str, Inv
     } for number, inv in invoices.items()]
     inserted = (await session.execute(
         pg_insert(m.invoices).on_conflict_do_nothing(index_elements=["seller_tax_id", "number"])
-        .returning(*m.invoices.c), rows,
+        .returning(*_NOT_CONTENT), rows,
     )).all()
     return {r.number: r for r in inserted}
+
+
+# What an insert reads back: every column but the document, which the caller holds already (reading it back made
+# PostgreSQL send it and the driver decode it again, for each invoice).
+_NOT_CONTENT = tuple(c for c in m.invoices.c if c.name != "content")
 
 
 async def _record_issued(session: AsyncSession, tenant: Tenant, rows: list[Any], docs: dict[str, dict[str, Any]],
