@@ -86,7 +86,8 @@ async def test_api_workers_share_one_port_and_one_key_posted_50_times_is_one_inv
     assert roles(issuer.pid) == Counter({"api": WORKERS, "background": 1})
     api_pids = {str(p) for p, r in children(issuer.pid).items() if r == "api"}
     # The deployment is up once the port answers; on a slow machine a worker may bind it a moment after the first
-    # one did (a run on a loaded machine, 2026-12-06, had all 90 answers from one worker), so ask again, for a bounded time.
+    # one did (a run on a loaded machine, 2026-12-06, had all 90 answers from one worker); ask again,
+    # for a bounded time.
     deadline = time.monotonic() + 30
     answered = await healthz_pids(issuer.url, 90)
     while len(answered) < 2 and time.monotonic() < deadline:
