@@ -36,7 +36,8 @@ from sqlalchemy.ext.asyncio import (
 from shared.settings import DatabaseTls
 
 __all__ = [
-    "NAMING_CONVENTION", "WORKER_POOL_TIMEOUT", "DatabaseTrouble", "database_unavailable", "engine_for",
+    "NAMING_CONVENTION", "WORKER_POOL_TIMEOUT", "DatabaseTrouble", "columns_except", "database_unavailable",
+    "engine_for",
     "make_engine", "make_metadata", "mark_processed", "outbox_table", "ping", "processed_events_table",
     "session_factory", "tls_connect_args", "transaction",
 ]
@@ -48,6 +49,12 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+def columns_except(table: Table, *names: str) -> tuple[Column[Any], ...]:
+    """The table's columns but these, in order: what a RETURNING reads back when the caller holds the rest (a
+    document read back is sent by PostgreSQL and decoded by the driver again, for each row)."""
+    return tuple(c for c in table.c if c.name not in names)
 
 
 def make_metadata(schema: str) -> MetaData:

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync import models as m
+from shared.db import columns_except
 from shared.envelope import encode, new_envelope
 from shared.events import (
     SYNC_SOURCE,
@@ -48,9 +49,9 @@ class Pending:
     red_letter_of: str | None = None
 
     @classmethod
-    def of(cls, row: Any, *, ambiguous: bool | None = None) -> Pending:
-        return cls(row.invoice_id, row.seller_tax_id, row.number, row.content, row.content_hash, row.attempts,
-                   row.ambiguous if ambiguous is None else ambiguous, row.red_letter_of)
+    def of(cls, row: Any, *, ambiguous: bool | None = None, content: dict[str, Any] | None = None) -> Pending:
+        return cls(row.invoice_id, row.seller_tax_id, row.number, row.content if content is None else content,
+                   row.content_hash, row.attempts, row.ambiguous if ambiguous is None else ambiguous, row.red_letter_of)
 
     def submission(self) -> dict[str, Any]:
         """What the store is sent for it (a red invoice names its blue original)."""
@@ -99,12 +100,10 @@ async def intake(*, session: AsyncSession, issued: list[InvoiceIssued], lease_se
     )).all()
     docs = {e.invoice_id: e.invoice for e in issued}  # the document is not read back: the event holds it
     # Written ambiguous (for a crash); for the attempt about to be made we know nothing was sent yet.
-    return [Pending(r.invoice_id, r.seller_tax_id, r.number, docs[r.invoice_id], r.content_hash, r.attempts, False,
-                    r.red_letter_of) for r in rows]
+    return [Pending.of(r, ambiguous=False, content=docs[r.invoice_id]) for r in rows]
 
 
-_s = m.submissions.c
-_INTAKE_BACK = (_s.invoice_id, _s.seller_tax_id, _s.number, _s.content_hash, _s.attempts, _s.red_letter_of)
+_INTAKE_BACK = columns_except(m.submissions, "content")
 
 
 async def apply_voided(*, session: AsyncSession, invoice_ids: list[uuid.UUID]) -> set[uuid.UUID]:

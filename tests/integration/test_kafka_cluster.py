@@ -73,11 +73,12 @@ async def test_topics_on_three_brokers_get_three_replicas_and_min_isr_two(kafka_
         follower has caught up once (a new partition's ISR fills within moments, not at creation) and the broker
         asked for the configs knows the topics (one that does not yet answers with no entries at all: the
         fresh-clone run of 2026-12-06 got {} for a topic whose partitions were all in sync)."""
-        got = await _describe(kafka_cluster.bootstrap, names)
-        ready = all(got[0].get(name, {}).get("partitions") and all(
-            len(p["isr"]) == len(p["replicas"]) for p in got[0][name]["partitions"]) for name in names) and all(
-            {"min.insync.replicas", "unclean.leader.election.enable"} <= set(got[1].get(name, {})) for name in names)
-        return got if ready else None
+        topics, configs = got = await _describe(kafka_cluster.bootstrap, names)
+        in_sync = all(topics.get(name, {}).get("partitions") and all(
+            len(p["isr"]) == len(p["replicas"]) for p in topics[name]["partitions"]) for name in names)
+        configured = all({"min.insync.replicas", "unclean.leader.election.enable"} <= set(configs.get(name, {}))
+                         for name in names)
+        return got if in_sync and configured else None
 
     topics, configs = await eventually(described, timeout=30, interval=0.5)
     for name in names:

@@ -35,6 +35,7 @@ from services.issuer.lifecycle import Status
 from services.issuer.rules import canonical, check_invoice, content_hash
 from services.issuer.schemas import InvoiceCreate
 from services.issuer.tenants import Tenant
+from shared.db import columns_except
 from shared.envelope import encode, new_envelope
 from shared.errors import FieldError, field_errors
 from shared.events import INVOICE_ISSUED, ISSUER_SOURCE, InvoiceIssued
@@ -171,9 +172,7 @@ async def _insert(session: AsyncSession, tenant: Tenant, invoices: dict[str, Inv
     return {r.number: r for r in inserted}
 
 
-# What an insert reads back: every column but the document, which the caller holds already (reading it back made
-# PostgreSQL send it and the driver decode it again, for each invoice).
-_NOT_CONTENT = tuple(c for c in m.invoices.c if c.name != "content")
+_NOT_CONTENT = columns_except(m.invoices, "content")  # the caller holds the document
 
 
 async def _record_issued(session: AsyncSession, tenant: Tenant, rows: list[Any], docs: dict[str, dict[str, Any]],
