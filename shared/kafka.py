@@ -43,11 +43,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LAG_INTERVAL_SECONDS = 5.0
-# A consumer commits what is done at most this often while records keep coming (and at once when a poll comes back
-# empty, before a rebalance and when it stops). Committing after every poll cost Kafka an offset commit per record
-# at low rates (each poll then holds one record), a write to __consumer_offsets each; what a crash leaves
-# uncommitted is redelivered and the handlers are idempotent.
-COMMIT_INTERVAL_SECONDS = 0.2
 
 C = TypeVar("C")
 
@@ -268,9 +263,8 @@ class ConsumeLoop:
     - A RetriableError is retried with backoff; if it persists the partition is rewound to the
       failed record and the loop polls again (so the consumer never leaves its group), retrying
       until it succeeds. Nothing is skipped.
-    - Offsets are committed only for records whose effect is durable: after a poll's records once
-      `commit_interval` has passed since the last commit, after an empty poll, before a rebalance and on stop.
-      Delivery is at least once: handlers must be idempotent (see shared.db.mark_processed).
+    - Offsets are committed per batch, only for records whose effect is durable. Delivery is at
+      least once: handlers must be idempotent (see shared.db.mark_processed).
     - With `batch_handler`, each partition's slice of a poll is applied in one call (one transaction), or the
       whole poll at once with `per_poll`; if that raises a non-retriable error the records are replayed one at
       a time, so only the bad record is dead-lettered.
@@ -283,8 +277,7 @@ class ConsumeLoop:
                  dlq_topic: Callable[[str], str], group_id: str, handler: Handler | None = None,
                  batch_handler: BatchHandler | None = None, table: HandlerTable[Any] | None = None,
                  per_poll: bool = False, pause: Callable[[], float] | None = None, max_inline_retries: int = 5,
-                 poll_timeout_ms: int = 500, on_dead_letter: Callable[[str], None] | None = None,
-                 commit_interval: float = COMMIT_INTERVAL_SECONDS) -> None:
+                 poll_timeout_ms: int = 500, on_dead_letter: Callable[[str], None] | None = None) -> None:
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler / batch_handler")
         if table is not None and handler is not None:
@@ -303,8 +296,6 @@ class ConsumeLoop:
         self.max_inline_retries = max_inline_retries
         self.poll_timeout_ms = poll_timeout_ms
         self.on_dead_letter = on_dead_letter
-        self.commit_interval = commit_interval
-        self._commit_due = 0.0
         self._done: dict[TopicPartition, int] = {}
         self._stopping = asyncio.Event()
 
@@ -315,7 +306,6 @@ class ConsumeLoop:
         if not self._done:
             return
         offsets, self._done = self._done, {}
-        self._commit_due = time.monotonic() + self.commit_interval
         try:
             await self.consumer.commit(offsets)
         except CommitFailedError:
@@ -331,7 +321,6 @@ class ConsumeLoop:
                 for tp, lag in (await consumer_lag(self.consumer)).items():
                     CONSUMER_LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(lag)
             if await self._held_back():
-                await self.commit_done()
                 continue
             batches = await self.consumer.getmany(timeout_ms=self.poll_timeout_ms)
             replay: dict[TopicPartition, list[ConsumerRecord]] = dict(batches)
@@ -351,10 +340,7 @@ class ConsumeLoop:
                     self._done[tp] = record.offset + 1
                 else:
                     self._done[tp] = batches[tp][-1].offset + 1
-            if not batches or time.monotonic() >= self._commit_due:
-                await self.commit_done()
-        with contextlib.suppress(Exception):  # stopped: what is done is not redone by the next owner
-            await asyncio.wait_for(self.commit_done(), 5)
+            await self.commit_done()
 
     async def _held_back(self) -> bool:
         """Pause fetching while the `pause` hook says so (polling on, to stay in the group); resume after."""

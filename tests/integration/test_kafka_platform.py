@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from typing import Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from sqlalchemy import Column, Integer, MetaData, String, Table, select, text
 
 from shared.db import make_engine, mark_processed, processed_events_table
@@ -131,56 +130,3 @@ async def test_consume_loop_applies_once_dead_letters_poison_and_keeps_going(inf
         await conn.execute(text(f"drop schema {schema} cascade"))
     await engine.dispose()
     assert json.loads(encode(extra))["sequence"] == 2
-
-
-async def test_a_trickle_of_records_is_committed_once_per_interval_and_at_once_when_idle(infra):
-    """At a low rate every poll holds one record: committing after each poll would cost Kafka an offset commit
-    per record. The loop commits at most once per `commit_interval` while records keep coming, and as soon as a
-    poll comes back empty, so what is done is committed once the trickle stops."""
-    suffix = uuid.uuid4().hex[:8]
-    topic = Topic(f"test.trickle.{suffix}.v1", "test")
-    await ensure_topics(infra.kafka_bootstrap, [topic, topic.dlq], partitions=1)
-    handled: list[int] = []
-
-    async def handler(envelope, record):  # type: ignore[no-untyped-def]
-        handled.append(envelope.data["n"])
-
-    producer = make_producer(infra.kafka_bootstrap)
-    await producer.start()
-    group = f"test.trickle.{suffix}"
-    consumer = make_consumer(infra.kafka_bootstrap, group_id=group)
-    await consumer.start()
-    commits: list[dict[Any, int]] = []
-    real_commit = consumer.commit
-
-    async def counting_commit(offsets=None):  # type: ignore[no-untyped-def]
-        commits.append(dict(offsets or {}))
-        await real_commit(offsets)
-
-    consumer.commit = counting_commit  # type: ignore[method-assign]
-    loop = ConsumeLoop(consumer=consumer, producer=producer, topics=[topic.name], handler=handler,
-                       dlq_topic=dlq_name, group_id=group, commit_interval=60)
-    task = asyncio.create_task(loop.run())
-    try:
-        await eventually(lambda: consumer.assignment(), timeout=30)
-        last = None
-        for n in range(20):
-            e = new_envelope(source="test", type="cn.fapiao.test.v1", subject="inv", tenant="t", sequence=1,
-                             data={"n": n})
-            last = await producer.send_and_wait(topic.name, encode(e), key=b"inv")
-            await eventually(lambda n=n: n in handled, timeout=10)
-        assert handled == list(range(20))
-        assert len(commits) <= 2, f"one commit per poll of one record: {len(commits)} commits for 20 records"
-        assert last is not None
-        tp = TopicPartition(topic.name, 0)
-
-        async def all_committed() -> bool:
-            return any(c.get(tp) == last.offset + 1 for c in commits)
-
-        await eventually(all_committed, timeout=10)
-        assert await consumer.committed(tp) == last.offset + 1
-    finally:
-        loop.stop()
-        await asyncio.wait_for(task, 10)
-        await consumer.stop()
-        await producer.stop()
